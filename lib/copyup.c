@@ -1,0 +1,558 @@
+/*
+ * copyup.c: bringing a lower object into the upper on its first change.
+ *
+ * The copy is built where no lookup can see it (an O_TMPFILE, or a
+ * ".wh..wh.tmp.*" name that readdir and lookup never show) and only then
+ * linked or renamed into place under ns_lock, so a crash never leaves a
+ * partial file shadowing the lower one. The data copy runs outside ns_lock,
+ * under the node's copyup_lock only: a slow copy-up holds up no one but
+ * other writers of the same file.
+ *
+ * Metadata order matters: data first, then owner (chown clears setuid and
+ * security.capability), then mode, then xattrs, then times (every write
+ * before it would bump mtime). The parent's times are put back after the
+ * link, as the kernel's overlayfs does: a copy-up is not a change the user
+ * made to the directory.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <linux/fs.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "ovlfs_i.h"
+
+#ifndef SYS_fchmodat2
+#define SYS_fchmodat2 452
+#endif
+
+#define COPY_CHUNK (1 << 20)
+
+int ovl_fchmod_any(int fd, mode_t mode)
+{
+	char p[32];
+
+	if (syscall(SYS_fchmodat2, fd, "", mode, AT_EMPTY_PATH) == 0)
+		return 0;
+	if (errno != ENOSYS && errno != EINVAL)
+		return -errno;
+	/* Older kernels: the magic link names the object itself. */
+	ovl_proc_path(fd, p);
+	return chmod(p, mode) < 0 ? -errno : 0;
+}
+
+static int copy_range_rw(int src, int dst, off_t off, off_t len)
+{
+	char *buf = NULL;
+	int err = 0;
+
+	while (len > 0) {
+		ssize_t n = copy_file_range(src, &(loff_t){off}, dst,
+					    &(loff_t){off},
+					    len > COPY_CHUNK ? COPY_CHUNK : len, 0);
+		if (n > 0) {
+			off += n;
+			len -= n;
+			continue;
+		}
+		if (n == 0)
+			break;	/* source shrank under us */
+		if (errno == EINTR)
+			continue;
+		if (errno != EXDEV && errno != EINVAL && errno != EOPNOTSUPP &&
+		    errno != ENOSYS)
+			return -errno;
+		/* No copy_file_range between these two: plain read/write. */
+		if (!buf && !(buf = malloc(COPY_CHUNK)))
+			return -ENOMEM;
+		n = pread(src, buf, len > COPY_CHUNK ? COPY_CHUNK : len, off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			err = -errno;
+			break;
+		}
+		if (n == 0)
+			break;
+		for (ssize_t done = 0; done < n;) {
+			ssize_t w = pwrite(dst, buf + done, n - done,
+					   off + done);
+			if (w < 0) {
+				if (errno == EINTR)
+					continue;
+				err = -errno;
+				goto out;
+			}
+			done += w;
+		}
+		off += n;
+		len -= n;
+	}
+out:
+	free(buf);
+	return err;
+}
+
+int ovl_copy_data(int src, int dst, off_t size)
+{
+	off_t pos = 0;
+	int err;
+
+	if (size == 0)
+		return 0;
+	if (ioctl(dst, FICLONE, src) == 0)
+		return 0;
+	/* Copy the data segments only, so holes stay holes. */
+	while (pos < size) {
+		off_t data = lseek(src, pos, SEEK_DATA), hole;
+
+		if (data < 0) {
+			if (errno == ENXIO)
+				break;	/* only a hole remains */
+			data = pos;	/* no SEEK_DATA: copy everything */
+			hole = size;
+		} else {
+			hole = lseek(src, data, SEEK_HOLE);
+			if (hole < 0)
+				hole = size;
+		}
+		if (hole > size)
+			hole = size;
+		if (data >= size)
+			break;
+		err = copy_range_rw(src, dst, data, hole - data);
+		if (err)
+			return err;
+		pos = hole;
+	}
+	if (ftruncate(dst, size) < 0)
+		return -errno;
+	return 0;
+}
+
+static bool xattr_skip_error(struct ovl_fs *ofs, const char *name, int err)
+{
+	/* Best effort for what the upper cannot hold or we may not set. */
+	if (err == -EOPNOTSUPP)
+		return true;
+	if (err == -EPERM && (!ofs->is_root || !strncmp(name, "security.", 9)))
+		return true;
+	return false;
+}
+
+int ovl_copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd)
+{
+	ssize_t len = ovl_fd_listxattr(srcfd, NULL, 0), vlen;
+	char *names = NULL, *val = NULL;
+	size_t vcap = 0;
+	int err = 0;
+
+	if (len == -EOPNOTSUPP || len == 0)
+		return 0;
+	if (len < 0)
+		return (int)len;
+	/* The list may grow between the two calls: retry on ERANGE. */
+	for (;;) {
+		free(names);
+		names = malloc(len);
+		if (!names)
+			return -ENOMEM;
+		len = ovl_fd_listxattr(srcfd, names, len);
+		if (len != -ERANGE)
+			break;
+		len = ovl_fd_listxattr(srcfd, NULL, 0);
+		if (len < 0)
+			break;
+	}
+	if (len < 0) {
+		err = (int)len;
+		goto out;
+	}
+	for (char *n = names; n < names + len; n += strlen(n) + 1) {
+		if (ovl_xattr_is_private(n))
+			continue;
+		for (;;) {
+			vlen = ovl_fd_getxattr(srcfd, n, val, vcap);
+			if (vlen == -ERANGE || (vlen >= 0 && !val && vlen)) {
+				vlen = ovl_fd_getxattr(srcfd, n, NULL, 0);
+				if (vlen < 0)
+					break;
+				free(val);
+				vcap = vlen + 1;
+				val = malloc(vcap);
+				if (!val) {
+					err = -ENOMEM;
+					goto out;
+				}
+				continue;
+			}
+			break;
+		}
+		if (vlen == -ENODATA)
+			continue;	/* removed meanwhile */
+		if (vlen < 0) {
+			err = (int)vlen;
+			goto out;
+		}
+		err = ovl_fd_setxattr(dstfd, n, val ? val : "", vlen, 0);
+		if (err && !xattr_skip_error(ofs, n, err))
+			goto out;
+		err = 0;
+	}
+out:
+	free(names);
+	free(val);
+	return err;
+}
+
+int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
+		  const struct stat *st, bool times)
+{
+	int err;
+
+	if (fchownat(dstfd, "", st->st_uid, st->st_gid,
+		     AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0 &&
+	    (ofs->is_root || errno != EPERM))
+		return -errno;
+	if (!S_ISLNK(st->st_mode)) {
+		err = ovl_fchmod_any(dstfd, st->st_mode & 07777);
+		if (err)
+			return err;
+	}
+	err = ovl_copy_xattrs(ofs, srcfd, dstfd);
+	if (err)
+		return err;
+	if (times) {
+		struct timespec ts[2] = { st->st_atim, st->st_mtim };
+
+		if (utimensat(dstfd, "", ts, AT_EMPTY_PATH) < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+/* Origin of a lower object: its key, unless hard links make it ambiguous. */
+static void set_origin(struct ovl_fs *ofs, int dstfd, const struct stat *st)
+{
+	/*
+	 * Each lower hard link is copied up on its own, so two distinct upper
+	 * files would claim one number: give those their own numbers instead.
+	 * An origin that cannot be stored (user.* on a symlink when not root)
+	 * only costs the number its stability.
+	 */
+	if (!S_ISDIR(st->st_mode) && st->st_nlink > 1)
+		return;
+	ovl_origin_set(ofs, dstfd,
+		       ovl_key_for(ofs, 0, st->st_dev, st->st_ino));
+}
+
+/*
+ * Build the copy of lower object LFD (stat ST) in upper directory PUFD.
+ * Regular files become an O_TMPFILE (*TMPNAME = "") when possible; others
+ * get a temporary name in *TMPNAME. Returns an fd of the copy (O_RDWR for
+ * regular files, O_PATH otherwise).
+ */
+static int build_copy(struct ovl_fs *ofs, int pufd, int lfd,
+		      const struct stat *st, char tmpname[64], bool data)
+{
+	int fd = -1, src = -1, err;
+
+	tmpname[0] = '\0';
+	switch (st->st_mode & S_IFMT) {
+	case S_IFREG:
+		if (!ofs->no_tmpfile) {
+			fd = openat(pufd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC,
+				    0600);
+			if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR ||
+				       errno == EINVAL))
+				ofs->no_tmpfile = true;
+			else if (fd < 0)
+				return -errno;
+		}
+		if (fd < 0) {
+			ovl_tmp_name(ofs, tmpname);
+			fd = openat(pufd, tmpname, O_CREAT | O_EXCL | O_RDWR |
+				    O_NOFOLLOW | O_CLOEXEC, 0600);
+			if (fd < 0)
+				return -errno;
+		}
+		if (data) {
+			src = ovl_reopen(lfd, O_RDONLY);
+			if (src < 0) {
+				err = src;
+				goto out_err;
+			}
+			err = ovl_copy_data(src, fd, st->st_size);
+			close(src);
+			if (err)
+				goto out_err;
+		}
+		break;
+	case S_IFDIR:
+		ovl_tmp_name(ofs, tmpname);
+		if (mkdirat(pufd, tmpname, 0700) < 0)
+			return -errno;
+		fd = ovl_open_child(pufd, tmpname);
+		if (fd < 0) {
+			err = fd;
+			goto out_err;
+		}
+		break;
+	case S_IFLNK: {
+		char target[PATH_MAX + 1];
+		ssize_t n = readlinkat(lfd, "", target, sizeof(target) - 1);
+
+		if (n < 0)
+			return -errno;
+		target[n] = '\0';
+		ovl_tmp_name(ofs, tmpname);
+		if (symlinkat(target, pufd, tmpname) < 0)
+			return -errno;
+		fd = ovl_open_child(pufd, tmpname);
+		if (fd < 0) {
+			err = fd;
+			goto out_err;
+		}
+		break;
+	}
+	default:	/* fifo, devices, sockets: recreated, never opened */
+		ovl_tmp_name(ofs, tmpname);
+		if (mknodat(pufd, tmpname, st->st_mode & (S_IFMT | 0600),
+			    st->st_rdev) < 0)
+			return -errno;
+		fd = ovl_open_child(pufd, tmpname);
+		if (fd < 0) {
+			err = fd;
+			goto out_err;
+		}
+		break;
+	}
+	err = ovl_copy_meta(ofs, lfd, fd, st, false);
+	if (err)
+		goto out_err;
+	set_origin(ofs, fd, st);
+	{
+		struct timespec ts[2] = { st->st_atim, st->st_mtim };
+
+		if (utimensat(fd, "", ts, AT_EMPTY_PATH) < 0) {
+			err = -errno;
+			goto out_err;
+		}
+	}
+	return fd;
+
+out_err:
+	if (fd >= 0)
+		close(fd);
+	if (tmpname[0])
+		ovl_remove_tree(pufd, tmpname);
+	return err;
+}
+
+static int link_tmpfile(int fd, int pufd, const char *name)
+{
+	char p[32];
+
+	if (linkat(fd, "", pufd, name, AT_EMPTY_PATH) == 0)
+		return 0;
+	if (errno != EPERM && errno != ENOENT)
+		return -errno;
+	/* Without CAP_DAC_READ_SEARCH: link through the magic link. */
+	ovl_proc_path(fd, p);
+	if (linkat(AT_FDCWD, p, pufd, name, AT_SYMLINK_FOLLOW) < 0)
+		return -errno;
+	return 0;
+}
+
+static bool same_mtime(const struct stat *a, const struct stat *b)
+{
+	return a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* Put back the parent's times saved in PST (copy-up is not a user change). */
+static void restore_times(int pufd, const struct stat *pst)
+{
+	struct timespec ts[2] = { pst->st_atim, pst->st_mtim };
+
+	utimensat(pufd, "", ts, AT_EMPTY_PATH);
+}
+
+/*
+ * Link the finished copy FD (temporary name TMPNAME, or an O_TMPFILE) in
+ * as NODE's upper; ns_lock held for writing. PST0 is the parent as it was
+ * before the copy began: its times are restored if ns_lock was held all
+ * along (EXCLUSIVE) or nobody changed the directory meanwhile.
+ */
+static int install_copy(struct ovl_fs *ofs, struct ovl_node *node, int pufd,
+			int fd, const char *tmpname, const struct stat *pst0,
+			bool exclusive)
+{
+	struct stat pst;
+	bool restore;
+	int pathfd, err;
+
+	pathfd = ovl_reopen(fd, O_PATH);
+	if (pathfd < 0)
+		return pathfd;
+	if (node->deleted) {
+		/* Keep it nameless: it only serves the open file. */
+		if (tmpname[0])
+			unlinkat(pufd, tmpname, 0);
+		atomic_store(&node->upper_fd, pathfd);
+		return 0;
+	}
+	restore = pst0->st_mtim.tv_nsec != UTIME_OMIT &&
+		  (exclusive ||
+		   (ovl_fstat(pufd, &pst) == 0 && same_mtime(&pst, pst0)));
+	if (tmpname[0])
+		err = renameat2(pufd, tmpname, pufd, node->name,
+				RENAME_NOREPLACE) < 0 ? -errno : 0;
+	else
+		err = link_tmpfile(fd, pufd, node->name);
+	if (err) {
+		close(pathfd);
+		return err;
+	}
+	if (restore)
+		restore_times(pufd, pst0);
+	atomic_store(&node->upper_fd, pathfd);
+	return 0;
+}
+
+static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data)
+{
+	struct ovl_node *parent;
+	char tmpname[64] = "";
+	struct stat st, pst0;
+	int pufd, fd, err;
+	bool deleted, slow;
+
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	parent = node->parent;
+	deleted = node->deleted;
+	ovl_node_get(ofs, parent);
+	pthread_rwlock_unlock(&ofs->ns_lock);
+
+	err = ovl_fstat(node->lower_fd, &st);
+	if (err)
+		goto out_put;
+	if (deleted && !S_ISREG(st.st_mode)) {
+		err = -ENOENT;
+		goto out_put;
+	}
+	if (!deleted) {
+		/* Parent directories first, each with its own metadata. */
+		err = ovl_copy_up(ofs, parent);
+		if (err)
+			goto out_put;
+		pufd = atomic_load(&parent->upper_fd);
+	} else {
+		/* Unlinked but still open: an anonymous copy will do. */
+		pufd = ofs->upper.root_fd;
+	}
+	/*
+	 * Only file data is slow to copy: everything else is built and
+	 * installed in one go under the namespace lock.
+	 */
+	slow = S_ISREG(st.st_mode);
+	if (!slow)
+		pthread_rwlock_wrlock(&ofs->ns_lock);
+	if (ovl_fstat(pufd, &pst0) < 0)
+		pst0.st_mtim.tv_nsec = UTIME_OMIT;
+	fd = build_copy(ofs, pufd, node->lower_fd, &st, tmpname, data);
+	if (fd < 0) {
+		err = fd;
+		if (!slow)
+			pthread_rwlock_unlock(&ofs->ns_lock);
+		goto out_put;
+	}
+	if (slow)
+		pthread_rwlock_wrlock(&ofs->ns_lock);
+	err = install_copy(ofs, node, pufd, fd, tmpname, &pst0, !slow);
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	close(fd);
+	if (err && tmpname[0])
+		ovl_remove_tree(pufd, tmpname);
+out_put:
+	ovl_node_put(ofs, parent);
+	return err;
+}
+
+static int copy_up(struct ovl_fs *ofs, struct ovl_node *node, bool data)
+{
+	int err = 0;
+
+	if (ovl_node_has_upper(node))
+		return 0;
+	if (!node->parent)
+		return -EIO;	/* the root always has an upper */
+	pthread_mutex_lock(&node->copyup_lock);
+	if (!ovl_node_has_upper(node))
+		err = copy_up_one(ofs, node, data);
+	pthread_mutex_unlock(&node->copyup_lock);
+	return err;
+}
+
+int ovl_copy_up(struct ovl_fs *ofs, struct ovl_node *node)
+{
+	return copy_up(ofs, node, true);
+}
+
+int ovl_copy_up_nodata(struct ovl_fs *ofs, struct ovl_node *node)
+{
+	return copy_up(ofs, node, false);
+}
+
+int ovl_copy_up_tree(struct ovl_fs *ofs, struct ovl_node *node)
+{
+	struct ovl_rdent *ents = NULL;
+	size_t n = 0;
+	int err;
+
+	err = ovl_copy_up(ofs, node);
+	if (err || !ovl_node_lower_visible(node))
+		return err;
+
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	err = ovl_dir_list(ofs, node, &ents, &n, false);
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	if (err)
+		return err;
+	for (size_t i = 0; i < n && !err; i++) {
+		struct ovl_node *child;
+
+		pthread_rwlock_rdlock(&ofs->ns_lock);
+		err = ovl_lookup_locked(ofs, node, ents[i].name, &child);
+		pthread_rwlock_unlock(&ofs->ns_lock);
+		if (err == -ENOENT) {
+			err = 0;	/* gone meanwhile */
+			continue;
+		}
+		if (err)
+			break;
+		if (child->type == S_IFDIR)
+			err = ovl_copy_up_tree(ofs, child);
+		else
+			err = ovl_copy_up(ofs, child);
+		ovl_node_put(ofs, child);
+	}
+	ovl_dir_list_free(ents, n);
+	if (err)
+		return err;
+
+	/* Everything is in the upper now: the lower may go dark. */
+	pthread_rwlock_wrlock(&ofs->ns_lock);
+	if (!node->opaque) {
+		err = ovl_opaque_set(ofs, atomic_load(&node->upper_fd));
+		if (!err)
+			node->opaque = true;
+	}
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	return err;
+}

@@ -1,0 +1,685 @@
+/*
+ * dir.c: operations that change names: create, mkdir, mknod, symlink, link,
+ * unlink, rmdir, rename.
+ *
+ * Each runs in two phases. First, without ns_lock, whatever must be copied
+ * up is (parents, the source of a link or rename). Then, under ns_lock for
+ * writing, the names are checked again and changed. Steps are ordered so a
+ * crash at any point leaves a consistent tree: a whiteout is created before
+ * the upper entry it stands in for is removed (an upper entry beats a
+ * whiteout, so the pair is harmless), and a directory being removed or
+ * replaced is first renamed to a hidden temporary name.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ovlfs_i.h"
+
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
+#endif
+#ifndef RENAME_EXCHANGE
+#define RENAME_EXCHANGE (1 << 1)
+#endif
+
+/*
+ * Give a new upper object the caller's identity, as a local filesystem
+ * would (ovlfs runs as root, or as the only user it serves). A setgid
+ * parent passes its group on, as the kernel does for the mkdir/mknod
+ * itself. MODE is reapplied when our umask or the chown took bits off.
+ */
+static int set_new_owner(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
+			 int pufd, int fd, mode_t mode)
+{
+	struct stat pst, st;
+	gid_t gid = ctx->gid;
+	int err;
+
+	if (ovl_fstat(pufd, &pst) == 0 && (pst.st_mode & S_ISGID))
+		gid = pst.st_gid;
+	if (ofs->is_root &&
+	    fchownat(fd, "", ctx->uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	if (S_ISLNK(mode))
+		return 0;
+	err = ovl_fstat(fd, &st);
+	if (err)
+		return err;
+	if (S_ISDIR(mode) && (st.st_mode & S_ISGID))
+		mode |= S_ISGID;
+	if ((st.st_mode & 07777) != (mode & 07777))
+		return ovl_fchmod_any(fd, mode & 07777);
+	return 0;
+}
+
+/* Finish a new upper object: node, lookup ref, stat. ns_lock held. */
+static int new_entry(struct ovl_fs *ofs, struct ovl_node *parent,
+		     const char *name, int ufd, bool opaque,
+		     struct ovl_entry *e)
+{
+	struct ovl_node *node;
+	struct stat st;
+	int err = ovl_fstat(ufd, &st);
+
+	if (err) {
+		close(ufd);
+		return err;
+	}
+	node = ovl_node_new(ofs, parent, name, ufd, -1, st.st_mode,
+			    ovl_ino_upper(ofs, ufd, &st));
+	if (!node) {
+		close(ufd);
+		return -ENOMEM;
+	}
+	node->opaque = opaque;
+	node = ovl_node_insert(ofs, node);
+	ovl_node_lookup_ref(ofs, node);
+	e->node = node;
+	e->st = st;
+	e->st.st_ino = node->ino;
+	ovl_node_put(ofs, node);
+	return 0;
+}
+
+/*
+ * Checks shared by everything that creates NAME in PARENT: the name is
+ * allowed, the parent is in the upper, and (under ns_lock) the name is
+ * free. Returns the parent's upper fd, or -errno. *WH tells whether a
+ * whiteout stands at NAME (the new object must hide the lower one).
+ */
+static int prepare_create(struct ovl_fs *ofs, struct ovl_node *parent,
+			  const char *name, bool *wh)
+{
+	struct ovl_node *old;
+	int err, pufd;
+
+	if (parent->deleted)
+		return -ENOENT;
+	err = ovl_lookup_locked(ofs, parent, name, &old);
+	if (!err) {
+		ovl_node_put(ofs, old);
+		return -EEXIST;
+	}
+	if (err != -ENOENT)
+		return err;
+	pufd = atomic_load(&parent->upper_fd);
+	if (pufd < 0)
+		return -EIO;
+	*wh = false;
+	if (ovl_node_lower_visible(parent)) {
+		err = ovl_lower_has(parent, name, NULL);
+		if (err < 0)
+			return err;
+		*wh = err;
+	}
+	return pufd;
+}
+
+static int make_dir(struct ovl_fs *ofs, const struct ovl_ctx *ctx, int pufd,
+		    const char *name, mode_t mode, bool opaque, int *fdp)
+{
+	char tmp[64];
+	int fd, err;
+
+	if (!opaque) {
+		if (mkdirat(pufd, name, mode & 07777) < 0)
+			return -errno;
+		fd = ovl_open_child(pufd, name);
+		if (fd < 0)
+			return fd;
+		err = set_new_owner(ofs, ctx, pufd, fd, S_IFDIR | mode);
+		if (err) {
+			close(fd);
+			unlinkat(pufd, name, AT_REMOVEDIR);
+			return err;
+		}
+		*fdp = fd;
+		return 0;
+	}
+	/*
+	 * Replacing a deleted lower directory: build it opaque under a hidden
+	 * name, so no lower child can show through for even an instant.
+	 */
+	ovl_tmp_name(ofs, tmp);
+	if (mkdirat(pufd, tmp, 0700) < 0)
+		return -errno;
+	fd = ovl_open_child(pufd, tmp);
+	if (fd < 0) {
+		err = fd;
+		goto out_rmdir;
+	}
+	err = ovl_opaque_set(ofs, fd);
+	if (!err)
+		err = set_new_owner(ofs, ctx, pufd, fd, S_IFDIR | mode);
+	if (!err && renameat2(pufd, tmp, pufd, name, RENAME_NOREPLACE) < 0)
+		err = -errno;
+	if (err) {
+		close(fd);
+		goto out_rmdir;
+	}
+	*fdp = fd;
+	return 0;
+out_rmdir:
+	ovl_remove_tree(pufd, tmp);
+	return err;
+}
+
+int ovl_mknod(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
+	      struct ovl_node *parent, const char *name, mode_t mode,
+	      dev_t rdev, const char *link_target, struct ovl_entry *e)
+{
+	int pufd, fd = -1, err;
+	bool wh = false;
+
+	err = ovl_check_name(name);
+	if (!err)
+		err = ovl_copy_up(ofs, parent);
+	if (err)
+		return err;
+	pthread_rwlock_wrlock(&ofs->ns_lock);
+	pufd = prepare_create(ofs, parent, name, &wh);
+	if (pufd < 0) {
+		err = pufd;
+		goto out_unlock;
+	}
+	switch (mode & S_IFMT) {
+	case S_IFDIR:
+		err = make_dir(ofs, ctx, pufd, name, mode, wh, &fd);
+		break;
+	case S_IFLNK:
+		if (symlinkat(link_target, pufd, name) < 0) {
+			err = -errno;
+			break;
+		}
+		goto made;
+	default:
+		if (mknodat(pufd, name, mode, rdev) < 0) {
+			err = -errno;
+			break;
+		}
+made:
+		fd = ovl_open_child(pufd, name);
+		if (fd < 0) {
+			err = fd;
+		} else {
+			err = set_new_owner(ofs, ctx, pufd, fd, mode);
+			if (err) {
+				close(fd);
+				unlinkat(pufd, name, 0);
+			}
+		}
+		break;
+	}
+	if (err)
+		goto out_unlock;
+	/* The new entry beats the whiteout; drop the stale marker. */
+	if (wh)
+		ovl_wh_remove(pufd, name);
+	err = new_entry(ofs, parent, name, fd, S_ISDIR(mode) && wh, e);
+out_unlock:
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	return err;
+}
+
+int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
+	       struct ovl_node *parent, const char *name, mode_t mode,
+	       int flags, struct ovl_entry *e, int *fdp)
+{
+	int pufd, fd, pathfd, err;
+	bool wh = false;
+
+	err = ovl_check_name(name);
+	if (!err)
+		err = ovl_copy_up(ofs, parent);
+	if (err)
+		return err;
+	pthread_rwlock_wrlock(&ofs->ns_lock);
+	pufd = prepare_create(ofs, parent, name, &wh);
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	if (pufd == -EEXIST && !(flags & O_EXCL)) {
+		/* Created by someone else since the kernel's lookup: open it. */
+		err = ovl_lookup(ofs, parent, name, e);
+		if (err)
+			return err;
+		err = ovl_open(ofs, e->node, flags & ~O_CREAT, fdp);
+		if (err)
+			ovl_node_forget(ofs, e->node, 1);
+		return err;
+	}
+	if (pufd < 0)
+		return pufd;
+
+	pthread_rwlock_wrlock(&ofs->ns_lock);
+	pufd = prepare_create(ofs, parent, name, &wh);
+	if (pufd < 0) {
+		err = pufd;
+		goto out_unlock;
+	}
+	fd = openat(pufd, name,
+		    (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC)) |
+			    O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+		    mode & 07777);
+	if (fd < 0) {
+		err = -errno;
+		goto out_unlock;
+	}
+	pathfd = ovl_reopen(fd, O_PATH);
+	if (pathfd < 0) {
+		err = pathfd;
+		goto out_close;
+	}
+	err = set_new_owner(ofs, ctx, pufd, pathfd, S_IFREG | mode);
+	if (err) {
+		close(pathfd);
+		goto out_close;
+	}
+	if (wh)
+		ovl_wh_remove(pufd, name);
+	err = new_entry(ofs, parent, name, pathfd, false, e);
+	if (err)
+		goto out_close;
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	*fdp = fd;
+	return 0;
+
+out_close:
+	close(fd);
+	unlinkat(pufd, name, 0);
+out_unlock:
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	return err;
+}
+
+int ovl_link(struct ovl_fs *ofs, struct ovl_node *node,
+	     struct ovl_node *newparent, const char *newname,
+	     struct ovl_entry *e)
+{
+	int pufd, ufd, fd, err;
+	bool wh = false;
+	char p[32];
+
+	if (node->type == S_IFDIR)
+		return -EPERM;
+	err = ovl_check_name(newname);
+	if (!err)
+		err = ovl_copy_up(ofs, node);
+	if (!err)
+		err = ovl_copy_up(ofs, newparent);
+	if (err)
+		return err;
+	pthread_rwlock_wrlock(&ofs->ns_lock);
+	pufd = prepare_create(ofs, newparent, newname, &wh);
+	if (pufd < 0) {
+		err = pufd;
+		goto out_unlock;
+	}
+	ufd = atomic_load(&node->upper_fd);
+	if (linkat(ufd, "", pufd, newname, AT_EMPTY_PATH) < 0) {
+		/* Without CAP_DAC_READ_SEARCH: through the magic link. */
+		ovl_proc_path(ufd, p);
+		if (errno != ENOENT && errno != EPERM) {
+			err = -errno;
+			goto out_unlock;
+		}
+		if (linkat(AT_FDCWD, p, pufd, newname, AT_SYMLINK_FOLLOW) < 0) {
+			err = -errno;
+			goto out_unlock;
+		}
+	}
+	if (wh)
+		ovl_wh_remove(pufd, newname);
+	fd = ovl_open_child(pufd, newname);
+	if (fd < 0) {
+		err = fd;
+		goto out_unlock;
+	}
+	err = new_entry(ofs, newparent, newname, fd, false, e);
+out_unlock:
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	return err;
+}
+
+/* Look NAME up for removal: a ref on the node, or -errno. ns_lock held. */
+static int find_victim(struct ovl_fs *ofs, struct ovl_node *parent,
+		       const char *name, struct ovl_node **out)
+{
+	int err;
+
+	if (ovl_is_wh_name(name))
+		return -ENOENT;
+	err = ovl_lookup_locked(ofs, parent, name, out);
+	return err;
+}
+
+int ovl_unlink(struct ovl_fs *ofs, struct ovl_node *parent, const char *name)
+{
+	struct ovl_node *node;
+	int pufd, lower, err;
+
+	err = ovl_copy_up(ofs, parent);
+	if (err)
+		return err;
+	pthread_rwlock_wrlock(&ofs->ns_lock);
+	err = find_victim(ofs, parent, name, &node);
+	if (err)
+		goto out_unlock;
+	if (node->type == S_IFDIR) {
+		err = -EISDIR;
+		goto out_put;
+	}
+	pufd = atomic_load(&parent->upper_fd);
+	lower = ovl_lower_has(parent, name, NULL);
+	if (lower < 0) {
+		err = lower;
+		goto out_put;
+	}
+	if (lower) {
+		err = ovl_wh_create(ofs, pufd, name);
+		if (err)
+			goto out_put;
+	}
+	if (ovl_node_has_upper(node) && unlinkat(pufd, name, 0) < 0) {
+		err = -errno;
+		goto out_put;
+	}
+	ovl_node_unlink(ofs, node);
+out_put:
+	ovl_node_put(ofs, node);
+out_unlock:
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	return err;
+}
+
+/*
+ * Remove the upper directory NAME in PUFD: hide it under a temporary name
+ * first (one atomic step), then delete its markers at leisure.
+ */
+static int remove_upper_dir(struct ovl_fs *ofs, int pufd, const char *name)
+{
+	char tmp[64];
+
+	ovl_tmp_name(ofs, tmp);
+	if (renameat2(pufd, name, pufd, tmp, RENAME_NOREPLACE) < 0)
+		return -errno;
+	ovl_remove_tree(pufd, tmp);
+	return 0;
+}
+
+int ovl_rmdir(struct ovl_fs *ofs, struct ovl_node *parent, const char *name)
+{
+	struct ovl_node *node;
+	int pufd, lower, err;
+
+	err = ovl_copy_up(ofs, parent);
+	if (err)
+		return err;
+	pthread_rwlock_wrlock(&ofs->ns_lock);
+	err = find_victim(ofs, parent, name, &node);
+	if (err)
+		goto out_unlock;
+	if (node->type != S_IFDIR) {
+		err = -ENOTDIR;
+		goto out_put;
+	}
+	if (node == ofs->root) {
+		err = -EBUSY;
+		goto out_put;
+	}
+	err = ovl_dir_is_empty(ofs, node);
+	if (err <= 0) {
+		err = err ? err : -ENOTEMPTY;
+		goto out_put;
+	}
+	err = 0;
+	pufd = atomic_load(&parent->upper_fd);
+	lower = ovl_lower_has(parent, name, NULL);
+	if (lower < 0) {
+		err = lower;
+		goto out_put;
+	}
+	if (lower) {
+		err = ovl_wh_create(ofs, pufd, name);
+		if (err)
+			goto out_put;
+	}
+	if (ovl_node_has_upper(node)) {
+		err = remove_upper_dir(ofs, pufd, name);
+		if (err)
+			goto out_put;
+	}
+	ovl_node_unlink(ofs, node);
+out_put:
+	ovl_node_put(ofs, node);
+out_unlock:
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	return err;
+}
+
+/* Bring a rename participant wholly into the upper. */
+static int copy_up_whole(struct ovl_fs *ofs, struct ovl_node *node)
+{
+	if (node->type == S_IFDIR)
+		return ovl_copy_up_tree(ofs, node);
+	return ovl_copy_up(ofs, node);
+}
+
+/*
+ * Directory NODE now sits where the lower has an entry: make it opaque so
+ * nothing of that lower entry shows through it.
+ */
+static int hide_lower_under(struct ovl_fs *ofs, struct ovl_node *node,
+			    struct ovl_node *parent, const char *name)
+{
+	int lower, err;
+
+	if (node->type != S_IFDIR || node->opaque)
+		return 0;
+	lower = ovl_lower_has(parent, name, NULL);
+	if (lower <= 0)
+		return lower;
+	err = ovl_opaque_set(ofs, atomic_load(&node->upper_fd));
+	if (!err)
+		node->opaque = true;
+	return err;
+}
+
+static int rename_exchange(struct ovl_fs *ofs, struct ovl_node *src,
+			   struct ovl_node *parent, const char *name,
+			   struct ovl_node *dst, struct ovl_node *newparent,
+			   const char *newname)
+{
+	int opufd = atomic_load(&parent->upper_fd);
+	int npufd = atomic_load(&newparent->upper_fd);
+	int err;
+
+	err = hide_lower_under(ofs, src, newparent, newname);
+	if (!err)
+		err = hide_lower_under(ofs, dst, parent, name);
+	if (err)
+		return err;
+	if (renameat2(opufd, name, npufd, newname, RENAME_EXCHANGE) < 0)
+		return -errno;
+	ovl_node_unlink(ofs, dst);
+	err = ovl_node_move(ofs, src, newparent, newname);
+	if (!err)
+		err = ovl_node_move(ofs, dst, parent, name);
+	return err;
+}
+
+static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
+			struct ovl_node *parent, const char *name,
+			struct ovl_node *dst, struct ovl_node *newparent,
+			const char *newname)
+{
+	int opufd = atomic_load(&parent->upper_fd);
+	int npufd = atomic_load(&newparent->upper_fd);
+	char dsttmp[64] = "";
+	int lower_old, err;
+
+	lower_old = ovl_lower_has(parent, name, NULL);
+	if (lower_old < 0)
+		return lower_old;
+	if (dst && dst->type == S_IFDIR) {
+		err = ovl_dir_is_empty(ofs, dst);
+		if (err <= 0)
+			return err ? err : -ENOTEMPTY;
+	}
+	err = hide_lower_under(ofs, src, newparent, newname);
+	if (err)
+		return err;
+	if (lower_old) {
+		err = ovl_wh_create(ofs, opufd, name);
+		if (err)
+			return err;
+	}
+	/* An upper dir being replaced holds markers: move it out of the way. */
+	if (dst && dst->type == S_IFDIR && ovl_node_has_upper(dst)) {
+		ovl_tmp_name(ofs, dsttmp);
+		if (renameat2(npufd, newname, npufd, dsttmp,
+			      RENAME_NOREPLACE) < 0) {
+			err = -errno;
+			goto out_wh;
+		}
+	}
+	if (renameat2(opufd, name, npufd, newname, 0) < 0) {
+		err = -errno;
+		if (dsttmp[0])
+			renameat2(npufd, dsttmp, npufd, newname,
+				  RENAME_NOREPLACE);
+		goto out_wh;
+	}
+	if (dsttmp[0])
+		ovl_remove_tree(npufd, dsttmp);
+	if (!dst && ovl_node_lower_visible(newparent))
+		ovl_wh_remove(npufd, newname);
+	if (dst)
+		ovl_node_unlink(ofs, dst);
+	return ovl_node_move(ofs, src, newparent, newname);
+
+out_wh:
+	if (lower_old)
+		ovl_wh_remove(opufd, name);
+	return err;
+}
+
+static bool same_upper_inode(struct ovl_node *a, struct ovl_node *b)
+{
+	struct stat sa, sb;
+
+	if (!ovl_node_has_upper(a) || !ovl_node_has_upper(b))
+		return false;
+	if (ovl_fstat(atomic_load(&a->upper_fd), &sa) ||
+	    ovl_fstat(atomic_load(&b->upper_fd), &sb))
+		return false;
+	return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+int ovl_rename(struct ovl_fs *ofs, struct ovl_node *parent, const char *name,
+	       struct ovl_node *newparent, const char *newname,
+	       unsigned int flags)
+{
+	struct ovl_node *src = NULL, *dst = NULL, *s2 = NULL, *d2 = NULL;
+	bool exchange = flags & RENAME_EXCHANGE;
+	int err, tries = 0;
+
+	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
+		return -EINVAL;
+	if (exchange && (flags & RENAME_NOREPLACE))
+		return -EINVAL;
+	err = ovl_check_name(newname);
+	if (err)
+		return err;
+	if (ovl_is_wh_name(name))
+		return -ENOENT;
+again:
+	/* Phase 1: find both ends and copy up what will move. */
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	err = ovl_lookup_locked(ofs, parent, name, &src);
+	if (!err) {
+		err = ovl_lookup_locked(ofs, newparent, newname, &dst);
+		if (err == -ENOENT) {
+			dst = NULL;
+			err = 0;
+		}
+	}
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	if (err)
+		goto out;
+	if (src == dst)
+		goto out;	/* same name: nothing to do */
+	if (exchange && !dst) {
+		err = -ENOENT;
+		goto out;
+	}
+	if (dst && (flags & RENAME_NOREPLACE)) {
+		err = -EEXIST;
+		goto out;
+	}
+	if (dst && !exchange) {
+		if (src->type == S_IFDIR && dst->type != S_IFDIR) {
+			err = -ENOTDIR;
+			goto out;
+		}
+		if (src->type != S_IFDIR && dst->type == S_IFDIR) {
+			err = -EISDIR;
+			goto out;
+		}
+	}
+	err = ovl_copy_up(ofs, parent);
+	if (!err)
+		err = ovl_copy_up(ofs, newparent);
+	if (!err)
+		err = copy_up_whole(ofs, src);
+	if (!err && exchange)
+		err = copy_up_whole(ofs, dst);
+	if (err)
+		goto out;
+	/* Hard links to one file: rename(2) says do nothing. */
+	if (dst && !exchange && same_upper_inode(src, dst))
+		goto out;
+
+	/* Phase 2: under the lock, check nothing moved, then rename. */
+	pthread_rwlock_wrlock(&ofs->ns_lock);
+	err = ovl_lookup_locked(ofs, parent, name, &s2);
+	if (!err) {
+		err = ovl_lookup_locked(ofs, newparent, newname, &d2);
+		if (err == -ENOENT) {
+			d2 = NULL;
+			err = 0;
+		}
+	}
+	if (!err && (s2 != src || d2 != dst)) {
+		err = -EAGAIN;
+	} else if (!err && (!ovl_node_has_upper(src) ||
+			    (src->type == S_IFDIR && ovl_node_lower_visible(src)) ||
+			    (exchange && (!ovl_node_has_upper(dst) ||
+					  (dst->type == S_IFDIR &&
+					   ovl_node_lower_visible(dst)))))) {
+		err = -EAGAIN;	/* a lower entry came back into view */
+	} else if (!err) {
+		if (exchange)
+			err = rename_exchange(ofs, src, parent, name, dst,
+					      newparent, newname);
+		else
+			err = rename_plain(ofs, src, parent, name, dst,
+					   newparent, newname);
+	}
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	ovl_node_put(ofs, s2);
+	ovl_node_put(ofs, d2);
+	s2 = d2 = NULL;
+	if (err == -EAGAIN && ++tries < 8) {
+		ovl_node_put(ofs, src);
+		ovl_node_put(ofs, dst);
+		src = dst = NULL;
+		goto again;
+	}
+out:
+	ovl_node_put(ofs, src);
+	ovl_node_put(ofs, dst);
+	return err;
+}

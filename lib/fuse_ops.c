@@ -1,0 +1,668 @@
+/*
+ * fuse_ops.c: the FUSE low-level adapters, and the only file that includes
+ * fuse_lowlevel.h. Each handler turns the request into a core call and
+ * replies exactly once, after the core has returned and dropped its locks.
+ *
+ * A nodeid is the address of its struct ovl_node (the root is 1). A file
+ * handle is the backing fd; a directory handle is a struct ovl_dirhandle.
+ */
+#define FUSE_USE_VERSION 312
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include "ovlfs_i.h"
+
+/* Attributes may be cached this long: only ovlfs changes the layers. */
+#define OVL_TIMEOUT 1.0
+
+static struct ovl_fs *ofs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static struct ovl_node *node_of(struct ovl_fs *ofs, fuse_ino_t ino)
+{
+	if (ino == FUSE_ROOT_ID)
+		return ofs->root;
+	return (struct ovl_node *)(uintptr_t)ino;
+}
+
+static fuse_ino_t nodeid_of(struct ovl_fs *ofs, struct ovl_node *node)
+{
+	return node == ofs->root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)node;
+}
+
+static void get_ctx(fuse_req_t req, struct ovl_ctx *ctx)
+{
+	const struct fuse_ctx *fc = fuse_req_ctx(req);
+	int n;
+
+	ctx->uid = fc->uid;
+	ctx->gid = fc->gid;
+	ctx->pid = fc->pid;
+	ctx->umask = fc->umask;
+	n = fuse_req_getgroups(req, 64, ctx->groups);
+	ctx->ngroups = n < 0 ? 0 : (n > 64 ? 64 : n);
+}
+
+static void reply_entry(fuse_req_t req, struct ovl_fs *ofs, int err,
+			struct ovl_entry *e)
+{
+	struct fuse_entry_param fe;
+
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	memset(&fe, 0, sizeof(fe));
+	fe.ino = nodeid_of(ofs, e->node);
+	fe.generation = e->node->generation;
+	fe.attr = e->st;
+	fe.attr_timeout = OVL_TIMEOUT;
+	fe.entry_timeout = OVL_TIMEOUT;
+	if (fuse_reply_entry(req, &fe) == -ENOENT)
+		ovl_node_forget(ofs, e->node, 1);	/* request was interrupted */
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	if (conn->capable & FUSE_CAP_SPLICE_MOVE)
+		conn->want |= FUSE_CAP_SPLICE_MOVE;
+	if (conn->capable & FUSE_CAP_SPLICE_READ)
+		conn->want |= FUSE_CAP_SPLICE_READ;
+	/* flock() and POSIX locks stay local to the kernel. */
+	conn->want &= ~(FUSE_CAP_FLOCK_LOCKS | FUSE_CAP_POSIX_LOCKS);
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+	struct ovl_entry e;
+	int err = ovl_lookup(ofs, node_of(ofs, parent), name, &e);
+
+	reply_entry(req, ofs, err, &e);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+
+	ovl_node_forget(ofs, node_of(ofs, ino), nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count,
+			    struct fuse_forget_data *forgets)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+
+	for (size_t i = 0; i < count; i++)
+		ovl_node_forget(ofs, node_of(ofs, forgets[i].ino),
+				forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+	struct stat st;
+	int err = ovl_node_stat(ofs, node_of(ofs, ino), &st);
+
+	(void)fi;
+	if (err)
+		fuse_reply_err(req, -err);
+	else
+		fuse_reply_attr(req, &st, OVL_TIMEOUT);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+		       int to_set, struct fuse_file_info *fi)
+{
+	static const struct {
+		int fuse, ovl;
+	} map[] = {
+		{ FUSE_SET_ATTR_MODE, OVL_SET_MODE },
+		{ FUSE_SET_ATTR_UID, OVL_SET_UID },
+		{ FUSE_SET_ATTR_GID, OVL_SET_GID },
+		{ FUSE_SET_ATTR_SIZE, OVL_SET_SIZE },
+		{ FUSE_SET_ATTR_ATIME, OVL_SET_ATIME },
+		{ FUSE_SET_ATTR_MTIME, OVL_SET_MTIME },
+		{ FUSE_SET_ATTR_ATIME_NOW, OVL_SET_ATIME_NOW },
+		{ FUSE_SET_ATTR_MTIME_NOW, OVL_SET_MTIME_NOW },
+		{ FUSE_SET_ATTR_CTIME, OVL_SET_CTIME },
+	};
+	struct ovl_fs *ofs = ofs_of(req);
+	struct stat st;
+	int valid = 0, err;
+
+	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+		if (to_set & map[i].fuse)
+			valid |= map[i].ovl;
+	err = ovl_setattr(ofs, node_of(ofs, ino), attr, valid,
+			  fi ? (int)fi->fh : -1, &st);
+	if (err)
+		fuse_reply_err(req, -err);
+	else
+		fuse_reply_attr(req, &st, OVL_TIMEOUT);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+	char buf[PATH_MAX + 1];
+	int err = ovl_readlink(ofs, node_of(ofs, ino), buf, sizeof(buf));
+
+	if (err)
+		fuse_reply_err(req, -err);
+	else
+		fuse_reply_readlink(req, buf);
+}
+
+static void make_node(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      mode_t mode, dev_t rdev, const char *target)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+	struct ovl_ctx ctx;
+	struct ovl_entry e;
+	int err;
+
+	get_ctx(req, &ctx);
+	err = ovl_mknod(ofs, &ctx, node_of(ofs, parent), name, mode, rdev,
+			target, &e);
+	reply_entry(req, ofs, err, &e);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     mode_t mode, dev_t rdev)
+{
+	make_node(req, parent, name, mode, rdev, NULL);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     mode_t mode)
+{
+	make_node(req, parent, name, S_IFDIR | (mode & 07777), 0, NULL);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
+		       const char *name)
+{
+	make_node(req, parent, name, S_IFLNK | 0777, 0, link);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+		    const char *newname)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+	struct ovl_entry e;
+	int err = ovl_link(ofs, node_of(ofs, ino), node_of(ofs, newparent),
+			   newname, &e);
+
+	reply_entry(req, ofs, err, &e);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+
+	fuse_reply_err(req, -ovl_unlink(ofs, node_of(ofs, parent), name));
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+
+	fuse_reply_err(req, -ovl_rmdir(ofs, node_of(ofs, parent), name));
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      fuse_ino_t newparent, const char *newname,
+		      unsigned int flags)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+
+	fuse_reply_err(req, -ovl_rename(ofs, node_of(ofs, parent), name,
+					node_of(ofs, newparent), newname,
+					flags));
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+	int fd, err = ovl_open(ofs, node_of(ofs, ino), fi->flags, &fd);
+
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	fi->fh = fd;
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		close(fd);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      mode_t mode, struct fuse_file_info *fi)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+	struct fuse_entry_param fe;
+	struct ovl_ctx ctx;
+	struct ovl_entry e;
+	int fd, err;
+
+	get_ctx(req, &ctx);
+	err = ovl_create(ofs, &ctx, node_of(ofs, parent), name, mode,
+			 fi->flags, &e, &fd);
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	memset(&fe, 0, sizeof(fe));
+	fe.ino = nodeid_of(ofs, e.node);
+	fe.generation = e.node->generation;
+	fe.attr = e.st;
+	fe.attr_timeout = OVL_TIMEOUT;
+	fe.entry_timeout = OVL_TIMEOUT;
+	fi->fh = fd;
+	if (fuse_reply_create(req, &fe, fi) == -ENOENT) {
+		close(fd);
+		ovl_node_forget(ofs, e.node, 1);
+	}
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+
+	(void)ino;
+	/* Hand the kernel the fd: with splice the data never visits us. */
+	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	buf.buf[0].fd = (int)fi->fh;
+	buf.buf[0].pos = off;
+	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
+			 struct fuse_bufvec *in, off_t off,
+			 struct fuse_file_info *fi)
+{
+	struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+	ssize_t n;
+
+	(void)ino;
+	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	out.buf[0].fd = (int)fi->fh;
+	out.buf[0].pos = off;
+	n = fuse_buf_copy(&out, in, 0);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_write(req, (size_t)n);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	/* close() of a dup reports what the backing fs reports on close. */
+	int fd = dup((int)fi->fh);
+
+	(void)ino;
+	fuse_reply_err(req, fd < 0 ? errno : (close(fd) < 0 ? errno : 0));
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	(void)ino;
+	close((int)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+		     struct fuse_file_info *fi)
+{
+	int fd = (int)fi->fh;
+
+	(void)ino;
+	fuse_reply_err(req, (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? errno : 0);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+	struct ovl_dirhandle *dh;
+	int err = ovl_opendir(ofs, node_of(ofs, ino), &dh);
+
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)dh;
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		ovl_releasedir(ofs, dh);
+}
+
+static bool is_dot(const char *name)
+{
+	return name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]));
+}
+
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi, bool plus)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+	struct ovl_dirhandle *dh = (void *)(uintptr_t)fi->fh;
+	char *buf = malloc(size), *p;
+	size_t rem = size;
+	int err = 0;
+
+	(void)ino;
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	pthread_mutex_lock(&dh->lock);
+	/* Offset 0 (open or rewinddir) takes a fresh snapshot. */
+	if (off == 0 || !dh->valid)
+		err = ovl_readdir_fill(ofs, dh);
+	p = buf;
+	for (size_t i = off; !err && i < dh->n; i++) {
+		struct ovl_rdent *d = &dh->ents[i];
+		size_t len;
+
+		if (plus) {
+			struct fuse_entry_param fe;
+			struct ovl_entry e;
+
+			memset(&fe, 0, sizeof(fe));
+			if (is_dot(d->name)) {
+				/* The kernel takes no lookup for these. */
+				fe.attr.st_ino = d->ino;
+				fe.attr.st_mode = d->type;
+				len = fuse_add_direntry_plus(req, p, rem, d->name,
+							     &fe, i + 1);
+				if (len > rem)
+					break;
+			} else {
+				len = fuse_add_direntry_plus(req, NULL, 0, d->name,
+							     NULL, 0);
+				if (len > rem)
+					break;
+				if (ovl_lookup(ofs, dh->node, d->name, &e) < 0)
+					continue;	/* gone since the snapshot */
+				fe.ino = nodeid_of(ofs, e.node);
+				fe.generation = e.node->generation;
+				fe.attr = e.st;
+				fe.attr_timeout = OVL_TIMEOUT;
+				fe.entry_timeout = OVL_TIMEOUT;
+				len = fuse_add_direntry_plus(req, p, rem, d->name,
+							     &fe, i + 1);
+			}
+		} else {
+			struct stat st = { .st_ino = d->ino, .st_mode = d->type };
+
+			len = fuse_add_direntry(req, p, rem, d->name, &st, i + 1);
+			if (len > rem)
+				break;
+		}
+		p += len;
+		rem -= len;
+	}
+	pthread_mutex_unlock(&dh->lock);
+	if (err && p == buf)
+		fuse_reply_err(req, -err);
+	else
+		fuse_reply_buf(req, buf, size - rem);
+	free(buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, fi, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
+			   off_t off, struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, fi, true);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
+			  struct fuse_file_info *fi)
+{
+	(void)ino;
+	ovl_releasedir(ofs_of(req), (void *)(uintptr_t)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
+			struct fuse_file_info *fi)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+	struct ovl_node *node = node_of(ofs, ino);
+	int fd, err = 0;
+
+	(void)fi;
+	/* Only the upper can hold unsynced changes. */
+	if (ovl_node_has_upper(node)) {
+		fd = ovl_reopen(atomic_load(&node->upper_fd),
+				O_RDONLY | O_DIRECTORY);
+		if (fd < 0) {
+			err = -fd;
+		} else {
+			if ((datasync ? fdatasync(fd) : fsync(fd)) < 0)
+				err = errno;
+			close(fd);
+		}
+	}
+	fuse_reply_err(req, err);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs st;
+	int err = ovl_statfs(ofs_of(req), &st);
+
+	(void)ino;
+	if (err)
+		fuse_reply_err(req, -err);
+	else
+		fuse_reply_statfs(req, &st);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			const char *value, size_t size, int flags)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+
+	fuse_reply_err(req, -ovl_setxattr(ofs, node_of(ofs, ino), name, value,
+					  size, flags));
+}
+
+static void reply_xattr(fuse_req_t req, size_t size, const char *buf, int n)
+{
+	if (n < 0)
+		fuse_reply_err(req, -n);
+	else if (size == 0)
+		fuse_reply_xattr(req, n);
+	else
+		fuse_reply_buf(req, buf, n);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			size_t size)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+	char *buf = size ? malloc(size) : NULL;
+	int n;
+
+	if (size && !buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	n = ovl_getxattr(ofs, node_of(ofs, ino), name, buf, size);
+	reply_xattr(req, size, buf, n);
+	free(buf);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+	char *buf = size ? malloc(size) : NULL;
+	int n;
+
+	if (size && !buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	n = ovl_listxattr(ofs, node_of(ofs, ino), buf, size);
+	reply_xattr(req, size, buf, n);
+	free(buf);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+
+	fuse_reply_err(req, -ovl_removexattr(ofs, node_of(ofs, ino), name));
+}
+
+static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+	struct ovl_ctx ctx;
+
+	get_ctx(req, &ctx);
+	fuse_reply_err(req, -ovl_access(ofs, &ctx, node_of(ofs, ino), mask));
+}
+
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
+			 off_t len, struct fuse_file_info *fi)
+{
+	(void)ino;
+	fuse_reply_err(req, fallocate((int)fi->fh, mode, off, len) < 0 ? errno : 0);
+}
+
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		     struct fuse_file_info *fi)
+{
+	off_t r = lseek((int)fi->fh, off, whence);
+
+	(void)ino;
+	if (r < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_lseek(req, r);
+}
+
+static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+			       struct fuse_file_info *fi_in, fuse_ino_t ino_out,
+			       off_t off_out, struct fuse_file_info *fi_out,
+			       size_t len, int flags)
+{
+	loff_t in = off_in, out = off_out;
+	ssize_t n;
+
+	(void)ino_in;
+	(void)ino_out;
+	n = copy_file_range((int)fi_in->fh, &in, (int)fi_out->fh, &out, len,
+			    (unsigned)flags);
+	if (n < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_write(req, (size_t)n);
+}
+
+static const struct fuse_lowlevel_ops ovl_ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.readlink = op_readlink,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.unlink = op_unlink,
+	.rmdir = op_rmdir,
+	.symlink = op_symlink,
+	.rename = op_rename,
+	.link = op_link,
+	.open = op_open,
+	.create = op_create,
+	.read = op_read,
+	.write_buf = op_write_buf,
+	.flush = op_flush,
+	.release = op_release,
+	.fsync = op_fsync,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
+	.releasedir = op_releasedir,
+	.fsyncdir = op_fsyncdir,
+	.statfs = op_statfs,
+	.setxattr = op_setxattr,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.removexattr = op_removexattr,
+	.access = op_access,
+	.fallocate = op_fallocate,
+	.lseek = op_lseek,
+	.copy_file_range = op_copy_file_range,
+};
+
+void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_session *se;
+
+	se = fuse_session_new(&args, &ovl_ops, sizeof(ovl_ops), ofs);
+	fuse_opt_free_args(&args);
+	return se;
+}
+
+int ovl_fuse_session_mount(void *se, const char *mount_point)
+{
+	return fuse_session_mount(se, mount_point) < 0 ? -EIO : 0;
+}
+
+int ovl_fuse_loop(void *se)
+{
+	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+	int r;
+
+	if (!cfg)
+		return -ENOMEM;
+	fuse_loop_cfg_set_clone_fd(cfg, 1);
+	fuse_loop_cfg_set_idle_threads(cfg, 8);
+	r = fuse_session_loop_mt(se, cfg);
+	fuse_loop_cfg_destroy(cfg);
+	return r;
+}
+
+void ovl_fuse_session_exit(void *se)
+{
+	fuse_session_exit(se);
+}
+
+void ovl_fuse_session_unmount(void *se)
+{
+	fuse_session_unmount(se);
+}
+
+void ovl_fuse_session_destroy(void *se)
+{
+	fuse_session_destroy(se);
+}

@@ -1,0 +1,160 @@
+/*
+ * layers.c: the two layers and the fd-relative helpers everything else uses.
+ *
+ * Layer contents are only ever reached through fds: each node holds O_PATH
+ * fds of its objects and children are opened with openat(O_NOFOLLOW)
+ * relative to them, so a symlink inside a layer can never lead ovlfs out of
+ * the layers. Where a syscall cannot take an O_PATH fd (reading data,
+ * xattrs) the object is reopened through /proc/self/fd/N: that magic link
+ * resolves to the very object the fd holds, with no path walk that a
+ * symlink could redirect.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ovlfs_i.h"
+
+void ovl_proc_path(int fd, char buf[32])
+{
+	snprintf(buf, 32, "/proc/self/fd/%d", fd);
+}
+
+int ovl_reopen(int fd, int flags)
+{
+	char p[32];
+	int r;
+
+	ovl_proc_path(fd, p);
+	r = open(p, flags | O_CLOEXEC);
+	return r < 0 ? -errno : r;
+}
+
+int ovl_fstat(int fd, struct stat *st)
+{
+	if (fstatat(fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	return 0;
+}
+
+int ovl_open_child(int dirfd, const char *name)
+{
+	int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+
+	return fd < 0 ? -errno : fd;
+}
+
+void ovl_tmp_name(struct ovl_fs *ofs, char buf[64])
+{
+	snprintf(buf, 64, OVL_TMP_PREFIX "%d.%llu", (int)getpid(),
+		 (unsigned long long)atomic_fetch_add(&ofs->tmp_counter, 1));
+}
+
+int ovl_dirlist_read(int dirfd, struct ovl_dirlist *dl)
+{
+	DIR *d;
+	struct dirent *de;
+	int fd, err = 0;
+
+	memset(dl, 0, sizeof(*dl));
+	fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	d = fdopendir(fd);
+	if (!d) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	for (;;) {
+		errno = 0;
+		de = readdir(d);
+		if (!de) {
+			err = -errno;
+			break;
+		}
+		if (de->d_name[0] == '.' &&
+		    (!de->d_name[1] ||
+		     (de->d_name[1] == '.' && !de->d_name[2])))
+			continue;
+		if (dl->n == dl->cap) {
+			size_t cap = dl->cap ? dl->cap * 2 : 32;
+			void *p = realloc(dl->ents, cap * sizeof(*dl->ents));
+
+			if (!p) {
+				err = -ENOMEM;
+				break;
+			}
+			dl->ents = p;
+			dl->cap = cap;
+		}
+		dl->ents[dl->n].name = strdup(de->d_name);
+		if (!dl->ents[dl->n].name) {
+			err = -ENOMEM;
+			break;
+		}
+		dl->ents[dl->n].ino = de->d_ino;
+		dl->ents[dl->n].type = de->d_type;
+		dl->n++;
+	}
+	closedir(d);
+	if (err)
+		ovl_dirlist_free(dl);
+	return err;
+}
+
+void ovl_dirlist_free(struct ovl_dirlist *dl)
+{
+	for (size_t i = 0; i < dl->n; i++)
+		free(dl->ents[i].name);
+	free(dl->ents);
+	memset(dl, 0, sizeof(*dl));
+}
+
+/*
+ * Directories in the tree may be mode 0000 or read-only: grant ourselves
+ * access first (we own the upper) so removal never stops half-way.
+ */
+static int remove_children(int dfd)
+{
+	struct ovl_dirlist dl;
+	int err = ovl_dirlist_read(dfd, &dl);
+
+	if (err)
+		return err;
+	for (size_t i = 0; i < dl.n && !err; i++)
+		err = ovl_remove_tree(dfd, dl.ents[i].name);
+	ovl_dirlist_free(&dl);
+	return err;
+}
+
+int ovl_remove_tree(int dirfd, const char *name)
+{
+	struct stat st;
+	int dfd, err;
+
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (!S_ISDIR(st.st_mode)) {
+		if (unlinkat(dirfd, name, 0) < 0 && errno != ENOENT)
+			return -errno;
+		return 0;
+	}
+	if ((st.st_mode & 0700) != 0700)
+		fchmodat(dirfd, name, 0700, 0);
+	dfd = openat(dirfd, name,
+		     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		return -errno;
+	err = remove_children(dfd);
+	close(dfd);
+	if (err)
+		return err;
+	if (unlinkat(dirfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
+		return -errno;
+	return 0;
+}

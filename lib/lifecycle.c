@@ -1,0 +1,730 @@
+/*
+ * lifecycle.c: struct ovlfs, checking the directories, mounting and
+ * unmounting.
+ *
+ * Everything that can be refused is checked before anything is created, so
+ * a refused mount changes nothing; what ovlfs_mount() did create it removes
+ * again when a later step fails.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ovlfs_i.h"
+
+#define FUSECTL_DIR "/sys/fs/fuse/connections"
+
+int ovl_set_error(struct ovlfs *fs, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(fs->err, sizeof(fs->err), fmt, ap);
+	va_end(ap);
+	return err;
+}
+
+struct ovlfs *ovlfs_new(const char *lower)
+{
+	struct ovlfs *fs;
+
+	if (!lower || !*lower) {
+		errno = EINVAL;
+		return NULL;
+	}
+	fs = calloc(1, sizeof(*fs));
+	if (!fs)
+		return NULL;
+	fs->lower = ovl_path_strip(lower);
+	/* "/" has no sibling to put the defaults in: they must be set. */
+	fs->upper = ovl_path_with_suffix(lower, ".upper");
+	fs->mount_point = ovl_path_with_suffix(lower, ".mountpoint");
+	if (!fs->lower) {
+		ovlfs_free(fs);
+		errno = ENOMEM;
+		return NULL;
+	}
+	return fs;
+}
+
+static int set_string(struct ovlfs *fs, char **field, const char *value)
+{
+	char *v;
+
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	if (!value || !*value)
+		return ovl_set_error(fs, -EINVAL, "empty value");
+	v = strdup(value);
+	if (!v)
+		return -ENOMEM;
+	free(*field);
+	*field = v;
+	return 0;
+}
+
+int ovlfs_set_upper(struct ovlfs *fs, const char *upper)
+{
+	return set_string(fs, &fs->upper, upper);
+}
+
+int ovlfs_set_mount_point(struct ovlfs *fs, const char *mount_point)
+{
+	return set_string(fs, &fs->mount_point, mount_point);
+}
+
+int ovlfs_set_fuse_options(struct ovlfs *fs, const char *options)
+{
+	return set_string(fs, &fs->fuse_options, options);
+}
+
+int ovlfs_set_inode_mode(struct ovlfs *fs, enum ovlfs_inode_mode mode)
+{
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	if (mode != OVLFS_INODE_VIRTUAL && mode != OVLFS_INODE_PERSISTENT)
+		return ovl_set_error(fs, -EINVAL, "unknown inode mode %d", mode);
+	fs->inode_mode = mode;
+	return 0;
+}
+
+int ovlfs_set_debug(struct ovlfs *fs, bool debug)
+{
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	fs->debug = debug;
+	return 0;
+}
+
+const char *ovlfs_lower(const struct ovlfs *fs)
+{
+	return fs->lower;
+}
+
+const char *ovlfs_upper(const struct ovlfs *fs)
+{
+	return fs->upper ? fs->upper : "";
+}
+
+const char *ovlfs_mount_point(const struct ovlfs *fs)
+{
+	return fs->mount_point ? fs->mount_point : "";
+}
+
+bool ovlfs_is_mounted(const struct ovlfs *fs)
+{
+	return fs->mounted;
+}
+
+const char *ovlfs_error(const struct ovlfs *fs)
+{
+	return fs->err;
+}
+
+/* ---- checking the three directories ---- */
+
+struct dirs {
+	char *lower, *upper, *mp;	/* canonical */
+};
+
+static void dirs_free(struct dirs *d)
+{
+	free(d->lower);
+	free(d->upper);
+	free(d->mp);
+}
+
+static int check_pair(struct ovlfs *fs, const char *what_a, const char *a,
+		      const char *what_b, const char *b)
+{
+	if (!strcmp(a, b))
+		return ovl_set_error(fs, -EINVAL, "%s %s is the same directory as the %s",
+				     what_a, a, what_b);
+	if (ovl_path_within(a, b))
+		return ovl_set_error(fs, -EINVAL, "%s %s is inside the %s %s",
+				     what_a, a, what_b, b);
+	if (ovl_path_within(b, a))
+		return ovl_set_error(fs, -EINVAL, "%s %s is inside the %s %s",
+				     what_b, b, what_a, a);
+	return 0;
+}
+
+static int canon(struct ovlfs *fs, const char *what, const char *path,
+		 char **out)
+{
+	int err = ovl_path_canonical(path, out);
+
+	if (err)
+		return ovl_set_error(fs, err, "%s %s: %s", what, path,
+				     strerror(-err));
+	return 0;
+}
+
+/* Existing PATH must be a directory; a missing one is fine (created). */
+static int check_dir_or_missing(struct ovlfs *fs, const char *what,
+				const char *path, bool *exists)
+{
+	struct stat st;
+
+	if (stat(path, &st) < 0) {
+		if (errno == ENOENT) {
+			*exists = false;
+			return 0;
+		}
+		return ovl_set_error(fs, -errno, "%s %s: %s", what, path,
+				     strerror(errno));
+	}
+	if (!S_ISDIR(st.st_mode))
+		return ovl_set_error(fs, -ENOTDIR, "%s %s: not a directory",
+				     what, path);
+	*exists = true;
+	return 0;
+}
+
+static int check_empty(struct ovlfs *fs, const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *de;
+	int err = 0;
+
+	if (!d)
+		return ovl_set_error(fs, -errno, "mount point %s: %s", path,
+				     strerror(errno));
+	while ((de = readdir(d))) {
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+			err = ovl_set_error(fs, -ENOTEMPTY,
+					    "mount point %s is not empty", path);
+			break;
+		}
+	}
+	closedir(d);
+	return err;
+}
+
+static int check_dirs(struct ovlfs *fs, struct dirs *d, bool *upper_exists,
+		      bool *mp_exists)
+{
+	struct stat st;
+	int err;
+
+	if (stat(fs->lower, &st) < 0)
+		return ovl_set_error(fs, -errno, "lower %s: %s", fs->lower,
+				     strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return ovl_set_error(fs, -ENOTDIR, "lower %s: not a directory",
+				     fs->lower);
+	if (!fs->upper || !fs->mount_point)
+		return ovl_set_error(fs, -EINVAL,
+				     "lower %s has no default upper or mount point: set them",
+				     fs->lower);
+	err = canon(fs, "lower", fs->lower, &d->lower);
+	if (!err)
+		err = canon(fs, "upper", fs->upper, &d->upper);
+	if (!err)
+		err = canon(fs, "mount point", fs->mount_point, &d->mp);
+	if (!err)
+		err = check_pair(fs, "upper", d->upper, "lower", d->lower);
+	if (!err)
+		err = check_pair(fs, "mount point", d->mp, "lower", d->lower);
+	if (!err)
+		err = check_pair(fs, "mount point", d->mp, "upper", d->upper);
+	if (!err)
+		err = check_dir_or_missing(fs, "upper", d->upper, upper_exists);
+	if (!err)
+		err = check_dir_or_missing(fs, "mount point", d->mp, mp_exists);
+	if (!err && *mp_exists)
+		err = check_empty(fs, d->mp);
+	return err;
+}
+
+/*
+ * Lock the upper against a second mount. The lock lives on an open file
+ * description, so it dies with the daemon however it ends. An unmount
+ * returns a moment before the old daemon has let go: wait a little.
+ */
+static int lock_upper(struct ovlfs *fs, struct ovl_fs *ofs, const char *upper)
+{
+	int fd = open(upper, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0)
+		return ovl_set_error(fs, -errno, "upper %s: %s", upper,
+				     strerror(errno));
+	for (int i = 0; flock(fd, LOCK_EX | LOCK_NB) < 0; i++) {
+		if (errno != EWOULDBLOCK || i == 40) {
+			int err = errno == EWOULDBLOCK ? EBUSY : errno;
+
+			close(fd);
+			if (err == EBUSY)
+				return ovl_set_error(fs, -EBUSY,
+						     "upper %s is in use by another ovlfs mount",
+						     upper);
+			return ovl_set_error(fs, -err, "upper %s: cannot lock: %s",
+					     upper, strerror(err));
+		}
+		nanosleep(&(struct timespec){ 0, 50 * 1000 * 1000 }, NULL);
+	}
+	ofs->upper_lock_fd = fd;
+	return 0;
+}
+
+/* Refuse an upper in a format we do not know; stamp ours on a new one. */
+static int check_format(struct ovlfs *fs, int fd, const char *upper)
+{
+	char buf[16];
+	ssize_t n = ovl_fd_getxattr(fd, OVL_XATTR_FORMAT, buf, sizeof(buf) - 1);
+	long v;
+
+	if (n == -ENODATA) {
+		n = snprintf(buf, sizeof(buf), "%d", OVL_FORMAT_VERSION);
+		ovl_fd_setxattr(fd, OVL_XATTR_FORMAT, buf, n, XATTR_CREATE);
+		return 0;
+	}
+	if (n < 0)
+		return 0;	/* no user xattrs here: nothing recorded */
+	buf[n] = '\0';
+	v = strtol(buf, NULL, 10);
+	if (v < 1 || v > OVL_FORMAT_VERSION)
+		return ovl_set_error(fs, -EPROTO,
+				     "upper %s has format \"%s\"; this ovlfs reads format %d only",
+				     upper, buf, OVL_FORMAT_VERSION);
+	return 0;
+}
+
+static int open_layer(struct ovlfs *fs, struct ovl_layer *l, int idx,
+		      const char *what, const char *path)
+{
+	struct stat st;
+
+	l->idx = idx;
+	l->root_fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (l->root_fd < 0 || fstat(l->root_fd, &st) < 0)
+		return ovl_set_error(fs, -errno, "%s %s: %s", what, path,
+				     strerror(errno));
+	l->dev = st.st_dev;
+	return 0;
+}
+
+static int make_root(struct ovlfs *fs, struct ovl_fs *ofs)
+{
+	struct stat st;
+	int ufd = dup(ofs->upper.root_fd), lfd = dup(ofs->lower.root_fd);
+	int opaque;
+
+	if (ufd < 0 || lfd < 0 || fstat(lfd, &st) < 0) {
+		if (ufd >= 0)
+			close(ufd);
+		if (lfd >= 0)
+			close(lfd);
+		return ovl_set_error(fs, -errno, "cannot open layer roots: %s",
+				     strerror(errno));
+	}
+	opaque = ovl_opaque_get(ufd);
+	ofs->root = ovl_node_new(ofs, NULL, "", ufd, lfd, S_IFDIR,
+				 ovl_ino_for(ofs, 0, st.st_dev, st.st_ino));
+	if (!ofs->root) {
+		close(ufd);
+		close(lfd);
+		return ovl_set_error(fs, -ENOMEM, "out of memory");
+	}
+	ofs->root->opaque = opaque > 0;
+	return 0;
+}
+
+static void ofs_free(struct ovl_fs *ofs)
+{
+	if (!ofs)
+		return;
+	if (ofs->table)
+		ovl_inode_table_destroy(ofs);
+	if (ofs->lower.root_fd >= 0)
+		close(ofs->lower.root_fd);
+	if (ofs->upper.root_fd >= 0)
+		close(ofs->upper.root_fd);
+	/* Let go of the upper before the connection goes (see unmount_path). */
+	if (ofs->upper_lock_fd >= 0)
+		close(ofs->upper_lock_fd);
+	if (ofs->se)
+		ovl_fuse_session_destroy(ofs->se);
+	pthread_rwlock_destroy(&ofs->ns_lock);
+	free(ofs);
+}
+
+/* fsname=LOWER for mount(8) listings; commas and backslashes escaped. */
+static char *mount_options(struct ovlfs *fs, const char *lower)
+{
+	size_t len = strlen(lower) * 2 + 64 +
+		     (fs->fuse_options ? strlen(fs->fuse_options) : 0);
+	char *o = malloc(len), *p;
+
+	if (!o)
+		return NULL;
+	p = o + sprintf(o, "subtype=ovlfs,fsname=");
+	for (const char *s = lower; *s; s++) {
+		if (*s == ',' || *s == '\\')
+			*p++ = '\\';
+		*p++ = *s;
+	}
+	*p = '\0';
+	if (fs->fuse_options)
+		sprintf(p, ",%s", fs->fuse_options);
+	return o;
+}
+
+static void *loop_main(void *arg)
+{
+	struct ovl_fs *ofs = arg;
+
+	ofs->loop_result = ovl_fuse_loop(ofs->se);
+	return NULL;
+}
+
+static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
+{
+	char *opts = mount_options(fs, d->lower);
+	char *argv[5];
+	int argc = 0, err;
+	sigset_t all, old;
+	struct stat st;
+
+	if (!opts)
+		return ovl_set_error(fs, -ENOMEM, "out of memory");
+	argv[argc++] = (char *)"ovlfs";
+	argv[argc++] = (char *)"-o";
+	argv[argc++] = opts;
+	if (fs->debug)
+		argv[argc++] = (char *)"-d";
+	argv[argc] = NULL;
+	ofs->se = ovl_fuse_session_new(ofs, argc, argv);
+	free(opts);
+	if (!ofs->se)
+		return ovl_set_error(fs, -EINVAL,
+				     "cannot start fuse session (bad -o options \"%s\"?)",
+				     fs->fuse_options ? fs->fuse_options : "");
+	err = ovl_fuse_session_mount(ofs->se, d->mp);
+	if (err)
+		return ovl_set_error(fs, err, "mount point %s: cannot mount: %s",
+				     d->mp, strerror(-err));
+	/* Our threads take no signals: they belong to the application. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	err = pthread_create(&ofs->loop_thread, NULL, loop_main, ofs);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err) {
+		ovl_fuse_session_unmount(ofs->se);
+		return ovl_set_error(fs, -err, "cannot start worker thread: %s",
+				     strerror(err));
+	}
+	ofs->loop_running = true;
+	/* Answered only once the loop has taken the kernel's INIT. */
+	if (stat(d->mp, &st) < 0) {
+		err = -errno;
+		ovl_fuse_session_exit(ofs->se);
+		ovl_fuse_session_unmount(ofs->se);
+		pthread_join(ofs->loop_thread, NULL);
+		ofs->loop_running = false;
+		return ovl_set_error(fs, err, "mount point %s: mount is not answering: %s",
+				     d->mp, strerror(-err));
+	}
+	ofs->conn_dev = st.st_dev;
+	return 0;
+}
+
+static void replace(char **field, char *value)
+{
+	free(*field);
+	*field = value;
+}
+
+int ovlfs_mount(struct ovlfs *fs)
+{
+	struct dirs d = { 0 };
+	bool upper_exists = false, mp_exists = false;
+	struct ovl_fs *ofs = NULL;
+	mode_t um;
+	int err;
+
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "already mounted at %s",
+				     fs->mount_point);
+	fs->err[0] = '\0';
+	fs->created_upper = fs->created_mount_point = false;
+	err = check_dirs(fs, &d, &upper_exists, &mp_exists);
+	if (err)
+		goto out_dirs;
+
+	ofs = calloc(1, sizeof(*ofs));
+	if (!ofs) {
+		err = ovl_set_error(fs, -ENOMEM, "out of memory");
+		goto out_dirs;
+	}
+	ofs->pub = fs;
+	ofs->lower.root_fd = ofs->upper.root_fd = ofs->upper_lock_fd = -1;
+	ofs->inode_mode = fs->inode_mode;
+	ofs->is_root = geteuid() == 0;
+	pthread_rwlock_init(&ofs->ns_lock, NULL);
+	/* Read, not change: umask() is the only way, so put it back at once. */
+	um = umask(022);
+	umask(um);
+	ofs->umask = um;
+
+	if (!upper_exists) {
+		if (mkdir(d.upper, 0755) < 0) {
+			err = ovl_set_error(fs, -errno, "upper %s: cannot create: %s",
+					    d.upper, strerror(errno));
+			goto out_free;
+		}
+		fs->created_upper = true;
+	}
+	err = lock_upper(fs, ofs, d.upper);
+	if (err)
+		goto out_rmdirs;
+	err = open_layer(fs, &ofs->lower, 0, "lower", d.lower);
+	if (!err)
+		err = open_layer(fs, &ofs->upper, 1, "upper", d.upper);
+	if (!err)
+		err = check_format(fs, ofs->upper.root_fd, d.upper);
+	if (err)
+		goto out_rmdirs;
+	if (!mp_exists) {
+		if (mkdir(d.mp, 0755) < 0) {
+			err = ovl_set_error(fs, -errno,
+					    "mount point %s: cannot create: %s",
+					    d.mp, strerror(errno));
+			goto out_rmdirs;
+		}
+		fs->created_mount_point = true;
+	}
+	if (ovl_inode_table_init(ofs) < 0) {
+		err = ovl_set_error(fs, -ENOMEM, "out of memory");
+		goto out_rmdirs;
+	}
+	err = make_root(fs, ofs);
+	if (!err)
+		err = start_fuse(fs, ofs, &d);
+	if (err)
+		goto out_rmdirs;
+
+	replace(&fs->lower, d.lower);
+	replace(&fs->upper, d.upper);
+	replace(&fs->mount_point, d.mp);
+	fs->ofs = ofs;
+	fs->mounted = true;
+	return 0;
+
+out_rmdirs:
+	if (fs->created_mount_point)
+		rmdir(d.mp);
+out_free:
+	ofs_free(ofs);
+	/* Only now is the upper unlocked and ours to remove. */
+	if (fs->created_upper)
+		rmdir(d.upper);
+	fs->created_upper = fs->created_mount_point = false;
+out_dirs:
+	dirs_free(&d);
+	return err;
+}
+
+/* Cut a connection whose mount is gone but whose files are still open. */
+static void abort_connection(dev_t dev)
+{
+	char p[64];
+	int fd;
+
+	snprintf(p, sizeof(p), FUSECTL_DIR "/%u/abort", minor(dev));
+	fd = open(p, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT &&
+	    mount("fusectl", FUSECTL_DIR, "fusectl", 0, NULL) == 0)
+		fd = open(p, O_WRONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (write(fd, "1", 1) < 0) {
+			/* nothing more we can do */
+		}
+		close(fd);
+	}
+}
+
+static void teardown(struct ovlfs *fs)
+{
+	ovl_fuse_session_unmount(fs->ofs->se);
+	ofs_free(fs->ofs);
+	fs->ofs = NULL;
+	fs->mounted = false;
+}
+
+int ovlfs_wait(struct ovlfs *fs)
+{
+	if (!fs->mounted)
+		return -EINVAL;
+	pthread_join(fs->ofs->loop_thread, NULL);
+	fs->ofs->loop_running = false;
+	teardown(fs);
+	return 0;
+}
+
+int ovlfs_umount(struct ovlfs *fs)
+{
+	struct ovl_fs *ofs = fs->ofs;
+	struct timespec ts;
+
+	if (!fs->mounted)
+		return -EINVAL;
+	ovl_fuse_session_exit(ofs->se);
+	ovl_fuse_session_unmount(ofs->se);
+	/*
+	 * The workers leave their read() of /dev/fuse when the connection
+	 * ends; a detached mount with files still open keeps it alive, so
+	 * cut it after a grace period.
+	 */
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 2;
+	if (pthread_timedjoin_np(ofs->loop_thread, NULL, &ts) != 0) {
+		abort_connection(ofs->conn_dev);
+		pthread_join(ofs->loop_thread, NULL);
+	}
+	ofs->loop_running = false;
+	teardown(fs);
+	return 0;
+}
+
+void ovlfs_free(struct ovlfs *fs)
+{
+	if (!fs)
+		return;
+	if (fs->mounted)
+		ovlfs_umount(fs);
+	free(fs->lower);
+	free(fs->upper);
+	free(fs->mount_point);
+	free(fs->fuse_options);
+	free(fs);
+}
+
+/* ---- unmounting from outside ---- */
+
+/* Undo mountinfo's octal escapes (\040 for a space) in place. */
+static void unescape(char *s)
+{
+	char *o = s;
+
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '7' && s[2] && s[3]) {
+			*o++ = (char)(((s[1] - '0') << 6) | ((s[2] - '0') << 3) |
+				      (s[3] - '0'));
+			s += 3;
+		} else {
+			*o++ = *s;
+		}
+	}
+	*o = '\0';
+}
+
+/* Find MP in mountinfo: 1 and its device if it is an ovlfs mount. */
+static int find_ovlfs_mount(const char *mp, dev_t *dev, bool *is_ovlfs)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	int found = 0;
+
+	if (!f)
+		return -errno;
+	while (getline(&line, &cap, f) > 0) {
+		unsigned maj, mnr;
+		char point[4096], fstype[256];
+		char *sep = strstr(line, " - ");
+
+		if (!sep || sscanf(line, "%*u %*u %u:%u %*s %4095s", &maj, &mnr,
+				   point) != 3 ||
+		    sscanf(sep + 3, "%255s", fstype) != 1)
+			continue;
+		unescape(point);
+		if (strcmp(point, mp))
+			continue;
+		/* The last mount on MP is the one on top: keep going. */
+		found = 1;
+		*dev = makedev(maj, mnr);
+		*is_ovlfs = !strcmp(fstype, "fuse.ovlfs");
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+static int run_fusermount(const char *mp)
+{
+	pid_t pid = fork();
+	int status;
+
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		execlp("fusermount3", "fusermount3", "-u", "-q", mp, (char *)NULL);
+		_exit(127);
+	}
+	if (waitpid(pid, &status, 0) < 0)
+		return -errno;
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EPERM;
+}
+
+int ovlfs_unmount_path(const char *mount_point, char *errbuf, unsigned errlen)
+{
+	char *mp = NULL, p[64];
+	bool is_ovlfs = false;
+	dev_t dev = 0;
+	struct stat st;
+	int err;
+
+	err = ovl_path_canonical(mount_point, &mp);
+	if (err) {
+		snprintf(errbuf, errlen, "mount point %s: %s", mount_point,
+			 strerror(-err));
+		return err;
+	}
+	err = find_ovlfs_mount(mp, &dev, &is_ovlfs);
+	if (err <= 0 || !is_ovlfs) {
+		err = err < 0 ? err : -EINVAL;
+		snprintf(errbuf, errlen, "%s is not an ovlfs mount point", mp);
+		goto out;
+	}
+	if (geteuid() == 0) {
+		if (umount2(mp, UMOUNT_NOFOLLOW) < 0) {
+			err = -errno;
+			snprintf(errbuf, errlen, "cannot unmount %s: %s%s", mp,
+				 strerror(errno),
+				 errno == EBUSY ? " (files still open in it?)" : "");
+			goto out;
+		}
+	} else {
+		err = run_fusermount(mp);
+		if (err) {
+			snprintf(errbuf, errlen, "fusermount3 -u %s failed", mp);
+			goto out;
+		}
+	}
+	/*
+	 * Return once the daemon has let go of the connection (and, just
+	 * before that, the upper's lock), so a remount can follow at once.
+	 */
+	snprintf(p, sizeof(p), FUSECTL_DIR "/%u", minor(dev));
+	if (stat(FUSECTL_DIR "/.", &st) == 0) {
+		for (int i = 0; i < 100 && stat(p, &st) == 0; i++)
+			nanosleep(&(struct timespec){ 0, 20 * 1000 * 1000 }, NULL);
+	}
+	err = 0;
+out:
+	free(mp);
+	return err;
+}

@@ -1,0 +1,447 @@
+/*
+ * Private header of libovlfs: one section per lib/ file, as the kernel's
+ * fs/overlayfs/overlayfs.h does. Nothing here is public API.
+ *
+ * Conventions: functions return 0 or -errno; names are ovl_<file>_<verb>.
+ *
+ * Lock order (take left before right, never the reverse):
+ *
+ *	node->copyup_lock  >  ofs->ns_lock  >  node->lock  >  ofs->table_lock
+ *
+ *  - copyup_lock (per node, mutex): serialises copy-up of one object, held
+ *    across the data copy, which runs outside ns_lock so a slow copy-up
+ *    blocks nothing but other writers of the same file. A copy-up takes
+ *    the copyup_lock of the node first and then, for its parent chain, the
+ *    ancestors' in child-to-root order; nobody takes a descendant's
+ *    copyup_lock while holding an ancestor's.
+ *  - ns_lock (rwlock): the namespace. Written by every operation that
+ *    changes names in a layer (create, mkdir, mknod, symlink, link, unlink,
+ *    rmdir, rename, the link-into-place step of copy-up, opaque marking);
+ *    read by lookup and readdir, which must not see half a change.
+ *  - node->lock (mutex): per-node mutable metadata not covered above.
+ *  - table_lock (mutex): the node hash table and reference counts; a leaf.
+ * No lock is held across a FUSE reply (fuse_ops.c replies after the core
+ * call returned and dropped its locks). read/write/fsync use the backing fd
+ * of the file handle and take no lock at all.
+ */
+#ifndef OVLFS_I_H
+#define OVLFS_I_H
+
+#include <dirent.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+
+#include "ovlfs.h"
+
+#define OVL_WH_PREFIX "."  "wh."
+#define OVL_WH_PREFIX_LEN 4
+#define OVL_OPAQUE_NAME ".wh..wh..opq"
+/* Everything under ".wh..wh." is ovlfs's own namespace (docs/format.md). */
+#define OVL_META_PREFIX ".wh..wh."
+#define OVL_META_PREFIX_LEN 8
+#define OVL_LONGWH_PREFIX ".wh..wh.lng."
+#define OVL_TMP_PREFIX ".wh..wh.tmp."
+
+/* Private xattrs that never show through the mount. */
+#define OVL_XATTR_ORIGIN_TRUSTED "trusted.ovlfs.origin"
+#define OVL_XATTR_ORIGIN_USER "user.ovlfs.origin"
+#define OVL_XATTR_FORMAT "user.ovlfs.format"
+#define OVL_FORMAT_VERSION 1
+
+#define OVL_ERRLEN 512
+
+struct ovl_node;
+struct ovl_fs;
+
+/* ===== lifecycle.c: struct ovlfs, mount and unmount ===== */
+
+struct ovlfs {
+	char *lower;		/* as given, then canonical after mount */
+	char *upper;		/* NULL until set or defaulted */
+	char *mount_point;
+	char *fuse_options;
+	enum ovlfs_inode_mode inode_mode;
+	bool debug;
+	char err[OVL_ERRLEN];
+
+	/* Set by ovlfs_mount, cleared by unmount; owned by the caller's thread. */
+	struct ovl_fs *ofs;
+	bool mounted;
+	bool created_upper, created_mount_point;
+};
+
+/* Format an error into fs->err; returns ERR (negative errno) for chaining. */
+int ovl_set_error(struct ovlfs *fs, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* ===== paths.c: pure path logic (unit tested) ===== */
+
+/* Strip trailing slashes (keeping "/"); returns a new string or NULL. */
+char *ovl_path_strip(const char *path);
+/* PATH + SUFFIX after stripping trailing slashes; new string or NULL. */
+char *ovl_path_with_suffix(const char *path, const char *suffix);
+/* True if canonical absolute path A equals B or lies inside B. */
+bool ovl_path_within(const char *a, const char *b);
+/*
+ * Canonicalise PATH, which may not exist yet: realpath of the longest
+ * existing prefix plus the remaining components (no "." or ".." allowed in
+ * them). New string in *OUT or -errno.
+ */
+int ovl_path_canonical(const char *path, char **out);
+
+/* ===== sha256.c ===== */
+
+void ovl_sha256(const void *data, size_t len, uint8_t out[32]);
+
+/* ===== whiteout.c: markers in the upper ===== */
+
+/* Is NAME (a directory entry in the upper) an ovlfs marker or temp? */
+static inline bool ovl_is_wh_name(const char *name)
+{
+	return name[0] == '.' && name[1] == 'w' && name[2] == 'h' &&
+	       name[3] == '.';
+}
+/*
+ * The whiteout name that hides NAME: ".wh.NAME", or for a NAME too long for
+ * the prefix, ".wh..wh.lng.<sha256 hex>" whose content is NAME. BUF holds
+ * NAME_MAX + 1 bytes. Returns true if the long (hashed) form was used.
+ */
+bool ovl_wh_name(const char *name, char *buf);
+/* Is NAME hidden by a whiteout in upper directory DIRFD? 1, 0 or -errno. */
+int ovl_wh_exists(int dirfd, const char *name);
+/* Create the whiteout for NAME in DIRFD (EEXIST is success). */
+int ovl_wh_create(struct ovl_fs *ofs, int dirfd, const char *name);
+/* Remove the whiteout for NAME from DIRFD if there is one. */
+int ovl_wh_remove(int dirfd, const char *name);
+/* Does upper directory DIRFD carry the opaque marker? 1, 0 or -errno. */
+int ovl_opaque_get(int dirfd);
+int ovl_opaque_set(struct ovl_fs *ofs, int dirfd);
+/* Name of a long whiteout's target, read from its content; -errno. */
+int ovl_wh_long_target(int dirfd, const char *whname, char *buf);
+
+/* ===== layers.c: the two layers and fd helpers ===== */
+
+struct ovl_layer {
+	int root_fd;		/* O_PATH|O_DIRECTORY, never closed while mounted */
+	dev_t dev;		/* st_dev of the root */
+	int idx;		/* 0 = lower, 1 = upper */
+};
+
+/* "/proc/self/fd/N" for FD into BUF (32 bytes). */
+void ovl_proc_path(int fd, char buf[32]);
+/*
+ * Reopen the object an fd holds with FLAGS. Never pass O_NOFOLLOW: the
+ * magic link must be followed, and it leads to the object itself.
+ */
+int ovl_reopen(int fd, int flags);
+/* statx/fstatat helpers on an O_PATH fd. */
+int ovl_fstat(int fd, struct stat *st);
+/* Open a child CHILD of directory fd DIRFD as O_PATH|O_NOFOLLOW. */
+int ovl_open_child(int dirfd, const char *name);
+/* A fresh temporary name ".wh..wh.tmp.<n>" in BUF (64 bytes). */
+void ovl_tmp_name(struct ovl_fs *ofs, char buf[64]);
+/* Remove NAME in DIRFD and everything under it, never following symlinks. */
+int ovl_remove_tree(int dirfd, const char *name);
+/* Read a whole directory (names only, '.'/'..' skipped). */
+struct ovl_dirlist {
+	struct ovl_dirent {
+		char *name;
+		ino_t ino;
+		unsigned char type;
+	} *ents;
+	size_t n, cap;
+};
+int ovl_dirlist_read(int dirfd, struct ovl_dirlist *dl);
+void ovl_dirlist_free(struct ovl_dirlist *dl);
+
+/* ===== inode.c: the node table and inode numbers ===== */
+
+/*
+ * A node is one object of the merged view (like a dentry+inode of the
+ * kernel's overlayfs). Its FUSE nodeid is its address (1 for the root).
+ * A node is found in the table by (parent, name) while it is linked; an
+ * unlinked node (deleted or replaced) stays alive while the kernel or an
+ * open file refers to it and keeps working through its fds.
+ */
+struct ovl_node {
+	/* table_lock */
+	struct ovl_node *hnext;		/* hash chain */
+	uint64_t nlookup;		/* kernel's lookup count */
+	uint64_t refs;			/* children, handles, temporary refs */
+	bool hashed;
+
+	/* ns_lock (write to change, read to use) */
+	struct ovl_node *parent;	/* holds a ref; NULL for root */
+	char *name;
+	bool deleted;			/* no longer has a name */
+	bool opaque;			/* dir: lower is hidden */
+
+	/*
+	 * Set once (from -1) under ns_lock write, then never changed until the
+	 * node is freed, so readers may load it without a lock.
+	 */
+	_Atomic int upper_fd;		/* O_PATH, -1 if none */
+	int lower_fd;			/* O_PATH, -1 if none; immutable */
+
+	/* immutable after creation */
+	mode_t type;			/* S_IFMT bits */
+	uint64_t ino;			/* number shown to users */
+	uint64_t generation;
+
+	pthread_mutex_t copyup_lock;
+
+	/* table_lock: every live node, for teardown */
+	struct ovl_node *all_prev, *all_next;
+};
+
+struct ovl_fs {
+	struct ovlfs *pub;
+	struct ovl_layer lower, upper;
+	int upper_lock_fd;		/* flock'ed for the mount's lifetime */
+	enum ovlfs_inode_mode inode_mode;
+	bool is_root;			/* may use trusted.* and chown */
+	mode_t umask;			/* process umask at mount time */
+	bool no_tmpfile;		/* upper lacks O_TMPFILE */
+
+	pthread_rwlock_t ns_lock;
+
+	pthread_mutex_t table_lock;
+	struct ovl_node **table;	/* table_lock */
+	size_t table_size, table_count;	/* table_lock */
+	struct ovl_node *root;
+
+	/* virtual inode numbers: key -> number, under table_lock */
+	struct ovl_inomap *inomap;
+	uint64_t next_ino;		/* table_lock */
+	uint64_t next_overflow;		/* table_lock */
+	struct ovl_node *all_nodes;	/* table_lock */
+	_Atomic uint64_t next_gen;
+	_Atomic uint64_t tmp_counter;
+	/* nested-mount devices seen in a layer, for persistent numbers */
+	dev_t extra_devs[2][126];	/* table_lock */
+	int n_extra_devs[2];		/* table_lock */
+
+	/* FUSE session, owned by lifecycle.c */
+	void *se;
+	pthread_t loop_thread;
+	bool loop_running;
+	dev_t conn_dev;			/* st_dev of the mount */
+	int loop_result;
+};
+
+struct ovl_node *ovl_node_new(struct ovl_fs *ofs, struct ovl_node *parent,
+			      const char *name, int upper_fd, int lower_fd,
+			      mode_t type, uint64_t ino);
+/* Find a linked node by (parent, name) and take a ref; NULL if absent. */
+struct ovl_node *ovl_node_find(struct ovl_fs *ofs, struct ovl_node *parent,
+			       const char *name);
+/* Insert NODE, or return the node already there (ref taken, NODE freed). */
+struct ovl_node *ovl_node_insert(struct ovl_fs *ofs, struct ovl_node *node);
+void ovl_node_get(struct ovl_fs *ofs, struct ovl_node *node);
+void ovl_node_put(struct ovl_fs *ofs, struct ovl_node *node);
+/* The kernel learned of NODE (lookup/create reply): nlookup++. */
+void ovl_node_lookup_ref(struct ovl_fs *ofs, struct ovl_node *node);
+void ovl_node_forget(struct ovl_fs *ofs, struct ovl_node *node, uint64_t n);
+/* Move NODE to (NEWPARENT, NEWNAME); caller holds ns_lock for write. */
+int ovl_node_move(struct ovl_fs *ofs, struct ovl_node *node,
+		  struct ovl_node *newparent, const char *newname);
+/* Unhash NODE and mark it deleted; caller holds ns_lock for write. */
+void ovl_node_unlink(struct ovl_fs *ofs, struct ovl_node *node);
+int ovl_inode_table_init(struct ovl_fs *ofs);
+void ovl_inode_table_destroy(struct ovl_fs *ofs);
+/*
+ * The key (see inode.c) of an object that originated in layer LAYER_IDX as
+ * (DEV, INO), and the number shown for a key in the mount's inode mode.
+ */
+uint64_t ovl_key_for(struct ovl_fs *ofs, int layer_idx, dev_t dev, ino_t ino);
+uint64_t ovl_number_for_key(struct ovl_fs *ofs, uint64_t key);
+/* Both in one: the number shown for (LAYER_IDX, DEV, INO). */
+uint64_t ovl_ino_for(struct ovl_fs *ofs, int layer_idx, dev_t dev, ino_t ino);
+/* Origin key recorded on an upper object at copy-up: 0 or -errno. */
+int ovl_origin_get(struct ovl_fs *ofs, int fd, uint64_t *key);
+int ovl_origin_get_at(struct ovl_fs *ofs, int dirfd, const char *name,
+		      uint64_t *key);
+int ovl_origin_set(struct ovl_fs *ofs, int fd, uint64_t key);
+/* Inode number for an upper object reached by O_PATH fd FD with stat ST. */
+uint64_t ovl_ino_upper(struct ovl_fs *ofs, int fd, const struct stat *st);
+
+/* ===== lookup.c: lookup across layers ===== */
+
+/* Caller identity of a request. */
+struct ovl_ctx {
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+	mode_t umask;
+	int ngroups;
+	gid_t groups[64];
+};
+
+/* What a lookup/create replies with. */
+struct ovl_entry {
+	struct ovl_node *node;		/* lookup ref taken */
+	struct stat st;
+};
+
+/* Valid user-visible name? -EINVAL for ".wh.*", -ENAMETOOLONG. */
+int ovl_check_name(const char *name);
+/*
+ * Look NAME up in directory PARENT and fill E (taking a kernel lookup ref
+ * on success). -ENOENT if absent, whited out, or a marker.
+ */
+int ovl_lookup(struct ovl_fs *ofs, struct ovl_node *parent, const char *name,
+	       struct ovl_entry *e);
+/*
+ * Like ovl_lookup but takes a plain ref instead of a lookup ref and expects
+ * ns_lock to be held (read or write) by the caller.
+ */
+int ovl_lookup_locked(struct ovl_fs *ofs, struct ovl_node *parent,
+		      const char *name, struct ovl_node **out);
+/* stat of NODE as shown through the mount (ino replaced). */
+int ovl_node_stat(struct ovl_fs *ofs, struct ovl_node *node, struct stat *st);
+/* The fd to read NODE from: upper if present, else lower. */
+static inline int ovl_node_fd(struct ovl_node *node)
+{
+	int fd = atomic_load(&node->upper_fd);
+	return fd >= 0 ? fd : node->lower_fd;
+}
+static inline bool ovl_node_has_upper(struct ovl_node *node)
+{
+	return atomic_load(&node->upper_fd) >= 0;
+}
+/* Does directory NODE have a visible lower part (lower dir, not opaque)? */
+bool ovl_node_lower_visible(struct ovl_node *node);
+/* Does the visible lower of PARENT have NAME? 1 (ST filled if given), 0. */
+int ovl_lower_has(struct ovl_node *parent, const char *name, struct stat *st);
+
+/* ===== copyup.c ===== */
+
+/* Make NODE exist in the upper (parents first). Idempotent. */
+int ovl_copy_up(struct ovl_fs *ofs, struct ovl_node *node);
+/* The same without the file data (the caller truncates it anyway). */
+int ovl_copy_up_nodata(struct ovl_fs *ofs, struct ovl_node *node);
+/* chmod an fd of any kind (O_PATH too), never following a symlink. */
+int ovl_fchmod_any(int fd, mode_t mode);
+/* Copy up a directory and everything under it; mark it opaque. */
+int ovl_copy_up_tree(struct ovl_fs *ofs, struct ovl_node *node);
+/*
+ * Copy metadata (owner, mode, xattrs, times) of SRCFD to DSTFD (both
+ * O_PATH), as done at copy-up; exported for commit.
+ */
+int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
+		  const struct stat *st, bool times);
+int ovl_copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd);
+/* Copy file data SRC to DST (regular fds), keeping holes. */
+int ovl_copy_data(int src, int dst, off_t size);
+
+/* ===== dir.c: namespace operations ===== */
+
+int ovl_mknod(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
+	      struct ovl_node *parent, const char *name, mode_t mode,
+	      dev_t rdev, const char *link_target, struct ovl_entry *e);
+int ovl_link(struct ovl_fs *ofs, struct ovl_node *node,
+	     struct ovl_node *newparent, const char *newname,
+	     struct ovl_entry *e);
+int ovl_unlink(struct ovl_fs *ofs, struct ovl_node *parent, const char *name);
+int ovl_rmdir(struct ovl_fs *ofs, struct ovl_node *parent, const char *name);
+int ovl_rename(struct ovl_fs *ofs, struct ovl_node *parent, const char *name,
+	       struct ovl_node *newparent, const char *newname,
+	       unsigned int flags);
+/* create+open: the fd is returned in *FD (O_RDWR as asked by FLAGS). */
+int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
+	       struct ovl_node *parent, const char *name, mode_t mode,
+	       int flags, struct ovl_entry *e, int *fd);
+
+/* ===== file.c: attributes and open files ===== */
+
+/* Attribute changes, as the FUSE_SET_ATTR_* bits say (mapped in fuse_ops). */
+enum {
+	OVL_SET_MODE = 1 << 0,
+	OVL_SET_UID = 1 << 1,
+	OVL_SET_GID = 1 << 2,
+	OVL_SET_SIZE = 1 << 3,
+	OVL_SET_ATIME = 1 << 4,
+	OVL_SET_MTIME = 1 << 5,
+	OVL_SET_ATIME_NOW = 1 << 6,
+	OVL_SET_MTIME_NOW = 1 << 7,
+	OVL_SET_CTIME = 1 << 8,
+};
+int ovl_setattr(struct ovl_fs *ofs, struct ovl_node *node,
+		const struct stat *attr, int valid, int fh, struct stat *out);
+int ovl_open(struct ovl_fs *ofs, struct ovl_node *node, int flags, int *fd);
+int ovl_readlink(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
+		 size_t size);
+int ovl_access(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
+	       struct ovl_node *node, int mask);
+int ovl_statfs(struct ovl_fs *ofs, struct statvfs *st);
+
+/* ===== readdir.c: merged directory listings ===== */
+
+struct ovl_dirhandle {
+	struct ovl_node *node;		/* ref held */
+	pthread_mutex_t lock;		/* protects the fields below */
+	struct ovl_rdent {
+		char *name;
+		uint64_t ino;
+		mode_t type;
+	} *ents;
+	size_t n;
+	bool valid;
+};
+int ovl_opendir(struct ovl_fs *ofs, struct ovl_node *node,
+		struct ovl_dirhandle **out);
+/* (Re)build the merged listing of DH->node (offset 0 rebuilds). */
+int ovl_readdir_fill(struct ovl_fs *ofs, struct ovl_dirhandle *dh);
+void ovl_releasedir(struct ovl_fs *ofs, struct ovl_dirhandle *dh);
+/*
+ * The merged listing of directory DIR (no "." or ".."), with inode numbers
+ * if WANT_INO; ns_lock held by the caller. Free with ovl_dir_list_free.
+ */
+int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
+		 struct ovl_rdent **out, size_t *n, bool want_ino);
+void ovl_dir_list_free(struct ovl_rdent *ents, size_t n);
+/* Is directory NODE empty in the merged view? 1, 0 or -errno. */
+int ovl_dir_is_empty(struct ovl_fs *ofs, struct ovl_node *node);
+
+/* ===== xattr.c ===== */
+
+/* Is NAME one of ovlfs's private xattrs (hidden from users)? */
+bool ovl_xattr_is_private(const char *name);
+int ovl_getxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
+		 void *buf, size_t size);	/* size or -errno */
+int ovl_listxattr(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
+		  size_t size);			/* size or -errno */
+int ovl_setxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
+		 const void *value, size_t size, int flags);
+int ovl_removexattr(struct ovl_fs *ofs, struct ovl_node *node,
+		    const char *name);
+/* Raw xattr calls on an O_PATH fd (via /proc/self/fd). */
+ssize_t ovl_fd_getxattr(int fd, const char *name, void *buf, size_t size);
+ssize_t ovl_fd_listxattr(int fd, char *buf, size_t size);
+/* getxattr of CHILD of directory fd DIRFD, not following a symlink. */
+ssize_t ovl_at_getxattr(int dirfd, const char *child, const char *name,
+			void *buf, size_t size);
+int ovl_fd_setxattr(int fd, const char *name, const void *v, size_t size,
+		    int flags);
+int ovl_fd_removexattr(int fd, const char *name);
+
+/* ===== fuse_ops.c: the FUSE adapters ===== */
+
+/* Create the session for OFS with ARGV-style options; NULL on error. */
+void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv);
+int ovl_fuse_session_mount(void *se, const char *mount_point);
+/* Run the multithreaded loop until unmounted; returns its result. */
+int ovl_fuse_loop(void *se);
+void ovl_fuse_session_exit(void *se);
+void ovl_fuse_session_unmount(void *se);
+void ovl_fuse_session_destroy(void *se);
+
+#endif /* OVLFS_I_H */

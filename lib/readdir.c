@@ -1,0 +1,328 @@
+/*
+ * readdir.c: merged directory listings.
+ *
+ * A listing is built once per open directory (and again on rewind), so a
+ * reader walking it with offsets sees a consistent snapshot: no entry twice
+ * and none missing while others come and go. Upper entries come first;
+ * lower entries follow unless hidden by an upper entry of the same name, a
+ * whiteout, or an opaque upper directory.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ovlfs_i.h"
+
+/* A set of names, open addressing; just enough for merging two listings. */
+struct strset {
+	const char **slots;
+	size_t size, count;
+};
+
+static size_t str_hash(const char *s)
+{
+	size_t h = 5381;
+
+	while (*s)
+		h = h * 33 + (unsigned char)*s++;
+	return h;
+}
+
+static int strset_add(struct strset *set, const char *s)
+{
+	size_t j;
+
+	if ((set->count + 1) * 2 > set->size) {
+		size_t nsize = set->size ? set->size * 2 : 64;
+		const char **ns = calloc(nsize, sizeof(*ns));
+
+		if (!ns)
+			return -ENOMEM;
+		for (size_t i = 0; i < set->size; i++) {
+			if (!set->slots[i])
+				continue;
+			j = str_hash(set->slots[i]) & (nsize - 1);
+			while (ns[j])
+				j = (j + 1) & (nsize - 1);
+			ns[j] = set->slots[i];
+		}
+		free(set->slots);
+		set->slots = ns;
+		set->size = nsize;
+	}
+	j = str_hash(s) & (set->size - 1);
+	while (set->slots[j]) {
+		if (!strcmp(set->slots[j], s))
+			return 0;
+		j = (j + 1) & (set->size - 1);
+	}
+	set->slots[j] = s;
+	set->count++;
+	return 0;
+}
+
+static bool strset_has(const struct strset *set, const char *s)
+{
+	size_t j;
+
+	if (!set->size)
+		return false;
+	j = str_hash(s) & (set->size - 1);
+	while (set->slots[j]) {
+		if (!strcmp(set->slots[j], s))
+			return true;
+		j = (j + 1) & (set->size - 1);
+	}
+	return false;
+}
+
+static mode_t dtype_to_mode(unsigned char t)
+{
+	return t == DT_UNKNOWN ? 0 : (mode_t)DTTOIF(t);
+}
+
+static int push(struct ovl_rdent **ents, size_t *n, size_t *cap,
+		const char *name, uint64_t ino, mode_t type)
+{
+	if (*n == *cap) {
+		size_t ncap = *cap ? *cap * 2 : 64;
+		void *p = realloc(*ents, ncap * sizeof(**ents));
+
+		if (!p)
+			return -ENOMEM;
+		*ents = p;
+		*cap = ncap;
+	}
+	(*ents)[*n].name = strdup(name);
+	if (!(*ents)[*n].name)
+		return -ENOMEM;
+	(*ents)[*n].ino = ino;
+	(*ents)[*n].type = type;
+	(*n)++;
+	return 0;
+}
+
+/*
+ * Inode number and type of entry DE of layer LAYER (directory fd DFD),
+ * computed exactly as a lookup would, so readdir and stat agree.
+ */
+static int entry_ino(struct ovl_fs *ofs, struct ovl_node *dir, int layer,
+		     int dfd, const struct ovl_dirent *de, uint64_t *ino,
+		     mode_t *type)
+{
+	struct ovl_node *n = ovl_node_find(ofs, dir, de->name);
+	struct stat st;
+	uint64_t key;
+
+	if (n) {
+		*ino = n->ino;
+		*type = n->type;
+		ovl_node_put(ofs, n);
+		return 0;
+	}
+	if (layer == 1 && ovl_origin_get_at(ofs, dfd, de->name, &key) == 0) {
+		*ino = ovl_number_for_key(ofs, key);
+		return 0;
+	}
+	/*
+	 * d_ino of a directory that is a mount point names the directory
+	 * under it, not the mounted root a lookup sees: stat those.
+	 */
+	if (de->type == DT_DIR || de->type == DT_UNKNOWN) {
+		if (fstatat(dfd, de->name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+		*type = st.st_mode & S_IFMT;
+		*ino = ovl_ino_for(ofs, layer, st.st_dev, st.st_ino);
+		return 0;
+	}
+	*ino = ovl_ino_for(ofs, layer, layer ? ofs->upper.dev : ofs->lower.dev,
+			   de->ino);
+	return 0;
+}
+
+int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
+		 struct ovl_rdent **out, size_t *nout, bool want_ino)
+{
+	struct ovl_dirlist ul = { 0 }, ll = { 0 };
+	struct strset seen = { 0 }, wh = { 0 };
+	struct ovl_rdent *ents = NULL;
+	size_t n = 0, cap = 0;
+	int ufd = atomic_load(&dir->upper_fd);
+	bool lower = ovl_node_lower_visible(dir);
+	char (*longwh)[NAME_MAX + 2] = NULL;
+	size_t nlong = 0;
+	int err = 0;
+
+	if (ufd >= 0) {
+		err = ovl_dirlist_read(ufd, &ul);
+		if (err)
+			goto out;
+	}
+	for (size_t i = 0; i < ul.n && !err; i++) {
+		const struct ovl_dirent *de = &ul.ents[i];
+		uint64_t ino = 0;
+		mode_t type = dtype_to_mode(de->type);
+
+		if (ovl_is_wh_name(de->name)) {
+			if (!lower)
+				continue;
+			if (!strncmp(de->name, OVL_LONGWH_PREFIX,
+				     strlen(OVL_LONGWH_PREFIX))) {
+				void *p = realloc(longwh, (nlong + 1) *
+						  sizeof(*longwh));
+
+				if (!p) {
+					err = -ENOMEM;
+					break;
+				}
+				longwh = p;
+				if (ovl_wh_long_target(ufd, de->name,
+						       longwh[nlong]) == 0 &&
+				    (err = strset_add(&wh, longwh[nlong])) == 0)
+					nlong++;
+			} else if (strncmp(de->name, OVL_META_PREFIX,
+					   OVL_META_PREFIX_LEN)) {
+				err = strset_add(&wh, de->name +
+						 OVL_WH_PREFIX_LEN);
+			}
+			continue;
+		}
+		if (want_ino || !type)
+			err = entry_ino(ofs, dir, 1, ufd, de, &ino, &type);
+		if (!err)
+			err = push(&ents, &n, &cap, de->name, ino, type);
+		if (!err && lower)
+			err = strset_add(&seen, ents[n - 1].name);
+	}
+	if (err || !lower)
+		goto out;
+
+	err = ovl_dirlist_read(dir->lower_fd, &ll);
+	for (size_t i = 0; i < ll.n && !err; i++) {
+		const struct ovl_dirent *de = &ll.ents[i];
+		uint64_t ino = 0;
+		mode_t type = dtype_to_mode(de->type);
+
+		if (ovl_is_wh_name(de->name) || strset_has(&seen, de->name) ||
+		    strset_has(&wh, de->name))
+			continue;
+		if (want_ino || !type)
+			err = entry_ino(ofs, dir, 0, dir->lower_fd, de, &ino,
+					&type);
+		if (!err)
+			err = push(&ents, &n, &cap, de->name, ino, type);
+	}
+out:
+	free(seen.slots);
+	free(wh.slots);
+	free(longwh);
+	ovl_dirlist_free(&ul);
+	ovl_dirlist_free(&ll);
+	if (err) {
+		ovl_dir_list_free(ents, n);
+		return err;
+	}
+	*out = ents;
+	*nout = n;
+	return 0;
+}
+
+void ovl_dir_list_free(struct ovl_rdent *ents, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(ents[i].name);
+	free(ents);
+}
+
+int ovl_dir_is_empty(struct ovl_fs *ofs, struct ovl_node *node)
+{
+	struct ovl_rdent *ents;
+	size_t n;
+	int err = ovl_dir_list(ofs, node, &ents, &n, false);
+
+	if (err)
+		return err;
+	ovl_dir_list_free(ents, n);
+	return n == 0;
+}
+
+int ovl_opendir(struct ovl_fs *ofs, struct ovl_node *node,
+		struct ovl_dirhandle **out)
+{
+	struct ovl_dirhandle *dh;
+
+	if (node->type != S_IFDIR)
+		return -ENOTDIR;
+	dh = calloc(1, sizeof(*dh));
+	if (!dh)
+		return -ENOMEM;
+	ovl_node_get(ofs, node);
+	dh->node = node;
+	pthread_mutex_init(&dh->lock, NULL);
+	*out = dh;
+	return 0;
+}
+
+int ovl_readdir_fill(struct ovl_fs *ofs, struct ovl_dirhandle *dh)
+{
+	struct ovl_node *dir = dh->node;
+	struct ovl_rdent *ents = NULL;
+	size_t n = 0, cap = 0;
+	struct ovl_rdent *merged;
+	size_t nm;
+	uint64_t pino;
+	int err;
+
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	if (dir->deleted) {
+		/* An open but removed directory lists as empty. */
+		merged = NULL;
+		nm = 0;
+		err = 0;
+	} else {
+		err = ovl_dir_list(ofs, dir, &merged, &nm, true);
+	}
+	pino = dir->parent ? dir->parent->ino : dir->ino;
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	if (err)
+		return err;
+
+	err = push(&ents, &n, &cap, ".", dir->ino, S_IFDIR);
+	if (!err)
+		err = push(&ents, &n, &cap, "..", pino, S_IFDIR);
+	if (err) {
+		ovl_dir_list_free(ents, n);
+		ovl_dir_list_free(merged, nm);
+		return err;
+	}
+	/* Splice the dot entries in front without copying the names again. */
+	if (nm) {
+		void *p = realloc(ents, (n + nm) * sizeof(*ents));
+
+		if (!p) {
+			ovl_dir_list_free(ents, n);
+			ovl_dir_list_free(merged, nm);
+			return -ENOMEM;
+		}
+		ents = p;
+		memcpy(ents + n, merged, nm * sizeof(*merged));
+		n += nm;
+	}
+	free(merged);
+
+	ovl_dir_list_free(dh->ents, dh->n);
+	dh->ents = ents;
+	dh->n = n;
+	dh->valid = true;
+	return 0;
+}
+
+void ovl_releasedir(struct ovl_fs *ofs, struct ovl_dirhandle *dh)
+{
+	ovl_dir_list_free(dh->ents, dh->n);
+	pthread_mutex_destroy(&dh->lock);
+	ovl_node_put(ofs, dh->node);
+	free(dh);
+}

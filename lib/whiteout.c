@@ -1,0 +1,126 @@
+/*
+ * whiteout.c: the markers ovlfs keeps in the upper (docs/format.md).
+ *
+ * A lower name X is hidden by an empty regular file ".wh.X" (OCI image
+ * layer format). A name of 252..255 bytes leaves no room for the prefix
+ * within NAME_MAX; its whiteout is ".wh..wh.lng.<sha256(X) in hex>" and
+ * holds X itself as content, so a reader can verify it and commit knows
+ * which name to delete. A directory that must not show its lower
+ * counterpart holds ".wh..wh..opq".
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ovlfs_i.h"
+
+bool ovl_wh_name(const char *name, char *buf)
+{
+	size_t len = strlen(name);
+	uint8_t h[32];
+
+	if (len + OVL_WH_PREFIX_LEN <= NAME_MAX) {
+		memcpy(buf, OVL_WH_PREFIX, OVL_WH_PREFIX_LEN);
+		memcpy(buf + OVL_WH_PREFIX_LEN, name, len + 1);
+		return false;
+	}
+	ovl_sha256(name, len, h);
+	strcpy(buf, OVL_LONGWH_PREFIX);
+	for (int i = 0; i < 32; i++)
+		sprintf(buf + strlen(OVL_LONGWH_PREFIX) + 2 * i, "%02x", h[i]);
+	return true;
+}
+
+int ovl_wh_long_target(int dirfd, const char *whname, char *buf)
+{
+	int fd = openat(dirfd, whname, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, NAME_MAX + 1);
+	close(fd);
+	if (n < 0)
+		return -errno;
+	if (n == 0 || n > NAME_MAX || memchr(buf, '\0', n) ||
+	    memchr(buf, '/', n))
+		return -EUCLEAN;
+	buf[n] = '\0';
+	return 0;
+}
+
+int ovl_wh_exists(int dirfd, const char *name)
+{
+	char wh[NAME_MAX + 1], target[NAME_MAX + 2];
+	struct stat st;
+	bool is_long = ovl_wh_name(name, wh);
+	int err;
+
+	if (fstatat(dirfd, wh, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (!S_ISREG(st.st_mode))
+		return 0;
+	if (!is_long)
+		return 1;
+	/* A hash match alone is not proof: compare the recorded name. */
+	err = ovl_wh_long_target(dirfd, wh, target);
+	if (err)
+		return err == -EUCLEAN ? 0 : err;
+	return strcmp(target, name) == 0;
+}
+
+int ovl_wh_create(struct ovl_fs *ofs, int dirfd, const char *name)
+{
+	char wh[NAME_MAX + 1];
+	bool is_long = ovl_wh_name(name, wh);
+	size_t len = strlen(name);
+	int fd, err = 0;
+
+	(void)ofs;
+	fd = openat(dirfd, wh, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
+		    O_CLOEXEC, 0000);
+	if (fd < 0)
+		return errno == EEXIST ? 0 : -errno;
+	if (is_long && write(fd, name, len) != (ssize_t)len)
+		err = errno ? -errno : -EIO;
+	if (close(fd) < 0 && !err)
+		err = -errno;
+	if (err)
+		unlinkat(dirfd, wh, 0);
+	return err;
+}
+
+int ovl_wh_remove(int dirfd, const char *name)
+{
+	char wh[NAME_MAX + 1];
+
+	ovl_wh_name(name, wh);
+	if (unlinkat(dirfd, wh, 0) < 0 && errno != ENOENT)
+		return -errno;
+	return 0;
+}
+
+int ovl_opaque_get(int dirfd)
+{
+	struct stat st;
+
+	if (fstatat(dirfd, OVL_OPAQUE_NAME, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	return S_ISREG(st.st_mode);
+}
+
+int ovl_opaque_set(struct ovl_fs *ofs, int dirfd)
+{
+	int fd;
+
+	(void)ofs;
+	fd = openat(dirfd, OVL_OPAQUE_NAME,
+		    O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0000);
+	if (fd < 0)
+		return -errno;
+	close(fd);
+	return 0;
+}

@@ -1,0 +1,156 @@
+/*
+ * xattr.c: extended attributes of merged objects.
+ *
+ * Reads go to the upper object if there is one, else the lower; changes copy
+ * up first. ovlfs's own bookkeeping (the origin of a copied-up file, the
+ * format version) lives in "*.ovlfs.*" xattrs of the upper and never shows
+ * through the mount, nor can users set it.
+ *
+ * O_PATH fds cannot take f*xattr calls, so the object is named through
+ * /proc/self/fd/N: the magic link resolves to the object the fd holds
+ * (even a symlink), with no path walk a symlink in a layer could divert.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/xattr.h>
+
+#include "ovlfs_i.h"
+
+bool ovl_xattr_is_private(const char *name)
+{
+	return !strncmp(name, "trusted.ovlfs.", 14) ||
+	       !strncmp(name, "user.ovlfs.", 11);
+}
+
+ssize_t ovl_fd_getxattr(int fd, const char *name, void *buf, size_t size)
+{
+	char p[32];
+	ssize_t n;
+
+	ovl_proc_path(fd, p);
+	n = getxattr(p, name, buf, size);
+	return n < 0 ? -errno : n;
+}
+
+ssize_t ovl_at_getxattr(int dirfd, const char *child, const char *name,
+			void *buf, size_t size)
+{
+	char p[32 + NAME_MAX + 2];
+	ssize_t n;
+
+	snprintf(p, sizeof(p), "/proc/self/fd/%d/%s", dirfd, child);
+	n = lgetxattr(p, name, buf, size);
+	return n < 0 ? -errno : n;
+}
+
+ssize_t ovl_fd_listxattr(int fd, char *buf, size_t size)
+{
+	char p[32];
+	ssize_t n;
+
+	ovl_proc_path(fd, p);
+	n = listxattr(p, buf, size);
+	return n < 0 ? -errno : n;
+}
+
+int ovl_fd_setxattr(int fd, const char *name, const void *v, size_t size,
+		    int flags)
+{
+	char p[32];
+
+	ovl_proc_path(fd, p);
+	return setxattr(p, name, v, size, flags) < 0 ? -errno : 0;
+}
+
+int ovl_fd_removexattr(int fd, const char *name)
+{
+	char p[32];
+
+	ovl_proc_path(fd, p);
+	return removexattr(p, name) < 0 ? -errno : 0;
+}
+
+int ovl_getxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
+		 void *buf, size_t size)
+{
+	(void)ofs;
+	if (ovl_xattr_is_private(name))
+		return -ENODATA;
+	return (int)ovl_fd_getxattr(ovl_node_fd(node), name, buf, size);
+}
+
+int ovl_listxattr(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
+		  size_t size)
+{
+	int fd = ovl_node_fd(node);
+	ssize_t len, out = 0;
+	char *all = NULL;
+
+	(void)ofs;
+	/* Fetch the whole list (it may change between calls), then filter. */
+	for (;;) {
+		len = ovl_fd_listxattr(fd, NULL, 0);
+		if (len <= 0)
+			return (int)len;
+		free(all);
+		all = malloc(len);
+		if (!all)
+			return -ENOMEM;
+		len = ovl_fd_listxattr(fd, all, len);
+		if (len != -ERANGE)
+			break;
+	}
+	if (len < 0) {
+		free(all);
+		return (int)len;
+	}
+	for (char *n = all; n < all + len; n += strlen(n) + 1) {
+		size_t l = strlen(n) + 1;
+
+		if (ovl_xattr_is_private(n))
+			continue;
+		if (size) {
+			if (out + l > size) {
+				free(all);
+				return -ERANGE;
+			}
+			memcpy(buf + out, n, l);
+		}
+		out += l;
+	}
+	free(all);
+	return (int)out;
+}
+
+int ovl_setxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
+		 const void *value, size_t size, int flags)
+{
+	int err;
+
+	if (ovl_xattr_is_private(name))
+		return -EPERM;
+	err = ovl_copy_up(ofs, node);
+	if (err)
+		return err;
+	return ovl_fd_setxattr(atomic_load(&node->upper_fd), name, value, size,
+			       flags);
+}
+
+int ovl_removexattr(struct ovl_fs *ofs, struct ovl_node *node,
+		    const char *name)
+{
+	int err;
+
+	if (ovl_xattr_is_private(name))
+		return -EPERM;
+	/* Nothing to copy up for if the attribute is not there at all. */
+	err = (int)ovl_fd_getxattr(ovl_node_fd(node), name, NULL, 0);
+	if (err < 0)
+		return err;
+	err = ovl_copy_up(ofs, node);
+	if (err)
+		return err;
+	return ovl_fd_removexattr(atomic_load(&node->upper_fd), name);
+}
