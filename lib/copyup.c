@@ -282,7 +282,10 @@ static int build_copy(struct ovl_fs *ofs, int pufd, int lfd,
 				return -errno;
 		}
 		if (data) {
-			src = ovl_reopen(lfd, O_RDONLY);
+			/* Copy-up must not touch the lower, atime included. */
+			src = ovl_reopen(lfd, O_RDONLY | O_NOATIME);
+			if (src == -EPERM)
+				src = ovl_reopen(lfd, O_RDONLY);
 			if (src < 0) {
 				err = src;
 				goto out_err;

@@ -298,7 +298,7 @@ int ovl_link(struct ovl_fs *ofs, struct ovl_node *node,
 	     struct ovl_node *newparent, const char *newname,
 	     struct ovl_entry *e)
 {
-	int pufd, ufd, fd, err;
+	int pufd, ufd, err;
 	bool wh = false;
 	char p[32];
 
@@ -332,12 +332,16 @@ int ovl_link(struct ovl_fs *ofs, struct ovl_node *node,
 	}
 	if (wh)
 		ovl_wh_remove(pufd, newname);
-	fd = ovl_open_child(pufd, newname);
-	if (fd < 0) {
-		err = fd;
-		goto out_unlock;
+	/*
+	 * Reply with the node linked to: the kernel then sees one inode with
+	 * two names and updates its link count, as on a local filesystem. A
+	 * later lookup of NEWNAME gets a node of its own, which is fine.
+	 */
+	err = ovl_node_stat(ofs, node, &e->st);
+	if (!err) {
+		ovl_node_lookup_ref(ofs, node);
+		e->node = node;
 	}
-	err = new_entry(ofs, newparent, newname, fd, false, e);
 out_unlock:
 	pthread_rwlock_unlock(&ofs->ns_lock);
 	return err;

@@ -34,8 +34,15 @@ int ovl_open(struct ovl_fs *ofs, struct ovl_node *node, int flags, int *fdp)
 		if (err)
 			return err;
 	}
-	fd = ovl_reopen(ovl_node_fd(node),
-			flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW));
+	flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW);
+	if (!ovl_node_has_upper(node)) {
+		/* Reading through the overlay must not touch the lower. */
+		fd = ovl_reopen(node->lower_fd, flags | O_NOATIME);
+		if (fd == -EPERM)
+			fd = ovl_reopen(node->lower_fd, flags);
+	} else {
+		fd = ovl_reopen(ovl_node_fd(node), flags);
+	}
 	if (fd < 0)
 		return fd;
 	*fdp = fd;

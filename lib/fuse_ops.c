@@ -22,6 +22,15 @@
 /* Attributes may be cached this long: only ovlfs changes the layers. */
 #define OVL_TIMEOUT 1.0
 
+/*
+ * A file with several names may change through a name whose kernel inode
+ * is another (nodes are per name): do not cache its attributes.
+ */
+static double attr_timeout(const struct stat *st)
+{
+	return !S_ISDIR(st->st_mode) && st->st_nlink > 1 ? 0.0 : OVL_TIMEOUT;
+}
+
 static struct ovl_fs *ofs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
@@ -65,7 +74,7 @@ static void reply_entry(fuse_req_t req, struct ovl_fs *ofs, int err,
 	fe.ino = nodeid_of(ofs, e->node);
 	fe.generation = e->node->generation;
 	fe.attr = e->st;
-	fe.attr_timeout = OVL_TIMEOUT;
+	fe.attr_timeout = attr_timeout(&e->st);
 	fe.entry_timeout = OVL_TIMEOUT;
 	if (fuse_reply_entry(req, &fe) == -ENOENT)
 		ovl_node_forget(ofs, e->node, 1);	/* request was interrupted */
@@ -123,7 +132,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 	if (err)
 		fuse_reply_err(req, -err);
 	else
-		fuse_reply_attr(req, &st, OVL_TIMEOUT);
+		fuse_reply_attr(req, &st, attr_timeout(&st));
 }
 
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
@@ -154,7 +163,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	if (err)
 		fuse_reply_err(req, -err);
 	else
-		fuse_reply_attr(req, &st, OVL_TIMEOUT);
+		fuse_reply_attr(req, &st, attr_timeout(&st));
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -271,7 +280,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	fe.ino = nodeid_of(ofs, e.node);
 	fe.generation = e.node->generation;
 	fe.attr = e.st;
-	fe.attr_timeout = OVL_TIMEOUT;
+	fe.attr_timeout = attr_timeout(&e.st);
 	fe.entry_timeout = OVL_TIMEOUT;
 	fi->fh = fd;
 	if (fuse_reply_create(req, &fe, fi) == -ENOENT) {
@@ -404,7 +413,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				fe.ino = nodeid_of(ofs, e.node);
 				fe.generation = e.node->generation;
 				fe.attr = e.st;
-				fe.attr_timeout = OVL_TIMEOUT;
+				fe.attr_timeout = attr_timeout(&e.st);
 				fe.entry_timeout = OVL_TIMEOUT;
 				len = fuse_add_direntry_plus(req, p, rem, d->name,
 							     &fe, i + 1);

@@ -370,7 +370,12 @@ static char *mount_options(struct ovlfs *fs, const char *lower)
 
 	if (!o)
 		return NULL;
-	p = o + sprintf(o, "subtype=ovlfs,fsname=");
+	/*
+	 * default_permissions: the kernel checks access against the
+	 * attributes ovlfs reports, exactly as for a local filesystem (ovlfs
+	 * itself acts as root on the layers).
+	 */
+	p = o + sprintf(o, "default_permissions,subtype=ovlfs,fsname=");
 	for (const char *s = lower; *s; s++) {
 		if (*s == ',' || *s == '\\')
 			*p++ = '\\';
