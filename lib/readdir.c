@@ -109,8 +109,8 @@ static int push(struct ovl_rdent **ents, size_t *n, size_t *cap,
  * computed exactly as a lookup would, so readdir and stat agree.
  */
 static int entry_ino(struct ovl_fs *ofs, struct ovl_node *dir, int layer,
-		     int dfd, const struct ovl_dirent *de, uint64_t *ino,
-		     mode_t *type)
+		     int dfd, dev_t ddev, const struct ovl_dirent *de,
+		     uint64_t *ino, mode_t *type)
 {
 	struct ovl_node *n = ovl_node_find(ofs, dir, de->name);
 	struct stat st;
@@ -137,8 +137,8 @@ static int entry_ino(struct ovl_fs *ofs, struct ovl_node *dir, int layer,
 		*ino = ovl_ino_for(ofs, layer, st.st_dev, st.st_ino);
 		return 0;
 	}
-	*ino = ovl_ino_for(ofs, layer, layer ? ofs->upper.dev : ofs->lower.dev,
-			   de->ino);
+	/* A non-directory lives on its directory's filesystem. */
+	*ino = ovl_ino_for(ofs, layer, ddev, de->ino);
 	return 0;
 }
 
@@ -151,12 +151,16 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 	size_t n = 0, cap = 0;
 	int ufd = atomic_load(&dir->upper_fd);
 	bool lower = ovl_node_lower_visible(dir);
-	char (*longwh)[NAME_MAX + 2] = NULL;
+	/* Targets of long whiteouts: strset keeps pointers, so one alloc each. */
+	char **longwh = NULL;
 	size_t nlong = 0;
+	struct stat dst;
 	int err = 0;
 
 	if (ufd >= 0) {
-		err = ovl_dirlist_read(ufd, &ul);
+		err = ovl_fstat(ufd, &dst);
+		if (!err)
+			err = ovl_dirlist_read(ufd, &ul);
 		if (err)
 			goto out;
 	}
@@ -170,6 +174,7 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 				continue;
 			if (!strncmp(de->name, OVL_LONGWH_PREFIX,
 				     strlen(OVL_LONGWH_PREFIX))) {
+				char target[NAME_MAX + 2];
 				void *p = realloc(longwh, (nlong + 1) *
 						  sizeof(*longwh));
 
@@ -178,10 +183,14 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 					break;
 				}
 				longwh = p;
-				if (ovl_wh_long_target(ufd, de->name,
-						       longwh[nlong]) == 0 &&
-				    (err = strset_add(&wh, longwh[nlong])) == 0)
-					nlong++;
+				if (ovl_wh_long_target(ufd, de->name, target))
+					continue;	/* not ours: ignore */
+				longwh[nlong] = strdup(target);
+				if (!longwh[nlong]) {
+					err = -ENOMEM;
+					break;
+				}
+				err = strset_add(&wh, longwh[nlong++]);
 			} else if (strncmp(de->name, OVL_META_PREFIX,
 					   OVL_META_PREFIX_LEN)) {
 				err = strset_add(&wh, de->name +
@@ -190,7 +199,8 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 			continue;
 		}
 		if (want_ino || !type)
-			err = entry_ino(ofs, dir, 1, ufd, de, &ino, &type);
+			err = entry_ino(ofs, dir, 1, ufd, dst.st_dev, de, &ino,
+					&type);
 		if (!err)
 			err = push(&ents, &n, &cap, de->name, ino, type);
 		if (!err && lower)
@@ -199,7 +209,9 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 	if (err || !lower)
 		goto out;
 
-	err = ovl_dirlist_read(dir->lower_fd, &ll);
+	err = ovl_fstat(dir->lower_fd, &dst);
+	if (!err)
+		err = ovl_dirlist_read(dir->lower_fd, &ll);
 	for (size_t i = 0; i < ll.n && !err; i++) {
 		const struct ovl_dirent *de = &ll.ents[i];
 		uint64_t ino = 0;
@@ -209,14 +221,16 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 		    strset_has(&wh, de->name))
 			continue;
 		if (want_ino || !type)
-			err = entry_ino(ofs, dir, 0, dir->lower_fd, de, &ino,
-					&type);
+			err = entry_ino(ofs, dir, 0, dir->lower_fd, dst.st_dev,
+					de, &ino, &type);
 		if (!err)
 			err = push(&ents, &n, &cap, de->name, ino, type);
 	}
 out:
 	free(seen.slots);
 	free(wh.slots);
+	for (size_t i = 0; i < nlong; i++)
+		free(longwh[i]);
 	free(longwh);
 	ovl_dirlist_free(&ul);
 	ovl_dirlist_free(&ll);
