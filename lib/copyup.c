@@ -335,6 +335,13 @@ static int build_copy(struct ovl_fs *ofs, int pufd, int lfd,
 		}
 		break;
 	}
+	/*
+	 * A copy made in a directory with a default ACL inherits it; the
+	 * lower object had only its own (copied below), if any.
+	 */
+	ovl_fd_removexattr(fd, "system.posix_acl_access");
+	if (S_ISDIR(st->st_mode))
+		ovl_fd_removexattr(fd, "system.posix_acl_default");
 	err = ovl_copy_meta(ofs, lfd, fd, st, false);
 	if (err)
 		goto out_err;
@@ -482,6 +489,15 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 	close(fd);
 	if (err && tmpname[0])
 		ovl_remove_tree(pufd, tmpname);
+	if (!err) {
+		/*
+		 * The copy has its own ctime, and linking it in changed the
+		 * parent's: do not let the kernel's cache hold the old ones.
+		 */
+		ovl_notify_attr_changed(ofs, node);
+		if (!deleted)
+			ovl_notify_attr_changed(ofs, parent);
+	}
 out_put:
 	ovl_node_put(ofs, parent);
 	return err;

@@ -27,13 +27,27 @@
 #endif
 
 /*
+ * The mode to create with. The kernel hands us the raw mode and the
+ * caller's umask (FUSE_CAP_DONT_MASK): a parent with a default ACL ignores
+ * the umask, as on any local filesystem, and the upper applies the ACL.
+ */
+static mode_t create_mode(const struct ovl_ctx *ctx, int pufd, mode_t mode,
+			  bool *acl)
+{
+	*acl = ovl_at_getxattr(pufd, ".", "system.posix_acl_default", NULL,
+			       0) > 0;
+	return *acl ? mode : mode & ~(ctx->umask & 0777);
+}
+
+/*
  * Give a new upper object the caller's identity, as a local filesystem
  * would (ovlfs runs as root, or as the only user it serves). A setgid
  * parent passes its group on, as the kernel does for the mkdir/mknod
- * itself. MODE is reapplied when our umask or the chown took bits off.
+ * itself. MODE is reapplied when our own umask or the chown took bits off
+ * (not under a default ACL, which decided the mode itself).
  */
 static int set_new_owner(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
-			 int pufd, int fd, mode_t mode)
+			 int pufd, int fd, mode_t mode, bool acl)
 {
 	struct stat pst, st;
 	gid_t gid = ctx->gid;
@@ -44,7 +58,7 @@ static int set_new_owner(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	if (ofs->is_root &&
 	    fchownat(fd, "", ctx->uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
-	if (S_ISLNK(mode))
+	if (S_ISLNK(mode) || acl)
 		return 0;
 	err = ovl_fstat(fd, &st);
 	if (err)
@@ -124,14 +138,16 @@ static int make_dir(struct ovl_fs *ofs, const struct ovl_ctx *ctx, int pufd,
 {
 	char tmp[64];
 	int fd, err;
+	bool acl;
 
+	mode = create_mode(ctx, pufd, mode, &acl);
 	if (!opaque) {
 		if (mkdirat(pufd, name, mode & 07777) < 0)
 			return -errno;
 		fd = ovl_open_child(pufd, name);
 		if (fd < 0)
 			return fd;
-		err = set_new_owner(ofs, ctx, pufd, fd, S_IFDIR | mode);
+		err = set_new_owner(ofs, ctx, pufd, fd, S_IFDIR | mode, acl);
 		if (err) {
 			close(fd);
 			unlinkat(pufd, name, AT_REMOVEDIR);
@@ -145,7 +161,7 @@ static int make_dir(struct ovl_fs *ofs, const struct ovl_ctx *ctx, int pufd,
 	 * name, so no lower child can show through for even an instant.
 	 */
 	ovl_tmp_name(ofs, tmp);
-	if (mkdirat(pufd, tmp, 0700) < 0)
+	if (mkdirat(pufd, tmp, acl ? mode & 07777 : 0700) < 0)
 		return -errno;
 	fd = ovl_open_child(pufd, tmp);
 	if (fd < 0) {
@@ -154,7 +170,7 @@ static int make_dir(struct ovl_fs *ofs, const struct ovl_ctx *ctx, int pufd,
 	}
 	err = ovl_opaque_set(ofs, fd);
 	if (!err)
-		err = set_new_owner(ofs, ctx, pufd, fd, S_IFDIR | mode);
+		err = set_new_owner(ofs, ctx, pufd, fd, S_IFDIR | mode, acl);
 	if (!err && renameat2(pufd, tmp, pufd, name, RENAME_NOREPLACE) < 0)
 		err = -errno;
 	if (err) {
@@ -173,7 +189,7 @@ int ovl_mknod(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	      dev_t rdev, const char *link_target, struct ovl_entry *e)
 {
 	int pufd, fd = -1, err;
-	bool wh = false;
+	bool wh = false, acl = false;
 
 	err = ovl_check_name(name);
 	if (!err)
@@ -186,6 +202,8 @@ int ovl_mknod(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 		err = pufd;
 		goto out_unlock;
 	}
+	if (!S_ISDIR(mode) && !S_ISLNK(mode))
+		mode = create_mode(ctx, pufd, mode, &acl);
 	switch (mode & S_IFMT) {
 	case S_IFDIR:
 		err = make_dir(ofs, ctx, pufd, name, mode, wh, &fd);
@@ -206,7 +224,7 @@ made:
 		if (fd < 0) {
 			err = fd;
 		} else {
-			err = set_new_owner(ofs, ctx, pufd, fd, mode);
+			err = set_new_owner(ofs, ctx, pufd, fd, mode, acl);
 			if (err) {
 				close(fd);
 				unlinkat(pufd, name, 0);
@@ -227,10 +245,10 @@ out_unlock:
 
 int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	       struct ovl_node *parent, const char *name, mode_t mode,
-	       int flags, struct ovl_entry *e, int *fdp)
+	       int flags, struct ovl_entry *e, struct ovl_file **out)
 {
 	int pufd, fd, pathfd, err;
-	bool wh = false;
+	bool wh = false, acl;
 
 	err = ovl_check_name(name);
 	if (!err)
@@ -245,7 +263,7 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 		err = ovl_lookup(ofs, parent, name, e);
 		if (err)
 			return err;
-		err = ovl_open(ofs, e->node, flags & ~O_CREAT, fdp);
+		err = ovl_open(ofs, e->node, flags & ~O_CREAT, out);
 		if (err)
 			ovl_node_forget(ofs, e->node, 1);
 		return err;
@@ -259,6 +277,7 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 		err = pufd;
 		goto out_unlock;
 	}
+	mode = create_mode(ctx, pufd, mode, &acl);
 	fd = openat(pufd, name,
 		    (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC)) |
 			    O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
@@ -272,7 +291,7 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 		err = pathfd;
 		goto out_close;
 	}
-	err = set_new_owner(ofs, ctx, pufd, pathfd, S_IFREG | mode);
+	err = set_new_owner(ofs, ctx, pufd, pathfd, S_IFREG | mode, acl);
 	if (err) {
 		close(pathfd);
 		goto out_close;
@@ -283,8 +302,13 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	if (err)
 		goto out_close;
 	pthread_rwlock_unlock(&ofs->ns_lock);
-	*fdp = fd;
-	return 0;
+	err = ovl_file_new(ofs, e->node, fd, flags, out);
+	if (err) {
+		/* The file exists now; only this open failed. */
+		close(fd);
+		ovl_node_forget(ofs, e->node, 1);
+	}
+	return err;
 
 out_close:
 	close(fd);
@@ -570,14 +594,17 @@ out_wh:
 	return err;
 }
 
-static bool same_upper_inode(struct ovl_node *a, struct ovl_node *b)
+/*
+ * Are A and B one file (hard links, in the upper or both still in the
+ * lower)? rename(2) between two names of one file does nothing.
+ */
+static bool same_file(struct ovl_node *a, struct ovl_node *b)
 {
 	struct stat sa, sb;
 
-	if (!ovl_node_has_upper(a) || !ovl_node_has_upper(b))
+	if (ovl_node_has_upper(a) != ovl_node_has_upper(b))
 		return false;
-	if (ovl_fstat(atomic_load(&a->upper_fd), &sa) ||
-	    ovl_fstat(atomic_load(&b->upper_fd), &sb))
+	if (ovl_fstat(ovl_node_fd(a), &sa) || ovl_fstat(ovl_node_fd(b), &sb))
 		return false;
 	return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
@@ -633,6 +660,9 @@ again:
 			goto out;
 		}
 	}
+	/* Hard links to one file: rename(2) says do nothing. */
+	if (dst && !exchange && src->type != S_IFDIR && same_file(src, dst))
+		goto out;
 	err = ovl_copy_up(ofs, parent);
 	if (!err)
 		err = ovl_copy_up(ofs, newparent);
@@ -641,9 +671,6 @@ again:
 	if (!err && exchange)
 		err = copy_up_whole(ofs, dst);
 	if (err)
-		goto out;
-	/* Hard links to one file: rename(2) says do nothing. */
-	if (dst && !exchange && same_upper_inode(src, dst))
 		goto out;
 
 	/* Phase 2: under the lock, check nothing moved, then rename. */

@@ -21,7 +21,58 @@ static bool open_writes(int flags)
 	return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
 }
 
-int ovl_open(struct ovl_fs *ofs, struct ovl_node *node, int flags, int *fdp)
+int ovl_file_new(struct ovl_fs *ofs, struct ovl_node *node, int fd, int flags,
+		 struct ovl_file **out)
+{
+	struct ovl_file *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return -ENOMEM;
+	ovl_node_get(ofs, node);
+	f->node = node;
+	atomic_init(&f->fd, fd);
+	f->old_fd = -1;
+	f->flags = flags;
+	pthread_mutex_init(&f->lock, NULL);
+	*out = f;
+	return 0;
+}
+
+int ovl_file_fd(struct ovl_file *f)
+{
+	int fd = atomic_load(&f->fd), ufd, nfd;
+
+	/* The common case: no copy-up since open, or already moved. */
+	if (f->old_fd >= 0 || !ovl_node_has_upper(f->node) ||
+	    f->node->lower_fd < 0)
+		return fd;
+	pthread_mutex_lock(&f->lock);
+	ufd = atomic_load(&f->node->upper_fd);
+	if (f->old_fd < 0) {
+		nfd = ovl_reopen(ufd, f->flags & ~(O_TRUNC | O_CREAT | O_EXCL));
+		if (nfd >= 0) {
+			f->old_fd = fd;
+			atomic_store(&f->fd, nfd);
+			fd = nfd;
+		}
+		/* On failure keep reading the lower: stale beats broken. */
+	}
+	pthread_mutex_unlock(&f->lock);
+	return atomic_load(&f->fd);
+}
+
+void ovl_release(struct ovl_fs *ofs, struct ovl_file *f)
+{
+	close(atomic_load(&f->fd));
+	if (f->old_fd >= 0)
+		close(f->old_fd);
+	pthread_mutex_destroy(&f->lock);
+	ovl_node_put(ofs, f->node);
+	free(f);
+}
+
+int ovl_open(struct ovl_fs *ofs, struct ovl_node *node, int flags,
+	     struct ovl_file **out)
 {
 	int fd, err;
 
@@ -45,8 +96,10 @@ int ovl_open(struct ovl_fs *ofs, struct ovl_node *node, int flags, int *fdp)
 	}
 	if (fd < 0)
 		return fd;
-	*fdp = fd;
-	return 0;
+	err = ovl_file_new(ofs, node, fd, flags, out);
+	if (err)
+		close(fd);
+	return err;
 }
 
 int ovl_setattr(struct ovl_fs *ofs, struct ovl_node *node,

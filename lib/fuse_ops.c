@@ -4,7 +4,7 @@
  * replies exactly once, after the core has returned and dropped its locks.
  *
  * A nodeid is the address of its struct ovl_node (the root is 1). A file
- * handle is the backing fd; a directory handle is a struct ovl_dirhandle.
+ * handle is a struct ovl_file; a directory handle a struct ovl_dirhandle.
  */
 #define FUSE_USE_VERSION 312
 
@@ -34,6 +34,17 @@ static double attr_timeout(const struct stat *st)
 static struct ovl_fs *ofs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
+}
+
+static struct ovl_file *file_of(const struct fuse_file_info *fi)
+{
+	return (struct ovl_file *)(uintptr_t)fi->fh;
+}
+
+/* The backing fd of an open file, as it stands now. */
+static int fd_of(const struct fuse_file_info *fi)
+{
+	return ovl_file_fd(file_of(fi));
 }
 
 static struct ovl_node *node_of(struct ovl_fs *ofs, fuse_ino_t ino)
@@ -89,6 +100,16 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_SPLICE_MOVE;
 	if (conn->capable & FUSE_CAP_SPLICE_READ)
 		conn->want |= FUSE_CAP_SPLICE_READ;
+	/*
+	 * POSIX ACLs, checked by the kernel (default_permissions is always
+	 * on). It also makes the VFS hand us the raw mode and the caller's
+	 * umask: under a default ACL the umask must not apply, and only we
+	 * can see the upper's ACL.
+	 */
+	if (conn->capable & FUSE_CAP_POSIX_ACL)
+		conn->want |= FUSE_CAP_POSIX_ACL;
+	if (conn->capable & FUSE_CAP_DONT_MASK)
+		conn->want |= FUSE_CAP_DONT_MASK;
 	/* flock() and POSIX locks stay local to the kernel. */
 	conn->want &= ~(FUSE_CAP_FLOCK_LOCKS | FUSE_CAP_POSIX_LOCKS);
 }
@@ -159,7 +180,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		if (to_set & map[i].fuse)
 			valid |= map[i].ovl;
 	err = ovl_setattr(ofs, node_of(ofs, ino), attr, valid,
-			  fi ? (int)fi->fh : -1, &st);
+			  fi ? fd_of(fi) : -1, &st);
 	if (err)
 		fuse_reply_err(req, -err);
 	else
@@ -249,15 +270,16 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ovl_fs *ofs = ofs_of(req);
-	int fd, err = ovl_open(ofs, node_of(ofs, ino), fi->flags, &fd);
+	struct ovl_file *f;
+	int err = ovl_open(ofs, node_of(ofs, ino), fi->flags, &f);
 
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
-	fi->fh = fd;
+	fi->fh = (uint64_t)(uintptr_t)f;
 	if (fuse_reply_open(req, fi) == -ENOENT)
-		close(fd);
+		ovl_release(ofs, f);
 }
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -267,11 +289,12 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct fuse_entry_param fe;
 	struct ovl_ctx ctx;
 	struct ovl_entry e;
-	int fd, err;
+	struct ovl_file *f;
+	int err;
 
 	get_ctx(req, &ctx);
 	err = ovl_create(ofs, &ctx, node_of(ofs, parent), name, mode,
-			 fi->flags, &e, &fd);
+			 fi->flags, &e, &f);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
@@ -282,9 +305,9 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	fe.attr = e.st;
 	fe.attr_timeout = attr_timeout(&e.st);
 	fe.entry_timeout = OVL_TIMEOUT;
-	fi->fh = fd;
+	fi->fh = (uint64_t)(uintptr_t)f;
 	if (fuse_reply_create(req, &fe, fi) == -ENOENT) {
-		close(fd);
+		ovl_release(ofs, f);
 		ovl_node_forget(ofs, e.node, 1);
 	}
 }
@@ -297,7 +320,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	(void)ino;
 	/* Hand the kernel the fd: with splice the data never visits us. */
 	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	buf.buf[0].fd = (int)fi->fh;
+	buf.buf[0].fd = fd_of(fi);
 	buf.buf[0].pos = off;
 	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
@@ -311,7 +334,7 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
 
 	(void)ino;
 	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	out.buf[0].fd = (int)fi->fh;
+	out.buf[0].fd = fd_of(fi);
 	out.buf[0].pos = off;
 	n = fuse_buf_copy(&out, in, 0);
 	if (n < 0)
@@ -323,7 +346,7 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	/* close() of a dup reports what the backing fs reports on close. */
-	int fd = dup((int)fi->fh);
+	int fd = dup(fd_of(fi));
 
 	(void)ino;
 	fuse_reply_err(req, fd < 0 ? errno : (close(fd) < 0 ? errno : 0));
@@ -333,14 +356,14 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
 	(void)ino;
-	close((int)fi->fh);
+	ovl_release(ofs_of(req), file_of(fi));
 	fuse_reply_err(req, 0);
 }
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 		     struct fuse_file_info *fi)
 {
-	int fd = (int)fi->fh;
+	int fd = fd_of(fi);
 
 	(void)ino;
 	fuse_reply_err(req, (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? errno : 0);
@@ -561,13 +584,13 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 			 off_t len, struct fuse_file_info *fi)
 {
 	(void)ino;
-	fuse_reply_err(req, fallocate((int)fi->fh, mode, off, len) < 0 ? errno : 0);
+	fuse_reply_err(req, fallocate(fd_of(fi), mode, off, len) < 0 ? errno : 0);
 }
 
 static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		     struct fuse_file_info *fi)
 {
-	off_t r = lseek((int)fi->fh, off, whence);
+	off_t r = lseek(fd_of(fi), off, whence);
 
 	(void)ino;
 	if (r < 0)
@@ -586,7 +609,7 @@ static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 
 	(void)ino_in;
 	(void)ino_out;
-	n = copy_file_range((int)fi_in->fh, &in, (int)fi_out->fh, &out, len,
+	n = copy_file_range(fd_of(fi_in), &in, fd_of(fi_out), &out, len,
 			    (unsigned)flags);
 	if (n < 0)
 		fuse_reply_err(req, errno);
@@ -669,6 +692,12 @@ void ovl_fuse_session_exit(void *se)
 void ovl_fuse_session_unmount(void *se)
 {
 	fuse_session_unmount(se);
+}
+
+void ovl_notify_attr_changed(struct ovl_fs *ofs, struct ovl_node *node)
+{
+	/* Attributes only (offset < 0): takes no page lock, safe anywhere. */
+	fuse_lowlevel_notify_inval_inode(ofs->se, nodeid_of(ofs, node), -1, 0);
 }
 
 void ovl_fuse_session_destroy(void *se)

@@ -60,6 +60,7 @@
 
 struct ovl_node;
 struct ovl_fs;
+struct ovl_file;
 
 /* ===== lifecycle.c: struct ovlfs, mount and unmount ===== */
 
@@ -358,7 +359,7 @@ int ovl_rename(struct ovl_fs *ofs, struct ovl_node *parent, const char *name,
 /* create+open: the fd is returned in *FD (O_RDWR as asked by FLAGS). */
 int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	       struct ovl_node *parent, const char *name, mode_t mode,
-	       int flags, struct ovl_entry *e, int *fd);
+	       int flags, struct ovl_entry *e, struct ovl_file **out);
 
 /* ===== file.c: attributes and open files ===== */
 
@@ -376,7 +377,28 @@ enum {
 };
 int ovl_setattr(struct ovl_fs *ofs, struct ovl_node *node,
 		const struct stat *attr, int valid, int fh, struct stat *out);
-int ovl_open(struct ovl_fs *ofs, struct ovl_node *node, int flags, int *fd);
+/*
+ * An open file. Opened on the lower, it moves to the upper copy at its next
+ * use once the file has been copied up, so it sees what was written through
+ * other descriptors, as with a private copy.
+ */
+struct ovl_file {
+	struct ovl_node *node;		/* ref held */
+	_Atomic int fd;			/* current backing fd */
+	int old_fd;			/* the lower fd after a move, or -1:
+					   kept open until release, as other
+					   threads may still be using it */
+	int flags;			/* open flags, for the move */
+	pthread_mutex_t lock;		/* serialises the move */
+};
+int ovl_open(struct ovl_fs *ofs, struct ovl_node *node, int flags,
+	     struct ovl_file **out);
+/* Wrap an fd of NODE's upper just created (create). */
+int ovl_file_new(struct ovl_fs *ofs, struct ovl_node *node, int fd, int flags,
+		 struct ovl_file **out);
+/* The fd to use now (follows a copy-up that happened since open). */
+int ovl_file_fd(struct ovl_file *f);
+void ovl_release(struct ovl_fs *ofs, struct ovl_file *f);
 int ovl_readlink(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
 		 size_t size);
 int ovl_access(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
@@ -443,5 +465,10 @@ int ovl_fuse_loop(void *se);
 void ovl_fuse_session_exit(void *se);
 void ovl_fuse_session_unmount(void *se);
 void ovl_fuse_session_destroy(void *se);
+/*
+ * Tell the kernel NODE's attributes changed behind its cache (copy-up
+ * touches the parent directory). Call with no lock held.
+ */
+void ovl_notify_attr_changed(struct ovl_fs *ofs, struct ovl_node *node);
 
 #endif /* OVLFS_I_H */
