@@ -240,12 +240,13 @@ int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
 static void set_origin(struct ovl_fs *ofs, int dstfd, const struct stat *st)
 {
 	/*
-	 * Each lower hard link is copied up on its own, so two distinct upper
-	 * files would claim one number: give those their own numbers instead.
-	 * An origin that cannot be stored (user.* on a symlink when not root)
-	 * only costs the number its stability.
+	 * Regular files bring all their lower names along (hardlink.c), but
+	 * other hard-linked objects are copied up one name at a time, and two
+	 * distinct upper objects must not claim one number. An origin that
+	 * cannot be stored (user.* on a symlink when not root) only costs the
+	 * number its stability.
 	 */
-	if (!S_ISDIR(st->st_mode) && st->st_nlink > 1)
+	if (!S_ISDIR(st->st_mode) && !S_ISREG(st->st_mode) && st->st_nlink > 1)
 		return;
 	ovl_origin_set(ofs, dstfd,
 		       ovl_key_for(ofs, 0, st->st_dev, st->st_ino));
@@ -441,7 +442,7 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 	char tmpname[64] = "";
 	struct stat st, pst0;
 	int pufd, fd, err;
-	bool deleted, slow;
+	bool deleted, slow, linked = false;
 
 	pthread_rwlock_rdlock(&ofs->ns_lock);
 	parent = node->parent;
@@ -467,6 +468,18 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 		pufd = ofs->upper.root_fd;
 	}
 	/*
+	 * Several lower names of one file become one upper file: one copy-up
+	 * at a time among those, and one of them may have done ours already.
+	 */
+	linked = S_ISREG(st.st_mode) && st.st_nlink > 1;
+	if (linked) {
+		pthread_mutex_lock(&ofs->hardlink_lock);
+		if (ovl_node_has_upper(node)) {
+			pthread_mutex_unlock(&ofs->hardlink_lock);
+			goto out_put;
+		}
+	}
+	/*
 	 * Only file data is slow to copy: everything else is built and
 	 * installed in one go under the namespace lock.
 	 */
@@ -480,12 +493,14 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 		err = fd;
 		if (!slow)
 			pthread_rwlock_unlock(&ofs->ns_lock);
-		goto out_put;
+		goto out_unlock_links;
 	}
 	if (slow)
 		pthread_rwlock_wrlock(&ofs->ns_lock);
 	err = install_copy(ofs, node, pufd, fd, tmpname, &pst0, !slow);
 	pthread_rwlock_unlock(&ofs->ns_lock);
+	if (!err && linked)
+		err = ovl_link_lower_aliases(ofs, node, &st, fd);
 	close(fd);
 	if (err && tmpname[0])
 		ovl_remove_tree(pufd, tmpname);
@@ -498,6 +513,9 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 		if (!deleted)
 			ovl_notify_attr_changed(ofs, parent);
 	}
+out_unlock_links:
+	if (linked)
+		pthread_mutex_unlock(&ofs->hardlink_lock);
 out_put:
 	ovl_node_put(ofs, parent);
 	return err;

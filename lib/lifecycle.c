@@ -358,6 +358,7 @@ static void ofs_free(struct ovl_fs *ofs)
 	if (ofs->se)
 		ovl_fuse_session_destroy(ofs->se);
 	pthread_rwlock_destroy(&ofs->ns_lock);
+	pthread_mutex_destroy(&ofs->hardlink_lock);
 	free(ofs);
 }
 
@@ -479,6 +480,7 @@ int ovlfs_mount(struct ovlfs *fs)
 	ofs->inode_mode = fs->inode_mode;
 	ofs->is_root = geteuid() == 0;
 	pthread_rwlock_init(&ofs->ns_lock, NULL);
+	pthread_mutex_init(&ofs->hardlink_lock, NULL);
 	/* Read, not change: umask() is the only way, so put it back at once. */
 	um = umask(022);
 	umask(um);

@@ -6,7 +6,8 @@
  *
  * Lock order (take left before right, never the reverse):
  *
- *	node->copyup_lock  >  ofs->ns_lock  >  node->lock  >  ofs->table_lock
+ *	file copyup_lock  >  hardlink_lock  >  dir copyup_lock  >  ns_lock
+ *	  >  ofs->table_lock
  *
  *  - copyup_lock (per node, mutex): serialises copy-up of one object, held
  *    across the data copy, which runs outside ns_lock so a slow copy-up
@@ -14,11 +15,14 @@
  *    the copyup_lock of the node first and then, for its parent chain, the
  *    ancestors' in child-to-root order; nobody takes a descendant's
  *    copyup_lock while holding an ancestor's.
+ *  - hardlink_lock (mutex): one copy-up of a multiply-linked lower file at
+ *    a time (hardlink.c); taken with the file's copyup_lock held, after
+ *    its parents are copied up, and held while the file's other names get
+ *    their parents copied up (directories: they never take it).
  *  - ns_lock (rwlock): the namespace. Written by every operation that
  *    changes names in a layer (create, mkdir, mknod, symlink, link, unlink,
  *    rmdir, rename, the link-into-place step of copy-up, opaque marking);
  *    read by lookup and readdir, which must not see half a change.
- *  - node->lock (mutex): per-node mutable metadata not covered above.
  *  - table_lock (mutex): the node hash table and reference counts; a leaf.
  * No lock is held across a FUSE reply (fuse_ops.c replies after the core
  * call returned and dropped its locks). read/write/fsync use the backing fd
@@ -213,6 +217,7 @@ struct ovl_fs {
 	bool no_tmpfile;		/* upper lacks O_TMPFILE */
 
 	pthread_rwlock_t ns_lock;
+	pthread_mutex_t hardlink_lock;
 
 	pthread_mutex_t table_lock;
 	struct ovl_node **table;	/* table_lock */
@@ -340,6 +345,16 @@ int ovl_copy_up_tree(struct ovl_fs *ofs, struct ovl_node *node);
 int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
 		  const struct stat *st, bool times);
 int ovl_copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd);
+/* ===== hardlink.c ===== */
+
+/*
+ * NODE, a regular file whose lower (stat LST) has several links, was just
+ * copied up as COPY: link COPY at its other lower names that are visible.
+ * Caller holds hardlink_lock and no other lock.
+ */
+int ovl_link_lower_aliases(struct ovl_fs *ofs, struct ovl_node *node,
+			   const struct stat *lst, int copy);
+
 /* Copy file data SRC to DST (regular fds), keeping holes. */
 int ovl_copy_data(int src, int dst, off_t size);
 

@@ -1,0 +1,192 @@
+/*
+ * hardlink.c: lower hard links stay one file across copy-up.
+ *
+ * In a private copy of the lower, two names of one file are one file:
+ * writing through one shows through the other. The kernel's overlayfs needs
+ * its index feature for that. ovlfs does it at copy-up: when the lower
+ * file has several links, the lower is searched for its other names, and
+ * the copy is linked in the upper at every one of them that is visible in
+ * the merged view. The upper then holds a real hard link set (commit and
+ * diff need no index), and the copy keeps the lower's inode number (its
+ * origin), which every name shows.
+ *
+ * The search reads the lower's directories (fds only, never following a
+ * symlink, never leaving the file's filesystem) and stops once every link
+ * is found. It runs once per such copy-up, under ofs->hardlink_lock, which
+ * also keeps two names of one file from being copied up as two files.
+ * Names that are hidden (whited out, shadowed, under an opaque directory)
+ * stay unlinked: a hidden lower name never becomes visible again.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ovlfs_i.h"
+
+#define MAX_DEPTH 2048
+
+struct alias_scan {
+	dev_t dev;
+	ino_t ino;
+	nlink_t want;		/* stop once this many names are found */
+	nlink_t found;
+	char **paths;		/* relative paths, '/'-separated */
+	size_t n;
+	int err;
+};
+
+static void add_path(struct alias_scan *sc, const char *path)
+{
+	char **p = realloc(sc->paths, (sc->n + 1) * sizeof(*p));
+
+	if (!p) {
+		sc->err = -ENOMEM;
+		return;
+	}
+	sc->paths = p;
+	p[sc->n] = strdup(path);
+	if (!p[sc->n]) {
+		sc->err = -ENOMEM;
+		return;
+	}
+	sc->n++;
+}
+
+static void scan_dir(int dfd, char *path, size_t plen, struct alias_scan *sc,
+		     int depth)
+{
+	struct ovl_dirlist dl;
+	struct stat st;
+
+	if (depth > MAX_DEPTH || ovl_dirlist_read(dfd, &dl) < 0)
+		return;	/* unreadable parts of the lower hold no visible name */
+	for (size_t i = 0; i < dl.n && !sc->err && sc->found < sc->want; i++) {
+		const struct ovl_dirent *de = &dl.ents[i];
+		size_t nlen = strlen(de->name);
+		int cfd;
+
+		if (ovl_is_wh_name(de->name) || plen + nlen + 2 >= PATH_MAX)
+			continue;
+		if (de->type != DT_DIR && de->type != DT_UNKNOWN &&
+		    de->ino != sc->ino)
+			continue;
+		if (fstatat(dfd, de->name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    st.st_dev != sc->dev)
+			continue;
+		if (plen)
+			path[plen] = '/';
+		memcpy(path + plen + (plen ? 1 : 0), de->name, nlen + 1);
+		if (!S_ISDIR(st.st_mode)) {
+			if (st.st_ino == sc->ino) {
+				sc->found++;
+				add_path(sc, path);
+			}
+		} else {
+			cfd = openat(dfd, de->name, O_PATH | O_DIRECTORY |
+				     O_NOFOLLOW | O_CLOEXEC);
+			if (cfd >= 0) {
+				scan_dir(cfd, path, plen + nlen + (plen ? 1 : 0),
+					 sc, depth + 1);
+				close(cfd);
+			}
+		}
+		path[plen] = '\0';
+	}
+	ovl_dirlist_free(&dl);
+}
+
+/* The node at relative lower path PATH in the merged view (ref), or NULL. */
+static struct ovl_node *resolve(struct ovl_fs *ofs, char *path)
+{
+	struct ovl_node *dir = ofs->root, *child = NULL;
+	char *save = NULL, *comp;
+
+	ovl_node_get(ofs, dir);
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	for (comp = strtok_r(path, "/", &save); comp;
+	     comp = strtok_r(NULL, "/", &save)) {
+		int err = ovl_lookup_locked(ofs, dir, comp, &child);
+
+		ovl_node_put(ofs, dir);
+		if (err) {
+			dir = NULL;
+			break;
+		}
+		dir = child;
+	}
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	return dir;
+}
+
+/* Is NODE, as the merged view shows it, still the lower file (DEV, INO)? */
+static bool is_lower_alias(struct ovl_node *node, dev_t dev, ino_t ino)
+{
+	struct stat st;
+
+	if (node->type == S_IFDIR || ovl_node_has_upper(node) ||
+	    node->lower_fd < 0 || ovl_fstat(node->lower_fd, &st) < 0)
+		return false;
+	return st.st_dev == dev && st.st_ino == ino;
+}
+
+/* Link the copy (fd COPY) in at ALIAS's name; ns_lock held for writing. */
+static int link_alias(struct ovl_fs *ofs, struct ovl_node *alias, int copy)
+{
+	int pufd = atomic_load(&alias->parent->upper_fd), fd;
+	char p[32];
+
+	if (alias->deleted || ovl_node_has_upper(alias) || pufd < 0)
+		return 0;
+	if (linkat(copy, "", pufd, alias->name, AT_EMPTY_PATH) < 0) {
+		if (errno != ENOENT && errno != EPERM)
+			return -errno;
+		ovl_proc_path(copy, p);
+		if (linkat(AT_FDCWD, p, pufd, alias->name, AT_SYMLINK_FOLLOW) < 0)
+			return -errno;
+	}
+	fd = ovl_reopen(copy, O_PATH);
+	if (fd < 0)
+		return fd;
+	atomic_store(&alias->upper_fd, fd);
+	return 0;
+}
+
+int ovl_link_lower_aliases(struct ovl_fs *ofs, struct ovl_node *node,
+			   const struct stat *lst, int copy)
+{
+	struct alias_scan sc = { .dev = lst->st_dev, .ino = lst->st_ino,
+				 .want = lst->st_nlink };
+	char *path = malloc(PATH_MAX);
+	int err = 0;
+
+	if (!path)
+		return -ENOMEM;
+	path[0] = '\0';
+	scan_dir(ofs->lower.root_fd, path, 0, &sc, 0);
+	free(path);
+	for (size_t i = 0; i < sc.n && !err && !sc.err; i++) {
+		struct ovl_node *alias = resolve(ofs, sc.paths[i]);
+
+		if (!alias)
+			continue;	/* hidden in the merged view */
+		if (alias != node && is_lower_alias(alias, sc.dev, sc.ino)) {
+			err = ovl_copy_up(ofs, alias->parent);
+			if (!err) {
+				pthread_rwlock_wrlock(&ofs->ns_lock);
+				err = link_alias(ofs, alias, copy);
+				pthread_rwlock_unlock(&ofs->ns_lock);
+			}
+			if (!err) {
+				ovl_notify_attr_changed(ofs, alias);
+				ovl_notify_attr_changed(ofs, alias->parent);
+			}
+		}
+		ovl_node_put(ofs, alias);
+	}
+	for (size_t i = 0; i < sc.n; i++)
+		free(sc.paths[i]);
+	free(sc.paths);
+	return err ? err : sc.err;
+}
