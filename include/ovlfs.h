@@ -34,6 +34,8 @@
 #define OVLFS_H
 
 #include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -134,8 +136,105 @@ void ovlfs_free(struct ovlfs *fs);
  */
 const char *ovlfs_error(const struct ovlfs *fs);
 
-/* Unmount a live ovlfs mount point from outside the process serving it. */
+/*
+ * Unmount a live ovlfs mount point from outside the process serving it
+ * (also one whose daemon died). Returns once the serving process has let
+ * go of the upper, or -errno with a message in ERR (ERRLEN bytes).
+ */
 int ovlfs_unmount_path(const char *mount_point, char *err, unsigned errlen);
+
+/* ---------------------------------------------------------------------
+ * Finalization: what happens to the changes once the overlay is done.
+ * These calls work on a mounted handle (they unmount first) and equally
+ * on a handle that was never mounted, i.e. a lower+upper pair left by an
+ * earlier mount (set the upper as for ovlfs_mount). They refuse with
+ * -EBUSY while any ovlfs mount uses the upper (or, to commit, the lower).
+ * --------------------------------------------------------------------- */
+
+enum ovlfs_action {
+	/* Keep the upper; a later mount of the pair shows the changes again. */
+	OVLFS_PRESERVE = 0,
+	/* Delete the upper (whatever its modes); the lower is untouched. */
+	OVLFS_DISCARD = 1,
+	/*
+	 * Merge the upper into the lower: whiteouts delete, opaque directories
+	 * replace, new and changed entries are written with their metadata;
+	 * files whose content already matches are not rewritten. The upper is
+	 * removed only after everything succeeded; on failure it stays, and
+	 * the merged view of lower+upper is still what it was, so the commit
+	 * can be retried. Not atomic: a crash may leave part of it applied.
+	 */
+	OVLFS_COMMIT = 2,
+	/*
+	 * As OVLFS_COMMIT, all or nothing: whatever instant a crash or power
+	 * cut strikes, recovery (ovlfs_recover(), or automatically the next
+	 * mount or commit of the lower) yields the old lower or the fully
+	 * committed one, never a mix; the upper survives until the new lower
+	 * is durable. Costs grow with the size of the change, not of the
+	 * lower. See docs/commit.md.
+	 */
+	OVLFS_COMMIT_ATOMIC = 3,
+};
+
+/*
+ * Finish with the overlay: unmount if mounted, then apply ACTION. In every
+ * case the mount point is removed if ovlfs created it and it is empty.
+ * Returns 0 or -errno (ovlfs_error() says what failed, naming the path).
+ */
+int ovlfs_finish(struct ovlfs *fs, enum ovlfs_action action);
+
+/*
+ * Finish or roll back an interrupted OVLFS_COMMIT_ATOMIC of the lower:
+ * rolled forward if the commit had reached its commit point, else rolled
+ * back. Returns 1 if there was something to recover, 0 if not, or -errno.
+ */
+int ovlfs_recover(struct ovlfs *fs);
+
+/* Progress of a long finalization, reported at most ~10 times a second. */
+struct ovlfs_progress {
+	const char *phase;		/* "commit", "discard", ... */
+	uint64_t entries_done, entries_total;
+	uint64_t bytes_done, bytes_total;
+};
+typedef void (*ovlfs_progress_fn)(const struct ovlfs_progress *p, void *arg);
+/* Call FN (NULL: none) during ovlfs_finish and ovlfs_recover. */
+int ovlfs_set_progress(struct ovlfs *fs, ovlfs_progress_fn fn, void *arg);
+
+/* ---------------------------------------------------------------------
+ * Diff: what committing the upper would change in the lower.
+ * --------------------------------------------------------------------- */
+
+enum ovlfs_change {
+	OVLFS_ADDED = 'A',
+	OVLFS_MODIFIED = 'M',
+	OVLFS_DELETED = 'D',
+};
+
+/* For OVLFS_MODIFIED: what differs (several bits may be set). */
+#define OVLFS_DIFF_CONTENT 0x1	/* data, or a symlink's target, or rdev */
+#define OVLFS_DIFF_TYPE 0x2	/* e.g. a file replaced by a directory */
+#define OVLFS_DIFF_MODE 0x4
+#define OVLFS_DIFF_OWNER 0x8
+#define OVLFS_DIFF_MTIME 0x10
+#define OVLFS_DIFF_XATTR 0x20
+
+struct ovlfs_diff_entry {
+	const char *path;	/* "/etc/hostname": bytes, may be non-UTF-8 */
+	enum ovlfs_change change;
+	unsigned what;		/* OVLFS_DIFF_* for OVLFS_MODIFIED, else 0 */
+	mode_t mode;		/* new type and mode (old for deletions) */
+	uint64_t size;		/* new size (old for deletions) */
+};
+
+/*
+ * Call FN for every path the commit would change, in path order (bytewise,
+ * a directory before its contents). A deleted or added directory is
+ * reported, and so is everything inside it. FN returns 0 to go on, or
+ * non-zero to stop (ovlfs_diff then returns that value). The entry and its
+ * strings are valid only during the call. Works mounted or not.
+ */
+typedef int (*ovlfs_diff_fn)(const struct ovlfs_diff_entry *e, void *arg);
+int ovlfs_diff(struct ovlfs *fs, ovlfs_diff_fn fn, void *arg);
 
 #ifdef __cplusplus
 }

@@ -76,6 +76,8 @@ struct ovlfs {
 	enum ovlfs_inode_mode inode_mode;
 	bool debug;
 	char err[OVL_ERRLEN];
+	ovlfs_progress_fn progress;
+	void *progress_arg;
 
 	/* Set by ovlfs_mount, cleared by unmount; owned by the caller's thread. */
 	struct ovl_fs *ofs;
