@@ -1,11 +1,640 @@
-/* diff.c: what committing the upper would change (being written). */
+/*
+ * diff.c: what committing the upper would change in the lower.
+ *
+ * The merged view is compared with the lower as it is on disk, one
+ * directory pair at a time, in bytewise name order with a directory's own
+ * line before its contents. The merged view is computed as lookup.c does
+ * it: an upper entry beats a whiteout, a whiteout (a regular file, a long
+ * one only if its content hashes to its name) hides a lower name, an upper
+ * directory merges with a lower directory of the same name unless it is
+ * opaque or its parent does not show its own lower, and ".wh.*" names are
+ * never entries in either layer.
+ *
+ * Both trees are walked only through directory fds with O_NOFOLLOW /
+ * AT_SYMLINK_NOFOLLOW, so a symlink in a layer is an entry like any other
+ * and nothing outside the layers is ever read. The path strings built here
+ * are only for the callback and error messages.
+ */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "ovlfs_i.h"
 
+#define DIFF_BUFSZ (64 * 1024)
+
+struct diff_ctx {
+	struct ovlfs *fs;
+	ovlfs_diff_fn fn;
+	void *arg;
+	char *path;		/* "" for the root, then "/a/b" */
+	size_t len, cap;
+	char *buf[2];		/* content comparison, DIFF_BUFSZ each */
+};
+
+/* A directory's entries, sorted, with the layer's ".wh.*" names split off. */
+struct diff_list {
+	struct ovl_dirlist dl;
+	struct ovl_dirent **ents;	/* user entries, sorted */
+	size_t n;
+	const char **wh;		/* whited-out names, sorted */
+	size_t nwh;
+	char **owned;			/* long whiteout targets we allocated */
+	size_t nowned;
+};
+
+static int fail(struct diff_ctx *c, int err, const char *layer,
+		const char *name)
+{
+	return ovl_set_error(c->fs, err, "diff: %s %s%s%s%s: %s", layer,
+			     layer[0] == 'l' ? c->fs->lower : c->fs->upper,
+			     c->path, name ? "/" : "", name ? name : "",
+			     strerror(-err));
+}
+
+static int path_push(struct diff_ctx *c, const char *name)
+{
+	size_t nlen = strlen(name), need = c->len + nlen + 2;
+
+	if (need > c->cap) {
+		size_t ncap = c->cap ? c->cap : 256;
+		char *p;
+
+		while (ncap < need)
+			ncap *= 2;
+		p = realloc(c->path, ncap);
+		if (!p)
+			return ovl_set_error(c->fs, -ENOMEM, "diff: out of memory");
+		c->path = p;
+		c->cap = ncap;
+	}
+	c->path[c->len++] = '/';
+	memcpy(c->path + c->len, name, nlen + 1);
+	c->len += nlen;
+	return 0;
+}
+
+static void path_pop(struct diff_ctx *c, size_t len)
+{
+	c->len = len;
+	c->path[len] = '\0';
+}
+
+static int report(struct diff_ctx *c, enum ovlfs_change change, unsigned what,
+		  const struct stat *st)
+{
+	struct ovlfs_diff_entry e = {
+		.path = c->len ? c->path : "/",
+		.change = change,
+		.what = what,
+		.mode = st->st_mode,
+		/* Directory sizes depend on the filesystem: not a change. */
+		.size = S_ISREG(st->st_mode) || S_ISLNK(st->st_mode) ?
+			(uint64_t)st->st_size : 0,
+	};
+
+	return c->fn(&e, c->arg);
+}
+
+static int cmp_dirent(const void *a, const void *b)
+{
+	return strcmp((*(struct ovl_dirent *const *)a)->name,
+		      (*(struct ovl_dirent *const *)b)->name);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static void list_free(struct diff_list *l)
+{
+	for (size_t i = 0; i < l->nowned; i++)
+		free(l->owned[i]);
+	free(l->owned);
+	free(l->wh);
+	free(l->ents);
+	ovl_dirlist_free(&l->dl);
+}
+
+/*
+ * Is marker DE of upper directory DFD a whiteout lookup would honour? Then
+ * the hidden name goes to *TARGET (pointing into DE or into BUF). A plain
+ * whiteout hides the rest of its name; a long one the name it holds, but
+ * only if that name really has this marker (readdir trusts the content;
+ * lookup, which decides what a path shows, recomputes the hash).
+ */
+static int whiteout_target(int dfd, const struct ovl_dirent *de, char *buf,
+			   const char **target)
+{
+	char expect[NAME_MAX + 1];
+	struct stat st;
+	int err;
+
+	*target = NULL;
+	if (de->type == DT_UNKNOWN) {
+		if (fstatat(dfd, de->name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			return errno == ENOENT ? 0 : -errno;
+		if (!S_ISREG(st.st_mode))
+			return 0;
+	} else if (de->type != DT_REG) {
+		return 0;
+	}
+	if (strncmp(de->name, OVL_META_PREFIX, OVL_META_PREFIX_LEN)) {
+		*target = de->name + OVL_WH_PREFIX_LEN;
+		return 0;
+	}
+	if (strncmp(de->name, OVL_LONGWH_PREFIX, strlen(OVL_LONGWH_PREFIX)))
+		return 0;	/* opaque marker or temp debris */
+	err = ovl_wh_long_target(dfd, de->name, buf);
+	if (err)
+		return err == -EUCLEAN || err == -ENOENT ? 0 : err;
+	if (ovl_wh_name(buf, expect) && !strcmp(expect, de->name))
+		*target = buf;
+	return 0;
+}
+
+/*
+ * Read directory DFD of LAYER into L, sorted. Whiteouts are collected only
+ * if WANT_WH (an upper directory whose lower shows through).
+ */
+static int list_read(struct diff_ctx *c, int dfd, const char *layer,
+		     bool want_wh, struct diff_list *l)
+{
+	char buf[NAME_MAX + 2];
+	int err;
+
+	memset(l, 0, sizeof(*l));
+	err = ovl_dirlist_read(dfd, &l->dl);
+	if (err)
+		return fail(c, err, layer, NULL);
+	l->ents = malloc((l->dl.n + 1) * sizeof(*l->ents));
+	l->wh = malloc((l->dl.n + 1) * sizeof(*l->wh));
+	l->owned = malloc((l->dl.n + 1) * sizeof(*l->owned));
+	if (!l->ents || !l->wh || !l->owned)
+		goto out_nomem;
+	for (size_t i = 0; i < l->dl.n; i++) {
+		struct ovl_dirent *de = &l->dl.ents[i];
+		const char *t;
+
+		if (!ovl_is_wh_name(de->name)) {
+			l->ents[l->n++] = de;
+			continue;
+		}
+		if (!want_wh)
+			continue;
+		err = whiteout_target(dfd, de, buf, &t);
+		if (err)
+			return fail(c, err, layer, de->name);
+		if (!t)
+			continue;
+		if (t == buf) {
+			t = l->owned[l->nowned] = strdup(buf);
+			if (!t)
+				goto out_nomem;
+			l->nowned++;
+		}
+		l->wh[l->nwh++] = t;
+	}
+	qsort(l->ents, l->n, sizeof(*l->ents), cmp_dirent);
+	qsort(l->wh, l->nwh, sizeof(*l->wh), cmp_str);
+	return 0;
+
+out_nomem:
+	return ovl_set_error(c->fs, -ENOMEM, "diff: out of memory");
+}
+
+static bool list_whited_out(const struct diff_list *l, const char *name)
+{
+	return l->nwh && bsearch(&name, l->wh, l->nwh, sizeof(*l->wh),
+				 cmp_str);
+}
+
+/* Open NAME of DFD without following it, and stat it. */
+static int open_stat(struct diff_ctx *c, int dfd, const char *name,
+		     const char *layer, struct stat *st)
+{
+	int fd = ovl_open_child(dfd, name);
+	int err;
+
+	if (fd < 0)
+		return fail(c, fd, layer, name);
+	err = ovl_fstat(fd, st);
+	if (err) {
+		close(fd);
+		return fail(c, err, layer, name);
+	}
+	return fd;
+}
+
+/*
+ * Report CHANGE for every entry inside directory DFD of LAYER, recursively
+ * (what an added or deleted directory brings or takes along).
+ */
+static int walk_all(struct diff_ctx *c, int dfd, const char *layer,
+		    enum ovlfs_change change)
+{
+	struct diff_list l;
+	size_t len = c->len;
+	int err;
+
+	err = list_read(c, dfd, layer, false, &l);
+	for (size_t i = 0; i < l.n && !err; i++) {
+		const char *name = l.ents[i]->name;
+		struct stat st;
+		int fd;
+
+		fd = open_stat(c, dfd, name, layer, &st);
+		if (fd < 0) {
+			err = fd;
+			break;
+		}
+		err = path_push(c, name);
+		if (!err)
+			err = report(c, change, 0, &st);
+		if (!err && S_ISDIR(st.st_mode))
+			err = walk_all(c, fd, layer, change);
+		close(fd);
+		path_pop(c, len);
+	}
+	list_free(&l);
+	return err;
+}
+
+/* Byte-compare two regular files of equal SIZE: 1 if they differ. */
+static int content_differs(struct diff_ctx *c, int ufd, int lfd, off_t size)
+{
+	int fds[2] = { -1, -1 }, src[2] = { ufd, lfd };
+	off_t off = 0;
+	int ret = 0;
+
+	for (int i = 0; i < 2; i++) {
+		/* Reading must not touch the lower's (or upper's) atimes. */
+		fds[i] = ovl_reopen(src[i], O_RDONLY | O_NOATIME);
+		if (fds[i] == -EPERM)
+			fds[i] = ovl_reopen(src[i], O_RDONLY);
+		if (fds[i] < 0) {
+			ret = fail(c, fds[i], i ? "lower" : "upper", NULL);
+			goto out_close;
+		}
+	}
+	while (off < size) {
+		size_t want = size - off < DIFF_BUFSZ ? size - off : DIFF_BUFSZ;
+		ssize_t n[2];
+
+		for (int i = 0; i < 2; i++) {
+			n[i] = pread(fds[i], c->buf[i], want, off);
+			if (n[i] < 0) {
+				ret = fail(c, -errno, i ? "lower" : "upper",
+					   NULL);
+				goto out_close;
+			}
+		}
+		/* A short read means the file changed under us: differs. */
+		if (n[0] != n[1] || !n[0] || memcmp(c->buf[0], c->buf[1], n[0])) {
+			ret = 1;
+			break;
+		}
+		off += n[0];
+	}
+out_close:
+	for (int i = 0; i < 2; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	return ret;
+}
+
+/* The user-visible xattr names of FD, sorted: count or -errno. */
+static int xattr_names(int fd, char **bufp, char ***namesp)
+{
+	char *buf = NULL, **names;
+	ssize_t len;
+	int n = 0;
+
+	for (;;) {
+		len = ovl_fd_listxattr(fd, NULL, 0);
+		/* Symlinks and special files may not support xattrs at all. */
+		if (len == -ENOTSUP || len == -EOPNOTSUPP)
+			len = 0;
+		if (len < 0)
+			return len;
+		free(buf);
+		buf = malloc(len + 1);
+		if (!buf)
+			return -ENOMEM;
+		if (!len)
+			break;
+		len = ovl_fd_listxattr(fd, buf, len);
+		if (len >= 0)
+			break;
+		if (len != -ERANGE) {
+			free(buf);
+			return len;
+		}
+	}
+	names = malloc((len + 1) * sizeof(*names));
+	if (!names) {
+		free(buf);
+		return -ENOMEM;
+	}
+	for (char *p = buf; p < buf + len; p += strlen(p) + 1)
+		if (!ovl_xattr_is_private(p))
+			names[n++] = p;
+	qsort(names, n, sizeof(*names), cmp_str);
+	*bufp = buf;
+	*namesp = names;
+	return n;
+}
+
+/* The value of xattr NAME of FD in a new buffer: length or -errno. */
+static ssize_t xattr_value(int fd, const char *name, char **out)
+{
+	ssize_t len;
+
+	for (;;) {
+		len = ovl_fd_getxattr(fd, name, NULL, 0);
+		if (len < 0)
+			return len;
+		*out = malloc(len + 1);
+		if (!*out)
+			return -ENOMEM;
+		len = ovl_fd_getxattr(fd, name, *out, len);
+		if (len != -ERANGE)
+			break;
+		free(*out);
+	}
+	if (len < 0)
+		free(*out);
+	return len;
+}
+
+/* Do the user-visible xattrs of UFD and LFD differ? 1, 0 or -errno. */
+static int xattrs_differ(int ufd, int lfd)
+{
+	char *buf[2] = { NULL, NULL }, **names[2] = { NULL, NULL };
+	int n[2] = { 0, 0 }, fds[2] = { ufd, lfd }, ret = 0;
+
+	for (int i = 0; i < 2 && !ret; i++) {
+		n[i] = xattr_names(fds[i], &buf[i], &names[i]);
+		if (n[i] < 0)
+			ret = n[i];
+	}
+	if (!ret && n[0] != n[1])
+		ret = 1;
+	for (int i = 0; !ret && i < n[0]; i++) {
+		char *v[2] = { NULL, NULL };
+		ssize_t vl[2];
+
+		if (strcmp(names[0][i], names[1][i])) {
+			ret = 1;
+			break;
+		}
+		for (int j = 0; j < 2 && !ret; j++) {
+			vl[j] = xattr_value(fds[j], names[0][i], &v[j]);
+			if (vl[j] < 0)
+				ret = vl[j];
+		}
+		if (!ret && (vl[0] != vl[1] || memcmp(v[0], v[1], vl[0])))
+			ret = 1;
+		free(v[0]);
+		free(v[1]);
+	}
+	for (int i = 0; i < 2; i++) {
+		free(names[i]);
+		free(buf[i]);
+	}
+	return ret;
+}
+
+/*
+ * What differs between upper object UFD and lower object LFD of the same
+ * type (OVLFS_DIFF_* bits, or -errno). The root's mtime is not compared:
+ * every create in it changes the upper root's.
+ */
+static int compare(struct diff_ctx *c, int ufd, int lfd,
+		   const struct stat *ust, const struct stat *lst, bool root)
+{
+	unsigned what = 0;
+	int err;
+
+	if ((ust->st_mode ^ lst->st_mode) & 07777)
+		what |= OVLFS_DIFF_MODE;
+	if (ust->st_uid != lst->st_uid || ust->st_gid != lst->st_gid)
+		what |= OVLFS_DIFF_OWNER;
+	if (!root && (ust->st_mtim.tv_sec != lst->st_mtim.tv_sec ||
+		      ust->st_mtim.tv_nsec != lst->st_mtim.tv_nsec))
+		what |= OVLFS_DIFF_MTIME;
+
+	if (S_ISREG(ust->st_mode)) {
+		/* Equal size and mtime prove nothing: compare the bytes. */
+		err = ust->st_size != lst->st_size ? 1 :
+		      content_differs(c, ufd, lfd, ust->st_size);
+		if (err < 0)
+			return err;
+		if (err)
+			what |= OVLFS_DIFF_CONTENT;
+	} else if (S_ISLNK(ust->st_mode)) {
+		char t[2][PATH_MAX + 1];
+		ssize_t n[2];
+		int fds[2] = { ufd, lfd };
+
+		for (int i = 0; i < 2; i++) {
+			n[i] = readlinkat(fds[i], "", t[i], PATH_MAX + 1);
+			if (n[i] < 0)
+				return fail(c, -errno, i ? "lower" : "upper",
+					    NULL);
+		}
+		if (n[0] != n[1] || memcmp(t[0], t[1], n[0]))
+			what |= OVLFS_DIFF_CONTENT;
+	} else if (S_ISCHR(ust->st_mode) || S_ISBLK(ust->st_mode)) {
+		if (ust->st_rdev != lst->st_rdev)
+			what |= OVLFS_DIFF_CONTENT;
+	}
+
+	err = xattrs_differ(ufd, lfd);
+	if (err < 0)
+		return ovl_set_error(c->fs, err, "diff: cannot read xattrs of %s: %s",
+				     c->len ? c->path : "/", strerror(-err));
+	if (err)
+		what |= OVLFS_DIFF_XATTR;
+	return what;
+}
+
+static int diff_dir(struct diff_ctx *c, int ufd, int lfd, bool lower_shows);
+
+/* NAME is in upper directory UFD and lower directory LFD: what changed? */
+static int diff_both(struct diff_ctx *c, int ufd, int lfd, const char *name,
+		     bool lower_shows)
+{
+	struct stat ust, lst;
+	int ucfd, lcfd, what, err;
+
+	ucfd = open_stat(c, ufd, name, "upper", &ust);
+	if (ucfd < 0)
+		return ucfd;
+	lcfd = open_stat(c, lfd, name, "lower", &lst);
+	if (lcfd < 0) {
+		err = lcfd;
+		goto out_close_upper;
+	}
+	if ((ust.st_mode ^ lst.st_mode) & S_IFMT) {
+		/* Only one side can be a directory: no interleaving. */
+		err = report(c, OVLFS_MODIFIED, OVLFS_DIFF_TYPE, &ust);
+		if (!err && S_ISDIR(ust.st_mode))
+			err = walk_all(c, ucfd, "upper", OVLFS_ADDED);
+		if (!err && S_ISDIR(lst.st_mode))
+			err = walk_all(c, lcfd, "lower", OVLFS_DELETED);
+		goto out_close;
+	}
+	err = what = compare(c, ucfd, lcfd, &ust, &lst, false);
+	if (what > 0)
+		err = report(c, OVLFS_MODIFIED, what, &ust);
+	if (!err && S_ISDIR(ust.st_mode)) {
+		/* As lookup: the lower merges in only through a merged parent. */
+		err = ovl_opaque_get(ucfd);
+		if (err < 0)
+			err = fail(c, err, "upper", NULL);
+		else
+			err = diff_dir(c, ucfd, lcfd, lower_shows && !err);
+	}
+out_close:
+	close(lcfd);
+out_close_upper:
+	close(ucfd);
+	return err;
+}
+
+/* NAME exists in only one layer (directory DFD): CHANGE it all. */
+static int diff_one(struct diff_ctx *c, int dfd, const char *name,
+		    const char *layer, enum ovlfs_change change)
+{
+	struct stat st;
+	int fd, err;
+
+	fd = open_stat(c, dfd, name, layer, &st);
+	if (fd < 0)
+		return fd;
+	err = report(c, change, 0, &st);
+	if (!err && S_ISDIR(st.st_mode))
+		err = walk_all(c, fd, layer, change);
+	close(fd);
+	return err;
+}
+
+/*
+ * Compare upper directory UFD with lower directory LFD at the current path.
+ * LOWER_SHOWS: the lower's children show through (merged); if not, every
+ * lower child the upper lacks is deleted.
+ */
+static int diff_dir(struct diff_ctx *c, int ufd, int lfd, bool lower_shows)
+{
+	struct diff_list ul, ll;
+	size_t i = 0, j = 0, len = c->len;
+	int err;
+
+	err = list_read(c, ufd, "upper", lower_shows, &ul);
+	if (err)
+		goto out_free_upper;
+	err = list_read(c, lfd, "lower", false, &ll);
+	while (!err && (i < ul.n || j < ll.n)) {
+		const char *name;
+		int cmp;
+
+		if (i == ul.n)
+			cmp = 1;
+		else if (j == ll.n)
+			cmp = -1;
+		else
+			cmp = strcmp(ul.ents[i]->name, ll.ents[j]->name);
+		name = cmp <= 0 ? ul.ents[i]->name : ll.ents[j]->name;
+		err = path_push(c, name);
+		if (err)
+			break;
+		if (cmp < 0)
+			err = diff_one(c, ufd, name, "upper", OVLFS_ADDED);
+		else if (cmp == 0)
+			err = diff_both(c, ufd, lfd, name, lower_shows);
+		else if (!lower_shows || list_whited_out(&ul, name))
+			err = diff_one(c, lfd, name, "lower", OVLFS_DELETED);
+		/* else: a lower entry showing as it is, unchanged */
+		path_pop(c, len);
+		if (cmp <= 0)
+			i++;
+		if (cmp >= 0)
+			j++;
+	}
+	list_free(&ll);
+out_free_upper:
+	list_free(&ul);
+	return err;
+}
+
+/* Open a layer root (the path as the user gave it): fd or -errno. */
+static int open_root(const char *path, struct stat *st)
+{
+	int fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	int err;
+
+	if (fd < 0)
+		return -errno;
+	err = ovl_fstat(fd, st);
+	if (err)
+		close(fd);
+	return err ? err : fd;
+}
+
 int ovlfs_diff(struct ovlfs *fs, ovlfs_diff_fn fn, void *arg)
 {
-	(void)fn;
-	(void)arg;
-	return ovl_set_error(fs, -ENOSYS, "diff is not implemented yet");
+	struct diff_ctx c = { .fs = fs, .fn = fn, .arg = arg };
+	struct stat ust, lst;
+	int ufd, lfd, err, what;
+
+	if (!fs->upper)
+		return ovl_set_error(fs, -EINVAL,
+				     "lower %s has no default upper: set it",
+				     fs->lower);
+	lfd = open_root(fs->lower, &lst);
+	if (lfd < 0)
+		return ovl_set_error(fs, lfd, "lower %s: %s", fs->lower,
+				     strerror(-lfd));
+	ufd = open_root(fs->upper, &ust);
+	if (ufd == -ENOENT) {
+		err = 0;	/* never mounted: nothing changed */
+		goto out_close_lower;
+	}
+	if (ufd < 0) {
+		err = ovl_set_error(fs, ufd, "upper %s: %s", fs->upper,
+				    strerror(-ufd));
+		goto out_close_lower;
+	}
+	c.path = malloc(256);
+	c.buf[0] = malloc(DIFF_BUFSZ);
+	c.buf[1] = malloc(DIFF_BUFSZ);
+	if (!c.path || !c.buf[0] || !c.buf[1]) {
+		err = ovl_set_error(fs, -ENOMEM, "diff: out of memory");
+		goto out_free;
+	}
+	c.cap = 256;
+	c.path[0] = '\0';
+
+	err = what = compare(&c, ufd, lfd, &ust, &lst, true);
+	if (what > 0)
+		err = report(&c, OVLFS_MODIFIED, what, &ust);
+	if (!err) {
+		err = ovl_opaque_get(ufd);
+		if (err < 0)
+			err = fail(&c, err, "upper", NULL);
+		else
+			err = diff_dir(&c, ufd, lfd, !err);
+	}
+out_free:
+	free(c.buf[0]);
+	free(c.buf[1]);
+	free(c.path);
+	close(ufd);
+out_close_lower:
+	close(lfd);
+	return err;
 }

@@ -1,17 +1,1373 @@
-/* finalize.c: preserve, discard, commit (being written). */
+/*
+ * finalize.c: what happens to the changes: preserve, discard, commit and
+ * crash-safe commit-atomic, and recovery of an interrupted atomic commit.
+ * docs/commit.md describes the design; the comments here say why.
+ *
+ * Both commits walk the upper once, with the lower directory of the same
+ * path beside it, through fds only (O_NOFOLLOW everywhere): a symlink in
+ * either layer is an entry to replace or keep, never a way out.
+ */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "ovlfs_i.h"
 
+#define WORKDIR ".wh..wh.ovlfs-commit"
+#define JOURNAL_MAGIC "ovlfs-journal 1"
+
+/* Where a hard-linked upper file went, so its other names follow it. */
+struct placed {
+	dev_t dev;
+	ino_t ino;
+	int fd;			/* O_PATH of the placed or staged object */
+};
+
+struct fin {
+	struct ovlfs *fs;
+	struct ovl_fs ofs;	/* context for the shared helpers */
+	const char *lower, *upper;	/* canonical paths, for messages */
+	int lower_fd, upper_fd;	/* O_RDONLY|O_DIRECTORY roots */
+	bool same_fs, atomic;
+
+	/* commit-atomic */
+	int work_fd, stage_fd, trash_fd;
+	char *journal;		/* operations so far, text */
+	size_t jlen, jcap;
+	unsigned long next_op;
+
+	struct placed *placed;
+	size_t nplaced;
+
+	/* the path being worked on, relative to the roots, for messages */
+	char path[PATH_MAX];
+	size_t plen;
+
+	struct ovlfs_progress prog;
+	struct timespec last_report;
+};
+
+/* ---- errors, paths, progress ---- */
+
+static int fail(struct fin *f, int err, const char *what)
+{
+	return ovl_set_error(f->fs, err, "%s: %s%s%s: %s", what, f->lower,
+			     f->plen ? "/" : "", f->path, strerror(-err));
+}
+
+static int path_push(struct fin *f, const char *name, size_t *saved)
+{
+	size_t len = strlen(name);
+
+	*saved = f->plen;
+	if (f->plen + len + 2 >= sizeof(f->path))
+		return -ENAMETOOLONG;
+	if (f->plen)
+		f->path[f->plen++] = '/';
+	memcpy(f->path + f->plen, name, len + 1);
+	f->plen += len;
+	return 0;
+}
+
+static void path_pop(struct fin *f, size_t saved)
+{
+	f->plen = saved;
+	f->path[saved] = '\0';
+}
+
+static void report(struct fin *f, bool final)
+{
+	struct timespec now;
+
+	if (!f->fs->progress)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (!final && (now.tv_sec - f->last_report.tv_sec) * 1000000000L +
+			      (now.tv_nsec - f->last_report.tv_nsec) <
+		      100000000L)
+		return;
+	f->last_report = now;
+	f->fs->progress(&f->prog, f->fs->progress_arg);
+}
+
+static void tick(struct fin *f, uint64_t bytes)
+{
+	f->prog.entries_done++;
+	f->prog.bytes_done += bytes;
+	report(f, false);
+}
+
+/* Entries and file bytes under directory DFD, for progress totals. */
+static void count_tree(int dfd, uint64_t *entries, uint64_t *bytes)
+{
+	struct ovl_dirlist dl;
+	struct stat st;
+
+	if (ovl_dirlist_read(dfd, &dl) < 0)
+		return;
+	for (size_t i = 0; i < dl.n; i++) {
+		if (fstatat(dfd, dl.ents[i].name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue;
+		(*entries)++;
+		if (S_ISREG(st.st_mode))
+			*bytes += st.st_size;
+		if (S_ISDIR(st.st_mode)) {
+			int cfd = openat(dfd, dl.ents[i].name, O_RDONLY |
+					 O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+			if (cfd >= 0) {
+				count_tree(cfd, entries, bytes);
+				close(cfd);
+			}
+		}
+	}
+	ovl_dirlist_free(&dl);
+}
+
+static int open_dir_at(int dfd, const char *name)
+{
+	int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			O_CLOEXEC);
+
+	return fd < 0 ? -errno : fd;
+}
+
+/* ---- metadata ---- */
+
+/* Remove xattrs of DST that SRC lacks (never ovlfs's private ones). */
+static int drop_extra_xattrs(int srcfd, int dstfd)
+{
+	ssize_t len = ovl_fd_listxattr(dstfd, NULL, 0);
+	char *names;
+	int err = 0;
+
+	if (len <= 0)
+		return 0;	/* none, or no xattr support */
+	names = malloc(len);
+	if (!names)
+		return -ENOMEM;
+	len = ovl_fd_listxattr(dstfd, names, len);
+	for (char *n = names; len > 0 && n < names + len; n += strlen(n) + 1) {
+		if (ovl_xattr_is_private(n) ||
+		    ovl_fd_getxattr(srcfd, n, NULL, 0) != -ENODATA)
+			continue;
+		err = ovl_fd_removexattr(dstfd, n);
+		if (err == -ENODATA || err == -EOPNOTSUPP)
+			err = 0;
+		if (err)
+			break;
+	}
+	free(names);
+	return err;
+}
+
+static void strip_private(int fd)
+{
+	ovl_fd_removexattr(fd, OVL_XATTR_ORIGIN_TRUSTED);
+	ovl_fd_removexattr(fd, OVL_XATTR_ORIGIN_USER);
+}
+
+/* Make DST (any fd) carry SRC's owner, mode, xattrs and times exactly. */
+static int sync_meta(struct fin *f, int srcfd, int dstfd)
+{
+	struct stat st, dst;
+	int err = ovl_fstat(srcfd, &st);
+
+	if (!err)
+		err = ovl_fstat(dstfd, &dst);
+	if (err)
+		return err;
+	if (S_ISLNK(dst.st_mode))
+		st.st_mode = dst.st_mode;	/* symlinks have no mode */
+	err = drop_extra_xattrs(srcfd, dstfd);
+	if (!err)
+		err = ovl_copy_meta(&f->ofs, srcfd, dstfd, &st, true);
+	if (!err)
+		strip_private(dstfd);
+	return err;
+}
+
+/* ---- content comparison ---- */
+
+static int same_content(int ud, const char *name, int ld, off_t size)
+{
+	int a = openat(ud, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	int b = openat(ld, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME);
+	char *ba = NULL, *bb = NULL;
+	int ret = 0;
+
+	if (b < 0 && errno == EPERM)
+		b = openat(ld, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	ba = malloc(1 << 20);
+	bb = malloc(1 << 20);
+	if (a < 0 || b < 0 || !ba || !bb) {
+		ret = a < 0 || b < 0 ? -errno : -ENOMEM;
+		goto out;
+	}
+	ret = 1;
+	for (off_t off = 0; off < size && ret == 1;) {
+		size_t want = size - off > (1 << 20) ? (1 << 20) : size - off;
+		ssize_t na = pread(a, ba, want, off), nb = pread(b, bb, want, off);
+
+		if (na < 0 || nb < 0)
+			ret = -errno;
+		else if (na != nb || na == 0 || memcmp(ba, bb, na))
+			ret = 0;
+		else
+			off += na;
+	}
+out:
+	free(ba);
+	free(bb);
+	if (a >= 0)
+		close(a);
+	if (b >= 0)
+		close(b);
+	return ret;
+}
+
+static bool same_meta(struct fin *f, int ud, int ld, const char *name,
+		      const struct stat *us, const struct stat *ls)
+{
+	int ufd, lfd;
+	bool same;
+
+	if (us->st_uid != ls->st_uid || us->st_gid != ls->st_gid ||
+	    (us->st_mode & 07777) != (ls->st_mode & 07777) ||
+	    us->st_mtim.tv_sec != ls->st_mtim.tv_sec ||
+	    us->st_mtim.tv_nsec != ls->st_mtim.tv_nsec)
+		return false;
+	/* Same xattrs: syncing is cheap to test by listing both. */
+	ufd = ovl_open_child(ud, name);
+	lfd = ovl_open_child(ld, name);
+	same = ufd >= 0 && lfd >= 0;
+	if (same) {
+		char a[4096], b[4096];
+		ssize_t na = ovl_fd_listxattr(ufd, a, sizeof(a));
+		ssize_t nb = ovl_fd_listxattr(lfd, b, sizeof(b));
+
+		/* Private names make lists differ: compare values instead. */
+		same = na >= 0 && nb >= 0;
+		for (char *n = a; same && n < a + na; n += strlen(n) + 1) {
+			char va[4096], vb[4096];
+			ssize_t x, y;
+
+			if (ovl_xattr_is_private(n))
+				continue;
+			x = ovl_fd_getxattr(ufd, n, va, sizeof(va));
+			y = ovl_fd_getxattr(lfd, n, vb, sizeof(vb));
+			same = x == y && x >= 0 && !memcmp(va, vb, x);
+		}
+		for (char *n = b; same && n < b + nb; n += strlen(n) + 1)
+			same = ovl_xattr_is_private(n) ||
+			       ovl_fd_getxattr(ufd, n, NULL, 0) >= 0;
+	}
+	if (ufd >= 0)
+		close(ufd);
+	if (lfd >= 0)
+		close(lfd);
+	(void)f;
+	return same;
+}
+
+/* ---- placing objects ---- */
+
+static struct placed *find_placed(struct fin *f, const struct stat *st)
+{
+	for (size_t i = 0; i < f->nplaced; i++)
+		if (f->placed[i].dev == st->st_dev && f->placed[i].ino == st->st_ino)
+			return &f->placed[i];
+	return NULL;
+}
+
+static int remember_placed(struct fin *f, const struct stat *st, int dirfd,
+			   const char *name)
+{
+	struct placed *p;
+	int fd;
+
+	if (!S_ISREG(st->st_mode) || st->st_nlink < 2)
+		return 0;
+	p = realloc(f->placed, (f->nplaced + 1) * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	f->placed = p;
+	fd = ovl_open_child(dirfd, name);
+	if (fd < 0)
+		return fd;
+	p[f->nplaced++] = (struct placed){ st->st_dev, st->st_ino, fd };
+	return 0;
+}
+
+static int link_fd_at(int fd, int dirfd, const char *name)
+{
+	char p[32];
+
+	if (linkat(fd, "", dirfd, name, AT_EMPTY_PATH) == 0)
+		return 0;
+	if (errno != EPERM && errno != ENOENT)
+		return -errno;
+	ovl_proc_path(fd, p);
+	return linkat(AT_FDCWD, p, dirfd, name, AT_SYMLINK_FOLLOW) < 0 ? -errno : 0;
+}
+
+/*
+ * Build a copy of upper entry UD/NAME (stat ST, not a directory) as
+ * DSTDIR/DST: a hard link of the same upper inode's earlier copy, a hard
+ * link of the upper file itself (LINK_UPPER, same filesystem), or a copy
+ * with all its metadata.
+ */
+static int copy_object(struct fin *f, int ud, const char *name,
+		       const struct stat *st, int dstdir, const char *dst,
+		       bool link_upper)
+{
+	struct placed *pl = find_placed(f, st);
+	int fd = -1, src, err;
+
+	if (pl)
+		return link_fd_at(pl->fd, dstdir, dst);
+	if (S_ISREG(st->st_mode) && link_upper) {
+		if (linkat(ud, name, dstdir, dst, 0) == 0) {
+			fd = ovl_open_child(dstdir, dst);
+			if (fd < 0)
+				return fd;
+			strip_private(fd);
+			close(fd);
+			return remember_placed(f, st, dstdir, dst);
+		}
+		if (errno != EPERM && errno != EXDEV)
+			return -errno;	/* else copy it after all */
+	}
+	switch (st->st_mode & S_IFMT) {
+	case S_IFREG:
+		fd = openat(dstdir, dst, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
+			    O_CLOEXEC, 0600);
+		if (fd < 0)
+			return -errno;
+		src = openat(ud, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (src < 0) {
+			err = -errno;
+			goto out_close;
+		}
+		err = ovl_copy_data(src, fd, st->st_size);
+		if (!err && f->atomic && fsync(fd) < 0)
+			err = -errno;
+		close(src);
+		if (err)
+			goto out_close;
+		close(fd);
+		break;
+	case S_IFLNK: {
+		char target[PATH_MAX + 1];
+		ssize_t n = readlinkat(ud, name, target, sizeof(target) - 1);
+
+		if (n < 0)
+			return -errno;
+		target[n] = '\0';
+		if (symlinkat(target, dstdir, dst) < 0)
+			return -errno;
+		break;
+	}
+	default:	/* fifo, device, socket: recreated, never opened */
+		if (mknodat(dstdir, dst, st->st_mode & (S_IFMT | 0600),
+			    st->st_rdev) < 0)
+			return -errno;
+		break;
+	}
+	src = ovl_open_child(ud, name);
+	fd = ovl_open_child(dstdir, dst);
+	err = src < 0 ? src : fd < 0 ? fd : sync_meta(f, src, fd);
+	if (src >= 0)
+		close(src);
+	if (fd >= 0)
+		close(fd);
+	if (!err)
+		err = remember_placed(f, st, dstdir, dst);
+	return err;
+
+out_close:
+	close(fd);
+	unlinkat(dstdir, dst, 0);
+	return err;
+}
+
+/* ---- the journal (commit-atomic) ---- */
+
+static int jput(struct fin *f, const char *s, size_t len)
+{
+	if (f->jlen + len + 1 > f->jcap) {
+		size_t cap = (f->jcap + len + 1) * 2;
+		char *p = realloc(f->journal, cap);
+
+		if (!p)
+			return -ENOMEM;
+		f->journal = p;
+		f->jcap = cap;
+	}
+	memcpy(f->journal + f->jlen, s, len);
+	f->jlen += len;
+	f->journal[f->jlen] = '\0';
+	return 0;
+}
+
+/* Paths are bytes: everything outside '!'..'~', and '%', as %XX. */
+static int jput_path(struct fin *f, const char *path)
+{
+	char buf[4];
+	int err = 0;
+
+	if (!*path)
+		return jput(f, ".", 1);
+	for (const unsigned char *p = (const unsigned char *)path; *p && !err;
+	     p++) {
+		if (*p > ' ' && *p < 0x7f && *p != '%') {
+			err = jput(f, (const char *)p, 1);
+		} else {
+			snprintf(buf, sizeof(buf), "%%%02X", *p);
+			err = jput(f, buf, 3);
+		}
+	}
+	return err;
+}
+
+static int jop(struct fin *f, char op, unsigned long n)
+{
+	char buf[32];
+	int len = snprintf(buf, sizeof(buf), "%c %lu ", op, n);
+	int err = jput(f, buf, len);
+
+	if (!err)
+		err = jput_path(f, f->path);
+	if (!err)
+		err = jput(f, "\n", 1);
+	return err;
+}
+
+static int decode_path(char *s)
+{
+	char *o = s;
+
+	for (; *s; s++) {
+		if (*s == '%') {
+			unsigned v;
+
+			if (sscanf(s + 1, "%2X", &v) != 1 || !v)
+				return -EUCLEAN;
+			*o++ = (char)v;
+			s += 2;
+		} else {
+			*o++ = *s;
+		}
+	}
+	*o = '\0';
+	return 0;
+}
+
+/*
+ * Open the parent directory of relative PATH under the lower root and
+ * point *LAST at its final component. A journal comes from the lower, so
+ * it is not trusted: "..", "." and empty components are refused, and no
+ * symlink is followed.
+ */
+static int resolve_parent(struct fin *f, char *path, char **last)
+{
+	int dfd = dup(f->lower_fd), nfd;
+	char *slash;
+
+	if (dfd < 0)
+		return -errno;
+	for (;;) {
+		slash = strchr(path, '/');
+		if (!*path || !strcmp(path, ".") || !strcmp(path, "..") ||
+		    (slash && (slash == path || !strncmp(path, "./", 2) ||
+			       !strncmp(path, "../", 3)))) {
+			close(dfd);
+			return -EUCLEAN;
+		}
+		if (!slash)
+			break;
+		*slash = '\0';
+		nfd = open_dir_at(dfd, path);
+		close(dfd);
+		if (nfd < 0)
+			return nfd;
+		dfd = nfd;
+		path = slash + 1;
+	}
+	*last = path;
+	return dfd;
+}
+
+static bool exists_at(int dfd, const char *name)
+{
+	struct stat st;
+
+	return fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+/* Carry out one journal line; each is idempotent (docs/commit.md). */
+static int apply_op(struct fin *f, char op, const char *n, char *path)
+{
+	char *last = NULL;
+	int dfd, src, dst, err = 0;
+
+	if (op == 'M' && !strcmp(path, ".")) {
+		src = ovl_open_child(f->stage_fd, n);
+		if (src < 0)
+			return src;
+		err = sync_meta(f, src, f->lower_fd);
+		close(src);
+		return err;
+	}
+	if (op == 'R' && !exists_at(f->stage_fd, n))
+		return 0;	/* done before a crash */
+	dfd = resolve_parent(f, path, &last);
+	if (dfd < 0)
+		return dfd;
+	switch (op) {
+	case 'R':
+	case 'D':
+		if (exists_at(dfd, last) &&
+		    renameat(dfd, last, f->trash_fd, n) < 0)
+			err = -errno;
+		if (!err && op == 'R' && renameat(f->stage_fd, n, dfd, last) < 0)
+			err = -errno;
+		break;
+	case 'M':
+		src = ovl_open_child(f->stage_fd, n);
+		dst = ovl_open_child(dfd, last);
+		err = src < 0 ? src : dst < 0 ? dst : sync_meta(f, src, dst);
+		if (src >= 0)
+			close(src);
+		if (dst >= 0)
+			close(dst);
+		break;
+	default:
+		err = -EUCLEAN;
+	}
+	close(dfd);
+	return err;
+}
+
+/*
+ * Apply journal TEXT (modified in place), or with !APPLY only check it;
+ * *UPPER points at the upper it names.
+ */
+static int apply_journal(struct fin *f, char *text, char **upper, bool apply)
+{
+	char *save = NULL, *line;
+	bool ended = false;
+	int err = 0, nline = 0;
+
+	*upper = NULL;
+	for (line = strtok_r(text, "\n", &save); line && !err;
+	     line = strtok_r(NULL, "\n", &save), nline++) {
+		char op, n[32], *path;
+
+		if (nline == 0) {
+			if (strcmp(line, JOURNAL_MAGIC))
+				return -EUCLEAN;
+			continue;
+		}
+		if (!strncmp(line, "upper ", 6)) {
+			*upper = line + 6;
+			err = decode_path(*upper);
+			continue;
+		}
+		if (!strcmp(line, "end")) {
+			ended = true;
+			break;
+		}
+		if (sscanf(line, "%c %31s", &op, n) != 2 || !strchr("RDM", op) ||
+		    strspn(n, "0123456789") != strlen(n))
+			return -EUCLEAN;
+		path = strchr(line + 2, ' ');
+		if (!path)
+			return -EUCLEAN;
+		path++;
+		err = decode_path(path);
+		if (!err && apply)
+			err = apply_op(f, op, n, path);
+		if (err) {
+			snprintf(f->path, sizeof(f->path), "%s", path);
+			f->plen = strlen(f->path);
+		}
+		f->prog.entries_done++;
+		report(f, false);
+	}
+	if (!err && !ended)
+		err = -EUCLEAN;	/* a journal is only renamed in complete */
+	return err;
+}
+
+/* ---- walking the upper ---- */
+
+static int commit_dir(struct fin *f, int ud, int ld);
+
+static unsigned long new_op(struct fin *f, char name[32])
+{
+	snprintf(name, 32, "%lu", ++f->next_op);
+	return f->next_op;
+}
+
+/* Lower entry LD/NAME goes (whiteout, opaque parent). Path pushed. */
+static int delete_lower(struct fin *f, int ld, const char *name)
+{
+	char n[32];
+
+	if (!exists_at(ld, name))
+		return 0;
+	if (!f->atomic)
+		return ovl_remove_tree(ld, name);
+	return jop(f, 'D', new_op(f, n));
+}
+
+/* Stage directory UD/NAME and everything in it as DSTDIR/DST. */
+static int stage_tree(struct fin *f, int ud, const char *name, int dstdir,
+		      const char *dst)
+{
+	struct ovl_dirlist dl = { 0 };
+	int cu = -1, cd = -1, err;
+
+	if (mkdirat(dstdir, dst, 0700) < 0)
+		return -errno;
+	cu = open_dir_at(ud, name);
+	cd = open_dir_at(dstdir, dst);
+	err = cu < 0 ? cu : cd < 0 ? cd : ovl_dirlist_read(cu, &dl);
+	for (size_t i = 0; i < dl.n && !err; i++) {
+		const char *e = dl.ents[i].name;
+		struct stat st;
+
+		if (ovl_is_wh_name(e))
+			continue;	/* markers: nothing below to hide */
+		if (fstatat(cu, e, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			err = -errno;
+			break;
+		}
+		if (S_ISDIR(st.st_mode))
+			err = stage_tree(f, cu, e, cd, e);
+		else
+			err = copy_object(f, cu, e, &st, cd, e, f->same_fs);
+		tick(f, S_ISREG(st.st_mode) ? st.st_size : 0);
+	}
+	if (!err)
+		err = sync_meta(f, cu, cd);
+	ovl_dirlist_free(&dl);
+	if (cu >= 0)
+		close(cu);
+	if (cd >= 0)
+		close(cd);
+	return err;
+}
+
+/* An empty object carrying the metadata of UD/NAME, for an M operation. */
+static int stage_carrier(struct fin *f, int ud, const char *name,
+			 const struct stat *st)
+{
+	char n[32];
+	int src, fd, err;
+
+	new_op(f, n);
+	if (S_ISDIR(st->st_mode))
+		err = mkdirat(f->stage_fd, n, 0700) < 0 ? -errno : 0;
+	else
+		err = mknodat(f->stage_fd, n, S_IFREG | 0600, 0) < 0 ? -errno : 0;
+	if (err)
+		return err;
+	src = name ? ovl_open_child(ud, name) : dup(ud);
+	fd = ovl_open_child(f->stage_fd, n);
+	err = src < 0 ? src : fd < 0 ? fd : sync_meta(f, src, fd);
+	if (src >= 0)
+		close(src);
+	if (fd >= 0)
+		close(fd);
+	if (!err)
+		err = jop(f, 'M', f->next_op);
+	return err;
+}
+
+/* Metadata of the existing lower LD/NAME becomes that of UD/NAME. */
+static int update_meta(struct fin *f, int ud, int ld, const char *name,
+		       const struct stat *us)
+{
+	int src, dst, err;
+
+	if (f->atomic)
+		return stage_carrier(f, ud, name, us);
+	src = ovl_open_child(ud, name);
+	dst = ovl_open_child(ld, name);
+	err = src < 0 ? src : dst < 0 ? dst : sync_meta(f, src, dst);
+	if (src >= 0)
+		close(src);
+	if (dst >= 0)
+		close(dst);
+	return err;
+}
+
+/* Put upper non-directory UD/NAME in place of whatever LD/NAME is. */
+static int place_object(struct fin *f, int ud, const char *name,
+			const struct stat *us, int ld, const struct stat *ls)
+{
+	char tmp[64];
+	int fd, err;
+
+	if (f->atomic) {
+		char n[32];
+
+		new_op(f, n);
+		err = copy_object(f, ud, name, us, f->stage_fd, n, f->same_fs);
+		return err ? err : jop(f, 'R', f->next_op);
+	}
+	if (S_ISREG(us->st_mode) && f->same_fs && !find_placed(f, us)) {
+		/* Moving beats copying; rename replaces a non-directory. */
+		if (ls && S_ISDIR(ls->st_mode)) {
+			err = ovl_remove_tree(ld, name);
+			if (err)
+				return err;
+		}
+		if (renameat(ud, name, ld, name) == 0) {
+			fd = ovl_open_child(ld, name);
+			if (fd >= 0) {
+				strip_private(fd);
+				close(fd);
+			}
+			return remember_placed(f, us, ld, name);
+		}
+		if (errno != EXDEV)
+			return -errno;
+	}
+	ovl_tmp_name(&f->ofs, tmp);
+	err = copy_object(f, ud, name, us, ld, tmp, false);
+	if (err)
+		return err;
+	if (ls && S_ISDIR(ls->st_mode))
+		err = ovl_remove_tree(ld, name);
+	if (!err && renameat(ld, tmp, ld, name) < 0)
+		err = -errno;
+	if (err)
+		ovl_remove_tree(ld, tmp);
+	return err;
+}
+
+static int commit_subdir(struct fin *f, int ud, int ld, const char *name,
+			 const struct stat *us, const struct stat *ls)
+{
+	bool merge = ls && S_ISDIR(ls->st_mode);
+	int cu = -1, cl = -1, err = 0;
+
+	if (!merge && f->atomic) {
+		char n[32];
+
+		new_op(f, n);
+		err = stage_tree(f, ud, name, f->stage_fd, n);
+		return err ? err : jop(f, 'R', f->next_op);
+	}
+	if (!merge) {
+		if (ls)
+			err = ovl_remove_tree(ld, name);
+		if (!err && mkdirat(ld, name, 0700) < 0)
+			err = -errno;
+	} else if (!f->atomic && !f->ofs.is_root &&
+		   (ls->st_mode & 0700) != 0700) {
+		/* Written before its own mode is applied (after). */
+		err = fchmodat(ld, name, ls->st_mode | 0700, 0) < 0 ? -errno : 0;
+	}
+	if (!err)
+		cu = err = open_dir_at(ud, name);
+	if (err >= 0)
+		cl = err = open_dir_at(ld, name);
+	if (err >= 0)
+		err = commit_dir(f, cu, cl);
+	if (cu >= 0)
+		close(cu);
+	if (cl >= 0)
+		close(cl);
+	if (!err && (!merge || !same_meta(f, ud, ld, name, us, ls)))
+		err = update_meta(f, ud, ld, name, us);
+	return err;
+}
+
+static int commit_entry(struct fin *f, int ud, int ld, const char *name)
+{
+	struct stat us, ls;
+	bool have_l;
+	int err;
+
+	if (fstatat(ud, name, &us, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	have_l = fstatat(ld, name, &ls, AT_SYMLINK_NOFOLLOW) == 0;
+	if (!have_l && errno != ENOENT)
+		return -errno;
+	if (S_ISDIR(us.st_mode)) {
+		tick(f, 0);
+		return commit_subdir(f, ud, ld, name, &us, have_l ? &ls : NULL);
+	}
+	/* Same bytes already there: keep the lower file, fix metadata. */
+	if (S_ISREG(us.st_mode) && have_l && S_ISREG(ls.st_mode) &&
+	    us.st_nlink == 1 && us.st_size == ls.st_size) {
+		err = same_content(ud, name, ld, us.st_size);
+		if (err < 0)
+			return err;
+		if (err == 1) {
+			err = same_meta(f, ud, ld, name, &us, &ls)
+				      ? 0
+				      : update_meta(f, ud, ld, name, &us);
+			tick(f, us.st_size);
+			return err;
+		}
+	}
+	err = place_object(f, ud, name, &us, ld, have_l ? &ls : NULL);
+	tick(f, S_ISREG(us.st_mode) ? us.st_size : 0);
+	return err;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static bool in_sorted(char **v, size_t n, const char *s)
+{
+	return bsearch(&s, v, n, sizeof(*v), cmp_str) != NULL;
+}
+
+static int commit_dir(struct fin *f, int ud, int ld)
+{
+	struct ovl_dirlist ul = { 0 }, ll = { 0 };
+	char **real = NULL;
+	size_t nreal = 0, saved;
+	int err, opaque;
+
+	err = ovl_dirlist_read(ud, &ul);
+	if (err)
+		return fail(f, err, "cannot read upper directory");
+	opaque = ovl_opaque_get(ud);
+	real = calloc(ul.n + 1, sizeof(*real));
+	if (!real) {
+		err = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < ul.n; i++)
+		if (!ovl_is_wh_name(ul.ents[i].name))
+			real[nreal++] = ul.ents[i].name;
+	qsort(real, nreal, sizeof(*real), cmp_str);
+
+	/* Deletions first: whiteouts, and all of the lower under opaque. */
+	if (opaque > 0) {
+		err = ovl_dirlist_read(ld, &ll);
+		for (size_t i = 0; i < ll.n && !err; i++) {
+			const char *c = ll.ents[i].name;
+
+			if (ovl_is_wh_name(c) || in_sorted(real, nreal, c))
+				continue;
+			err = path_push(f, c, &saved);
+			if (!err)
+				err = delete_lower(f, ld, c);
+			if (err)
+				goto out_fail;
+			path_pop(f, saved);
+		}
+	}
+	for (size_t i = 0; i < ul.n && !err; i++) {
+		const char *w = ul.ents[i].name;
+		char target[NAME_MAX + 2];
+
+		if (!ovl_is_wh_name(w))
+			continue;
+		if (!strncmp(w, OVL_LONGWH_PREFIX, strlen(OVL_LONGWH_PREFIX))) {
+			if (ovl_wh_long_target(ud, w, target))
+				continue;
+		} else if (strncmp(w, OVL_META_PREFIX, OVL_META_PREFIX_LEN)) {
+			snprintf(target, sizeof(target), "%s",
+				 w + OVL_WH_PREFIX_LEN);
+		} else {
+			continue;	/* opaque marker, debris */
+		}
+		if (in_sorted(real, nreal, target))
+			continue;	/* an upper entry replaces it anyway */
+		err = path_push(f, target, &saved);
+		if (!err)
+			err = delete_lower(f, ld, target);
+		if (err)
+			goto out_fail;
+		path_pop(f, saved);
+	}
+	for (size_t i = 0; i < nreal && !err; i++) {
+		err = path_push(f, real[i], &saved);
+		if (!err)
+			err = commit_entry(f, ud, ld, real[i]);
+		if (err)
+			goto out_fail;
+		path_pop(f, saved);
+	}
+	goto out;
+out_fail:
+	/* Keep the deepest message: it names the path that failed. */
+	if (!f->fs->err[0])
+		fail(f, err, "commit");
+out:
+	free(real);
+	ovl_dirlist_free(&ul);
+	ovl_dirlist_free(&ll);
+	return err;
+}
+
+/* ---- setting up, locking, cleaning up ---- */
+
+static void fin_init(struct fin *f, struct ovlfs *fs)
+{
+	memset(f, 0, sizeof(*f));
+	f->fs = fs;
+	f->ofs.is_root = geteuid() == 0;
+	f->lower_fd = f->upper_fd = f->work_fd = f->stage_fd = f->trash_fd = -1;
+	fs->err[0] = '\0';
+}
+
+static void fin_done(struct fin *f)
+{
+	int fds[] = { f->lower_fd, f->upper_fd, f->work_fd, f->stage_fd,
+		      f->trash_fd };
+
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	for (size_t i = 0; i < f->nplaced; i++)
+		close(f->placed[i].fd);
+	free(f->placed);
+	free(f->journal);
+}
+
+/* Open an existing layer root for finalizing; *FD is O_RDONLY|O_DIRECTORY. */
+static int open_root(struct fin *f, const char *what, const char *path,
+		     int *fdp)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0)
+		return ovl_set_error(f->fs, -errno, "%s %s: %s", what, path,
+				     strerror(errno));
+	*fdp = fd;
+	return 0;
+}
+
+/* Remove the upper directory itself, making sure it is the one we hold. */
+static int remove_upper(struct fin *f)
+{
+	char *dup_path = strdup(f->upper), *slash;
+	struct stat a, b;
+	int pfd, err;
+
+	if (!dup_path)
+		return -ENOMEM;
+	slash = strrchr(dup_path, '/');
+	if (!slash || !slash[1]) {
+		free(dup_path);
+		return ovl_set_error(f->fs, -EINVAL, "refusing to remove upper %s",
+				     f->upper);
+	}
+	*slash = '\0';
+	pfd = open(slash == dup_path ? "/" : dup_path,
+		   O_PATH | O_DIRECTORY | O_CLOEXEC);
+	err = pfd < 0 ? -errno : 0;
+	if (!err && (fstat(f->upper_fd, &a) < 0 ||
+		     fstatat(pfd, slash + 1, &b, AT_SYMLINK_NOFOLLOW) < 0 ||
+		     a.st_dev != b.st_dev || a.st_ino != b.st_ino))
+		err = -ESTALE;	/* replaced meanwhile: not ours to delete */
+	if (!err)
+		err = ovl_remove_tree(pfd, slash + 1);
+	if (pfd >= 0)
+		close(pfd);
+	free(dup_path);
+	if (err)
+		return ovl_set_error(f->fs, err, "cannot remove upper %s: %s",
+				     f->upper, strerror(-err));
+	return 0;
+}
+
+/* ---- commit-atomic ---- */
+
+static int write_journal(struct fin *f)
+{
+	int fd = openat(f->work_fd, "journal.tmp", O_WRONLY | O_CREAT |
+			O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	size_t done = 0;
+	int err = 0;
+
+	if (fd < 0)
+		return -errno;
+	while (done < f->jlen && !err) {
+		ssize_t n = write(fd, f->journal + done, f->jlen - done);
+
+		if (n < 0 && errno != EINTR)
+			err = -errno;
+		else if (n > 0)
+			done += n;
+	}
+	if (!err && fsync(fd) < 0)
+		err = -errno;
+	close(fd);
+	/* The rename is the commit point; the fsync makes it durable. */
+	if (!err && renameat(f->work_fd, "journal.tmp", f->work_fd, "journal") < 0)
+		err = -errno;
+	if (!err && fsync(f->work_fd) < 0)
+		err = -errno;
+	return err;
+}
+
+static int open_work(struct fin *f, bool create)
+{
+	int err;
+
+	if (create && mkdirat(f->lower_fd, WORKDIR, 0700) < 0)
+		return -errno;
+	f->work_fd = open_dir_at(f->lower_fd, WORKDIR);
+	if (f->work_fd < 0)
+		return f->work_fd;
+	if (create && (mkdirat(f->work_fd, "stage", 0700) < 0 ||
+		       mkdirat(f->work_fd, "trash", 0700) < 0))
+		return -errno;
+	f->stage_fd = open_dir_at(f->work_fd, "stage");
+	f->trash_fd = open_dir_at(f->work_fd, "trash");
+	err = f->stage_fd < 0 ? f->stage_fd : f->trash_fd < 0 ? f->trash_fd : 0;
+	return err;
+}
+
+/* Steps 4-5 of docs/commit.md: make it durable, then clean up. */
+static int finish_applied(struct fin *f, const char *upper)
+{
+	int fd, err = 0;
+
+	if (syncfs(f->lower_fd) < 0)
+		return -errno;
+	fd = openat(f->work_fd, "done", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0 || fsync(fd) < 0 || fsync(f->work_fd) < 0)
+		err = -errno;
+	if (fd >= 0)
+		close(fd);
+	if (err)
+		return err;
+	/* Only the upper this commit was for; a journal is not trusted. */
+	if (upper && f->upper && !strcmp(upper, f->upper) && f->upper_fd >= 0) {
+		err = remove_upper(f);
+		if (err)
+			return err;
+	}
+	err = ovl_remove_tree(f->lower_fd, WORKDIR);
+	if (!err && fsync(f->lower_fd) < 0)
+		err = -errno;
+	return err;
+}
+
+static int commit_atomic(struct fin *f)
+{
+	struct stat st;
+	char *upper;
+	int err;
+
+	err = open_work(f, true);
+	if (err)
+		return ovl_set_error(f->fs, err, "commit: cannot create %s/%s: %s",
+				     f->lower, WORKDIR, strerror(-err));
+	err = jput(f, JOURNAL_MAGIC "\nupper ", strlen(JOURNAL_MAGIC) + 7);
+	if (!err)
+		err = jput_path(f, f->upper);
+	if (!err)
+		err = jput(f, "\n", 1);
+	if (!err)
+		err = commit_dir(f, f->upper_fd, f->lower_fd);
+	if (!err)
+		err = ovl_fstat(f->upper_fd, &st);
+	if (!err)	/* the root's own metadata, last */
+		err = stage_carrier(f, f->upper_fd, NULL, &st);
+	if (!err)
+		err = jput(f, "end\n", 4);
+	if (!err && (syncfs(f->lower_fd) < 0 || fsync(f->stage_fd) < 0))
+		err = -errno;
+	if (!err)
+		err = write_journal(f);
+	if (err) {
+		/* Before the commit point: roll back, the lower is untouched. */
+		if (!f->fs->err[0])
+			fail(f, err, "commit");
+		ovl_remove_tree(f->lower_fd, WORKDIR);
+		return err;
+	}
+	f->prog.phase = "apply";
+	f->prog.entries_done = 0;
+	f->prog.entries_total = f->next_op;
+	f->path[0] = '\0';
+	f->plen = 0;
+	err = apply_journal(f, f->journal, &upper, true);
+	if (!err)
+		err = finish_applied(f, upper);
+	if (err && !f->fs->err[0])
+		fail(f, err, "commit (recover with ovlfs recover)");
+	return err;
+}
+
+/* Roll an interrupted atomic commit of F's lower forward or back. */
+static int recover_locked(struct fin *f)
+{
+	char *text = NULL, *upper = NULL;
+	struct stat st;
+	int fd, err;
+
+	err = open_work(f, false);
+	if (err == -ENOENT && f->work_fd < 0)
+		return 0;
+	if (f->work_fd >= 0 && fstatat(f->work_fd, "journal", &st,
+				       AT_SYMLINK_NOFOLLOW) < 0) {
+		/* Never reached its commit point: the lower is the old one. */
+		err = ovl_remove_tree(f->lower_fd, WORKDIR);
+		if (!err && fsync(f->lower_fd) < 0)
+			err = -errno;
+		goto out;
+	}
+	if (err)
+		goto out;
+	fd = openat(f->work_fd, "journal", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 || !(text = malloc(st.st_size + 1)) ||
+	    pread(fd, text, st.st_size, 0) != st.st_size)
+		err = errno ? -errno : -EIO;
+	if (fd >= 0)
+		close(fd);
+	if (err)
+		goto out;
+	text[st.st_size] = '\0';
+	err = apply_journal(f, text, &upper, !exists_at(f->work_fd, "done"));
+	if (!err)
+		err = finish_applied(f, upper);
+out:
+	free(text);
+	if (err) {
+		if (!f->fs->err[0])
+			ovl_set_error(f->fs, err,
+				      "cannot recover the interrupted commit in %s/%s: %s",
+				      f->lower, WORKDIR, strerror(-err));
+		return err;
+	}
+	return 1;
+}
+
+/* ---- the public calls ---- */
+
+/*
+ * flock DIR (an open fd) with OP, waiting a moment for a mount that is just
+ * going away. -EBUSY if someone else holds it.
+ */
+static int lock_fd(int fd, int op)
+{
+	for (int i = 0; flock(fd, op | LOCK_NB) < 0; i++) {
+		if (errno != EWOULDBLOCK)
+			return -errno;
+		if (i == 40)
+			return -EBUSY;
+		nanosleep(&(struct timespec){ 0, 50 * 1000 * 1000 }, NULL);
+	}
+	return 0;
+}
+
+/* Open and lock the lower for F, recovering an interrupted commit. */
+static int take_lower(struct fin *f)
+{
+	int err = open_root(f, "lower", f->lower, &f->lower_fd);
+
+	if (err)
+		return err;
+	err = lock_fd(f->lower_fd, LOCK_EX);
+	if (err == -EBUSY)
+		return ovl_set_error(f->fs, err,
+				     "lower %s is in use by an ovlfs mount; unmount it first",
+				     f->lower);
+	if (err)
+		return ovl_set_error(f->fs, err, "lower %s: cannot lock: %s",
+				     f->lower, strerror(-err));
+	err = recover_locked(f);
+	/* Recovery used the work fds; a commit opens its own. */
+	if (f->work_fd >= 0)
+		close(f->work_fd);
+	if (f->stage_fd >= 0)
+		close(f->stage_fd);
+	if (f->trash_fd >= 0)
+		close(f->trash_fd);
+	f->work_fd = f->stage_fd = f->trash_fd = -1;
+	return err < 0 ? err : 0;
+}
+
+/* Open and lock the upper; 1 if there is none (nothing to do). */
+static int take_upper(struct fin *f)
+{
+	struct stat st;
+	int err;
+
+	if (stat(f->upper, &st) < 0 && errno == ENOENT)
+		return 1;
+	err = open_root(f, "upper", f->upper, &f->upper_fd);
+	if (!err)
+		err = lock_fd(f->upper_fd, LOCK_EX);
+	if (err == -EBUSY)
+		return ovl_set_error(f->fs, err,
+				     "upper %s is in use by an ovlfs mount; unmount it first",
+				     f->upper);
+	if (err && !f->fs->err[0])
+		return ovl_set_error(f->fs, err, "upper %s: cannot lock: %s",
+				     f->upper, strerror(-err));
+	return err;
+}
+
+static int commit(struct fin *f, bool atomic)
+{
+	struct stat ls, us;
+	int err;
+
+	f->atomic = atomic;
+	err = take_lower(f);
+	if (!err)
+		err = take_upper(f);
+	if (err)
+		return err == 1 ? 0 : err;
+	if (fstat(f->lower_fd, &ls) < 0 || fstat(f->upper_fd, &us) < 0)
+		return ovl_set_error(f->fs, -errno, "cannot stat layers: %s",
+				     strerror(errno));
+	f->same_fs = ls.st_dev == us.st_dev;
+	f->prog.phase = "commit";
+	count_tree(f->upper_fd, &f->prog.entries_total, &f->prog.bytes_total);
+	report(f, true);
+	if (atomic) {
+		err = commit_atomic(f);
+	} else {
+		err = commit_dir(f, f->upper_fd, f->lower_fd);
+		if (!err)
+			err = sync_meta(f, f->upper_fd, f->lower_fd);
+		/* The lower is durable before the upper goes. */
+		if (!err && syncfs(f->lower_fd) < 0)
+			err = -errno;
+		if (err && !f->fs->err[0])
+			fail(f, err, "commit");
+		if (!err)
+			err = remove_upper(f);
+	}
+	report(f, true);
+	return err;
+}
+
+static int discard(struct fin *f)
+{
+	int err = take_upper(f);
+
+	if (err)
+		return err == 1 ? 0 : err;
+	f->prog.phase = "discard";
+	count_tree(f->upper_fd, &f->prog.entries_total, &f->prog.bytes_total);
+	report(f, true);
+	err = remove_upper(f);
+	f->prog.entries_done = f->prog.entries_total;
+	f->prog.bytes_done = f->prog.bytes_total;
+	report(f, true);
+	return err;
+}
+
+/* Canonical lower and upper of FS into F (freed by the caller). */
+static int fin_paths(struct fin *f, char **lower, char **upper)
+{
+	int err = ovl_path_canonical(f->fs->lower, lower);
+
+	if (err)
+		return ovl_set_error(f->fs, err, "lower %s: %s", f->fs->lower,
+				     strerror(-err));
+	if (!f->fs->upper)
+		return ovl_set_error(f->fs, -EINVAL, "lower %s has no default upper: set one",
+				     f->fs->lower);
+	err = ovl_path_canonical(f->fs->upper, upper);
+	if (err)
+		return ovl_set_error(f->fs, err, "upper %s: %s", f->fs->upper,
+				     strerror(-err));
+	f->lower = *lower;
+	f->upper = *upper;
+	return 0;
+}
+
 int ovlfs_finish(struct ovlfs *fs, enum ovlfs_action action)
 {
-	(void)action;
-	return ovl_set_error(fs, -ENOSYS, "finish is not implemented yet");
+	char *lower = NULL, *upper = NULL;
+	struct fin f;
+	int err = 0;
+
+	if (action < OVLFS_PRESERVE || action > OVLFS_COMMIT_ATOMIC)
+		return ovl_set_error(fs, -EINVAL, "unknown action %d", action);
+	if (fs->mounted)
+		err = ovlfs_umount(fs);
+	fin_init(&f, fs);
+	if (!err)
+		err = fin_paths(&f, &lower, &upper);
+	if (!err) {
+		switch (action) {
+		case OVLFS_PRESERVE:
+			break;
+		case OVLFS_DISCARD:
+			err = discard(&f);
+			break;
+		case OVLFS_COMMIT:
+		case OVLFS_COMMIT_ATOMIC:
+			err = commit(&f, action == OVLFS_COMMIT_ATOMIC);
+			break;
+		}
+	}
+	fin_done(&f);
+	if (!err)
+		ovl_remove_mount_point(fs);
+	free(lower);
+	free(upper);
+	return err;
+}
+
+int ovl_recover_lower(struct ovlfs *fs, const char *lower, const char *upper)
+{
+	struct fin f;
+	struct stat st;
+	char p[PATH_MAX];
+	int err;
+
+	/* The common case, cheaply: no work directory, nothing to do. */
+	if (snprintf(p, sizeof(p), "%s/%s", lower, WORKDIR) >= (int)sizeof(p) ||
+	    lstat(p, &st) < 0)
+		return 0;
+	fin_init(&f, fs);
+	f.lower = lower;
+	f.upper = upper;
+	/* finish_applied removes the upper through this fd's identity. */
+	if (upper && stat(upper, &st) == 0)
+		open_root(&f, "upper", upper, &f.upper_fd);
+	fs->err[0] = '\0';
+	err = take_lower(&f);
+	fin_done(&f);
+	return err < 0 ? err : 1;
 }
 
 int ovlfs_recover(struct ovlfs *fs)
 {
-	return ovl_set_error(fs, -ENOSYS, "recover is not implemented yet");
+	char *lower = NULL, *upper = NULL;
+	struct fin f;
+	int err;
+
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "unmount %s first",
+				     fs->mount_point);
+	fin_init(&f, fs);
+	err = fin_paths(&f, &lower, &upper);
+	fin_done(&f);
+	if (!err)
+		err = ovl_recover_lower(fs, lower, upper);
+	free(lower);
+	free(upper);
+	return err;
 }
 
 int ovlfs_set_progress(struct ovlfs *fs, ovlfs_progress_fn fn, void *arg)

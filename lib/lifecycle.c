@@ -279,6 +279,61 @@ static int lock_upper(struct ovlfs *fs, struct ovl_fs *ofs, const char *upper)
 	return 0;
 }
 
+/*
+ * Hold the lower shared while mounted: a commit into it takes it
+ * exclusively, so it never changes under a mount.
+ */
+static int lock_lower(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
+{
+	int fd, err;
+
+	fd = open(d->lower, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return ovl_set_error(fs, -errno, "lower %s: %s", d->lower,
+				     strerror(errno));
+	for (int i = 0; flock(fd, LOCK_SH | LOCK_NB) < 0; i++) {
+		if (errno != EWOULDBLOCK || i == 40) {
+			err = errno == EWOULDBLOCK ? -EBUSY : -errno;
+			close(fd);
+			return ovl_set_error(fs, err, "lower %s is being committed into",
+					     d->lower);
+		}
+		nanosleep(&(struct timespec){ 0, 50 * 1000 * 1000 }, NULL);
+	}
+	ofs->lower_lock_fd = fd;
+	return 0;
+}
+
+/*
+ * A new upper starts as a copy of the lower root's metadata: the merged
+ * root shows the upper's, and a private copy of the lower would show the
+ * lower's.
+ */
+static void init_upper_root(struct ovl_fs *ofs)
+{
+	struct stat st;
+
+	if (ovl_fstat(ofs->lower.root_fd, &st) == 0)
+		ovl_copy_meta(ofs, ofs->lower.root_fd, ofs->upper.root_fd, &st,
+			      true);
+}
+
+#define OVL_XATTR_CREATED "user.ovlfs.created"
+
+void ovl_remove_mount_point(struct ovlfs *fs)
+{
+	char buf[4];
+
+	if (!fs->mount_point)
+		return;
+	if (!fs->created_mount_point &&
+	    getxattr(fs->mount_point, OVL_XATTR_CREATED, buf, sizeof(buf)) < 0)
+		return;
+	/* rmdir refuses a non-empty directory and a mount point: good. */
+	if (rmdir(fs->mount_point) == 0)
+		fs->created_mount_point = false;
+}
+
 /* Refuse an upper in a format we do not know; stamp ours on a new one. */
 static int check_format(struct ovlfs *fs, int fd, const char *upper)
 {
@@ -352,9 +407,11 @@ static void ofs_free(struct ovl_fs *ofs)
 		close(ofs->lower.root_fd);
 	if (ofs->upper.root_fd >= 0)
 		close(ofs->upper.root_fd);
-	/* Let go of the upper before the connection goes (see unmount_path). */
+	/* Let go of the layers before the connection goes (unmount_path). */
 	if (ofs->upper_lock_fd >= 0)
 		close(ofs->upper_lock_fd);
+	if (ofs->lower_lock_fd >= 0)
+		close(ofs->lower_lock_fd);
 	if (ofs->se)
 		ovl_fuse_session_destroy(ofs->se);
 	pthread_rwlock_destroy(&ofs->ns_lock);
@@ -469,6 +526,17 @@ int ovlfs_mount(struct ovlfs *fs)
 	err = check_dirs(fs, &d, &upper_exists, &mp_exists);
 	if (err)
 		goto out_dirs;
+	/*
+	 * An interrupted atomic commit is finished (or rolled back) first; a
+	 * finished one removes the upper it committed.
+	 */
+	err = ovl_recover_lower(fs, d.lower, d.upper);
+	if (err < 0)
+		goto out_dirs;
+	if (err > 0)
+		err = check_dir_or_missing(fs, "upper", d.upper, &upper_exists);
+	if (err)
+		goto out_dirs;
 
 	ofs = calloc(1, sizeof(*ofs));
 	if (!ofs) {
@@ -477,6 +545,7 @@ int ovlfs_mount(struct ovlfs *fs)
 	}
 	ofs->pub = fs;
 	ofs->lower.root_fd = ofs->upper.root_fd = ofs->upper_lock_fd = -1;
+	ofs->lower_lock_fd = -1;
 	ofs->inode_mode = fs->inode_mode;
 	ofs->is_root = geteuid() == 0;
 	pthread_rwlock_init(&ofs->ns_lock, NULL);
@@ -495,6 +564,8 @@ int ovlfs_mount(struct ovlfs *fs)
 		fs->created_upper = true;
 	}
 	err = lock_upper(fs, ofs, d.upper);
+	if (!err)
+		err = lock_lower(fs, ofs, &d);
 	if (err)
 		goto out_rmdirs;
 	err = open_layer(fs, &ofs->lower, 0, "lower", d.lower);
@@ -504,6 +575,8 @@ int ovlfs_mount(struct ovlfs *fs)
 		err = check_format(fs, ofs->upper.root_fd, d.upper);
 	if (err)
 		goto out_rmdirs;
+	if (fs->created_upper)
+		init_upper_root(ofs);
 	if (!mp_exists) {
 		if (mkdir(d.mp, 0755) < 0) {
 			err = ovl_set_error(fs, -errno,
@@ -512,6 +585,8 @@ int ovlfs_mount(struct ovlfs *fs)
 			goto out_rmdirs;
 		}
 		fs->created_mount_point = true;
+		/* So a later finalization, in another process, knows too. */
+		setxattr(d.mp, OVL_XATTR_CREATED, "1", 1, 0);
 	}
 	if (ovl_inode_table_init(ofs) < 0) {
 		err = ovl_set_error(fs, -ENOMEM, "out of memory");

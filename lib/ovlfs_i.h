@@ -89,6 +89,21 @@ struct ovlfs {
 int ovl_set_error(struct ovlfs *fs, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/*
+ * Remove the mount point if ovlfs created it (this handle, or a marker
+ * xattr left by the mount that did) and it is empty and unmounted.
+ */
+void ovl_remove_mount_point(struct ovlfs *fs);
+
+/* ===== finalize.c ===== */
+
+/*
+ * Recover an interrupted atomic commit of LOWER (canonical) if there is
+ * one; UPPER (may be NULL) is removed only if the journal names it.
+ * 1 if something was recovered, 0 if not, -errno.
+ */
+int ovl_recover_lower(struct ovlfs *fs, const char *lower, const char *upper);
+
 /* ===== paths.c: pure path logic (unit tested) ===== */
 
 /* Strip trailing slashes (keeping "/"); returns a new string or NULL. */
@@ -212,7 +227,8 @@ struct ovl_node {
 struct ovl_fs {
 	struct ovlfs *pub;
 	struct ovl_layer lower, upper;
-	int upper_lock_fd;		/* flock'ed for the mount's lifetime */
+	int upper_lock_fd;		/* LOCK_EX for the mount's lifetime */
+	int lower_lock_fd;		/* LOCK_SH: no commit into it meanwhile */
 	enum ovlfs_inode_mode inode_mode;
 	bool is_root;			/* may use trusted.* and chown */
 	mode_t umask;			/* process umask at mount time */
