@@ -34,6 +34,7 @@ int ovl_file_new(struct ovl_fs *ofs, struct ovl_node *node, int fd, int flags,
 	f->old_fd = -1;
 	f->flags = flags;
 	pthread_mutex_init(&f->lock, NULL);
+	ovl_handle_add(ofs, &f->link, false);
 	*out = f;
 	return 0;
 }
@@ -63,6 +64,7 @@ int ovl_file_fd(struct ovl_file *f)
 
 void ovl_release(struct ovl_fs *ofs, struct ovl_file *f)
 {
+	ovl_handle_del(ofs, &f->link);
 	close(atomic_load(&f->fd));
 	if (f->old_fd >= 0)
 		close(f->old_fd);

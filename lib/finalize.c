@@ -174,8 +174,12 @@ static void strip_private(int fd)
 	ovl_fd_removexattr(fd, OVL_XATTR_ORIGIN_USER);
 }
 
-/* Make DST (any fd) carry SRC's owner, mode, xattrs and times exactly. */
-static int sync_meta(struct fin *f, int srcfd, int dstfd)
+/*
+ * Make DST (any fd) carry SRC's owner, mode, xattrs and times exactly; the
+ * times from TIMES instead when given (SRC's own changed since).
+ */
+static int sync_meta_times(struct fin *f, int srcfd, int dstfd,
+			   const struct stat *times)
 {
 	struct stat st, dst;
 	int err = ovl_fstat(srcfd, &st);
@@ -186,12 +190,21 @@ static int sync_meta(struct fin *f, int srcfd, int dstfd)
 		return err;
 	if (S_ISLNK(dst.st_mode))
 		st.st_mode = dst.st_mode;	/* symlinks have no mode */
+	if (times) {
+		st.st_atim = times->st_atim;
+		st.st_mtim = times->st_mtim;
+	}
 	err = drop_extra_xattrs(srcfd, dstfd);
 	if (!err)
 		err = ovl_copy_meta(&f->ofs, srcfd, dstfd, &st, true);
 	if (!err)
 		strip_private(dstfd);
 	return err;
+}
+
+static int sync_meta(struct fin *f, int srcfd, int dstfd)
+{
+	return sync_meta_times(f, srcfd, dstfd, NULL);
 }
 
 /* ---- content comparison ---- */
@@ -334,14 +347,13 @@ static int copy_object(struct fin *f, int ud, const char *name,
 	if (pl)
 		return link_fd_at(pl->fd, dstdir, dst);
 	if (S_ISREG(st->st_mode) && link_upper) {
-		if (linkat(ud, name, dstdir, dst, 0) == 0) {
-			fd = ovl_open_child(dstdir, dst);
-			if (fd < 0)
-				return fd;
-			strip_private(fd);
-			close(fd);
+		/*
+		 * The link shares the upper's inode: its private xattrs go
+		 * only once it is in place (apply), as the upper must stay
+		 * intact until then.
+		 */
+		if (linkat(ud, name, dstdir, dst, 0) == 0)
 			return remember_placed(f, st, dstdir, dst);
-		}
 		if (errno != EPERM && errno != EXDEV)
 			return -errno;	/* else copy it after all */
 	}
@@ -505,6 +517,36 @@ static int resolve_parent(struct fin *f, char *path, char **last)
 	return dfd;
 }
 
+/* Strip private xattrs from files staged by link, now in place. */
+static void strip_tree(int dfd, const char *name)
+{
+	struct ovl_dirlist dl;
+	struct stat st;
+	int fd;
+
+	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return;
+	if (S_ISREG(st.st_mode)) {
+		fd = ovl_open_child(dfd, name);
+		if (fd >= 0) {
+			strip_private(fd);
+			close(fd);
+		}
+		return;
+	}
+	if (!S_ISDIR(st.st_mode))
+		return;
+	fd = open_dir_at(dfd, name);
+	if (fd < 0)
+		return;
+	if (ovl_dirlist_read(fd, &dl) == 0) {
+		for (size_t i = 0; i < dl.n; i++)
+			strip_tree(fd, dl.ents[i].name);
+		ovl_dirlist_free(&dl);
+	}
+	close(fd);
+}
+
 static bool exists_at(int dfd, const char *name)
 {
 	struct stat st;
@@ -553,6 +595,137 @@ static int apply_op(struct fin *f, char op, const char *n, char *path)
 		err = -EUCLEAN;
 	}
 	close(dfd);
+	return err;
+}
+
+/* Undo one journal line (rollback); as idempotent as apply_op. */
+static int undo_op(struct fin *f, char op, const char *n, char *path,
+		   bool meta_pass)
+{
+	char *last = NULL, old[40];
+	int dfd, src, dst, err = 0;
+
+	if ((op == 'M') != meta_pass)
+		return 0;
+	snprintf(old, sizeof(old), "%s.old", n);
+	if (op == 'M' && !strcmp(path, ".")) {
+		src = ovl_open_child(f->stage_fd, old);
+		if (src < 0)
+			return src == -ENOENT ? 0 : src;
+		err = sync_meta(f, src, f->lower_fd);
+		close(src);
+		return err;
+	}
+	dfd = resolve_parent(f, path, &last);
+	if (dfd < 0)
+		return dfd;
+	switch (op) {
+	case 'R':
+		/* The new object back to stage/, then the old one back. */
+		if (!exists_at(f->stage_fd, n) && exists_at(dfd, last) &&
+		    renameat(dfd, last, f->stage_fd, n) < 0)
+			err = -errno;
+		/* fall through */
+	case 'D':
+		if (!err && exists_at(f->trash_fd, n) &&
+		    renameat(f->trash_fd, n, dfd, last) < 0)
+			err = -errno;
+		break;
+	case 'M':
+		src = ovl_open_child(f->stage_fd, old);
+		dst = ovl_open_child(dfd, last);
+		if (src >= 0 && dst >= 0)
+			err = sync_meta(f, src, dst);
+		if (src >= 0)
+			close(src);
+		if (dst >= 0)
+			close(dst);
+		break;
+	}
+	close(dfd);
+	return err;
+}
+
+/*
+ * Roll back an apply that failed (journal TEXT, pristine copy): renames in
+ * reverse order first, then the old metadata, which the renames would
+ * otherwise disturb again (a directory's mtime).
+ */
+static int rollback_journal(struct fin *f, const char *text)
+{
+	size_t nl = 0, cap = 0;
+	char **lines = NULL, *copy = strdup(text), *save = NULL, *line;
+	int err = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	for (line = strtok_r(copy, "\n", &save); line;
+	     line = strtok_r(NULL, "\n", &save)) {
+		if (nl == cap) {
+			char **p = realloc(lines, (cap = cap ? cap * 2 : 64) *
+					   sizeof(*lines));
+
+			if (!p) {
+				err = -ENOMEM;
+				goto out;
+			}
+			lines = p;
+		}
+		lines[nl++] = line;
+	}
+	for (int pass = 0; pass < 2 && !err; pass++) {
+		for (size_t i = nl; i-- > 0 && !err;) {
+			size_t k = pass ? nl - 1 - i : i;	/* M: post-order */
+			char op, n[32], *path;
+
+			if (sscanf(lines[k], "%c %31s", &op, n) != 2 ||
+			    !strchr("RDM", op) || lines[k][1] != ' ')
+				continue;	/* header, trailer */
+			path = strchr(lines[k] + 2, ' ');
+			if (!path)
+				continue;
+			path++;
+			err = decode_path(path);
+			if (!err)
+				err = undo_op(f, op, n, path, pass == 1);
+		}
+	}
+out:
+	free(lines);
+	free(copy);
+	return err;
+}
+
+/* Mark the commit as going back, durably, before undoing anything. */
+static int mark_rollback(struct fin *f)
+{
+	int fd = openat(f->work_fd, "rollback", O_WRONLY | O_CREAT | O_CLOEXEC,
+			0600);
+	int err = 0;
+
+	if (fd < 0 || fsync(fd) < 0 || fsync(f->work_fd) < 0)
+		err = -errno;
+	if (fd >= 0)
+		close(fd);
+	return err;
+}
+
+/*
+ * Roll back: the lower becomes the old one again and the work directory
+ * goes. The upper was never touched.
+ */
+static int roll_back(struct fin *f, const char *text)
+{
+	int err = mark_rollback(f);
+
+	if (!err)
+		err = rollback_journal(f, text);
+	if (!err && syncfs(f->lower_fd) < 0)
+		err = -errno;
+	if (!err)
+		err = ovl_remove_tree(f->lower_fd, WORKDIR);
+	if (!err && fsync(f->lower_fd) < 0)
+		err = -errno;
 	return err;
 }
 
@@ -667,27 +840,47 @@ static int stage_tree(struct fin *f, int ud, const char *name, int dstdir,
 	return err;
 }
 
-/* An empty object carrying the metadata of UD/NAME, for an M operation. */
-static int stage_carrier(struct fin *f, int ud, const char *name,
-			 const struct stat *st)
+/* An empty object named N in stage/ carrying the metadata of SRC. */
+static int make_carrier(struct fin *f, const char *n, int src, bool dir)
 {
-	char n[32];
-	int src, fd, err;
+	int fd, err;
 
-	new_op(f, n);
-	if (S_ISDIR(st->st_mode))
+	if (dir)
 		err = mkdirat(f->stage_fd, n, 0700) < 0 ? -errno : 0;
 	else
 		err = mknodat(f->stage_fd, n, S_IFREG | 0600, 0) < 0 ? -errno : 0;
 	if (err)
 		return err;
-	src = name ? ovl_open_child(ud, name) : dup(ud);
 	fd = ovl_open_child(f->stage_fd, n);
-	err = src < 0 ? src : fd < 0 ? fd : sync_meta(f, src, fd);
-	if (src >= 0)
-		close(src);
+	err = fd < 0 ? fd : sync_meta(f, src, fd);
 	if (fd >= 0)
 		close(fd);
+	return err;
+}
+
+/*
+ * An M operation: carriers of the new metadata (of UD/NAME) and of the old
+ * (of LD/NAME), so a failed apply can be rolled back. NAME NULL: the roots.
+ */
+static int stage_meta(struct fin *f, int ud, int ld, const char *name,
+		      const struct stat *st)
+{
+	char n[32], old[40];
+	int src, lsrc, err;
+
+	new_op(f, n);
+	snprintf(old, sizeof(old), "%s.old", n);
+	src = name ? ovl_open_child(ud, name) : dup(ud);
+	lsrc = name ? ovl_open_child(ld, name) : dup(ld);
+	err = src < 0 ? src : lsrc < 0 ? lsrc : 0;
+	if (!err)
+		err = make_carrier(f, n, src, S_ISDIR(st->st_mode));
+	if (!err)
+		err = make_carrier(f, old, lsrc, S_ISDIR(st->st_mode));
+	if (src >= 0)
+		close(src);
+	if (lsrc >= 0)
+		close(lsrc);
 	if (!err)
 		err = jop(f, 'M', f->next_op);
 	return err;
@@ -700,10 +893,14 @@ static int update_meta(struct fin *f, int ud, int ld, const char *name,
 	int src, dst, err;
 
 	if (f->atomic)
-		return stage_carrier(f, ud, name, us);
+		return stage_meta(f, ud, ld, name, us);
 	src = ovl_open_child(ud, name);
 	dst = ovl_open_child(ld, name);
-	err = src < 0 ? src : dst < 0 ? dst : sync_meta(f, src, dst);
+	/*
+	 * US was taken before the contents were committed: moving files out
+	 * of an upper directory changes its mtime, the merged view's did not.
+	 */
+	err = src < 0 ? src : dst < 0 ? dst : sync_meta_times(f, src, dst, us);
 	if (src >= 0)
 		close(src);
 	if (dst >= 0)
@@ -789,7 +986,11 @@ static int commit_subdir(struct fin *f, int ud, int ld, const char *name,
 		close(cu);
 	if (cl >= 0)
 		close(cl);
-	if (!err && (!merge || !same_meta(f, ud, ld, name, us, ls)))
+	/*
+	 * Always: writing the contents changed the lower directory's mtime,
+	 * and the merged view shows the upper's.
+	 */
+	if (!err)
 		err = update_meta(f, ud, ld, name, us);
 	return err;
 }
@@ -1039,11 +1240,49 @@ static int open_work(struct fin *f, bool create)
 	return err;
 }
 
+/*
+ * Files staged by link share their inode with the upper, private xattrs
+ * included; those go once every operation is in (a rollback before that
+ * must give back an untouched upper). Idempotent, like everything here.
+ */
+static int strip_applied(struct fin *f, const char *text)
+{
+	char *copy = strdup(text), *save = NULL, *line, *last;
+	int err = 0, dfd;
+
+	if (!copy)
+		return -ENOMEM;
+	for (line = strtok_r(copy, "\n", &save); line && !err;
+	     line = strtok_r(NULL, "\n", &save)) {
+		char *path;
+
+		if (line[0] != 'R' || line[1] != ' ' ||
+		    !(path = strchr(line + 2, ' ')))
+			continue;
+		path++;
+		err = decode_path(path);
+		if (err)
+			break;
+		dfd = resolve_parent(f, path, &last);
+		if (dfd < 0) {
+			err = dfd;
+			break;
+		}
+		strip_tree(dfd, last);
+		close(dfd);
+	}
+	free(copy);
+	return err;
+}
+
 /* Steps 4-5 of docs/commit.md: make it durable, then clean up. */
-static int finish_applied(struct fin *f, const char *upper)
+static int finish_applied(struct fin *f, const char *text, const char *upper)
 {
 	int fd, err = 0;
 
+	err = strip_applied(f, text);
+	if (err)
+		return err;
 	if (syncfs(f->lower_fd) < 0)
 		return -errno;
 	fd = openat(f->work_fd, "done", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
@@ -1067,9 +1306,9 @@ static int finish_applied(struct fin *f, const char *upper)
 
 static int commit_atomic(struct fin *f)
 {
+	char *upper, *pristine;
 	struct stat st;
-	char *upper;
-	int err;
+	int err, rb;
 
 	err = open_work(f, true);
 	if (err)
@@ -1085,7 +1324,7 @@ static int commit_atomic(struct fin *f)
 	if (!err)
 		err = ovl_fstat(f->upper_fd, &st);
 	if (!err)	/* the root's own metadata, last */
-		err = stage_carrier(f, f->upper_fd, NULL, &st);
+		err = stage_meta(f, f->upper_fd, f->lower_fd, NULL, &st);
 	if (!err)
 		err = jput(f, "end\n", 4);
 	if (!err && (syncfs(f->lower_fd) < 0 || fsync(f->stage_fd) < 0))
@@ -1104,18 +1343,31 @@ static int commit_atomic(struct fin *f)
 	f->prog.entries_total = f->next_op;
 	f->path[0] = '\0';
 	f->plen = 0;
+	pristine = strdup(f->journal);
+	if (!pristine)
+		return fail(f, -ENOMEM, "commit");
 	err = apply_journal(f, f->journal, &upper, true);
-	if (!err)
-		err = finish_applied(f, upper);
-	if (err && !f->fs->err[0])
-		fail(f, err, "commit (recover with ovlfs recover)");
+	if (err) {
+		/* Could not go forward (say, an immutable file): go back. */
+		fail(f, err, "commit");
+		rb = roll_back(f, pristine);
+		if (rb)
+			ovl_set_error(f->fs, rb,
+				      "%s; rolling back failed too (%s): run ovlfs recover",
+				      f->fs->err, strerror(-rb));
+	} else {
+		err = finish_applied(f, pristine, upper);
+		if (err && !f->fs->err[0])
+			fail(f, err, "commit (finish it with ovlfs recover)");
+	}
+	free(pristine);
 	return err;
 }
 
 /* Roll an interrupted atomic commit of F's lower forward or back. */
 static int recover_locked(struct fin *f)
 {
-	char *text = NULL, *upper = NULL;
+	char *text = NULL, *upper = NULL, *pristine;
 	struct stat st;
 	int fd, err;
 
@@ -1141,9 +1393,21 @@ static int recover_locked(struct fin *f)
 	if (err)
 		goto out;
 	text[st.st_size] = '\0';
+	if (exists_at(f->work_fd, "rollback")) {
+		err = roll_back(f, text);
+		goto out;
+	}
+	pristine = strdup(text);
+	if (!pristine) {
+		err = -ENOMEM;
+		goto out;
+	}
 	err = apply_journal(f, text, &upper, !exists_at(f->work_fd, "done"));
-	if (!err)
-		err = finish_applied(f, upper);
+	if (err && !exists_at(f->work_fd, "done"))
+		err = roll_back(f, pristine);	/* forward is blocked */
+	else if (!err)
+		err = finish_applied(f, pristine, upper);
+	free(pristine);
 out:
 	free(text);
 	if (err) {
@@ -1245,7 +1509,7 @@ static int commit(struct fin *f, bool atomic)
 	} else {
 		err = commit_dir(f, f->upper_fd, f->lower_fd);
 		if (!err)
-			err = sync_meta(f, f->upper_fd, f->lower_fd);
+			err = sync_meta_times(f, f->upper_fd, f->lower_fd, &us);
 		/* The lower is durable before the upper goes. */
 		if (!err && syncfs(f->lower_fd) < 0)
 			err = -errno;

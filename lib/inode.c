@@ -261,11 +261,44 @@ int ovl_inode_table_init(struct ovl_fs *ofs)
 	}
 	ofs->next_ino = 1;
 	ofs->next_overflow = 1;
+	ofs->handles.next = ofs->handles.prev = &ofs->handles;
 	pthread_mutex_init(&ofs->table_lock, NULL);
 	return 0;
 }
 
 static void node_free_locked(struct ovl_fs *ofs, struct ovl_node *node);
+
+void ovl_handle_add(struct ovl_fs *ofs, struct ovl_hlink *h, bool is_dir)
+{
+	pthread_mutex_lock(&ofs->table_lock);
+	h->is_dir = is_dir;
+	h->next = ofs->handles.next;
+	h->prev = &ofs->handles;
+	ofs->handles.next->prev = h;
+	ofs->handles.next = h;
+	pthread_mutex_unlock(&ofs->table_lock);
+}
+
+void ovl_handle_del(struct ovl_fs *ofs, struct ovl_hlink *h)
+{
+	pthread_mutex_lock(&ofs->table_lock);
+	h->prev->next = h->next;
+	h->next->prev = h->prev;
+	pthread_mutex_unlock(&ofs->table_lock);
+}
+
+void ovl_handles_free(struct ovl_fs *ofs)
+{
+	/* The loop has stopped: no request can use these any more. */
+	while (ofs->handles.next != &ofs->handles) {
+		struct ovl_hlink *h = ofs->handles.next;
+
+		if (h->is_dir)
+			ovl_releasedir(ofs, (struct ovl_dirhandle *)h);
+		else
+			ovl_release(ofs, (struct ovl_file *)h);
+	}
+}
 
 void ovl_inode_table_destroy(struct ovl_fs *ofs)
 {

@@ -401,8 +401,10 @@ static void ofs_free(struct ovl_fs *ofs)
 {
 	if (!ofs)
 		return;
-	if (ofs->table)
+	if (ofs->table) {
+		ovl_handles_free(ofs);
 		ovl_inode_table_destroy(ofs);
+	}
 	if (ofs->lower.root_fd >= 0)
 		close(ofs->lower.root_fd);
 	if (ofs->upper.root_fd >= 0)

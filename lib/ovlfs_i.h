@@ -66,6 +66,15 @@ struct ovl_node;
 struct ovl_fs;
 struct ovl_file;
 
+/*
+ * Open file and directory handles, listed so that teardown can free what
+ * the kernel never released (it need not, once the mount is gone).
+ */
+struct ovl_hlink {
+	struct ovl_hlink *prev, *next;
+	bool is_dir;
+};
+
 /* ===== lifecycle.c: struct ovlfs, mount and unmount ===== */
 
 struct ovlfs {
@@ -247,6 +256,7 @@ struct ovl_fs {
 	uint64_t next_ino;		/* table_lock */
 	uint64_t next_overflow;		/* table_lock */
 	struct ovl_node *all_nodes;	/* table_lock */
+	struct ovl_hlink handles;	/* table_lock: list head */
 	_Atomic uint64_t next_gen;
 	_Atomic uint64_t tmp_counter;
 	/* nested-mount devices seen in a layer, for persistent numbers */
@@ -279,6 +289,10 @@ int ovl_node_move(struct ovl_fs *ofs, struct ovl_node *node,
 		  struct ovl_node *newparent, const char *newname);
 /* Unhash NODE and mark it deleted; caller holds ns_lock for write. */
 void ovl_node_unlink(struct ovl_fs *ofs, struct ovl_node *node);
+void ovl_handle_add(struct ovl_fs *ofs, struct ovl_hlink *h, bool is_dir);
+void ovl_handle_del(struct ovl_fs *ofs, struct ovl_hlink *h);
+/* Teardown: free every handle still open (before the node table goes). */
+void ovl_handles_free(struct ovl_fs *ofs);
 int ovl_inode_table_init(struct ovl_fs *ofs);
 void ovl_inode_table_destroy(struct ovl_fs *ofs);
 /*
@@ -416,6 +430,7 @@ int ovl_setattr(struct ovl_fs *ofs, struct ovl_node *node,
  * other descriptors, as with a private copy.
  */
 struct ovl_file {
+	struct ovl_hlink link;		/* first: see ovl_handles_free */
 	struct ovl_node *node;		/* ref held */
 	_Atomic int fd;			/* current backing fd */
 	int old_fd;			/* the lower fd after a move, or -1:
@@ -441,6 +456,7 @@ int ovl_statfs(struct ovl_fs *ofs, struct statvfs *st);
 /* ===== readdir.c: merged directory listings ===== */
 
 struct ovl_dirhandle {
+	struct ovl_hlink link;		/* first: see ovl_handles_free */
 	struct ovl_node *node;		/* ref held */
 	pthread_mutex_t lock;		/* protects the fields below */
 	struct ovl_rdent {

@@ -275,6 +275,7 @@ int ovl_opendir(struct ovl_fs *ofs, struct ovl_node *node,
 	ovl_node_get(ofs, node);
 	dh->node = node;
 	pthread_mutex_init(&dh->lock, NULL);
+	ovl_handle_add(ofs, &dh->link, true);
 	*out = dh;
 	return 0;
 }
@@ -335,6 +336,7 @@ int ovl_readdir_fill(struct ovl_fs *ofs, struct ovl_dirhandle *dh)
 
 void ovl_releasedir(struct ovl_fs *ofs, struct ovl_dirhandle *dh)
 {
+	ovl_handle_del(ofs, &dh->link);
 	ovl_dir_list_free(dh->ents, dh->n);
 	pthread_mutex_destroy(&dh->lock);
 	ovl_node_put(ofs, dh->node);

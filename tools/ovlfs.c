@@ -16,6 +16,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -25,6 +26,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -45,6 +48,11 @@ static const struct command *find_command(const char *name);
 static int cmd_help(int argc, char **argv);
 static int cmd_mount(int argc, char **argv);
 static int cmd_umount(int argc, char **argv);
+static int cmd_run(int argc, char **argv);
+static int cmd_diff(int argc, char **argv);
+static int cmd_commit(int argc, char **argv);
+static int cmd_discard(int argc, char **argv);
+static int cmd_recover(int argc, char **argv);
 
 /* clang-format off */
 static const struct command commands[] = {
@@ -87,6 +95,165 @@ static const struct command commands[] = {
 "upper directory and the mount point are left in place.\n"
 "\n"
 "options:\n"
+"  -h, --help               show this help\n",
+	},
+	{
+		.name = "run",
+		.fn = cmd_run,
+		.summary = "run a command in an overlay of LOWER, then finish it",
+		.usage =
+"usage: ovlfs run [OPTIONS] LOWER -- COMMAND [ARGS...]\n"
+"\n"
+"Mount an overlay of LOWER (in this process, in the foreground), run\n"
+"COMMAND with the mount point as its working directory, wait for it,\n"
+"unmount, print a summary of the changes to stderr (as the last line of\n"
+"'ovlfs diff'), then finish the upper as --on-exit says.\n"
+"\n"
+"Defaults for LOWER /b/x: upper /b/x.upper, mount point /b/x.mountpoint;\n"
+"a mount point created by ovlfs is removed again once empty.\n"
+"\n"
+"While COMMAND runs, ovlfs ignores SIGINT and SIGQUIT (COMMAND gets them\n"
+"from the terminal) and passes SIGTERM and SIGHUP on to COMMAND; the\n"
+"mount is always unmounted before ovlfs exits.\n"
+"\n"
+"options:\n"
+"  -u, --upper DIR          upper (writable) directory\n"
+"  -i, --inode-mode MODE    'virtual' (default) or 'persistent', as for\n"
+"                           'ovlfs mount'\n"
+"  -o OPTS                  extra FUSE mount options, comma separated\n"
+"                           (may be given several times)\n"
+"  --on-exit ACTION         what to do with the changes once COMMAND ended:\n"
+"                             ask            ask on the terminal (the\n"
+"                                            default when stdin and stderr\n"
+"                                            are terminals)\n"
+"                             preserve       keep the upper for a later\n"
+"                                            mount, commit or discard (the\n"
+"                                            default otherwise)\n"
+"                             discard        delete the upper; the lower\n"
+"                                            is unchanged\n"
+"                             commit         merge the upper into the\n"
+"                                            lower, then delete it\n"
+"                             commit-atomic  as commit, all or nothing\n"
+"                                            even across a crash\n"
+"                           'ask' reads the answer from stdin; end of input,\n"
+"                           SIGINT or SIGTERM at the prompt mean preserve.\n"
+"                           After SIGTERM or SIGHUP during COMMAND, 'ask'\n"
+"                           preserves without asking.\n"
+"  -h, --help               show this help\n"
+"\n"
+"Exit status: COMMAND's (128+N if it was killed by signal N; 127 if it\n"
+"could not be found, 126 if it could not be started); 1 if the mount or\n"
+"the action failed (the upper is then kept); 2 on bad usage.\n",
+	},
+	{
+		.name = "diff",
+		.fn = cmd_diff,
+		.summary = "list what committing the upper would change in LOWER",
+		.usage =
+"usage: ovlfs diff [OPTIONS] LOWER\n"
+"\n"
+"List every path that committing the upper into LOWER would change, in\n"
+"path order (a directory before its contents), one per line:\n"
+"\n"
+"  A /path                  added\n"
+"  D /path                  deleted\n"
+"  M /path (WHAT, ...)      modified; WHAT is one or more of content,\n"
+"                           mode, owner, mtime, xattr, type\n"
+"\n"
+"then a summary line such as\n"
+"\n"
+"  3 added, 1 modified, 2 deleted; 12345 bytes added or changed\n"
+"\n"
+"where the bytes are the total size of the regular files added, changed\n"
+"in content or replacing another type. An added or deleted directory is\n"
+"listed with everything inside it. Works on a mounted overlay too.\n"
+"\n"
+"Paths are escaped so that one path is one line: a backslash is written\n"
+"as \\\\, a newline as \\n, and every other control byte, every byte that is\n"
+"not part of valid UTF-8, and the bytes of C1 controls (U+0080-U+009F),\n"
+"line and paragraph separators and invisible format characters (zero\n"
+"width, bidi controls, U+FEFF) as \\xHH. Nothing else is quoted.\n"
+"\n"
+"With --json the output is one JSON object:\n"
+"\n"
+"  {\"changes\": [{\"path\": \"/etc/hostname\", \"change\": \"M\",\n"
+"                \"what\": [\"content\", \"mtime\"], \"type\": \"file\",\n"
+"                \"size\": 7}, ...],\n"
+"   \"summary\": {\"added\": 0, \"modified\": 1, \"deleted\": 0,\n"
+"               \"bytes\": 7}}\n"
+"\n"
+"\"change\" is A, M or D; \"what\" is empty unless M; \"type\" is one of\n"
+"file, dir, symlink, fifo, socket, chardev, blockdev (the new type, or the\n"
+"old one for D); \"size\" likewise. Strings are valid JSON: valid UTF-8 is\n"
+"written as it is (U+2028 and U+2029 as \\u2028 and \\u2029), control\n"
+"characters are escaped as JSON requires, and a byte that is not part of\n"
+"valid UTF-8 is written as \\u00XX with XX its value (so \\u0080-\\u00ff\n"
+"in the text always stands for one raw byte; a JSON parser turns it into\n"
+"the character U+00XX, i.e. decodes such names as Latin-1).\n"
+"\n"
+"The exit status is 0 whether or not there are changes.\n"
+"\n"
+"options:\n"
+"  -u, --upper DIR          upper directory (default LOWER.upper)\n"
+"  --json                   print JSON instead of text\n"
+"  -h, --help               show this help\n",
+	},
+	{
+		.name = "commit",
+		.fn = cmd_commit,
+		.summary = "merge the upper of LOWER into LOWER and remove it",
+		.usage =
+"usage: ovlfs commit [OPTIONS] LOWER\n"
+"\n"
+"Merge the upper into LOWER: whiteouts delete, opaque directories replace,\n"
+"new and changed entries are written with their metadata. The upper is\n"
+"removed only once everything succeeded; if the commit fails the upper\n"
+"stays and the merged view is unchanged, so it can be retried. Refused\n"
+"while the upper or LOWER is used by an ovlfs mount.\n"
+"\n"
+"Without --atomic a crash during the commit may leave part of it applied.\n"
+"With --atomic it is all or nothing: after a crash or power cut, recovery\n"
+"('ovlfs recover LOWER', or automatically the next mount or commit of\n"
+"LOWER) yields the old LOWER or the fully committed one, never a mix.\n"
+"\n"
+"options:\n"
+"  --atomic                 commit all or nothing, even across a crash\n"
+"  -u, --upper DIR          upper directory (default LOWER.upper)\n"
+"  -q, --quiet              no progress line (shown only when stderr is a\n"
+"                           terminal)\n"
+"  -h, --help               show this help\n",
+	},
+	{
+		.name = "discard",
+		.fn = cmd_discard,
+		.summary = "delete the upper of LOWER, leaving LOWER as it is",
+		.usage =
+"usage: ovlfs discard [OPTIONS] LOWER\n"
+"\n"
+"Delete the upper directory (whatever the modes inside it); LOWER is not\n"
+"touched. Refused while the upper is used by an ovlfs mount.\n"
+"\n"
+"options:\n"
+"  -u, --upper DIR          upper directory (default LOWER.upper)\n"
+"  -q, --quiet              no progress line (shown only when stderr is a\n"
+"                           terminal)\n"
+"  -h, --help               show this help\n",
+	},
+	{
+		.name = "recover",
+		.fn = cmd_recover,
+		.summary = "finish or roll back an interrupted atomic commit",
+		.usage =
+"usage: ovlfs recover [OPTIONS] LOWER\n"
+"\n"
+"Finish or roll back an interrupted 'ovlfs commit --atomic' of LOWER:\n"
+"rolled forward if the commit had reached its commit point, else rolled\n"
+"back. Prints 'recovered an interrupted commit of LOWER', or\n"
+"'nothing to recover' if there was none. The next mount or commit of\n"
+"LOWER also recovers by itself.\n"
+"\n"
+"options:\n"
+"  -q, --quiet              print nothing on success, and no progress\n"
 "  -h, --help               show this help\n",
 	},
 	{
@@ -390,6 +557,35 @@ fail:
 	return NULL;
 }
 
+static bool parse_inode_mode(const char *s, enum ovlfs_inode_mode *mode)
+{
+	if (strcmp(s, "virtual") == 0)
+		*mode = OVLFS_INODE_VIRTUAL;
+	else if (strcmp(s, "persistent") == 0)
+		*mode = OVLFS_INODE_PERSISTENT;
+	else
+		return false;
+	return true;
+}
+
+/* Append OPT to the comma separated *OPTS; false when out of memory. */
+static bool append_fuse_option(char **opts, const char *opt)
+{
+	size_t old = *opts ? strlen(*opts) : 0;
+	char *p;
+
+	if (!*opt)
+		return true;
+	p = realloc(*opts, old + strlen(opt) + 2);
+	if (!p)
+		return false;
+	if (old)
+		p[old++] = ',';
+	strcpy(p + old, opt);
+	*opts = p;
+	return true;
+}
+
 static void block_stop_signals(void)
 {
 	sigemptyset(&stop_signals);
@@ -558,11 +754,7 @@ static int cmd_mount(int argc, char **argv)
 			o.upper = optarg;
 			break;
 		case 'i':
-			if (strcmp(optarg, "virtual") == 0) {
-				o.inode_mode = OVLFS_INODE_VIRTUAL;
-			} else if (strcmp(optarg, "persistent") == 0) {
-				o.inode_mode = OVLFS_INODE_PERSISTENT;
-			} else {
+			if (!parse_inode_mode(optarg, &o.inode_mode)) {
 				free(o.fuse_options);
 				return usage_error(
 					cmd,
@@ -571,26 +763,13 @@ static int cmd_mount(int argc, char **argv)
 			}
 			o.inode_mode_set = true;
 			break;
-		case 'o': {
-			size_t old = 0;
-			char *p;
-
-			if (o.fuse_options)
-				old = strlen(o.fuse_options);
-			if (!*optarg)
-				break;
-			p = realloc(o.fuse_options, old + strlen(optarg) + 2);
-			if (!p) {
+		case 'o':
+			if (!append_fuse_option(&o.fuse_options, optarg)) {
 				free(o.fuse_options);
 				err_msg("out of memory");
 				return 1;
 			}
-			if (old)
-				p[old++] = ',';
-			strcpy(p + old, optarg);
-			o.fuse_options = p;
 			break;
-		}
 		case 'f':
 			o.foreground = true;
 			break;
@@ -626,6 +805,917 @@ static int cmd_mount(int argc, char **argv)
 	ret = o.foreground ? mount_foreground(&o) : mount_daemon(&o);
 	free(o.fuse_options);
 	return ret;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Shared by the finalization commands */
+
+/* Print "ovlfs: <library message>", or WHAT and ERR if there is none. */
+static int report_failure(const struct ovlfs *fs, int err, const char *what)
+{
+	char buf[128];
+	const char *msg = fs_error(fs, err, buf, sizeof(buf));
+
+	if (msg == buf)
+		err_msg("%s: %s", what, buf);
+	else
+		err_msg("%s", msg);
+	return 1;
+}
+
+/* A handle for LOWER with UPPER (NULL: default) set; NULL after a message. */
+static struct ovlfs *open_handle(const char *lower, const char *upper)
+{
+	struct ovlfs *fs;
+	int ret;
+
+	fs = ovlfs_new(lower);
+	if (!fs) {
+		err_msg("%s: %s", lower, strerror(errno));
+		return NULL;
+	}
+	if (upper && (ret = ovlfs_set_upper(fs, upper)) < 0) {
+		report_failure(fs, ret, upper);
+		ovlfs_free(fs);
+		return NULL;
+	}
+	return fs;
+}
+
+/*
+ * Progress: one line on stderr, redrawn in place ("\r"), ended with a
+ * newline when the phase changes and once the call is done.
+ */
+struct progress_line {
+	bool open;	   /* a line is drawn and not ended yet */
+	int len;	   /* its length, to blank out leftovers */
+	char phase[32];	   /* its phase */
+};
+
+static void progress_cb(const struct ovlfs_progress *p, void *arg)
+{
+	struct progress_line *pl = arg;
+	const char *phase = p->phase && *p->phase ? p->phase : "progress";
+	char line[200];
+	int n;
+
+	if (pl->open && strcmp(pl->phase, phase) != 0) {
+		fputc('\n', stderr);
+		pl->open = false;
+		pl->len = 0;
+	}
+	n = snprintf(line, sizeof(line),
+		     "%s: %" PRIu64 "/%" PRIu64 " entries, %.1f/%.1f MiB", phase,
+		     p->entries_done, p->entries_total,
+		     p->bytes_done / 1048576.0, p->bytes_total / 1048576.0);
+	if (n < 0)
+		return;
+	if (n >= (int)sizeof(line))
+		n = sizeof(line) - 1;
+	fprintf(stderr, "\r%s%*s", line, pl->len > n ? pl->len - n : 0, "");
+	fflush(stderr);
+	pl->open = true;
+	pl->len = n;
+	snprintf(pl->phase, sizeof(pl->phase), "%s", phase);
+}
+
+static struct progress_line progress_state;
+
+/* Show progress of ovlfs_finish()/ovlfs_recover() on a terminal. */
+static void progress_begin(struct ovlfs *fs, bool quiet)
+{
+	memset(&progress_state, 0, sizeof(progress_state));
+	if (!quiet && isatty(STDERR_FILENO))
+		ovlfs_set_progress(fs, progress_cb, &progress_state);
+}
+
+static void progress_end(void)
+{
+	if (progress_state.open) {
+		fputc('\n', stderr);
+		fflush(stderr);
+	}
+	progress_state.open = false;
+}
+
+/* Options of commit, discard, recover and diff. */
+enum {
+	FIN_UPPER = 1 << 0,
+	FIN_ATOMIC = 1 << 1,
+	FIN_QUIET = 1 << 2,
+	FIN_JSON = 1 << 3,
+};
+
+struct fin_opts {
+	const char *lower;
+	const char *upper; /* NULL: library default */
+	bool atomic, quiet, json;
+};
+
+/*
+ * Parse the options in ALLOWED and the one LOWER argument. Returns -1 to go
+ * on, or the exit status to return.
+ */
+static int parse_fin_opts(const struct command *cmd, unsigned allowed,
+			  int argc, char **argv, struct fin_opts *o)
+{
+	static const struct {
+		unsigned flag;
+		struct option opt;
+	} all[] = {
+		{ FIN_UPPER, { "upper", required_argument, NULL, 'u' } },
+		{ FIN_ATOMIC, { "atomic", no_argument, NULL, 'A' } },
+		{ FIN_QUIET, { "quiet", no_argument, NULL, 'q' } },
+		{ FIN_JSON, { "json", no_argument, NULL, 'J' } },
+	};
+	struct option longopts[sizeof(all) / sizeof(all[0]) + 2];
+	char shortopts[16] = ":h";
+	size_t i, n = 0;
+	char obuf[8];
+	int c;
+
+	for (i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		if (allowed & all[i].flag)
+			longopts[n++] = all[i].opt;
+	longopts[n++] = (struct option){ "help", no_argument, NULL, 'h' };
+	longopts[n] = (struct option){ NULL, 0, NULL, 0 };
+	if (allowed & FIN_UPPER)
+		strcat(shortopts, "u:");
+	if (allowed & FIN_QUIET)
+		strcat(shortopts, "q");
+
+	memset(o, 0, sizeof(*o));
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
+		switch (c) {
+		case 'u':
+			o->upper = optarg;
+			break;
+		case 'A':
+			o->atomic = true;
+			break;
+		case 'q':
+			o->quiet = true;
+			break;
+		case 'J':
+			o->json = true;
+			break;
+		case 'h':
+			fputs(cmd->usage, stdout);
+			return 0;
+		case ':':
+			return usage_error(cmd, "option '%s' needs an argument",
+					   argv[optind - 1]);
+		default:
+			return usage_error(cmd, "unknown option '%s'",
+					   bad_option(argv, obuf,
+						      sizeof(obuf)));
+		}
+	}
+	if (argc - optind != 1)
+		return usage_error(cmd, argc - optind < 1 ?
+						"missing LOWER" :
+						"too many arguments");
+	o->lower = argv[optind];
+	return -1;
+}
+
+/* ovlfs_finish(ACTION) on LOWER/UPPER with progress; the exit status. */
+static int finish_cmd(const struct fin_opts *o, enum ovlfs_action action,
+		      const char *verb)
+{
+	struct ovlfs *fs;
+	char what[64];
+	int ret;
+
+	fs = open_handle(o->lower, o->upper);
+	if (!fs)
+		return 1;
+	progress_begin(fs, o->quiet);
+	ret = ovlfs_finish(fs, action);
+	progress_end();
+	if (ret < 0) {
+		snprintf(what, sizeof(what), "cannot %s", verb);
+		report_failure(fs, ret, what);
+		ovlfs_free(fs);
+		return 1;
+	}
+	ovlfs_free(fs);
+	return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* commit, discard, recover */
+
+static int cmd_commit(int argc, char **argv)
+{
+	const struct command *cmd = find_command("commit");
+	struct fin_opts o;
+	int ret;
+
+	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_ATOMIC | FIN_QUIET, argc,
+			     argv, &o);
+	if (ret >= 0)
+		return ret;
+	return finish_cmd(&o, o.atomic ? OVLFS_COMMIT_ATOMIC : OVLFS_COMMIT,
+			  "commit");
+}
+
+static int cmd_discard(int argc, char **argv)
+{
+	const struct command *cmd = find_command("discard");
+	struct fin_opts o;
+	int ret;
+
+	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_QUIET, argc, argv, &o);
+	if (ret >= 0)
+		return ret;
+	return finish_cmd(&o, OVLFS_DISCARD, "discard");
+}
+
+static int cmd_recover(int argc, char **argv)
+{
+	const struct command *cmd = find_command("recover");
+	struct fin_opts o;
+	struct ovlfs *fs;
+	int ret;
+
+	ret = parse_fin_opts(cmd, FIN_QUIET, argc, argv, &o);
+	if (ret >= 0)
+		return ret;
+	fs = open_handle(o.lower, NULL);
+	if (!fs)
+		return 1;
+	progress_begin(fs, o.quiet);
+	ret = ovlfs_recover(fs);
+	progress_end();
+	if (ret < 0) {
+		report_failure(fs, ret, "cannot recover");
+		ovlfs_free(fs);
+		return 1;
+	}
+	ovlfs_free(fs);
+	if (!o.quiet) {
+		if (ret > 0)
+			printf("recovered an interrupted commit of %s\n",
+			       o.lower);
+		else
+			printf("nothing to recover\n");
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* diff */
+
+/*
+ * Length of the valid UTF-8 sequence at S (N bytes available), 0 if S does
+ * not start one; its code point in *CP.
+ */
+static size_t utf8_seq(const unsigned char *s, size_t n, uint32_t *cp)
+{
+	unsigned char c = s[0];
+	unsigned char lo = 0x80, hi = 0xbf;
+	size_t len, i;
+
+	if (c < 0x80) {
+		*cp = c;
+		return 1;
+	}
+	if (c >= 0xc2 && c <= 0xdf) {
+		len = 2;
+		*cp = c & 0x1f;
+	} else if (c >= 0xe0 && c <= 0xef) {
+		len = 3;
+		*cp = c & 0x0f;
+		if (c == 0xe0)
+			lo = 0xa0; /* no overlong forms */
+		else if (c == 0xed)
+			hi = 0x9f; /* no surrogates */
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		len = 4;
+		*cp = c & 0x07;
+		if (c == 0xf0)
+			lo = 0x90;
+		else if (c == 0xf4)
+			hi = 0x8f; /* nothing above U+10FFFF */
+	} else {
+		return 0;
+	}
+	if (n < len)
+		return 0;
+	for (i = 1; i < len; i++) {
+		if (s[i] < (i == 1 ? lo : 0x80) || s[i] > (i == 1 ? hi : 0xbf))
+			return 0;
+		*cp = (*cp << 6) | (s[i] & 0x3f);
+	}
+	return len;
+}
+
+/* Characters the text form writes as \xHH bytes although valid UTF-8. */
+static bool invisible_char(uint32_t cp)
+{
+	return (cp >= 0x80 && cp <= 0x9f) ||	 /* C1 controls */
+	       cp == 0xad ||			 /* soft hyphen */
+	       (cp >= 0x200b && cp <= 0x200f) || /* zero width, marks */
+	       (cp >= 0x2028 && cp <= 0x202e) || /* separators, bidi */
+	       (cp >= 0x2060 && cp <= 0x206f) || /* invisible, bidi */
+	       cp == 0xfeff ||			 /* BOM, zero width */
+	       (cp >= 0xfff9 && cp <= 0xfffb);	 /* annotations */
+}
+
+/* PATH escaped for the text form (see `ovlfs diff --help`). */
+static void put_text_path(FILE *out, const char *path)
+{
+	const unsigned char *s = (const unsigned char *)path;
+	size_t n = strlen(path), i = 0, len, k;
+	uint32_t cp;
+
+	while (i < n) {
+		if (s[i] == '\\') {
+			fputs("\\\\", out);
+			i++;
+			continue;
+		}
+		if (s[i] == '\n') {
+			fputs("\\n", out);
+			i++;
+			continue;
+		}
+		len = utf8_seq(s + i, n - i, &cp);
+		if (len == 0) {
+			fprintf(out, "\\x%02x", s[i]);
+			i++;
+			continue;
+		}
+		if (cp < 0x20 || cp == 0x7f || invisible_char(cp)) {
+			for (k = 0; k < len; k++)
+				fprintf(out, "\\x%02x", s[i + k]);
+		} else {
+			fwrite(s + i, 1, len, out);
+		}
+		i += len;
+	}
+}
+
+/* S as a JSON string (see `ovlfs diff --help`), with the quotes. */
+static void put_json_string(FILE *out, const char *str)
+{
+	const unsigned char *s = (const unsigned char *)str;
+	size_t n = strlen(str), i = 0, len;
+	uint32_t cp;
+
+	fputc('"', out);
+	while (i < n) {
+		len = utf8_seq(s + i, n - i, &cp);
+		if (len == 0) {
+			fprintf(out, "\\u%04x", s[i]); /* a raw byte */
+			i++;
+			continue;
+		}
+		switch (cp) {
+		case '"':
+			fputs("\\\"", out);
+			break;
+		case '\\':
+			fputs("\\\\", out);
+			break;
+		case '\b':
+			fputs("\\b", out);
+			break;
+		case '\f':
+			fputs("\\f", out);
+			break;
+		case '\n':
+			fputs("\\n", out);
+			break;
+		case '\r':
+			fputs("\\r", out);
+			break;
+		case '\t':
+			fputs("\\t", out);
+			break;
+		case 0x2028:
+		case 0x2029:
+			fprintf(out, "\\u%04x", (unsigned)cp);
+			break;
+		default:
+			if (cp < 0x20)
+				fprintf(out, "\\u%04x", (unsigned)cp);
+			else
+				fwrite(s + i, 1, len, out);
+		}
+		i += len;
+	}
+	fputc('"', out);
+}
+
+static const struct {
+	unsigned bit;
+	const char *name;
+} diff_bits[] = {
+	{ OVLFS_DIFF_CONTENT, "content" }, { OVLFS_DIFF_MODE, "mode" },
+	{ OVLFS_DIFF_OWNER, "owner" },	   { OVLFS_DIFF_MTIME, "mtime" },
+	{ OVLFS_DIFF_XATTR, "xattr" },	   { OVLFS_DIFF_TYPE, "type" },
+};
+
+static const char *type_name(mode_t mode)
+{
+	switch (mode & S_IFMT) {
+	case S_IFREG:
+		return "file";
+	case S_IFDIR:
+		return "dir";
+	case S_IFLNK:
+		return "symlink";
+	case S_IFIFO:
+		return "fifo";
+	case S_IFSOCK:
+		return "socket";
+	case S_IFCHR:
+		return "chardev";
+	case S_IFBLK:
+		return "blockdev";
+	}
+	return "unknown";
+}
+
+struct diff_state {
+	FILE *out;	/* NULL: only count */
+	bool json;
+	bool started;	/* JSON: the opening is written */
+	uint64_t added, modified, deleted, bytes;
+};
+
+static void json_open(struct diff_state *d)
+{
+	if (!d->started)
+		fputs("{\"changes\":[", d->out);
+	d->started = true;
+}
+
+static int diff_cb(const struct ovlfs_diff_entry *e, void *arg)
+{
+	struct diff_state *d = arg;
+	bool first = !d->started;
+	size_t i, nb = 0;
+
+	switch (e->change) {
+	case OVLFS_ADDED:
+		d->added++;
+		if (S_ISREG(e->mode))
+			d->bytes += e->size;
+		break;
+	case OVLFS_MODIFIED:
+		d->modified++;
+		if (S_ISREG(e->mode) &&
+		    (e->what & (OVLFS_DIFF_CONTENT | OVLFS_DIFF_TYPE)))
+			d->bytes += e->size;
+		break;
+	case OVLFS_DELETED:
+		d->deleted++;
+		break;
+	}
+	if (!d->out)
+		return 0;
+
+	if (d->json) {
+		json_open(d);
+		fputs(first ? "\n{\"path\":" : ",\n{\"path\":", d->out);
+		put_json_string(d->out, e->path);
+		fprintf(d->out, ",\"change\":\"%c\",\"what\":[", (char)e->change);
+		for (i = 0; i < sizeof(diff_bits) / sizeof(diff_bits[0]); i++)
+			if (e->change == OVLFS_MODIFIED &&
+			    (e->what & diff_bits[i].bit))
+				fprintf(d->out, "%s\"%s\"", nb++ ? "," : "",
+					diff_bits[i].name);
+		fprintf(d->out, "],\"type\":\"%s\",\"size\":%" PRIu64 "}",
+			type_name(e->mode), e->size);
+		return 0;
+	}
+
+	fprintf(d->out, "%c ", (char)e->change);
+	put_text_path(d->out, e->path);
+	if (e->change == OVLFS_MODIFIED && e->what) {
+		for (i = 0; i < sizeof(diff_bits) / sizeof(diff_bits[0]); i++)
+			if (e->what & diff_bits[i].bit)
+				fprintf(d->out, "%s%s", nb++ ? ", " : " (",
+					diff_bits[i].name);
+		fputc(')', d->out);
+	}
+	fputc('\n', d->out);
+	return 0;
+}
+
+static void put_summary(FILE *out, const struct diff_state *d)
+{
+	fprintf(out,
+		"%" PRIu64 " added, %" PRIu64 " modified, %" PRIu64
+		" deleted; %" PRIu64 " bytes added or changed\n",
+		d->added, d->modified, d->deleted, d->bytes);
+}
+
+static int cmd_diff(int argc, char **argv)
+{
+	const struct command *cmd = find_command("diff");
+	struct diff_state d = { 0 };
+	struct fin_opts o;
+	struct ovlfs *fs;
+	int ret;
+
+	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_JSON, argc, argv, &o);
+	if (ret >= 0)
+		return ret;
+	fs = open_handle(o.lower, o.upper);
+	if (!fs)
+		return 1;
+	d.out = stdout;
+	d.json = o.json;
+	ret = ovlfs_diff(fs, diff_cb, &d);
+	if (ret != 0) {
+		fflush(stdout);
+		if (d.json && d.started)
+			fputc('\n', stdout);
+		report_failure(fs, ret, "cannot diff");
+		ovlfs_free(fs);
+		return 1;
+	}
+	ovlfs_free(fs);
+	if (d.json) {
+		json_open(&d);
+		printf("%s],\"summary\":{\"added\":%" PRIu64
+		       ",\"modified\":%" PRIu64 ",\"deleted\":%" PRIu64
+		       ",\"bytes\":%" PRIu64 "}}\n",
+		       d.added + d.modified + d.deleted ? "\n" : "", d.added,
+		       d.modified, d.deleted, d.bytes);
+	} else {
+		put_summary(stdout, &d);
+	}
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		err_msg("cannot write the output: %s", strerror(errno));
+		return 1;
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* run */
+
+enum on_exit {
+	ON_EXIT_ASK = -1,
+	/* otherwise an enum ovlfs_action */
+};
+
+static volatile sig_atomic_t prompt_signal;
+
+static void on_prompt_signal(int sig)
+{
+	prompt_signal = sig;
+}
+
+/*
+ * Ask on the terminal what to do with the changes. The prompt goes to
+ * stderr, the answer is read from stdin; end of input or a signal means
+ * preserve. Returns the action.
+ */
+static enum ovlfs_action ask_action(void)
+{
+	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP };
+	struct sigaction sa, old[3];
+	sigset_t set, oldmask;
+	enum ovlfs_action act = OVLFS_PRESERVE;
+	size_t i;
+
+	/*
+	 * If COMMAND left the terminal to another process group, take it
+	 * back, or reading it would stop us (SIGTTIN).
+	 */
+	if (isatty(STDIN_FILENO) && tcgetpgrp(STDIN_FILENO) != getpgrp()) {
+		sigset_t ttou, prev;
+
+		sigemptyset(&ttou);
+		sigaddset(&ttou, SIGTTOU);
+		pthread_sigmask(SIG_BLOCK, &ttou, &prev);
+		if (tcsetpgrp(STDIN_FILENO, getpgrp()) < 0) {
+			/* Not our terminal after all: reading will tell. */
+		}
+		pthread_sigmask(SIG_SETMASK, &prev, NULL);
+	}
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_prompt_signal; /* no SA_RESTART: read() fails */
+	sigemptyset(&sa.sa_mask);
+	sigemptyset(&set);
+	prompt_signal = 0;
+	for (i = 0; i < 3; i++) {
+		sigaction(sigs[i], &sa, &old[i]);
+		sigaddset(&set, sigs[i]);
+	}
+	pthread_sigmask(SIG_UNBLOCK, &set, &oldmask);
+
+	for (;;) {
+		char line[64];
+		size_t len = 0;
+		bool eof = false, toolong = false;
+		char c;
+
+		fputs("[p]reserve, [d]iscard, [c]ommit, commit-[a]tomic? ",
+		      stderr);
+		fflush(stderr);
+		for (;;) {
+			ssize_t n = prompt_signal ? -1 : read(STDIN_FILENO, &c, 1);
+
+			if (n < 0 && errno == EINTR && !prompt_signal)
+				continue;
+			if (n <= 0) {
+				eof = true;
+				break;
+			}
+			if (c == '\n')
+				break;
+			if (len < sizeof(line) - 1)
+				line[len++] = c;
+			else
+				toolong = true;
+		}
+		line[len] = '\0';
+		if (!eof && !isatty(STDIN_FILENO))
+			fputc('\n', stderr); /* the answer was not echoed */
+		if (eof) {
+			fputs("\npreserving the changes\n", stderr);
+			act = OVLFS_PRESERVE;
+			break;
+		}
+		/* Trim blanks. */
+		{
+			char *p = line, *q = line + len;
+
+			while (*p == ' ' || *p == '\t')
+				p++;
+			while (q > p && (q[-1] == ' ' || q[-1] == '\t' ||
+					 q[-1] == '\r'))
+				*--q = '\0';
+			if (!toolong) {
+				if (!strcasecmp(p, "p") ||
+				    !strcasecmp(p, "preserve")) {
+					act = OVLFS_PRESERVE;
+					break;
+				}
+				if (!strcasecmp(p, "d") ||
+				    !strcasecmp(p, "discard")) {
+					act = OVLFS_DISCARD;
+					break;
+				}
+				if (!strcasecmp(p, "c") ||
+				    !strcasecmp(p, "commit")) {
+					act = OVLFS_COMMIT;
+					break;
+				}
+				if (!strcasecmp(p, "a") ||
+				    !strcasecmp(p, "commit-atomic")) {
+					act = OVLFS_COMMIT_ATOMIC;
+					break;
+				}
+			}
+		}
+		fputs("please answer p, d, c or a\n", stderr);
+	}
+
+	/* Back to blocked (SIGTERM, SIGHUP) and ignored (SIGINT). */
+	pthread_sigmask(SIG_SETMASK, &oldmask, NULL);
+	for (i = 0; i < 3; i++)
+		sigaction(sigs[i], &old[i], NULL);
+	return act;
+}
+
+/* Child side of run: never returns. */
+static void run_child(const char *dir, char **cmdv, const sigset_t *mask)
+{
+	const char *why;
+	int err, code;
+
+	signal(SIGINT, SIG_DFL);
+	signal(SIGQUIT, SIG_DFL);
+	signal(SIGPIPE, SIG_DFL);
+	sigprocmask(SIG_SETMASK, mask, NULL);
+	if (chdir(dir) < 0) {
+		err = errno;
+		why = "cannot enter";
+		code = 126;
+		fprintf(stderr, "ovlfs: %s %s: %s\n", why, dir, strerror(err));
+		_exit(code);
+	}
+	setenv("PWD", dir, 1);
+	execvp(cmdv[0], cmdv);
+	err = errno;
+	fprintf(stderr, "ovlfs: cannot run %s: %s\n", cmdv[0], strerror(err));
+	_exit(err == ENOENT ? 127 : 126);
+}
+
+static int cmd_run(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "upper", required_argument, NULL, 'u' },
+		{ "inode-mode", required_argument, NULL, 'i' },
+		{ "on-exit", required_argument, NULL, 'E' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	static const char *const actions[] = {
+		[OVLFS_PRESERVE] = "preserve",
+		[OVLFS_DISCARD] = "discard",
+		[OVLFS_COMMIT] = "commit",
+		[OVLFS_COMMIT_ATOMIC] = "commit-atomic",
+	};
+	const struct command *cmd = find_command("run");
+	struct mount_opts o = { 0 };
+	int on_exit_action, dashes, c, i, status = 0, code, ret;
+	sigset_t block, oldmask;
+	struct sigaction ign, old_int, old_quit;
+	struct diff_state d = { 0 };
+	char err[1024], obuf[8];
+	char *upper = NULL;
+	int forwarded = 0;
+	struct ovlfs *fs;
+	pid_t pid;
+
+	on_exit_action = isatty(STDIN_FILENO) && isatty(STDERR_FILENO) ?
+				 ON_EXIT_ASK :
+				 OVLFS_PRESERVE;
+
+	/* Options are only looked for before the first "--". */
+	for (dashes = 1; dashes < argc; dashes++)
+		if (strcmp(argv[dashes], "--") == 0)
+			break;
+
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(dashes, argv, ":u:i:o:h", longopts, NULL)) !=
+	       -1) {
+		switch (c) {
+		case 'u':
+			o.upper = optarg;
+			break;
+		case 'i':
+			if (!parse_inode_mode(optarg, &o.inode_mode)) {
+				free(o.fuse_options);
+				return usage_error(
+					cmd,
+					"invalid inode mode '%s' (expected virtual or persistent)",
+					optarg);
+			}
+			o.inode_mode_set = true;
+			break;
+		case 'o':
+			if (!append_fuse_option(&o.fuse_options, optarg)) {
+				free(o.fuse_options);
+				err_msg("out of memory");
+				return 1;
+			}
+			break;
+		case 'E':
+			if (strcmp(optarg, "ask") == 0) {
+				on_exit_action = ON_EXIT_ASK;
+			} else {
+				for (i = 0; i < 4; i++)
+					if (strcmp(optarg, actions[i]) == 0)
+						break;
+				if (i == 4) {
+					free(o.fuse_options);
+					return usage_error(
+						cmd,
+						"invalid --on-exit action '%s' (expected ask, preserve, discard, commit or commit-atomic)",
+						optarg);
+				}
+				on_exit_action = i;
+			}
+			break;
+		case 'h':
+			free(o.fuse_options);
+			fputs(cmd->usage, stdout);
+			return 0;
+		case ':':
+			free(o.fuse_options);
+			return usage_error(cmd, "option '%s' needs an argument",
+					   argv[optind - 1]);
+		default:
+			free(o.fuse_options);
+			return usage_error(cmd, "unknown option '%s'",
+					   bad_option(argv, obuf,
+						      sizeof(obuf)));
+		}
+	}
+	if (dashes - optind < 1) {
+		free(o.fuse_options);
+		return usage_error(cmd, "missing LOWER");
+	}
+	if (dashes < argc && dashes - optind > 1) {
+		free(o.fuse_options);
+		return usage_error(cmd, "too many arguments before '--'");
+	}
+	if (dashes >= argc || dashes + 1 >= argc) {
+		free(o.fuse_options);
+		return usage_error(cmd, dashes >= argc ?
+						"missing '-- COMMAND'" :
+						"missing COMMAND after '--'");
+	}
+	o.lower = argv[optind];
+
+	/*
+	 * As system(3): SIGINT and SIGQUIT ignored (COMMAND gets them from
+	 * the terminal), SIGCHLD blocked. SIGTERM and SIGHUP are blocked
+	 * too, taken by sigwaitinfo() and passed on to COMMAND, so the mount
+	 * is always unmounted. The library's threads take no signals.
+	 */
+	memset(&ign, 0, sizeof(ign));
+	ign.sa_handler = SIG_IGN;
+	sigemptyset(&ign.sa_mask);
+	sigaction(SIGINT, &ign, &old_int);
+	sigaction(SIGQUIT, &ign, &old_quit);
+	sigemptyset(&block);
+	sigaddset(&block, SIGCHLD);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &block, &oldmask);
+	signal(SIGPIPE, SIG_IGN);
+
+	fs = do_mount(&o, err, sizeof(err));
+	free(o.fuse_options);
+	if (!fs) {
+		err_msg("%s", err);
+		return 1;
+	}
+	upper = strdup(ovlfs_upper(fs));
+
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0) {
+		err_msg("cannot fork: %s", strerror(errno));
+		code = 1;
+		on_exit_action = OVLFS_PRESERVE;
+		goto finish;
+	}
+	if (pid == 0) {
+		sigaction(SIGINT, &old_int, NULL);
+		sigaction(SIGQUIT, &old_quit, NULL);
+		run_child(ovlfs_mount_point(fs), argv + dashes + 1, &oldmask);
+	}
+
+	for (;;) {
+		pid_t r = waitpid(pid, &status, WNOHANG);
+		int sig;
+
+		if (r == pid)
+			break;
+		if (r < 0 && errno != EINTR) {
+			err_msg("cannot wait for %s: %s", argv[dashes + 1],
+				strerror(errno));
+			status = 1 << 8;
+			break;
+		}
+		sig = sigwaitinfo(&block, NULL);
+		if (sig == SIGTERM || sig == SIGHUP) {
+			kill(pid, sig);
+			forwarded = sig;
+		}
+	}
+	if (WIFEXITED(status))
+		code = WEXITSTATUS(status);
+	else if (WIFSIGNALED(status))
+		code = 128 + WTERMSIG(status);
+	else
+		code = 1;
+
+finish:
+	ret = ovlfs_umount(fs);
+	if (ret < 0 && ret != -EINVAL)
+		report_failure(fs, ret, "cannot unmount");
+
+	ret = ovlfs_diff(fs, diff_cb, &d);
+	if (ret != 0)
+		report_failure(fs, ret, "cannot diff");
+	else
+		put_summary(stderr, &d);
+
+	if (on_exit_action == ON_EXIT_ASK)
+		on_exit_action = forwarded ? OVLFS_PRESERVE : (int)ask_action();
+
+	progress_begin(fs, false);
+	ret = ovlfs_finish(fs, (enum ovlfs_action)on_exit_action);
+	progress_end();
+	if (ret < 0) {
+		report_failure(fs, ret, "cannot finish");
+		if (upper)
+			fprintf(stderr, "ovlfs: the changes are kept in %s\n",
+				upper);
+		code = 1;
+	} else if (on_exit_action == OVLFS_PRESERVE && upper) {
+		fprintf(stderr, "changes preserved in %s\n", upper);
+	}
+	ovlfs_free(fs);
+	free(upper);
+	return code;
 }
 
 /* ---------------------------------------------------------------------- */

@@ -1,0 +1,237 @@
+#!/usr/bin/python3
+"""Benchmark `ovlfs commit` and `ovlfs commit --atomic`.
+
+Time against the size of the change (changed entries) and the size of the
+lower (files), on a tmpfs, with the upper on the lower's tmpfs (same-fs) and
+on another tmpfs (other-fs).  Prints a table, writes a CSV, and reports the
+ratio of commit-atomic time for 10 changes into the largest lower vs the
+1,000-file lower (it should stay near 1: cost grows with the change, not
+with the lower).
+
+Needs root (mounts two tmpfs under a temporary directory, unmounted at the
+end).  Usage:
+
+    sudo bench/commit.py [--quick] [--csv FILE] [--build DIR] [--reps N]
+
+A change of N entries: 70% existing files rewritten (new content), 15% new
+files, 15% files deleted (whiteouts), spread over the lower's directories;
+the upper is written directly in the upper format (docs/format.md).  Each
+measurement uses a fresh upper touching files not touched before, so the
+lower keeps its size; combinations with more changes than lower files are
+skipped.
+"""
+
+import argparse
+import csv
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PER_DIR = 100
+FILE_SIZE = 512
+
+
+def build_lower(lower, nfiles):
+    os.mkdir(lower)
+    data = b"L" * FILE_SIZE
+    for i in range(nfiles):
+        d = os.path.join(lower, "d%05d" % (i // PER_DIR))
+        if i % PER_DIR == 0:
+            os.mkdir(d)
+        fd = os.open(os.path.join(d, "f%07d" % i), os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+
+
+class Changes:
+    """Hands out files of the lower not yet touched."""
+
+    def __init__(self, nfiles):
+        self.nfiles = nfiles
+        self.next = 0
+        self.deleted = set()
+        self.serial = 0
+
+    def pick(self, n):
+        out = []
+        while len(out) < n:
+            i = self.next % self.nfiles
+            self.next += 1
+            if i not in self.deleted:
+                out.append(i)
+            if self.next > 4 * self.nfiles + n:
+                raise RuntimeError("lower exhausted")
+        return out
+
+    def make_upper(self, upper, n):
+        """Write an upper with N changed entries; returns the count."""
+        self.serial += 1
+        nmod = max(1, int(n * 0.7))
+        ndel = int(n * 0.15)
+        nnew = n - nmod - ndel
+        os.mkdir(upper)
+        mod = self.pick(nmod)
+        dele = self.pick(ndel)
+        self.deleted.update(dele)
+        data = ("changed %d " % self.serial).encode().ljust(FILE_SIZE, b"C")
+        made = set()
+
+        def dirof(i):
+            d = os.path.join(upper, "d%05d" % (i // PER_DIR))
+            if d not in made:
+                os.makedirs(d, exist_ok=True)
+                made.add(d)
+            return d
+
+        for i in mod:
+            with open(os.path.join(dirof(i), "f%07d" % i), "wb") as f:
+                f.write(data)
+        for i in dele:
+            open(os.path.join(dirof(i), ".wh.f%07d" % i), "wb").close()
+        # new files go beside the deleted ones (same directories), so the
+        # lower keeps its size and its layout
+        for k in range(nnew):
+            i = dele[k % len(dele)] if dele else mod[k % len(mod)]
+            with open(os.path.join(dirof(i), "n%d_%d" % (self.serial, k)), "wb") as f:
+                f.write(data)
+        return nmod + ndel + nnew
+
+
+def mount_tmpfs(path, size):
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "ovlfs-bench", path],
+                   check=True)
+
+
+def rm_rf(path):
+    subprocess.run(["rm", "-rf", "--", path], check=True)
+
+
+def run_commit(ovlfs, lower, upper, atomic):
+    args = [ovlfs, "commit"] + (["--atomic"] if atomic else []) + \
+        ["--quiet", "--upper", upper, lower]
+    t = time.perf_counter()
+    r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    dt = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError("%s failed: %s" % (" ".join(args), r.stderr.decode()))
+    if os.path.exists(upper):
+        raise RuntimeError("upper %s still there after commit" % upper)
+    return dt
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes (lowers 1k/10k/100k, changes 10/100), 3 runs each")
+    ap.add_argument("--csv", default="bench-commit.csv", help="CSV output file")
+    ap.add_argument("--build", default=os.path.join(REPO, "build"),
+                    help="build directory holding ovlfs")
+    ap.add_argument("--reps", type=int, default=None, help="runs per point (median)")
+    ap.add_argument("--lowers", default=None, help="comma-separated lower sizes")
+    ap.add_argument("--changes", default=None, help="comma-separated change sizes")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/commit.py needs root (it mounts tmpfs)")
+    ovlfs = os.path.join(a.build, "ovlfs")
+    if a.quick:
+        lowers, changes, reps = [1000, 10000, 100000], [10, 100], a.reps or 3
+    else:
+        lowers, changes, reps = [1000, 10000, 100000], [10, 100, 1000, 10000], a.reps or 3
+    if a.lowers:
+        lowers = [int(x) for x in a.lowers.split(",")]
+    if a.changes:
+        changes = [int(x) for x in a.changes.split(",")]
+
+    base = tempfile.mkdtemp(prefix="ovlfs-bench-")
+    fs_a, fs_b = os.path.join(base, "a"), os.path.join(base, "b")
+    os.mkdir(fs_a)
+    os.mkdir(fs_b)
+    mounted = []
+    rows = []
+    t_start = time.monotonic()
+    try:
+        mount_tmpfs(fs_a, "8g")
+        mounted.append(fs_a)
+        mount_tmpfs(fs_b, "4g")
+        mounted.append(fs_b)
+        for nl in lowers:
+            lower = os.path.join(fs_a, "lower-%d" % nl)
+            t = time.monotonic()
+            build_lower(lower, nl)
+            print("# built a %d-file lower in %.1fs" % (nl, time.monotonic() - t),
+                  file=sys.stderr)
+            ch = Changes(nl)
+            for nc in changes:
+                if nc > nl:
+                    continue
+                for place, fsdir in (("same-fs", fs_a), ("other-fs", fs_b)):
+                    for mode in ("commit", "commit-atomic"):
+                        times = []
+                        # the smallest change is the scaling claim: more runs
+                        n_runs = reps * 3 if nc == min(changes) else reps
+                        for _ in range(n_runs):
+                            upper = os.path.join(fsdir, "upper")
+                            if os.path.exists(upper):
+                                rm_rf(upper)
+                            ch.make_upper(upper, nc)
+                            times.append(run_commit(ovlfs, lower, upper,
+                                                    mode == "commit-atomic"))
+                        med = statistics.median(times)
+                        rows.append({"lower_files": nl, "changed": nc, "mode": mode,
+                                     "upper": place, "seconds": round(med, 5),
+                                     "runs": n_runs})
+                        print("lower %7d  changed %6d  %-13s %-8s %9.4fs" % (
+                            nl, nc, mode, place, med), file=sys.stderr)
+            rm_rf(lower)
+    finally:
+        for m in reversed(mounted):
+            subprocess.run(["umount", m])
+        if not any(os.path.ismount(m) for m in mounted):
+            shutil.rmtree(base, ignore_errors=True)
+
+    with open(a.csv, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=["lower_files", "changed", "mode", "upper",
+                                           "seconds", "runs"])
+        wr.writeheader()
+        wr.writerows(rows)
+
+    # table: one row per (lower, changed), one column per (mode, upper)
+    cols = [(m, p) for m in ("commit", "commit-atomic") for p in ("same-fs", "other-fs")]
+    print()
+    print("%11s %8s " % ("lower files", "changed") +
+          " ".join("%21s" % ("%s/%s" % (m.replace("commit-atomic", "atomic"), p))
+                   for m, p in cols))
+    idx = {(r["lower_files"], r["changed"], r["mode"], r["upper"]): r["seconds"] for r in rows}
+    for nl in lowers:
+        for nc in changes:
+            if nc > nl:
+                continue
+            print("%11d %8d " % (nl, nc) + " ".join(
+                "%20.4fs" % idx[(nl, nc, m, p)] for m, p in cols))
+    print()
+    small, big = min(lowers), max(lowers)
+    nc = min(changes)
+    verdict = []
+    for p in ("same-fs", "other-fs"):
+        k1, k2 = (small, nc, "commit-atomic", p), (big, nc, "commit-atomic", p)
+        if k1 in idx and k2 in idx and small != big:
+            ratio = idx[k2] / idx[k1] if idx[k1] > 0 else float("inf")
+            verdict.append(ratio)
+            print("commit-atomic, %d changes, upper %s: %d-file lower %.4fs, "
+                  "%d-file lower %.4fs, ratio %.2f" % (nc, p, big, idx[k2], small,
+                                                      idx[k1], ratio))
+    if verdict:
+        worst = max(verdict)
+        print("=> %s (worst ratio %.2f; ~1 means independent of the lower's size)" % (
+            "does not scale with the lower" if worst < 2.0 else
+            "SCALES WITH THE LOWER", worst))
+    print("CSV written to %s; total %.1fs" % (a.csv, time.monotonic() - t_start))
+
+
+if __name__ == "__main__":
+    main()
