@@ -49,24 +49,18 @@ def build_lower(lower, nfiles):
 
 
 class Changes:
-    """Hands out files of the lower not yet touched."""
+    """Hands out files of the lower, least recently touched first; tracks
+    deletions and new files so the picture stays true across commits."""
 
     def __init__(self, nfiles):
-        self.nfiles = nfiles
-        self.next = 0
-        self.deleted = set()
+        from collections import deque
+        self.files = deque(("d%05d" % (i // PER_DIR), "f%07d" % i) for i in range(nfiles))
         self.serial = 0
 
     def pick(self, n):
-        out = []
-        while len(out) < n:
-            i = self.next % self.nfiles
-            self.next += 1
-            if i not in self.deleted:
-                out.append(i)
-            if self.next > 4 * self.nfiles + n:
-                raise RuntimeError("lower exhausted")
-        return out
+        if n > len(self.files):
+            raise RuntimeError("lower exhausted")
+        return [self.files.popleft() for _ in range(n)]
 
     def make_upper(self, upper, n):
         """Write an upper with N changed entries; returns the count."""
@@ -77,28 +71,32 @@ class Changes:
         os.mkdir(upper)
         mod = self.pick(nmod)
         dele = self.pick(ndel)
-        self.deleted.update(dele)
         data = ("changed %d " % self.serial).encode().ljust(FILE_SIZE, b"C")
         made = set()
 
-        def dirof(i):
-            d = os.path.join(upper, "d%05d" % (i // PER_DIR))
-            if d not in made:
-                os.makedirs(d, exist_ok=True)
-                made.add(d)
-            return d
+        def dirof(d):
+            p = os.path.join(upper, d)
+            if p not in made:
+                os.makedirs(p, exist_ok=True)
+                made.add(p)
+            return p
 
-        for i in mod:
-            with open(os.path.join(dirof(i), "f%07d" % i), "wb") as f:
+        for d, name in mod:
+            with open(os.path.join(dirof(d), name), "wb") as f:
                 f.write(data)
-        for i in dele:
-            open(os.path.join(dirof(i), ".wh.f%07d" % i), "wb").close()
+        for d, name in dele:
+            open(os.path.join(dirof(d), ".wh." + name), "wb").close()
         # new files go beside the deleted ones (same directories), so the
         # lower keeps its size and its layout
+        new = []
         for k in range(nnew):
-            i = dele[k % len(dele)] if dele else mod[k % len(mod)]
-            with open(os.path.join(dirof(i), "n%d_%d" % (self.serial, k)), "wb") as f:
+            d = (dele or mod)[k % len(dele or mod)][0]
+            name = "n%d_%d" % (self.serial, k)
+            with open(os.path.join(dirof(d), name), "wb") as f:
                 f.write(data)
+            new.append((d, name))
+        self.files.extend(mod)
+        self.files.extend(new)
         return nmod + ndel + nnew
 
 

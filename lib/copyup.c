@@ -365,21 +365,6 @@ out_err:
 	return err;
 }
 
-static int link_tmpfile(int fd, int pufd, const char *name)
-{
-	char p[32];
-
-	if (linkat(fd, "", pufd, name, AT_EMPTY_PATH) == 0)
-		return 0;
-	if (errno != EPERM && errno != ENOENT)
-		return -errno;
-	/* Without CAP_DAC_READ_SEARCH: link through the magic link. */
-	ovl_proc_path(fd, p);
-	if (linkat(AT_FDCWD, p, pufd, name, AT_SYMLINK_FOLLOW) < 0)
-		return -errno;
-	return 0;
-}
-
 static bool same_mtime(const struct stat *a, const struct stat *b)
 {
 	return a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
@@ -425,7 +410,7 @@ static int install_copy(struct ovl_fs *ofs, struct ovl_node *node, int pufd,
 		err = renameat2(pufd, tmpname, pufd, node->name,
 				RENAME_NOREPLACE) < 0 ? -errno : 0;
 	else
-		err = link_tmpfile(fd, pufd, node->name);
+		err = ovl_link_fd(fd, pufd, node->name);
 	if (err) {
 		close(pathfd);
 		return err;

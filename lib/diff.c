@@ -120,43 +120,6 @@ static void list_free(struct diff_list *l)
 }
 
 /*
- * Is marker DE of upper directory DFD a whiteout lookup would honour? Then
- * the hidden name goes to *TARGET (pointing into DE or into BUF). A plain
- * whiteout hides the rest of its name; a long one the name it holds, but
- * only if that name really has this marker (readdir trusts the content;
- * lookup, which decides what a path shows, recomputes the hash).
- */
-static int whiteout_target(int dfd, const struct ovl_dirent *de, char *buf,
-			   const char **target)
-{
-	char expect[NAME_MAX + 1];
-	struct stat st;
-	int err;
-
-	*target = NULL;
-	if (de->type == DT_UNKNOWN) {
-		if (fstatat(dfd, de->name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-			return errno == ENOENT ? 0 : -errno;
-		if (!S_ISREG(st.st_mode))
-			return 0;
-	} else if (de->type != DT_REG) {
-		return 0;
-	}
-	if (strncmp(de->name, OVL_META_PREFIX, OVL_META_PREFIX_LEN)) {
-		*target = de->name + OVL_WH_PREFIX_LEN;
-		return 0;
-	}
-	if (strncmp(de->name, OVL_LONGWH_PREFIX, strlen(OVL_LONGWH_PREFIX)))
-		return 0;	/* opaque marker or temp debris */
-	err = ovl_wh_long_target(dfd, de->name, buf);
-	if (err)
-		return err == -EUCLEAN || err == -ENOENT ? 0 : err;
-	if (ovl_wh_name(buf, expect) && !strcmp(expect, de->name))
-		*target = buf;
-	return 0;
-}
-
-/*
  * Read directory DFD of LAYER into L, sorted. Whiteouts are collected only
  * if WANT_WH (an upper directory whose lower shows through).
  */
@@ -185,7 +148,7 @@ static int list_read(struct diff_ctx *c, int dfd, const char *layer,
 		}
 		if (!want_wh)
 			continue;
-		err = whiteout_target(dfd, de, buf, &t);
+		err = ovl_wh_target(dfd, de, buf, &t);
 		if (err)
 			return fail(c, err, layer, de->name);
 		if (!t)

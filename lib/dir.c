@@ -322,9 +322,8 @@ int ovl_link(struct ovl_fs *ofs, struct ovl_node *node,
 	     struct ovl_node *newparent, const char *newname,
 	     struct ovl_entry *e)
 {
-	int pufd, ufd, err;
+	int pufd, err;
 	bool wh = false;
-	char p[32];
 
 	if (node->type == S_IFDIR)
 		return -EPERM;
@@ -341,19 +340,9 @@ int ovl_link(struct ovl_fs *ofs, struct ovl_node *node,
 		err = pufd;
 		goto out_unlock;
 	}
-	ufd = atomic_load(&node->upper_fd);
-	if (linkat(ufd, "", pufd, newname, AT_EMPTY_PATH) < 0) {
-		/* Without CAP_DAC_READ_SEARCH: through the magic link. */
-		ovl_proc_path(ufd, p);
-		if (errno != ENOENT && errno != EPERM) {
-			err = -errno;
-			goto out_unlock;
-		}
-		if (linkat(AT_FDCWD, p, pufd, newname, AT_SYMLINK_FOLLOW) < 0) {
-			err = -errno;
-			goto out_unlock;
-		}
-	}
+	err = ovl_link_fd(atomic_load(&node->upper_fd), pufd, newname);
+	if (err)
+		goto out_unlock;
 	if (wh)
 		ovl_wh_remove(pufd, newname);
 	/*

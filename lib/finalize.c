@@ -319,18 +319,6 @@ static int remember_placed(struct fin *f, const struct stat *st, int dirfd,
 	return 0;
 }
 
-static int link_fd_at(int fd, int dirfd, const char *name)
-{
-	char p[32];
-
-	if (linkat(fd, "", dirfd, name, AT_EMPTY_PATH) == 0)
-		return 0;
-	if (errno != EPERM && errno != ENOENT)
-		return -errno;
-	ovl_proc_path(fd, p);
-	return linkat(AT_FDCWD, p, dirfd, name, AT_SYMLINK_FOLLOW) < 0 ? -errno : 0;
-}
-
 /*
  * Build a copy of upper entry UD/NAME (stat ST, not a directory) as
  * DSTDIR/DST: a hard link of the same upper inode's earlier copy, a hard
@@ -345,7 +333,7 @@ static int copy_object(struct fin *f, int ud, const char *name,
 	int fd = -1, src, err;
 
 	if (pl)
-		return link_fd_at(pl->fd, dstdir, dst);
+		return ovl_link_fd(pl->fd, dstdir, dst);
 	if (S_ISREG(st->st_mode) && link_upper) {
 		/*
 		 * The link shares the upper's inode: its private xattrs go
@@ -1077,20 +1065,16 @@ static int commit_dir(struct fin *f, int ud, int ld)
 		}
 	}
 	for (size_t i = 0; i < ul.n && !err; i++) {
-		const char *w = ul.ents[i].name;
-		char target[NAME_MAX + 2];
+		char buf[NAME_MAX + 2];
+		const char *target;
 
-		if (!ovl_is_wh_name(w))
+		if (!ovl_is_wh_name(ul.ents[i].name))
 			continue;
-		if (!strncmp(w, OVL_LONGWH_PREFIX, strlen(OVL_LONGWH_PREFIX))) {
-			if (ovl_wh_long_target(ud, w, target))
-				continue;
-		} else if (strncmp(w, OVL_META_PREFIX, OVL_META_PREFIX_LEN)) {
-			snprintf(target, sizeof(target), "%s",
-				 w + OVL_WH_PREFIX_LEN);
-		} else {
+		err = ovl_wh_target(ud, &ul.ents[i], buf, &target);
+		if (err)
+			goto out_fail;
+		if (!target)
 			continue;	/* opaque marker, debris */
-		}
 		if (in_sorted(real, nreal, target))
 			continue;	/* an upper entry replaces it anyway */
 		err = path_push(f, target, &saved);

@@ -134,18 +134,13 @@ static bool is_lower_alias(struct ovl_node *node, dev_t dev, ino_t ino)
 /* Link the copy (fd COPY) in at ALIAS's name; ns_lock held for writing. */
 static int link_alias(struct ovl_fs *ofs, struct ovl_node *alias, int copy)
 {
-	int pufd = atomic_load(&alias->parent->upper_fd), fd;
-	char p[32];
+	int pufd = atomic_load(&alias->parent->upper_fd), fd, err;
 
 	if (alias->deleted || ovl_node_has_upper(alias) || pufd < 0)
 		return 0;
-	if (linkat(copy, "", pufd, alias->name, AT_EMPTY_PATH) < 0) {
-		if (errno != ENOENT && errno != EPERM)
-			return -errno;
-		ovl_proc_path(copy, p);
-		if (linkat(AT_FDCWD, p, pufd, alias->name, AT_SYMLINK_FOLLOW) < 0)
-			return -errno;
-	}
+	err = ovl_link_fd(copy, pufd, alias->name);
+	if (err)
+		return err;
 	fd = ovl_reopen(copy, O_PATH);
 	if (fd < 0)
 		return fd;

@@ -48,6 +48,21 @@ int ovl_open_child(int dirfd, const char *name)
 	return fd < 0 ? -errno : fd;
 }
 
+int ovl_link_fd(int fd, int dirfd, const char *name)
+{
+	char p[32];
+
+	if (linkat(fd, "", dirfd, name, AT_EMPTY_PATH) == 0)
+		return 0;
+	if (errno != EPERM && errno != ENOENT)
+		return -errno;
+	/* Without CAP_DAC_READ_SEARCH: link through the magic link. */
+	ovl_proc_path(fd, p);
+	if (linkat(AT_FDCWD, p, dirfd, name, AT_SYMLINK_FOLLOW) < 0)
+		return -errno;
+	return 0;
+}
+
 void ovl_tmp_name(struct ovl_fs *ofs, char buf[64])
 {
 	snprintf(buf, 64, OVL_TMP_PREFIX "%d.%llu", (int)getpid(),

@@ -157,6 +157,14 @@ int ovl_opaque_get(int dirfd);
 int ovl_opaque_set(struct ovl_fs *ofs, int dirfd);
 /* Name of a long whiteout's target, read from its content; -errno. */
 int ovl_wh_long_target(int dirfd, const char *whname, char *buf);
+/*
+ * If marker entry DE of upper directory DFD is a whiteout, point *TARGET
+ * at the name it hides (into DE, or into BUF of NAME_MAX + 2 bytes), else
+ * NULL (opaque marker, debris, not a regular file). 0 or -errno.
+ */
+struct ovl_dirent;
+int ovl_wh_target(int dfd, const struct ovl_dirent *de, char *buf,
+		  const char **target);
 
 /* ===== layers.c: the two layers and fd helpers ===== */
 
@@ -177,6 +185,11 @@ int ovl_reopen(int fd, int flags);
 int ovl_fstat(int fd, struct stat *st);
 /* Open a child CHILD of directory fd DIRFD as O_PATH|O_NOFOLLOW. */
 int ovl_open_child(int dirfd, const char *name);
+/*
+ * Give the object FD holds (an O_TMPFILE or any other fd) the name NAME in
+ * DIRFD; EEXIST if taken.
+ */
+int ovl_link_fd(int fd, int dirfd, const char *name);
 /* A fresh temporary name ".wh..wh.tmp.<n>" in BUF (64 bytes). */
 void ovl_tmp_name(struct ovl_fs *ofs, char buf[64]);
 /* Remove NAME in DIRFD and everything under it, never following symlinks. */

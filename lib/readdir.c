@@ -172,9 +172,14 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 		if (ovl_is_wh_name(de->name)) {
 			if (!lower)
 				continue;
-			if (!strncmp(de->name, OVL_LONGWH_PREFIX,
-				     strlen(OVL_LONGWH_PREFIX))) {
-				char target[NAME_MAX + 2];
+			char target[NAME_MAX + 2];
+			const char *t;
+
+			err = ovl_wh_target(ufd, de, target, &t);
+			if (err || !t)
+				continue;
+			/* strset keeps the pointer: one allocation each. */
+			if (t == target) {
 				void *p = realloc(longwh, (nlong + 1) *
 						  sizeof(*longwh));
 
@@ -183,19 +188,14 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 					break;
 				}
 				longwh = p;
-				if (ovl_wh_long_target(ufd, de->name, target))
-					continue;	/* not ours: ignore */
 				longwh[nlong] = strdup(target);
 				if (!longwh[nlong]) {
 					err = -ENOMEM;
 					break;
 				}
-				err = strset_add(&wh, longwh[nlong++]);
-			} else if (strncmp(de->name, OVL_META_PREFIX,
-					   OVL_META_PREFIX_LEN)) {
-				err = strset_add(&wh, de->name +
-						 OVL_WH_PREFIX_LEN);
+				t = longwh[nlong++];
 			}
+			err = strset_add(&wh, t);
 			continue;
 		}
 		if (want_ino || !type)

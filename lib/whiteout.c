@@ -124,3 +124,40 @@ int ovl_opaque_set(struct ovl_fs *ofs, int dirfd)
 	close(fd);
 	return 0;
 }
+
+/*
+ * Is marker DE of upper directory DFD a whiteout lookup would honour? Then
+ * the hidden name goes to *TARGET (pointing into DE or into BUF). A plain
+ * whiteout hides the rest of its name; a long one the name it holds, but
+ * only if that name really has this marker, as in ovl_wh_exists: lookup,
+ * readdir, diff and commit must all read an upper the same way.
+ */
+int ovl_wh_target(int dfd, const struct ovl_dirent *de, char *buf,
+		  const char **target)
+{
+	char expect[NAME_MAX + 1];
+	struct stat st;
+	int err;
+
+	*target = NULL;
+	if (de->type == DT_UNKNOWN) {
+		if (fstatat(dfd, de->name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			return errno == ENOENT ? 0 : -errno;
+		if (!S_ISREG(st.st_mode))
+			return 0;
+	} else if (de->type != DT_REG) {
+		return 0;
+	}
+	if (strncmp(de->name, OVL_META_PREFIX, OVL_META_PREFIX_LEN)) {
+		*target = de->name + OVL_WH_PREFIX_LEN;
+		return 0;
+	}
+	if (strncmp(de->name, OVL_LONGWH_PREFIX, strlen(OVL_LONGWH_PREFIX)))
+		return 0;	/* opaque marker or temp debris */
+	err = ovl_wh_long_target(dfd, de->name, buf);
+	if (err)
+		return err == -EUCLEAN || err == -ENOENT ? 0 : err;
+	if (ovl_wh_name(buf, expect) && !strcmp(expect, de->name))
+		*target = buf;
+	return 0;
+}

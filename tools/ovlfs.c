@@ -250,9 +250,11 @@ static const struct command commands[] = {
 "rolled forward if the commit had reached its commit point, else rolled\n"
 "back. Prints 'recovered an interrupted commit of LOWER', or\n"
 "'nothing to recover' if there was none. The next mount or commit of\n"
-"LOWER also recovers by itself.\n"
+"LOWER also recovers by itself. A committed upper is removed only if it\n"
+"is the one the commit was for: LOWER.upper, or DIR given with --upper.\n"
 "\n"
 "options:\n"
+"  -u, --upper DIR          the upper the interrupted commit was for\n"
 "  -q, --quiet              print nothing on success, and no progress\n"
 "  -h, --help               show this help\n",
 	},
@@ -1041,10 +1043,11 @@ static int cmd_recover(int argc, char **argv)
 	struct ovlfs *fs;
 	int ret;
 
-	ret = parse_fin_opts(cmd, FIN_QUIET, argc, argv, &o);
+	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_QUIET, argc, argv, &o);
 	if (ret >= 0)
 		return ret;
-	fs = open_handle(o.lower, NULL);
+	/* The journal's upper is removed only if it is the one named here. */
+	fs = open_handle(o.lower, o.upper);
 	if (!fs)
 		return 1;
 	progress_begin(fs, o.quiet);
