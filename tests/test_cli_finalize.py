@@ -60,7 +60,7 @@ HELP_MUST_NAME = {
              "blockdev"],
     "commit": ["--atomic", "--upper", "--quiet", "LOWER", "ovlfs recover"],
     "discard": ["--upper", "--quiet", "LOWER"],
-    "recover": ["--quiet", "LOWER", "nothing to recover"],
+    "recover": ["--quiet", "--upper", "LOWER", "nothing to recover"],
 }
 
 
@@ -98,7 +98,7 @@ USAGE_ERRORS = [
     ["discard", "a", "b"],
     ["discard", "-u"],
     ["recover"],
-    ["recover", "--upper", "u", "l"],
+    ["recover", "--atomic", "l"],
     ["recover", "a", "b"],
     ["diff"],
     ["diff", "--atomic", "l"],
@@ -281,6 +281,34 @@ def test_recover_nothing(work):
     assert r.returncode == 0, r.err
     assert r.out == "" and r.err == ""
     assert_same_tree(snapshot(lower), before, "lower now", "lower before")
+
+
+def _finished_commit_state(lower, upper):
+    """The work directory an atomic commit leaves if killed after `done`:
+    recovery only has to clean up, and remove the upper it names."""
+    wd = j(lower, ".wh..wh.ovlfs-commit")
+    for d in ("", "stage", "trash"):
+        os.makedirs(j(wd, d), exist_ok=True)
+    with open(j(wd, "journal"), "w") as f:
+        f.write("ovlfs-journal 1\nupper %s\nend\n" % upper)
+    open(j(wd, "done"), "w").close()
+
+
+@pytest.mark.parametrize("name_it", [True, False], ids=["named", "not-named"])
+def test_recover_removes_only_the_named_upper(work, name_it):
+    lower, upper = j(work, "lower"), j(work, "elsewhere-upper")
+    os.mkdir(lower)
+    build(lower, TREE)
+    os.mkdir(upper)
+    _finished_commit_state(lower, upper)
+    args = ["--upper", upper] if name_it else []
+    r = ovlfs("recover", *args, lower)
+    assert r.returncode == 0, r.err
+    assert r.out.startswith("recovered"), r.out
+    assert not os.path.lexists(j(lower, ".wh..wh.ovlfs-commit"))
+    # the journal is read from the lower: it is trusted with an upper only
+    # when the caller names the same one
+    assert os.path.lexists(upper) != name_it
 
 
 # ---------------------------------------------------------------- diff
