@@ -107,8 +107,12 @@ def helper(session_root):
         f.write(HELPER_C)
     pc = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"],
                         stdout=subprocess.PIPE, check=True).stdout.decode().split()
-    r = subprocess.run(["gcc", "-O1", "-o", exe, src, "-I", j(REPO, "include"),
-                        j(BUILD, "libovlfs.a")] + pc + ["-lpthread"],
+    lib = j(BUILD, "libovlfs.a")
+    # a sanitizer build's library needs the sanitizer runtimes linked in
+    with open(lib, "rb") as f:
+        san = ["-fsanitize=address,undefined"] if b"__asan_" in f.read() else []
+    r = subprocess.run(["gcc", "-O1"] + san + ["-o", exe, src, "-I", j(REPO, "include"),
+                        lib] + pc + ["-lpthread"],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if r.returncode != 0:
         pytest.fail("cannot build the library helper:\n" + r.stdout.decode())
