@@ -248,7 +248,6 @@ def session_root():
     root = tempfile.mkdtemp(prefix="ovlfs-tests-", dir="/tmp")
     os.chmod(root, 0o755)           # other users (allow_other tests) may enter
     mounted = []
-    fusectl = False
     try:
         main = os.path.join(root, "main")
         alt = os.path.join(root, "alt")
@@ -259,10 +258,12 @@ def session_root():
             mounted.append(main)
             _mount_tmpfs(alt, "1g")
             mounted.append(alt)
-            if os.path.isdir(_FUSECTL) and not os.listdir(_FUSECTL):
-                if subprocess.run(["mount", "-t", "fusectl", "fusectl",
-                                   _FUSECTL]).returncode == 0:
-                    fusectl = True
+            # left mounted afterwards (as systemd would have it): another
+            # test session running at the same time may be using it
+            with open("/proc/self/mounts") as f:
+                have = any(l.split()[1] == _FUSECTL for l in f)
+            if os.path.isdir(_FUSECTL) and not have:
+                subprocess.run(["mount", "-t", "fusectl", "fusectl", _FUSECTL])
         yield {"root": root, "main": main, "alt": alt}
     finally:
         with _LIVE_LOCK:
@@ -273,8 +274,6 @@ def session_root():
             if mounts_under(m) and mounts_under(m) != [os.fsencode(m)]:
                 continue            # something of ours is stuck; leave it
             subprocess.run(["umount", m])
-        if fusectl:
-            subprocess.run(["umount", _FUSECTL])
         if not mounts_under(root):
             shutil.rmtree(root, ignore_errors=True)
 
