@@ -36,6 +36,7 @@ struct fin {
 	const char *lower, *upper;	/* canonical paths, for messages */
 	int lower_fd, upper_fd;	/* O_RDONLY|O_DIRECTORY roots */
 	bool same_fs, atomic;
+	bool atomic_or_commit;	/* a commit, not a discard */
 
 	/* commit-atomic */
 	int work_fd, stage_fd, trash_fd;
@@ -1460,6 +1461,10 @@ static int take_upper(struct fin *f)
 	err = open_root(f, "upper", f->upper, &f->upper_fd);
 	if (!err)
 		err = lock_fd(f->upper_fd, LOCK_EX);
+	/* Committing a misread upper would write its markers as data. */
+	if (!err && f->atomic_or_commit)
+		err = ovl_check_upper_format(f->fs, f->upper_fd, f->upper,
+					     false);
 	if (err == -EBUSY)
 		return ovl_set_error(f->fs, err,
 				     "upper %s is in use by an ovlfs mount; unmount it first",
@@ -1476,6 +1481,7 @@ static int commit(struct fin *f, bool atomic)
 	int err;
 
 	f->atomic = atomic;
+	f->atomic_or_commit = true;
 	err = take_lower(f);
 	if (!err)
 		err = take_upper(f);

@@ -334,27 +334,124 @@ void ovl_remove_mount_point(struct ovlfs *fs)
 		fs->created_mount_point = false;
 }
 
-/* Refuse an upper in a format we do not know; stamp ours on a new one. */
-static int check_format(struct ovlfs *fs, int fd, const char *upper)
+/* Does DFD/NAME carry any trusted.overlay.* or user.overlay.* xattr? */
+static bool has_overlay_xattr(int dfd, const char *name)
 {
-	char buf[16];
+	char p[64 + NAME_MAX], *list;
+	ssize_t n;
+	bool found = false;
+
+	snprintf(p, sizeof(p), "/proc/self/fd/%d/%s", dfd, name);
+	n = llistxattr(p, NULL, 0);
+	if (n <= 0 || !(list = malloc(n)))
+		return false;
+	n = llistxattr(p, list, n);
+	for (char *x = list; n > 0 && x < list + n && !found;
+	     x += strlen(x) + 1)
+		found = !strncmp(x, "trusted.overlay.", 16) ||
+			!strncmp(x, "user.overlay.", 13);
+	free(list);
+	return found;
+}
+
+/*
+ * Find a marker of another overlay format under directory DFD (path PATH
+ * relative to the upper, for the message): a 0/0 character device (the
+ * kernel's whiteout) or an overlay.* xattr (opaque, redirect, metacopy,
+ * origin). Read as ovlfs's format they would mean something else: a
+ * device, a plain directory. 1 if found (PATH and *WHAT say where and what), 0, -errno.
+ */
+static int find_foreign(int dfd, char *path, size_t plen, size_t cap,
+			const char **what, int depth)
+{
+	struct ovl_dirlist dl;
+	int err, found = 0;
+
+	if (depth > 4096)
+		return -ELOOP;
+	err = ovl_dirlist_read(dfd, &dl);
+	if (err)
+		return err;
+	for (size_t i = 0; i < dl.n && !found; i++) {
+		const char *name = dl.ents[i].name;
+		size_t nlen = strlen(name);
+		struct stat st;
+
+		if (plen + nlen + 2 > cap) {
+			found = -ENAMETOOLONG;
+			break;
+		}
+		path[plen] = '/';
+		memcpy(path + plen + 1, name, nlen + 1);
+		if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue;
+		if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) {
+			*what = "a kernel overlayfs whiteout (0/0 character device)";
+			found = 1;
+			break;
+		}
+		if (has_overlay_xattr(dfd, name)) {
+			*what = "marked with kernel overlayfs xattrs (overlay.*)";
+			found = 1;
+			break;
+		}
+		if (S_ISDIR(st.st_mode)) {
+			int cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY |
+					 O_NOFOLLOW | O_CLOEXEC);
+
+			if (cfd >= 0) {
+				found = find_foreign(cfd, path, plen + 1 + nlen,
+						     cap, what, depth + 1);
+				close(cfd);
+			}
+		}
+	}
+	if (!found)
+		path[plen] = '\0';
+	ovl_dirlist_free(&dl);
+	return found;
+}
+
+int ovl_check_upper_format(struct ovlfs *fs, int fd, const char *upper,
+			   bool stamp)
+{
+	char buf[16], *path;
+	const char *what = NULL;
 	ssize_t n = ovl_fd_getxattr(fd, OVL_XATTR_FORMAT, buf, sizeof(buf) - 1);
 	long v;
+	int err;
 
-	if (n == -ENODATA) {
+	if (n >= 0) {
+		buf[n] = '\0';
+		v = strtol(buf, NULL, 10);
+		if (v < 1 || v > OVL_FORMAT_VERSION)
+			return ovl_set_error(fs, -EPROTO,
+					     "upper %s has format \"%s\"; this ovlfs reads format %d only",
+					     upper, buf, OVL_FORMAT_VERSION);
+		return 0;	/* ours: trusted without a scan */
+	}
+	/*
+	 * Not stamped: new, made by hand, or by another overlay. Look once
+	 * for what ovlfs would misread, then stamp it as ours.
+	 */
+	path = malloc(PATH_MAX);
+	if (!path)
+		return -ENOMEM;
+	path[0] = '\0';
+	err = find_foreign(fd, path, 0, PATH_MAX, &what, 0);
+	if (err > 0)
+		err = ovl_set_error(fs, -EPROTO,
+				    "upper %s is not in ovlfs's format: %s%s is %s "
+				    "(see docs/format.md)", upper, upper, path, what);
+	else if (err < 0)
+		err = ovl_set_error(fs, err, "upper %s: cannot check its format: %s",
+				    upper, strerror(-err));
+	free(path);
+	if (!err && stamp && n == -ENODATA) {
 		n = snprintf(buf, sizeof(buf), "%d", OVL_FORMAT_VERSION);
 		ovl_fd_setxattr(fd, OVL_XATTR_FORMAT, buf, n, XATTR_CREATE);
-		return 0;
 	}
-	if (n < 0)
-		return 0;	/* no user xattrs here: nothing recorded */
-	buf[n] = '\0';
-	v = strtol(buf, NULL, 10);
-	if (v < 1 || v > OVL_FORMAT_VERSION)
-		return ovl_set_error(fs, -EPROTO,
-				     "upper %s has format \"%s\"; this ovlfs reads format %d only",
-				     upper, buf, OVL_FORMAT_VERSION);
-	return 0;
+	return err;
 }
 
 static int open_layer(struct ovlfs *fs, struct ovl_layer *l, int idx,
@@ -574,7 +671,8 @@ int ovlfs_mount(struct ovlfs *fs)
 	if (!err)
 		err = open_layer(fs, &ofs->upper, 1, "upper", d.upper);
 	if (!err)
-		err = check_format(fs, ofs->upper.root_fd, d.upper);
+		err = ovl_check_upper_format(fs, ofs->upper.root_fd, d.upper,
+					     true);
 	if (err)
 		goto out_rmdirs;
 	if (fs->created_upper)

@@ -104,6 +104,14 @@ int ovl_set_error(struct ovlfs *fs, int err, const char *fmt, ...)
  */
 void ovl_remove_mount_point(struct ovlfs *fs);
 
+/*
+ * Refuse an upper whose format this ovlfs would misread: stamped with a
+ * newer format, or (not stamped) holding another overlay's markers. A
+ * clean unstamped upper is stamped if STAMP. 0 or -EPROTO with a message.
+ */
+int ovl_check_upper_format(struct ovlfs *fs, int fd, const char *upper,
+			   bool stamp);
+
 /* ===== finalize.c ===== */
 
 /*
