@@ -52,8 +52,8 @@ static int copy_range_rw(int src, int dst, off_t off, off_t len)
 	int err = 0;
 
 	while (len > 0) {
-		ssize_t n = copy_file_range(src, &(loff_t){off}, dst,
-					    &(loff_t){off},
+		loff_t roff = off, woff = off;
+		ssize_t n = copy_file_range(src, &roff, dst, &woff,
 					    len > COPY_CHUNK ? COPY_CHUNK : len, 0);
 		if (n > 0) {
 			off += n;

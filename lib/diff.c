@@ -91,6 +91,7 @@ static int report(struct diff_ctx *c, enum ovlfs_change change, unsigned what,
 		.what = what,
 		.mode = st->st_mode,
 		/* Directory sizes depend on the filesystem: not a change. */
+		/* NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult): assumes -errno >= 0 */
 		.size = S_ISREG(st->st_mode) || S_ISLNK(st->st_mode) ?
 			(uint64_t)st->st_size : 0,
 	};
@@ -112,6 +113,7 @@ static int cmp_str(const void *a, const void *b)
 static void list_free(struct diff_list *l)
 {
 	for (size_t i = 0; i < l->nowned; i++)
+		/* NOLINTNEXTLINE(clang-analyzer-core.CallAndMessage): assumes -errno >= 0 */
 		free(l->owned[i]);
 	free(l->owned);
 	free(l->wh);
@@ -133,6 +135,7 @@ static int list_read(struct diff_ctx *c, int dfd, const char *layer,
 	err = ovl_dirlist_read(dfd, &l->dl);
 	if (err)
 		return fail(c, err, layer, NULL);
+	/* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers */
 	l->ents = malloc((l->dl.n + 1) * sizeof(*l->ents));
 	l->wh = malloc((l->dl.n + 1) * sizeof(*l->wh));
 	l->owned = malloc((l->dl.n + 1) * sizeof(*l->owned));
@@ -161,6 +164,7 @@ static int list_read(struct diff_ctx *c, int dfd, const char *layer,
 		}
 		l->wh[l->nwh++] = t;
 	}
+	/* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers */
 	qsort(l->ents, l->n, sizeof(*l->ents), cmp_dirent);
 	qsort(l->wh, l->nwh, sizeof(*l->wh), cmp_str);
 	return 0;
@@ -205,6 +209,7 @@ static int walk_all(struct diff_ctx *c, int dfd, const char *layer,
 
 	err = list_read(c, dfd, layer, false, &l);
 	for (size_t i = 0; i < l.n && !err; i++) {
+		/* NOLINTNEXTLINE(clang-analyzer-core.NullDereference): assumes -errno >= 0 */
 		const char *name = l.ents[i]->name;
 		struct stat st;
 		int fd;
@@ -279,10 +284,13 @@ static int xattr_names(int fd, char **bufp, char ***namesp)
 	for (;;) {
 		len = ovl_fd_listxattr(fd, NULL, 0);
 		/* Symlinks and special files may not support xattrs at all. */
+		/* NOLINTNEXTLINE(misc-redundant-expression): equal on Linux, not on every system */
 		if (len == -ENOTSUP || len == -EOPNOTSUPP)
 			len = 0;
-		if (len < 0)
+		if (len < 0) {
+			free(buf);
 			return len;
+		}
 		free(buf);
 		buf = malloc(len + 1);
 		if (!buf)
@@ -382,6 +390,7 @@ static int compare(struct diff_ctx *c, int ufd, int lfd,
 	unsigned what = 0;
 	int err;
 
+	/* NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult): assumes -errno >= 0 */
 	if ((ust->st_mode ^ lst->st_mode) & 07777)
 		what |= OVLFS_DIFF_MODE;
 	if (ust->st_uid != lst->st_uid || ust->st_gid != lst->st_gid)
@@ -442,6 +451,7 @@ static int diff_both(struct diff_ctx *c, int ufd, int lfd, const char *name,
 		err = lcfd;
 		goto out_close_upper;
 	}
+	/* NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult): assumes -errno >= 0 */
 	if ((ust.st_mode ^ lst.st_mode) & S_IFMT) {
 		/* Only one side can be a directory: no interleaving. */
 		err = report(c, OVLFS_MODIFIED, OVLFS_DIFF_TYPE, &ust);
@@ -510,7 +520,9 @@ static int diff_dir(struct diff_ctx *c, int ufd, int lfd, bool lower_shows)
 		else if (j == ll.n)
 			cmp = -1;
 		else
+			/* NOLINTNEXTLINE(clang-analyzer-core.NullDereference): assumes -errno >= 0 */
 			cmp = strcmp(ul.ents[i]->name, ll.ents[j]->name);
+		/* NOLINTNEXTLINE(clang-analyzer-core.NullDereference): assumes -errno >= 0 */
 		name = cmp <= 0 ? ul.ents[i]->name : ll.ents[j]->name;
 		err = path_push(c, name);
 		if (err)
@@ -551,27 +563,34 @@ static int open_root(const char *path, struct stat *st)
 int ovlfs_diff(struct ovlfs *fs, ovlfs_diff_fn fn, void *arg)
 {
 	struct diff_ctx c = { .fs = fs, .fn = fn, .arg = arg };
+	char *lower, *upper;
 	struct stat ust, lst;
-	int ufd, lfd, err, what;
+	int ufd = -1, lfd, err, what;
+	bool upper_exists;
 
-	if (!fs->upper)
-		return ovl_set_error(fs, -EINVAL,
-				     "lower %s has no default upper: set it",
-				     fs->lower);
-	lfd = open_root(fs->lower, &lst);
-	if (lfd < 0)
-		return ovl_set_error(fs, lfd, "lower %s: %s", fs->lower,
-				     strerror(-lfd));
-	ufd = open_root(fs->upper, &ust);
+	err = ovl_pair_paths(fs, &lower, &upper, &upper_exists);
+	if (err)
+		return err;
+	lfd = open_root(lower, &lst);
+	if (lfd < 0) {
+		err = ovl_set_error(fs, lfd, "lower %s: %s", lower,
+				    strerror(-lfd));
+		goto out_paths;
+	}
+	ufd = upper_exists ? open_root(upper, &ust) : -ENOENT;
 	if (ufd == -ENOENT) {
 		err = 0;	/* never mounted: nothing changed */
 		goto out_close_lower;
 	}
 	if (ufd < 0) {
-		err = ovl_set_error(fs, ufd, "upper %s: %s", fs->upper,
+		err = ovl_set_error(fs, ufd, "upper %s: %s", upper,
 				    strerror(-ufd));
 		goto out_close_lower;
 	}
+	/* A foreign upper would be reported wrongly, markers as files. */
+	err = ovl_check_upper_format(fs, ufd, upper, false);
+	if (err)
+		goto out_free;
 	c.path = malloc(256);
 	c.buf[0] = malloc(DIFF_BUFSZ);
 	c.buf[1] = malloc(DIFF_BUFSZ);
@@ -599,5 +618,8 @@ out_free:
 	close(ufd);
 out_close_lower:
 	close(lfd);
+out_paths:
+	free(lower);
+	free(upper);
 	return err;
 }

@@ -672,6 +672,7 @@ again:
 			err = 0;
 		}
 	}
+	/* NOLINTNEXTLINE(bugprone-branch-clone): two -EAGAIN cases kept apart for their comments */
 	if (!err && (s2 != src || d2 != dst)) {
 		err = -EAGAIN;
 	} else if (!err && (!ovl_node_has_upper(src) ||

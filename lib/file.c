@@ -54,7 +54,6 @@ int ovl_file_fd(struct ovl_file *f)
 		if (nfd >= 0) {
 			f->old_fd = fd;
 			atomic_store(&f->fd, nfd);
-			fd = nfd;
 		}
 		/* On failure keep reading the lower: stale beats broken. */
 	}

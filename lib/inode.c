@@ -252,6 +252,7 @@ static size_t node_hash(const struct ovl_node *parent, const char *name)
 int ovl_inode_table_init(struct ovl_fs *ofs)
 {
 	ofs->table_size = 4096;
+	/* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers */
 	ofs->table = calloc(ofs->table_size, sizeof(*ofs->table));
 	ofs->inomap = calloc(1, sizeof(*ofs->inomap));
 	if (!ofs->table || !ofs->inomap) {
@@ -413,6 +414,7 @@ static void node_free_locked(struct ovl_fs *ofs, struct ovl_node *node)
 static void grow_table_locked(struct ovl_fs *ofs)
 {
 	size_t nsize = ofs->table_size * 2;
+	/* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers */
 	struct ovl_node **nt = calloc(nsize, sizeof(*nt));
 
 	if (!nt)

@@ -31,6 +31,8 @@ int ovl_reopen(int fd, int flags)
 
 	ovl_proc_path(fd, p);
 	r = open(p, flags | O_CLOEXEC);
+	/* The fd is returned: cppcheck loses track of it through the ?:. */
+	/* cppcheck-suppress resourceLeak */
 	return r < 0 ? -errno : r;
 }
 
@@ -45,6 +47,8 @@ int ovl_open_child(int dirfd, const char *name)
 {
 	int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 
+	/* The fd is returned: cppcheck loses track of it through the ?:. */
+	/* cppcheck-suppress resourceLeak */
 	return fd < 0 ? -errno : fd;
 }
 

@@ -28,11 +28,23 @@
 
 int ovl_set_error(struct ovlfs *fs, int err, const char *fmt, ...)
 {
+	char raw[OVL_ERRLEN];
+	size_t o = 0;
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(fs->err, sizeof(fs->err), fmt, ap);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
 	va_end(ap);
+	/* Paths may hold any byte: keep the message one line, as promised. */
+	for (const unsigned char *p = (const unsigned char *)raw;
+	     *p && o + 5 < sizeof(fs->err); p++) {
+		if (*p < 0x20 || *p == 0x7f)
+			o += snprintf(fs->err + o, sizeof(fs->err) - o, "\\x%02x",
+				      *p);
+		else
+			fs->err[o++] = (char)*p;
+	}
+	fs->err[o] = '\0';
 	return err;
 }
 
@@ -77,7 +89,11 @@ static int set_string(struct ovlfs *fs, char **field, const char *value)
 
 int ovlfs_set_upper(struct ovlfs *fs, const char *upper)
 {
-	return set_string(fs, &fs->upper, upper);
+	int err = set_string(fs, &fs->upper, upper);
+
+	if (!err)
+		fs->upper_set = true;
+	return err;
 }
 
 int ovlfs_set_mount_point(struct ovlfs *fs, const char *mount_point)
@@ -178,6 +194,7 @@ static int check_dir_or_missing(struct ovlfs *fs, const char *what,
 {
 	struct stat st;
 
+	/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
 	if (stat(path, &st) < 0) {
 		if (errno == ENOENT) {
 			*exists = false;
@@ -213,6 +230,56 @@ static int check_empty(struct ovlfs *fs, const char *path)
 	return err;
 }
 
+/* Refuse early what opening the layer later would: nothing made yet. */
+static int check_readable(struct ovlfs *fs, const char *what, const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0)
+		return ovl_set_error(fs, -errno, "%s %s: %s", what, path,
+				     strerror(errno));
+	close(fd);
+	return 0;
+}
+
+int ovl_pair_paths(struct ovlfs *fs, char **lower, char **upper,
+		   bool *upper_exists)
+{
+	struct stat st;
+	int err;
+
+	*lower = *upper = NULL;
+	if (stat(fs->lower, &st) < 0)
+		return ovl_set_error(fs, -errno, "lower %s: %s", fs->lower,
+				     strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return ovl_set_error(fs, -ENOTDIR, "lower %s: not a directory",
+				     fs->lower);
+	if (!fs->upper)
+		return ovl_set_error(fs, -EINVAL,
+				     "lower %s has no default upper: set one",
+				     fs->lower);
+	err = check_readable(fs, "lower", fs->lower);
+	if (!err)
+		err = canon(fs, "lower", fs->lower, lower);
+	if (!err)
+		err = canon(fs, "upper", fs->upper, upper);
+	if (!err)
+		err = check_pair(fs, "upper", *upper, "lower", *lower);
+	if (!err)
+		err = check_dir_or_missing(fs, "upper", *upper, upper_exists);
+	/* A default upper never made means no changes; a named one, a typo. */
+	if (!err && !*upper_exists && fs->upper_set)
+		err = ovl_set_error(fs, -ENOENT, "upper %s: %s", *upper,
+				    strerror(ENOENT));
+	if (err) {
+		free(*lower);
+		free(*upper);
+		*lower = *upper = NULL;
+	}
+	return err;
+}
+
 static int check_dirs(struct ovlfs *fs, struct dirs *d, bool *upper_exists,
 		      bool *mp_exists)
 {
@@ -225,6 +292,9 @@ static int check_dirs(struct ovlfs *fs, struct dirs *d, bool *upper_exists,
 	if (!S_ISDIR(st.st_mode))
 		return ovl_set_error(fs, -ENOTDIR, "lower %s: not a directory",
 				     fs->lower);
+	err = check_readable(fs, "lower", fs->lower);
+	if (err)
+		return err;
 	if (!fs->upper || !fs->mount_point)
 		return ovl_set_error(fs, -EINVAL,
 				     "lower %s has no default upper or mount point: set them",
@@ -418,13 +488,15 @@ int ovl_check_upper_format(struct ovlfs *fs, int fd, const char *upper,
 	char buf[16], *path;
 	const char *what = NULL;
 	ssize_t n = ovl_fd_getxattr(fd, OVL_XATTR_FORMAT, buf, sizeof(buf) - 1);
+	char *end;
 	long v;
 	int err;
 
 	if (n >= 0) {
 		buf[n] = '\0';
-		v = strtol(buf, NULL, 10);
-		if (v < 1 || v > OVL_FORMAT_VERSION)
+		errno = 0;
+		v = strtol(buf, &end, 10);
+		if (errno || end == buf || *end || v < 1 || v > OVL_FORMAT_VERSION)
 			return ovl_set_error(fs, -EPROTO,
 					     "upper %s has format \"%s\"; this ovlfs reads format %d only",
 					     upper, buf, OVL_FORMAT_VERSION);
@@ -655,6 +727,7 @@ int ovlfs_mount(struct ovlfs *fs)
 	ofs->umask = um;
 
 	if (!upper_exists) {
+		/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
 		if (mkdir(d.upper, 0755) < 0) {
 			err = ovl_set_error(fs, -errno, "upper %s: cannot create: %s",
 					    d.upper, strerror(errno));

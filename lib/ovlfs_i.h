@@ -87,12 +87,23 @@ struct ovlfs {
 	char err[OVL_ERRLEN];
 	ovlfs_progress_fn progress;
 	void *progress_arg;
+	bool upper_set;		/* named by the caller, not defaulted */
 
 	/* Set by ovlfs_mount, cleared by unmount; owned by the caller's thread. */
 	struct ovl_fs *ofs;
 	bool mounted;
 	bool created_upper, created_mount_point;
 };
+
+/*
+ * For calls on an unmounted pair (finish, recover, diff): the canonical
+ * lower (an existing, readable directory) and upper, neither the same as
+ * nor inside the other. A default upper may be missing (*UPPER_EXISTS
+ * false); one the caller named must exist. New strings, or -errno with a
+ * message.
+ */
+int ovl_pair_paths(struct ovlfs *fs, char **lower, char **upper,
+		   bool *upper_exists);
 
 /* Format an error into fs->err; returns ERR (negative errno) for chaining. */
 int ovl_set_error(struct ovlfs *fs, int err, const char *fmt, ...)

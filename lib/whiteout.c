@@ -23,6 +23,7 @@ bool ovl_wh_name(const char *name, char *buf)
 	uint8_t h[32];
 
 	if (len + OVL_WH_PREFIX_LEN <= NAME_MAX) {
+		/* NOLINTNEXTLINE(bugprone-not-null-terminated-result): the next memcpy adds NAME and its NUL */
 		memcpy(buf, OVL_WH_PREFIX, OVL_WH_PREFIX_LEN);
 		memcpy(buf + OVL_WH_PREFIX_LEN, name, len + 1);
 		return false;
@@ -157,6 +158,7 @@ int ovl_wh_target(int dfd, const struct ovl_dirent *de, char *buf,
 	err = ovl_wh_long_target(dfd, de->name, buf);
 	if (err)
 		return err == -EUCLEAN || err == -ENOENT ? 0 : err;
+	/* NOLINTNEXTLINE(readability-suspicious-call-argument): BUF holds the target name here */
 	if (ovl_wh_name(buf, expect) && !strcmp(expect, de->name))
 		*target = buf;
 	return 0;

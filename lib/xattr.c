@@ -92,8 +92,10 @@ int ovl_listxattr(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
 	/* Fetch the whole list (it may change between calls), then filter. */
 	for (;;) {
 		len = ovl_fd_listxattr(fd, NULL, 0);
-		if (len <= 0)
+		if (len <= 0) {
+			free(all);
 			return (int)len;
+		}
 		free(all);
 		all = malloc(len);
 		if (!all)
