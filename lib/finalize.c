@@ -309,7 +309,7 @@ static int remember_placed(struct fin *f, const struct stat *st, int dirfd,
 	struct placed *p;
 	int fd;
 
-	if (!S_ISREG(st->st_mode) || st->st_nlink < 2)
+	if (S_ISDIR(st->st_mode) || st->st_nlink < 2)
 		return 0;
 	p = realloc(f->placed, (f->nplaced + 1) * sizeof(*p));
 	if (!p)

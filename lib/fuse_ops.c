@@ -19,8 +19,13 @@
 
 #include "ovlfs_i.h"
 
-/* Attributes may be cached this long: only ovlfs changes the layers. */
-#define OVL_TIMEOUT 1.0
+/*
+ * Names and attributes may be cached for long: nothing but ovlfs changes
+ * the layers while mounted (they are locked), the kernel knows about every
+ * change made through it, and what ovlfs changes on its own (copy-up's
+ * effect on ctimes and parents) it reports with notify_inval_inode.
+ */
+#define OVL_TIMEOUT 86400.0
 
 /*
  * A file with several names may change through a name whose kernel inode
@@ -267,6 +272,19 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 					flags));
 }
 
+/*
+ * Keep the page cache across opens: the data changes only through the
+ * kernel. Not for a file with several names: each name is a kernel inode
+ * of its own, with its own cache, and a write through one is not seen in
+ * the others' pages.
+ */
+static bool keep_cache(struct ovl_file *f)
+{
+	struct stat st;
+
+	return ovl_fstat(ovl_file_fd(f), &st) == 0 && st.st_nlink <= 1;
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ovl_fs *ofs = ofs_of(req);
@@ -278,6 +296,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	fi->fh = (uint64_t)(uintptr_t)f;
+	fi->keep_cache = keep_cache(f);
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		ovl_release(ofs, f);
 }
@@ -364,15 +383,6 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
 		fuse_reply_write(req, (size_t)n);
 }
 
-static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-	/* close() of a dup reports what the backing fs reports on close. */
-	int fd = dup(fd_of(fi));
-
-	(void)ino;
-	fuse_reply_err(req, fd < 0 ? errno : (close(fd) < 0 ? errno : 0));
-}
-
 static void op_release(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
@@ -402,6 +412,12 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 		return;
 	}
 	fi->fh = (uint64_t)(uintptr_t)dh;
+	/*
+	 * No cache_readdir: when an entry comes or goes during a listing the
+	 * kernel drops its cache and reads again from offset 0, which takes
+	 * a new snapshot here and shows entries twice to a reader in the
+	 * middle (tests/test_concurrency.py).
+	 */
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		ovl_releasedir(ofs, dh);
 }
@@ -657,7 +673,11 @@ static const struct fuse_lowlevel_ops ovl_ops = {
 	.create = op_create,
 	.read = op_read,
 	.write_buf = op_write_buf,
-	.flush = op_flush,
+	/*
+	 * No .flush: the backing files are local and written through, so a
+	 * FLUSH on every close would be a round trip for nothing; answered
+	 * ENOSYS once, the kernel stops sending them.
+	 */
 	.release = op_release,
 	.fsync = op_fsync,
 	.opendir = op_opendir,

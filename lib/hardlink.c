@@ -135,12 +135,21 @@ static bool is_lower_alias(struct ovl_node *node, dev_t dev, ino_t ino)
 static int link_alias(struct ovl_fs *ofs, struct ovl_node *alias, int copy)
 {
 	int pufd = atomic_load(&alias->parent->upper_fd), fd, err;
+	struct stat pst;
+	bool keep;
 
 	if (alias->deleted || ovl_node_has_upper(alias) || pufd < 0)
 		return 0;
+	/* As for any copy-up: the directory did not change for the user. */
+	keep = ovl_fstat(pufd, &pst) == 0;
 	err = ovl_link_fd(copy, pufd, alias->name);
 	if (err)
 		return err;
+	if (keep) {
+		struct timespec ts[2] = { pst.st_atim, pst.st_mtim };
+
+		utimensat(pufd, "", ts, AT_EMPTY_PATH);
+	}
 	fd = ovl_reopen(copy, O_PATH);
 	if (fd < 0)
 		return fd;

@@ -115,14 +115,23 @@ int ovl_opaque_get(int dirfd)
 
 int ovl_opaque_set(struct ovl_fs *ofs, int dirfd)
 {
+	struct stat st;
+	bool keep;
 	int fd;
 
 	(void)ofs;
+	/* A marker is bookkeeping, not a change the user made: same times. */
+	keep = fstatat(dirfd, "", &st, AT_EMPTY_PATH) == 0;
 	fd = openat(dirfd, OVL_OPAQUE_NAME,
 		    O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0000);
 	if (fd < 0)
 		return -errno;
 	close(fd);
+	if (keep) {
+		struct timespec ts[2] = { st.st_atim, st.st_mtim };
+
+		utimensat(dirfd, "", ts, AT_EMPTY_PATH);
+	}
 	return 0;
 }
 
