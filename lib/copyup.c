@@ -486,6 +486,13 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 	pthread_rwlock_unlock(&ofs->ns_lock);
 	if (!err && linked)
 		err = ovl_link_lower_aliases(ofs, node, &st, fd);
+	if (!err && linked) {
+		struct stat cst;
+
+		/* Names found later (not yet looked up) come to this node. */
+		if (fstat(fd, &cst) == 0 && cst.st_nlink > 1)
+			ovl_node_index(ofs, node, cst.st_dev, cst.st_ino);
+	}
 	close(fd);
 	if (err && tmpname[0])
 		ovl_remove_tree(pufd, tmpname);

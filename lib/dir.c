@@ -352,8 +352,12 @@ int ovl_link(struct ovl_fs *ofs, struct ovl_node *node,
 	 */
 	err = ovl_node_stat(ofs, node, &e->st);
 	if (!err) {
+		struct stat ust;
+
 		ovl_node_lookup_ref(ofs, node);
 		e->node = node;
+		if (ovl_fstat(atomic_load(&node->upper_fd), &ust) == 0)
+			ovl_node_index(ofs, node, ust.st_dev, ust.st_ino);
 	}
 out_unlock:
 	pthread_rwlock_unlock(&ofs->ns_lock);
@@ -403,7 +407,7 @@ int ovl_unlink(struct ovl_fs *ofs, struct ovl_node *parent, const char *name)
 		err = -errno;
 		goto out_put;
 	}
-	ovl_node_unlink(ofs, node);
+	ovl_node_unlink(ofs, node, parent, name);
 out_put:
 	ovl_node_put(ofs, node);
 out_unlock:
@@ -468,7 +472,7 @@ int ovl_rmdir(struct ovl_fs *ofs, struct ovl_node *parent, const char *name)
 		if (err)
 			goto out_put;
 	}
-	ovl_node_unlink(ofs, node);
+	ovl_node_unlink(ofs, node, parent, name);
 out_put:
 	ovl_node_put(ofs, node);
 out_unlock:
@@ -520,7 +524,7 @@ static int rename_exchange(struct ovl_fs *ofs, struct ovl_node *src,
 		return err;
 	if (renameat2(opufd, name, npufd, newname, RENAME_EXCHANGE) < 0)
 		return -errno;
-	ovl_node_unlink(ofs, dst);
+	ovl_node_unlink(ofs, dst, newparent, newname);
 	err = ovl_node_move(ofs, src, newparent, newname);
 	if (!err)
 		err = ovl_node_move(ofs, dst, parent, name);
@@ -574,7 +578,7 @@ static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 	if (!dst && ovl_node_lower_visible(newparent))
 		ovl_wh_remove(npufd, newname);
 	if (dst)
-		ovl_node_unlink(ofs, dst);
+		ovl_node_unlink(ofs, dst, newparent, newname);
 	return ovl_node_move(ofs, src, newparent, newname);
 
 out_wh:

@@ -238,6 +238,12 @@ uint64_t ovl_ino_upper(struct ovl_fs *ofs, int fd, const struct stat *st)
 
 /* ---- the node table ---- */
 
+static size_t inode_slot(dev_t dev, ino_t ino)
+{
+	return mix64((uint64_t)ino ^ ((uint64_t)dev << 32)) & 1023;
+}
+
+
 static size_t node_hash(const struct ovl_node *parent, const char *name)
 {
 	uint64_t h = 0xcbf29ce484222325ULL ^ (uint64_t)(uintptr_t)parent;
@@ -388,6 +394,15 @@ static void node_free_locked(struct ovl_fs *ofs, struct ovl_node *node)
 		int ufd = atomic_load(&node->upper_fd);
 
 		unhash_locked(ofs, node);
+		if (node->indexed) {
+			struct ovl_node **pp =
+				&ofs->inodes[inode_slot(node->idev, node->iino)];
+
+			while (*pp && *pp != node)
+				pp = &(*pp)->inext;
+			if (*pp)
+				*pp = node->inext;
+		}
 		if (node->all_prev)
 			node->all_prev->all_next = node->all_next;
 		else
@@ -548,10 +563,47 @@ int ovl_node_move(struct ovl_fs *ofs, struct ovl_node *node,
 	return 0;
 }
 
-void ovl_node_unlink(struct ovl_fs *ofs, struct ovl_node *node)
+void ovl_node_unlink(struct ovl_fs *ofs, struct ovl_node *node,
+		     struct ovl_node *parent, const char *name)
 {
 	pthread_mutex_lock(&ofs->table_lock);
-	unhash_locked(ofs, node);
-	node->deleted = true;
+	if (node->parent == parent && !strcmp(node->name, name)) {
+		unhash_locked(ofs, node);
+		node->deleted = true;
+	}
+	pthread_mutex_unlock(&ofs->table_lock);
+}
+
+struct ovl_node *ovl_node_by_inode(struct ovl_fs *ofs, dev_t dev, ino_t ino)
+{
+	struct ovl_node *n;
+
+	pthread_mutex_lock(&ofs->table_lock);
+	for (n = ofs->inodes[inode_slot(dev, ino)]; n; n = n->inext)
+		if (n->idev == dev && n->iino == ino)
+			break;
+	if (n)
+		n->refs++;
+	pthread_mutex_unlock(&ofs->table_lock);
+	return n;
+}
+
+/*
+ * The upper inode cannot be reused for another file while NODE holds its
+ * fd, so an entry stays right for as long as NODE lives.
+ */
+void ovl_node_index(struct ovl_fs *ofs, struct ovl_node *node, dev_t dev,
+		    ino_t ino)
+{
+	size_t j = inode_slot(dev, ino);
+
+	pthread_mutex_lock(&ofs->table_lock);
+	if (!node->indexed) {
+		node->idev = dev;
+		node->iino = ino;
+		node->inext = ofs->inodes[j];
+		ofs->inodes[j] = node;
+		node->indexed = true;
+	}
 	pthread_mutex_unlock(&ofs->table_lock);
 }

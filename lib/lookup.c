@@ -83,6 +83,15 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 					lfd = -1;
 			}
 		}
+		/* Another name of a file we already know: the same node. */
+		if (!S_ISDIR(ust.st_mode) && ust.st_nlink > 1) {
+			node = ovl_node_by_inode(ofs, ust.st_dev, ust.st_ino);
+			if (node) {
+				close(ufd);
+				*out = node;
+				return 0;
+			}
+		}
 		ino = ovl_ino_upper(ofs, ufd, &ust);
 	} else {
 		if (!lower_ok)
@@ -110,6 +119,8 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 	}
 	node->opaque = opaque;
 	*out = ovl_node_insert(ofs, node);
+	if (ufd >= 0 && !S_ISDIR(ust.st_mode) && ust.st_nlink > 1)
+		ovl_node_index(ofs, *out, ust.st_dev, ust.st_ino);
 	return 0;
 
 out_close:

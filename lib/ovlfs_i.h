@@ -263,6 +263,17 @@ struct ovl_node {
 
 	/* table_lock: every live node, for teardown */
 	struct ovl_node *all_prev, *all_next;
+
+	/*
+	 * table_lock: in ofs->inodes when this is a non-directory whose
+	 * upper object has several links: every name of it found by lookup
+	 * then gets this node, so the kernel sees one inode (one pipe for a
+	 * fifo, one set of locks), as on a local filesystem.
+	 */
+	struct ovl_node *inext;
+	dev_t idev;
+	ino_t iino;
+	bool indexed;
 };
 
 struct ovl_fs {
@@ -289,6 +300,7 @@ struct ovl_fs {
 	uint64_t next_overflow;		/* table_lock */
 	struct ovl_node *all_nodes;	/* table_lock */
 	struct ovl_hlink handles;	/* table_lock: list head */
+	struct ovl_node *inodes[1024];	/* table_lock: see ovl_node.inext */
 	_Atomic uint64_t next_gen;
 	_Atomic uint64_t tmp_counter;
 	/* nested-mount devices seen in a layer, for persistent numbers */
@@ -319,8 +331,20 @@ void ovl_node_forget(struct ovl_fs *ofs, struct ovl_node *node, uint64_t n);
 /* Move NODE to (NEWPARENT, NEWNAME); caller holds ns_lock for write. */
 int ovl_node_move(struct ovl_fs *ofs, struct ovl_node *node,
 		  struct ovl_node *newparent, const char *newname);
-/* Unhash NODE and mark it deleted; caller holds ns_lock for write. */
-void ovl_node_unlink(struct ovl_fs *ofs, struct ovl_node *node);
+/*
+ * NAME in PARENT went away: if that is NODE's own name, unhash NODE and
+ * mark it deleted (an indexed node reached through another of its names
+ * keeps its own). Caller holds ns_lock for write.
+ */
+void ovl_node_unlink(struct ovl_fs *ofs, struct ovl_node *node,
+		     struct ovl_node *parent, const char *name);
+/*
+ * The node standing for upper inode (DEV, INO), with a ref, or NULL; and
+ * adding NODE to that index.
+ */
+struct ovl_node *ovl_node_by_inode(struct ovl_fs *ofs, dev_t dev, ino_t ino);
+void ovl_node_index(struct ovl_fs *ofs, struct ovl_node *node, dev_t dev,
+		    ino_t ino);
 void ovl_handle_add(struct ovl_fs *ofs, struct ovl_hlink *h, bool is_dir);
 void ovl_handle_del(struct ovl_fs *ofs, struct ovl_hlink *h);
 /* Teardown: free every handle still open (before the node table goes). */

@@ -300,3 +300,24 @@ def test_create_0444_as_other_user(scenario, work):
                      r.stderr.decode().strip().splitlines()[-1:] if r.returncode else "")
     assert out["mount"] == out["oracle"], out
     sc.check()
+
+
+def test_hardlinked_fifo_is_one_inode(overlay):
+    """Every name of one upper file is one kernel inode: a fifo linked
+    under two names is one pipe (a reader on one name, a writer on the
+    other), even after a failed mkdir forced a fresh lookup of the name."""
+    o = overlay({})
+    p, q = os.path.join(o.mp, "p"), os.path.join(o.mp, "q")
+    os.mkfifo(p)
+    os.link(p, q)
+    with pytest.raises(FileExistsError):
+        os.mkdir(q)
+    r = os.open(q, os.O_RDWR)
+    try:
+        w = os.open(p, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(w, b"hi")
+        os.close(w)
+        assert os.read(r, 2) == b"hi"
+    finally:
+        os.close(r)
+    assert os.stat(p).st_ino == os.stat(q).st_ino
