@@ -738,7 +738,11 @@ void ovl_fuse_session_unmount(void *se)
 void ovl_notify_attr_changed(struct ovl_fs *ofs, struct ovl_node *node)
 {
 	/* Attributes only (offset < 0): takes no page lock, safe anywhere. */
-	fuse_lowlevel_notify_inval_inode(ofs->se, nodeid_of(ofs, node), -1, 0);
+	pthread_rwlock_rdlock(&ofs->notify_lock);
+	if (!ofs->notify_off)
+		fuse_lowlevel_notify_inval_inode(ofs->se, nodeid_of(ofs, node),
+						 -1, 0);
+	pthread_rwlock_unlock(&ofs->notify_lock);
 }
 
 void ovl_fuse_session_destroy(void *se)

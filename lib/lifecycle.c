@@ -586,6 +586,7 @@ static void ofs_free(struct ovl_fs *ofs)
 	if (ofs->se)
 		ovl_fuse_session_destroy(ofs->se);
 	pthread_rwlock_destroy(&ofs->ns_lock);
+	pthread_rwlock_destroy(&ofs->notify_lock);
 	pthread_mutex_destroy(&ofs->hardlink_lock);
 	free(ofs);
 }
@@ -614,6 +615,14 @@ static char *mount_options(struct ovlfs *fs, const char *lower)
 	if (fs->fuse_options)
 		sprintf(p, ",%s", fs->fuse_options);
 	return o;
+}
+
+/* Workers may still be busy: no more notifies on the fd about to close. */
+static void stop_notify(struct ovl_fs *ofs)
+{
+	pthread_rwlock_wrlock(&ofs->notify_lock);
+	ofs->notify_off = true;
+	pthread_rwlock_unlock(&ofs->notify_lock);
 }
 
 static void *loop_main(void *arg)
@@ -664,6 +673,7 @@ static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
 	/* Answered only once the loop has taken the kernel's INIT. */
 	if (stat(d->mp, &st) < 0) {
 		err = -errno;
+		stop_notify(ofs);
 		ovl_fuse_session_exit(ofs->se);
 		ovl_fuse_session_unmount(ofs->se);
 		pthread_join(ofs->loop_thread, NULL);
@@ -720,6 +730,7 @@ int ovlfs_mount(struct ovlfs *fs)
 	ofs->inode_mode = fs->inode_mode;
 	ofs->is_root = geteuid() == 0;
 	pthread_rwlock_init(&ofs->ns_lock, NULL);
+	pthread_rwlock_init(&ofs->notify_lock, NULL);
 	pthread_mutex_init(&ofs->hardlink_lock, NULL);
 	/* Read, not change: umask() is the only way, so put it back at once. */
 	um = umask(022);
@@ -813,6 +824,7 @@ static void abort_connection(dev_t dev)
 
 static void teardown(struct ovlfs *fs)
 {
+	stop_notify(fs->ofs);
 	ovl_fuse_session_unmount(fs->ofs->se);
 	ofs_free(fs->ofs);
 	fs->ofs = NULL;
@@ -836,6 +848,7 @@ int ovlfs_umount(struct ovlfs *fs)
 
 	if (!fs->mounted)
 		return -EINVAL;
+	stop_notify(ofs);
 	ovl_fuse_session_exit(ofs->se);
 	ovl_fuse_session_unmount(ofs->se);
 	/*

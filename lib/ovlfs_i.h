@@ -7,7 +7,7 @@
  * Lock order (take left before right, never the reverse):
  *
  *	file copyup_lock  >  hardlink_lock  >  dir copyup_lock  >  ns_lock
- *	  >  ofs->table_lock
+ *	  >  ofs->table_lock;  notify_lock is a leaf, taken with nothing held
  *
  *  - copyup_lock (per node, mutex): serialises copy-up of one object, held
  *    across the data copy, which runs outside ns_lock so a slow copy-up
@@ -309,6 +309,14 @@ struct ovl_fs {
 
 	/* FUSE session, owned by lifecycle.c */
 	void *se;
+	/*
+	 * notify_lock (rwlock, a leaf): held for reading around a notify
+	 * written to the session fd by a worker, for writing by unmount to
+	 * set notify_off before libfuse closes that fd; so no notify lands
+	 * on a closed (or reused) fd number.
+	 */
+	pthread_rwlock_t notify_lock;
+	bool notify_off;		/* notify_lock */
 	pthread_t loop_thread;
 	bool loop_running;
 	dev_t conn_dev;			/* st_dev of the mount */

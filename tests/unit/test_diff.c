@@ -514,11 +514,23 @@ static void test_root_and_errors(void)
 	T_INTEQ(run_diff(&p, &r), 7);
 	T_INTEQ(r.calls, 1);
 
-	/* Missing upper: never mounted, nothing changed. */
+	/*
+	 * Missing upper: the default one (never mounted) means nothing
+	 * changed; one the caller named is an error naming it.
+	 */
 	pair_new(&p);
 	file(p.lower, "a", "1");
 	T_ASSERT(rmdir(p.upper) == 0);
-	expect(&p, "");
+	fs = ovlfs_new(p.lower);
+	T_ASSERT(fs);
+	memset(&r, 0, sizeof(r));
+	r.stop_at = -1;
+	T_INTEQ(ovlfs_diff(fs, collect, &r), 0);
+	T_INTEQ(r.calls, 0);
+	T_INTEQ(ovlfs_set_upper(fs, p.upper), 0);
+	T_INTEQ(ovlfs_diff(fs, collect, &r), -ENOENT);
+	T_ASSERT(strstr(ovlfs_error(fs), p.upper));
+	ovlfs_free(fs);
 
 	/* Missing lower: -ENOENT, and the message names it. */
 	snprintf(path, sizeof(path), "%s/nonexistent", base);
