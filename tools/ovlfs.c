@@ -730,6 +730,34 @@ static int mount_daemon(const struct mount_opts *o)
 	}
 }
 
+/*
+ * An option shared by mount and run (-u, -i, -o) into O: -1 when taken,
+ * else the exit status to return (the caller frees O's options).
+ */
+static int overlay_option(const struct command *cmd, int c,
+			  struct mount_opts *o)
+{
+	switch (c) {
+	case 'u':
+		o->upper = optarg;
+		return -1;
+	case 'i':
+		if (!parse_inode_mode(optarg, &o->inode_mode))
+			return usage_error(
+				cmd,
+				"invalid inode mode '%s' (expected virtual or persistent)",
+				optarg);
+		o->inode_mode_set = true;
+		return -1;
+	default:	/* 'o' */
+		if (!append_fuse_option(&o->fuse_options, optarg)) {
+			err_msg("out of memory");
+			return 1;
+		}
+		return -1;
+	}
+}
+
 static int cmd_mount(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -753,23 +781,12 @@ static int cmd_mount(int argc, char **argv)
 			break;
 		switch (c) {
 		case 'u':
-			o.upper = optarg;
-			break;
 		case 'i':
-			if (!parse_inode_mode(optarg, &o.inode_mode)) {
-				free(o.fuse_options);
-				return usage_error(
-					cmd,
-					"invalid inode mode '%s' (expected virtual or persistent)",
-					optarg);
-			}
-			o.inode_mode_set = true;
-			break;
 		case 'o':
-			if (!append_fuse_option(&o.fuse_options, optarg)) {
+			ret = overlay_option(cmd, c, &o);
+			if (ret >= 0) {
 				free(o.fuse_options);
-				err_msg("out of memory");
-				return 1;
+				return ret;
 			}
 			break;
 		case 'f':
@@ -1558,23 +1575,12 @@ static int cmd_run(int argc, char **argv)
 	       -1) {
 		switch (c) {
 		case 'u':
-			o.upper = optarg;
-			break;
 		case 'i':
-			if (!parse_inode_mode(optarg, &o.inode_mode)) {
-				free(o.fuse_options);
-				return usage_error(
-					cmd,
-					"invalid inode mode '%s' (expected virtual or persistent)",
-					optarg);
-			}
-			o.inode_mode_set = true;
-			break;
 		case 'o':
-			if (!append_fuse_option(&o.fuse_options, optarg)) {
+			ret = overlay_option(cmd, c, &o);
+			if (ret >= 0) {
 				free(o.fuse_options);
-				err_msg("out of memory");
-				return 1;
+				return ret;
 			}
 			break;
 		case 'E':
