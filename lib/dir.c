@@ -279,7 +279,7 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	}
 	mode = create_mode(ctx, pufd, mode, &acl);
 	fd = openat(pufd, name,
-		    (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC)) |
+		    (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_DIRECT)) |
 			    O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 		    mode & 07777);
 	if (fd < 0) {

@@ -86,7 +86,11 @@ int ovl_open(struct ovl_fs *ofs, struct ovl_node *node, int flags,
 		if (err)
 			return err;
 	}
-	flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW);
+	/*
+	 * No O_DIRECT on the backing fd: the kernel already gives the caller
+	 * direct I/O on the FUSE side, and our buffers are not aligned.
+	 */
+	flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW | O_DIRECT);
 	if (!ovl_node_has_upper(node)) {
 		/* Reading through the overlay must not touch the lower. */
 		fd = ovl_reopen(node->lower_fd, flags | O_NOATIME);
