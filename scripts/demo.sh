@@ -109,4 +109,13 @@ echo "after unmounting, the mount point is an empty directory again:"
 run 'ls -A rootfs.mountpoint'
 echo "remount the same lower and upper to get the same merged view back."
 
+step "What the upper would change in the lower"
+run '"$ovlfs" diff rootfs'
+
+step "Commit the changes into the lower (crash-safe with --atomic)"
+run '"$ovlfs" commit --atomic rootfs'
+echo "the lower now holds the changes; the upper and the mount point are gone:"
+show_tree rootfs
+run 'ls -d rootfs.upper rootfs.mountpoint 2>&1 || true'
+
 step "Done; removing $work"
