@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -625,6 +626,35 @@ static void stop_notify(struct ovl_fs *ofs)
 	pthread_rwlock_unlock(&ofs->notify_lock);
 }
 
+/*
+ * Every inode the kernel caches holds an O_PATH fd here, and the kernel
+ * may cache a whole tree: take all the fds this process may have (the
+ * hard limit, raised to fs.nr_open where we are allowed to).
+ */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+	FILE *f;
+	long nr_open = 0;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	f = fopen("/proc/sys/fs/nr_open", "re");
+	if (f) {
+		if (fscanf(f, "%ld", &nr_open) != 1)
+			nr_open = 0;
+		fclose(f);
+	}
+	if (nr_open > 0 && (rlim_t)nr_open > rl.rlim_max) {
+		struct rlimit more = { (rlim_t)nr_open, (rlim_t)nr_open };
+
+		if (setrlimit(RLIMIT_NOFILE, &more) == 0)
+			return;
+	}
+	rl.rlim_cur = rl.rlim_max;
+	setrlimit(RLIMIT_NOFILE, &rl);
+}
+
 static void *loop_main(void *arg)
 {
 	struct ovl_fs *ofs = arg;
@@ -649,6 +679,7 @@ static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
 	if (fs->debug)
 		argv[argc++] = (char *)"-d";
 	argv[argc] = NULL;
+	raise_fd_limit();
 	ofs->se = ovl_fuse_session_new(ofs, argc, argv);
 	free(opts);
 	if (!ofs->se)
