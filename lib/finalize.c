@@ -963,10 +963,16 @@ static int commit_subdir(struct fin *f, int ud, int ld, const char *name,
 			err = ovl_remove_tree(ld, name);
 		if (!err && mkdirat(ld, name, 0700) < 0)
 			err = -errno;
-	} else if (!f->atomic && !f->ofs.is_root &&
-		   (ls->st_mode & 0700) != 0700) {
-		/* Written before its own mode is applied (after). */
-		err = fchmodat(ld, name, ls->st_mode | 0700, 0) < 0 ? -errno : 0;
+	}
+	if (!err && merge && !f->atomic && !f->ofs.is_root &&
+	    (ls->st_mode & 0700) != 0700) {
+		/* Written before its own mode is applied (after); by fd. */
+		int pfd = openat(ld, name, O_PATH | O_DIRECTORY | O_NOFOLLOW |
+				 O_CLOEXEC);
+
+		err = pfd < 0 ? -errno : ovl_fchmod_any(pfd, ls->st_mode | 0700);
+		if (pfd >= 0)
+			close(pfd);
 	}
 	if (!err)
 		cu = err = open_dir_at(ud, name);

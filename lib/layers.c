@@ -163,8 +163,16 @@ int ovl_remove_tree(int dirfd, const char *name)
 			return -errno;
 		return 0;
 	}
-	if ((st.st_mode & 0700) != 0700)
-		fchmodat(dirfd, name, 0700, 0);
+	if ((st.st_mode & 0700) != 0700) {
+		/* Through an fd: a symlink swapped in meanwhile is refused. */
+		int pfd = openat(dirfd, name, O_PATH | O_DIRECTORY |
+				 O_NOFOLLOW | O_CLOEXEC);
+
+		if (pfd < 0)
+			return -errno;
+		ovl_fchmod_any(pfd, 0700);
+		close(pfd);
+	}
 	dfd = openat(dirfd, name,
 		     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (dfd < 0)
