@@ -213,3 +213,13 @@ lint:
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(LINT_BUILD)
+
+# bench/overlay.py: every workload on a plain directory, the kernel overlayfs,
+# fuse-overlayfs and ovlfs (root: loop device and mounts); writes
+# bench/results/latest.{csv,md}. bench-quick: smaller dataset, a few minutes.
+.PHONY: bench bench-quick
+bench:
+	$(SUDO) $(PYTHON) bench/overlay.py --build $(abspath $(BUILD))
+
+bench-quick:
+	$(SUDO) $(PYTHON) bench/overlay.py --quick --build $(abspath $(BUILD))
