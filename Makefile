@@ -119,28 +119,7 @@ check-asan: deps
 	echo "OVLFS_BUILD=$(abspath $(ASAN_BUILD)) $(PYTHON) -m pytest -q $(PYTEST_ARGS) tests"; \
 	$(ASAN_ENV) OVLFS_BUILD=$(abspath $(ASAN_BUILD)) \
 		$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests || status=1; \
-	exe="$(abspath $(ASAN_BUILD))/ovlfs"; \
-	for i in $$(seq 1 150); do \
-		busy=""; \
-		for p in /proc/[0-9]*; do \
-			[ "$$(readlink $$p/exe 2>/dev/null)" = "$$exe" ] && \
-				busy="$$busy $${p#/proc/}"; \
-		done; \
-		[ -z "$$busy" ] && break; \
-		sleep 0.2; \
-	done; \
-	if [ -n "$$busy" ]; then \
-		echo "warning: $$exe still running (pids$$busy)"; \
-	fi; \
-	if [ -n "$$(ls -A $(ASAN_LOGDIR))" ]; then \
-		echo "sanitizer reports found in $(ASAN_LOGDIR):"; \
-		for f in $(ASAN_LOGDIR)/*; do \
-			echo "==== $$f"; cat "$$f"; \
-		done; \
-		status=1; \
-	else \
-		echo "no sanitizer reports"; \
-	fi; \
+	scripts/sanitizer-logs.sh "$(abspath $(ASAN_BUILD))/ovlfs" $(ASAN_LOGDIR) sanitizer || status=1; \
 	exit $$status
 
 check-tsan: deps
@@ -155,28 +134,7 @@ check-tsan: deps
 	echo "OVLFS_BUILD=$(abspath $(TSAN_BUILD)) $(PYTHON) -m pytest -q $(PYTEST_ARGS) $(TSAN_TESTS)"; \
 	$(TSAN_ENV) OVLFS_BUILD=$(abspath $(TSAN_BUILD)) \
 		$(PYTHON) -m pytest -q $(PYTEST_ARGS) $(TSAN_TESTS) || status=1; \
-	exe="$(abspath $(TSAN_BUILD))/ovlfs"; \
-	for i in $$(seq 1 150); do \
-		busy=""; \
-		for p in /proc/[0-9]*; do \
-			[ "$$(readlink $$p/exe 2>/dev/null)" = "$$exe" ] && \
-				busy="$$busy $${p#/proc/}"; \
-		done; \
-		[ -z "$$busy" ] && break; \
-		sleep 0.2; \
-	done; \
-	if [ -n "$$busy" ]; then \
-		echo "warning: $$exe still running (pids$$busy)"; \
-	fi; \
-	if [ -n "$$(ls -A $(TSAN_LOGDIR))" ]; then \
-		echo "ThreadSanitizer reports found in $(TSAN_LOGDIR):"; \
-		for f in $(TSAN_LOGDIR)/*; do \
-			echo "==== $$f"; cat "$$f"; \
-		done; \
-		status=1; \
-	else \
-		echo "no ThreadSanitizer reports"; \
-	fi; \
+	scripts/sanitizer-logs.sh "$(abspath $(TSAN_BUILD))/ovlfs" $(TSAN_LOGDIR) ThreadSanitizer || status=1; \
 	exit $$status
 
 # quickstart mounts, writes, reads back and unmounts in-process, so one

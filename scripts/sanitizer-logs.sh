@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Usage: scripts/sanitizer-logs.sh EXE LOGDIR LABEL
+# After a sanitizer test run: wait (up to 30 s) for background processes
+# running EXE to exit, since a leak report is written at exit, then print
+# every report in LOGDIR. Exits 1 if there is any.
+set -u
+exe=$1 logdir=$2 label=$3
+busy=""
+for _ in $(seq 1 150); do
+	busy=""
+	for p in /proc/[0-9]*; do
+		[ "$(readlink "$p/exe" 2>/dev/null)" = "$exe" ] && busy="$busy ${p#/proc/}"
+	done
+	[ -z "$busy" ] && break
+	sleep 0.2
+done
+[ -n "$busy" ] && echo "warning: $exe still running (pids$busy)"
+if [ -n "$(ls -A "$logdir")" ]; then
+	echo "$label reports found in $logdir:"
+	for f in "$logdir"/*; do
+		echo "==== $f"
+		cat "$f"
+	done
+	exit 1
+fi
+echo "no $label reports"
