@@ -243,26 +243,34 @@ static int check_readable(struct ovlfs *fs, const char *what, const char *path)
 	return 0;
 }
 
-int ovl_pair_paths(struct ovlfs *fs, char **lower, char **upper,
-		   bool *upper_exists)
+/* The lower must exist, be a directory and be readable. */
+static int check_lower(struct ovlfs *fs)
 {
 	struct stat st;
-	int err;
 
-	*lower = *upper = NULL;
 	if (stat(fs->lower, &st) < 0)
 		return ovl_set_error(fs, -errno, "lower %s: %s", fs->lower,
 				     strerror(errno));
 	if (!S_ISDIR(st.st_mode))
 		return ovl_set_error(fs, -ENOTDIR, "lower %s: not a directory",
 				     fs->lower);
+	return check_readable(fs, "lower", fs->lower);
+}
+
+int ovl_pair_paths(struct ovlfs *fs, char **lower, char **upper,
+		   bool *upper_exists)
+{
+	int err;
+
+	*lower = *upper = NULL;
+	err = check_lower(fs);
+	if (err)
+		return err;
 	if (!fs->upper)
 		return ovl_set_error(fs, -EINVAL,
 				     "lower %s has no default upper: set one",
 				     fs->lower);
-	err = check_readable(fs, "lower", fs->lower);
-	if (!err)
-		err = canon(fs, "lower", fs->lower, lower);
+	err = canon(fs, "lower", fs->lower, lower);
 	if (!err)
 		err = canon(fs, "upper", fs->upper, upper);
 	if (!err)
@@ -284,16 +292,9 @@ int ovl_pair_paths(struct ovlfs *fs, char **lower, char **upper,
 static int check_dirs(struct ovlfs *fs, struct dirs *d, bool *upper_exists,
 		      bool *mp_exists)
 {
-	struct stat st;
 	int err;
 
-	if (stat(fs->lower, &st) < 0)
-		return ovl_set_error(fs, -errno, "lower %s: %s", fs->lower,
-				     strerror(errno));
-	if (!S_ISDIR(st.st_mode))
-		return ovl_set_error(fs, -ENOTDIR, "lower %s: not a directory",
-				     fs->lower);
-	err = check_readable(fs, "lower", fs->lower);
+	err = check_lower(fs);
 	if (err)
 		return err;
 	if (!fs->upper || !fs->mount_point)
