@@ -767,3 +767,31 @@ def wait_for(pred, timeout=10.0, interval=0.05):
             return True
         time.sleep(interval)
     return pred()
+
+
+# The start of a Python program run as another user (%(uid)d/%(gid)d are
+# filled in): t(name, fn) records fn's result or errno in res, for tests that
+# compare what an unprivileged caller may do on the mount and on a plain copy.
+CHILD_PRELUDE = r'''
+import errno, json, os, sys
+os.setgroups([]); os.setgid(%(gid)d); os.setuid(%(uid)d)
+os.umask(0o022)
+root = sys.argv[1]
+def P(*a): return os.path.join(root, *a)
+res = []
+def t(name, fn):
+    try:
+        v = fn()
+        res.append([name, "ok", v])
+    except OSError as e:
+        res.append([name, errno.errorcode.get(e.errno, e.errno)])
+def st(p):
+    s = os.lstat(p)
+    return [s.st_uid, s.st_gid, oct(s.st_mode)]
+def write(p, data=b"w", flags=os.O_WRONLY | os.O_APPEND):
+    fd = os.open(p, flags, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+'''

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import F, D, IS_ROOT
+from conftest import CHILD_PRELUDE, F, D, IS_ROOT
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root to switch users")
 
@@ -29,28 +29,7 @@ TREE = {
     "userdir": D({"inner": "i"}, uid=UID, gid=GID, mode=0o755),
 }
 
-CHILD = r'''
-import errno, json, os, sys
-os.setgroups([]); os.setgid(%(gid)d); os.setuid(%(uid)d)
-os.umask(0o022)
-root = sys.argv[1]
-def P(*a): return os.path.join(root, *a)
-res = []
-def t(name, fn):
-    try:
-        v = fn()
-        res.append([name, "ok", v])
-    except OSError as e:
-        res.append([name, errno.errorcode.get(e.errno, e.errno)])
-def st(p):
-    s = os.lstat(p)
-    return [s.st_uid, s.st_gid, oct(s.st_mode)]
-def write(p, data=b"w", flags=os.O_WRONLY | os.O_APPEND):
-    fd = os.open(p, flags, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+CHILD = (CHILD_PRELUDE + r'''
 t("read rootfile", lambda: open(P("pub/rootfile")).read())
 t("read secret", lambda: open(P("pub/secret")).read())
 t("write rootfile", lambda: write(P("pub/rootfile")))
@@ -96,7 +75,7 @@ t("truncate suid file", lambda: (os.truncate(P("pub/suid2"), 1), st(P("pub/suid2
 t("open O_TRUNC suid file", lambda: (write(P("pub/suid3"), flags=os.O_WRONLY | os.O_TRUNC), st(P("pub/suid3")))[1])
 t("link own", lambda: os.link(P("pub/mine2"), P("pub/mine_link")))
 print(json.dumps(res))
-''' % {"uid": UID, "gid": GID}
+''') % {"uid": UID, "gid": GID}
 
 
 def run_as_user(root):

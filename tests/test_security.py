@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import (IS_ROOT, OVLFS, Overlay, F, D, L, build, cp_a, run, ovlfs,
+from conftest import (CHILD_PRELUDE, IS_ROOT, OVLFS, Overlay, F, D, L, build, cp_a, run, ovlfs,
                       snapshot, assert_same_tree, is_fuse_mounted, mounts_under,
                       wait_for, RENAME_EXCHANGE, renameat2)
 
@@ -56,28 +56,7 @@ PREP = [
     "sticky/rootf", "sticky/userf", "sticky/otherf", "mine/f", "closed/f",
 ]
 
-CHILD = r'''
-import errno, json, os, sys
-os.setgroups([]); os.setgid(%(gid)d); os.setuid(%(uid)d)
-os.umask(0o022)
-root = sys.argv[1]
-def P(*a): return os.path.join(root, *a)
-res = []
-def t(name, fn):
-    try:
-        v = fn()
-        res.append([name, "ok", v])
-    except OSError as e:
-        res.append([name, errno.errorcode.get(e.errno, e.errno)])
-def st(p):
-    s = os.lstat(p)
-    return [s.st_uid, s.st_gid, oct(s.st_mode)]
-def write(p, data=b"w", flags=os.O_WRONLY | os.O_APPEND):
-    fd = os.open(p, flags, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+CHILD = (CHILD_PRELUDE + r'''
 def read(p):
     with open(p, "rb") as f:
         return f.read().decode()
@@ -144,7 +123,7 @@ t("closed create", lambda: write(P("closed", "n"), flags=os.O_CREAT | os.O_WRONL
 t("link root600", lambda: os.link(P("cu", "root600"), P("wh", "hard")))
 t("link own", lambda: os.link(P("mine", "f"), P("wh", "hard2")))
 print(json.dumps(res))
-''' % {"uid": UID, "gid": GID}
+''') % {"uid": UID, "gid": GID}
 
 
 def run_as_user(root):
