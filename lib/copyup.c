@@ -383,25 +383,27 @@ static void restore_times(int pufd, const struct stat *pst)
  * Link the finished copy FD (temporary name TMPNAME, or an O_TMPFILE) in
  * as NODE's upper; ns_lock held for writing. PST0 is the parent as it was
  * before the copy began: its times are restored if ns_lock was held all
- * along (EXCLUSIVE) or nobody changed the directory meanwhile.
+ * along (EXCLUSIVE) or nobody changed the directory meanwhile. PIN: the
+ * node will be indexed, so it must hold its upper object.
  */
 static int install_copy(struct ovl_fs *ofs, struct ovl_node *node, int pufd,
 			int fd, const char *tmpname, const struct stat *pst0,
-			bool exclusive)
+			bool exclusive, bool pin)
 {
 	struct stat pst;
 	bool restore;
-	int pathfd, err;
+	int pathfd = -1, err;
 
-	pathfd = ovl_reopen(fd, O_PATH);
-	if (pathfd < 0)
-		return pathfd;
+	if (node->deleted || pin || node->type == S_IFDIR) {
+		pathfd = ovl_reopen(fd, O_PATH);
+		if (pathfd < 0)
+			return pathfd;
+	}
 	if (node->deleted) {
 		/* Keep it nameless: it only serves the open file. */
 		if (tmpname[0])
 			unlinkat(pufd, tmpname, 0);
-		atomic_store(&node->upper_fd, pathfd);
-		return 0;
+		goto installed;
 	}
 	restore = pst0->st_mtim.tv_nsec != UTIME_OMIT &&
 		  (exclusive ||
@@ -412,12 +414,16 @@ static int install_copy(struct ovl_fs *ofs, struct ovl_node *node, int pufd,
 	else
 		err = ovl_link_fd(fd, pufd, node->name);
 	if (err) {
-		close(pathfd);
+		if (pathfd >= 0)
+			close(pathfd);
 		return err;
 	}
 	if (restore)
 		restore_times(pufd, pst0);
-	atomic_store(&node->upper_fd, pathfd);
+installed:
+	if (pathfd >= 0)
+		atomic_store(&node->upper_fd, pathfd);
+	atomic_store(&node->has_upper, true);
 	return 0;
 }
 
@@ -426,16 +432,21 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 	struct ovl_node *parent;
 	char tmpname[64] = "";
 	struct stat st, pst0;
-	int pufd, fd, err;
+	int pufd, lfd, fd, err;
 	bool deleted, slow, linked = false;
 
 	pthread_rwlock_rdlock(&ofs->ns_lock);
 	parent = node->parent;
 	deleted = node->deleted;
 	ovl_node_get(ofs, parent);
+	lfd = ovl_node_fd_get_locked(node, OVL_LOWER);
 	pthread_rwlock_unlock(&ofs->ns_lock);
+	if (lfd < 0) {
+		err = lfd;
+		goto out_put;
+	}
 
-	err = ovl_fstat(node->lower_fd, &st);
+	err = ovl_fstat(lfd, &st);
 	if (err)
 		goto out_put;
 	if (deleted && !S_ISREG(st.st_mode)) {
@@ -473,7 +484,7 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 		pthread_rwlock_wrlock(&ofs->ns_lock);
 	if (ovl_fstat(pufd, &pst0) < 0)
 		pst0.st_mtim.tv_nsec = UTIME_OMIT;
-	fd = build_copy(ofs, pufd, node->lower_fd, &st, tmpname, data);
+	fd = build_copy(ofs, pufd, lfd, &st, tmpname, data);
 	if (fd < 0) {
 		err = fd;
 		if (!slow)
@@ -482,7 +493,7 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 	}
 	if (slow)
 		pthread_rwlock_wrlock(&ofs->ns_lock);
-	err = install_copy(ofs, node, pufd, fd, tmpname, &pst0, !slow);
+	err = install_copy(ofs, node, pufd, fd, tmpname, &pst0, !slow, linked);
 	pthread_rwlock_unlock(&ofs->ns_lock);
 	if (!err && linked)
 		err = ovl_link_lower_aliases(ofs, node, &st, fd);
@@ -509,6 +520,7 @@ out_unlock_links:
 	if (linked)
 		pthread_mutex_unlock(&ofs->hardlink_lock);
 out_put:
+	ovl_node_fd_put(node, lfd);
 	ovl_node_put(ofs, parent);
 	return err;
 }

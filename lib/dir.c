@@ -70,30 +70,31 @@ static int set_new_owner(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	return 0;
 }
 
-/* Finish a new upper object: node, lookup ref, stat. ns_lock held. */
+/*
+ * Finish a new upper object (stat ST): node, lookup ref, entry. A new
+ * directory's fd PIN is kept by its node (pass -1 for anything else).
+ * ns_lock held.
+ */
 static int new_entry(struct ovl_fs *ofs, struct ovl_node *parent,
-		     const char *name, int ufd, bool opaque,
-		     struct ovl_entry *e)
+		     const char *name, const struct stat *st, int pin,
+		     bool opaque, struct ovl_entry *e)
 {
 	struct ovl_node *node;
-	struct stat st;
-	int err = ovl_fstat(ufd, &st);
 
-	if (err) {
-		close(ufd);
-		return err;
-	}
-	node = ovl_node_new(ofs, parent, name, ufd, -1, st.st_mode,
-			    ovl_ino_upper(ofs, ufd, &st));
+	/* A new object has no origin: its number is its own. */
+	node = ovl_node_new(ofs, parent, name, OVL_IN_UPPER, pin, -1,
+			    st->st_mode,
+			    ovl_ino_for(ofs, 1, st->st_dev, st->st_ino));
 	if (!node) {
-		close(ufd);
+		if (pin >= 0)
+			close(pin);
 		return -ENOMEM;
 	}
 	node->opaque = opaque;
 	node = ovl_node_insert(ofs, node);
 	ovl_node_lookup_ref(ofs, node);
 	e->node = node;
-	e->st = st;
+	e->st = *st;
 	e->st.st_ino = node->ino;
 	ovl_node_put(ofs, node);
 	return 0;
@@ -190,6 +191,7 @@ int ovl_mknod(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 {
 	int pufd, fd = -1, err;
 	bool wh = false, acl = false;
+	struct stat st;
 
 	err = ovl_check_name(name);
 	if (!err)
@@ -237,7 +239,14 @@ made:
 	/* The new entry beats the whiteout; drop the stale marker. */
 	if (wh)
 		ovl_wh_remove(pufd, name);
-	err = new_entry(ofs, parent, name, fd, S_ISDIR(mode) && wh, e);
+	err = ovl_fstat(fd, &st);
+	if (err || !S_ISDIR(mode)) {
+		close(fd);
+		fd = -1;
+	}
+	if (!err)
+		err = new_entry(ofs, parent, name, &st, fd, S_ISDIR(mode) && wh,
+				e);
 out_unlock:
 	pthread_rwlock_unlock(&ofs->ns_lock);
 	return err;
@@ -247,8 +256,9 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	       struct ovl_node *parent, const char *name, mode_t mode,
 	       int flags, struct ovl_entry *e, struct ovl_file **out)
 {
-	int pufd, fd, pathfd, err;
+	int pufd, fd, err;
 	bool wh = false, acl;
+	struct stat st;
 
 	err = ovl_check_name(name);
 	if (!err)
@@ -286,25 +296,23 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 		err = -errno;
 		goto out_unlock;
 	}
-	pathfd = ovl_reopen(fd, O_PATH);
-	if (pathfd < 0) {
-		err = pathfd;
-		goto out_close;
-	}
-	err = set_new_owner(ofs, ctx, pufd, pathfd, S_IFREG | mode, acl);
-	if (err) {
-		close(pathfd);
-		goto out_close;
-	}
-	if (wh)
-		ovl_wh_remove(pufd, name);
-	err = new_entry(ofs, parent, name, pathfd, false, e);
+	err = set_new_owner(ofs, ctx, pufd, fd, S_IFREG | mode, acl);
+	if (!err)
+		err = ovl_fstat(fd, &st);
 	if (err)
 		goto out_close;
+	if (wh)
+		ovl_wh_remove(pufd, name);
+	err = new_entry(ofs, parent, name, &st, -1, false, e);
+	if (err)
+		goto out_close;
+	/* Open before the lock goes: an unlink must see it (ovl_node_pin). */
+	atomic_fetch_add(&e->node->nopen, 1);
 	pthread_rwlock_unlock(&ofs->ns_lock);
-	err = ovl_file_new(ofs, e->node, fd, flags, out);
+	err = ovl_file_new(ofs, e->node, fd, flags, false, out);
 	if (err) {
 		/* The file exists now; only this open failed. */
+		atomic_fetch_sub(&e->node->nopen, 1);
 		close(fd);
 		ovl_node_forget(ofs, e->node, 1);
 	}
@@ -340,17 +348,22 @@ int ovl_link(struct ovl_fs *ofs, struct ovl_node *node,
 		err = pufd;
 		goto out_unlock;
 	}
-	err = ovl_link_fd(atomic_load(&node->upper_fd), pufd, newname);
+	/*
+	 * The node will stand for every name of the file (the inode index),
+	 * so it must hold the object, not just one name of it.
+	 */
+	err = ovl_node_pin_upper(node);
+	if (!err)
+		err = ovl_link_fd(atomic_load(&node->upper_fd), pufd, newname);
 	if (err)
 		goto out_unlock;
 	if (wh)
 		ovl_wh_remove(pufd, newname);
 	/*
 	 * Reply with the node linked to: the kernel then sees one inode with
-	 * two names and updates its link count, as on a local filesystem. A
-	 * later lookup of NEWNAME gets a node of its own, which is fine.
+	 * two names and updates its link count, as on a local filesystem.
 	 */
-	err = ovl_node_stat(ofs, node, &e->st);
+	err = ovl_node_stat_locked(ofs, node, &e->st);
 	if (!err) {
 		struct stat ust;
 
@@ -398,6 +411,10 @@ int ovl_unlink(struct ovl_fs *ofs, struct ovl_node *parent, const char *name)
 		err = lower;
 		goto out_put;
 	}
+	/* Files still open on it keep working on the object itself. */
+	err = ovl_node_pin(node);
+	if (err)
+		goto out_put;
 	if (lower) {
 		err = ovl_wh_create(ofs, pufd, name);
 		if (err)
@@ -550,6 +567,8 @@ static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 			return err ? err : -ENOTEMPTY;
 	}
 	err = hide_lower_under(ofs, src, newparent, newname);
+	if (!err && dst)
+		err = ovl_node_pin(dst);	/* if open, it lives on */
 	if (err)
 		return err;
 	if (lower_old) {
@@ -591,13 +610,15 @@ out_wh:
  * Are A and B one file (hard links, in the upper or both still in the
  * lower)? rename(2) between two names of one file does nothing.
  */
-static bool same_file(struct ovl_node *a, struct ovl_node *b)
+static bool same_file(struct ovl_fs *ofs, struct ovl_node *a,
+		      struct ovl_node *b)
 {
 	struct stat sa, sb;
 
 	if (ovl_node_has_upper(a) != ovl_node_has_upper(b))
 		return false;
-	if (ovl_fstat(ovl_node_fd(a), &sa) || ovl_fstat(ovl_node_fd(b), &sb))
+	if (ovl_node_layer_stat(ofs, a, OVL_TOP, &sa) ||
+	    ovl_node_layer_stat(ofs, b, OVL_TOP, &sb))
 		return false;
 	return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
@@ -654,7 +675,7 @@ again:
 		}
 	}
 	/* Hard links to one file: rename(2) says do nothing. */
-	if (dst && !exchange && src->type != S_IFDIR && same_file(src, dst))
+	if (dst && !exchange && src->type != S_IFDIR && same_file(ofs, src, dst))
 		goto out;
 	err = ovl_copy_up(ofs, parent);
 	if (!err)

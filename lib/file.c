@@ -22,7 +22,7 @@ static bool open_writes(int flags)
 }
 
 int ovl_file_new(struct ovl_fs *ofs, struct ovl_node *node, int fd, int flags,
-		 struct ovl_file **out)
+		 bool on_lower, struct ovl_file **out)
 {
 	struct ovl_file *f = calloc(1, sizeof(*f));
 
@@ -33,24 +33,27 @@ int ovl_file_new(struct ovl_fs *ofs, struct ovl_node *node, int fd, int flags,
 	atomic_init(&f->fd, fd);
 	f->old_fd = -1;
 	f->flags = flags;
+	f->on_lower = on_lower;
 	pthread_mutex_init(&f->lock, NULL);
 	ovl_handle_add(ofs, &f->link, false);
 	*out = f;
 	return 0;
 }
 
-int ovl_file_fd(struct ovl_file *f)
+int ovl_file_fd(struct ovl_fs *ofs, struct ovl_file *f)
 {
-	int fd = atomic_load(&f->fd), ufd, nfd;
+	int fd = atomic_load(&f->fd), nfd;
 
 	/* The common case: no copy-up since open, or already moved. */
-	if (f->old_fd >= 0 || !ovl_node_has_upper(f->node) ||
-	    f->node->lower_fd < 0)
+	if (!f->on_lower || f->old_fd >= 0 || !ovl_node_has_upper(f->node))
 		return fd;
 	pthread_mutex_lock(&f->lock);
-	ufd = atomic_load(&f->node->upper_fd);
 	if (f->old_fd < 0) {
-		nfd = ovl_reopen(ufd, f->flags & ~(O_TRUNC | O_CREAT | O_EXCL));
+		pthread_rwlock_rdlock(&ofs->ns_lock);
+		nfd = ovl_node_open_locked(f->node, OVL_UPPER,
+					   f->flags & ~(O_TRUNC | O_CREAT |
+							O_EXCL));
+		pthread_rwlock_unlock(&ofs->ns_lock);
 		if (nfd >= 0) {
 			f->old_fd = fd;
 			atomic_store(&f->fd, nfd);
@@ -68,6 +71,7 @@ void ovl_release(struct ovl_fs *ofs, struct ovl_file *f)
 	if (f->old_fd >= 0)
 		close(f->old_fd);
 	pthread_mutex_destroy(&f->lock);
+	atomic_fetch_sub(&f->node->nopen, 1);
 	ovl_node_put(ofs, f->node);
 	free(f);
 }
@@ -75,6 +79,7 @@ void ovl_release(struct ovl_fs *ofs, struct ovl_file *f)
 int ovl_open(struct ovl_fs *ofs, struct ovl_node *node, int flags,
 	     struct ovl_file **out)
 {
+	bool on_lower;
 	int fd, err;
 
 	if (node->type == S_IFDIR && open_writes(flags))
@@ -91,41 +96,38 @@ int ovl_open(struct ovl_fs *ofs, struct ovl_node *node, int flags,
 	 * direct I/O on the FUSE side, and our buffers are not aligned.
 	 */
 	flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW | O_DIRECT);
-	if (!ovl_node_has_upper(node)) {
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	on_lower = !ovl_node_has_upper(node);
+	if (on_lower) {
 		/* Reading through the overlay must not touch the lower. */
-		fd = ovl_reopen(node->lower_fd, flags | O_NOATIME);
+		fd = ovl_node_open_locked(node, OVL_LOWER, flags | O_NOATIME);
 		if (fd == -EPERM)
-			fd = ovl_reopen(node->lower_fd, flags);
+			fd = ovl_node_open_locked(node, OVL_LOWER, flags);
 	} else {
-		fd = ovl_reopen(ovl_node_fd(node), flags);
+		fd = ovl_node_open_locked(node, OVL_UPPER, flags);
 	}
+	/* Counted before the lock goes: an unlink must see it (ovl_node_pin). */
+	if (fd >= 0)
+		atomic_fetch_add(&node->nopen, 1);
+	pthread_rwlock_unlock(&ofs->ns_lock);
 	if (fd < 0)
 		return fd;
-	err = ovl_file_new(ofs, node, fd, flags, out);
-	if (err)
+	err = ovl_file_new(ofs, node, fd, flags, on_lower, out);
+	if (err) {
+		atomic_fetch_sub(&node->nopen, 1);
 		close(fd);
+	}
 	return err;
 }
 
-int ovl_setattr(struct ovl_fs *ofs, struct ovl_node *node,
-		const struct stat *attr, int valid, int fh, struct stat *out)
+/* Apply the changes VALID asks for to object UFD (type TYPE). */
+static int set_attrs(int ufd, mode_t type, const struct stat *attr, int valid,
+		     int fh)
 {
-	int ufd, err;
+	int err;
 
-	if (valid & (OVL_SET_MODE | OVL_SET_UID | OVL_SET_GID | OVL_SET_SIZE |
-		     OVL_SET_ATIME | OVL_SET_MTIME | OVL_SET_ATIME_NOW |
-		     OVL_SET_MTIME_NOW)) {
-		/* Truncating to zero needs no data copied. */
-		if ((valid & OVL_SET_SIZE) && attr->st_size == 0)
-			err = ovl_copy_up_nodata(ofs, node);
-		else
-			err = ovl_copy_up(ofs, node);
-		if (err)
-			return err;
-	}
-	ufd = ovl_node_fd(node);
 	if (valid & OVL_SET_MODE) {
-		if (node->type == S_IFLNK)
+		if (type == S_IFLNK)
 			return -EOPNOTSUPP;
 		err = ovl_fchmod_any(ufd, attr->st_mode & 07777);
 		if (err)
@@ -140,8 +142,8 @@ int ovl_setattr(struct ovl_fs *ofs, struct ovl_node *node,
 			return -errno;
 	}
 	if (valid & OVL_SET_SIZE) {
-		if (node->type != S_IFREG)
-			return node->type == S_IFDIR ? -EISDIR : -EINVAL;
+		if (type != S_IFREG)
+			return type == S_IFDIR ? -EISDIR : -EINVAL;
 		if (fh >= 0) {
 			if (ftruncate(fh, attr->st_size) < 0)
 				return -errno;
@@ -174,20 +176,52 @@ int ovl_setattr(struct ovl_fs *ofs, struct ovl_node *node,
 		if (utimensat(ufd, "", ts, AT_EMPTY_PATH) < 0)
 			return -errno;
 	}
+	return 0;
+}
+
+int ovl_setattr(struct ovl_fs *ofs, struct ovl_node *node,
+		const struct stat *attr, int valid, int fh, struct stat *out)
+{
+	int ufd, err;
+
+	if (valid & (OVL_SET_MODE | OVL_SET_UID | OVL_SET_GID | OVL_SET_SIZE |
+		     OVL_SET_ATIME | OVL_SET_MTIME | OVL_SET_ATIME_NOW |
+		     OVL_SET_MTIME_NOW)) {
+		/* Truncating to zero needs no data copied. */
+		if ((valid & OVL_SET_SIZE) && attr->st_size == 0)
+			err = ovl_copy_up_nodata(ofs, node);
+		else
+			err = ovl_copy_up(ofs, node);
+		if (err)
+			return err;
+	}
+	ufd = ovl_node_fd_get(ofs, node, OVL_TOP);
+	if (ufd < 0)
+		return ufd;
+	err = set_attrs(ufd, node->type, attr, valid, fh);
+	ovl_node_fd_put(node, ufd);
+	if (err)
+		return err;
 	return ovl_node_stat(ofs, node, out);
 }
 
 int ovl_readlink(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
 		 size_t size)
 {
+	const char *name;
 	ssize_t n;
+	int dfd, err;
 
-	(void)ofs;
 	if (node->type != S_IFLNK)
 		return -EINVAL;
-	n = readlinkat(ovl_node_fd(node), "", buf, size - 1);
-	if (n < 0)
-		return -errno;
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	err = ovl_node_at(node, OVL_TOP, &dfd, &name);
+	n = err ? err : readlinkat(dfd, name, buf, size - 1);
+	if (n < 0 && !err)
+		err = -errno;
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	if (err)
+		return err;
 	buf[n] = '\0';
 	return 0;
 }

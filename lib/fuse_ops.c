@@ -47,9 +47,9 @@ static struct ovl_file *file_of(const struct fuse_file_info *fi)
 }
 
 /* The backing fd of an open file, as it stands now. */
-static int fd_of(const struct fuse_file_info *fi)
+static int fd_of(fuse_req_t req, const struct fuse_file_info *fi)
 {
-	return ovl_file_fd(file_of(fi));
+	return ovl_file_fd(fuse_req_userdata(req), file_of(fi));
 }
 
 static struct ovl_node *node_of(struct ovl_fs *ofs, fuse_ino_t ino)
@@ -185,7 +185,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		if (to_set & map[i].fuse)
 			valid |= map[i].ovl;
 	err = ovl_setattr(ofs, node_of(ofs, ino), attr, valid,
-			  fi ? fd_of(fi) : -1, &st);
+			  fi ? fd_of(req, fi) : -1, &st);
 	if (err)
 		fuse_reply_err(req, -err);
 	else
@@ -278,11 +278,11 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
  * of its own, with its own cache, and a write through one is not seen in
  * the others' pages.
  */
-static bool keep_cache(struct ovl_file *f)
+static bool keep_cache(struct ovl_fs *ofs, struct ovl_file *f)
 {
 	struct stat st;
 
-	return ovl_fstat(ovl_file_fd(f), &st) == 0 && st.st_nlink <= 1;
+	return ovl_fstat(ovl_file_fd(ofs, f), &st) == 0 && st.st_nlink <= 1;
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -296,7 +296,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	fi->fh = (uint64_t)(uintptr_t)f;
-	fi->keep_cache = keep_cache(f);
+	fi->keep_cache = keep_cache(ofs, f);
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		ovl_release(ofs, f);
 }
@@ -335,7 +335,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
 	char *buf = malloc(size ? size : 1);
-	int fd = fd_of(fi);
+	int fd = fd_of(req, fi);
 	size_t got = 0;
 
 	(void)ino;
@@ -374,7 +374,7 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
 
 	(void)ino;
 	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	out.buf[0].fd = fd_of(fi);
+	out.buf[0].fd = fd_of(req, fi);
 	out.buf[0].pos = off;
 	n = fuse_buf_copy(&out, in, 0);
 	if (n < 0)
@@ -394,7 +394,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 		     struct fuse_file_info *fi)
 {
-	int fd = fd_of(fi);
+	int fd = fd_of(req, fi);
 
 	(void)ino;
 	fuse_reply_err(req, (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? errno : 0);
@@ -621,13 +621,13 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 			 off_t len, struct fuse_file_info *fi)
 {
 	(void)ino;
-	fuse_reply_err(req, fallocate(fd_of(fi), mode, off, len) < 0 ? errno : 0);
+	fuse_reply_err(req, fallocate(fd_of(req, fi), mode, off, len) < 0 ? errno : 0);
 }
 
 static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		     struct fuse_file_info *fi)
 {
-	off_t r = lseek(fd_of(fi), off, whence);
+	off_t r = lseek(fd_of(req, fi), off, whence);
 
 	(void)ino;
 	if (r < 0)
@@ -646,7 +646,7 @@ static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 
 	(void)ino_in;
 	(void)ino_out;
-	n = copy_file_range(fd_of(fi_in), &in, fd_of(fi_out), &out, len,
+	n = copy_file_range(fd_of(req, fi_in), &in, fd_of(req, fi_out), &out, len,
 			    (unsigned)flags);
 	if (n < 0)
 		fuse_reply_err(req, errno);

@@ -121,20 +121,21 @@ static struct ovl_node *resolve(struct ovl_fs *ofs, char *path)
 }
 
 /* Is NODE, as the merged view shows it, still the lower file (DEV, INO)? */
-static bool is_lower_alias(struct ovl_node *node, dev_t dev, ino_t ino)
+static bool is_lower_alias(struct ovl_fs *ofs, struct ovl_node *node,
+			   dev_t dev, ino_t ino)
 {
 	struct stat st;
 
 	if (node->type == S_IFDIR || ovl_node_has_upper(node) ||
-	    node->lower_fd < 0 || ovl_fstat(node->lower_fd, &st) < 0)
+	    ovl_node_layer_stat(ofs, node, OVL_LOWER, &st) < 0)
 		return false;
 	return st.st_dev == dev && st.st_ino == ino;
 }
 
 /* Link the copy (fd COPY) in at ALIAS's name; ns_lock held for writing. */
-static int link_alias(struct ovl_fs *ofs, struct ovl_node *alias, int copy)
+static int link_alias(struct ovl_node *alias, int copy)
 {
-	int pufd = atomic_load(&alias->parent->upper_fd), fd, err;
+	int pufd = atomic_load(&alias->parent->upper_fd), err;
 	struct stat pst;
 	bool keep;
 
@@ -150,10 +151,7 @@ static int link_alias(struct ovl_fs *ofs, struct ovl_node *alias, int copy)
 
 		utimensat(pufd, "", ts, AT_EMPTY_PATH);
 	}
-	fd = ovl_reopen(copy, O_PATH);
-	if (fd < 0)
-		return fd;
-	atomic_store(&alias->upper_fd, fd);
+	atomic_store(&alias->has_upper, true);
 	return 0;
 }
 
@@ -175,11 +173,11 @@ int ovl_link_lower_aliases(struct ovl_fs *ofs, struct ovl_node *node,
 
 		if (!alias)
 			continue;	/* hidden in the merged view */
-		if (alias != node && is_lower_alias(alias, sc.dev, sc.ino)) {
+		if (alias != node && is_lower_alias(ofs, alias, sc.dev, sc.ino)) {
 			err = ovl_copy_up(ofs, alias->parent);
 			if (!err) {
 				pthread_rwlock_wrlock(&ofs->ns_lock);
-				err = link_alias(ofs, alias, copy);
+				err = link_alias(alias, copy);
 				pthread_rwlock_unlock(&ofs->ns_lock);
 			}
 			if (!err) {

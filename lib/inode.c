@@ -236,6 +236,18 @@ uint64_t ovl_ino_upper(struct ovl_fs *ofs, int fd, const struct stat *st)
 	return ovl_ino_for(ofs, 1, st->st_dev, st->st_ino);
 }
 
+uint64_t ovl_ino_upper_at(struct ovl_fs *ofs, int dirfd, const char *name,
+			  const struct stat *st)
+{
+	uint64_t key;
+
+	if (!name[0])
+		return ovl_ino_upper(ofs, dirfd, st);
+	if (ovl_origin_get_at(ofs, dirfd, name, &key) == 0)
+		return ovl_number_for_key(ofs, key);
+	return ovl_ino_for(ofs, 1, st->st_dev, st->st_ino);
+}
+
 /* ---- the node table ---- */
 
 static size_t inode_slot(dev_t dev, ino_t ino)
@@ -333,8 +345,9 @@ void ovl_inode_table_destroy(struct ovl_fs *ofs)
 }
 
 struct ovl_node *ovl_node_new(struct ovl_fs *ofs, struct ovl_node *parent,
-			      const char *name, int upper_fd, int lower_fd,
-			      mode_t type, uint64_t ino)
+			      const char *name, unsigned int layers,
+			      int upper_fd, int lower_fd, mode_t type,
+			      uint64_t ino)
 {
 	struct ovl_node *n = calloc(1, sizeof(*n));
 
@@ -347,8 +360,11 @@ struct ovl_node *ovl_node_new(struct ovl_fs *ofs, struct ovl_node *parent,
 	}
 	n->refs = 1;
 	n->parent = parent;
+	atomic_init(&n->has_upper, (layers & OVL_IN_UPPER) != 0);
+	n->has_lower = (layers & OVL_IN_LOWER) != 0;
 	atomic_init(&n->upper_fd, upper_fd);
-	n->lower_fd = lower_fd;
+	atomic_init(&n->lower_fd, lower_fd);
+	atomic_init(&n->nopen, 0);
 	n->type = type & S_IFMT;
 	n->ino = ino;
 	n->generation = atomic_fetch_add(&ofs->next_gen, 1);
@@ -392,6 +408,7 @@ static void node_free_locked(struct ovl_fs *ofs, struct ovl_node *node)
 	while (node) {
 		struct ovl_node *parent = node->parent;
 		int ufd = atomic_load(&node->upper_fd);
+		int lfd = atomic_load(&node->lower_fd);
 
 		unhash_locked(ofs, node);
 		if (node->indexed) {
@@ -411,8 +428,8 @@ static void node_free_locked(struct ovl_fs *ofs, struct ovl_node *node)
 			node->all_next->all_prev = node->all_prev;
 		if (ufd >= 0)
 			close(ufd);
-		if (node->lower_fd >= 0)
-			close(node->lower_fd);
+		if (lfd >= 0)
+			close(lfd);
 		pthread_mutex_destroy(&node->copyup_lock);
 		free(node->name);
 		free(node);
@@ -590,7 +607,7 @@ struct ovl_node *ovl_node_by_inode(struct ovl_fs *ofs, dev_t dev, ino_t ino)
 
 /*
  * The upper inode cannot be reused for another file while NODE holds its
- * fd, so an entry stays right for as long as NODE lives.
+ * fd (pinned by the caller), so an entry stays right while NODE lives.
  */
 void ovl_node_index(struct ovl_fs *ofs, struct ovl_node *node, dev_t dev,
 		    ino_t ino)

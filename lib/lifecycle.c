@@ -557,7 +557,8 @@ static int make_root(struct ovlfs *fs, struct ovl_fs *ofs)
 				     strerror(errno));
 	}
 	opaque = ovl_opaque_get(ufd);
-	ofs->root = ovl_node_new(ofs, NULL, "", ufd, lfd, S_IFDIR,
+	ofs->root = ovl_node_new(ofs, NULL, "", OVL_IN_UPPER | OVL_IN_LOWER,
+				 ufd, lfd, S_IFDIR,
 				 ovl_ino_for(ofs, 0, st.st_dev, st.st_ino));
 	if (!ofs->root) {
 		close(ufd);

@@ -27,7 +27,8 @@ int ovl_check_name(const char *name)
 
 bool ovl_node_lower_visible(struct ovl_node *node)
 {
-	return node->type == S_IFDIR && node->lower_fd >= 0 && !node->opaque;
+	return node->type == S_IFDIR && atomic_load(&node->lower_fd) >= 0 &&
+	       !node->opaque;
 }
 
 int ovl_lower_has(struct ovl_node *parent, const char *name, struct stat *st)
@@ -36,63 +37,265 @@ int ovl_lower_has(struct ovl_node *parent, const char *name, struct stat *st)
 
 	if (!ovl_node_lower_visible(parent))
 		return 0;
-	if (fstatat(parent->lower_fd, name, st ? st : &tmp,
+	if (fstatat(atomic_load(&parent->lower_fd), name, st ? st : &tmp,
 		    AT_SYMLINK_NOFOLLOW) < 0)
 		return errno == ENOENT ? 0 : -errno;
 	return 1;
 }
 
-/* Build a node for NAME from the layers; ns_lock held by the caller. */
+/* ---- reaching a node's objects ---- */
+
+int ovl_node_at(struct ovl_node *node, enum ovl_which which, int *dirfd,
+		const char **name)
+{
+	int fd, pfd;
+
+	if (which == OVL_TOP)
+		which = ovl_node_has_upper(node) ? OVL_UPPER : OVL_LOWER;
+	if (which == OVL_UPPER) {
+		fd = atomic_load(&node->upper_fd);
+		if (fd < 0 && !ovl_node_has_upper(node))
+			return -ENOENT;
+	} else {
+		fd = atomic_load(&node->lower_fd);
+		/*
+		 * A file's lower object is where its lookup found it only
+		 * until copy-up: a rename moves the upper copy alone.
+		 */
+		if (fd < 0 && (!node->has_lower || ovl_node_has_upper(node)))
+			return -ENOENT;
+	}
+	if (fd >= 0) {
+		*dirfd = fd;
+		*name = "";
+		return 0;
+	}
+	/* Directories are always pinned: from here on, a file by name. */
+	if (node->deleted || !node->parent)
+		return -ENOENT;
+	pfd = which == OVL_UPPER ? atomic_load(&node->parent->upper_fd)
+				 : atomic_load(&node->parent->lower_fd);
+	if (pfd < 0)
+		return -ENOENT;
+	*dirfd = pfd;
+	*name = node->name;
+	return 0;
+}
+
+int ovl_node_open_locked(struct ovl_node *node, enum ovl_which which,
+			 int flags)
+{
+	const char *name;
+	int dfd, fd, err = ovl_node_at(node, which, &dfd, &name);
+
+	if (err)
+		return err;
+	if (!name[0])
+		return ovl_reopen(dfd, flags);
+	fd = openat(dfd, name, flags | O_NOFOLLOW | O_CLOEXEC);
+	/* cppcheck-suppress resourceLeak */
+	return fd < 0 ? -errno : fd;
+}
+
+int ovl_node_fd_get_locked(struct ovl_node *node, enum ovl_which which)
+{
+	const char *name;
+	int dfd, err = ovl_node_at(node, which, &dfd, &name);
+
+	if (err)
+		return err;
+	return name[0] ? ovl_open_child(dfd, name) : dfd;
+}
+
+int ovl_node_fd_get(struct ovl_fs *ofs, struct ovl_node *node,
+		    enum ovl_which which)
+{
+	int fd;
+
+	/* Pinned (every directory): no lock needed, nothing to open. */
+	if (which == OVL_TOP)
+		which = ovl_node_has_upper(node) ? OVL_UPPER : OVL_LOWER;
+	fd = which == OVL_UPPER ? atomic_load(&node->upper_fd)
+				: atomic_load(&node->lower_fd);
+	if (fd >= 0 && (which == OVL_UPPER || !ovl_node_has_upper(node)))
+		return fd;
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	fd = ovl_node_fd_get_locked(node, which);
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	return fd;
+}
+
+void ovl_node_fd_put(struct ovl_node *node, int fd)
+{
+	/* A pinned fd stays; one opened for the caller is a different fd. */
+	if (fd >= 0 && fd != atomic_load(&node->upper_fd) &&
+	    fd != atomic_load(&node->lower_fd))
+		close(fd);
+}
+
+static int pin_layer(struct ovl_node *node, enum ovl_which which)
+{
+	_Atomic int *slot = which == OVL_UPPER ? &node->upper_fd
+					       : &node->lower_fd;
+	int fd;
+
+	if (atomic_load(slot) >= 0)
+		return 0;
+	fd = ovl_node_fd_get_locked(node, which);
+	if (fd < 0)
+		return fd;
+	atomic_store(slot, fd);
+	return 0;
+}
+
+int ovl_node_pin_upper(struct ovl_node *node)
+{
+	return pin_layer(node, OVL_UPPER);
+}
+
+int ovl_node_pin(struct ovl_node *node)
+{
+	/*
+	 * Opens of fifos, sockets and devices never reach us (the kernel
+	 * serves them): any of those may be open.
+	 */
+	if (node->type == S_IFDIR || node->type == S_IFLNK ||
+	    (node->type == S_IFREG && atomic_load(&node->nopen) == 0))
+		return 0;
+	return pin_layer(node, ovl_node_has_upper(node) ? OVL_UPPER
+							: OVL_LOWER);
+}
+
+int ovl_node_layer_stat(struct ovl_fs *ofs, struct ovl_node *node,
+			enum ovl_which which, struct stat *st)
+{
+	const char *name;
+	int dfd, err;
+
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	err = ovl_node_at(node, which, &dfd, &name);
+	if (!err && fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW |
+			    (name[0] ? 0 : AT_EMPTY_PATH)) < 0)
+		err = -errno;
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	return err;
+}
+
+int ovl_node_stat_locked(struct ovl_fs *ofs, struct ovl_node *node,
+			 struct stat *st)
+{
+	const char *name;
+	int dfd, err;
+
+	(void)ofs;
+	err = ovl_node_at(node, OVL_TOP, &dfd, &name);
+	if (err)
+		return err;
+	if (fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW |
+		    (name[0] ? 0 : AT_EMPTY_PATH)) < 0)
+		return -errno;
+	st->st_ino = node->ino;
+	return 0;
+}
+
+int ovl_node_stat(struct ovl_fs *ofs, struct ovl_node *node, struct stat *st)
+{
+	int fd = atomic_load(&node->upper_fd), err;
+
+	/* Pinned: the fd names the object, no lock needed. */
+	if (fd < 0 && !ovl_node_has_upper(node))
+		fd = atomic_load(&node->lower_fd);
+	if (fd >= 0) {
+		err = ovl_fstat(fd, st);
+		if (!err)
+			st->st_ino = node->ino;
+		return err;
+	}
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	err = ovl_node_stat_locked(ofs, node, st);
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	return err;
+}
+
+/* ---- lookup ---- */
+
+/*
+ * The lower directory NAME of PARENT for merging under an upper
+ * directory: an fd to pin, or -1 if the lower has no directory there.
+ */
+static int lower_dir_of(struct ovl_node *parent, const char *name)
+{
+	struct stat lst;
+	int lfd = ovl_open_child(atomic_load(&parent->lower_fd), name);
+
+	if (lfd < 0)
+		return -1;
+	if (ovl_fstat(lfd, &lst) < 0 || !S_ISDIR(lst.st_mode)) {
+		close(lfd);
+		return -1;
+	}
+	return lfd;
+}
+
+/*
+ * Build a node for NAME from the layers; ns_lock held by the caller. ST
+ * gets the object's stat (st_ino still the layer's) when not NULL.
+ */
 static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
-			 const char *name, struct ovl_node **out)
+			 const char *name, struct ovl_node **out,
+			 struct stat *st)
 {
 	int pufd = atomic_load(&parent->upper_fd);
+	int plfd = atomic_load(&parent->lower_fd);
 	bool lower_ok = ovl_node_lower_visible(parent);
 	int ufd = -1, lfd = -1, err;
-	struct stat ust, lst;
-	bool opaque = false;
+	unsigned int layers;
+	struct stat tmp;
+	bool in_upper = false, opaque = false, indexed = false;
 	struct ovl_node *node;
 	uint64_t ino;
-	mode_t type;
 
+	if (!st)
+		st = &tmp;
 	if (pufd >= 0) {
-		ufd = ovl_open_child(pufd, name);
-		if (ufd == -ENOENT)
-			ufd = -1;
-		else if (ufd < 0)
-			return ufd;
+		if (fstatat(pufd, name, st, AT_SYMLINK_NOFOLLOW) == 0)
+			in_upper = true;
+		else if (errno != ENOENT)
+			return -errno;
 	}
-	if (ufd >= 0) {
-		err = ovl_fstat(ufd, &ust);
-		if (err)
-			goto out_close;
-		type = ust.st_mode & S_IFMT;
-		if (S_ISDIR(ust.st_mode)) {
+	if (in_upper) {
+		layers = OVL_IN_UPPER;
+		if (S_ISDIR(st->st_mode)) {
+			ufd = ovl_open_child(pufd, name);
+			if (ufd < 0)
+				return ufd;
 			err = ovl_opaque_get(ufd);
 			if (err < 0)
 				goto out_close;
 			opaque = err;
+			err = 0;
 			if (lower_ok && !opaque) {
-				lfd = ovl_open_child(parent->lower_fd, name);
-				if (lfd >= 0 && (ovl_fstat(lfd, &lst) < 0 ||
-						 !S_ISDIR(lst.st_mode))) {
-					close(lfd);
-					lfd = -1;
-				}
-				if (lfd < 0)
-					lfd = -1;
+				lfd = lower_dir_of(parent, name);
+				if (lfd >= 0)
+					layers |= OVL_IN_LOWER;
 			}
-		}
-		/* Another name of a file we already know: the same node. */
-		if (!S_ISDIR(ust.st_mode) && ust.st_nlink > 1) {
-			node = ovl_node_by_inode(ofs, ust.st_dev, ust.st_ino);
+			ino = ovl_ino_upper(ofs, ufd, st);
+		} else if (st->st_nlink > 1) {
+			/* Another name of a file we already know: one node. */
+			node = ovl_node_by_inode(ofs, st->st_dev, st->st_ino);
 			if (node) {
-				close(ufd);
 				*out = node;
 				return 0;
 			}
+			/* The index needs the inode held (ovl_node_index). */
+			ufd = ovl_open_child(pufd, name);
+			if (ufd < 0)
+				return ufd;
+			indexed = true;
+			ino = ovl_ino_upper(ofs, ufd, st);
+		} else {
+			ino = ovl_ino_upper_at(ofs, pufd, name, st);
 		}
-		ino = ovl_ino_upper(ofs, ufd, &ust);
 	} else {
 		if (!lower_ok)
 			return -ENOENT;
@@ -103,24 +306,26 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 			if (err)
 				return -ENOENT;
 		}
-		lfd = ovl_open_child(parent->lower_fd, name);
-		if (lfd < 0)
-			return lfd;
-		err = ovl_fstat(lfd, &lst);
-		if (err)
-			goto out_close;
-		type = lst.st_mode & S_IFMT;
-		ino = ovl_ino_for(ofs, 0, lst.st_dev, lst.st_ino);
+		if (fstatat(plfd, name, st, AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+		layers = OVL_IN_LOWER;
+		if (S_ISDIR(st->st_mode)) {
+			lfd = ovl_open_child(plfd, name);
+			if (lfd < 0)
+				return lfd;
+		}
+		ino = ovl_ino_for(ofs, 0, st->st_dev, st->st_ino);
 	}
-	node = ovl_node_new(ofs, parent, name, ufd, lfd, type, ino);
+	node = ovl_node_new(ofs, parent, name, layers, ufd, lfd, st->st_mode,
+			    ino);
 	if (!node) {
 		err = -ENOMEM;
 		goto out_close;
 	}
 	node->opaque = opaque;
 	*out = ovl_node_insert(ofs, node);
-	if (ufd >= 0 && !S_ISDIR(ust.st_mode) && ust.st_nlink > 1)
-		ovl_node_index(ofs, *out, ust.st_dev, ust.st_ino);
+	if (indexed)
+		ovl_node_index(ofs, *out, st->st_dev, st->st_ino);
 	return 0;
 
 out_close:
@@ -131,10 +336,12 @@ out_close:
 	return err;
 }
 
-int ovl_lookup_locked(struct ovl_fs *ofs, struct ovl_node *parent,
-		      const char *name, struct ovl_node **out)
+int ovl_lookup_stat_locked(struct ovl_fs *ofs, struct ovl_node *parent,
+			   const char *name, struct ovl_node **out,
+			   struct stat *st)
 {
 	struct ovl_node *node;
+	int err;
 
 	if (parent->type != S_IFDIR)
 		return -ENOTDIR;
@@ -147,22 +354,28 @@ int ovl_lookup_locked(struct ovl_fs *ofs, struct ovl_node *parent,
 	if (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2])))
 		return -EINVAL;
 	node = ovl_node_find(ofs, parent, name);
-	if (node) {
-		*out = node;
-		return 0;
+	if (!node) {
+		err = lookup_layers(ofs, parent, name, &node, st);
+		if (err)
+			return err;
+		/* The stat was of this very object: only the number differs. */
+		if (st)
+			st->st_ino = node->ino;
+	} else if (st) {
+		err = ovl_node_stat_locked(ofs, node, st);
+		if (err) {
+			ovl_node_put(ofs, node);
+			return err;
+		}
 	}
-	return lookup_layers(ofs, parent, name, out);
+	*out = node;
+	return 0;
 }
 
-int ovl_node_stat(struct ovl_fs *ofs, struct ovl_node *node, struct stat *st)
+int ovl_lookup_locked(struct ovl_fs *ofs, struct ovl_node *parent,
+		      const char *name, struct ovl_node **out)
 {
-	int err = ovl_fstat(ovl_node_fd(node), st);
-
-	(void)ofs;
-	if (err)
-		return err;
-	st->st_ino = node->ino;
-	return 0;
+	return ovl_lookup_stat_locked(ofs, parent, name, out, NULL);
 }
 
 int ovl_lookup(struct ovl_fs *ofs, struct ovl_node *parent, const char *name,
@@ -172,15 +385,12 @@ int ovl_lookup(struct ovl_fs *ofs, struct ovl_node *parent, const char *name,
 	int err;
 
 	pthread_rwlock_rdlock(&ofs->ns_lock);
-	err = ovl_lookup_locked(ofs, parent, name, &node);
+	err = ovl_lookup_stat_locked(ofs, parent, name, &node, &e->st);
 	pthread_rwlock_unlock(&ofs->ns_lock);
 	if (err)
 		return err;
-	err = ovl_node_stat(ofs, node, &e->st);
-	if (!err) {
-		ovl_node_lookup_ref(ofs, node);
-		e->node = node;
-	}
+	ovl_node_lookup_ref(ofs, node);
+	e->node = node;
 	ovl_node_put(ofs, node);
-	return err;
+	return 0;
 }

@@ -232,7 +232,17 @@ void ovl_dirlist_free(struct ovl_dirlist *dl);
  * kernel's overlayfs). Its FUSE nodeid is its address (1 for the root).
  * A node is found in the table by (parent, name) while it is linked; an
  * unlinked node (deleted or replaced) stays alive while the kernel or an
- * open file refers to it and keeps working through its fds.
+ * open file refers to it.
+ *
+ * How a node reaches its layer objects. A directory holds O_PATH fds of
+ * them (children are looked up relative to those). Any other object is
+ * reached by its name in its parent's fd, under ns_lock (which keeps the
+ * name and the layer in step), so a tree of any size costs no fds per
+ * file: the kernel may cache millions of inodes. A non-directory holds an
+ * fd only where its name cannot lead to it: deleted while open, or a fifo,
+ * socket or device (whose opens we never see) that is deleted (pinned by
+ * the unlink or rename that removes the name, see ovl_node_pin) or one of
+ * several upper links (indexed, see inext).
  */
 struct ovl_node {
 	/* table_lock */
@@ -248,11 +258,19 @@ struct ovl_node {
 	bool opaque;			/* dir: lower is hidden */
 
 	/*
-	 * Set once (from -1) under ns_lock write, then never changed until the
-	 * node is freed, so readers may load it without a lock.
+	 * Which layers hold the object: has_upper goes from false to true
+	 * once (copy-up), under ns_lock write; has_lower is immutable. The
+	 * fds are -1 unless pinned (see above); each is set at most once
+	 * (from -1) under ns_lock write and then kept until the node is
+	 * freed, so readers may load them without a lock.
 	 */
-	_Atomic int upper_fd;		/* O_PATH, -1 if none */
-	int lower_fd;			/* O_PATH, -1 if none; immutable */
+	_Atomic bool has_upper;
+	bool has_lower;
+	_Atomic int upper_fd;		/* O_PATH, or -1 */
+	_Atomic int lower_fd;		/* O_PATH, or -1 */
+	/* open files of the node: changed under ns_lock read, read under
+	   ns_lock write (an unlink pins the node if any is open) */
+	_Atomic int nopen;
 
 	/* immutable after creation */
 	mode_t type;			/* S_IFMT bits */
@@ -323,9 +341,17 @@ struct ovl_fs {
 	int loop_result;
 };
 
+/* Bits of LAYERS for ovl_node_new: which layers hold the object. */
+#define OVL_IN_UPPER 1u
+#define OVL_IN_LOWER 2u
+/*
+ * A new node (one ref) for NAME in PARENT. UPPER_FD and LOWER_FD are fds
+ * to pin (the node owns them from now on), or -1.
+ */
 struct ovl_node *ovl_node_new(struct ovl_fs *ofs, struct ovl_node *parent,
-			      const char *name, int upper_fd, int lower_fd,
-			      mode_t type, uint64_t ino);
+			      const char *name, unsigned int layers,
+			      int upper_fd, int lower_fd, mode_t type,
+			      uint64_t ino);
 /* Find a linked node by (parent, name) and take a ref; NULL if absent. */
 struct ovl_node *ovl_node_find(struct ovl_fs *ofs, struct ovl_node *parent,
 			       const char *name);
@@ -348,7 +374,7 @@ void ovl_node_unlink(struct ovl_fs *ofs, struct ovl_node *node,
 		     struct ovl_node *parent, const char *name);
 /*
  * The node standing for upper inode (DEV, INO), with a ref, or NULL; and
- * adding NODE to that index.
+ * adding NODE, whose upper fd is pinned, to that index.
  */
 struct ovl_node *ovl_node_by_inode(struct ovl_fs *ofs, dev_t dev, ino_t ino);
 void ovl_node_index(struct ovl_fs *ofs, struct ovl_node *node, dev_t dev,
@@ -374,6 +400,9 @@ int ovl_origin_get_at(struct ovl_fs *ofs, int dirfd, const char *name,
 int ovl_origin_set(struct ovl_fs *ofs, int fd, uint64_t key);
 /* Inode number for an upper object reached by O_PATH fd FD with stat ST. */
 uint64_t ovl_ino_upper(struct ovl_fs *ofs, int fd, const struct stat *st);
+/* The same for the object NAME in DIRFD (NAME "": DIRFD itself). */
+uint64_t ovl_ino_upper_at(struct ovl_fs *ofs, int dirfd, const char *name,
+			  const struct stat *st);
 
 /* ===== lookup.c: lookup across layers ===== */
 
@@ -407,17 +436,57 @@ int ovl_lookup(struct ovl_fs *ofs, struct ovl_node *parent, const char *name,
  */
 int ovl_lookup_locked(struct ovl_fs *ofs, struct ovl_node *parent,
 		      const char *name, struct ovl_node **out);
+/*
+ * Like ovl_lookup_locked, filling ST (if not NULL) with the stat shown, as
+ * ovl_node_stat_locked would, at no extra cost for a new node.
+ */
+int ovl_lookup_stat_locked(struct ovl_fs *ofs, struct ovl_node *parent,
+			   const char *name, struct ovl_node **out,
+			   struct stat *st);
+
+/*
+ * Reaching a node's layer objects (see struct ovl_node). WHICH is a layer,
+ * or OVL_TOP: the upper object if there is one, else the lower.
+ */
+enum ovl_which { OVL_LOWER = 0, OVL_UPPER = 1, OVL_TOP = 2 };
+/*
+ * Where NODE's object in WHICH is, for *at() calls: in *DIRFD under *NAME,
+ * or, with *NAME "", the pinned fd *DIRFD itself (use AT_EMPTY_PATH).
+ * ns_lock held, and the answer is good only while it stays held. -ENOENT if
+ * there is no such object or it lost its name.
+ */
+int ovl_node_at(struct ovl_node *node, enum ovl_which which, int *dirfd,
+		const char **name);
+/*
+ * An O_PATH fd of NODE's object in WHICH (or -errno): its pinned fd, or one
+ * opened for the caller. Either way, hand it back with ovl_node_fd_put.
+ * The _locked form is for callers holding ns_lock.
+ */
+int ovl_node_fd_get(struct ovl_fs *ofs, struct ovl_node *node,
+		    enum ovl_which which);
+int ovl_node_fd_get_locked(struct ovl_node *node, enum ovl_which which);
+void ovl_node_fd_put(struct ovl_node *node, int fd);
+/* A new fd of NODE's object in WHICH opened with FLAGS; ns_lock held. */
+int ovl_node_open_locked(struct ovl_node *node, enum ovl_which which,
+			 int flags);
+/*
+ * NODE's name is about to go (unlink, or replaced by a rename): if files
+ * are open on it, pin its object so they keep working. ns_lock held for
+ * writing, the name still in place.
+ */
+int ovl_node_pin(struct ovl_node *node);
+/* Pin NODE's upper object (it is about to be indexed); ns_lock held. */
+int ovl_node_pin_upper(struct ovl_node *node);
 /* stat of NODE as shown through the mount (ino replaced). */
 int ovl_node_stat(struct ovl_fs *ofs, struct ovl_node *node, struct stat *st);
-/* The fd to read NODE from: upper if present, else lower. */
-static inline int ovl_node_fd(struct ovl_node *node)
-{
-	int fd = atomic_load(&node->upper_fd);
-	return fd >= 0 ? fd : node->lower_fd;
-}
+int ovl_node_stat_locked(struct ovl_fs *ofs, struct ovl_node *node,
+			 struct stat *st);
+/* stat of NODE's own object in layer WHICH (ino not replaced). */
+int ovl_node_layer_stat(struct ovl_fs *ofs, struct ovl_node *node,
+			enum ovl_which which, struct stat *st);
 static inline bool ovl_node_has_upper(struct ovl_node *node)
 {
-	return atomic_load(&node->upper_fd) >= 0;
+	return atomic_load(&node->has_upper);
 }
 /* Does directory NODE have a visible lower part (lower dir, not opaque)? */
 bool ovl_node_lower_visible(struct ovl_node *node);
@@ -501,15 +570,20 @@ struct ovl_file {
 					   kept open until release, as other
 					   threads may still be using it */
 	int flags;			/* open flags, for the move */
-	pthread_mutex_t lock;		/* serialises the move */
+	bool on_lower;			/* opened on the lower object */
+	pthread_mutex_t lock;		/* serialises the move; taken
+					   before ns_lock */
 };
 int ovl_open(struct ovl_fs *ofs, struct ovl_node *node, int flags,
 	     struct ovl_file **out);
-/* Wrap an fd of NODE's upper just created (create). */
+/*
+ * Wrap FD, open on NODE's lower object (ON_LOWER) or upper; the caller has
+ * counted it in NODE->nopen, under ns_lock, and ovl_release uncounts it.
+ */
 int ovl_file_new(struct ovl_fs *ofs, struct ovl_node *node, int fd, int flags,
-		 struct ovl_file **out);
+		 bool on_lower, struct ovl_file **out);
 /* The fd to use now (follows a copy-up that happened since open). */
-int ovl_file_fd(struct ovl_file *f);
+int ovl_file_fd(struct ovl_fs *ofs, struct ovl_file *f);
 void ovl_release(struct ovl_fs *ofs, struct ovl_file *f);
 int ovl_readlink(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
 		 size_t size);

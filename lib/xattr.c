@@ -75,20 +75,24 @@ int ovl_fd_removexattr(int fd, const char *name)
 int ovl_getxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
 		 void *buf, size_t size)
 {
-	(void)ofs;
+	int fd, n;
+
 	if (ovl_xattr_is_private(name))
 		return -ENODATA;
-	return (int)ovl_fd_getxattr(ovl_node_fd(node), name, buf, size);
+	fd = ovl_node_fd_get(ofs, node, OVL_TOP);
+	if (fd < 0)
+		return fd;
+	n = (int)ovl_fd_getxattr(fd, name, buf, size);
+	ovl_node_fd_put(node, fd);
+	return n;
 }
 
-int ovl_listxattr(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
-		  size_t size)
+/* The list of FD without ovlfs's private names, as listxattr(2) gives it. */
+static int list_public(int fd, char *buf, size_t size)
 {
-	int fd = ovl_node_fd(node);
 	ssize_t len, out = 0;
 	char *all = NULL;
 
-	(void)ofs;
 	/* Fetch the whole list (it may change between calls), then filter. */
 	for (;;) {
 		len = ovl_fd_listxattr(fd, NULL, 0);
@@ -126,33 +130,54 @@ int ovl_listxattr(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
 	return (int)out;
 }
 
+int ovl_listxattr(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
+		  size_t size)
+{
+	int fd = ovl_node_fd_get(ofs, node, OVL_TOP), n;
+
+	if (fd < 0)
+		return fd;
+	n = list_public(fd, buf, size);
+	ovl_node_fd_put(node, fd);
+	return n;
+}
+
 int ovl_setxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
 		 const void *value, size_t size, int flags)
 {
-	int err;
+	int fd, err;
 
 	if (ovl_xattr_is_private(name))
 		return -EPERM;
 	err = ovl_copy_up(ofs, node);
 	if (err)
 		return err;
-	return ovl_fd_setxattr(atomic_load(&node->upper_fd), name, value, size,
-			       flags);
+	fd = ovl_node_fd_get(ofs, node, OVL_UPPER);
+	if (fd < 0)
+		return fd;
+	err = ovl_fd_setxattr(fd, name, value, size, flags);
+	ovl_node_fd_put(node, fd);
+	return err;
 }
 
 int ovl_removexattr(struct ovl_fs *ofs, struct ovl_node *node,
 		    const char *name)
 {
-	int err;
+	int fd, err;
 
 	if (ovl_xattr_is_private(name))
 		return -EPERM;
 	/* Nothing to copy up for if the attribute is not there at all. */
-	err = (int)ovl_fd_getxattr(ovl_node_fd(node), name, NULL, 0);
+	err = ovl_getxattr(ofs, node, name, NULL, 0);
 	if (err < 0)
 		return err;
 	err = ovl_copy_up(ofs, node);
 	if (err)
 		return err;
-	return ovl_fd_removexattr(atomic_load(&node->upper_fd), name);
+	fd = ovl_node_fd_get(ofs, node, OVL_UPPER);
+	if (fd < 0)
+		return fd;
+	err = ovl_fd_removexattr(fd, name);
+	ovl_node_fd_put(node, fd);
+	return err;
 }

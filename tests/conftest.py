@@ -103,6 +103,24 @@ def mounts_under(path):
     return [m["mp"] for m in mountinfo() if m["mp"] == p or m["mp"].startswith(p + b"/")]
 
 
+def daemon_pids(lower):
+    """Pids of `ovlfs mount ... LOWER ...` processes (ours: LOWER is unique)."""
+    want = os.fsencode(os.path.abspath(lower))
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 2 and os.path.basename(argv[0]) == b"ovlfs" and \
+                argv[1] == b"mount" and want in argv:
+            pids.append(int(d))
+    return pids
+
+
 # --------------------------------------------------------------------------
 # running the tool
 # --------------------------------------------------------------------------
@@ -172,10 +190,10 @@ class Overlay:
             args.append(self.mp)
         return args
 
-    def mount(self, check=True):
+    def mount(self, check=True, **kw):
         with _LIVE_LOCK:
             _LIVE.append(self)
-        r = run(self.mount_args(), timeout=60)
+        r = run(self.mount_args(), timeout=60, **kw)
         self.last = r
         ent = mount_entry(self.mp)
         if ent is not None:

@@ -1,11 +1,12 @@
 """A 10,000-entry directory: listing and stat through the mount."""
 
 import os
+import resource
 import stat
 
 import pytest
 
-from conftest import Overlay
+from conftest import Overlay, daemon_pids
 
 N = 10000
 
@@ -116,3 +117,52 @@ def test_readdir_while_creating(work):
         stop.set()
         t.join()
     assert not errors
+
+
+def test_more_cached_files_than_fds(work):
+    """Every file the kernel holds is a node, but not an fd: a tree far
+    bigger than the daemon's fd limit stats, reads, copies up and deletes
+    while all of it stays cached (86400 s timeouts keep the inodes)."""
+    lower = j(work, "lower")
+    ndirs, per = 40, 100
+    for d in range(ndirs):
+        os.makedirs(j(lower, "d%02d" % d))
+        for i in range(per):
+            with open(j(lower, "d%02d" % d, "f%03d" % i), "wb") as f:
+                f.write(b"%d/%d" % (d, i))
+    limit = 256
+
+    def low_fds():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    o = Overlay(lower)
+    o.mount(preexec_fn=low_fds)
+    pid, = daemon_pids(lower)
+    held = []
+    for d in range(ndirs):
+        for i in range(per):
+            p = j(o.mp, "d%02d" % d, "f%03d" % i)
+            assert os.lstat(p).st_size == len(b"%d/%d" % (d, i))
+            with open(p, "rb") as f:
+                assert f.read() == b"%d/%d" % (d, i)
+    # a few files stay open across the rest: each holds one fd
+    for i in range(20):
+        held.append(open(j(o.mp, "d00", "f%03d" % i), "rb"))
+    nfd = len(os.listdir("/proc/%d/fd" % pid))
+    assert nfd < limit // 2, "daemon holds %d fds for %d cached files" % (
+        nfd, ndirs * per)
+    # writes copy up, deletes whiteout, with everything still cached
+    for d in range(ndirs):
+        with open(j(o.mp, "d%02d" % d, "f000"), "ab") as f:
+            f.write(b"+")
+        os.unlink(j(o.mp, "d%02d" % d, "f001"))
+    # an open file whose name went away keeps working (pinned)
+    os.unlink(j(o.mp, "d00", "f005"))
+    assert os.fstat(held[5].fileno()).st_size == len(b"0/5")
+    assert held[5].read() == b"0/5"
+    for f in held:
+        f.close()
+    assert len(os.listdir(j(o.mp, "d07"))) == per - 1
+    with open(j(o.mp, "d07", "f000"), "rb") as f:
+        assert f.read() == b"7/0+"
+    o.umount()
+    assert sorted(os.listdir(j(o.upper, "d07"))) == [".wh.f001", "f000"]

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import (IS_ROOT, Overlay, build, run, ovlfs, is_mounted, mounts_under,
+from conftest import (IS_ROOT, Overlay, daemon_pids, build, run, ovlfs, is_mounted, mounts_under,
                       snapshot, assert_same_tree, upper_listing, wait_for)
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root (tmpfs, FUSE mounts)")
@@ -48,24 +48,6 @@ def expect_errno(expected, fn, *args, **kw):
 
 def tmp_debris(upper):
     return [k for k in upper_listing(upper) if b".wh..wh.tmp." in k]
-
-
-def daemon_pids(lower):
-    """Pids of `ovlfs mount ... LOWER ...` processes (ours: LOWER is unique)."""
-    want = os.fsencode(os.path.abspath(lower))
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % d, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if len(argv) > 2 and os.path.basename(argv[0]) == b"ovlfs" and \
-                argv[1] == b"mount" and want in argv:
-            pids.append(int(d))
-    return pids
 
 
 def gone(pid):
