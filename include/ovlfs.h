@@ -81,6 +81,14 @@ int ovlfs_set_inode_mode(struct ovlfs *fs, enum ovlfs_inode_mode mode);
 int ovlfs_set_fuse_options(struct ovlfs *fs, const char *options);
 /* Print every FUSE request to stderr (for debugging). */
 int ovlfs_set_debug(struct ovlfs *fs, bool debug);
+/*
+ * FUSE passthrough (on by default): files open on their upper copy are
+ * read and written by the kernel directly, with no round trip through
+ * ovlfs. Used only when the kernel offers it (Linux 6.9+) and the process
+ * has CAP_SYS_ADMIN; otherwise, or after any failure to set it up, every
+ * file takes the ordinary path. Same return values as the setters above.
+ */
+int ovlfs_set_passthrough(struct ovlfs *fs, bool enable);
 
 /*
  * Getters. Paths are the resolved defaults when not set explicitly; after a

@@ -66,6 +66,7 @@ int ovl_file_fd(struct ovl_fs *ofs, struct ovl_file *f)
 
 void ovl_release(struct ovl_fs *ofs, struct ovl_file *f)
 {
+	ovl_pt_release(ofs, f);
 	ovl_handle_del(ofs, &f->link);
 	close(atomic_load(&f->fd));
 	if (f->old_fd >= 0)

@@ -12,9 +12,11 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <linux/fuse.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "ovlfs_i.h"
@@ -285,6 +287,27 @@ static bool keep_cache(struct ovl_fs *ofs, struct ovl_file *f)
 	return ovl_fstat(ovl_file_fd(ofs, f), &st) == 0 && st.st_nlink <= 1;
 }
 
+/*
+ * Answer an OPEN (FE NULL) or CREATE of F: in passthrough if the node's io
+ * mode says so (the writev hook below puts the backing id in the reply),
+ * else on the daemon path with the page cache kept where that is safe.
+ */
+static int reply_open(fuse_req_t req, struct ovl_fs *ofs, struct ovl_file *f,
+		      struct fuse_file_info *fi,
+		      const struct fuse_entry_param *fe)
+{
+	int id = ovl_pt_open(ofs, f), r;
+
+	/* The kernel refuses keep_cache with passthrough. */
+	fi->keep_cache = id ? 0 : keep_cache(ofs, f);
+	if (id)
+		pthread_setspecific(ofs->pt_key, (void *)(intptr_t)id);
+	r = fe ? fuse_reply_create(req, fe, fi) : fuse_reply_open(req, fi);
+	if (id)
+		pthread_setspecific(ofs->pt_key, NULL);
+	return r;
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ovl_fs *ofs = ofs_of(req);
@@ -296,8 +319,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	fi->fh = (uint64_t)(uintptr_t)f;
-	fi->keep_cache = keep_cache(ofs, f);
-	if (fuse_reply_open(req, fi) == -ENOENT)
+	if (reply_open(req, ofs, f, fi, NULL) == -ENOENT)
 		ovl_release(ofs, f);
 }
 
@@ -325,7 +347,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	fe.attr_timeout = attr_timeout(&e.st);
 	fe.entry_timeout = OVL_TIMEOUT;
 	fi->fh = (uint64_t)(uintptr_t)f;
-	if (fuse_reply_create(req, &fe, fi) == -ENOENT) {
+	if (reply_open(req, ofs, f, fi, &fe) == -ENOENT) {
 		ovl_release(ofs, f);
 		ovl_node_forget(ofs, e.node, 1);
 	}
@@ -706,9 +728,111 @@ void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv)
 	return se;
 }
 
-int ovl_fuse_session_mount(void *se, const char *mount_point)
+/*
+ * Passthrough with libfuse 3.14, which has no API for it: the session's
+ * reads and writes go through these hooks, which see the kernel's INIT
+ * (does it offer passthrough?) and patch two kinds of replies on their
+ * way out (libfuse writes each reply synchronously, in the thread that
+ * answers, as header + argument): the INIT reply, to accept passthrough,
+ * and the OPEN/CREATE replies that reply_open marked with a backing id.
+ * docs/passthrough.md has the why; with libfuse >= 3.17 this becomes
+ * FUSE_CAP_PASSTHROUGH and fi->backing_id.
+ */
+#define OVL_FUSE_PASSTHROUGH_FLAGS2 (1u << 5)	/* FUSE_PASSTHROUGH >> 32 */
+#define OVL_FOPEN_PASSTHROUGH (1u << 7)
+
+static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 {
-	return fuse_session_mount(se, mount_point) < 0 ? -EIO : 0;
+	struct ovl_fs *ofs = userdata;
+	ssize_t n = read(fd, buf, len);
+	const struct fuse_in_header *h = buf;
+
+	if (n >= (ssize_t)(sizeof(*h) + sizeof(struct fuse_init_in)) &&
+	    !atomic_load(&ofs->init_unique) && h->opcode == FUSE_INIT) {
+		const struct fuse_init_in *in = (const void *)(h + 1);
+
+		atomic_store(&ofs->pt_offered,
+			     (in->flags & FUSE_INIT_EXT) &&
+			     (in->flags2 & OVL_FUSE_PASSTHROUGH_FLAGS2));
+		atomic_store(&ofs->init_unique, h->unique);
+	}
+	return n;
+}
+
+static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
+{
+	struct ovl_fs *ofs = userdata;
+	const struct fuse_out_header *oh = iov[0].iov_base;
+	intptr_t id = (intptr_t)pthread_getspecific(ofs->pt_key);
+	struct iovec v[3];
+
+	if (count != 2 || iov[0].iov_len != sizeof(*oh) || oh->error)
+		return writev(fd, iov, count);
+	if (id > 0 && iov[1].iov_len >= sizeof(struct fuse_open_out)) {
+		/* fuse_open_out ends both the OPEN and the CREATE reply. */
+		struct fuse_open_out o;
+		size_t head = iov[1].iov_len - sizeof(o);
+
+		memcpy(&o, (char *)iov[1].iov_base + head, sizeof(o));
+		o.open_flags |= OVL_FOPEN_PASSTHROUGH;
+		o.padding = (uint32_t)id;	/* backing_id since 7.40 */
+		v[0] = iov[0];
+		v[1].iov_base = iov[1].iov_base;
+		v[1].iov_len = head;
+		v[2].iov_base = &o;
+		v[2].iov_len = sizeof(o);
+		return writev(fd, v, 3);
+	}
+	if (oh->unique == atomic_load(&ofs->init_unique) && ofs->pt_want &&
+	    atomic_load(&ofs->pt_offered) &&
+	    iov[1].iov_len == sizeof(struct fuse_init_out)) {
+		struct fuse_init_out o;
+		ssize_t r;
+
+		memcpy(&o, iov[1].iov_base, sizeof(o));
+		/* The kernel will not combine it with the writeback cache. */
+		if (!(o.flags & FUSE_WRITEBACK_CACHE)) {
+			o.flags |= FUSE_INIT_EXT;
+			o.flags2 |= OVL_FUSE_PASSTHROUGH_FLAGS2;
+			o.unused[0] = ofs->pt_depth;	/* max_stack_depth */
+		}
+		v[0] = iov[0];
+		v[1].iov_base = &o;
+		v[1].iov_len = sizeof(o);
+		r = writev(fd, v, 2);
+		if (r > 0 && !(o.flags & FUSE_WRITEBACK_CACHE))
+			atomic_store(&ofs->pt_on, true);
+		return r;
+	}
+	return writev(fd, iov, count);
+}
+
+static ssize_t io_splice(int fdin, off_t *offin, int fdout, off_t *offout,
+			 size_t len, unsigned int flags, void *userdata)
+{
+	(void)userdata;
+	return splice(fdin, offin, fdout, offout, len, flags);
+}
+
+int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point)
+{
+	/*
+	 * No splice_receive: requests are read by io_read, which must see
+	 * the INIT. Writes to passthrough files never come here anyway.
+	 */
+	static const struct fuse_custom_io io = {
+		.read = io_read,
+		.writev = io_writev,
+		.splice_send = io_splice,
+	};
+
+	if (fuse_session_mount(ofs->se, mount_point) < 0)
+		return -EIO;
+	ofs->dev_fd = fuse_session_fd(ofs->se);
+	if (ofs->pt_want &&
+	    fuse_session_custom_io(ofs->se, &io, ofs->dev_fd) < 0)
+		ofs->pt_want = false;
+	return 0;
 }
 
 int ovl_fuse_loop(void *se)

@@ -125,6 +125,14 @@ int ovlfs_set_debug(struct ovlfs *fs, bool debug)
 	return 0;
 }
 
+int ovlfs_set_passthrough(struct ovlfs *fs, bool enable)
+{
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	fs->no_passthrough = !enable;
+	return 0;
+}
+
 const char *ovlfs_lower(const struct ovlfs *fs)
 {
 	return fs->lower;
@@ -577,6 +585,7 @@ static void ofs_free(struct ovl_fs *ofs)
 		ovl_handles_free(ofs);
 		ovl_inode_table_destroy(ofs);
 	}
+	ovl_pt_destroy(ofs);
 	if (ofs->lower.root_fd >= 0)
 		close(ofs->lower.root_fd);
 	if (ofs->upper.root_fd >= 0)
@@ -688,7 +697,7 @@ static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
 		return ovl_set_error(fs, -EINVAL,
 				     "cannot start fuse session (bad -o options \"%s\"?)",
 				     fs->fuse_options ? fs->fuse_options : "");
-	err = ovl_fuse_session_mount(ofs->se, d->mp);
+	err = ovl_fuse_session_mount(ofs, d->mp);
 	if (err)
 		return ovl_set_error(fs, err, "mount point %s: cannot mount: %s",
 				     d->mp, strerror(-err));
@@ -809,7 +818,12 @@ int ovlfs_mount(struct ovlfs *fs)
 		err = ovl_set_error(fs, -ENOMEM, "out of memory");
 		goto out_rmdirs;
 	}
-	err = make_root(fs, ofs);
+	err = ovl_pt_init(ofs, !fs->no_passthrough);
+	if (err)
+		err = ovl_set_error(fs, err, "cannot set up passthrough: %s",
+				    strerror(-err));
+	if (!err)
+		err = make_root(fs, ofs);
 	if (!err)
 		err = start_fuse(fs, ofs, &d);
 	if (err)

@@ -8,6 +8,7 @@
  *
  *	file copyup_lock  >  hardlink_lock  >  dir copyup_lock  >  ns_lock
  *	  >  ofs->table_lock;  notify_lock is a leaf, taken with nothing held
+ *	  but io_lock (passthrough.c), which is taken with nothing held
  *
  *  - copyup_lock (per node, mutex): serialises copy-up of one object, held
  *    across the data copy, which runs outside ns_lock so a slow copy-up
@@ -84,6 +85,7 @@ struct ovlfs {
 	char *fuse_options;
 	enum ovlfs_inode_mode inode_mode;
 	bool debug;
+	bool no_passthrough;	/* ovlfs_set_passthrough(fs, false) */
 	char err[OVL_ERRLEN];
 	ovlfs_progress_fn progress;
 	void *progress_arg;
@@ -271,6 +273,17 @@ struct ovl_node {
 	/* open files of the node: changed under ns_lock read, read under
 	   ns_lock write (an unlink pins the node if any is open) */
 	_Atomic int nopen;
+	/*
+	 * Known to have no security.capability: the kernel asks before every
+	 * write (file_remove_privs), so the answer is remembered. Only ovlfs
+	 * changes the object's xattrs; any setxattr/removexattr clears it.
+	 */
+	_Atomic bool no_caps;
+
+	/* ofs->io_lock: how the kernel sees the node's open files */
+	uint32_t n_cached;		/* handles answered without passthrough */
+	uint32_t n_pt;			/* handles answered with passthrough */
+	int backing_id;			/* registered while n_pt > 0 */
 
 	/* immutable after creation */
 	mode_t type;			/* S_IFMT bits */
@@ -337,6 +350,18 @@ struct ovl_fs {
 	bool notify_off;		/* notify_lock */
 	pthread_t loop_thread;
 	bool loop_running;
+
+	/* passthrough.c */
+	bool pt_want;			/* allowed: option, CAP_SYS_ADMIN */
+	int pt_depth;			/* max_stack_depth asked at INIT */
+	_Atomic bool pt_offered;	/* the kernel's INIT offered it */
+	_Atomic uint64_t init_unique;	/* of the INIT request, once seen */
+	_Atomic bool pt_on;		/* negotiated, no failure since */
+	int dev_fd;			/* the session fd (notify_lock) */
+	pthread_mutex_t io_lock;	/* a leaf: node io-mode counters */
+	pthread_key_t pt_key;		/* backing id of the reply this
+					   thread is sending, or 0 */
+	bool pt_key_made;
 	dev_t conn_dev;			/* st_dev of the mount */
 	int loop_result;
 };
@@ -571,6 +596,8 @@ struct ovl_file {
 					   threads may still be using it */
 	int flags;			/* open flags, for the move */
 	bool on_lower;			/* opened on the lower object */
+	int pt_id;			/* io_lock: backing id if passthrough */
+	bool io_counted;		/* io_lock: counted in the node */
 	pthread_mutex_t lock;		/* serialises the move; taken
 					   before ns_lock */
 };
@@ -590,6 +617,22 @@ int ovl_readlink(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
 int ovl_access(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	       struct ovl_node *node, int mask);
 int ovl_statfs(struct ovl_fs *ofs, struct statvfs *st);
+
+/* ===== passthrough.c: the kernel does the I/O of upper files ===== */
+
+/*
+ * Decide whether this mount may use passthrough (before the session
+ * starts): the caller did not turn it off and we hold CAP_SYS_ADMIN.
+ */
+int ovl_pt_init(struct ovl_fs *ofs, bool enable);
+void ovl_pt_destroy(struct ovl_fs *ofs);
+/*
+ * Count open file F in its node's io mode and say how to answer the open:
+ * a backing id (> 0) for a passthrough reply, or 0 for the daemon path.
+ */
+int ovl_pt_open(struct ovl_fs *ofs, struct ovl_file *f);
+/* Uncount F (ovl_release calls it); the last passthrough user unregisters. */
+void ovl_pt_release(struct ovl_fs *ofs, struct ovl_file *f);
 
 /* ===== readdir.c: merged directory listings ===== */
 
@@ -646,7 +689,8 @@ int ovl_fd_removexattr(int fd, const char *name);
 
 /* Create the session for OFS with ARGV-style options; NULL on error. */
 void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv);
-int ovl_fuse_session_mount(void *se, const char *mount_point);
+/* Mount OFS->se at MOUNT_POINT, with the passthrough hooks if wanted. */
+int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point);
 /* Run the multithreaded loop until unmounted; returns its result. */
 int ovl_fuse_loop(void *se);
 void ovl_fuse_session_exit(void *se);

@@ -77,13 +77,17 @@ int ovl_getxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
 {
 	int fd, n;
 
-	if (ovl_xattr_is_private(name))
+	bool caps = !strcmp(name, "security.capability");
+
+	if (ovl_xattr_is_private(name) || (caps && atomic_load(&node->no_caps)))
 		return -ENODATA;
 	fd = ovl_node_fd_get(ofs, node, OVL_TOP);
 	if (fd < 0)
 		return fd;
 	n = (int)ovl_fd_getxattr(fd, name, buf, size);
 	ovl_node_fd_put(node, fd);
+	if (caps && n == -ENODATA)
+		atomic_store(&node->no_caps, true);
 	return n;
 }
 
@@ -155,6 +159,7 @@ int ovl_setxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
 	fd = ovl_node_fd_get(ofs, node, OVL_UPPER);
 	if (fd < 0)
 		return fd;
+	atomic_store(&node->no_caps, false);
 	err = ovl_fd_setxattr(fd, name, value, size, flags);
 	ovl_node_fd_put(node, fd);
 	return err;
@@ -177,6 +182,7 @@ int ovl_removexattr(struct ovl_fs *ofs, struct ovl_node *node,
 	fd = ovl_node_fd_get(ofs, node, OVL_UPPER);
 	if (fd < 0)
 		return fd;
+	atomic_store(&node->no_caps, false);
 	err = ovl_fd_removexattr(fd, name);
 	ovl_node_fd_put(node, fd);
 	return err;

@@ -160,7 +160,8 @@ def _abort_connection(majmin):
 class Overlay:
     """One ovlfs mount driven through the CLI."""
 
-    def __init__(self, lower, upper=None, mp=None, inode_mode=None, opts=None):
+    def __init__(self, lower, upper=None, mp=None, inode_mode=None, opts=None,
+                 extra_args=()):
         self.lower = os.fsdecode(lower)
         base = self.lower.rstrip("/") or "/"
         self.given_upper = upper is not None
@@ -169,6 +170,7 @@ class Overlay:
         self.mp = os.fsdecode(mp) if mp is not None else base + ".mountpoint"
         self.inode_mode = inode_mode
         self.opts = opts
+        self.extra_args = list(extra_args)
         self.majmin = None
         self.last = None
 
@@ -185,6 +187,7 @@ class Overlay:
             args += ["-o", self.opts]
         if foreground:
             args += ["-f"]
+        args += self.extra_args
         args.append(self.lower)
         if self.given_mp:
             args.append(self.mp)

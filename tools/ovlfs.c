@@ -78,6 +78,9 @@ static const struct command commands[] = {
 "                           from the layers, stable across remounts\n"
 "  -o OPTS                  extra FUSE mount options, comma separated\n"
 "                           (may be given several times)\n"
+"      --no-passthrough     serve all file I/O through ovlfs (by default,\n"
+"                           with CAP_SYS_ADMIN on Linux 6.9+, the kernel\n"
+"                           reads and writes upper files directly)\n"
 "  -f, --foreground         stay in the foreground until unmounted;\n"
 "                           SIGINT/SIGTERM unmount cleanly\n"
 "  -d, --debug              print every FUSE request to stderr (in the\n"
@@ -122,6 +125,9 @@ static const struct command commands[] = {
 "                           'ovlfs mount'\n"
 "  -o OPTS                  extra FUSE mount options, comma separated\n"
 "                           (may be given several times)\n"
+"      --no-passthrough     serve all file I/O through ovlfs (by default,\n"
+"                           with CAP_SYS_ADMIN on Linux 6.9+, the kernel\n"
+"                           reads and writes upper files directly)\n"
 "  --on-exit ACTION         what to do with the changes once COMMAND ended:\n"
 "                             ask            ask on the terminal (the\n"
 "                                            default when stdin and stderr\n"
@@ -426,6 +432,9 @@ static int cmd_umount(int argc, char **argv)
 /* ---------------------------------------------------------------------- */
 /* mount */
 
+/* Long options without a short form. */
+enum { OPT_NO_PASSTHROUGH = 1000 };
+
 struct mount_opts {
 	const char *lower;
 	const char *mount_point; /* NULL: library default */
@@ -433,6 +442,7 @@ struct mount_opts {
 	enum ovlfs_inode_mode inode_mode;
 	bool inode_mode_set;
 	char *fuse_options; /* joined -o values, NULL if none */
+	bool no_passthrough;
 	bool foreground;
 	bool debug;
 };
@@ -543,6 +553,8 @@ static struct ovlfs *do_mount(const struct mount_opts *o, char *err,
 	    (ret = ovlfs_set_fuse_options(fs, o->fuse_options)) < 0)
 		goto fail;
 	if (o->debug && (ret = ovlfs_set_debug(fs, true)) < 0)
+		goto fail;
+	if (o->no_passthrough && (ret = ovlfs_set_passthrough(fs, false)) < 0)
 		goto fail;
 	ret = ovlfs_mount(fs);
 	if (ret < 0)
@@ -749,6 +761,9 @@ static int overlay_option(const struct command *cmd, int c,
 				optarg);
 		o->inode_mode_set = true;
 		return -1;
+	case OPT_NO_PASSTHROUGH:
+		o->no_passthrough = true;
+		return -1;
 	default:	/* 'o' */
 		if (!append_fuse_option(&o->fuse_options, optarg)) {
 			err_msg("out of memory");
@@ -763,6 +778,7 @@ static int cmd_mount(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "upper", required_argument, NULL, 'u' },
 		{ "inode-mode", required_argument, NULL, 'i' },
+		{ "no-passthrough", no_argument, NULL, OPT_NO_PASSTHROUGH },
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
@@ -783,6 +799,7 @@ static int cmd_mount(int argc, char **argv)
 		case 'u':
 		case 'i':
 		case 'o':
+		case OPT_NO_PASSTHROUGH:
 			ret = overlay_option(cmd, c, &o);
 			if (ret >= 0) {
 				free(o.fuse_options);
@@ -1538,6 +1555,7 @@ static int cmd_run(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "upper", required_argument, NULL, 'u' },
 		{ "inode-mode", required_argument, NULL, 'i' },
+		{ "no-passthrough", no_argument, NULL, OPT_NO_PASSTHROUGH },
 		{ "on-exit", required_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -1577,6 +1595,7 @@ static int cmd_run(int argc, char **argv)
 		case 'u':
 		case 'i':
 		case 'o':
+		case OPT_NO_PASSTHROUGH:
 			ret = overlay_option(cmd, c, &o);
 			if (ret >= 0) {
 				free(o.fuse_options);
