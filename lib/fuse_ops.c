@@ -490,6 +490,22 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 							     NULL, 0);
 				if (len > rem)
 					break;
+				/*
+				 * Known to the kernel already: nodeid 0 says
+				 * "no attributes here", which spares a stat
+				 * per entry on every listing of a warm tree
+				 * (its cached attributes are kept right by
+				 * timeouts and our invalidations anyway).
+				 */
+				if (ovl_node_known(ofs, dh->node, d->name)) {
+					fe.attr.st_ino = d->ino;
+					fe.attr.st_mode = d->type;
+					len = fuse_add_direntry_plus(
+						req, p, rem, d->name, &fe, i + 1);
+					p += len;
+					rem -= len;
+					continue;
+				}
 				if (ovl_lookup(ofs, dh->node, d->name, &e) < 0)
 					continue;	/* gone since the snapshot */
 				fe.ino = nodeid_of(ofs, e.node);

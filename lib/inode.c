@@ -492,6 +492,19 @@ struct ovl_node *ovl_node_find(struct ovl_fs *ofs, struct ovl_node *parent,
 	return n;
 }
 
+bool ovl_node_known(struct ovl_fs *ofs, struct ovl_node *parent,
+		    const char *name)
+{
+	struct ovl_node *n;
+	bool known;
+
+	pthread_mutex_lock(&ofs->table_lock);
+	n = find_locked(ofs, parent, name);
+	known = n && n->nlookup > 0;
+	pthread_mutex_unlock(&ofs->table_lock);
+	return known;
+}
+
 static void hash_locked(struct ovl_fs *ofs, struct ovl_node *node)
 {
 	size_t j;

@@ -380,6 +380,9 @@ struct ovl_node *ovl_node_new(struct ovl_fs *ofs, struct ovl_node *parent,
 /* Find a linked node by (parent, name) and take a ref; NULL if absent. */
 struct ovl_node *ovl_node_find(struct ovl_fs *ofs, struct ovl_node *parent,
 			       const char *name);
+/* Does the kernel hold a lookup of the node at (PARENT, NAME)? */
+bool ovl_node_known(struct ovl_fs *ofs, struct ovl_node *parent,
+		    const char *name);
 /* Insert NODE, or return the node already there (ref taken, NODE freed). */
 struct ovl_node *ovl_node_insert(struct ovl_fs *ofs, struct ovl_node *node);
 void ovl_node_get(struct ovl_fs *ofs, struct ovl_node *node);
