@@ -178,6 +178,7 @@ clean:
 .PHONY: bench bench-quick
 bench:
 	$(SUDO) $(PYTHON) bench/overlay.py --build $(abspath $(BUILD))
+	$(SUDO) $(PYTHON) bench/memory.py --build $(abspath $(BUILD))
 
 bench-quick:
 	$(SUDO) $(PYTHON) bench/overlay.py --quick --build $(abspath $(BUILD))

@@ -146,6 +146,7 @@ static void op_forget_multi(fuse_req_t req, size_t count,
 	for (size_t i = 0; i < count; i++)
 		ovl_node_forget(ofs, node_of(ofs, forgets[i].ino),
 				forgets[i].nlookup);
+	ovl_nodes_trim(ofs);
 	fuse_reply_none(req);
 }
 

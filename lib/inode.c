@@ -26,6 +26,7 @@
  * that readdir and stat always agree.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -376,6 +377,8 @@ struct ovl_node *ovl_node_new(struct ovl_fs *ofs, struct ovl_node *parent,
 	if (ofs->all_nodes)
 		ofs->all_nodes->all_prev = n;
 	ofs->all_nodes = n;
+	if (++ofs->n_nodes > ofs->trim_peak)
+		ofs->trim_peak = ofs->n_nodes;
 	pthread_mutex_unlock(&ofs->table_lock);
 	return n;
 }
@@ -426,6 +429,7 @@ static void node_free_locked(struct ovl_fs *ofs, struct ovl_node *node)
 			ofs->all_nodes = node->all_next;
 		if (node->all_next)
 			node->all_next->all_prev = node->all_prev;
+		ofs->n_nodes--;
 		if (ufd >= 0)
 			close(ufd);
 		if (lfd >= 0)
@@ -567,6 +571,20 @@ void ovl_node_forget(struct ovl_fs *ofs, struct ovl_node *node, uint64_t n)
 	if (node->nlookup == 0 && node->refs == 0 && node != ofs->root)
 		node_free_locked(ofs, node);
 	pthread_mutex_unlock(&ofs->table_lock);
+}
+
+void ovl_nodes_trim(struct ovl_fs *ofs)
+{
+	bool trim;
+
+	pthread_mutex_lock(&ofs->table_lock);
+	/* Small heaps are not worth a trim; big drops are. */
+	trim = ofs->trim_peak >= 4096 && ofs->n_nodes < ofs->trim_peak / 2;
+	if (trim)
+		ofs->trim_peak = ofs->n_nodes;
+	pthread_mutex_unlock(&ofs->table_lock);
+	if (trim)
+		malloc_trim(0);
 }
 
 int ovl_node_move(struct ovl_fs *ofs, struct ovl_node *node,

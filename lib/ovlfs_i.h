@@ -330,6 +330,9 @@ struct ovl_fs {
 	uint64_t next_ino;		/* table_lock */
 	uint64_t next_overflow;		/* table_lock */
 	struct ovl_node *all_nodes;	/* table_lock */
+	size_t n_nodes;			/* table_lock: live nodes */
+	size_t trim_peak;		/* table_lock: n_nodes high-water mark
+					   since memory was last given back */
 	struct ovl_hlink handles;	/* table_lock: list head */
 	struct ovl_node *inodes[1024];	/* table_lock: see ovl_node.inext */
 	_Atomic uint64_t next_gen;
@@ -390,6 +393,11 @@ void ovl_node_put(struct ovl_fs *ofs, struct ovl_node *node);
 /* The kernel learned of NODE (lookup/create reply): nlookup++. */
 void ovl_node_lookup_ref(struct ovl_fs *ofs, struct ovl_node *node);
 void ovl_node_forget(struct ovl_fs *ofs, struct ovl_node *node, uint64_t n);
+/*
+ * After a batch of forgets: once the nodes have shrunk to under half their
+ * peak, hand the freed memory back to the system (malloc keeps it).
+ */
+void ovl_nodes_trim(struct ovl_fs *ofs);
 /* Move NODE to (NEWPARENT, NEWNAME); caller holds ns_lock for write. */
 int ovl_node_move(struct ovl_fs *ofs, struct ovl_node *node,
 		  struct ovl_node *newparent, const char *newname);
