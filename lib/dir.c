@@ -31,11 +31,17 @@
  * caller's umask (FUSE_CAP_DONT_MASK): a parent with a default ACL ignores
  * the umask, as on any local filesystem, and the upper applies the ACL.
  */
-static mode_t create_mode(const struct ovl_ctx *ctx, int pufd, mode_t mode,
-			  bool *acl)
+static mode_t create_mode(const struct ovl_ctx *ctx, struct ovl_node *parent,
+			  mode_t mode, bool *acl)
 {
-	*acl = ovl_at_getxattr(pufd, ".", "system.posix_acl_default", NULL,
-			       0) > 0;
+	/* Asked once per directory: only our setxattr can add one. */
+	unsigned int gen = atomic_load(&parent->xgen);
+
+	*acl = !ovl_xattr_none(parent, &parent->dacl_none) &&
+	       ovl_at_getxattr(atomic_load(&parent->upper_fd), ".",
+			       "system.posix_acl_default", NULL, 0) > 0;
+	if (!*acl)
+		ovl_xattr_set_none(&parent->dacl_none, gen);
 	return *acl ? mode : mode & ~(ctx->umask & 0777);
 }
 
@@ -134,14 +140,15 @@ static int prepare_create(struct ovl_fs *ofs, struct ovl_node *parent,
 	return pufd;
 }
 
-static int make_dir(struct ovl_fs *ofs, const struct ovl_ctx *ctx, int pufd,
+static int make_dir(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
+		    struct ovl_node *parent, int pufd,
 		    const char *name, mode_t mode, bool opaque, int *fdp)
 {
 	char tmp[64];
 	int fd, err;
 	bool acl;
 
-	mode = create_mode(ctx, pufd, mode, &acl);
+	mode = create_mode(ctx, parent, mode, &acl);
 	if (!opaque) {
 		if (mkdirat(pufd, name, mode & 07777) < 0)
 			return -errno;
@@ -205,10 +212,10 @@ int ovl_mknod(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 		goto out_unlock;
 	}
 	if (!S_ISDIR(mode) && !S_ISLNK(mode))
-		mode = create_mode(ctx, pufd, mode, &acl);
+		mode = create_mode(ctx, parent, mode, &acl);
 	switch (mode & S_IFMT) {
 	case S_IFDIR:
-		err = make_dir(ofs, ctx, pufd, name, mode, wh, &fd);
+		err = make_dir(ofs, ctx, parent, pufd, name, mode, wh, &fd);
 		break;
 	case S_IFLNK:
 		if (symlinkat(link_target, pufd, name) < 0) {
@@ -267,9 +274,9 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 		return err;
 	pthread_rwlock_wrlock(&ofs->ns_lock);
 	pufd = prepare_create(ofs, parent, name, &wh);
-	pthread_rwlock_unlock(&ofs->ns_lock);
 	if (pufd == -EEXIST && !(flags & O_EXCL)) {
 		/* Created by someone else since the kernel's lookup: open it. */
+		pthread_rwlock_unlock(&ofs->ns_lock);
 		err = ovl_lookup(ofs, parent, name, e);
 		if (err)
 			return err;
@@ -278,16 +285,11 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 			ovl_node_forget(ofs, e->node, 1);
 		return err;
 	}
-	if (pufd < 0)
-		return pufd;
-
-	pthread_rwlock_wrlock(&ofs->ns_lock);
-	pufd = prepare_create(ofs, parent, name, &wh);
 	if (pufd < 0) {
 		err = pufd;
 		goto out_unlock;
 	}
-	mode = create_mode(ctx, pufd, mode, &acl);
+	mode = create_mode(ctx, parent, mode, &acl);
 	fd = openat(pufd, name,
 		    (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_DIRECT)) |
 			    O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
@@ -308,6 +310,8 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 		goto out_close;
 	/* Open before the lock goes: an unlink must see it (ovl_node_pin). */
 	atomic_fetch_add(&e->node->nopen, 1);
+	/* Made by us just now: it has no file capability. */
+	ovl_xattr_set_none(&e->node->caps_none, atomic_load(&e->node->xgen));
 	pthread_rwlock_unlock(&ofs->ns_lock);
 	err = ovl_file_new(ofs, e->node, fd, flags, false, out);
 	if (err) {
@@ -369,6 +373,7 @@ int ovl_link(struct ovl_fs *ofs, struct ovl_node *node,
 
 		ovl_node_lookup_ref(ofs, node);
 		e->node = node;
+		atomic_store(&node->aliased, true);
 		if (ovl_fstat(atomic_load(&node->upper_fd), &ust) == 0)
 			ovl_node_index(ofs, node, ust.st_dev, ust.st_ino);
 	}

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -31,11 +32,15 @@
 
 /*
  * A file with several names may change through a name whose kernel inode
- * is another (nodes are per name): do not cache its attributes.
+ * is another (nodes are per name): do not cache its attributes. Nor once
+ * it ever had (node->aliased): the other node lives on after a name goes.
  */
-static double attr_timeout(const struct stat *st)
+static double attr_timeout(const struct ovl_node *node, const struct stat *st)
 {
-	return !S_ISDIR(st->st_mode) && st->st_nlink > 1 ? 0.0 : OVL_TIMEOUT;
+	if (S_ISDIR(st->st_mode))
+		return OVL_TIMEOUT;
+	return st->st_nlink > 1 || atomic_load(&node->aliased) ? 0.0
+							       : OVL_TIMEOUT;
 }
 
 static struct ovl_fs *ofs_of(fuse_req_t req)
@@ -92,7 +97,7 @@ static void reply_entry(fuse_req_t req, struct ovl_fs *ofs, int err,
 	fe.ino = nodeid_of(ofs, e->node);
 	fe.generation = e->node->generation;
 	fe.attr = e->st;
-	fe.attr_timeout = attr_timeout(&e->st);
+	fe.attr_timeout = attr_timeout(e->node, &e->st);
 	fe.entry_timeout = OVL_TIMEOUT;
 	if (fuse_reply_entry(req, &fe) == -ENOENT)
 		ovl_node_forget(ofs, e->node, 1);	/* request was interrupted */
@@ -154,14 +159,15 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
 	struct ovl_fs *ofs = ofs_of(req);
+	struct ovl_node *node = node_of(ofs, ino);
 	struct stat st;
-	int err = ovl_node_stat(ofs, node_of(ofs, ino), &st);
+	int err = ovl_node_stat(ofs, node, &st);
 
 	(void)fi;
 	if (err)
 		fuse_reply_err(req, -err);
 	else
-		fuse_reply_attr(req, &st, attr_timeout(&st));
+		fuse_reply_attr(req, &st, attr_timeout(node, &st));
 }
 
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
@@ -192,7 +198,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	if (err)
 		fuse_reply_err(req, -err);
 	else
-		fuse_reply_attr(req, &st, attr_timeout(&st));
+		fuse_reply_attr(req, &st, attr_timeout(node_of(ofs, ino), &st));
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -285,6 +291,11 @@ static bool keep_cache(struct ovl_fs *ofs, struct ovl_file *f)
 {
 	struct stat st;
 
+	if (atomic_load(&f->node->aliased))
+		return false;
+	/* The lower does not change while mounted: its count was seen. */
+	if (f->on_lower && !ovl_node_has_upper(f->node))
+		return true;
 	return ovl_fstat(ovl_file_fd(ofs, f), &st) == 0 && st.st_nlink <= 1;
 }
 
@@ -345,7 +356,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	fe.ino = nodeid_of(ofs, e.node);
 	fe.generation = e.node->generation;
 	fe.attr = e.st;
-	fe.attr_timeout = attr_timeout(&e.st);
+	fe.attr_timeout = attr_timeout(e.node, &e.st);
 	fe.entry_timeout = OVL_TIMEOUT;
 	fi->fh = (uint64_t)(uintptr_t)f;
 	if (reply_open(req, ofs, f, fi, &fe) == -ENOENT) {
@@ -354,22 +365,78 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 }
 
-static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-		    struct fuse_file_info *fi)
+/*
+ * Reads: the data goes file -> pipe -> /dev/fuse by splice, never through
+ * our memory. The pipe is ours (one per thread), not libfuse's: only then
+ * does an error after part of the data is read come back as an error (in
+ * libfuse's splice path it becomes a short read, which the kernel takes
+ * for EOF). Files that cannot splice take the copy path.
+ */
+struct read_pipe {
+	int r, w;
+	size_t cap;
+};
+
+static void read_pipe_free(void *p)
+{
+	struct read_pipe *rp = p;
+
+	if (!rp)
+		return;
+	close(rp->r);
+	close(rp->w);
+	free(rp);
+}
+
+/* This thread's pipe, holding at least SIZE bytes; NULL if none can be had. */
+static struct read_pipe *read_pipe(struct ovl_fs *ofs, size_t size)
+{
+	struct read_pipe *rp = pthread_getspecific(ofs->pipe_key);
+	int fds[2], cap;
+
+	if (rp && rp->cap >= size)
+		return rp;
+	if (rp) {
+		cap = fcntl(rp->w, F_SETPIPE_SZ, (int)size);
+		if (cap >= (int)size) {
+			rp->cap = cap;
+			return rp;
+		}
+		return NULL;
+	}
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		return NULL;
+	rp = malloc(sizeof(*rp));
+	cap = fcntl(fds[1], F_SETPIPE_SZ, (int)(size > (1 << 20) ? size : 1 << 20));
+	if (!rp || cap < (int)size || pthread_setspecific(ofs->pipe_key, rp)) {
+		close(fds[0]);
+		close(fds[1]);
+		free(rp);
+		return NULL;
+	}
+	rp->r = fds[0];
+	rp->w = fds[1];
+	rp->cap = cap;
+	return rp;
+}
+
+/* Throw away this thread's pipe (it may hold stray data). */
+static void read_pipe_drop(struct ovl_fs *ofs, struct read_pipe *rp)
+{
+	pthread_setspecific(ofs->pipe_key, NULL);
+	read_pipe_free(rp);
+}
+
+/* The copy path: pread into memory, then reply. */
+static void read_copy(fuse_req_t req, int fd, size_t size, off_t off)
 {
 	char *buf = malloc(size ? size : 1);
-	int fd = fd_of(req, fi);
 	size_t got = 0;
 
-	(void)ino;
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	/*
-	 * Read here rather than hand libfuse the fd: it turns an error after
-	 * a partial read into a short reply, which the kernel takes for EOF.
-	 */
 	while (got < size) {
 		ssize_t n = pread(fd, buf + got, size - got, off + got);
 
@@ -386,6 +453,73 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	fuse_reply_buf(req, buf, got);
 	free(buf);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct ovl_fs *ofs = ofs_of(req);
+	int fd = fd_of(req, fi), left;
+	struct read_pipe *rp;
+	size_t got = 0;
+
+	(void)ino;
+	/* Small reads are cheaper copied than spliced. */
+	rp = size >= 16384 ? read_pipe(ofs, size) : NULL;
+	if (!rp) {
+		read_copy(req, fd, size, off);
+		return;
+	}
+	while (got < size) {
+		loff_t pos = off + got;
+		ssize_t n = splice(fd, &pos, rp->w, NULL, size - got,
+				   SPLICE_F_MOVE);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && got == 0 && (errno == EINVAL || errno == ENOSYS)) {
+			read_copy(req, fd, size, off);	/* cannot splice */
+			return;
+		}
+		if (n < 0) {
+			int err = errno;
+
+			read_pipe_drop(ofs, rp);
+			fuse_reply_err(req, err);
+			return;
+		}
+		if (n == 0) {
+			/*
+			 * splice may stop short where read fails (seen with
+			 * a FUSE lower): only read(2)'s word counts for EOF.
+			 */
+			char c;
+			ssize_t r = pread(fd, &c, 1, off + got);
+
+			if (r == 0)
+				break;
+			/* An error or more data: let read(2) answer. */
+			read_pipe_drop(ofs, rp);
+			read_copy(req, fd, size, off);
+			return;
+		}
+		got += n;
+	}
+	if (got == 0) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	{
+		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(got);
+
+		bv.buf[0].flags = FUSE_BUF_IS_FD;
+		bv.buf[0].fd = rp->r;
+		fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+	}
+	/* Whatever libfuse did not take (a failed reply) must not leak into
+	   the next one. */
+	if (ioctl(rp->r, FIONREAD, &left) < 0 || left > 0)
+		read_pipe_drop(ofs, rp);
 }
 
 static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
@@ -512,7 +646,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				fe.ino = nodeid_of(ofs, e.node);
 				fe.generation = e.node->generation;
 				fe.attr = e.st;
-				fe.attr_timeout = attr_timeout(&e.st);
+				fe.attr_timeout = attr_timeout(e.node, &e.st);
 				fe.entry_timeout = OVL_TIMEOUT;
 				len = fuse_add_direntry_plus(req, p, rem, d->name,
 							     &fe, i + 1);
@@ -740,6 +874,11 @@ void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv)
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_session *se;
 
+	if (!ofs->pipe_key_made) {
+		if (pthread_key_create(&ofs->pipe_key, read_pipe_free))
+			return NULL;
+		ofs->pipe_key_made = true;
+	}
 	se = fuse_session_new(&args, &ovl_ops, sizeof(ovl_ops), ofs);
 	fuse_opt_free_args(&args);
 	return se;
@@ -800,7 +939,8 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 		v[2].iov_len = sizeof(o);
 		return writev(fd, v, 3);
 	}
-	if (oh->unique == atomic_load(&ofs->init_unique) && ofs->pt_want &&
+	if (oh->unique && oh->unique == atomic_load(&ofs->init_unique) &&
+	    ofs->pt_want &&
 	    atomic_load(&ofs->pt_offered) &&
 	    iov[1].iov_len == sizeof(struct fuse_init_out)) {
 		struct fuse_init_out o;
@@ -886,7 +1026,13 @@ void ovl_notify_attr_changed(struct ovl_fs *ofs, struct ovl_node *node)
 	pthread_rwlock_unlock(&ofs->notify_lock);
 }
 
-void ovl_fuse_session_destroy(void *se)
+void ovl_fuse_session_destroy(struct ovl_fs *ofs)
 {
-	fuse_session_destroy(se);
+	if (ofs->se)
+		fuse_session_destroy(ofs->se);
+	ofs->se = NULL;
+	if (ofs->pipe_key_made) {
+		pthread_key_delete(ofs->pipe_key);
+		ofs->pipe_key_made = false;
+	}
 }

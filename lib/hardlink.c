@@ -151,6 +151,7 @@ static int link_alias(struct ovl_node *alias, int copy)
 
 		utimensat(pufd, "", ts, AT_EMPTY_PATH);
 	}
+	atomic_store(&alias->aliased, true);
 	atomic_store(&alias->has_upper, true);
 	return 0;
 }

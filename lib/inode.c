@@ -504,7 +504,8 @@ bool ovl_node_known(struct ovl_fs *ofs, struct ovl_node *parent,
 
 	pthread_mutex_lock(&ofs->table_lock);
 	n = find_locked(ofs, parent, name);
-	known = n && n->nlookup > 0;
+	/* An aliased node's attributes may have changed through another. */
+	known = n && n->nlookup > 0 && !atomic_load(&n->aliased);
 	pthread_mutex_unlock(&ofs->table_lock);
 	return known;
 }
@@ -645,6 +646,8 @@ void ovl_node_index(struct ovl_fs *ofs, struct ovl_node *node, dev_t dev,
 {
 	size_t j = inode_slot(dev, ino);
 
+	/* Its other names may have nodes of their own from before. */
+	atomic_store(&node->aliased, true);
 	pthread_mutex_lock(&ofs->table_lock);
 	if (!node->indexed) {
 		node->idev = dev;

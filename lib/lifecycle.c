@@ -595,8 +595,7 @@ static void ofs_free(struct ovl_fs *ofs)
 		close(ofs->upper_lock_fd);
 	if (ofs->lower_lock_fd >= 0)
 		close(ofs->lower_lock_fd);
-	if (ofs->se)
-		ovl_fuse_session_destroy(ofs->se);
+	ovl_fuse_session_destroy(ofs);
 	pthread_rwlock_destroy(&ofs->ns_lock);
 	pthread_rwlock_destroy(&ofs->notify_lock);
 	pthread_mutex_destroy(&ofs->hardlink_lock);

@@ -280,13 +280,16 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 					layers |= OVL_IN_LOWER;
 			}
 			ino = ovl_ino_upper(ofs, ufd, st);
+		} else if ((node = ovl_node_by_inode(ofs, st->st_dev,
+						     st->st_ino))) {
+			/*
+			 * Another name of a file we already know: one node.
+			 * Also when this is its last name: the node we know
+			 * may have lost its own, and still be open.
+			 */
+			*out = node;
+			return 0;
 		} else if (st->st_nlink > 1) {
-			/* Another name of a file we already know: one node. */
-			node = ovl_node_by_inode(ofs, st->st_dev, st->st_ino);
-			if (node) {
-				*out = node;
-				return 0;
-			}
 			/* The index needs the inode held (ovl_node_index). */
 			ufd = ovl_open_child(pufd, name);
 			if (ufd < 0)
@@ -323,6 +326,8 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 		goto out_close;
 	}
 	node->opaque = opaque;
+	if (!S_ISDIR(st->st_mode) && st->st_nlink > 1)
+		atomic_store(&node->aliased, true);
 	*out = ovl_node_insert(ofs, node);
 	if (indexed)
 		ovl_node_index(ofs, *out, st->st_dev, st->st_ino);

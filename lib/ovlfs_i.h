@@ -274,16 +274,25 @@ struct ovl_node {
 	   ns_lock write (an unlink pins the node if any is open) */
 	_Atomic int nopen;
 	/*
-	 * Known to have no security.capability: the kernel asks before every
-	 * write (file_remove_privs), so the answer is remembered. Only ovlfs
-	 * changes the object's xattrs; any setxattr/removexattr clears it.
+	 * Remembered "no such xattr" answers: the kernel asks for
+	 * security.capability before every write (file_remove_privs), and a
+	 * create asks for the parent's default ACL. Only ovlfs changes a
+	 * layer object's xattrs, and every change bumps xgen; a remembered
+	 * answer holds while it equals xgen + 1 (see ovl_xattr_none).
 	 */
-	_Atomic bool no_caps;
+	_Atomic unsigned int xgen, caps_none, dacl_none;
 
 	/* ofs->io_lock: how the kernel sees the node's open files */
 	uint32_t n_cached;		/* handles answered without passthrough */
 	uint32_t n_pt;			/* handles answered with passthrough */
 	int backing_id;			/* registered while n_pt > 0 */
+
+	/*
+	 * Another node may stand for the same file (lower hard links, or
+	 * names linked at copy-up): the kernel must not cache its attributes
+	 * or pages for long. Set once, never cleared.
+	 */
+	_Atomic bool aliased;
 
 	/* immutable after creation */
 	mode_t type;			/* S_IFMT bits */
@@ -353,6 +362,8 @@ struct ovl_fs {
 	bool notify_off;		/* notify_lock */
 	pthread_t loop_thread;
 	bool loop_running;
+	pthread_key_t pipe_key;		/* fuse_ops.c: each thread's read pipe */
+	bool pipe_key_made;
 
 	/* passthrough.c */
 	bool pt_want;			/* allowed: option, CAP_SYS_ADMIN */
@@ -383,7 +394,10 @@ struct ovl_node *ovl_node_new(struct ovl_fs *ofs, struct ovl_node *parent,
 /* Find a linked node by (parent, name) and take a ref; NULL if absent. */
 struct ovl_node *ovl_node_find(struct ovl_fs *ofs, struct ovl_node *parent,
 			       const char *name);
-/* Does the kernel hold a lookup of the node at (PARENT, NAME)? */
+/*
+ * Does the kernel hold a lookup of the node at (PARENT, NAME), with
+ * attributes that cannot have changed behind it (not aliased)?
+ */
 bool ovl_node_known(struct ovl_fs *ofs, struct ovl_node *parent,
 		    const char *name);
 /* Insert NODE, or return the node already there (ref taken, NODE freed). */
@@ -676,6 +690,22 @@ int ovl_dir_is_empty(struct ovl_fs *ofs, struct ovl_node *node);
 
 /* ===== xattr.c ===== */
 
+/*
+ * Is the absence of an xattr remembered in SLOT (&node->caps_none, ...)
+ * still good? And remembering one, found by a query begun at generation
+ * GEN (read with atomic_load(&node->xgen) before asking the layer).
+ */
+static inline bool ovl_xattr_none(struct ovl_node *n, _Atomic unsigned int *slot)
+{
+	unsigned int v = atomic_load(slot);
+
+	return v && v == atomic_load(&n->xgen) + 1;
+}
+static inline void ovl_xattr_set_none(_Atomic unsigned int *slot,
+				      unsigned int gen)
+{
+	atomic_store(slot, gen + 1);
+}
 /* Is NAME one of ovlfs's private xattrs (hidden from users)? */
 bool ovl_xattr_is_private(const char *name);
 int ovl_getxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
@@ -706,7 +736,7 @@ int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point);
 int ovl_fuse_loop(void *se);
 void ovl_fuse_session_exit(void *se);
 void ovl_fuse_session_unmount(void *se);
-void ovl_fuse_session_destroy(void *se);
+void ovl_fuse_session_destroy(struct ovl_fs *ofs);
 /*
  * Tell the kernel NODE's attributes changed behind its cache (copy-up
  * touches the parent directory). Call with no lock held.

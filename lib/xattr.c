@@ -78,8 +78,10 @@ int ovl_getxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
 	int fd, n;
 
 	bool caps = !strcmp(name, "security.capability");
+	unsigned int gen = atomic_load(&node->xgen);
 
-	if (ovl_xattr_is_private(name) || (caps && atomic_load(&node->no_caps)))
+	if (ovl_xattr_is_private(name) ||
+	    (caps && ovl_xattr_none(node, &node->caps_none)))
 		return -ENODATA;
 	fd = ovl_node_fd_get(ofs, node, OVL_TOP);
 	if (fd < 0)
@@ -87,7 +89,7 @@ int ovl_getxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
 	n = (int)ovl_fd_getxattr(fd, name, buf, size);
 	ovl_node_fd_put(node, fd);
 	if (caps && n == -ENODATA)
-		atomic_store(&node->no_caps, true);
+		ovl_xattr_set_none(&node->caps_none, gen);
 	return n;
 }
 
@@ -159,8 +161,8 @@ int ovl_setxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
 	fd = ovl_node_fd_get(ofs, node, OVL_UPPER);
 	if (fd < 0)
 		return fd;
-	atomic_store(&node->no_caps, false);
 	err = ovl_fd_setxattr(fd, name, value, size, flags);
+	atomic_fetch_add(&node->xgen, 1);
 	ovl_node_fd_put(node, fd);
 	return err;
 }
@@ -182,8 +184,8 @@ int ovl_removexattr(struct ovl_fs *ofs, struct ovl_node *node,
 	fd = ovl_node_fd_get(ofs, node, OVL_UPPER);
 	if (fd < 0)
 		return fd;
-	atomic_store(&node->no_caps, false);
 	err = ovl_fd_removexattr(fd, name);
+	atomic_fetch_add(&node->xgen, 1);
 	ovl_node_fd_put(node, fd);
 	return err;
 }
