@@ -148,29 +148,41 @@ int ovl_listxattr(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
 	return n;
 }
 
-int ovl_setxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
-		 const void *value, size_t size, int flags)
+/*
+ * Copy NODE up and set NAME to VALUE (SIZE bytes, FLAGS) on its upper
+ * object, or remove NAME if REMOVE.
+ */
+static int change_upper(struct ovl_fs *ofs, struct ovl_node *node,
+			const char *name, const void *value, size_t size,
+			int flags, bool remove)
 {
-	int fd, err;
+	int fd, err = ovl_copy_up(ofs, node);
 
-	if (ovl_xattr_is_private(name))
-		return -EPERM;
-	err = ovl_copy_up(ofs, node);
 	if (err)
 		return err;
 	fd = ovl_node_fd_get(ofs, node, OVL_UPPER);
 	if (fd < 0)
 		return fd;
-	err = ovl_fd_setxattr(fd, name, value, size, flags);
+	err = remove ? ovl_fd_removexattr(fd, name)
+		     : ovl_fd_setxattr(fd, name, value, size, flags);
+	/* Remembered absences (ovl_xattr_none) are stale from now on. */
 	atomic_fetch_add(&node->xgen, 1);
 	ovl_node_fd_put(node, fd);
 	return err;
 }
 
+int ovl_setxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
+		 const void *value, size_t size, int flags)
+{
+	if (ovl_xattr_is_private(name))
+		return -EPERM;
+	return change_upper(ofs, node, name, value, size, flags, false);
+}
+
 int ovl_removexattr(struct ovl_fs *ofs, struct ovl_node *node,
 		    const char *name)
 {
-	int fd, err;
+	int err;
 
 	if (ovl_xattr_is_private(name))
 		return -EPERM;
@@ -178,14 +190,5 @@ int ovl_removexattr(struct ovl_fs *ofs, struct ovl_node *node,
 	err = ovl_getxattr(ofs, node, name, NULL, 0);
 	if (err < 0)
 		return err;
-	err = ovl_copy_up(ofs, node);
-	if (err)
-		return err;
-	fd = ovl_node_fd_get(ofs, node, OVL_UPPER);
-	if (fd < 0)
-		return fd;
-	err = ovl_fd_removexattr(fd, name);
-	atomic_fetch_add(&node->xgen, 1);
-	ovl_node_fd_put(node, fd);
-	return err;
+	return change_upper(ofs, node, name, NULL, 0, 0, true);
 }

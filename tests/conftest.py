@@ -781,6 +781,25 @@ def utimensat(path, atime, mtime, follow=True):
         raise OSError(e, os.strerror(e), path)
 
 
+def run_threads(fn, n, timeout=100):
+    """Run fn(0) .. fn(n-1) in n threads at once; the errors they raised
+    (repr), after all have finished."""
+    errors = []
+
+    def wrap(k):
+        try:
+            fn(k)
+        except BaseException as e:             # noqa: B902 (reported)
+            errors.append(repr(e))
+
+    ts = [threading.Thread(target=wrap, args=(k,)) for k in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout)
+    return errors
+
+
 def wait_for(pred, timeout=10.0, interval=0.05):
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -6,11 +6,10 @@ lower readers, writers that copy up, mmap, hard links, unlinked open files."""
 
 import mmap
 import os
-import threading
 
 import pytest
 
-from conftest import Overlay, daemon_pids
+from conftest import Overlay, daemon_pids, run_threads
 
 MIB = 1 << 20
 
@@ -200,35 +199,26 @@ def test_open_close_storm_never_eio(work):
             f.write(b"%d" % i * 4096)
     o = Overlay(lower)
     o.mount()
-    errors = []
-
     def worker(k):
-        try:
-            for it in range(150):
-                p = j(o.mp, "d", "s%d" % ((k + it) % 4))
-                mode = (k * 7 + it) % 3
-                if mode == 0:
-                    with open(p, "rb") as f:
-                        f.read(100)
-                elif mode == 1:
-                    with open(p, "r+b") as f:
-                        f.seek(4096 + k)
-                        f.write(b"w")
-                else:
-                    fd = os.open(p, os.O_RDONLY)
-                    fd2 = os.open(p, os.O_WRONLY | os.O_APPEND)
-                    os.write(fd2, b"+")
-                    os.read(fd, 10)
-                    os.close(fd)
-                    os.close(fd2)
-        except Exception as e:
-            errors.append(repr(e))
+        for it in range(150):
+            p = j(o.mp, "d", "s%d" % ((k + it) % 4))
+            mode = (k * 7 + it) % 3
+            if mode == 0:
+                with open(p, "rb") as f:
+                    f.read(100)
+            elif mode == 1:
+                with open(p, "r+b") as f:
+                    f.seek(4096 + k)
+                    f.write(b"w")
+            else:
+                fd = os.open(p, os.O_RDONLY)
+                fd2 = os.open(p, os.O_WRONLY | os.O_APPEND)
+                os.write(fd2, b"+")
+                os.read(fd, 10)
+                os.close(fd)
+                os.close(fd2)
 
-    ts = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    errors = run_threads(worker, 6)
     assert not errors, errors[:3]
     for i in range(4):
         with open(j(lower, "d", "s%d" % i), "rb") as f:

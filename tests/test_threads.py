@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import F, Overlay, build
+from conftest import F, Overlay, build, run_threads
 
 MiB = 1 << 20
 BIG = 64 * MiB
@@ -138,24 +138,15 @@ def test_concurrent_copyup_same_file(work):
     build(lower, {"shared": F(b"L" * (4 * MiB))})
     o = Overlay(lower)
     o.mount()
-    errors = []
-
     def app(k):
+        fd = os.open(j(o.mp, "shared"), os.O_WRONLY | os.O_APPEND)
         try:
-            fd = os.open(j(o.mp, "shared"), os.O_WRONLY | os.O_APPEND)
-            try:
-                for i in range(50):
-                    os.write(fd, b"%02d" % k)
-            finally:
-                os.close(fd)
-        except BaseException as e:
-            errors.append(repr(e))
+            for i in range(50):
+                os.write(fd, b"%02d" % k)
+        finally:
+            os.close(fd)
 
-    ts = [threading.Thread(target=app, args=(k,)) for k in range(8)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(100)
+    errors = run_threads(app, 8)
     assert not errors, errors
     data = open(j(o.mp, "shared"), "rb").read()
     assert data[:4 * MiB] == b"L" * (4 * MiB)
