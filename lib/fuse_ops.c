@@ -132,6 +132,20 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct ovl_entry e;
 	int err = ovl_lookup(ofs, node_of(ofs, parent), name, &e);
 
+	if (err == -ENOENT) {
+		/*
+		 * Cache the miss as the kernel's own filesystems do: a name
+		 * appears in the merged view only by a create the kernel
+		 * sees (the layers change under ovlfs alone), so compilers
+		 * and interpreters probing paths ask once.
+		 */
+		struct fuse_entry_param fe;
+
+		memset(&fe, 0, sizeof(fe));
+		fe.entry_timeout = OVL_TIMEOUT;
+		fuse_reply_entry(req, &fe);
+		return;
+	}
 	reply_entry(req, ofs, err, &e);
 }
 

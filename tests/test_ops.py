@@ -14,7 +14,8 @@ import time
 import pytest
 
 from conftest import (F, L, D, Fifo, Dev, needs_root, snapshot, utimensat,
-                      UTIME_NOW, UTIME_OMIT, assert_same_tree)
+                      UTIME_NOW, UTIME_OMIT, assert_same_tree, Overlay,
+                      daemon_pids)
 
 MiB = 1 << 20
 
@@ -614,3 +615,40 @@ def test_many_ops_then_remount(scenario):
     sc.check()
     sc.remount()
     sc.check()
+
+
+def test_negative_lookups_are_cached_and_stay_right(work):
+    """A miss is cached by the kernel (a second probe of the name costs no
+    request) and every way a name can come into view through the mount
+    still shows it: create, mkdir, symlink, link, rename onto it."""
+    lower = os.path.join(work, "lower")
+    os.makedirs(os.path.join(lower, "d"))
+    with open(os.path.join(lower, "d", "f"), "w") as f:
+        f.write("x")
+    o = Overlay(lower)
+    o.mount()
+    d = os.path.join(o.mp, "d")
+    names = ["new", "dir", "sym", "lnk", "ren"]
+    for n in names:
+        assert not os.path.lexists(os.path.join(d, n))
+    pid, = daemon_pids(lower)
+
+    def syscr():
+        with open("/proc/%d/io" % pid) as f:
+            return int(dict(l.split(": ") for l in f.read().splitlines())["syscr"])
+    before = syscr()
+    for _ in range(50):
+        for n in names:
+            assert not os.path.lexists(os.path.join(d, n))
+    assert syscr() - before < 20, "misses were not cached"
+    open(os.path.join(d, "new"), "w").close()
+    os.mkdir(os.path.join(d, "dir"))
+    os.symlink("f", os.path.join(d, "sym"))
+    os.link(os.path.join(d, "f"), os.path.join(d, "lnk"))
+    os.rename(os.path.join(d, "new"), os.path.join(d, "ren"))
+    assert sorted(os.listdir(d)) == ["dir", "f", "lnk", "ren", "sym"]
+    for n in ["dir", "f", "lnk", "ren", "sym"]:
+        assert os.path.lexists(os.path.join(d, n)), n
+    assert not os.path.lexists(os.path.join(d, "new"))
+    o.remount()
+    assert sorted(os.listdir(os.path.join(o.mp, "d"))) == ["dir", "f", "lnk", "ren", "sym"]
