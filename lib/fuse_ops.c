@@ -908,8 +908,8 @@ void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv)
  * docs/passthrough.md has the why; with libfuse >= 3.17 this becomes
  * FUSE_CAP_PASSTHROUGH and fi->backing_id.
  */
-#define OVL_FUSE_PASSTHROUGH_FLAGS2 (1u << 5)	/* FUSE_PASSTHROUGH >> 32 */
-#define OVL_FOPEN_PASSTHROUGH (1u << 7)
+#define OVL_FUSE_PASSTHROUGH_FLAGS2 (1U << 5)	/* FUSE_PASSTHROUGH >> 32 */
+#define OVL_FOPEN_PASSTHROUGH (1U << 7)
 
 static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 {
@@ -1006,18 +1006,168 @@ int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point)
 	return 0;
 }
 
+/*
+ * The request loop: leader/followers instead of libfuse's pool.
+ *
+ * With libfuse's multithreaded loop every worker sleeps in read() on
+ * /dev/fuse and the kernel wakes the one that has waited longest, so a
+ * program doing one thing after another (stat, open, read, close...)
+ * has each request served by another, cold thread, most often on the
+ * other CPU: a cross-CPU wakeup per request, which on a 2-CPU machine
+ * cost more than the work itself (open+read+close of small files ran at
+ * a third of the single-threaded speed). Here one thread at a time
+ * holds the reader's turn. A quick request (see request_is_quick) is
+ * served by the reader itself, which keeps the turn, so a sequential
+ * client talks to one warm thread. Before anything that may take long
+ * (copying data, fsync, big reads, listing a directory, anything that
+ * may copy up a file) the reader passes the turn to an idle follower,
+ * or starts one (up to OVL_MAX_THREADS), so slow requests still run in
+ * parallel with everything else.
+ */
+#define OVL_MAX_THREADS 16
+#define OVL_QUICK_READ 32768
+
+struct loop {
+	struct fuse_session *se;
+	pthread_mutex_t lock;
+	pthread_cond_t turn;		/* the reader's turn is free, or done */
+	bool reading;			/* lock: someone holds the turn */
+	bool done;			/* lock: the session ended */
+	int idle;			/* lock: followers waiting for the turn */
+	int nthreads;			/* lock: started besides the first */
+	pthread_t threads[OVL_MAX_THREADS];	/* lock */
+	int result;			/* lock */
+};
+
+/* Is the request in B cheap and sure not to wait on file data? */
+static bool request_is_quick(const struct fuse_buf *b)
+{
+	const struct fuse_in_header *h = b->mem;
+	const void *arg = h + 1;
+
+	if ((b->flags & FUSE_BUF_IS_FD) || b->size < sizeof(*h))
+		return false;
+	switch (h->opcode) {
+	case FUSE_LOOKUP:
+	case FUSE_FORGET:
+	case FUSE_BATCH_FORGET:
+	case FUSE_GETATTR:
+	case FUSE_READLINK:
+	case FUSE_RELEASE:
+	case FUSE_RELEASEDIR:
+	case FUSE_OPENDIR:
+	case FUSE_STATFS:
+	case FUSE_GETXATTR:
+	case FUSE_LISTXATTR:
+	case FUSE_FLUSH:
+	case FUSE_ACCESS:
+	case FUSE_INTERRUPT:
+	case FUSE_CREATE:	/* parents' copy-up is metadata only */
+	case FUSE_MKDIR:
+	case FUSE_MKNOD:
+	case FUSE_SYMLINK:
+	case FUSE_UNLINK:
+		return true;
+	case FUSE_OPEN:		/* unless it copies up */
+		return b->size >= sizeof(*h) + sizeof(struct fuse_open_in) &&
+		       (((const struct fuse_open_in *)arg)->flags &
+			(O_ACCMODE | O_TRUNC)) == O_RDONLY;
+	case FUSE_READ:
+		return b->size >= sizeof(*h) + sizeof(struct fuse_read_in) &&
+		       ((const struct fuse_read_in *)arg)->size <=
+			       OVL_QUICK_READ;
+	default:
+		return false;
+	}
+}
+
+static void *loop_thread(void *arg);
+
+/* The session is over: wake everyone to leave. Caller holds L->lock. */
+static void loop_finish(struct loop *L, int res)
+{
+	if (!L->done && res < 0)
+		L->result = res;
+	L->done = true;
+	L->reading = false;
+	pthread_cond_broadcast(&L->turn);
+}
+
+/* Give the reader's turn away before a slow request. */
+static void loop_hand_over(struct loop *L)
+{
+	pthread_mutex_lock(&L->lock);
+	L->reading = false;
+	if (L->idle > 0) {
+		pthread_cond_signal(&L->turn);
+	} else if (L->nthreads < OVL_MAX_THREADS &&
+		   pthread_create(&L->threads[L->nthreads], NULL, loop_thread,
+				  L) == 0) {
+		L->nthreads++;
+	}
+	/* else: the next one to finish takes the turn */
+	pthread_mutex_unlock(&L->lock);
+}
+
+static void *loop_thread(void *arg)
+{
+	struct loop *L = arg;
+	struct fuse_buf fbuf = { .mem = NULL };
+	int res;
+
+	for (;;) {
+		pthread_mutex_lock(&L->lock);
+		while (L->reading && !L->done) {
+			L->idle++;
+			pthread_cond_wait(&L->turn, &L->lock);
+			L->idle--;
+		}
+		if (L->done) {
+			pthread_mutex_unlock(&L->lock);
+			break;
+		}
+		L->reading = true;
+		pthread_mutex_unlock(&L->lock);
+		/* Our turn: read and serve quick requests until a slow one. */
+		for (;;) {
+			res = fuse_session_receive_buf(L->se, &fbuf);
+			if (res == -EINTR || res == -EAGAIN)
+				continue;
+			if (res <= 0 || fuse_session_exited(L->se)) {
+				pthread_mutex_lock(&L->lock);
+				loop_finish(L, res);
+				pthread_mutex_unlock(&L->lock);
+				goto out;
+			}
+			if (!request_is_quick(&fbuf))
+				break;
+			fuse_session_process_buf(L->se, &fbuf);
+		}
+		loop_hand_over(L);
+		fuse_session_process_buf(L->se, &fbuf);
+	}
+out:
+	free(fbuf.mem);
+	return NULL;
+}
+
 int ovl_fuse_loop(void *se)
 {
-	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
-	int r;
+	struct loop L = { .se = se };
+	int n;
 
-	if (!cfg)
-		return -ENOMEM;
-	fuse_loop_cfg_set_clone_fd(cfg, 1);
-	fuse_loop_cfg_set_idle_threads(cfg, 8);
-	r = fuse_session_loop_mt(se, cfg);
-	fuse_loop_cfg_destroy(cfg);
-	return r;
+	pthread_mutex_init(&L.lock, NULL);
+	pthread_cond_init(&L.turn, NULL);
+	loop_thread(&L);
+	/* No thread starts once done is set: the count is final. */
+	pthread_mutex_lock(&L.lock);
+	n = L.nthreads;
+	pthread_mutex_unlock(&L.lock);
+	for (int i = 0; i < n; i++)
+		pthread_join(L.threads[i], NULL);
+	pthread_cond_destroy(&L.turn);
+	pthread_mutex_destroy(&L.lock);
+	return L.result;
 }
 
 void ovl_fuse_session_exit(void *se)

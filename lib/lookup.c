@@ -273,7 +273,6 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 			if (err < 0)
 				goto out_close;
 			opaque = err;
-			err = 0;
 			if (lower_ok && !opaque) {
 				lfd = lower_dir_of(parent, name);
 				if (lfd >= 0)
@@ -360,9 +359,10 @@ int ovl_lookup_stat_locked(struct ovl_fs *ofs, struct ovl_node *parent,
 		return -EINVAL;
 	node = ovl_node_find(ofs, parent, name);
 	if (!node) {
+		node = NULL;
 		err = lookup_layers(ofs, parent, name, &node, st);
-		if (err)
-			return err;
+		if (err || !node)	/* (never NULL on success) */
+			return err ? err : -EIO;
 		/* The stat was of this very object: only the number differs. */
 		if (st)
 			st->st_ino = node->ino;

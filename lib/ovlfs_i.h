@@ -359,30 +359,30 @@ struct ovl_fs {
 	 * on a closed (or reused) fd number.
 	 */
 	pthread_rwlock_t notify_lock;
-	bool notify_off;		/* notify_lock */
 	pthread_t loop_thread;
-	bool loop_running;
+	dev_t conn_dev;			/* st_dev of the mount */
 	pthread_key_t pipe_key;		/* fuse_ops.c: each thread's read pipe */
+	int loop_result;
+	bool notify_off;		/* notify_lock */
+	bool loop_running;
 	bool pipe_key_made;
 
 	/* passthrough.c */
-	bool pt_want;			/* allowed: option, CAP_SYS_ADMIN */
-	int pt_depth;			/* max_stack_depth asked at INIT */
-	_Atomic bool pt_offered;	/* the kernel's INIT offered it */
 	_Atomic uint64_t init_unique;	/* of the INIT request, once seen */
-	_Atomic bool pt_on;		/* negotiated, no failure since */
-	int dev_fd;			/* the session fd (notify_lock) */
 	pthread_mutex_t io_lock;	/* a leaf: node io-mode counters */
 	pthread_key_t pt_key;		/* backing id of the reply this
 					   thread is sending, or 0 */
+	int pt_depth;			/* max_stack_depth asked at INIT */
+	int dev_fd;			/* the session fd (notify_lock) */
+	bool pt_want;			/* allowed: option, CAP_SYS_ADMIN */
+	_Atomic bool pt_offered;	/* the kernel's INIT offered it */
+	_Atomic bool pt_on;		/* negotiated, no failure since */
 	bool pt_key_made;
-	dev_t conn_dev;			/* st_dev of the mount */
-	int loop_result;
 };
 
 /* Bits of LAYERS for ovl_node_new: which layers hold the object. */
-#define OVL_IN_UPPER 1u
-#define OVL_IN_LOWER 2u
+#define OVL_IN_UPPER 1U
+#define OVL_IN_LOWER 2U
 /*
  * A new node (one ref) for NAME in PARENT. UPPER_FD and LOWER_FD are fds
  * to pin (the node owns them from now on), or -1.

@@ -47,7 +47,7 @@ static bool has_sys_admin(void)
 
 	if (syscall(SYS_capget, &h, d) < 0)
 		return false;
-	return d[CAP_SYS_ADMIN / 32].effective & (1u << (CAP_SYS_ADMIN % 32));
+	return d[CAP_SYS_ADMIN / 32].effective & (1U << (CAP_SYS_ADMIN % 32));
 }
 
 int ovl_pt_init(struct ovl_fs *ofs, bool enable)

@@ -15,9 +15,14 @@ for _ in $(seq 1 150); do
 	sleep 0.2
 done
 [ -n "$busy" ] && echo "warning: $exe still running (pids$busy)"
-if [ -n "$(ls -A "$logdir")" ]; then
+# An empty log is a process killed (SIGKILL, by a crash test) just as
+# the sanitizer opened its file: nothing was reported, but say so.
+for f in "$logdir"/*; do
+	[ -f "$f" ] && [ ! -s "$f" ] && echo "warning: empty $label log $f (process killed while opening it)"
+done
+if [ -n "$(find "$logdir" -type f -size +0c)" ]; then
 	echo "$label reports found in $logdir:"
-	for f in "$logdir"/*; do
+	for f in $(find "$logdir" -type f -size +0c); do
 		echo "==== $f"
 		cat "$f"
 	done
