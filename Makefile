@@ -43,7 +43,7 @@ TSAN_ENV = \
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(abspath tsan.supp):log_path=$(TSAN_LOGDIR)/tsan
 # The concurrency-heavy tests; test_concurrency.py only if it exists.
 TSAN_TESTS = $(wildcard tests/test_threads.py tests/test_concurrency.py \
-		tests/test_bigdir.py tests/test_passthrough.py)
+		tests/test_bigdir.py tests/test_passthrough.py tests/test_faults.py)
 
 # timeout: a hang fails instead of waiting forever.
 VALGRIND = timeout 300 valgrind --tool=memcheck --leak-check=full \

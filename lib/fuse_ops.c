@@ -18,6 +18,7 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ovlfs_i.h"
@@ -1022,17 +1023,26 @@ int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point)
  * (copying data, fsync, big reads, listing a directory, anything that
  * may copy up a file) the reader passes the turn to an idle follower,
  * or starts one (up to OVL_MAX_THREADS), so slow requests still run in
- * parallel with everything else.
+ * parallel with everything else. A quick request that turns out slow all
+ * the same (a lower on a stuck network filesystem) must not hold up the
+ * mount: a monitor thread, waking every OVL_STUCK_MS, takes the turn
+ * away from a reader stuck on one request for that long.
  */
 #define OVL_MAX_THREADS 16
 #define OVL_QUICK_READ 32768
+#define OVL_STUCK_MS 50
 
 struct loop {
 	struct fuse_session *se;
 	pthread_mutex_t lock;
 	pthread_cond_t turn;		/* the reader's turn is free, or done */
+	pthread_cond_t stop;		/* wakes the monitor at the end */
 	bool reading;			/* lock: someone holds the turn */
 	bool done;			/* lock: the session ended */
+	bool busy;			/* lock: the turn's holder serves a
+					   quick request */
+	uint64_t turn_gen;		/* lock: bumped when the turn passes */
+	uint64_t served;		/* lock: quick requests begun */
 	int idle;			/* lock: followers waiting for the turn */
 	int nthreads;			/* lock: started besides the first */
 	pthread_t threads[OVL_MAX_THREADS];	/* lock */
@@ -1091,13 +1101,15 @@ static void loop_finish(struct loop *L, int res)
 	L->done = true;
 	L->reading = false;
 	pthread_cond_broadcast(&L->turn);
+	pthread_cond_signal(&L->stop);
 }
 
-/* Give the reader's turn away before a slow request. */
-static void loop_hand_over(struct loop *L)
+/* Someone else is to read: wake a follower or start one. L->lock held. */
+static void loop_pass_turn(struct loop *L)
 {
-	pthread_mutex_lock(&L->lock);
 	L->reading = false;
+	L->busy = false;
+	L->turn_gen++;
 	if (L->idle > 0) {
 		pthread_cond_signal(&L->turn);
 	} else if (L->nthreads < OVL_MAX_THREADS &&
@@ -1106,13 +1118,38 @@ static void loop_hand_over(struct loop *L)
 		L->nthreads++;
 	}
 	/* else: the next one to finish takes the turn */
+}
+
+static void *loop_monitor(void *arg)
+{
+	struct loop *L = arg;
+	uint64_t seen = 0;
+	struct timespec t;
+
+	pthread_mutex_lock(&L->lock);
+	while (!L->done) {
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		t.tv_nsec += OVL_STUCK_MS * 1000000L;
+		if (t.tv_nsec >= 1000000000L) {
+			t.tv_sec++;
+			t.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&L->stop, &L->lock, &t);
+		/* The same request in service since the last look: stuck. */
+		if (L->busy && L->served == seen && !L->done)
+			loop_pass_turn(L);
+		seen = L->served;
+	}
 	pthread_mutex_unlock(&L->lock);
+	return NULL;
 }
 
 static void *loop_thread(void *arg)
 {
 	struct loop *L = arg;
 	struct fuse_buf fbuf = { .mem = NULL };
+	uint64_t gen;
+	bool mine;
 	int res;
 
 	for (;;) {
@@ -1127,24 +1164,39 @@ static void *loop_thread(void *arg)
 			break;
 		}
 		L->reading = true;
+		gen = L->turn_gen;
 		pthread_mutex_unlock(&L->lock);
 		/* Our turn: read and serve quick requests until a slow one. */
 		for (;;) {
 			res = fuse_session_receive_buf(L->se, &fbuf);
 			if (res == -EINTR || res == -EAGAIN)
 				continue;
+			pthread_mutex_lock(&L->lock);
 			if (res <= 0 || fuse_session_exited(L->se)) {
-				pthread_mutex_lock(&L->lock);
 				loop_finish(L, res);
 				pthread_mutex_unlock(&L->lock);
 				goto out;
 			}
-			if (!request_is_quick(&fbuf))
+			if (!request_is_quick(&fbuf)) {
+				loop_pass_turn(L);
+				pthread_mutex_unlock(&L->lock);
 				break;
+			}
+			L->busy = true;
+			L->served++;
+			pthread_mutex_unlock(&L->lock);
 			fuse_session_process_buf(L->se, &fbuf);
+			pthread_mutex_lock(&L->lock);
+			/* The monitor may have passed the turn on meanwhile. */
+			mine = L->turn_gen == gen;
+			if (mine)
+				L->busy = false;
+			pthread_mutex_unlock(&L->lock);
+			if (!mine)
+				goto next;
 		}
-		loop_hand_over(L);
 		fuse_session_process_buf(L->se, &fbuf);
+next:;
 	}
 out:
 	free(fbuf.mem);
@@ -1154,17 +1206,28 @@ out:
 int ovl_fuse_loop(void *se)
 {
 	struct loop L = { .se = se };
+	pthread_condattr_t ca;
+	pthread_t monitor;
+	bool monitoring;
 	int n;
 
 	pthread_mutex_init(&L.lock, NULL);
 	pthread_cond_init(&L.turn, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&L.stop, &ca);
+	pthread_condattr_destroy(&ca);
+	monitoring = pthread_create(&monitor, NULL, loop_monitor, &L) == 0;
 	loop_thread(&L);
+	if (monitoring)
+		pthread_join(monitor, NULL);
 	/* No thread starts once done is set: the count is final. */
 	pthread_mutex_lock(&L.lock);
 	n = L.nthreads;
 	pthread_mutex_unlock(&L.lock);
 	for (int i = 0; i < n; i++)
 		pthread_join(L.threads[i], NULL);
+	pthread_cond_destroy(&L.stop);
 	pthread_cond_destroy(&L.turn);
 	pthread_mutex_destroy(&L.lock);
 	return L.result;

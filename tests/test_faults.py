@@ -10,6 +10,7 @@ import os
 import signal
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -239,6 +240,7 @@ FAULT_TREE = {
     "dir_eio": {"inner": "i\n"},
     "dir_eacces": {"inner": "i\n"},
     "okdir": {"f": "f\n", "g_eio": "g\n"},
+    "slowdir": {"stall_x": "s\n"},
     "link_eio": None,     # symlink, made below
 }
 
@@ -533,3 +535,31 @@ def test_sighup_and_sigint_daemon(work):
         assert wait_for(lambda: gone(pid), 10)
         o.mount()
         assert open(j(o.mp, "x")).read() == "x"
+
+
+def test_stuck_lower_does_not_stall_the_mount(faulty):
+    """A lookup the lower takes 1.5 s to answer is served on the reader
+    thread (lookups are quick, usually): the mount must not wait for it.
+    Requests that come meanwhile are answered before it finishes."""
+    o = faulty
+    os.mkdir(j(o.mp, "updir"))
+    p = j(o.mp, "updir", "f")
+    with open(p, "w") as f:
+        f.write("x")
+    os.setxattr(p, "user.k", b"1")
+    when = {}
+
+    def stall():
+        os.stat(j(o.mp, "slowdir", "stall_x"))
+        when["stall"] = time.monotonic()
+
+    t = threading.Thread(target=stall)
+    t.start()
+    time.sleep(0.3)
+    for _ in range(20):           # each getxattr is a request
+        assert os.getxattr(p, "user.k") == b"1"
+    when["others"] = time.monotonic()
+    t.join(30)
+    assert "stall" in when
+    assert when["others"] < when["stall"], "the mount waited for the stuck lookup"
+    alive(o)

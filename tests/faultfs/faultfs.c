@@ -15,6 +15,7 @@
  *   contains "rderr"   open works; read fails with EIO from offset 64 KiB
  *                      on (after a successful first part: a copy that
  *                      fails half way)
+ *   contains "stall"   getattr takes 1.5 s (a lower that hangs)
  *
  * Writes are refused with EROFS: this is only ever a lower.
  */
@@ -79,6 +80,8 @@ static int ff_getattr(const char *path, struct stat *st,
 	(void)fi;
 	if (strstr(base(path), "staterr"))
 		return -EIO;
+	if (strstr(base(path), "stall"))
+		usleep(1500 * 1000);
 	if (fstatat(src_fd, rel(path), st, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
 	return 0;
