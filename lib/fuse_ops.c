@@ -1033,6 +1033,7 @@ int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point)
 #define OVL_STUCK_MS 50
 
 struct loop {
+	struct ovl_fs *ofs;
 	struct fuse_session *se;
 	pthread_mutex_t lock;
 	pthread_cond_t turn;		/* the reader's turn is free, or done */
@@ -1050,7 +1051,7 @@ struct loop {
 };
 
 /* Is the request in B cheap and sure not to wait on file data? */
-static bool request_is_quick(const struct fuse_buf *b)
+static bool request_is_quick(struct ovl_fs *ofs, const struct fuse_buf *b)
 {
 	const struct fuse_in_header *h = b->mem;
 	const void *arg = h + 1;
@@ -1058,6 +1059,14 @@ static bool request_is_quick(const struct fuse_buf *b)
 	if ((b->flags & FUSE_BUF_IS_FD) || b->size < sizeof(*h))
 		return false;
 	switch (h->opcode) {
+	case FUSE_SETATTR:	/* no copy-up, no size change */
+		return b->size >= sizeof(*h) + sizeof(struct fuse_setattr_in) &&
+		       !(((const struct fuse_setattr_in *)arg)->valid &
+			 FATTR_SIZE) &&
+		       ovl_node_has_upper(node_of(ofs, h->nodeid));
+	case FUSE_SETXATTR:
+	case FUSE_REMOVEXATTR:
+		return ovl_node_has_upper(node_of(ofs, h->nodeid));
 	case FUSE_LOOKUP:
 	case FUSE_FORGET:
 	case FUSE_BATCH_FORGET:
@@ -1177,7 +1186,7 @@ static void *loop_thread(void *arg)
 				pthread_mutex_unlock(&L->lock);
 				goto out;
 			}
-			if (!request_is_quick(&fbuf)) {
+			if (!request_is_quick(L->ofs, &fbuf)) {
 				loop_pass_turn(L);
 				pthread_mutex_unlock(&L->lock);
 				break;
@@ -1203,9 +1212,9 @@ out:
 	return NULL;
 }
 
-int ovl_fuse_loop(void *se)
+int ovl_fuse_loop(struct ovl_fs *ofs)
 {
-	struct loop L = { .se = se };
+	struct loop L = { .ofs = ofs, .se = ofs->se };
 	pthread_condattr_t ca;
 	pthread_t monitor;
 	bool monitoring;

@@ -669,7 +669,7 @@ static void *loop_main(void *arg)
 {
 	struct ovl_fs *ofs = arg;
 
-	ofs->loop_result = ovl_fuse_loop(ofs->se);
+	ofs->loop_result = ovl_fuse_loop(ofs);
 	return NULL;
 }
 

@@ -733,7 +733,7 @@ void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv);
 /* Mount OFS->se at MOUNT_POINT, with the passthrough hooks if wanted. */
 int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point);
 /* Run the multithreaded loop until unmounted; returns its result. */
-int ovl_fuse_loop(void *se);
+int ovl_fuse_loop(struct ovl_fs *ofs);
 void ovl_fuse_session_exit(void *se);
 void ovl_fuse_session_unmount(void *se);
 void ovl_fuse_session_destroy(struct ovl_fs *ofs);
