@@ -1029,7 +1029,7 @@ int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point)
  * away from a reader stuck on one request for that long.
  */
 #define OVL_MAX_THREADS 16
-#define OVL_QUICK_READ 32768
+#define OVL_QUICK_READ (128 * 1024)
 #define OVL_STUCK_MS 50
 
 struct loop {

@@ -27,7 +27,9 @@
  *  - table_lock (mutex): the node hash table and reference counts; a leaf.
  * No lock is held across a FUSE reply (fuse_ops.c replies after the core
  * call returned and dropped its locks). read/write/fsync use the backing fd
- * of the file handle and take no lock at all.
+ * of the file handle and take no lock at all. The request loop's own lock
+ * (struct loop in fuse_ops.c) is a leaf, never held while serving a
+ * request.
  */
 #ifndef OVLFS_I_H
 #define OVLFS_I_H
