@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from overlay import pids_with_arg
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TARGET_MIB = 64
@@ -38,18 +40,10 @@ def rss_kib(pid):
 
 
 def server_pid(mnt):
-    want = os.fsencode(mnt)
-    for p in os.listdir("/proc"):
-        if not p.isdigit() or int(p) == os.getpid():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % p, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if want in argv:
-            return int(p)
-    raise RuntimeError("no server process for %s" % mnt)
+    pids = pids_with_arg(mnt)
+    if not pids:
+        raise RuntimeError("no server process for %s" % mnt)
+    return pids[0]
 
 
 def make_tree(lower, n):

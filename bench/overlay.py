@@ -78,6 +78,23 @@ class Failure(Exception):
     pass
 
 
+def pids_with_arg(arg):
+    """Pids of processes (not this one) with ARG among their arguments:
+    the FUSE server of a mount point."""
+    pids = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % p, "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if os.fsencode(arg) in argv:
+            pids.append(int(p))
+    return pids
+
+
 class Config:
     def __init__(self, quick):
         self.quick = quick
@@ -253,18 +270,7 @@ class Bench:
         self.wait_daemon_gone(mnt)
 
     def daemon_pids(self, mnt):
-        pids = []
-        for p in os.listdir("/proc"):
-            if not p.isdigit():
-                continue
-            try:
-                with open("/proc/%s/cmdline" % p, "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if mnt.encode() in argv and p != str(os.getpid()):
-                pids.append(int(p))
-        return pids
+        return pids_with_arg(mnt)
 
     def wait_daemon_gone(self, mnt):
         for _ in range(200):
