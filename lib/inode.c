@@ -228,25 +228,30 @@ int ovl_origin_set(struct ovl_fs *ofs, int fd, uint64_t key)
 	return ovl_fd_setxattr(fd, origin_xattr(ofs), buf, n, 0);
 }
 
-uint64_t ovl_ino_upper(struct ovl_fs *ofs, int fd, const struct stat *st)
+/* The number of an upper object (stat ST) whose origin query gave ERR, KEY. */
+static uint64_t upper_number(struct ovl_fs *ofs, int err, uint64_t key,
+			     const struct stat *st)
 {
-	uint64_t key;
-
-	if (ovl_origin_get(ofs, fd, &key) == 0)
+	if (err == 0)
 		return ovl_number_for_key(ofs, key);
 	return ovl_ino_for(ofs, 1, st->st_dev, st->st_ino);
+}
+
+uint64_t ovl_ino_upper(struct ovl_fs *ofs, int fd, const struct stat *st)
+{
+	uint64_t key = 0;
+	int err = ovl_origin_get(ofs, fd, &key);
+
+	return upper_number(ofs, err, key, st);
 }
 
 uint64_t ovl_ino_upper_at(struct ovl_fs *ofs, int dirfd, const char *name,
 			  const struct stat *st)
 {
-	uint64_t key;
+	uint64_t key = 0;
+	int err = ovl_origin_get_at(ofs, dirfd, name, &key);
 
-	if (!name[0])
-		return ovl_ino_upper(ofs, dirfd, st);
-	if (ovl_origin_get_at(ofs, dirfd, name, &key) == 0)
-		return ovl_number_for_key(ofs, key);
-	return ovl_ino_for(ofs, 1, st->st_dev, st->st_ino);
+	return upper_number(ofs, err, key, st);
 }
 
 /* ---- the node table ---- */

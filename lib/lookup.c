@@ -45,36 +45,42 @@ int ovl_lower_has(struct ovl_node *parent, const char *name, struct stat *st)
 
 /* ---- reaching a node's objects ---- */
 
+/* WHICH with OVL_TOP resolved to the layer it stands for now. */
+static enum ovl_which layer_of(struct ovl_node *node, enum ovl_which which)
+{
+	if (which != OVL_TOP)
+		return which;
+	return ovl_node_has_upper(node) ? OVL_UPPER : OVL_LOWER;
+}
+
+/* Where NODE keeps a pinned fd of its object in layer L (not OVL_TOP). */
+static _Atomic int *pin_slot(struct ovl_node *node, enum ovl_which l)
+{
+	return l == OVL_UPPER ? &node->upper_fd : &node->lower_fd;
+}
+
 int ovl_node_at(struct ovl_node *node, enum ovl_which which, int *dirfd,
 		const char **name)
 {
-	int fd, pfd;
+	enum ovl_which l = layer_of(node, which);
+	int fd = atomic_load(pin_slot(node, l)), pfd;
 
-	if (which == OVL_TOP)
-		which = ovl_node_has_upper(node) ? OVL_UPPER : OVL_LOWER;
-	if (which == OVL_UPPER) {
-		fd = atomic_load(&node->upper_fd);
-		if (fd < 0 && !ovl_node_has_upper(node))
-			return -ENOENT;
-	} else {
-		fd = atomic_load(&node->lower_fd);
-		/*
-		 * A file's lower object is where its lookup found it only
-		 * until copy-up: a rename moves the upper copy alone.
-		 */
-		if (fd < 0 && (!node->has_lower || ovl_node_has_upper(node)))
-			return -ENOENT;
-	}
 	if (fd >= 0) {
 		*dirfd = fd;
 		*name = "";
 		return 0;
 	}
+	/*
+	 * A file's lower object is where its lookup found it only until
+	 * copy-up: a rename moves the upper copy alone.
+	 */
+	if (l == OVL_UPPER ? !ovl_node_has_upper(node)
+			   : !node->has_lower || ovl_node_has_upper(node))
+		return -ENOENT;
 	/* Directories are always pinned: from here on, a file by name. */
 	if (node->deleted || !node->parent)
 		return -ENOENT;
-	pfd = which == OVL_UPPER ? atomic_load(&node->parent->upper_fd)
-				 : atomic_load(&node->parent->lower_fd);
+	pfd = atomic_load(pin_slot(node->parent, l));
 	if (pfd < 0)
 		return -ENOENT;
 	*dirfd = pfd;
@@ -110,14 +116,10 @@ int ovl_node_fd_get_locked(struct ovl_node *node, enum ovl_which which)
 int ovl_node_fd_get(struct ovl_fs *ofs, struct ovl_node *node,
 		    enum ovl_which which)
 {
-	int fd;
-
 	/* Pinned (every directory): no lock needed, nothing to open. */
-	if (which == OVL_TOP)
-		which = ovl_node_has_upper(node) ? OVL_UPPER : OVL_LOWER;
-	fd = which == OVL_UPPER ? atomic_load(&node->upper_fd)
-				: atomic_load(&node->lower_fd);
-	if (fd >= 0 && (which == OVL_UPPER || !ovl_node_has_upper(node)))
+	int fd = atomic_load(pin_slot(node, layer_of(node, which)));
+
+	if (fd >= 0)
 		return fd;
 	pthread_rwlock_rdlock(&ofs->ns_lock);
 	fd = ovl_node_fd_get_locked(node, which);
@@ -133,15 +135,14 @@ void ovl_node_fd_put(struct ovl_node *node, int fd)
 		close(fd);
 }
 
-static int pin_layer(struct ovl_node *node, enum ovl_which which)
+static int pin_layer(struct ovl_node *node, enum ovl_which l)
 {
-	_Atomic int *slot = which == OVL_UPPER ? &node->upper_fd
-					       : &node->lower_fd;
+	_Atomic int *slot = pin_slot(node, l);
 	int fd;
 
 	if (atomic_load(slot) >= 0)
 		return 0;
-	fd = ovl_node_fd_get_locked(node, which);
+	fd = ovl_node_fd_get_locked(node, l);
 	if (fd < 0)
 		return fd;
 	atomic_store(slot, fd);
@@ -162,21 +163,31 @@ int ovl_node_pin(struct ovl_node *node)
 	if (node->type == S_IFDIR || node->type == S_IFLNK ||
 	    (node->type == S_IFREG && atomic_load(&node->nopen) == 0))
 		return 0;
-	return pin_layer(node, ovl_node_has_upper(node) ? OVL_UPPER
-							: OVL_LOWER);
+	return pin_layer(node, layer_of(node, OVL_TOP));
+}
+
+/* lstat of NODE's object in WHICH; ns_lock held. */
+static int layer_stat_locked(struct ovl_node *node, enum ovl_which which,
+			     struct stat *st)
+{
+	const char *name;
+	int dfd, err = ovl_node_at(node, which, &dfd, &name);
+
+	if (err)
+		return err;
+	if (fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW |
+		    (name[0] ? 0 : AT_EMPTY_PATH)) < 0)
+		return -errno;
+	return 0;
 }
 
 int ovl_node_layer_stat(struct ovl_fs *ofs, struct ovl_node *node,
 			enum ovl_which which, struct stat *st)
 {
-	const char *name;
-	int dfd, err;
+	int err;
 
 	pthread_rwlock_rdlock(&ofs->ns_lock);
-	err = ovl_node_at(node, which, &dfd, &name);
-	if (!err && fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW |
-			    (name[0] ? 0 : AT_EMPTY_PATH)) < 0)
-		err = -errno;
+	err = layer_stat_locked(node, which, st);
 	pthread_rwlock_unlock(&ofs->ns_lock);
 	return err;
 }
@@ -184,27 +195,19 @@ int ovl_node_layer_stat(struct ovl_fs *ofs, struct ovl_node *node,
 int ovl_node_stat_locked(struct ovl_fs *ofs, struct ovl_node *node,
 			 struct stat *st)
 {
-	const char *name;
-	int dfd, err;
+	int err = layer_stat_locked(node, OVL_TOP, st);
 
 	(void)ofs;
-	err = ovl_node_at(node, OVL_TOP, &dfd, &name);
-	if (err)
-		return err;
-	if (fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW |
-		    (name[0] ? 0 : AT_EMPTY_PATH)) < 0)
-		return -errno;
-	st->st_ino = node->ino;
-	return 0;
+	if (!err)
+		st->st_ino = node->ino;
+	return err;
 }
 
 int ovl_node_stat(struct ovl_fs *ofs, struct ovl_node *node, struct stat *st)
 {
-	int fd = atomic_load(&node->upper_fd), err;
+	int fd = atomic_load(pin_slot(node, layer_of(node, OVL_TOP))), err;
 
 	/* Pinned: the fd names the object, no lock needed. */
-	if (fd < 0 && !ovl_node_has_upper(node))
-		fd = atomic_load(&node->lower_fd);
 	if (fd >= 0) {
 		err = ovl_fstat(fd, st);
 		if (!err)

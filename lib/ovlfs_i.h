@@ -452,7 +452,7 @@ int ovl_origin_get_at(struct ovl_fs *ofs, int dirfd, const char *name,
 int ovl_origin_set(struct ovl_fs *ofs, int fd, uint64_t key);
 /* Inode number for an upper object reached by O_PATH fd FD with stat ST. */
 uint64_t ovl_ino_upper(struct ovl_fs *ofs, int fd, const struct stat *st);
-/* The same for the object NAME in DIRFD (NAME "": DIRFD itself). */
+/* The same for the object NAME in directory fd DIRFD. */
 uint64_t ovl_ino_upper_at(struct ovl_fs *ofs, int dirfd, const char *name,
 			  const struct stat *st);
 
