@@ -23,6 +23,8 @@ import time
 
 import pytest
 
+from fuzz_ops import diff_trees
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("OVLFS_BUILD", os.path.join(REPO, "build"))
 OVLFS = os.path.join(BUILD, "ovlfs")
@@ -618,20 +620,9 @@ def snapshot(root, mtime=False, atime=False, ctime=False, ino=False, nlink=False
 
 
 def diff_snapshots(a, b, label_a="a", label_b="b", limit=40):
-    lines = []
-    for k in sorted(set(a) | set(b)):
-        if k not in a:
-            lines.append("only in %s: %r %r" % (label_b, k, b[k]))
-        elif k not in b:
-            lines.append("only in %s: %r %r" % (label_a, k, a[k]))
-        elif a[k] != b[k]:
-            for f in sorted(set(a[k]) | set(b[k])):
-                if a[k].get(f) != b[k].get(f):
-                    lines.append("%r: %s: %s=%r %s=%r" % (
-                        k, f, label_a, a[k].get(f), label_b, b[k].get(f)))
-    if len(lines) > limit:
-        lines = lines[:limit] + ["... %d more" % (len(lines) - limit)]
-    return lines
+    """Lines naming every difference between snapshots A and B."""
+    # The fuzzer's (stdlib-only, copied into its reproducers) does the same.
+    return diff_trees(a, b, label_a, label_b, limit)
 
 
 def assert_same_tree(a, b, label_a="mount", label_b="oracle"):
