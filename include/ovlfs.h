@@ -90,6 +90,118 @@ int ovlfs_set_debug(struct ovlfs *fs, bool debug);
  */
 int ovlfs_set_passthrough(struct ovlfs *fs, bool enable);
 
+/* ---------------------------------------------------------------------
+ * Layers and on-disk formats.
+ * --------------------------------------------------------------------- */
+
+/*
+ * Add LOWER as one more read-only layer beneath those given so far
+ * (ovlfs_new()'s is the topmost), as the kernel's `lowerdir=A:B:C` lists
+ * them left to right. Whiteouts and opaque directories of a layer hide
+ * what the layers beneath it hold, as in the kernel's overlayfs. Defaults
+ * (upper, mount point) still derive from the topmost lower. Same return
+ * values as the setters above.
+ */
+int ovlfs_add_lower(struct ovlfs *fs, const char *lower);
+/* How many lower layers, and the Ith (0 = topmost); NULL past the end. */
+unsigned ovlfs_lower_count(const struct ovlfs *fs);
+const char *ovlfs_lower_at(const struct ovlfs *fs, unsigned i);
+
+/*
+ * Mount with no upper at all: a read-only merged view of the lowers
+ * (every change fails with EROFS). The upper setting is ignored.
+ */
+int ovlfs_set_read_only(struct ovlfs *fs, bool read_only);
+
+/* How whiteouts and opaque directories are written (docs/format.md). */
+enum ovlfs_format {
+	/* The upper's own (stamped or recognised) format, else OCI. */
+	OVLFS_FORMAT_AUTO = 0,
+	/* OCI image layers: `.wh.NAME` files and `.wh..wh..opq`. */
+	OVLFS_FORMAT_OCI = 1,
+	/*
+	 * The kernel's overlayfs: whiteouts are 0/0 character devices,
+	 * opaque directories carry trusted.overlay.opaque="y" (as root) or
+	 * user.overlay.opaque="y" (otherwise, the kernel's `userxattr`).
+	 */
+	OVLFS_FORMAT_KERNEL = 2,
+};
+/*
+ * The format of the upper and of every lower layer's markers. AUTO (the
+ * default) takes the upper's; asking for the other format than an
+ * existing upper's is refused with -EPROTO at mount (ovlfs_convert()
+ * rewrites an upper).
+ */
+int ovlfs_set_format(struct ovlfs *fs, enum ovlfs_format format);
+/* The format in use (after a mount), or the one set (AUTO if none). */
+enum ovlfs_format ovlfs_format(const struct ovlfs *fs);
+
+/*
+ * Rewrite the upper's markers in format TO (the upper must not be
+ * mounted). Stamps the upper with TO. 0 or -errno.
+ */
+int ovlfs_convert(struct ovlfs *fs, enum ovlfs_format to);
+
+/*
+ * Which lower OVLFS_COMMIT and ovlfs_diff() work on when there are
+ * several: LOWER must be one of them (compared canonically). With one
+ * lower it is that one; with several and none named, commit and diff
+ * refuse with -EINVAL.
+ */
+int ovlfs_set_commit_into(struct ovlfs *fs, const char *lower);
+
+/*
+ * Write the merged view of every layer (and the upper, if any) to DEST,
+ * a directory that must not exist yet (created, with the root's
+ * metadata). Files, links, specials, owners, modes, times and xattrs are
+ * copied; hard links between files of one layer stay hard links. Works on
+ * an unmounted handle (or unmounts first). 0 or -errno.
+ */
+int ovlfs_flatten(struct ovlfs *fs, const char *dest);
+
+/* ---------------------------------------------------------------------
+ * OCI image-layer tarballs (the changeset format, with whiteouts).
+ * --------------------------------------------------------------------- */
+
+/*
+ * Write the upper as an OCI image-layer tar stream to FD (not closed):
+ * entries in path order, whiteouts as `.wh.NAME`, opaque directories as
+ * `.wh..wh..opq`, whatever the upper's own format; ovlfs's private names
+ * and xattrs are left out. Works on an unmounted pair. 0 or -errno.
+ */
+int ovlfs_export_tar(struct ovlfs *fs, int fd);
+
+/* Flags of ovlfs_apply_tar(). */
+#define OVLFS_APPLY_COMMIT 0x1	/* apply to the lower, not the upper */
+/*
+ * Read an OCI image-layer tar stream from FD (not closed) and apply it on
+ * top of what the upper already holds, in the upper's format; with
+ * OVLFS_APPLY_COMMIT apply it to the lower instead (as a commit would).
+ * Refuses entries that would escape the directory (absolute paths, "..",
+ * links pointing outside). The pair must not be mounted. 0 or -errno.
+ */
+int ovlfs_apply_tar(struct ovlfs *fs, int fd, unsigned flags);
+
+/* ---------------------------------------------------------------------
+ * Logging of what happens while mounted (copy-up failures, fallbacks).
+ * --------------------------------------------------------------------- */
+
+/* Severity, numerically the syslog(3) priorities. */
+enum ovlfs_log_level {
+	OVLFS_LOG_ERR = 3,
+	OVLFS_LOG_WARNING = 4,
+	OVLFS_LOG_INFO = 6,
+	OVLFS_LOG_DEBUG = 7,
+};
+/*
+ * Called with one line (no newline) per event, from any of the serving
+ * threads, possibly at once: FN must be thread-safe. Without one set,
+ * messages go to stderr as "ovlfs: MSG".
+ */
+typedef void (*ovlfs_log_fn)(enum ovlfs_log_level level, const char *msg,
+			     void *arg);
+int ovlfs_set_log(struct ovlfs *fs, ovlfs_log_fn fn, void *arg);
+
 /*
  * Getters. Paths are the resolved defaults when not set explicitly; after a
  * successful mount they are absolute and canonical. Never NULL.

@@ -133,6 +133,76 @@ int ovlfs_set_passthrough(struct ovlfs *fs, bool enable)
 	return 0;
 }
 
+int ovlfs_add_lower(struct ovlfs *fs, const char *lower)
+{
+	char **v, *l;
+
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	if (!lower || !*lower)
+		return ovl_set_error(fs, -EINVAL, "empty value");
+	l = ovl_path_strip(lower);
+	v = l ? realloc(fs->more_lowers, (fs->n_more_lowers + 1) * sizeof(*v))
+	      : NULL;
+	if (!v) {
+		free(l);
+		return -ENOMEM;
+	}
+	v[fs->n_more_lowers++] = l;
+	fs->more_lowers = v;
+	return 0;
+}
+
+unsigned ovlfs_lower_count(const struct ovlfs *fs)
+{
+	return 1 + fs->n_more_lowers;
+}
+
+const char *ovlfs_lower_at(const struct ovlfs *fs, unsigned i)
+{
+	if (i == 0)
+		return fs->lower;
+	return i <= fs->n_more_lowers ? fs->more_lowers[i - 1] : NULL;
+}
+
+int ovlfs_set_read_only(struct ovlfs *fs, bool read_only)
+{
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	fs->read_only = read_only;
+	return 0;
+}
+
+int ovlfs_set_format(struct ovlfs *fs, enum ovlfs_format format)
+{
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	if (format != OVLFS_FORMAT_AUTO && format != OVLFS_FORMAT_OCI &&
+	    format != OVLFS_FORMAT_KERNEL)
+		return ovl_set_error(fs, -EINVAL, "unknown format %d", format);
+	fs->format = format;
+	return 0;
+}
+
+enum ovlfs_format ovlfs_format(const struct ovlfs *fs)
+{
+	return fs->format;
+}
+
+int ovlfs_set_commit_into(struct ovlfs *fs, const char *lower)
+{
+	return set_string(fs, &fs->commit_into, lower);
+}
+
+int ovlfs_set_log(struct ovlfs *fs, ovlfs_log_fn fn, void *arg)
+{
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	fs->log_fn = fn;
+	fs->log_arg = arg;
+	return 0;
+}
+
 const char *ovlfs_lower(const struct ovlfs *fs)
 {
 	return fs->lower;
@@ -744,6 +814,11 @@ int ovlfs_mount(struct ovlfs *fs)
 		return ovl_set_error(fs, -EBUSY, "already mounted at %s",
 				     fs->mount_point);
 	fs->err[0] = '\0';
+	/* Being built (issue 6): refused rather than silently ignored. */
+	if (fs->n_more_lowers || fs->read_only ||
+	    fs->format == OVLFS_FORMAT_KERNEL)
+		return ovl_set_error(fs, -EOPNOTSUPP,
+				     "several lowers, read-only mounts and the kernel format are not supported yet");
 	fs->created_upper = fs->created_mount_point = false;
 	err = check_dirs(fs, &d, &upper_exists, &mp_exists);
 	if (err)
@@ -920,6 +995,10 @@ void ovlfs_free(struct ovlfs *fs)
 	if (fs->mounted)
 		ovlfs_umount(fs);
 	free(fs->lower);
+	for (unsigned i = 0; i < fs->n_more_lowers; i++)
+		free(fs->more_lowers[i]);
+	free(fs->more_lowers);
+	free(fs->commit_into);
 	free(fs->upper);
 	free(fs->mount_point);
 	free(fs->fuse_options);

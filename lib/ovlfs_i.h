@@ -88,6 +88,13 @@ struct ovlfs {
 	enum ovlfs_inode_mode inode_mode;
 	bool debug;
 	bool no_passthrough;	/* ovlfs_set_passthrough(fs, false) */
+	bool read_only;		/* ovlfs_set_read_only: no upper */
+	char **more_lowers;	/* ovlfs_add_lower, top to bottom, below lower */
+	unsigned n_more_lowers;
+	char *commit_into;	/* ovlfs_set_commit_into, or NULL */
+	enum ovlfs_format format;	/* as set; after mount, as used */
+	ovlfs_log_fn log_fn;
+	void *log_arg;
 	char err[OVL_ERRLEN];
 	ovlfs_progress_fn progress;
 	void *progress_arg;
