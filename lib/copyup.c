@@ -531,6 +531,8 @@ static int copy_up(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 
 	if (ovl_node_has_upper(node))
 		return 0;
+	if (ofs->read_only)
+		return -EROFS;
 	if (!node->parent)
 		return -EIO;	/* the root always has an upper */
 	pthread_mutex_lock(&node->copyup_lock);

@@ -568,7 +568,7 @@ int ovlfs_diff(struct ovlfs *fs, ovlfs_diff_fn fn, void *arg)
 	int ufd = -1, lfd, err, what;
 	bool upper_exists;
 
-	err = ovl_pair_paths(fs, &lower, &upper, &upper_exists);
+	err = ovl_pair_paths(fs, true, &lower, &upper, &upper_exists);
 	if (err)
 		return err;
 	lfd = open_root(lower, &lst);

@@ -132,7 +132,7 @@ static int prepare_create(struct ovl_fs *ofs, struct ovl_node *parent,
 		return -EIO;
 	*wh = false;
 	if (ovl_node_lower_visible(parent)) {
-		err = ovl_lower_has(parent, name, NULL);
+		err = ovl_lower_has(ofs, parent, name, NULL);
 		if (err < 0)
 			return err;
 		*wh = err;
@@ -411,7 +411,7 @@ int ovl_unlink(struct ovl_fs *ofs, struct ovl_node *parent, const char *name)
 		goto out_put;
 	}
 	pufd = atomic_load(&parent->upper_fd);
-	lower = ovl_lower_has(parent, name, NULL);
+	lower = ovl_lower_has(ofs, parent, name, NULL);
 	if (lower < 0) {
 		err = lower;
 		goto out_put;
@@ -479,7 +479,7 @@ int ovl_rmdir(struct ovl_fs *ofs, struct ovl_node *parent, const char *name)
 	}
 	err = 0;
 	pufd = atomic_load(&parent->upper_fd);
-	lower = ovl_lower_has(parent, name, NULL);
+	lower = ovl_lower_has(ofs, parent, name, NULL);
 	if (lower < 0) {
 		err = lower;
 		goto out_put;
@@ -521,7 +521,7 @@ static int hide_lower_under(struct ovl_fs *ofs, struct ovl_node *node,
 
 	if (node->type != S_IFDIR || node->opaque)
 		return 0;
-	lower = ovl_lower_has(parent, name, NULL);
+	lower = ovl_lower_has(ofs, parent, name, NULL);
 	if (lower <= 0)
 		return lower;
 	err = ovl_opaque_set(ofs, atomic_load(&node->upper_fd));
@@ -563,7 +563,7 @@ static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 	char dsttmp[64] = "";
 	int lower_old, err;
 
-	lower_old = ovl_lower_has(parent, name, NULL);
+	lower_old = ovl_lower_has(ofs, parent, name, NULL);
 	if (lower_old < 0)
 		return lower_old;
 	if (dst && dst->type == S_IFDIR) {

@@ -275,7 +275,8 @@ int ovl_access(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 int ovl_statfs(struct ovl_fs *ofs, struct statvfs *st)
 {
 	/* Free space is what matters to writers, and writes go up. */
-	if (fstatvfs(ofs->upper.root_fd, st) < 0)
+	if (fstatvfs(ofs->read_only ? ofs->lowers[0].root_fd
+				    : ofs->upper.root_fd, st) < 0)
 		return -errno;
 	return 0;
 }

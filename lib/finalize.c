@@ -1541,10 +1541,10 @@ static int discard(struct fin *f)
 }
 
 /* Canonical, checked lower and upper of FS into F (freed by the caller). */
-static int fin_paths(struct fin *f, char **lower, char **upper)
+static int fin_paths(struct fin *f, bool target, char **lower, char **upper)
 {
 	bool upper_exists;
-	int err = ovl_pair_paths(f->fs, lower, upper, &upper_exists);
+	int err = ovl_pair_paths(f->fs, target, lower, upper, &upper_exists);
 
 	f->lower = *lower;
 	f->upper = *upper;
@@ -1563,7 +1563,7 @@ int ovlfs_finish(struct ovlfs *fs, enum ovlfs_action action)
 		err = ovlfs_umount(fs);
 	fin_init(&f, fs);
 	if (!err)
-		err = fin_paths(&f, &lower, &upper);
+		err = fin_paths(&f, action >= OVLFS_COMMIT, &lower, &upper);
 	if (!err) {
 		switch (action) {
 		case OVLFS_PRESERVE:
@@ -1624,7 +1624,7 @@ int ovlfs_recover(struct ovlfs *fs)
 		return ovl_set_error(fs, -EBUSY, "unmount %s first",
 				     fs->mount_point);
 	fin_init(&f, fs);
-	err = fin_paths(&f, &lower, &upper);
+	err = fin_paths(&f, false, &lower, &upper);
 	fin_done(&f);
 	if (!err)
 		err = ovl_recover_lower(fs, lower, upper);

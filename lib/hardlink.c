@@ -167,7 +167,7 @@ int ovl_link_lower_aliases(struct ovl_fs *ofs, struct ovl_node *node,
 	if (!path)
 		return -ENOMEM;
 	path[0] = '\0';
-	scan_dir(ofs->lower.root_fd, path, 0, &sc, 0);
+	scan_dir(ofs->lowers[node->lidx].root_fd, path, 0, &sc, 0);
 	free(path);
 	for (size_t i = 0; i < sc.n && !err && !sc.err; i++) {
 		struct ovl_node *alias = resolve(ofs, sc.paths[i]);

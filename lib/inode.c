@@ -107,7 +107,7 @@ static uint64_t inomap_get_or_put(struct ovl_inomap *m, uint64_t key,
 
 static uint64_t dev_index(struct ovl_fs *ofs, int layer, dev_t dev)
 {
-	struct ovl_layer *l = layer ? &ofs->upper : &ofs->lower;
+	struct ovl_layer *l = layer ? &ofs->upper : &ofs->lowers[0];
 	int i;
 
 	if (dev == l->dev)
@@ -439,6 +439,7 @@ static void node_free_locked(struct ovl_fs *ofs, struct ovl_node *node)
 			close(ufd);
 		if (lfd >= 0)
 			close(lfd);
+		ovl_lstack_free(ofs, node->lstack);
 		pthread_mutex_destroy(&node->copyup_lock);
 		free(node->name);
 		free(node);

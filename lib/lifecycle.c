@@ -231,7 +231,9 @@ const char *ovlfs_error(const struct ovlfs *fs)
 /* ---- checking the three directories ---- */
 
 struct dirs {
-	char *lower, *upper, *mp;	/* canonical */
+	char *lower, *upper, *mp;	/* canonical; upper NULL if read-only */
+	char **more;			/* the further lowers, canonical */
+	unsigned nmore;
 };
 
 static void dirs_free(struct dirs *d)
@@ -239,6 +241,9 @@ static void dirs_free(struct dirs *d)
 	free(d->lower);
 	free(d->upper);
 	free(d->mp);
+	for (unsigned i = 0; i < d->nmore; i++)
+		free(d->more[i]);
+	free(d->more);
 }
 
 static int check_pair(struct ovlfs *fs, const char *what_a, const char *a,
@@ -321,34 +326,116 @@ static int check_readable(struct ovlfs *fs, const char *what, const char *path)
 	return 0;
 }
 
-/* The lower must exist, be a directory and be readable. */
-static int check_lower(struct ovlfs *fs)
+/* A lower must exist, be a directory and be readable. */
+static int check_lower_at(struct ovlfs *fs, const char *lower)
 {
 	struct stat st;
 
-	if (stat(fs->lower, &st) < 0)
-		return ovl_set_error(fs, -errno, "lower %s: %s", fs->lower,
+	if (stat(lower, &st) < 0)
+		return ovl_set_error(fs, -errno, "lower %s: %s", lower,
 				     strerror(errno));
 	if (!S_ISDIR(st.st_mode))
 		return ovl_set_error(fs, -ENOTDIR, "lower %s: not a directory",
-				     fs->lower);
-	return check_readable(fs, "lower", fs->lower);
+				     lower);
+	return check_readable(fs, "lower", lower);
 }
 
-int ovl_pair_paths(struct ovlfs *fs, char **lower, char **upper,
+static int check_lower(struct ovlfs *fs)
+{
+	return check_lower_at(fs, fs->lower);
+}
+
+/*
+ * The further lowers, each checked and canonical, none the same as another
+ * lower or lying in the upper or the mount point (UPPER may be NULL).
+ */
+static int check_more_lowers(struct ovlfs *fs, struct dirs *d)
+{
+	int err = 0;
+
+	if (1 + fs->n_more_lowers > OVL_MAX_LOWERS)
+		return ovl_set_error(fs, -EINVAL, "too many lower layers (%u, at most %d)",
+				     1 + fs->n_more_lowers, OVL_MAX_LOWERS);
+	d->more = calloc(fs->n_more_lowers + 1, sizeof(*d->more));
+	if (!d->more)
+		return ovl_set_error(fs, -ENOMEM, "out of memory");
+	for (unsigned i = 0; i < fs->n_more_lowers && !err; i++) {
+		const char *l = fs->more_lowers[i];
+
+		err = check_lower_at(fs, l);
+		if (!err)
+			err = canon(fs, "lower", l, &d->more[i]);
+		if (err)
+			break;
+		d->nmore++;
+		if (!strcmp(d->more[i], d->lower))
+			err = ovl_set_error(fs, -EINVAL, "lower %s is given twice", l);
+		for (unsigned j = 0; j < i && !err; j++)
+			if (!strcmp(d->more[i], d->more[j]))
+				err = ovl_set_error(fs, -EINVAL,
+						    "lower %s is given twice", l);
+		if (!err && d->upper)
+			err = check_pair(fs, "upper", d->upper, "lower", d->more[i]);
+		if (!err && d->mp)
+			err = check_pair(fs, "mount point", d->mp, "lower",
+					 d->more[i]);
+	}
+	return err;
+}
+
+/*
+ * The lower a commit or diff works on: the one named by
+ * ovlfs_set_commit_into() (one of the lowers), else the only one; with
+ * several and none named, the topmost if !TARGET, else an error.
+ */
+static int target_lower(struct ovlfs *fs, bool target, char **out)
+{
+	char *c = NULL;
+	int err;
+
+	*out = NULL;
+	if (!fs->commit_into) {
+		if (target && fs->n_more_lowers)
+			return ovl_set_error(fs, -EINVAL,
+					     "%u lower layers: name the one to commit into (--into)",
+					     1 + fs->n_more_lowers);
+		err = check_lower_at(fs, fs->lower);
+		return err ? err : canon(fs, "lower", fs->lower, out);
+	}
+	err = check_lower_at(fs, fs->commit_into);
+	if (!err)
+		err = canon(fs, "lower", fs->commit_into, &c);
+	for (unsigned i = 0; !err && i <= fs->n_more_lowers; i++) {
+		char *l = NULL;
+		bool same;
+
+		if (ovl_path_canonical(ovlfs_lower_at(fs, i), &l) < 0)
+			continue;
+		same = !strcmp(l, c);
+		free(l);
+		if (same) {
+			*out = c;
+			return 0;
+		}
+	}
+	if (!err)
+		err = ovl_set_error(fs, -EINVAL, "%s is not one of the lower layers",
+				    fs->commit_into);
+	free(c);
+	return err;
+}
+
+int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
 		   bool *upper_exists)
 {
 	int err;
 
 	*lower = *upper = NULL;
-	err = check_lower(fs);
-	if (err)
-		return err;
 	if (!fs->upper)
 		return ovl_set_error(fs, -EINVAL,
 				     "lower %s has no default upper: set one",
 				     fs->lower);
-	err = canon(fs, "lower", fs->lower, lower);
+	err = target_lower(fs, target, lower);
 	if (!err)
 		err = canon(fs, "upper", fs->upper, upper);
 	if (!err)
@@ -375,22 +462,24 @@ static int check_dirs(struct ovlfs *fs, struct dirs *d, bool *upper_exists,
 	err = check_lower(fs);
 	if (err)
 		return err;
-	if (!fs->upper || !fs->mount_point)
+	if ((!fs->upper && !fs->read_only) || !fs->mount_point)
 		return ovl_set_error(fs, -EINVAL,
 				     "lower %s has no default upper or mount point: set them",
 				     fs->lower);
 	err = canon(fs, "lower", fs->lower, &d->lower);
-	if (!err)
+	if (!err && !fs->read_only)
 		err = canon(fs, "upper", fs->upper, &d->upper);
 	if (!err)
 		err = canon(fs, "mount point", fs->mount_point, &d->mp);
-	if (!err)
+	if (!err && d->upper)
 		err = check_pair(fs, "upper", d->upper, "lower", d->lower);
 	if (!err)
 		err = check_pair(fs, "mount point", d->mp, "lower", d->lower);
-	if (!err)
+	if (!err && d->upper)
 		err = check_pair(fs, "mount point", d->mp, "upper", d->upper);
 	if (!err)
+		err = check_more_lowers(fs, d);
+	if (!err && d->upper)
 		err = check_dir_or_missing(fs, "upper", d->upper, upper_exists);
 	if (!err)
 		err = check_dir_or_missing(fs, "mount point", d->mp, mp_exists);
@@ -433,24 +522,24 @@ static int lock_upper(struct ovlfs *fs, struct ovl_fs *ofs, const char *upper)
  * Hold the lower shared while mounted: a commit into it takes it
  * exclusively, so it never changes under a mount.
  */
-static int lock_lower(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
+static int lock_lower(struct ovlfs *fs, struct ovl_layer *l, const char *lower)
 {
 	int fd, err;
 
-	fd = open(d->lower, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	fd = open(lower, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
-		return ovl_set_error(fs, -errno, "lower %s: %s", d->lower,
+		return ovl_set_error(fs, -errno, "lower %s: %s", lower,
 				     strerror(errno));
 	for (int i = 0; flock(fd, LOCK_SH | LOCK_NB) < 0; i++) {
 		if (errno != EWOULDBLOCK || i == 40) {
 			err = errno == EWOULDBLOCK ? -EBUSY : -errno;
 			close(fd);
 			return ovl_set_error(fs, err, "lower %s is being committed into",
-					     d->lower);
+					     lower);
 		}
 		nanosleep(&(struct timespec){ 0, 50 * 1000 * 1000 }, NULL);
 	}
-	ofs->lower_lock_fd = fd;
+	l->lock_fd = fd;
 	return 0;
 }
 
@@ -463,8 +552,8 @@ static void init_upper_root(struct ovl_fs *ofs)
 {
 	struct stat st;
 
-	if (ovl_fstat(ofs->lower.root_fd, &st) == 0)
-		ovl_copy_meta(ofs, ofs->lower.root_fd, ofs->upper.root_fd, &st,
+	if (ovl_fstat(ofs->lowers[0].root_fd, &st) == 0)
+		ovl_copy_meta(ofs, ofs->lowers[0].root_fd, ofs->upper.root_fd, &st,
 			      true);
 }
 
@@ -623,28 +712,44 @@ static int open_layer(struct ovlfs *fs, struct ovl_layer *l, int idx,
 static int make_root(struct ovlfs *fs, struct ovl_fs *ofs)
 {
 	struct stat st;
-	int ufd = dup(ofs->upper.root_fd), lfd = dup(ofs->lower.root_fd);
-	int opaque;
+	int ufd = -1, lfd = dup(ofs->lowers[0].root_fd);
+	int *lstack = NULL, opaque = 0, err;
 
-	if (ufd < 0 || lfd < 0 || fstat(lfd, &st) < 0) {
-		if (ufd >= 0)
-			close(ufd);
-		if (lfd >= 0)
-			close(lfd);
-		return ovl_set_error(fs, -errno, "cannot open layer roots: %s",
-				     strerror(errno));
+	if (ofs->upper.root_fd >= 0)
+		ufd = dup(ofs->upper.root_fd);
+	if ((ofs->upper.root_fd >= 0 && ufd < 0) || lfd < 0 ||
+	    fstat(lfd, &st) < 0) {
+		err = ovl_set_error(fs, -errno, "cannot open layer roots: %s",
+				    strerror(errno));
+		goto out_close;
 	}
-	opaque = ovl_opaque_get(ufd);
-	ofs->root = ovl_node_new(ofs, NULL, "", OVL_IN_UPPER | OVL_IN_LOWER,
+	if (ufd >= 0)
+		opaque = ovl_opaque_get(ufd);
+	err = ovl_lower_root_stack(ofs, &lstack);
+	if (err) {
+		err = ovl_set_error(fs, err, "cannot open lower roots: %s",
+				    strerror(-err));
+		goto out_close;
+	}
+	ofs->root = ovl_node_new(ofs, NULL, "",
+				 (ufd >= 0 ? OVL_IN_UPPER : 0) | OVL_IN_LOWER,
 				 ufd, lfd, S_IFDIR,
 				 ovl_ino_for(ofs, 0, st.st_dev, st.st_ino));
 	if (!ofs->root) {
-		close(ufd);
-		close(lfd);
-		return ovl_set_error(fs, -ENOMEM, "out of memory");
+		err = ovl_set_error(fs, -ENOMEM, "out of memory");
+		goto out_close;
 	}
+	ofs->root->lstack = lstack;
 	ofs->root->opaque = opaque > 0;
 	return 0;
+
+out_close:
+	ovl_lstack_free(ofs, lstack);
+	if (ufd >= 0)
+		close(ufd);
+	if (lfd >= 0)
+		close(lfd);
+	return err;
 }
 
 static void ofs_free(struct ovl_fs *ofs)
@@ -656,15 +761,18 @@ static void ofs_free(struct ovl_fs *ofs)
 		ovl_inode_table_destroy(ofs);
 	}
 	ovl_pt_destroy(ofs);
-	if (ofs->lower.root_fd >= 0)
-		close(ofs->lower.root_fd);
 	if (ofs->upper.root_fd >= 0)
 		close(ofs->upper.root_fd);
 	/* Let go of the layers before the connection goes (unmount_path). */
 	if (ofs->upper_lock_fd >= 0)
 		close(ofs->upper_lock_fd);
-	if (ofs->lower_lock_fd >= 0)
-		close(ofs->lower_lock_fd);
+	for (int i = 0; ofs->lowers && i < ofs->nlower; i++) {
+		if (ofs->lowers[i].root_fd >= 0)
+			close(ofs->lowers[i].root_fd);
+		if (ofs->lowers[i].lock_fd >= 0)
+			close(ofs->lowers[i].lock_fd);
+	}
+	free(ofs->lowers);
 	ovl_fuse_session_destroy(ofs);
 	pthread_rwlock_destroy(&ofs->ns_lock);
 	pthread_rwlock_destroy(&ofs->notify_lock);
@@ -686,7 +794,8 @@ static char *mount_options(struct ovlfs *fs, const char *lower)
 	 * attributes ovlfs reports, exactly as for a local filesystem (ovlfs
 	 * itself acts as root on the layers).
 	 */
-	p = o + sprintf(o, "default_permissions,subtype=ovlfs,fsname=");
+	p = o + sprintf(o, "default_permissions,subtype=ovlfs,%sfsname=",
+			fs->read_only ? "ro," : "");
 	for (const char *s = lower; *s; s++) {
 		if (*s == ',' || *s == '\\')
 			*p++ = '\\';
@@ -815,10 +924,9 @@ int ovlfs_mount(struct ovlfs *fs)
 				     fs->mount_point);
 	fs->err[0] = '\0';
 	/* Being built (issue 6): refused rather than silently ignored. */
-	if (fs->n_more_lowers || fs->read_only ||
-	    fs->format == OVLFS_FORMAT_KERNEL)
+	if (fs->format == OVLFS_FORMAT_KERNEL)
 		return ovl_set_error(fs, -EOPNOTSUPP,
-				     "several lowers, read-only mounts and the kernel format are not supported yet");
+				     "the kernel format is not supported yet");
 	fs->created_upper = fs->created_mount_point = false;
 	err = check_dirs(fs, &d, &upper_exists, &mp_exists);
 	if (err)
@@ -827,11 +935,16 @@ int ovlfs_mount(struct ovlfs *fs)
 	 * An interrupted atomic commit is finished (or rolled back) first; a
 	 * finished one removes the upper it committed.
 	 */
-	err = ovl_recover_lower(fs, d.lower, d.upper);
-	if (err < 0)
-		goto out_dirs;
-	if (err > 0)
-		err = check_dir_or_missing(fs, "upper", d.upper, &upper_exists);
+	for (unsigned i = 0; i <= d.nmore && err >= 0; i++) {
+		int r = ovl_recover_lower(fs, i ? d.more[i - 1] : d.lower,
+					  d.upper);
+
+		if (r < 0)
+			err = r;
+		else if (r > 0 && d.upper)
+			err = check_dir_or_missing(fs, "upper", d.upper,
+						   &upper_exists);
+	}
 	if (err)
 		goto out_dirs;
 
@@ -841,8 +954,18 @@ int ovlfs_mount(struct ovlfs *fs)
 		goto out_dirs;
 	}
 	ofs->pub = fs;
-	ofs->lower.root_fd = ofs->upper.root_fd = ofs->upper_lock_fd = -1;
-	ofs->lower_lock_fd = -1;
+	ofs->upper.root_fd = ofs->upper_lock_fd = -1;
+	ofs->read_only = fs->read_only;
+	ofs->lowers = calloc(d.nmore + 1, sizeof(*ofs->lowers));
+	if (!ofs->lowers) {
+		free(ofs);
+		ofs = NULL;
+		err = ovl_set_error(fs, -ENOMEM, "out of memory");
+		goto out_dirs;
+	}
+	ofs->nlower = (int)d.nmore + 1;
+	for (int i = 0; i < ofs->nlower; i++)
+		ofs->lowers[i].root_fd = ofs->lowers[i].lock_fd = -1;
 	ofs->inode_mode = fs->inode_mode;
 	ofs->is_root = geteuid() == 0;
 	pthread_rwlock_init(&ofs->ns_lock, NULL);
@@ -853,7 +976,7 @@ int ovlfs_mount(struct ovlfs *fs)
 	umask(um);
 	ofs->umask = um;
 
-	if (!upper_exists) {
+	if (d.upper && !upper_exists) {
 		/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
 		if (mkdir(d.upper, 0755) < 0) {
 			err = ovl_set_error(fs, -errno, "upper %s: cannot create: %s",
@@ -862,15 +985,18 @@ int ovlfs_mount(struct ovlfs *fs)
 		}
 		fs->created_upper = true;
 	}
-	err = lock_upper(fs, ofs, d.upper);
-	if (!err)
-		err = lock_lower(fs, ofs, &d);
-	if (err)
-		goto out_rmdirs;
-	err = open_layer(fs, &ofs->lower, 0, "lower", d.lower);
-	if (!err)
+	if (d.upper)
+		err = lock_upper(fs, ofs, d.upper);
+	for (int i = 0; !err && i < ofs->nlower; i++) {
+		const char *l = i ? d.more[i - 1] : d.lower;
+
+		err = lock_lower(fs, &ofs->lowers[i], l);
+		if (!err)
+			err = open_layer(fs, &ofs->lowers[i], 0, "lower", l);
+	}
+	if (!err && d.upper)
 		err = open_layer(fs, &ofs->upper, 1, "upper", d.upper);
-	if (!err)
+	if (!err && d.upper)
 		err = ovl_check_upper_format(fs, ofs->upper.root_fd, d.upper,
 					     true);
 	if (err)
@@ -904,8 +1030,14 @@ int ovlfs_mount(struct ovlfs *fs)
 		goto out_rmdirs;
 
 	replace(&fs->lower, d.lower);
-	replace(&fs->upper, d.upper);
+	if (d.upper)
+		replace(&fs->upper, d.upper);
 	replace(&fs->mount_point, d.mp);
+	for (unsigned i = 0; i < d.nmore; i++) {
+		free(fs->more_lowers[i]);
+		fs->more_lowers[i] = d.more[i];
+	}
+	free(d.more);
 	fs->ofs = ofs;
 	fs->mounted = true;
 	return 0;

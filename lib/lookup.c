@@ -1,14 +1,22 @@
 /*
- * lookup.c: finding a name across the two layers.
+ * lookup.c: finding a name across the layers.
  *
  * The upper wins: an upper entry hides the lower one of the same name (and
  * any stale whiteout beside it). Without an upper entry, a whiteout hides
  * the lower name. A lower directory merges with an upper directory of the
  * same name unless the upper one is opaque. Names starting with ".wh." are
  * markers (or ovlfs's own files) and never show.
+ *
+ * Several lowers stack as in the kernel's overlayfs: searched top to
+ * bottom, the first layer holding a name holds the object, and a whiteout
+ * in a layer hides the name in every layer beneath. A directory merges
+ * with the directories of the same name beneath it, down to the first
+ * layer where its part is opaque or a whiteout or a non-directory stands
+ * at its name.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -31,16 +39,123 @@ bool ovl_node_lower_visible(struct ovl_node *node)
 	       !node->opaque;
 }
 
-int ovl_lower_has(struct ovl_node *parent, const char *name, struct stat *st)
+void ovl_lstack_free(struct ovl_fs *ofs, int *lstack)
 {
+	if (!lstack)
+		return;
+	for (int k = 0; k < ofs->nlower; k++)
+		if (lstack[k] >= 0)
+			close(lstack[k]);
+	free(lstack);
+}
+
+static int *lstack_new(struct ovl_fs *ofs)
+{
+	int *v = malloc(ofs->nlower * sizeof(*v));
+
+	for (int k = 0; v && k < ofs->nlower; k++)
+		v[k] = -1;
+	return v;
+}
+
+int ovl_lower_root_stack(struct ovl_fs *ofs, int **out)
+{
+	int *v, err;
+
+	*out = NULL;
+	if (ofs->nlower == 1)
+		return 0;
+	v = lstack_new(ofs);
+	if (!v)
+		return -ENOMEM;
+	for (int k = 1; k < ofs->nlower; k++) {
+		/* An opaque root hides the layers beneath it. */
+		err = ovl_opaque_get(ofs->lowers[k - 1].root_fd);
+		if (err > 0)
+			break;
+		v[k] = err < 0 ? -1 : dup(ofs->lowers[k].root_fd);
+		if (v[k] < 0) {
+			err = err < 0 ? err : -errno;
+			ovl_lstack_free(ofs, v);
+			return err;
+		}
+	}
+	*out = v;
+	return 0;
+}
+
+/*
+ * Find NAME in the visible lowers of directory PARENT (ns_lock held): 1
+ * with *LAYER and ST set, 0 if no layer shows it, or -errno. If FDS (one
+ * slot per lower, -1 each) is given and the object is a directory, FDS[k]
+ * gets an O_PATH fd of its part in every layer k that merges into it (the
+ * caller owns them, also on error).
+ */
+static int lower_find(struct ovl_fs *ofs, struct ovl_node *parent,
+		      const char *name, int *layer, struct stat *st, int *fds)
+{
+	int n = ofs->nlower, k, j, dfd = -1, err;
 	struct stat tmp;
 
 	if (!ovl_node_lower_visible(parent))
 		return 0;
-	if (fstatat(atomic_load(&parent->lower_fd), name, st ? st : &tmp,
-		    AT_SYMLINK_NOFOLLOW) < 0)
-		return errno == ENOENT ? 0 : -errno;
+	for (k = parent->lidx; k < n; k++) {
+		dfd = ovl_dir_lfd(parent, k);
+		if (dfd < 0)
+			continue;
+		if (fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW) == 0)
+			break;
+		if (errno != ENOENT)
+			return -errno;
+		/* A whiteout in the bottom layer hides nothing. */
+		if (k + 1 < n) {
+			err = ovl_wh_exists(dfd, name);
+			if (err)
+				return err < 0 ? err : 0;
+		}
+	}
+	if (k >= n)
+		return 0;
+	*layer = k;
+	if (!fds || !S_ISDIR(st->st_mode))
+		return 1;
+	fds[k] = ovl_open_child(dfd, name);
+	if (fds[k] < 0)
+		return fds[k];
+	for (j = k + 1; j < n; j++) {
+		err = ovl_opaque_get(fds[k]);
+		if (err)
+			return err < 0 ? err : 1;
+		dfd = ovl_dir_lfd(parent, j);
+		if (dfd < 0)
+			continue;
+		if (fstatat(dfd, name, &tmp, AT_SYMLINK_NOFOLLOW) < 0) {
+			if (errno != ENOENT)
+				return -errno;
+			if (j + 1 < n) {
+				err = ovl_wh_exists(dfd, name);
+				if (err)
+					return err < 0 ? err : 1;
+			}
+			continue;
+		}
+		if (!S_ISDIR(tmp.st_mode))
+			break;
+		fds[j] = ovl_open_child(dfd, name);
+		if (fds[j] < 0)
+			return fds[j];
+		k = j;
+	}
 	return 1;
+}
+
+int ovl_lower_has(struct ovl_fs *ofs, struct ovl_node *parent,
+		  const char *name, struct stat *st)
+{
+	struct stat tmp;
+	int k;
+
+	return lower_find(ofs, parent, name, &k, st ? st : &tmp, NULL);
 }
 
 /* ---- reaching a node's objects ---- */
@@ -80,7 +195,8 @@ int ovl_node_at(struct ovl_node *node, enum ovl_which which, int *dirfd,
 	/* Directories are always pinned: from here on, a file by name. */
 	if (node->deleted || !node->parent)
 		return -ENOENT;
-	pfd = atomic_load(pin_slot(node->parent, l));
+	pfd = l == OVL_UPPER ? atomic_load(&node->parent->upper_fd)
+			     : ovl_dir_lfd(node->parent, node->lidx);
 	if (pfd < 0)
 		return -ENOENT;
 	*dirfd = pfd;
@@ -223,24 +339,6 @@ int ovl_node_stat(struct ovl_fs *ofs, struct ovl_node *node, struct stat *st)
 /* ---- lookup ---- */
 
 /*
- * The lower directory NAME of PARENT for merging under an upper
- * directory: an fd to pin, or -1 if the lower has no directory there.
- */
-static int lower_dir_of(struct ovl_node *parent, const char *name)
-{
-	struct stat lst;
-	int lfd = ovl_open_child(atomic_load(&parent->lower_fd), name);
-
-	if (lfd < 0)
-		return -1;
-	if (ovl_fstat(lfd, &lst) < 0 || !S_ISDIR(lst.st_mode)) {
-		close(lfd);
-		return -1;
-	}
-	return lfd;
-}
-
-/*
  * Build a node for NAME from the layers; ns_lock held by the caller. ST
  * gets the object's stat (st_ino still the layer's) when not NULL.
  */
@@ -249,36 +347,45 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 			 struct stat *st)
 {
 	int pufd = atomic_load(&parent->upper_fd);
-	int plfd = atomic_load(&parent->lower_fd);
 	bool lower_ok = ovl_node_lower_visible(parent);
-	int ufd = -1, lfd = -1, err;
+	int ufd = -1, lfd = -1, one = -1, *fds = &one, k = 0, err;
 	unsigned int layers;
-	struct stat tmp;
+	struct stat tmp, lst;
 	bool in_upper = false, opaque = false, indexed = false;
 	struct ovl_node *node;
 	uint64_t ino;
 
 	if (!st)
 		st = &tmp;
+	if (ofs->nlower > 1 && lower_ok) {
+		fds = lstack_new(ofs);
+		if (!fds)
+			return -ENOMEM;
+	}
 	if (pufd >= 0) {
 		if (fstatat(pufd, name, st, AT_SYMLINK_NOFOLLOW) == 0)
 			in_upper = true;
 		else if (errno != ENOENT)
-			return -errno;
+			goto out_errno;
 	}
 	if (in_upper) {
 		layers = OVL_IN_UPPER;
 		if (S_ISDIR(st->st_mode)) {
 			ufd = ovl_open_child(pufd, name);
-			if (ufd < 0)
-				return ufd;
+			if (ufd < 0) {
+				err = ufd;
+				goto out_close;
+			}
 			err = ovl_opaque_get(ufd);
 			if (err < 0)
 				goto out_close;
 			opaque = err;
 			if (lower_ok && !opaque) {
-				lfd = lower_dir_of(parent, name);
-				if (lfd >= 0)
+				err = lower_find(ofs, parent, name, &k, &lst,
+						 fds);
+				if (err < 0)
+					goto out_close;
+				if (err && S_ISDIR(lst.st_mode))
 					layers |= OVL_IN_LOWER;
 			}
 			ino = ovl_ino_upper(ofs, ufd, st);
@@ -290,36 +397,38 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 			 * may have lost its own, and still be open.
 			 */
 			*out = node;
-			return 0;
+			err = 0;
+			goto out_close;
 		} else if (st->st_nlink > 1) {
 			/* The index needs the inode held (ovl_node_index). */
 			ufd = ovl_open_child(pufd, name);
-			if (ufd < 0)
-				return ufd;
+			if (ufd < 0) {
+				err = ufd;
+				goto out_close;
+			}
 			indexed = true;
 			ino = ovl_ino_upper(ofs, ufd, st);
 		} else {
 			ino = ovl_ino_upper_at(ofs, pufd, name, st);
 		}
 	} else {
+		err = -ENOENT;
 		if (!lower_ok)
-			return -ENOENT;
+			goto out_close;
 		if (pufd >= 0) {
 			err = ovl_wh_exists(pufd, name);
-			if (err < 0)
-				return err;
 			if (err)
-				return -ENOENT;
+				goto out_hidden;
 		}
-		if (fstatat(plfd, name, st, AT_SYMLINK_NOFOLLOW) < 0)
-			return -errno;
+		err = lower_find(ofs, parent, name, &k, st, fds);
+		if (err <= 0)
+			goto out_hidden;
 		layers = OVL_IN_LOWER;
-		if (S_ISDIR(st->st_mode)) {
-			lfd = ovl_open_child(plfd, name);
-			if (lfd < 0)
-				return lfd;
-		}
 		ino = ovl_ino_for(ofs, 0, st->st_dev, st->st_ino);
+	}
+	if (layers & OVL_IN_LOWER) {
+		lfd = fds[k];
+		fds[k] = -1;
 	}
 	node = ovl_node_new(ofs, parent, name, layers, ufd, lfd, st->st_mode,
 			    ino);
@@ -327,19 +436,33 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 		err = -ENOMEM;
 		goto out_close;
 	}
+	ufd = lfd = -1;
 	node->opaque = opaque;
+	node->lidx = (uint16_t)k;
+	if (fds != &one && node->type == S_IFDIR && node->has_lower) {
+		node->lstack = fds;
+		fds = &one;
+	}
 	if (!S_ISDIR(st->st_mode) && st->st_nlink > 1)
 		atomic_store(&node->aliased, true);
 	*out = ovl_node_insert(ofs, node);
 	if (indexed)
 		ovl_node_index(ofs, *out, st->st_dev, st->st_ino);
-	return 0;
+	err = 0;
+	goto out_close;
 
+out_hidden:
+	err = err < 0 ? err : -ENOENT;
+	goto out_close;
+out_errno:
+	err = -errno;
 out_close:
 	if (ufd >= 0)
 		close(ufd);
 	if (lfd >= 0)
 		close(lfd);
+	if (fds != &one)
+		ovl_lstack_free(ofs, fds);
 	return err;
 }
 

@@ -113,7 +113,7 @@ struct ovlfs {
  * false); one the caller named must exist. New strings, or -errno with a
  * message.
  */
-int ovl_pair_paths(struct ovlfs *fs, char **lower, char **upper,
+int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
 		   bool *upper_exists);
 
 /* Format an error into fs->err; returns ERR (negative errno) for chaining. */
@@ -201,8 +201,12 @@ int ovl_wh_target(int dfd, const struct ovl_dirent *de, char *buf,
 struct ovl_layer {
 	int root_fd;		/* O_PATH|O_DIRECTORY, never closed while mounted */
 	dev_t dev;		/* st_dev of the root */
-	int idx;		/* 0 = lower, 1 = upper */
+	int idx;		/* 0 = a lower, 1 = the upper (inode keys) */
+	int lock_fd;		/* flock held while mounted, or -1 */
 };
+
+/* The kernel's limit on lower layers; ours (node lidx is 16 bits). */
+#define OVL_MAX_LOWERS 500
 
 /* "/proc/self/fd/N" for FD into BUF (32 bytes). */
 void ovl_proc_path(int fd, char buf[32]);
@@ -277,6 +281,15 @@ struct ovl_node {
 	 */
 	_Atomic bool has_upper;
 	bool has_lower;
+	/* immutable: lower layer (0 = topmost) of the lower object */
+	uint16_t lidx;
+	/*
+	 * immutable, directories of a mount with several lowers: the O_PATH
+	 * fds of this directory in the lower layers beneath lidx that merge
+	 * into it (lstack[k] for layer k > lidx, -1 where it is absent or
+	 * hidden), or NULL. lower_fd is the one in layer lidx.
+	 */
+	int *lstack;
 	_Atomic int upper_fd;		/* O_PATH, or -1 */
 	_Atomic int lower_fd;		/* O_PATH, or -1 */
 	/* open files of the node: changed under ns_lock read, read under
@@ -327,9 +340,11 @@ struct ovl_node {
 
 struct ovl_fs {
 	struct ovlfs *pub;
-	struct ovl_layer lower, upper;
+	struct ovl_layer upper;		/* root_fd -1 when read-only */
+	struct ovl_layer *lowers;	/* nlower of them, topmost first */
+	int nlower;
+	bool read_only;			/* no upper: every change is EROFS */
 	int upper_lock_fd;		/* LOCK_EX for the mount's lifetime */
-	int lower_lock_fd;		/* LOCK_SH: no commit into it meanwhile */
 	enum ovlfs_inode_mode inode_mode;
 	bool is_root;			/* may use trusted.* and chown */
 	mode_t umask;			/* process umask at mount time */
@@ -550,7 +565,24 @@ static inline bool ovl_node_has_upper(struct ovl_node *node)
 /* Does directory NODE have a visible lower part (lower dir, not opaque)? */
 bool ovl_node_lower_visible(struct ovl_node *node);
 /* Does the visible lower of PARENT have NAME? 1 (ST filled if given), 0. */
-int ovl_lower_has(struct ovl_node *parent, const char *name, struct stat *st);
+int ovl_lower_has(struct ovl_fs *ofs, struct ovl_node *parent,
+		  const char *name, struct stat *st);
+/* The root's lstack (NULL with one lower), or -errno. */
+int ovl_lower_root_stack(struct ovl_fs *ofs, int **out);
+/* Close the fds of an lstack and free it (NULL is fine). */
+void ovl_lstack_free(struct ovl_fs *ofs, int *lstack);
+/*
+ * The fd of directory DIR in lower layer K, or -1 if the layer has no part
+ * of it (or it is hidden). Lock-free: the fds of a directory are fixed.
+ */
+static inline int ovl_dir_lfd(const struct ovl_node *dir, int k)
+{
+	if (!dir->has_lower || k < dir->lidx)
+		return -1;
+	if (k == dir->lidx)
+		return atomic_load(&dir->lower_fd);
+	return dir->lstack ? dir->lstack[k] : -1;
+}
 
 /* ===== copyup.c ===== */
 

@@ -142,6 +142,21 @@ static int entry_ino(struct ovl_fs *ofs, struct ovl_node *dir, int layer,
 	return 0;
 }
 
+/* Copy *T into the list KEPT (strset keeps pointers) and point *T at it. */
+static int keep_name(char ***kept, size_t *n, const char **t)
+{
+	char **p = realloc(*kept, (*n + 1) * sizeof(**kept));
+
+	if (!p)
+		return -ENOMEM;
+	*kept = p;
+	p[*n] = strdup(*t);
+	if (!p[*n])
+		return -ENOMEM;
+	*t = p[(*n)++];
+	return 0;
+}
+
 int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 		 struct ovl_rdent **out, size_t *nout, bool want_ino)
 {
@@ -180,20 +195,9 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 				continue;
 			/* strset keeps the pointer: one allocation each. */
 			if (t == target) {
-				void *p = realloc(longwh, (nlong + 1) *
-						  sizeof(*longwh));
-
-				if (!p) {
-					err = -ENOMEM;
+				err = keep_name(&longwh, &nlong, &t);
+				if (err)
 					break;
-				}
-				longwh = p;
-				longwh[nlong] = strdup(target);
-				if (!longwh[nlong]) {
-					err = -ENOMEM;
-					break;
-				}
-				t = longwh[nlong++];
 			}
 			err = strset_add(&wh, t);
 			continue;
@@ -209,22 +213,52 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 	if (err || !lower)
 		goto out;
 
-	err = ovl_fstat(dir->lower_fd, &dst);
-	if (!err)
-		err = ovl_dirlist_read(dir->lower_fd, &ll);
-	for (size_t i = 0; i < ll.n && !err; i++) {
-		const struct ovl_dirent *de = &ll.ents[i];
-		uint64_t ino = 0;
-		mode_t type = dtype_to_mode(de->type);
+	/*
+	 * The lowers, top to bottom: the first layer with a name shows it; a
+	 * whiteout hides the name in the layers beneath its own.
+	 */
+	for (int k = dir->lidx; k < ofs->nlower && !err; k++) {
+		int lfd = ovl_dir_lfd(dir, k);
+		bool more = k + 1 < ofs->nlower;
 
-		if (ovl_is_wh_name(de->name) || strset_has(&seen, de->name) ||
-		    strset_has(&wh, de->name))
+		if (lfd < 0)
 			continue;
-		if (want_ino || !type)
-			err = entry_ino(ofs, dir, 0, dir->lower_fd, dst.st_dev,
-					de, &ino, &type);
+		ovl_dirlist_free(&ll);
+		err = ovl_fstat(lfd, &dst);
 		if (!err)
-			err = push(&ents, &n, &cap, de->name, ino, type);
+			err = ovl_dirlist_read(lfd, &ll);
+		for (size_t i = 0; i < ll.n && !err; i++) {
+			const struct ovl_dirent *de = &ll.ents[i];
+			uint64_t ino = 0;
+			mode_t type = dtype_to_mode(de->type);
+
+			if (ovl_is_wh_name(de->name) ||
+			    strset_has(&seen, de->name) ||
+			    strset_has(&wh, de->name))
+				continue;
+			if (want_ino || !type)
+				err = entry_ino(ofs, dir, 0, lfd, dst.st_dev,
+						de, &ino, &type);
+			if (!err)
+				err = push(&ents, &n, &cap, de->name, ino, type);
+			if (!err && more)
+				err = strset_add(&seen, ents[n - 1].name);
+		}
+		for (size_t i = 0; i < ll.n && !err && more; i++) {
+			const struct ovl_dirent *de = &ll.ents[i];
+			char target[NAME_MAX + 2];
+			const char *t;
+
+			if (!ovl_is_wh_name(de->name))
+				continue;
+			err = ovl_wh_target(lfd, de, target, &t);
+			if (err || !t)
+				continue;
+			/* LL is freed at the next layer: keep a copy. */
+			err = keep_name(&longwh, &nlong, &t);
+			if (!err)
+				err = strset_add(&wh, t);
+		}
 	}
 out:
 	free(seen.slots);

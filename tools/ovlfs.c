@@ -62,6 +62,7 @@ static const struct command commands[] = {
 		.summary = "mount an overlay of LOWER with a writable upper",
 		.usage =
 "usage: ovlfs mount [OPTIONS] LOWER [MOUNTPOINT]\n"
+"       ovlfs mount [OPTIONS] --lower A:B:C [MOUNTPOINT]\n"
 "\n"
 "Mount LOWER (never modified) under a writable upper directory at\n"
 "MOUNTPOINT. Changes land in the upper; deletions are recorded as\n"
@@ -76,6 +77,14 @@ static const struct command commands[] = {
 "  -i, --inode-mode MODE    'virtual' (default): inode numbers handed out\n"
 "                           in order of first sight; 'persistent': derived\n"
 "                           from the layers, stable across remounts\n"
+"      --lower A:B:C        several lower layers instead of LOWER, leftmost\n"
+"                           on top (as the kernel's lowerdir=; '\\:' is a\n"
+"                           colon in a name); may be repeated\n"
+"      --format FORMAT      markers written to the upper and read in every\n"
+"                           layer: 'oci' (.wh.NAME files; the default for a\n"
+"                           new upper) or 'kernel' (0/0 character devices,\n"
+"                           overlay.opaque xattrs); default: the upper's own\n"
+"      --read-only          no upper at all: a read-only merged view\n"
 "  -o OPTS                  extra FUSE mount options, comma separated\n"
 "                           (may be given several times)\n"
 "      --no-passthrough     serve all file I/O through ovlfs (by default,\n"
@@ -106,6 +115,7 @@ static const struct command commands[] = {
 		.summary = "run a command in an overlay of LOWER, then finish it",
 		.usage =
 "usage: ovlfs run [OPTIONS] LOWER -- COMMAND [ARGS...]\n"
+"       ovlfs run [OPTIONS] --lower A:B:C -- COMMAND [ARGS...]\n"
 "\n"
 "Mount an overlay of LOWER (in this process, in the foreground), run\n"
 "COMMAND with the mount point as its working directory, wait for it,\n"
@@ -123,6 +133,15 @@ static const struct command commands[] = {
 "  -u, --upper DIR          upper (writable) directory\n"
 "  -i, --inode-mode MODE    'virtual' (default) or 'persistent', as for\n"
 "                           'ovlfs mount'\n"
+"      --lower A:B:C        several lower layers instead of LOWER, leftmost\n"
+"                           on top (as the kernel's lowerdir=; '\\:' is a\n"
+"                           colon in a name); may be repeated\n"
+"      --format FORMAT      markers written to the upper and read in every\n"
+"                           layer: 'oci' (.wh.NAME files; the default for a\n"
+"                           new upper) or 'kernel' (0/0 character devices,\n"
+"                           overlay.opaque xattrs); default: the upper's own\n"
+"      --into DIR           with several lowers, the one --on-exit commit\n"
+"                           merges the upper into\n"
 "  -o OPTS                  extra FUSE mount options, comma separated\n"
 "                           (may be given several times)\n"
 "      --no-passthrough     serve all file I/O through ovlfs (by default,\n"
@@ -201,6 +220,9 @@ static const struct command commands[] = {
 "\n"
 "options:\n"
 "  -u, --upper DIR          upper directory (default LOWER.upper)\n"
+"      --lower A:B:C        the lower layers (leftmost on top) instead of\n"
+"                           LOWER, as given to mount\n"
+"      --into DIR           with several lowers, the one to work on\n"
 "  --json                   print JSON instead of text\n"
 "  -h, --help               show this help\n",
 	},
@@ -225,6 +247,9 @@ static const struct command commands[] = {
 "options:\n"
 "  --atomic                 commit all or nothing, even across a crash\n"
 "  -u, --upper DIR          upper directory (default LOWER.upper)\n"
+"      --lower A:B:C        the lower layers (leftmost on top) instead of\n"
+"                           LOWER, as given to mount\n"
+"      --into DIR           with several lowers, the one to work on\n"
 "  -q, --quiet              no progress line (shown only when stderr is a\n"
 "                           terminal)\n"
 "  -h, --help               show this help\n",
@@ -241,6 +266,9 @@ static const struct command commands[] = {
 "\n"
 "options:\n"
 "  -u, --upper DIR          upper directory (default LOWER.upper)\n"
+"      --lower A:B:C        the lower layers (leftmost on top) instead of\n"
+"                           LOWER, as given to mount\n"
+"      --into DIR           with several lowers, the one to work on\n"
 "  -q, --quiet              no progress line (shown only when stderr is a\n"
 "                           terminal)\n"
 "  -h, --help               show this help\n",
@@ -433,19 +461,105 @@ static int cmd_umount(int argc, char **argv)
 /* mount */
 
 /* Long options without a short form. */
-enum { OPT_NO_PASSTHROUGH = 1000 };
+enum {
+	OPT_NO_PASSTHROUGH = 1000,
+	OPT_LOWER,
+	OPT_READ_ONLY,
+	OPT_FORMAT,
+	OPT_INTO,
+};
+
+/*
+ * Lower layers: --lower A:B:C, leftmost on top, as the kernel's lowerdir=
+ * (a backslash escapes a colon or itself); repeated --lower append.
+ */
+struct lowers {
+	char **v;
+	unsigned n;
+};
+
+static void lowers_free(struct lowers *l)
+{
+	for (unsigned i = 0; i < l->n; i++)
+		free(l->v[i]);
+	free(l->v);
+	l->v = NULL;
+	l->n = 0;
+}
+
+/* Split SPEC into L; 0, or -EINVAL for an empty layer, -ENOMEM. */
+static int lowers_add(struct lowers *l, const char *spec)
+{
+	const char *s = spec;
+
+	for (;;) {
+		char *one = malloc(strlen(s) + 1), **v;
+		size_t k = 0;
+
+		if (!one)
+			return -ENOMEM;
+		for (; *s && *s != ':'; s++) {
+			if (*s == '\\' && s[1])
+				s++;
+			one[k++] = *s;
+		}
+		one[k] = '\0';
+		v = k ? realloc(l->v, (l->n + 1) * sizeof(*v)) : NULL;
+		if (!v) {
+			free(one);
+			return k ? -ENOMEM : -EINVAL;
+		}
+		v[l->n++] = one;
+		l->v = v;
+		if (!*s)
+			return 0;
+		s++;
+	}
+}
+
+static bool parse_format(const char *s, enum ovlfs_format *f)
+{
+	if (strcmp(s, "oci") == 0)
+		*f = OVLFS_FORMAT_OCI;
+	else if (strcmp(s, "kernel") == 0)
+		*f = OVLFS_FORMAT_KERNEL;
+	else
+		return false;
+	return true;
+}
+
+/* Add the layers of L beneath FS's first (L->v[0]); 0 or -errno. */
+static int add_lowers(struct ovlfs *fs, const struct lowers *l)
+{
+	int ret = 0;
+
+	for (unsigned i = 1; i < l->n && !ret; i++)
+		ret = ovlfs_add_lower(fs, l->v[i]);
+	return ret;
+}
 
 struct mount_opts {
 	const char *lower;
+	struct lowers lowers;	 /* --lower; lower is then lowers.v[0] */
 	const char *mount_point; /* NULL: library default */
 	const char *upper;	 /* NULL: library default */
+	const char *into;	 /* --into, or NULL */
 	enum ovlfs_inode_mode inode_mode;
 	bool inode_mode_set;
+	enum ovlfs_format format;
 	char *fuse_options; /* joined -o values, NULL if none */
 	bool no_passthrough;
+	bool read_only;
 	bool foreground;
 	bool debug;
 };
+
+static void mount_opts_free(struct mount_opts *o)
+{
+	free(o->fuse_options);
+	o->fuse_options = NULL;
+	lowers_free(&o->lowers);
+}
 
 /*
  * Signals that end a mount cleanly. They are blocked in every thread
@@ -555,6 +669,14 @@ static struct ovlfs *do_mount(const struct mount_opts *o, char *err,
 	if (o->debug && (ret = ovlfs_set_debug(fs, true)) < 0)
 		goto fail;
 	if (o->no_passthrough && (ret = ovlfs_set_passthrough(fs, false)) < 0)
+		goto fail;
+	if ((ret = add_lowers(fs, &o->lowers)) < 0)
+		goto fail;
+	if (o->read_only && (ret = ovlfs_set_read_only(fs, true)) < 0)
+		goto fail;
+	if (o->format && (ret = ovlfs_set_format(fs, o->format)) < 0)
+		goto fail;
+	if (o->into && (ret = ovlfs_set_commit_into(fs, o->into)) < 0)
 		goto fail;
 	ret = ovlfs_mount(fs);
 	if (ret < 0)
@@ -764,6 +886,30 @@ static int overlay_option(const struct command *cmd, int c,
 	case OPT_NO_PASSTHROUGH:
 		o->no_passthrough = true;
 		return -1;
+	case OPT_LOWER:
+		switch (lowers_add(&o->lowers, optarg)) {
+		case 0:
+			o->lower = o->lowers.v[0];
+			return -1;
+		case -EINVAL:
+			return usage_error(cmd, "empty layer in --lower '%s'",
+					   optarg);
+		default:
+			err_msg("out of memory");
+			return 1;
+		}
+	case OPT_READ_ONLY:
+		o->read_only = true;
+		return -1;
+	case OPT_FORMAT:
+		if (!parse_format(optarg, &o->format))
+			return usage_error(
+				cmd, "invalid format '%s' (expected oci or kernel)",
+				optarg);
+		return -1;
+	case OPT_INTO:
+		o->into = optarg;
+		return -1;
 	default:	/* 'o' */
 		if (!append_fuse_option(&o->fuse_options, optarg)) {
 			err_msg("out of memory");
@@ -779,6 +925,9 @@ static int cmd_mount(int argc, char **argv)
 		{ "upper", required_argument, NULL, 'u' },
 		{ "inode-mode", required_argument, NULL, 'i' },
 		{ "no-passthrough", no_argument, NULL, OPT_NO_PASSTHROUGH },
+		{ "lower", required_argument, NULL, OPT_LOWER },
+		{ "read-only", no_argument, NULL, OPT_READ_ONLY },
+		{ "format", required_argument, NULL, OPT_FORMAT },
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
@@ -800,9 +949,12 @@ static int cmd_mount(int argc, char **argv)
 		case 'i':
 		case 'o':
 		case OPT_NO_PASSTHROUGH:
+		case OPT_LOWER:
+		case OPT_READ_ONLY:
+		case OPT_FORMAT:
 			ret = overlay_option(cmd, c, &o);
 			if (ret >= 0) {
-				free(o.fuse_options);
+				mount_opts_free(&o);
 				return ret;
 			}
 			break;
@@ -813,33 +965,38 @@ static int cmd_mount(int argc, char **argv)
 			o.debug = true;
 			break;
 		case 'h':
-			free(o.fuse_options);
+			mount_opts_free(&o);
 			fputs(cmd->usage, stdout);
 			return 0;
 		case ':':
-			free(o.fuse_options);
+			mount_opts_free(&o);
 			return usage_error(cmd, "option '%s' needs an argument",
 					   argv[optind - 1]);
 		default:
-			free(o.fuse_options);
+			mount_opts_free(&o);
 			return usage_error(cmd, "unknown option '%s'",
 					   bad_option(argv, obuf,
 						      sizeof(obuf)));
 		}
 	}
 
-	if (argc - optind < 1 || argc - optind > 2) {
-		free(o.fuse_options);
+	/* With --lower, the one positional argument is the mount point. */
+	if (o.lowers.n && argc - optind <= 1) {
+		if (argc - optind == 1)
+			o.mount_point = argv[optind];
+	} else if (argc - optind < 1 || argc - optind > 2 || o.lowers.n) {
+		mount_opts_free(&o);
 		return usage_error(cmd, argc - optind < 1 ?
 						"missing LOWER" :
 						"too many arguments");
+	} else {
+		o.lower = argv[optind];
+		if (argc - optind == 2)
+			o.mount_point = argv[optind + 1];
 	}
-	o.lower = argv[optind];
-	if (argc - optind == 2)
-		o.mount_point = argv[optind + 1];
 
 	ret = o.foreground ? mount_foreground(&o) : mount_daemon(&o);
-	free(o.fuse_options);
+	mount_opts_free(&o);
 	return ret;
 }
 
@@ -859,24 +1016,8 @@ static int report_failure(const struct ovlfs *fs, int err, const char *what)
 	return 1;
 }
 
-/* A handle for LOWER with UPPER (NULL: default) set; NULL after a message. */
-static struct ovlfs *open_handle(const char *lower, const char *upper)
-{
-	struct ovlfs *fs;
-	int ret;
-
-	fs = ovlfs_new(lower);
-	if (!fs) {
-		err_msg("%s: %s", lower, strerror(errno));
-		return NULL;
-	}
-	if (upper && (ret = ovlfs_set_upper(fs, upper)) < 0) {
-		report_failure(fs, ret, upper);
-		ovlfs_free(fs);
-		return NULL;
-	}
-	return fs;
-}
+struct fin_opts;
+static struct ovlfs *open_handle(struct fin_opts *o);
 
 /*
  * Progress: one line on stderr, redrawn in place ("\r"), ended with a
@@ -940,13 +1081,45 @@ enum {
 	FIN_ATOMIC = 1 << 1,
 	FIN_QUIET = 1 << 2,
 	FIN_JSON = 1 << 3,
+	FIN_LAYERS = 1 << 4,	/* --lower, --into */
 };
 
 struct fin_opts {
 	const char *lower;
+	struct lowers lowers;	/* --lower; lower is then lowers.v[0] */
 	const char *upper; /* NULL: library default */
+	const char *into;  /* --into, or NULL */
 	bool atomic, quiet, json;
 };
+
+/*
+ * A handle for O's layers with its upper (NULL: default) and --into set;
+ * NULL after a message. O's --lower list is freed either way.
+ */
+static struct ovlfs *open_handle(struct fin_opts *o)
+{
+	struct ovlfs *fs;
+	int ret = 0;
+
+	fs = ovlfs_new(o->lower);
+	if (!fs) {
+		err_msg("%s: %s", o->lower, strerror(errno));
+		lowers_free(&o->lowers);
+		return NULL;
+	}
+	if (o->upper && (ret = ovlfs_set_upper(fs, o->upper)) < 0)
+		report_failure(fs, ret, o->upper);
+	else if ((ret = add_lowers(fs, &o->lowers)) < 0)
+		report_failure(fs, ret, "lower");
+	else if (o->into && (ret = ovlfs_set_commit_into(fs, o->into)) < 0)
+		report_failure(fs, ret, o->into);
+	lowers_free(&o->lowers);
+	if (ret < 0) {
+		ovlfs_free(fs);
+		return NULL;
+	}
+	return fs;
+}
 
 /*
  * Parse the options in ALLOWED and the one LOWER argument. Returns -1 to go
@@ -963,12 +1136,14 @@ static int parse_fin_opts(const struct command *cmd, unsigned allowed,
 		{ FIN_ATOMIC, { "atomic", no_argument, NULL, 'A' } },
 		{ FIN_QUIET, { "quiet", no_argument, NULL, 'q' } },
 		{ FIN_JSON, { "json", no_argument, NULL, 'J' } },
+		{ FIN_LAYERS, { "lower", required_argument, NULL, OPT_LOWER } },
+		{ FIN_LAYERS, { "into", required_argument, NULL, OPT_INTO } },
 	};
 	struct option longopts[sizeof(all) / sizeof(all[0]) + 2];
 	char shortopts[16] = ":h";
 	size_t i, n = 0;
 	char obuf[8];
-	int c;
+	int c, ret;
 
 	for (i = 0; i < sizeof(all) / sizeof(all[0]); i++)
 		if (allowed & all[i].flag)
@@ -997,6 +1172,23 @@ static int parse_fin_opts(const struct command *cmd, unsigned allowed,
 		case 'J':
 			o->json = true;
 			break;
+		case OPT_LOWER:
+			ret = lowers_add(&o->lowers, optarg);
+			if (ret == -EINVAL) {
+				lowers_free(&o->lowers);
+				return usage_error(cmd, "empty layer in --lower '%s'",
+						   optarg);
+			}
+			if (ret) {
+				lowers_free(&o->lowers);
+				err_msg("out of memory");
+				return 1;
+			}
+			o->lower = o->lowers.v[0];
+			break;
+		case OPT_INTO:
+			o->into = optarg;
+			break;
 		case 'h':
 			fputs(cmd->usage, stdout);
 			return 0;
@@ -1009,23 +1201,26 @@ static int parse_fin_opts(const struct command *cmd, unsigned allowed,
 						      sizeof(obuf)));
 		}
 	}
-	if (argc - optind != 1)
+	if (argc - optind != (o->lowers.n ? 0 : 1)) {
+		lowers_free(&o->lowers);
 		return usage_error(cmd, argc - optind < 1 ?
 						"missing LOWER" :
 						"too many arguments");
-	o->lower = argv[optind];
+	}
+	if (!o->lowers.n)
+		o->lower = argv[optind];
 	return -1;
 }
 
 /* ovlfs_finish(ACTION) on LOWER/UPPER with progress; the exit status. */
-static int finish_cmd(const struct fin_opts *o, enum ovlfs_action action,
+static int finish_cmd(struct fin_opts *o, enum ovlfs_action action,
 		      const char *verb)
 {
 	struct ovlfs *fs;
 	char what[64];
 	int ret;
 
-	fs = open_handle(o->lower, o->upper);
+	fs = open_handle(o);
 	if (!fs)
 		return 1;
 	progress_begin(fs, o->quiet);
@@ -1050,7 +1245,7 @@ static int cmd_commit(int argc, char **argv)
 	struct fin_opts o;
 	int ret;
 
-	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_ATOMIC | FIN_QUIET, argc,
+	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_ATOMIC | FIN_QUIET | FIN_LAYERS, argc,
 			     argv, &o);
 	if (ret >= 0)
 		return ret;
@@ -1064,7 +1259,7 @@ static int cmd_discard(int argc, char **argv)
 	struct fin_opts o;
 	int ret;
 
-	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_QUIET, argc, argv, &o);
+	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_QUIET | FIN_LAYERS, argc, argv, &o);
 	if (ret >= 0)
 		return ret;
 	return finish_cmd(&o, OVLFS_DISCARD, "discard");
@@ -1077,11 +1272,11 @@ static int cmd_recover(int argc, char **argv)
 	struct ovlfs *fs;
 	int ret;
 
-	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_QUIET, argc, argv, &o);
+	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_QUIET | FIN_LAYERS, argc, argv, &o);
 	if (ret >= 0)
 		return ret;
 	/* The journal's upper is removed only if it is the one named here. */
-	fs = open_handle(o.lower, o.upper);
+	fs = open_handle(&o);
 	if (!fs)
 		return 1;
 	progress_begin(fs, o.quiet);
@@ -1361,10 +1556,10 @@ static int cmd_diff(int argc, char **argv)
 	struct ovlfs *fs;
 	int ret;
 
-	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_JSON, argc, argv, &o);
+	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_JSON | FIN_LAYERS, argc, argv, &o);
 	if (ret >= 0)
 		return ret;
-	fs = open_handle(o.lower, o.upper);
+	fs = open_handle(&o);
 	if (!fs)
 		return 1;
 	d.out = stdout;
@@ -1557,6 +1752,9 @@ static int cmd_run(int argc, char **argv)
 		{ "inode-mode", required_argument, NULL, 'i' },
 		{ "no-passthrough", no_argument, NULL, OPT_NO_PASSTHROUGH },
 		{ "on-exit", required_argument, NULL, 'E' },
+		{ "lower", required_argument, NULL, OPT_LOWER },
+		{ "format", required_argument, NULL, OPT_FORMAT },
+		{ "into", required_argument, NULL, OPT_INTO },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1596,9 +1794,12 @@ static int cmd_run(int argc, char **argv)
 		case 'i':
 		case 'o':
 		case OPT_NO_PASSTHROUGH:
+		case OPT_LOWER:
+		case OPT_FORMAT:
+		case OPT_INTO:
 			ret = overlay_option(cmd, c, &o);
 			if (ret >= 0) {
-				free(o.fuse_options);
+				mount_opts_free(&o);
 				return ret;
 			}
 			break;
@@ -1610,7 +1811,7 @@ static int cmd_run(int argc, char **argv)
 					if (strcmp(optarg, actions[i]) == 0)
 						break;
 				if (i == 4) {
-					free(o.fuse_options);
+					mount_opts_free(&o);
 					return usage_error(
 						cmd,
 						"invalid --on-exit action '%s' (expected ask, preserve, discard, commit or commit-atomic)",
@@ -1620,35 +1821,36 @@ static int cmd_run(int argc, char **argv)
 			}
 			break;
 		case 'h':
-			free(o.fuse_options);
+			mount_opts_free(&o);
 			fputs(cmd->usage, stdout);
 			return 0;
 		case ':':
-			free(o.fuse_options);
+			mount_opts_free(&o);
 			return usage_error(cmd, "option '%s' needs an argument",
 					   argv[optind - 1]);
 		default:
-			free(o.fuse_options);
+			mount_opts_free(&o);
 			return usage_error(cmd, "unknown option '%s'",
 					   bad_option(argv, obuf,
 						      sizeof(obuf)));
 		}
 	}
-	if (dashes - optind < 1) {
-		free(o.fuse_options);
+	if (dashes - optind < (o.lowers.n ? 0 : 1)) {
+		mount_opts_free(&o);
 		return usage_error(cmd, "missing LOWER");
 	}
-	if (dashes < argc && dashes - optind > 1) {
-		free(o.fuse_options);
+	if (dashes < argc && dashes - optind > (o.lowers.n ? 0 : 1)) {
+		mount_opts_free(&o);
 		return usage_error(cmd, "too many arguments before '--'");
 	}
 	if (dashes >= argc || dashes + 1 >= argc) {
-		free(o.fuse_options);
+		mount_opts_free(&o);
 		return usage_error(cmd, dashes >= argc ?
 						"missing '-- COMMAND'" :
 						"missing COMMAND after '--'");
 	}
-	o.lower = argv[optind];
+	if (!o.lowers.n)
+		o.lower = argv[optind];
 
 	/*
 	 * As system(3): SIGINT and SIGQUIT ignored (COMMAND gets them from
@@ -1669,7 +1871,7 @@ static int cmd_run(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	fs = do_mount(&o, err, sizeof(err));
-	free(o.fuse_options);
+	mount_opts_free(&o);
 	if (!fs) {
 		err_msg("%s", err);
 		return 1;
