@@ -592,7 +592,7 @@ int ovl_copy_up_tree(struct ovl_fs *ofs, struct ovl_node *node)
 	/* Everything is in the upper now: the lower may go dark. */
 	pthread_rwlock_wrlock(&ofs->ns_lock);
 	if (!node->opaque) {
-		err = ovl_opaque_set(ofs, atomic_load(&node->upper_fd));
+		err = ovl_opaque_set(&ofs->fmt, atomic_load(&node->upper_fd));
 		if (!err)
 			node->opaque = true;
 	}

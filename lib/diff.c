@@ -32,6 +32,7 @@ struct diff_ctx {
 	char *path;		/* "" for the root, then "/a/b" */
 	size_t len, cap;
 	char *buf[2];		/* content comparison, DIFF_BUFSZ each */
+	struct ovl_fmt fmt;	/* the upper's markers */
 };
 
 /* A directory's entries, sorted, with the layer's ".wh.*" names split off. */
@@ -145,15 +146,15 @@ static int list_read(struct diff_ctx *c, int dfd, const char *layer,
 		struct ovl_dirent *de = &l->dl.ents[i];
 		const char *t;
 
-		if (!ovl_is_wh_name(de->name)) {
+		err = ovl_marker(&c->fmt, dfd, de, buf, &t);
+		if (err < 0)
+			return fail(c, err, layer, de->name);
+		if (!err) {
 			l->ents[l->n++] = de;
 			continue;
 		}
 		if (!want_wh)
 			continue;
-		err = ovl_wh_target(dfd, de, buf, &t);
-		if (err)
-			return fail(c, err, layer, de->name);
 		if (!t)
 			continue;
 		if (t == buf) {
@@ -466,7 +467,7 @@ static int diff_both(struct diff_ctx *c, int ufd, int lfd, const char *name,
 		err = report(c, OVLFS_MODIFIED, what, &ust);
 	if (!err && S_ISDIR(ust.st_mode)) {
 		/* As lookup: the lower merges in only through a merged parent. */
-		err = ovl_opaque_get(ucfd);
+		err = ovl_opaque_get(&c->fmt, ucfd);
 		if (err < 0)
 			err = fail(c, err, "upper", NULL);
 		else
@@ -588,7 +589,7 @@ int ovlfs_diff(struct ovlfs *fs, ovlfs_diff_fn fn, void *arg)
 		goto out_close_lower;
 	}
 	/* A foreign upper would be reported wrongly, markers as files. */
-	err = ovl_check_upper_format(fs, ufd, upper, false);
+	err = ovl_check_upper_format(fs, ufd, upper, false, &c.fmt);
 	if (err)
 		goto out_free;
 	c.path = malloc(256);
@@ -605,7 +606,7 @@ int ovlfs_diff(struct ovlfs *fs, ovlfs_diff_fn fn, void *arg)
 	if (what > 0)
 		err = report(&c, OVLFS_MODIFIED, what, &ust);
 	if (!err) {
-		err = ovl_opaque_get(ufd);
+		err = ovl_opaque_get(&c.fmt, ufd);
 		if (err < 0)
 			err = fail(&c, err, "upper", NULL);
 		else

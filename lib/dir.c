@@ -137,7 +137,22 @@ static int prepare_create(struct ovl_fs *ofs, struct ovl_node *parent,
 			return err;
 		*wh = err;
 	}
+	/*
+	 * A kernel-format whiteout holds the name itself: it makes way (and
+	 * comes back if the new entry cannot be made, see restore_wh).
+	 */
+	if (*wh && ofs->fmt.kernel && unlinkat(pufd, name, 0) < 0 &&
+	    errno != ENOENT)
+		return -errno;
 	return pufd;
+}
+
+/* Making the entry that replaces a kernel-format whiteout failed. */
+static void restore_wh(struct ovl_fs *ofs, int pufd, const char *name,
+		       bool wh)
+{
+	if (wh && ofs->fmt.kernel)
+		ovl_wh_create(&ofs->fmt, pufd, name);
 }
 
 static int make_dir(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
@@ -176,7 +191,7 @@ static int make_dir(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 		err = fd;
 		goto out_rmdir;
 	}
-	err = ovl_opaque_set(ofs, fd);
+	err = ovl_opaque_set(&ofs->fmt, fd);
 	if (!err)
 		err = set_new_owner(ofs, ctx, pufd, fd, S_IFDIR | mode, acl);
 	if (!err && renameat2(pufd, tmp, pufd, name, RENAME_NOREPLACE) < 0)
@@ -201,6 +216,9 @@ int ovl_mknod(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	struct stat st;
 
 	err = ovl_check_name(name);
+	/* In the kernel format it would be a whiteout, not a device. */
+	if (!err && ofs->fmt.kernel && S_ISCHR(mode) && rdev == 0)
+		err = -EPERM;
 	if (!err)
 		err = ovl_copy_up(ofs, parent);
 	if (err)
@@ -241,11 +259,13 @@ made:
 		}
 		break;
 	}
-	if (err)
+	if (err) {
+		restore_wh(ofs, pufd, name, wh);
 		goto out_unlock;
+	}
 	/* The new entry beats the whiteout; drop the stale marker. */
-	if (wh)
-		ovl_wh_remove(pufd, name);
+	if (wh && !ofs->fmt.kernel)
+		ovl_wh_remove(&ofs->fmt, pufd, name);
 	err = ovl_fstat(fd, &st);
 	if (err || !S_ISDIR(mode)) {
 		close(fd);
@@ -296,15 +316,20 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 		    mode & 07777);
 	if (fd < 0) {
 		err = -errno;
+		restore_wh(ofs, pufd, name, wh);
 		goto out_unlock;
 	}
 	err = set_new_owner(ofs, ctx, pufd, fd, S_IFREG | mode, acl);
 	if (!err)
 		err = ovl_fstat(fd, &st);
-	if (err)
-		goto out_close;
-	if (wh)
-		ovl_wh_remove(pufd, name);
+	if (err) {
+		close(fd);
+		unlinkat(pufd, name, 0);
+		restore_wh(ofs, pufd, name, wh);
+		goto out_unlock;
+	}
+	if (wh && !ofs->fmt.kernel)
+		ovl_wh_remove(&ofs->fmt, pufd, name);
 	err = new_entry(ofs, parent, name, &st, -1, false, e);
 	if (err)
 		goto out_close;
@@ -359,10 +384,12 @@ int ovl_link(struct ovl_fs *ofs, struct ovl_node *node,
 	err = ovl_node_pin_upper(node);
 	if (!err)
 		err = ovl_link_fd(atomic_load(&node->upper_fd), pufd, newname);
-	if (err)
+	if (err) {
+		restore_wh(ofs, pufd, newname, wh);
 		goto out_unlock;
-	if (wh)
-		ovl_wh_remove(pufd, newname);
+	}
+	if (wh && !ofs->fmt.kernel)
+		ovl_wh_remove(&ofs->fmt, pufd, newname);
 	/*
 	 * Reply with the node linked to: the kernel then sees one inode with
 	 * two names and updates its link count, as on a local filesystem.
@@ -420,15 +447,18 @@ int ovl_unlink(struct ovl_fs *ofs, struct ovl_node *parent, const char *name)
 	err = ovl_node_pin(node);
 	if (err)
 		goto out_put;
+	/* In the kernel format the whiteout replaces the upper entry. */
 	if (lower) {
-		err = ovl_wh_create(ofs, pufd, name);
-		if (err)
+		err = ovl_wh_create(&ofs->fmt, pufd, name);
+		if (err < 0)
 			goto out_put;
 	}
-	if (ovl_node_has_upper(node) && unlinkat(pufd, name, 0) < 0) {
+	if (ovl_node_has_upper(node) && !(lower && err > 0) &&
+	    unlinkat(pufd, name, 0) < 0) {
 		err = -errno;
 		goto out_put;
 	}
+	err = 0;
 	ovl_node_unlink(ofs, node, parent, name);
 out_put:
 	ovl_node_put(ofs, node);
@@ -485,15 +515,16 @@ int ovl_rmdir(struct ovl_fs *ofs, struct ovl_node *parent, const char *name)
 		goto out_put;
 	}
 	if (lower) {
-		err = ovl_wh_create(ofs, pufd, name);
-		if (err)
+		err = ovl_wh_create(&ofs->fmt, pufd, name);
+		if (err < 0)
 			goto out_put;
 	}
-	if (ovl_node_has_upper(node)) {
+	if (ovl_node_has_upper(node) && !(lower && err > 0)) {
 		err = remove_upper_dir(ofs, pufd, name);
 		if (err)
 			goto out_put;
 	}
+	err = 0;
 	ovl_node_unlink(ofs, node, parent, name);
 out_put:
 	ovl_node_put(ofs, node);
@@ -524,7 +555,7 @@ static int hide_lower_under(struct ovl_fs *ofs, struct ovl_node *node,
 	lower = ovl_lower_has(ofs, parent, name, NULL);
 	if (lower <= 0)
 		return lower;
-	err = ovl_opaque_set(ofs, atomic_load(&node->upper_fd));
+	err = ovl_opaque_set(&ofs->fmt, atomic_load(&node->upper_fd));
 	if (!err)
 		node->opaque = true;
 	return err;
@@ -561,6 +592,8 @@ static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 	int opufd = atomic_load(&parent->upper_fd);
 	int npufd = atomic_load(&newparent->upper_fd);
 	char dsttmp[64] = "";
+	bool kernel = ofs->fmt.kernel, dst_wh = false;
+	unsigned int flags = 0;
 	int lower_old, err;
 
 	lower_old = ovl_lower_has(ofs, parent, name, NULL);
@@ -576,9 +609,27 @@ static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 		err = ovl_node_pin(dst);	/* if open, it lives on */
 	if (err)
 		return err;
-	if (lower_old) {
-		err = ovl_wh_create(ofs, opufd, name);
+	/*
+	 * The old name must hide the lower entry from the instant it is
+	 * free: an OCI marker goes in first, a kernel one comes with the
+	 * rename itself.
+	 */
+	if (lower_old && kernel) {
+		flags = RENAME_WHITEOUT;
+	} else if (lower_old) {
+		err = ovl_wh_create(&ofs->fmt, opufd, name);
 		if (err)
+			return err;
+	}
+	/* A directory cannot replace a kernel whiteout: that goes first. */
+	if (kernel && !dst && src->type == S_IFDIR &&
+	    ovl_node_lower_visible(newparent)) {
+		err = ovl_wh_exists(&ofs->fmt, npufd, newname);
+		if (err > 0) {
+			dst_wh = true;
+			err = ovl_wh_remove(&ofs->fmt, npufd, newname);
+		}
+		if (err < 0)
 			return err;
 	}
 	/* An upper dir being replaced holds markers: move it out of the way. */
@@ -590,8 +641,16 @@ static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 			goto out_wh;
 		}
 	}
-	if (renameat2(opufd, name, npufd, newname, 0) < 0) {
-		err = -errno;
+	err = renameat2(opufd, name, npufd, newname, flags) < 0 ? -errno : 0;
+	if (err == -EINVAL && flags) {
+		/* No RENAME_WHITEOUT here: rename, then make the whiteout. */
+		err = renameat2(opufd, name, npufd, newname, 0) < 0 ? -errno : 0;
+		if (!err)
+			err = ovl_wh_create(&ofs->fmt, opufd, name);
+		if (err > 0)
+			err = 0;
+	}
+	if (err) {
 		if (dsttmp[0])
 			renameat2(npufd, dsttmp, npufd, newname,
 				  RENAME_NOREPLACE);
@@ -599,15 +658,17 @@ static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 	}
 	if (dsttmp[0])
 		ovl_remove_tree(npufd, dsttmp);
-	if (!dst && ovl_node_lower_visible(newparent))
-		ovl_wh_remove(npufd, newname);
+	if (!dst && !kernel && ovl_node_lower_visible(newparent))
+		ovl_wh_remove(&ofs->fmt, npufd, newname);
 	if (dst)
 		ovl_node_unlink(ofs, dst, newparent, newname);
 	return ovl_node_move(ofs, src, newparent, newname);
 
 out_wh:
-	if (lower_old)
-		ovl_wh_remove(opufd, name);
+	if (lower_old && !kernel)
+		ovl_wh_remove(&ofs->fmt, opufd, name);
+	if (dst_wh)
+		ovl_wh_create(&ofs->fmt, npufd, newname);
 	return err;
 }
 

@@ -1041,21 +1041,32 @@ static int commit_dir(struct fin *f, int ud, int ld)
 {
 	struct ovl_dirlist ul = { 0 }, ll = { 0 };
 	char **real = NULL;
+	int *marker = NULL;	/* per upper entry: ovl_marker's answer */
 	size_t nreal = 0, saved;
 	int err, opaque;
 
 	err = ovl_dirlist_read(ud, &ul);
 	if (err)
 		return fail(f, err, "cannot read upper directory");
-	opaque = ovl_opaque_get(ud);
+	opaque = ovl_opaque_get(&f->ofs.fmt, ud);
 	real = calloc(ul.n + 1, sizeof(*real));
-	if (!real) {
+	marker = calloc(ul.n + 1, sizeof(*marker));
+	if (!real || !marker) {
 		err = -ENOMEM;
 		goto out;
 	}
-	for (size_t i = 0; i < ul.n; i++)
-		if (!ovl_is_wh_name(ul.ents[i].name))
+	for (size_t i = 0; i < ul.n; i++) {
+		char buf[NAME_MAX + 2];
+		const char *t;
+
+		err = ovl_marker(&f->ofs.fmt, ud, &ul.ents[i], buf, &t);
+		if (err < 0)
+			goto out_fail;
+		marker[i] = err;
+		if (!err)
 			real[nreal++] = ul.ents[i].name;
+	}
+	err = 0;
 	qsort(real, nreal, sizeof(*real), cmp_str);
 
 	/* Deletions first: whiteouts, and all of the lower under opaque. */
@@ -1066,6 +1077,14 @@ static int commit_dir(struct fin *f, int ud, int ld)
 
 			if (ovl_is_wh_name(c) || in_sorted(real, nreal, c))
 				continue;
+			if (f->ofs.fmt.kernel) {
+				struct stat lst;
+
+				/* A marker of the lower itself is no entry. */
+				if (fstatat(ld, c, &lst, AT_SYMLINK_NOFOLLOW) == 0 &&
+				    ovl_is_kernel_wh(&lst))
+					continue;
+			}
 			err = path_push(f, c, &saved);
 			if (!err)
 				err = delete_lower(f, ld, c);
@@ -1078,11 +1097,12 @@ static int commit_dir(struct fin *f, int ud, int ld)
 		char buf[NAME_MAX + 2];
 		const char *target;
 
-		if (!ovl_is_wh_name(ul.ents[i].name))
+		if (!marker[i])
 			continue;
-		err = ovl_wh_target(ud, &ul.ents[i], buf, &target);
-		if (err)
+		err = ovl_marker(&f->ofs.fmt, ud, &ul.ents[i], buf, &target);
+		if (err < 0)
 			goto out_fail;
+		err = 0;
 		if (!target)
 			continue;	/* opaque marker, debris */
 		if (in_sorted(real, nreal, target))
@@ -1109,6 +1129,7 @@ out_fail:
 		fail(f, err, "commit");
 out:
 	free(real);
+	free(marker);
 	ovl_dirlist_free(&ul);
 	ovl_dirlist_free(&ll);
 	return err;
@@ -1476,7 +1497,7 @@ static int take_upper(struct fin *f)
 	/* Committing a misread upper would write its markers as data. */
 	if (!err && f->atomic_or_commit)
 		err = ovl_check_upper_format(f->fs, f->upper_fd, f->upper,
-					     false);
+					     false, &f->ofs.fmt);
 	if (err == -EBUSY)
 		return ovl_set_error(f->fs, err,
 				     "upper %s is in use by an ovlfs mount; unmount it first",

@@ -573,126 +573,185 @@ void ovl_remove_mount_point(struct ovlfs *fs)
 		fs->created_mount_point = false;
 }
 
-/* Does DFD/NAME carry any trusted.overlay.* or user.overlay.* xattr? */
-static bool has_overlay_xattr(int dfd, const char *name)
+/*
+ * What the kernel's overlay.* xattrs on DFD/NAME mean to us: 0 none, 1
+ * kernel-format markers we read (opaque) or may ignore (origin, impure,
+ * nlink), 2 features ovlfs does not implement (redirect, metacopy), which
+ * it would misread.
+ */
+static int overlay_xattrs(int dfd, const char *name, const char **what)
 {
 	char p[64 + NAME_MAX], *list;
 	ssize_t n;
-	bool found = false;
+	int found = 0;
 
 	snprintf(p, sizeof(p), "/proc/self/fd/%d/%s", dfd, name);
 	n = llistxattr(p, NULL, 0);
 	if (n <= 0 || !(list = malloc(n)))
-		return false;
+		return 0;
 	n = llistxattr(p, list, n);
-	for (char *x = list; n > 0 && x < list + n && !found;
-	     x += strlen(x) + 1)
-		found = !strncmp(x, "trusted.overlay.", 16) ||
-			!strncmp(x, "user.overlay.", 13);
+	for (char *x = list; n > 0 && x < list + n && found < 2;
+	     x += strlen(x) + 1) {
+		const char *o = !strncmp(x, "trusted.overlay.", 16) ? x + 16 :
+				!strncmp(x, "user.overlay.", 13) ? x + 13 : NULL;
+
+		if (!o)
+			continue;
+		if (!strcmp(o, "redirect") || !strcmp(o, "metacopy")) {
+			*what = !strcmp(o, "redirect") ?
+				"a redirected directory (overlay.redirect)" :
+				"a metacopy-only file (overlay.metacopy)";
+			found = 2;
+		} else {
+			found = 1;
+		}
+	}
 	free(list);
 	return found;
 }
 
+/* What a scan of an unstamped upper found. */
+struct fmt_scan {
+	bool kernel;		/* 0/0 device or overlay.* xattr */
+	bool oci;		/* a .wh. marker (not ovlfs's temporaries) */
+	const char *bad;	/* something neither format reads, or NULL */
+	char *path;		/* where the scan stopped, relative */
+};
+
 /*
- * Find a marker of another overlay format under directory DFD (path PATH
- * relative to the upper, for the message): a 0/0 character device (the
- * kernel's whiteout) or an overlay.* xattr (opaque, redirect, metacopy,
- * origin). Read as ovlfs's format they would mean something else: a
- * device, a plain directory. 1 if found (PATH and *WHAT say where and what), 0, -errno.
+ * Look through directory DFD (at SC->path, PLEN bytes, of CAP) for the
+ * markers of either format; stop at anything unreadable or at proof of
+ * both. 0 or -errno.
  */
-static int find_foreign(int dfd, char *path, size_t plen, size_t cap,
-			const char **what, int depth)
+static int scan_markers(int dfd, struct fmt_scan *sc, size_t plen, size_t cap,
+			int depth)
 {
 	struct ovl_dirlist dl;
-	int err, found = 0;
+	int err;
 
 	if (depth > 4096)
 		return -ELOOP;
 	err = ovl_dirlist_read(dfd, &dl);
 	if (err)
 		return err;
-	for (size_t i = 0; i < dl.n && !found; i++) {
+	for (size_t i = 0; i < dl.n && !err; i++) {
 		const char *name = dl.ents[i].name;
 		size_t nlen = strlen(name);
 		struct stat st;
 
 		if (plen + nlen + 2 > cap) {
-			found = -ENAMETOOLONG;
+			err = -ENAMETOOLONG;
 			break;
 		}
-		path[plen] = '/';
-		memcpy(path + plen + 1, name, nlen + 1);
+		sc->path[plen] = '/';
+		memcpy(sc->path + plen + 1, name, nlen + 1);
+		if (ovl_is_wh_name(name)) {
+			if (strncmp(name, OVL_TMP_PREFIX, strlen(OVL_TMP_PREFIX)))
+				sc->oci = true;
+			continue;
+		}
 		if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			continue;
-		if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) {
-			*what = "a kernel overlayfs whiteout (0/0 character device)";
-			found = 1;
+		if (ovl_is_kernel_wh(&st))
+			sc->kernel = true;
+		switch (overlay_xattrs(dfd, name, &sc->bad)) {
+		case 2:
+			goto out;
+		case 1:
+			sc->kernel = true;
 			break;
 		}
-		if (has_overlay_xattr(dfd, name)) {
-			*what = "marked with kernel overlayfs xattrs (overlay.*)";
-			found = 1;
-			break;
-		}
+		if (sc->kernel && sc->oci)
+			goto out;
 		if (S_ISDIR(st.st_mode)) {
 			int cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY |
 					 O_NOFOLLOW | O_CLOEXEC);
 
 			if (cfd >= 0) {
-				found = find_foreign(cfd, path, plen + 1 + nlen,
-						     cap, what, depth + 1);
+				err = scan_markers(cfd, sc, plen + 1 + nlen, cap,
+						   depth + 1);
 				close(cfd);
+				if (sc->bad || (sc->kernel && sc->oci))
+					goto out;
 			}
 		}
 	}
-	if (!found)
-		path[plen] = '\0';
+	sc->path[plen] = '\0';
+out:
 	ovl_dirlist_free(&dl);
-	return found;
+	return err;
+}
+
+static const char *format_name(enum ovlfs_format f)
+{
+	return f == OVLFS_FORMAT_KERNEL ? "kernel" : "oci";
 }
 
 int ovl_check_upper_format(struct ovlfs *fs, int fd, const char *upper,
-			   bool stamp)
+			   bool stamp, struct ovl_fmt *out)
 {
-	char buf[16], *path;
-	const char *what = NULL;
+	char buf[32];
 	ssize_t n = ovl_fd_getxattr(fd, OVL_XATTR_FORMAT, buf, sizeof(buf) - 1);
+	enum ovlfs_format want = fs->format, have = OVLFS_FORMAT_AUTO;
+	struct fmt_scan sc = { 0 };
 	char *end;
 	long v;
-	int err;
+	int err = 0;
 
 	if (n >= 0) {
 		buf[n] = '\0';
 		errno = 0;
 		v = strtol(buf, &end, 10);
-		if (errno || end == buf || *end || v < 1 || v > OVL_FORMAT_VERSION)
+		if (!strcmp(end, " kernel"))
+			have = OVLFS_FORMAT_KERNEL;
+		else if (!*end)
+			have = OVLFS_FORMAT_OCI;
+		if (errno || end == buf || !have || v < 1 ||
+		    v > OVL_FORMAT_VERSION)
 			return ovl_set_error(fs, -EPROTO,
 					     "upper %s has format \"%s\"; this ovlfs reads format %d only",
 					     upper, buf, OVL_FORMAT_VERSION);
-		return 0;	/* ours: trusted without a scan */
+		goto check;	/* ours: trusted without a scan */
 	}
 	/*
-	 * Not stamped: new, made by hand, or by another overlay. Look once
-	 * for what ovlfs would misread, then stamp it as ours.
+	 * Not stamped: new, made by hand, or by another overlay (the
+	 * kernel's). Look once for the markers of either format.
 	 */
-	path = malloc(PATH_MAX);
-	if (!path)
+	sc.path = malloc(PATH_MAX);
+	if (!sc.path)
 		return -ENOMEM;
-	path[0] = '\0';
-	err = find_foreign(fd, path, 0, PATH_MAX, &what, 0);
-	if (err > 0)
-		err = ovl_set_error(fs, -EPROTO,
-				    "upper %s is not in ovlfs's format: %s%s is %s "
-				    "(see docs/format.md)", upper, upper, path, what);
-	else if (err < 0)
+	sc.path[0] = '\0';
+	err = scan_markers(fd, &sc, 0, PATH_MAX, 0);
+	if (err)
 		err = ovl_set_error(fs, err, "upper %s: cannot check its format: %s",
 				    upper, strerror(-err));
-	free(path);
-	if (!err && stamp && n == -ENODATA) {
-		n = snprintf(buf, sizeof(buf), "%d", OVL_FORMAT_VERSION);
+	else if (sc.bad)
+		err = ovl_set_error(fs, -EPROTO,
+				    "upper %s: %s%s is %s, which ovlfs does not read "
+				    "(see docs/format.md)", upper, upper, sc.path, sc.bad);
+	else if (sc.kernel && sc.oci)
+		err = ovl_set_error(fs, -EPROTO,
+				    "upper %s holds markers of both the oci and the kernel format "
+				    "(see docs/format.md)", upper);
+	free(sc.path);
+	if (err)
+		return err;
+	have = sc.kernel ? OVLFS_FORMAT_KERNEL :
+	       sc.oci ? OVLFS_FORMAT_OCI : want ? want : OVLFS_FORMAT_OCI;
+	if (stamp && n == -ENODATA) {
+		n = snprintf(buf, sizeof(buf), "%d%s", OVL_FORMAT_VERSION,
+			     have == OVLFS_FORMAT_KERNEL ? " kernel" : "");
 		ovl_fd_setxattr(fd, OVL_XATTR_FORMAT, buf, n, XATTR_CREATE);
 	}
-	return err;
+check:
+	if (want && want != have)
+		return ovl_set_error(fs, -EPROTO,
+				     "upper %s is in the %s format, not %s (ovlfs convert rewrites it)",
+				     upper, format_name(have), format_name(want));
+	out->kernel = have == OVLFS_FORMAT_KERNEL;
+	out->opaque_xattr = geteuid() == 0 ? "trusted.overlay.opaque" :
+					     "user.overlay.opaque";
+	return 0;
 }
 
 static int open_layer(struct ovlfs *fs, struct ovl_layer *l, int idx,
@@ -724,7 +783,7 @@ static int make_root(struct ovlfs *fs, struct ovl_fs *ofs)
 		goto out_close;
 	}
 	if (ufd >= 0)
-		opaque = ovl_opaque_get(ufd);
+		opaque = ovl_opaque_get(&ofs->fmt, ufd);
 	err = ovl_lower_root_stack(ofs, &lstack);
 	if (err) {
 		err = ovl_set_error(fs, err, "cannot open lower roots: %s",
@@ -923,10 +982,6 @@ int ovlfs_mount(struct ovlfs *fs)
 		return ovl_set_error(fs, -EBUSY, "already mounted at %s",
 				     fs->mount_point);
 	fs->err[0] = '\0';
-	/* Being built (issue 6): refused rather than silently ignored. */
-	if (fs->format == OVLFS_FORMAT_KERNEL)
-		return ovl_set_error(fs, -EOPNOTSUPP,
-				     "the kernel format is not supported yet");
 	fs->created_upper = fs->created_mount_point = false;
 	err = check_dirs(fs, &d, &upper_exists, &mp_exists);
 	if (err)
@@ -998,7 +1053,13 @@ int ovlfs_mount(struct ovlfs *fs)
 		err = open_layer(fs, &ofs->upper, 1, "upper", d.upper);
 	if (!err && d.upper)
 		err = ovl_check_upper_format(fs, ofs->upper.root_fd, d.upper,
-					     true);
+					     true, &ofs->fmt);
+	else if (!err)
+		ofs->fmt = (struct ovl_fmt){
+			.kernel = fs->format == OVLFS_FORMAT_KERNEL,
+			.opaque_xattr = geteuid() == 0 ? "trusted.overlay.opaque" :
+							 "user.overlay.opaque",
+		};
 	if (err)
 		goto out_rmdirs;
 	if (fs->created_upper)

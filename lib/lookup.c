@@ -70,7 +70,7 @@ int ovl_lower_root_stack(struct ovl_fs *ofs, int **out)
 		return -ENOMEM;
 	for (int k = 1; k < ofs->nlower; k++) {
 		/* An opaque root hides the layers beneath it. */
-		err = ovl_opaque_get(ofs->lowers[k - 1].root_fd);
+		err = ovl_opaque_get(&ofs->fmt, ofs->lowers[k - 1].root_fd);
 		if (err > 0)
 			break;
 		v[k] = err < 0 ? -1 : dup(ofs->lowers[k].root_fd);
@@ -103,13 +103,16 @@ static int lower_find(struct ovl_fs *ofs, struct ovl_node *parent,
 		dfd = ovl_dir_lfd(parent, k);
 		if (dfd < 0)
 			continue;
-		if (fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW) == 0)
+		if (fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW) == 0) {
+			if (ofs->fmt.kernel && ovl_is_kernel_wh(st))
+				return 0;
 			break;
+		}
 		if (errno != ENOENT)
 			return -errno;
 		/* A whiteout in the bottom layer hides nothing. */
-		if (k + 1 < n) {
-			err = ovl_wh_exists(dfd, name);
+		if (k + 1 < n && !ofs->fmt.kernel) {
+			err = ovl_wh_exists(&ofs->fmt, dfd, name);
 			if (err)
 				return err < 0 ? err : 0;
 		}
@@ -123,7 +126,7 @@ static int lower_find(struct ovl_fs *ofs, struct ovl_node *parent,
 	if (fds[k] < 0)
 		return fds[k];
 	for (j = k + 1; j < n; j++) {
-		err = ovl_opaque_get(fds[k]);
+		err = ovl_opaque_get(&ofs->fmt, fds[k]);
 		if (err)
 			return err < 0 ? err : 1;
 		dfd = ovl_dir_lfd(parent, j);
@@ -132,8 +135,8 @@ static int lower_find(struct ovl_fs *ofs, struct ovl_node *parent,
 		if (fstatat(dfd, name, &tmp, AT_SYMLINK_NOFOLLOW) < 0) {
 			if (errno != ENOENT)
 				return -errno;
-			if (j + 1 < n) {
-				err = ovl_wh_exists(dfd, name);
+			if (j + 1 < n && !ofs->fmt.kernel) {
+				err = ovl_wh_exists(&ofs->fmt, dfd, name);
 				if (err)
 					return err < 0 ? err : 1;
 			}
@@ -363,10 +366,15 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 			return -ENOMEM;
 	}
 	if (pufd >= 0) {
-		if (fstatat(pufd, name, st, AT_SYMLINK_NOFOLLOW) == 0)
+		if (fstatat(pufd, name, st, AT_SYMLINK_NOFOLLOW) == 0) {
+			/* A kernel-format whiteout hides every lower. */
+			err = -ENOENT;
+			if (ofs->fmt.kernel && ovl_is_kernel_wh(st))
+				goto out_close;
 			in_upper = true;
-		else if (errno != ENOENT)
+		} else if (errno != ENOENT) {
 			goto out_errno;
+		}
 	}
 	if (in_upper) {
 		layers = OVL_IN_UPPER;
@@ -376,7 +384,7 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 				err = ufd;
 				goto out_close;
 			}
-			err = ovl_opaque_get(ufd);
+			err = ovl_opaque_get(&ofs->fmt, ufd);
 			if (err < 0)
 				goto out_close;
 			opaque = err;
@@ -415,8 +423,8 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 		err = -ENOENT;
 		if (!lower_ok)
 			goto out_close;
-		if (pufd >= 0) {
-			err = ovl_wh_exists(pufd, name);
+		if (pufd >= 0 && !ofs->fmt.kernel) {
+			err = ovl_wh_exists(&ofs->fmt, pufd, name);
 			if (err)
 				goto out_hidden;
 		}

@@ -67,6 +67,7 @@
 
 struct ovl_node;
 struct ovl_fs;
+struct ovl_fmt;
 struct ovl_file;
 
 /*
@@ -127,12 +128,14 @@ int ovl_set_error(struct ovlfs *fs, int err, const char *fmt, ...)
 void ovl_remove_mount_point(struct ovlfs *fs);
 
 /*
- * Refuse an upper whose format this ovlfs would misread: stamped with a
- * newer format, or (not stamped) holding another overlay's markers. A
- * clean unstamped upper is stamped if STAMP. 0 or -EPROTO with a message.
+ * The format of the upper at FD (*OUT): its stamp, or for an unstamped
+ * one the markers found in it, or fs->format, or OCI. Refused (-EPROTO
+ * with a message): a newer stamp, markers of both formats or of features
+ * ovlfs does not read, a format other than fs->format when that is set.
+ * An unstamped upper is stamped if STAMP.
  */
 int ovl_check_upper_format(struct ovlfs *fs, int fd, const char *upper,
-			   bool stamp);
+			   bool stamp, struct ovl_fmt *out);
 
 /* ===== finalize.c ===== */
 
@@ -171,20 +174,37 @@ static inline bool ovl_is_wh_name(const char *name)
 	       name[3] == '.';
 }
 /*
+ * Which markers a layer uses (docs/format.md); NULL means the OCI format.
+ * Fixed for the life of a mount.
+ */
+struct ovl_fmt {
+	bool kernel;			/* 0/0 devices, overlay.opaque xattr */
+	const char *opaque_xattr;	/* kernel: trusted. or user.overlay.opaque */
+};
+static inline bool ovl_is_kernel_wh(const struct stat *st)
+{
+	return S_ISCHR(st->st_mode) && st->st_rdev == 0;
+}
+/*
  * The whiteout name that hides NAME: ".wh.NAME", or for a NAME too long for
  * the prefix, ".wh..wh.lng.<sha256 hex>" whose content is NAME. BUF holds
  * NAME_MAX + 1 bytes. Returns true if the long (hashed) form was used.
  */
 bool ovl_wh_name(const char *name, char *buf);
-/* Is NAME hidden by a whiteout in upper directory DIRFD? 1, 0 or -errno. */
-int ovl_wh_exists(int dirfd, const char *name);
-/* Create the whiteout for NAME in DIRFD (EEXIST is success). */
-int ovl_wh_create(struct ovl_fs *ofs, int dirfd, const char *name);
+/* Is NAME hidden by a whiteout in directory DIRFD? 1, 0 or -errno. */
+int ovl_wh_exists(const struct ovl_fmt *f, int dirfd, const char *name);
+/*
+ * Create the whiteout for NAME in DIRFD (one already there is success).
+ * In the kernel format the whiteout takes NAME itself: an entry there is
+ * replaced atomically and 1 returned; else 0 (the caller removes an upper
+ * entry of an OCI upper itself, after the marker exists), or -errno.
+ */
+int ovl_wh_create(const struct ovl_fmt *f, int dirfd, const char *name);
 /* Remove the whiteout for NAME from DIRFD if there is one. */
-int ovl_wh_remove(int dirfd, const char *name);
-/* Does upper directory DIRFD carry the opaque marker? 1, 0 or -errno. */
-int ovl_opaque_get(int dirfd);
-int ovl_opaque_set(struct ovl_fs *ofs, int dirfd);
+int ovl_wh_remove(const struct ovl_fmt *f, int dirfd, const char *name);
+/* Does directory DIRFD carry the opaque marker? 1, 0 or -errno. */
+int ovl_opaque_get(const struct ovl_fmt *f, int dirfd);
+int ovl_opaque_set(const struct ovl_fmt *f, int dirfd);
 /* Name of a long whiteout's target, read from its content; -errno. */
 int ovl_wh_long_target(int dirfd, const char *whname, char *buf);
 /*
@@ -195,6 +215,13 @@ int ovl_wh_long_target(int dirfd, const char *whname, char *buf);
 struct ovl_dirent;
 int ovl_wh_target(int dfd, const struct ovl_dirent *de, char *buf,
 		  const char **target);
+/*
+ * Is entry DE of directory DFD a marker of format F (never shown)? 1 with
+ * *TARGET the name a whiteout hides (into DE or BUF, NAME_MAX + 2 bytes)
+ * or NULL (opaque marker, temporary, debris); 0 for a real entry; -errno.
+ */
+int ovl_marker(const struct ovl_fmt *f, int dfd, const struct ovl_dirent *de,
+	       char *buf, const char **target);
 
 /* ===== layers.c: the two layers and fd helpers ===== */
 
@@ -345,6 +372,7 @@ struct ovl_fs {
 	int nlower;
 	bool read_only;			/* no upper: every change is EROFS */
 	int upper_lock_fd;		/* LOCK_EX for the mount's lifetime */
+	struct ovl_fmt fmt;		/* markers of every layer */
 	enum ovlfs_inode_mode inode_mode;
 	bool is_root;			/* may use trusted.* and chown */
 	mode_t umask;			/* process umask at mount time */

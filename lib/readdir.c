@@ -170,6 +170,7 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 	char **longwh = NULL;
 	size_t nlong = 0;
 	struct stat dst;
+	size_t nwh_layer;
 	int err = 0;
 
 	if (ufd >= 0) {
@@ -184,22 +185,20 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 		uint64_t ino = 0;
 		mode_t type = dtype_to_mode(de->type);
 
-		if (ovl_is_wh_name(de->name)) {
-			if (!lower)
-				continue;
-			char target[NAME_MAX + 2];
-			const char *t;
+		char target[NAME_MAX + 2];
+		const char *t;
+		int m = ovl_marker(&ofs->fmt, ufd, de, target, &t);
 
-			err = ovl_wh_target(ufd, de, target, &t);
-			if (err || !t)
+		if (m) {
+			if (m < 0)
+				err = m;
+			if (m < 0 || !lower || !t)
 				continue;
 			/* strset keeps the pointer: one allocation each. */
-			if (t == target) {
+			if (t == target)
 				err = keep_name(&longwh, &nlong, &t);
-				if (err)
-					break;
-			}
-			err = strset_add(&wh, t);
+			if (!err)
+				err = strset_add(&wh, t);
 			continue;
 		}
 		if (want_ino || !type)
@@ -227,13 +226,29 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 		err = ovl_fstat(lfd, &dst);
 		if (!err)
 			err = ovl_dirlist_read(lfd, &ll);
+		nwh_layer = 0;
 		for (size_t i = 0; i < ll.n && !err; i++) {
 			const struct ovl_dirent *de = &ll.ents[i];
 			uint64_t ino = 0;
 			mode_t type = dtype_to_mode(de->type);
+			char target[NAME_MAX + 2];
+			const char *t;
+			int m = ovl_marker(&ofs->fmt, lfd, de, target, &t);
 
-			if (ovl_is_wh_name(de->name) ||
-			    strset_has(&seen, de->name) ||
+			if (m) {
+				/*
+				 * Hides names beneath this layer only: an
+				 * entry beside it here still shows.
+				 */
+				if (m > 0 && t && more)
+					err = keep_name(&longwh, &nlong, &t);
+				if (m < 0)
+					err = m;
+				else if (!err && t && more)
+					nwh_layer++;
+				continue;
+			}
+			if (strset_has(&seen, de->name) ||
 			    strset_has(&wh, de->name))
 				continue;
 			if (want_ino || !type)
@@ -244,21 +259,9 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 			if (!err && more)
 				err = strset_add(&seen, ents[n - 1].name);
 		}
-		for (size_t i = 0; i < ll.n && !err && more; i++) {
-			const struct ovl_dirent *de = &ll.ents[i];
-			char target[NAME_MAX + 2];
-			const char *t;
-
-			if (!ovl_is_wh_name(de->name))
-				continue;
-			err = ovl_wh_target(lfd, de, target, &t);
-			if (err || !t)
-				continue;
-			/* LL is freed at the next layer: keep a copy. */
-			err = keep_name(&longwh, &nlong, &t);
-			if (!err)
-				err = strset_add(&wh, t);
-		}
+		/* The last NWH_LAYER kept names are this layer's whiteouts. */
+		for (size_t i = nlong - nwh_layer; i < nlong && !err; i++)
+			err = strset_add(&wh, longwh[i]);
 	}
 out:
 	free(seen.slots);

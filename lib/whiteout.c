@@ -1,12 +1,16 @@
 /*
  * whiteout.c: the markers ovlfs keeps in the upper (docs/format.md).
  *
- * A lower name X is hidden by an empty regular file ".wh.X" (OCI image
- * layer format). A name of 252..255 bytes leaves no room for the prefix
- * within NAME_MAX; its whiteout is ".wh..wh.lng.<sha256(X) in hex>" and
- * holds X itself as content, so a reader can verify it and commit knows
- * which name to delete. A directory that must not show its lower
- * counterpart holds ".wh..wh..opq".
+ * OCI format (FMT NULL or !kernel): a lower name X is hidden by an empty
+ * regular file ".wh.X" (OCI image layer format). A name of 252..255 bytes
+ * leaves no room for the prefix within NAME_MAX; its whiteout is
+ * ".wh..wh.lng.<sha256(X) in hex>" and holds X itself as content, so a
+ * reader can verify it and commit knows which name to delete. A directory
+ * that must not show its lower counterpart holds ".wh..wh..opq".
+ *
+ * Kernel format (the kernel's overlayfs): the whiteout of X is a 0/0
+ * character device named X, and an opaque directory carries the xattr
+ * FMT->opaque_xattr = "y".
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -53,13 +57,24 @@ int ovl_wh_long_target(int dirfd, const char *whname, char *buf)
 	return 0;
 }
 
-int ovl_wh_exists(int dirfd, const char *name)
+static bool kernel_fmt(const struct ovl_fmt *f)
+{
+	return f && f->kernel;
+}
+
+int ovl_wh_exists(const struct ovl_fmt *f, int dirfd, const char *name)
 {
 	char wh[NAME_MAX + 1], target[NAME_MAX + 2];
 	struct stat st;
-	bool is_long = ovl_wh_name(name, wh);
+	bool is_long;
 	int err;
 
+	if (kernel_fmt(f)) {
+		if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			return errno == ENOENT ? 0 : -errno;
+		return ovl_is_kernel_wh(&st);
+	}
+	is_long = ovl_wh_name(name, wh);
 	if (fstatat(dirfd, wh, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return errno == ENOENT ? 0 : -errno;
 	if (!S_ISREG(st.st_mode))
@@ -73,14 +88,56 @@ int ovl_wh_exists(int dirfd, const char *name)
 	return strcmp(target, name) == 0;
 }
 
-int ovl_wh_create(struct ovl_fs *ofs, int dirfd, const char *name)
+#define KWH_TMP OVL_TMP_PREFIX "wh"
+
+/*
+ * Kernel format: NAME becomes a whiteout. An entry standing there is
+ * replaced in one step (a directory by exchange, then removed), so no
+ * instant shows the lower again. 1 if an entry was replaced, 0 or -errno.
+ */
+static int kernel_wh_create(int dirfd, const char *name)
+{
+	struct stat st;
+	int err;
+
+	if (mknodat(dirfd, name, S_IFCHR | 0000, 0) == 0)
+		return 0;
+	if (errno != EEXIST)
+		return -errno;
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	if (ovl_is_kernel_wh(&st))
+		return 0;
+	/* Callers hold ns_lock for writing: one temporary name will do. */
+	unlinkat(dirfd, KWH_TMP, 0);
+	if (mknodat(dirfd, KWH_TMP, S_IFCHR | 0000, 0) < 0)
+		return -errno;
+	if (!S_ISDIR(st.st_mode)) {
+		if (renameat(dirfd, KWH_TMP, dirfd, name) < 0)
+			goto out_errno;
+		return 1;
+	}
+	if (renameat2(dirfd, KWH_TMP, dirfd, name, RENAME_EXCHANGE) < 0)
+		goto out_errno;
+	err = ovl_remove_tree(dirfd, KWH_TMP);
+	return err ? err : 1;
+
+out_errno:
+	err = -errno;
+	unlinkat(dirfd, KWH_TMP, 0);
+	return err;
+}
+
+int ovl_wh_create(const struct ovl_fmt *f, int dirfd, const char *name)
 {
 	char wh[NAME_MAX + 1];
-	bool is_long = ovl_wh_name(name, wh);
+	bool is_long;
 	size_t len = strlen(name);
 	int fd, err = 0;
 
-	(void)ofs;
+	if (kernel_fmt(f))
+		return kernel_wh_create(dirfd, name);
+	is_long = ovl_wh_name(name, wh);
 	/* An empty marker in one call (rm -rf makes one per lower file). */
 	if (!is_long) {
 		if (mknodat(dirfd, wh, S_IFREG | 0000, 0) == 0 || errno == EEXIST)
@@ -101,32 +158,52 @@ int ovl_wh_create(struct ovl_fs *ofs, int dirfd, const char *name)
 	return err;
 }
 
-int ovl_wh_remove(int dirfd, const char *name)
+int ovl_wh_remove(const struct ovl_fmt *f, int dirfd, const char *name)
 {
 	char wh[NAME_MAX + 1];
 
+	if (kernel_fmt(f)) {
+		struct stat st;
+
+		/* Only the marker: a real entry may stand at NAME already. */
+		if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			return errno == ENOENT ? 0 : -errno;
+		if (ovl_is_kernel_wh(&st) && unlinkat(dirfd, name, 0) < 0 &&
+		    errno != ENOENT)
+			return -errno;
+		return 0;
+	}
 	ovl_wh_name(name, wh);
 	if (unlinkat(dirfd, wh, 0) < 0 && errno != ENOENT)
 		return -errno;
 	return 0;
 }
 
-int ovl_opaque_get(int dirfd)
+int ovl_opaque_get(const struct ovl_fmt *f, int dirfd)
 {
 	struct stat st;
 
+	if (kernel_fmt(f)) {
+		char v[2];
+		ssize_t n = ovl_fd_getxattr(dirfd, f->opaque_xattr, v, sizeof(v));
+
+		if (n == -ENODATA || n == -EOPNOTSUPP || n == -ERANGE)
+			return 0;
+		return n < 0 ? (int)n : n == 1 && v[0] == 'y';
+	}
 	if (fstatat(dirfd, OVL_OPAQUE_NAME, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return errno == ENOENT ? 0 : -errno;
 	return S_ISREG(st.st_mode);
 }
 
-int ovl_opaque_set(struct ovl_fs *ofs, int dirfd)
+int ovl_opaque_set(const struct ovl_fmt *f, int dirfd)
 {
 	struct stat st;
 	bool keep;
 	int fd;
 
-	(void)ofs;
+	if (kernel_fmt(f))
+		return ovl_fd_setxattr(dirfd, f->opaque_xattr, "y", 1, 0);
 	/* A marker is bookkeeping, not a change the user made: same times. */
 	keep = fstatat(dirfd, "", &st, AT_EMPTY_PATH) == 0;
 	fd = openat(dirfd, OVL_OPAQUE_NAME,
@@ -178,4 +255,28 @@ int ovl_wh_target(int dfd, const struct ovl_dirent *de, char *buf,
 	if (ovl_wh_name(buf, expect) && !strcmp(expect, de->name))
 		*target = buf;
 	return 0;
+}
+
+int ovl_marker(const struct ovl_fmt *f, int dfd, const struct ovl_dirent *de,
+	       char *buf, const char **target)
+{
+	struct stat st;
+	int err;
+
+	*target = NULL;
+	if (ovl_is_wh_name(de->name)) {
+		/* In the kernel format, only ovlfs's own (temporary) names. */
+		if (kernel_fmt(f))
+			return 1;
+		err = ovl_wh_target(dfd, de, buf, target);
+		return err ? err : 1;
+	}
+	if (!kernel_fmt(f) || (de->type != DT_CHR && de->type != DT_UNKNOWN))
+		return 0;
+	if (fstatat(dfd, de->name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return errno == ENOENT ? 1 : -errno;
+	if (!ovl_is_kernel_wh(&st))
+		return 0;
+	*target = de->name;
+	return 1;
 }

@@ -20,8 +20,11 @@
 
 bool ovl_xattr_is_private(const char *name)
 {
+	/* The kernel's overlayfs markers are layer bookkeeping too. */
 	return !strncmp(name, "trusted.ovlfs.", 14) ||
-	       !strncmp(name, "user.ovlfs.", 11);
+	       !strncmp(name, "user.ovlfs.", 11) ||
+	       !strncmp(name, "trusted.overlay.", 16) ||
+	       !strncmp(name, "user.overlay.", 13);
 }
 
 ssize_t ovl_fd_getxattr(int fd, const char *name, void *buf, size_t size)

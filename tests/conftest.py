@@ -32,7 +32,7 @@ QUICKSTART = os.path.join(BUILD, "quickstart")
 
 TEST_TIMEOUT = int(os.environ.get("OVLFS_TEST_TIMEOUT", "150"))
 
-PRIVATE_XATTRS = ("trusted.ovlfs.", "user.ovlfs.")
+PRIVATE_XATTRS = ("trusted.ovlfs.", "user.ovlfs.", "trusted.overlay.", "user.overlay.")
 WH_PREFIX = b".wh."
 OPAQUE = b".wh..wh..opq"
 

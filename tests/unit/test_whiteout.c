@@ -57,23 +57,23 @@ static void test_markers(void)
 	dfd = open(tmpl, O_PATH | O_DIRECTORY);
 	T_ASSERT(dfd >= 0);
 
-	T_INTEQ(ovl_wh_exists(dfd, "x"), 0);
+	T_INTEQ(ovl_wh_exists(NULL, dfd, "x"), 0);
 	T_INTEQ(ovl_wh_create(NULL, dfd, "x"), 0);
-	T_INTEQ(ovl_wh_exists(dfd, "x"), 1);
+	T_INTEQ(ovl_wh_exists(NULL, dfd, "x"), 1);
 	T_INTEQ(ovl_wh_create(NULL, dfd, "x"), 0);	/* EEXIST is fine */
-	T_INTEQ(ovl_wh_remove(dfd, "x"), 0);
-	T_INTEQ(ovl_wh_exists(dfd, "x"), 0);
-	T_INTEQ(ovl_wh_remove(dfd, "x"), 0);		/* absent is fine */
+	T_INTEQ(ovl_wh_remove(NULL, dfd, "x"), 0);
+	T_INTEQ(ovl_wh_exists(NULL, dfd, "x"), 0);
+	T_INTEQ(ovl_wh_remove(NULL, dfd, "x"), 0);		/* absent is fine */
 
 	/* A directory named like a whiteout is not one. */
 	T_INTEQ(mkdirat(dfd, ".wh.d", 0700), 0);
-	T_INTEQ(ovl_wh_exists(dfd, "d"), 0);
+	T_INTEQ(ovl_wh_exists(NULL, dfd, "d"), 0);
 	T_INTEQ(unlinkat(dfd, ".wh.d", AT_REMOVEDIR), 0);
 
 	/* Long names: the marker records the name and is checked. */
 	name_of_len(longname, 255, 'z');
 	T_INTEQ(ovl_wh_create(NULL, dfd, longname), 0);
-	T_INTEQ(ovl_wh_exists(dfd, longname), 1);
+	T_INTEQ(ovl_wh_exists(NULL, dfd, longname), 1);
 	ovl_wh_name(longname, wh);
 	T_INTEQ(ovl_wh_long_target(dfd, wh, buf), 0);
 	T_STREQ(buf, longname);
@@ -85,14 +85,77 @@ static void test_markers(void)
 		T_INTEQ(write(fd, "other", 5), 5);
 		close(fd);
 	}
-	T_INTEQ(ovl_wh_exists(dfd, longname), 0);
-	T_INTEQ(ovl_wh_remove(dfd, longname), 0);
+	T_INTEQ(ovl_wh_exists(NULL, dfd, longname), 0);
+	T_INTEQ(ovl_wh_remove(NULL, dfd, longname), 0);
 
 	/* Opaque marker. */
-	T_INTEQ(ovl_opaque_get(dfd), 0);
+	T_INTEQ(ovl_opaque_get(NULL, dfd), 0);
 	T_INTEQ(ovl_opaque_set(NULL, dfd), 0);
-	T_INTEQ(ovl_opaque_get(dfd), 1);
+	T_INTEQ(ovl_opaque_get(NULL, dfd), 1);
 	T_INTEQ(unlinkat(dfd, OVL_OPAQUE_NAME, 0), 0);
+
+	close(dfd);
+	T_INTEQ(rmdir(tmpl), 0);
+}
+
+/* The kernel's format: the whiteout takes the name itself. */
+static void test_kernel_markers(void)
+{
+	char tmpl[] = "/tmp/ovlfs-unit-kwh.XXXXXX";
+	const struct ovl_fmt k = { .kernel = true,
+				   .opaque_xattr = "user.overlay.opaque" };
+	struct ovl_dirent de = { .type = DT_UNKNOWN };
+	char buf[NAME_MAX + 2];
+	const char *t;
+	struct stat st;
+	int dfd, fd;
+
+	T_ASSERT(mkdtemp(tmpl));
+	dfd = open(tmpl, O_PATH | O_DIRECTORY);
+	T_ASSERT(dfd >= 0);
+
+	T_INTEQ(ovl_wh_exists(&k, dfd, "x"), 0);
+	T_INTEQ(ovl_wh_create(&k, dfd, "x"), 0);
+	T_INTEQ(ovl_wh_exists(&k, dfd, "x"), 1);
+	T_INTEQ(fstatat(dfd, "x", &st, AT_SYMLINK_NOFOLLOW), 0);
+	T_ASSERT(S_ISCHR(st.st_mode) && st.st_rdev == 0);
+	T_INTEQ(ovl_wh_create(&k, dfd, "x"), 0);	/* already one */
+	de.name = (char *)"x";
+	T_INTEQ(ovl_marker(&k, dfd, &de, buf, &t), 1);
+	T_STREQ(t, "x");
+	/* The OCI reading of the same entry: a device, not a marker. */
+	T_INTEQ(ovl_marker(NULL, dfd, &de, buf, &t), 0);
+	T_INTEQ(ovl_wh_remove(&k, dfd, "x"), 0);
+	T_INTEQ(ovl_wh_exists(&k, dfd, "x"), 0);
+
+	/* A file or a whole directory is replaced in one step. */
+	fd = openat(dfd, "f", O_WRONLY | O_CREAT | O_EXCL, 0600);
+	T_ASSERT(fd >= 0);
+	close(fd);
+	T_INTEQ(ovl_wh_remove(&k, dfd, "f"), 0);	/* not a marker: kept */
+	T_INTEQ(faccessat(dfd, "f", F_OK, AT_SYMLINK_NOFOLLOW), 0);
+	de.name = (char *)"f";
+	T_INTEQ(ovl_marker(&k, dfd, &de, buf, &t), 0);
+	T_INTEQ(ovl_wh_create(&k, dfd, "f"), 1);
+	T_INTEQ(ovl_wh_exists(&k, dfd, "f"), 1);
+	T_INTEQ(mkdirat(dfd, "d", 0700), 0);
+	T_INTEQ(mkdirat(dfd, "d/sub", 0700), 0);
+	T_INTEQ(ovl_wh_create(&k, dfd, "d"), 1);
+	T_INTEQ(ovl_wh_exists(&k, dfd, "d"), 1);
+	T_ASSERT(faccessat(dfd, OVL_TMP_PREFIX "wh", F_OK,
+			   AT_SYMLINK_NOFOLLOW) < 0);
+	/* ovlfs's own names are markers in either format. */
+	de.name = (char *)".wh.x";
+	T_INTEQ(ovl_marker(&k, dfd, &de, buf, &t), 1);
+	T_ASSERT(t == NULL);
+	T_INTEQ(unlinkat(dfd, "f", 0), 0);
+	T_INTEQ(unlinkat(dfd, "d", 0), 0);
+
+	/* Opaque: an xattr (where the filesystem takes user xattrs). */
+	if (ovl_opaque_set(&k, dfd) == 0) {
+		T_INTEQ(ovl_opaque_get(&k, dfd), 1);
+		T_INTEQ(ovl_opaque_get(NULL, dfd), 0);
+	}
 
 	close(dfd);
 	T_INTEQ(rmdir(tmpl), 0);
@@ -102,5 +165,6 @@ int main(void)
 {
 	test_names();
 	test_markers();
+	test_kernel_markers();
 	return 0;
 }
