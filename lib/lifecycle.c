@@ -738,16 +738,16 @@ int ovl_check_upper_format(struct ovlfs *fs, int fd, const char *upper,
 		return err;
 	have = sc.kernel ? OVLFS_FORMAT_KERNEL :
 	       sc.oci ? OVLFS_FORMAT_OCI : want ? want : OVLFS_FORMAT_OCI;
-	if (stamp && n == -ENODATA) {
-		n = snprintf(buf, sizeof(buf), "%d%s", OVL_FORMAT_VERSION,
-			     have == OVLFS_FORMAT_KERNEL ? " kernel" : "");
-		ovl_fd_setxattr(fd, OVL_XATTR_FORMAT, buf, n, XATTR_CREATE);
-	}
 check:
 	if (want && want != have)
 		return ovl_set_error(fs, -EPROTO,
 				     "upper %s is in the %s format, not %s (ovlfs convert rewrites it)",
 				     upper, format_name(have), format_name(want));
+	if (stamp && n == -ENODATA) {
+		n = snprintf(buf, sizeof(buf), "%d%s", OVL_FORMAT_VERSION,
+			     have == OVLFS_FORMAT_KERNEL ? " kernel" : "");
+		ovl_fd_setxattr(fd, OVL_XATTR_FORMAT, buf, n, XATTR_CREATE);
+	}
 	out->kernel = have == OVLFS_FORMAT_KERNEL;
 	out->opaque_xattr = geteuid() == 0 ? "trusted.overlay.opaque" :
 					     "user.overlay.opaque";

@@ -532,18 +532,55 @@ def kernel_overlay_upper(work, kind):
 
 
 @pytest.mark.parametrize("kind", ["whiteout", "opaque", "both"])
-def test_kernel_overlayfs_upper_refused(work, kind):
+def test_kernel_overlayfs_upper_read_as_kernel_format(work, kind):
+    """An upper in the kernel's format is recognised and read as such."""
     lower, upper, first = kernel_overlay_upper(work, kind)
-    line = refuse(work, cmd_args("mount", lower), [first])
-    assert b"overlay" in line.lower() or b"whiteout" in line.lower() or \
-        b"opaque" in line.lower() or b"format" in line.lower(), line
+    o = Overlay(lower)
+    o.mount()
+    try:
+        names = set(os.listdir(o.mp))
+        assert names == {"a", "gone", "dir", "sub"}, names
+        assert open(j(o.mp, "a")).read() == "changed"
+        if kind in ("whiteout", "both"):
+            assert os.listdir(j(o.mp, "sub")) == []
+        if kind in ("opaque", "both"):
+            assert os.listdir(j(o.mp, "dir")) == []
+        for n in ("a", "dir", "sub"):
+            assert not [x for x in os.listxattr(j(o.mp, n))
+                        if "overlay." in x], n
+    finally:
+        o.umount()
+    assert os.getxattr(upper, "user.ovlfs.format") == b"1 kernel"
 
 
-@pytest.mark.parametrize("cmd", ["commit", "commit-atomic", "diff", "run"])
-def test_kernel_overlayfs_upper_refused_by_finalize(work, cmd):
-    """Committing it would turn whiteouts into device nodes in the lower."""
+def test_kernel_overlayfs_upper_other_format_refused(work):
     lower, upper, first = kernel_overlay_upper(work, "whiteout")
-    refuse(work, cmd_args(cmd, lower), [first, upper])
+    line = refuse(work, ["mount", "--format", "oci", lower], [upper])
+    assert b"kernel format" in line and b"convert" in line, line
+
+
+def test_mixed_formats_refused(work):
+    lower, upper, first = kernel_overlay_upper(work, "whiteout")
+    open(j(upper, ".wh.gone"), "w").close()
+    line = refuse(work, cmd_args("mount", lower), [upper])
+    assert b"both" in line, line
+
+
+@pytest.mark.parametrize("cmd", ["commit", "commit-atomic"])
+def test_kernel_overlayfs_upper_commits(work, cmd):
+    """Whiteouts delete: no 0/0 device may land in the lower."""
+    lower, upper, first = kernel_overlay_upper(work, "both")
+    r = subprocess.run([OVLFS] + cmd_args("diff", lower), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert b"D /sub/deep" in r.stdout and b"D /dir/old" in r.stdout, r.stdout
+    r = subprocess.run([OVLFS] + cmd_args(cmd, lower), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(lower)) == ["a", "dir", "gone", "sub"]
+    assert os.listdir(j(lower, "sub")) == [] and os.listdir(j(lower, "dir")) == []
+    assert open(j(lower, "a")).read() == "changed"
+    assert not [x for x in os.listxattr(j(lower, "dir")) if "overlay." in x]
 
 
 def test_device_0_0_through_mount_keeps_upper_mountable(work):
