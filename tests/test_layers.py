@@ -297,3 +297,90 @@ def test_lower_list_errors(work):
     r = run([OVLFS, "mount", "--lower", a + "::" + escape(b), mp])
     assert r.returncode == 2 and "empty layer" in r.err, r.err
     assert not os.path.ismount(mp)
+
+
+def upper_kinds(upper):
+    """(OCI marker names, 0/0 devices) found anywhere in UPPER."""
+    oci, kdev = [], []
+    for d, dirs, files in os.walk(upper):
+        for n in dirs + files:
+            p = j(d, n)
+            if n.startswith(".wh."):
+                oci.append(p)
+            st = os.lstat(p)
+            if (st.st_mode & 0o170000) == 0o020000 and st.st_rdev == 0:
+                kdev.append(p)
+    return oci, kdev
+
+
+@needs_root
+def test_convert_round_trip(work):
+    """oci -> kernel (read by the kernel) -> oci: the same view throughout."""
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    spec = dict(LAYERS[2])
+    spec["l" * 252] = "long name"
+    build(lower, spec)
+    upper = j(work, "upper")
+    o = Overlay(lower, upper=upper)
+    o.mount()
+    ops(o.mp, 1)
+    os.unlink(j(o.mp, "l" * 252))
+    view = snapshot(o.mp)
+    r = run([OVLFS, "convert", "--to", "kernel", "-u", upper, lower])
+    assert r.returncode == 1 and "in use" in r.err, r.err
+    o.umount()
+    r = run([OVLFS, "convert", "--to", "kernel", "-u", upper, lower])
+    assert r.returncode == 0, r.err
+    oci, kdev = upper_kinds(upper)
+    assert not oci and kdev, (oci, kdev)
+    assert os.getxattr(upper, "user.ovlfs.format") == b"1 kernel"
+    with KernelOverlay(work, [lower], upper=upper) as k:
+        assert_same_tree(ksnap(k.mnt), view, "kernel", "ovlfs before")
+        k.umount()
+    o.mount()
+    assert_same_tree(snapshot(o.mp), view, "ovlfs (kernel format)", "ovlfs before")
+    o.umount()
+    r = run([OVLFS, "convert", "--to", "oci", "-u", upper, lower])
+    assert r.returncode == 0, r.err
+    oci, kdev = upper_kinds(upper)
+    assert oci and not kdev, (oci, kdev)
+    o.mount()
+    assert_same_tree(snapshot(o.mp), view, "ovlfs (oci again)", "ovlfs before")
+    o.umount()
+    r = run([OVLFS, "convert", "-u", upper, lower])
+    assert r.returncode == 2 and "--to" in r.err, r.err
+
+
+def test_flatten(work):
+    lowers = make_layers(work)
+    open(j(lowers[2], "hl"), "w").write("linked")
+    os.link(j(lowers[2], "hl"), j(lowers[2], "hl-link"))
+    upper = j(work, "upper")
+    o = lowers_overlay(lowers, upper, j(work, "mnt"))
+    o.mount()
+    ops(o.mp)
+    view = snapshot(o.mp, root_attrs=True, mtime=True)
+    o.umount()
+    dest = j(work, "flat")
+    spec = ":".join(lowers)
+    r = run([OVLFS, "flatten", "--lower", spec, "-u", upper, dest])
+    assert r.returncode == 0, r.err
+    assert_same_tree(snapshot(dest, root_attrs=True, mtime=True), view,
+                     "flattened", "mounted view")
+    # Hard links stay links; nothing of the layers' markers shows.
+    o.mount()
+    assert os.stat(j(o.mp, "hl-link")).st_nlink == 2
+    o.umount()
+    assert os.stat(j(dest, "hl-link")).st_nlink == 2
+    assert os.stat(j(dest, "hl-link")).st_ino == os.stat(j(dest, "hl")).st_ino
+    assert not [n for d, ds, fs in os.walk(dest) for n in ds + fs
+                if n.startswith(".wh.")]
+    # Refusals leave nothing behind.
+    r = run([OVLFS, "flatten", "--lower", spec, "-u", upper, dest])
+    assert r.returncode == 1 and "exists" in r.err, r.err
+    inside = j(lowers[1], "flat")
+    r = run([OVLFS, "flatten", "--lower", spec, "-u", upper, inside])
+    assert r.returncode == 1 and "overlaps" in r.err, r.err
+    assert not os.path.exists(inside)
+    assert sorted(n for n in os.listdir(work) if "flatten" in n) == []

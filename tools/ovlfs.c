@@ -53,6 +53,8 @@ static int cmd_diff(int argc, char **argv);
 static int cmd_commit(int argc, char **argv);
 static int cmd_discard(int argc, char **argv);
 static int cmd_recover(int argc, char **argv);
+static int cmd_flatten(int argc, char **argv);
+static int cmd_convert(int argc, char **argv);
 
 /* clang-format off */
 static const struct command commands[] = {
@@ -293,6 +295,47 @@ static const struct command commands[] = {
 "  -h, --help               show this help\n",
 	},
 	{
+		.name = "flatten",
+		.fn = cmd_flatten,
+		.summary = "write the merged view of the layers to a new directory",
+		.usage =
+"usage: ovlfs flatten [OPTIONS] LOWER DEST\n"
+"       ovlfs flatten [OPTIONS] --lower A:B:C DEST\n"
+"\n"
+"Write the merged view of every lower layer and the upper (if it exists)\n"
+"to DEST, a directory that must not exist yet: what a mount would show,\n"
+"with owners, modes, times, xattrs and hard links. Neither the layers nor\n"
+"the upper change. A DEST that cannot be completed is removed again.\n"
+"\n"
+"options:\n"
+"  -u, --upper DIR          upper directory (default LOWER.upper)\n"
+"      --lower A:B:C        the lower layers (leftmost on top) instead of\n"
+"                           LOWER, as given to mount\n"
+"      --format FORMAT      the layers' markers: 'oci' or 'kernel' (default:\n"
+"                           the upper's own, else oci)\n"
+"  -h, --help               show this help\n",
+	},
+	{
+		.name = "convert",
+		.fn = cmd_convert,
+		.summary = "rewrite an upper's markers in the oci or the kernel format",
+		.usage =
+"usage: ovlfs convert --to FORMAT [OPTIONS] LOWER\n"
+"\n"
+"Rewrite the whiteouts and opaque markers of the upper of LOWER in FORMAT:\n"
+"'oci' (.wh.NAME files, .wh..wh..opq) or 'kernel' (0/0 character devices,\n"
+"the overlay.opaque xattr), so the kernel's overlayfs (or OCI tooling)\n"
+"reads it. The merged view does not change. Refused while the upper is\n"
+"mounted. An interrupted conversion is finished by running it again.\n"
+"\n"
+"options:\n"
+"      --to FORMAT          'oci' or 'kernel'\n"
+"  -u, --upper DIR          upper directory (default LOWER.upper)\n"
+"      --lower A:B:C        the lower layers instead of LOWER, as given to\n"
+"                           mount\n"
+"  -h, --help               show this help\n",
+	},
+	{
 		.name = "help",
 		.fn = cmd_help,
 		.summary = "show help for ovlfs or one command",
@@ -467,6 +510,7 @@ enum {
 	OPT_READ_ONLY,
 	OPT_FORMAT,
 	OPT_INTO,
+	OPT_TO,
 };
 
 /*
@@ -1082,6 +1126,9 @@ enum {
 	FIN_QUIET = 1 << 2,
 	FIN_JSON = 1 << 3,
 	FIN_LAYERS = 1 << 4,	/* --lower, --into */
+	FIN_DEST = 1 << 5,	/* a DEST argument after LOWER */
+	FIN_FORMAT = 1 << 6,	/* --format */
+	FIN_TO = 1 << 7,	/* --to */
 };
 
 struct fin_opts {
@@ -1089,6 +1136,8 @@ struct fin_opts {
 	struct lowers lowers;	/* --lower; lower is then lowers.v[0] */
 	const char *upper; /* NULL: library default */
 	const char *into;  /* --into, or NULL */
+	const char *dest;  /* FIN_DEST */
+	enum ovlfs_format format, to;
 	bool atomic, quiet, json;
 };
 
@@ -1138,12 +1187,14 @@ static int parse_fin_opts(const struct command *cmd, unsigned allowed,
 		{ FIN_JSON, { "json", no_argument, NULL, 'J' } },
 		{ FIN_LAYERS, { "lower", required_argument, NULL, OPT_LOWER } },
 		{ FIN_LAYERS, { "into", required_argument, NULL, OPT_INTO } },
+		{ FIN_FORMAT, { "format", required_argument, NULL, OPT_FORMAT } },
+		{ FIN_TO, { "to", required_argument, NULL, OPT_TO } },
 	};
 	struct option longopts[sizeof(all) / sizeof(all[0]) + 2];
 	char shortopts[16] = ":h";
 	size_t i, n = 0;
 	char obuf[8];
-	int c, ret;
+	int c, ret, want;
 
 	for (i = 0; i < sizeof(all) / sizeof(all[0]); i++)
 		if (allowed & all[i].flag)
@@ -1189,6 +1240,17 @@ static int parse_fin_opts(const struct command *cmd, unsigned allowed,
 		case OPT_INTO:
 			o->into = optarg;
 			break;
+		case OPT_FORMAT:
+		case OPT_TO:
+			if (!parse_format(optarg, c == OPT_TO ? &o->to :
+							      &o->format)) {
+				lowers_free(&o->lowers);
+				return usage_error(
+					cmd,
+					"invalid format '%s' (expected oci or kernel)",
+					optarg);
+			}
+			break;
 		case 'h':
 			fputs(cmd->usage, stdout);
 			return 0;
@@ -1201,14 +1263,21 @@ static int parse_fin_opts(const struct command *cmd, unsigned allowed,
 						      sizeof(obuf)));
 		}
 	}
-	if (argc - optind != (o->lowers.n ? 0 : 1)) {
+	want = (o->lowers.n ? 0 : 1) + !!(allowed & FIN_DEST);
+	if (argc - optind != want) {
 		lowers_free(&o->lowers);
-		return usage_error(cmd, argc - optind < 1 ?
-						"missing LOWER" :
-						"too many arguments");
+		return usage_error(cmd, argc - optind > want ? "too many arguments" :
+					argc - optind == 0 && !o->lowers.n ?
+						"missing LOWER" : "missing DEST");
 	}
 	if (!o->lowers.n)
-		o->lower = argv[optind];
+		o->lower = argv[optind++];
+	if (allowed & FIN_DEST)
+		o->dest = argv[optind];
+	if ((allowed & FIN_TO) && !o->to) {
+		lowers_free(&o->lowers);
+		return usage_error(cmd, "missing --to FORMAT");
+	}
 	return -1;
 }
 
@@ -1986,4 +2055,47 @@ int main(int argc, char **argv)
 	if (!cmd)
 		return usage_error(NULL, "unknown command '%s'", arg);
 	return cmd->fn(argc - 1, argv + 1);
+}
+
+static int cmd_flatten(int argc, char **argv)
+{
+	const struct command *cmd = find_command("flatten");
+	struct fin_opts o;
+	struct ovlfs *fs;
+	int ret;
+
+	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_LAYERS | FIN_DEST | FIN_FORMAT,
+			     argc, argv, &o);
+	if (ret >= 0)
+		return ret;
+	fs = open_handle(&o);
+	if (!fs)
+		return 1;
+	ret = o.format ? ovlfs_set_format(fs, o.format) : 0;
+	if (!ret)
+		ret = ovlfs_flatten(fs, o.dest);
+	if (ret < 0)
+		report_failure(fs, ret, "cannot flatten");
+	ovlfs_free(fs);
+	return ret < 0 ? 1 : 0;
+}
+
+static int cmd_convert(int argc, char **argv)
+{
+	const struct command *cmd = find_command("convert");
+	struct fin_opts o;
+	struct ovlfs *fs;
+	int ret;
+
+	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_LAYERS | FIN_TO, argc, argv, &o);
+	if (ret >= 0)
+		return ret;
+	fs = open_handle(&o);
+	if (!fs)
+		return 1;
+	ret = ovlfs_convert(fs, o.to);
+	if (ret < 0)
+		report_failure(fs, ret, "cannot convert");
+	ovlfs_free(fs);
+	return ret < 0 ? 1 : 0;
 }

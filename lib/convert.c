@@ -1,0 +1,268 @@
+/*
+ * convert.c: rewrite an upper's markers from one format to the other.
+ *
+ * Every directory is rewritten in place: for each marker of the other
+ * format, the new marker is made first and the old one removed after, so
+ * an interrupted run leaves an upper holding markers of both formats,
+ * which mount refuses (nothing is misread) and a second run finishes. The
+ * stamp goes first and comes back, naming the new format, only at the end.
+ * Directory times are kept: the markers are bookkeeping, not changes a
+ * user made.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "ovlfs_i.h"
+
+#define MAX_DEPTH 4096
+
+struct conv {
+	struct ovlfs *fs;
+	const char *upper;		/* for messages */
+	struct ovl_fmt from, to;
+	char path[PATH_MAX];		/* relative, of the directory */
+	size_t plen;
+};
+
+static int conv_fail(struct conv *c, int err, const char *name)
+{
+	if (c->fs->err[0])
+		return err;
+	return ovl_set_error(c->fs, err, "convert: %s%s%s/%s: %s", c->upper,
+			     c->plen ? "/" : "", c->path, name, strerror(-err));
+}
+
+/* A kernel opaque marker in either namespace (a root or userxattr mount). */
+static const char *const kernel_opaque[] = { "trusted.overlay.opaque",
+					     "user.overlay.opaque" };
+
+static int convert_dir(struct conv *c, int dfd, int depth)
+{
+	struct ovl_dirlist dl;
+	struct stat dst;
+	size_t saved = c->plen;
+	int err, opaque = 0;
+
+	if (depth > MAX_DEPTH)
+		return conv_fail(c, -ELOOP, "");
+	if (fstat(dfd, &dst) < 0)
+		return conv_fail(c, -errno, "");
+	err = ovl_dirlist_read(dfd, &dl);
+	if (err)
+		return conv_fail(c, err, "");
+	/* The opaque marker of this directory, in whichever form. */
+	for (size_t i = 0; i < 2 && !opaque; i++) {
+		char v[2];
+		ssize_t n = ovl_fd_getxattr(dfd, kernel_opaque[i], v, sizeof(v));
+
+		opaque = n == 1 && v[0] == 'y';
+	}
+	if (!opaque)
+		opaque = ovl_opaque_get(NULL, dfd) > 0;
+	for (size_t i = 0; i < dl.n && !err; i++) {
+		const struct ovl_dirent *de = &dl.ents[i];
+		char buf[NAME_MAX + 2];
+		const char *t;
+		int m;
+
+		/* Markers of the old format (or both, after a crash). */
+		m = ovl_marker(&c->from, dfd, de, buf, &t);
+		if (m < 0) {
+			err = conv_fail(c, m, de->name);
+			break;
+		}
+		if (!m || !t)
+			continue;
+		if (c->to.kernel) {
+			struct stat st;
+
+			/* An entry beside a stale marker wins: the marker goes. */
+			if (fstatat(dfd, t, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+				if (errno != ENOENT)
+					err = -errno;
+				else
+					err = ovl_wh_create(&c->to, dfd, t);
+			}
+			if (err >= 0 && unlinkat(dfd, de->name, 0) < 0)
+				err = -errno;
+		} else {
+			err = ovl_wh_create(&c->to, dfd, t);
+			if (err >= 0 && unlinkat(dfd, de->name, 0) < 0)
+				err = -errno;
+		}
+		if (err < 0)
+			err = conv_fail(c, err, de->name);
+		else
+			err = 0;
+	}
+	if (!err && opaque) {
+		err = ovl_opaque_set(&c->to, dfd);
+		if (!err && c->to.kernel)
+			err = unlinkat(dfd, OVL_OPAQUE_NAME, 0) < 0 &&
+			      errno != ENOENT ? -errno : 0;
+		for (size_t i = 0; i < 2 && !err && !c->to.kernel; i++) {
+			int r = ovl_fd_removexattr(dfd, kernel_opaque[i]);
+
+			if (r < 0 && r != -ENODATA && r != -EOPNOTSUPP)
+				err = r;
+		}
+		if (err)
+			err = conv_fail(c, err, "");
+	}
+	/* Then the real subdirectories, a name at a time. */
+	for (size_t i = 0; i < dl.n && !err; i++) {
+		const char *name = dl.ents[i].name;
+		size_t len = strlen(name);
+		struct stat st;
+		int cfd;
+
+		if (ovl_is_wh_name(name) ||
+		    fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    !S_ISDIR(st.st_mode))
+			continue;
+		if (saved + len + 2 > sizeof(c->path)) {
+			err = conv_fail(c, -ENAMETOOLONG, name);
+			break;
+		}
+		cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			     O_CLOEXEC);
+		if (cfd < 0) {
+			err = conv_fail(c, -errno, name);
+			break;
+		}
+		if (saved)
+			c->path[c->plen++] = '/';
+		memcpy(c->path + c->plen, name, len + 1);
+		c->plen += len;
+		err = convert_dir(c, cfd, depth + 1);
+		close(cfd);
+		c->plen = saved;
+		c->path[saved] = '\0';
+	}
+	ovl_dirlist_free(&dl);
+	if (!err) {
+		struct timespec ts[2] = { dst.st_atim, dst.st_mtim };
+
+		futimens(dfd, ts);
+	}
+	return err;
+}
+
+/*
+ * A kernel-format upper may hold user entries named ".wh.*"; read as OCI
+ * they would turn into markers. 1 if one is found (named in fs->err).
+ */
+static int find_wh_names(struct conv *c, int dfd, int depth)
+{
+	struct ovl_dirlist dl;
+	int err;
+
+	if (depth > MAX_DEPTH)
+		return conv_fail(c, -ELOOP, "");
+	err = ovl_dirlist_read(dfd, &dl);
+	if (err)
+		return conv_fail(c, err, "");
+	for (size_t i = 0; i < dl.n && !err; i++) {
+		const char *name = dl.ents[i].name;
+		int cfd;
+
+		if (ovl_is_wh_name(name)) {
+			if (!strncmp(name, OVL_TMP_PREFIX, strlen(OVL_TMP_PREFIX)))
+				continue;
+			err = ovl_set_error(c->fs, -EINVAL,
+					    "convert: %s: the entry %s would read as a marker in the oci format",
+					    c->upper, name);
+			break;
+		}
+		cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			     O_CLOEXEC);
+		if (cfd >= 0) {
+			err = find_wh_names(c, cfd, depth + 1);
+			close(cfd);
+		}
+	}
+	ovl_dirlist_free(&dl);
+	return err;
+}
+
+int ovlfs_convert(struct ovlfs *fs, enum ovlfs_format to)
+{
+	struct conv c = { .fs = fs };
+	enum ovlfs_format want = fs->format;
+	char *lower = NULL, *upper = NULL, stamp[32];
+	const char *ox = geteuid() == 0 ? "trusted.overlay.opaque" :
+					  "user.overlay.opaque";
+	bool exists;
+	int fd, err, n;
+
+	fs->err[0] = '\0';
+	if (to != OVLFS_FORMAT_OCI && to != OVLFS_FORMAT_KERNEL)
+		return ovl_set_error(fs, -EINVAL, "convert: unknown format %d", to);
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "convert: unmount %s first",
+				     fs->mount_point);
+	err = ovl_pair_paths(fs, false, &lower, &upper, &exists);
+	if (err)
+		return err;
+	if (!exists) {
+		err = ovl_set_error(fs, -ENOENT, "convert: upper %s: %s", upper,
+				    strerror(ENOENT));
+		goto out_free;
+	}
+	c.upper = upper;
+	fd = open(upper, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		err = ovl_set_error(fs, -errno, "convert: upper %s: %s", upper,
+				    strerror(errno));
+		goto out_free;
+	}
+	/* The same lock as a mount: none may run meanwhile. */
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		err = ovl_set_error(fs, errno == EWOULDBLOCK ? -EBUSY : -errno,
+				    "convert: upper %s is in use by an ovlfs mount",
+				    upper);
+		goto out_close;
+	}
+	/* Markers of both formats are read, whatever the stamp says. */
+	c.from = (struct ovl_fmt){ .kernel = to == OVLFS_FORMAT_OCI,
+				   .opaque_xattr = ox };
+	c.to = (struct ovl_fmt){ .kernel = to == OVLFS_FORMAT_KERNEL,
+				 .opaque_xattr = ox };
+	fs->format = OVLFS_FORMAT_AUTO;
+	err = ovl_check_upper_format(fs, fd, upper, false, &c.from);
+	if (err == -EPROTO && strstr(fs->err, "both"))
+		err = 0;	/* an interrupted conversion: finish it */
+	fs->err[0] = err ? fs->err[0] : '\0';
+	c.from.kernel = to == OVLFS_FORMAT_OCI;
+	if (!err && to == OVLFS_FORMAT_OCI)
+		err = find_wh_names(&c, fd, 0);
+	if (!err) {
+		fremovexattr(fd, OVL_XATTR_FORMAT);
+		err = convert_dir(&c, fd, 0);
+	}
+	if (!err) {
+		n = snprintf(stamp, sizeof(stamp), "%d%s", OVL_FORMAT_VERSION,
+			     to == OVLFS_FORMAT_KERNEL ? " kernel" : "");
+		if (fsetxattr(fd, OVL_XATTR_FORMAT, stamp, n, 0) < 0 &&
+		    errno != EOPNOTSUPP)
+			err = ovl_set_error(fs, -errno, "convert: upper %s: cannot stamp it: %s",
+					    upper, strerror(errno));
+		if (!err && fsync(fd) < 0)
+			err = ovl_set_error(fs, -errno, "convert: upper %s: %s",
+					    upper, strerror(errno));
+	}
+out_close:
+	close(fd);
+out_free:
+	fs->format = want;
+	free(lower);
+	free(upper);
+	return err;
+}

@@ -1,0 +1,373 @@
+/*
+ * flatten.c: write the merged view of every layer to a new directory.
+ *
+ * The merged view is read through a mount, so flatten shows exactly what
+ * a mount shows: one implementation of lookup, whiteouts and merging, not
+ * two that could disagree. A mounted handle is read where it is mounted;
+ * an unmounted one gets a private read-only mount (with the upper, if it
+ * exists) for the duration of the copy.
+ *
+ * The copy goes through fds and *at() calls only, never following a
+ * symlink, and keeps owners, modes, times, xattrs and hard links (files
+ * the view shows with one inode number and several links).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ovlfs_i.h"
+
+#define MAX_DEPTH 4096
+
+/* Files already copied that have further links: inode -> path in DEST. */
+struct seen_link {
+	dev_t dev;
+	ino_t ino;
+	char *path;
+};
+
+struct flat {
+	struct ovlfs *fs;
+	struct ovl_fs ofs;		/* context for ovl_copy_meta */
+	const char *dest;		/* as given, for messages */
+	int dest_fd;			/* O_PATH of DEST */
+	struct seen_link *links;
+	size_t nlinks, cap;
+	char path[PATH_MAX];		/* relative, being copied */
+	size_t plen;
+};
+
+static int flat_fail(struct flat *f, int err, const char *what)
+{
+	if (f->fs->err[0])
+		return err;	/* the deepest message names the path */
+	return ovl_set_error(f->fs, err, "flatten: %s %s/%s: %s", what, f->dest,
+			     f->path, strerror(-err));
+}
+
+static const char *seen(struct flat *f, const struct stat *st)
+{
+	for (size_t i = 0; i < f->nlinks; i++)
+		if (f->links[i].dev == st->st_dev && f->links[i].ino == st->st_ino)
+			return f->links[i].path;
+	return NULL;
+}
+
+static int remember(struct flat *f, const struct stat *st)
+{
+	struct seen_link *v;
+
+	if (f->nlinks == f->cap) {
+		size_t cap = f->cap ? f->cap * 2 : 64;
+
+		v = realloc(f->links, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		f->links = v;
+		f->cap = cap;
+	}
+	v = &f->links[f->nlinks];
+	v->path = strdup(f->path);
+	if (!v->path)
+		return -ENOMEM;
+	v->dev = st->st_dev;
+	v->ino = st->st_ino;
+	f->nlinks++;
+	return 0;
+}
+
+static int copy_dir(struct flat *f, int sfd, int dfd, int depth);
+
+/* Copy entry NAME of SFD (stat ST) into DFD; f->path names it. */
+static int copy_entry(struct flat *f, int sfd, int dfd, const char *name,
+		      const struct stat *st, int depth)
+{
+	int s = -1, d = -1, err = 0;
+	const char *first;
+	char *target;
+	ssize_t n;
+
+	switch (st->st_mode & S_IFMT) {
+	case S_IFDIR:
+		if (mkdirat(dfd, name, 0700) < 0)
+			return flat_fail(f, -errno, "cannot create");
+		s = openat(sfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			   O_CLOEXEC);
+		d = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			   O_CLOEXEC);
+		if (s < 0 || d < 0)
+			err = flat_fail(f, -errno, "cannot open");
+		else
+			err = copy_dir(f, s, d, depth + 1);
+		break;
+	case S_IFREG:
+		if (st->st_nlink > 1 && (first = seen(f, st))) {
+			/* Only directories we made lie on FIRST's path. */
+			if (linkat(f->dest_fd, first, dfd, name, 0) < 0)
+				return flat_fail(f, -errno, "cannot link");
+			return 0;
+		}
+		s = openat(sfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (s < 0)
+			return flat_fail(f, -errno, "cannot read");
+		d = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
+			   O_CLOEXEC, 0600);
+		if (d < 0)
+			err = flat_fail(f, -errno, "cannot create");
+		else
+			err = ovl_copy_data(s, d, st->st_size);
+		if (err)
+			err = flat_fail(f, err, "cannot copy");
+		if (!err && st->st_nlink > 1)
+			err = remember(f, st);
+		break;
+	case S_IFLNK:
+		target = malloc(st->st_size + 1);
+		if (!target)
+			return -ENOMEM;
+		n = readlinkat(sfd, name, target, st->st_size + 1);
+		if (n < 0 || n > st->st_size) {
+			free(target);
+			return flat_fail(f, n < 0 ? -errno : -EAGAIN,
+					 "cannot read the link");
+		}
+		target[n] = '\0';
+		if (symlinkat(target, dfd, name) < 0)
+			err = flat_fail(f, -errno, "cannot create");
+		free(target);
+		break;
+	default:
+		if (mknodat(dfd, name, (st->st_mode & S_IFMT) | 0600,
+			    st->st_rdev) < 0)
+			err = flat_fail(f, -errno, "cannot create");
+		break;
+	}
+	if (s >= 0)
+		close(s);
+	if (d >= 0)
+		close(d);
+	if (err)
+		return err;
+	/* Owner, mode, xattrs, then times last (directories: after children). */
+	s = ovl_open_child(sfd, name);
+	d = ovl_open_child(dfd, name);
+	if (s < 0 || d < 0)
+		err = flat_fail(f, s < 0 ? s : d, "cannot open");
+	else
+		err = ovl_copy_meta(&f->ofs, s, d, st, true);
+	if (err)
+		err = flat_fail(f, err, "cannot copy the metadata of");
+	if (s >= 0)
+		close(s);
+	if (d >= 0)
+		close(d);
+	return err;
+}
+
+static int copy_dir(struct flat *f, int sfd, int dfd, int depth)
+{
+	struct ovl_dirlist dl;
+	size_t saved = f->plen;
+	int err;
+
+	if (depth > MAX_DEPTH)
+		return flat_fail(f, -ELOOP, "too deep at");
+	err = ovl_dirlist_read(sfd, &dl);
+	if (err)
+		return flat_fail(f, err, "cannot list");
+	for (size_t i = 0; i < dl.n && !err; i++) {
+		const char *name = dl.ents[i].name;
+		size_t len = strlen(name);
+		struct stat st;
+
+		if (saved + len + 2 > sizeof(f->path)) {
+			err = flat_fail(f, -ENAMETOOLONG, "path too long at");
+			break;
+		}
+		if (saved)
+			f->path[f->plen++] = '/';
+		memcpy(f->path + f->plen, name, len + 1);
+		f->plen += len;
+		if (fstatat(sfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			err = flat_fail(f, -errno, "cannot stat");
+		else
+			err = copy_entry(f, sfd, dfd, name, &st, depth);
+		f->plen = saved;
+		f->path[saved] = '\0';
+	}
+	ovl_dirlist_free(&dl);
+	return err;
+}
+
+/* Copy the tree at SRC (a mounted view) to the new directory DEST. */
+static int flatten_from(struct flat *f, const char *src)
+{
+	int sfd, pfd = -1, dfd = -1, err;
+	struct stat st;
+	char *parent, *base, *slash;
+
+	sfd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (sfd < 0 || fstat(sfd, &st) < 0)
+		return ovl_set_error(f->fs, -errno, "flatten: %s: %s", src,
+				     strerror(errno));
+	parent = strdup(f->dest);
+	if (!parent) {
+		close(sfd);
+		return -ENOMEM;
+	}
+	slash = strrchr(parent, '/');
+	base = slash ? slash + 1 : parent;
+	if (slash == parent)
+		pfd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	else if (slash)
+		*slash = '\0';
+	if (pfd < 0)
+		pfd = open(slash ? parent : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (pfd < 0) {
+		err = ovl_set_error(f->fs, -errno, "flatten: %s: %s", f->dest,
+				    strerror(errno));
+		goto out;
+	}
+	if (mkdirat(pfd, base, 0700) < 0) {
+		err = ovl_set_error(f->fs, -errno, "flatten: %s: cannot create: %s",
+				    f->dest, strerror(errno));
+		goto out;
+	}
+	dfd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	f->dest_fd = dfd < 0 ? -1 : ovl_reopen(dfd, O_PATH | O_DIRECTORY);
+	if (dfd < 0 || f->dest_fd < 0)
+		err = ovl_set_error(f->fs, -errno, "flatten: %s: %s", f->dest,
+				    strerror(errno));
+	else
+		err = copy_dir(f, sfd, dfd, 0);
+	if (!err)
+		err = ovl_copy_meta(&f->ofs, sfd, dfd, &st, true);
+	if (err && !f->fs->err[0])
+		ovl_set_error(f->fs, err, "flatten: %s: %s", f->dest,
+			      strerror(-err));
+	/* A half-written copy is no use to anyone: it goes. */
+	if (err)
+		ovl_remove_tree(pfd, base);
+out:
+	if (dfd >= 0)
+		close(dfd);
+	if (f->dest_fd >= 0)
+		close(f->dest_fd);
+	if (pfd >= 0)
+		close(pfd);
+	close(sfd);
+	free(parent);
+	return err;
+}
+
+/* A private read-only mount of FS's layers at a new directory MP. */
+static struct ovlfs *mount_view(struct ovlfs *fs, const char *mp, int *errp)
+{
+	struct ovlfs *v = ovlfs_new(fs->lower);
+	struct stat st;
+	int err = 0;
+
+	*errp = -ENOMEM;
+	if (!v)
+		return NULL;
+	for (unsigned i = 0; i < fs->n_more_lowers && !err; i++)
+		err = ovlfs_add_lower(v, fs->more_lowers[i]);
+	if (!err && !fs->read_only && fs->upper && stat(fs->upper, &st) == 0)
+		err = ovlfs_set_upper(v, fs->upper);
+	else if (!err)
+		err = ovlfs_set_read_only(v, true);
+	if (!err)
+		err = ovlfs_set_format(v, fs->format);
+	if (!err)
+		err = ovlfs_set_mount_point(v, mp);
+	if (!err)
+		err = ovlfs_set_fuse_options(v, "ro");
+	if (!err)
+		err = ovlfs_set_passthrough(v, false);
+	if (!err)
+		err = ovlfs_mount(v);
+	if (err) {
+		memcpy(fs->err, v->err, sizeof(fs->err));
+		ovlfs_free(v);
+		*errp = err;
+		return NULL;
+	}
+	return v;
+}
+
+/* DEST may not lie in a layer: the copy would show up in what it copies. */
+static int check_dest(struct ovlfs *fs, const char *dest)
+{
+	char *d = NULL, *l = NULL;
+	int err = ovl_path_canonical(dest, &d);
+
+	if (err)
+		return ovl_set_error(fs, err, "flatten: %s: %s", dest,
+				     strerror(-err));
+	for (unsigned i = 0; !err && i <= fs->n_more_lowers + 1; i++) {
+		const char *p = i <= fs->n_more_lowers ? ovlfs_lower_at(fs, i) :
+			        fs->read_only ? NULL : fs->upper;
+
+		if (!p || ovl_path_canonical(p, &l) < 0)
+			continue;
+		if (ovl_path_within(d, l) || ovl_path_within(l, d))
+			err = ovl_set_error(fs, -EINVAL,
+					    "flatten: %s overlaps the layer %s",
+					    dest, p);
+		free(l);
+		l = NULL;
+	}
+	free(d);
+	return err;
+}
+
+int ovlfs_flatten(struct ovlfs *fs, const char *dest)
+{
+	struct flat f = { .fs = fs, .dest = dest, .dest_fd = -1 };
+	struct ovlfs *view = NULL;
+	char *mp = NULL;
+	struct stat st;
+	int err;
+
+	fs->err[0] = '\0';
+	if (!dest || !*dest)
+		return ovl_set_error(fs, -EINVAL, "flatten: no destination");
+	err = lstat(dest, &st) == 0 ? EEXIST : errno == ENOENT ? 0 : errno;
+	if (err)
+		return ovl_set_error(fs, -err, "flatten: %s: %s", dest,
+				     strerror(err));
+	err = check_dest(fs, dest);
+	if (err)
+		return err;
+	f.ofs.is_root = geteuid() == 0;
+	if (!fs->mounted) {
+		mp = ovl_path_with_suffix(dest, ".flatten-XXXXXX");
+		if (!mp || !mkdtemp(mp)) {
+			err = ovl_set_error(fs, mp ? -errno : -ENOMEM,
+					    "flatten: cannot make a mount point next to %s: %s",
+					    dest, strerror(mp ? errno : ENOMEM));
+			free(mp);
+			return err;
+		}
+		view = mount_view(fs, mp, &err);
+		if (!view) {
+			rmdir(mp);
+			free(mp);
+			return err;
+		}
+	}
+	err = flatten_from(&f, view ? ovlfs_mount_point(view) : fs->mount_point);
+	if (view) {
+		ovlfs_free(view);	/* unmounts */
+		rmdir(mp);
+		free(mp);
+	}
+	for (size_t i = 0; i < f.nlinks; i++)
+		free(f.links[i].path);
+	free(f.links);
+	return err;
+}
