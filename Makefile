@@ -9,6 +9,9 @@
 #                   build (build-tsan/); suppressions in tsan.supp
 #   make check-valgrind  build/quickstart and the C unit tests under memcheck
 #   make lint       clang-tidy (.clang-tidy) and cppcheck over lib/ and tools/
+#   make install    build/ installed under PREFIX (default /usr/local), into
+#                   DESTDIR if set: tool, libovlfs.so.0, header, ovlfs.pc,
+#                   man pages, bash completion
 #   make clean
 #
 # WERROR=1 turns on --werror for build/ (not build-asan:
@@ -20,10 +23,13 @@ TSAN_BUILD ?= build-tsan
 LINT_BUILD ?= build-lint
 PYTHON     ?= /usr/bin/python3
 PYTEST_ARGS ?=
+PREFIX     ?= /usr/local
+DESTDIR    ?=
 
 DEB_PACKAGES = build-essential meson ninja-build pkg-config libfuse3-dev \
 	       fuse3 python3-pytest attr fuse-overlayfs \
-	       clang clang-tidy libclang-rt-14-dev cppcheck valgrind
+	       clang clang-tidy libclang-rt-14-dev cppcheck valgrind \
+	       bash-completion
 
 MESON_FLAGS = $(if $(filter 1,$(WERROR)),--werror,)
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
@@ -65,7 +71,7 @@ CPPCHECK = cppcheck --enable=warning,performance,portability \
 	-D__x86_64__ -DFUSE_USE_VERSION=312 --suppress=readdirCalled
 
 .PHONY: all build deps demo check check-asan check-tsan check-valgrind lint \
-	clean
+	install clean
 
 all: build
 
@@ -168,6 +174,22 @@ lint:
 	@printf '%s\n' $(LINT_SRC) | \
 		xargs -P $$(nproc) -n 1 clang-tidy -p $(LINT_BUILD) --quiet
 	$(CPPCHECK) $(LINT_SRC)
+
+# The prefix is a setting of the build directory, so it is (re)configured
+# first; meson install rebuilds what that changes. ldconfig only for a real
+# install: a staged one (DESTDIR) is someone else's to register.
+install:
+	@if [ ! -f $(BUILD)/build.ninja ]; then \
+		echo "meson setup $(BUILD) $(MESON_FLAGS) --prefix=$(abspath $(PREFIX))"; \
+		meson setup $(BUILD) $(MESON_FLAGS) --prefix=$(abspath $(PREFIX)); \
+	else \
+		echo "meson configure $(BUILD) --prefix=$(abspath $(PREFIX))"; \
+		meson configure $(BUILD) --prefix=$(abspath $(PREFIX)); \
+	fi
+	meson install -C $(BUILD) $(if $(DESTDIR),--destdir $(abspath $(DESTDIR)))
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
+		echo ldconfig; ldconfig; \
+	fi
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(LINT_BUILD)
