@@ -23,7 +23,8 @@ PYTEST_ARGS ?=
 
 DEB_PACKAGES = build-essential meson ninja-build pkg-config libfuse3-dev \
 	       fuse3 python3-pytest attr fuse-overlayfs \
-	       clang clang-tidy libclang-rt-14-dev cppcheck valgrind
+	       clang clang-tidy libclang-rt-14-dev cppcheck valgrind \
+	       libarchive-dev
 
 MESON_FLAGS = $(if $(filter 1,$(WERROR)),--werror,)
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
