@@ -245,6 +245,7 @@ static int open_locked(struct ovlfs *fs, const char *what, const char *path,
 	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	int err;
 
+	*out = -1;
 	if (fd < 0)
 		return ovl_set_error(fs, -errno, "%s %s: %s", what, path,
 				     strerror(errno));
@@ -858,6 +859,7 @@ static int walk_dir(struct apply *ap, const char *rel, bool create, int *out)
 	size_t slen = 0;
 	int cur, err = 0;
 
+	*out = -1;
 	sofar[0] = '\0';
 	cur = openat(ap->upper_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (cur < 0)

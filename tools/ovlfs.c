@@ -1803,7 +1803,7 @@ finish:
 struct tar_opts {
 	const char *lower;
 	const char *upper;	/* NULL: library default */
-	const char *tar;	/* "-": stdin/stdout */
+	const char *tar;	/* "-": stdin/stdout; "" until given */
 	bool commit;
 };
 
@@ -1825,6 +1825,7 @@ static int parse_tar_opts(const struct command *cmd, bool allow_commit,
 	int c;
 
 	memset(o, 0, sizeof(*o));
+	o->tar = "";
 	optind = 1;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":hu:", longopts, NULL)) != -1) {
@@ -1853,7 +1854,7 @@ static int parse_tar_opts(const struct command *cmd, bool allow_commit,
 						      sizeof(obuf)));
 		}
 	}
-	if (!o->tar)
+	if (!*o->tar)
 		return usage_error(cmd, "missing --tar FILE");
 	if (argc - optind != 1)
 		return usage_error(cmd, argc - optind < 1 ?
