@@ -1165,8 +1165,20 @@ static int apply_whiteout(struct apply *ap, int dfd, const char *rel,
 		return err;
 	}
 	err = touch_dir(ap, dfd, rel);
-	if (!err)
-		err = ovl_remove_tree(dfd, name);
+	if (err)
+		return err;
+	/*
+	 * An OCI whiteout goes in first, as ovlfs does it: an upper entry
+	 * beats its whiteout, so no instant shows the lower's NAME. A
+	 * kernel one takes the entry's own name and can only follow it.
+	 */
+	if (ap->fmt == OVLFS_FORMAT_OCI) {
+		err = set_whiteout(ap, dfd, name);
+		if (!err)
+			err = ovl_remove_tree(dfd, name);
+		return err;
+	}
+	err = ovl_remove_tree(dfd, name);
 	if (!err)
 		err = set_whiteout(ap, dfd, name);
 	return err;

@@ -399,11 +399,9 @@ def _tar(path, entries):
     return path
 
 
-@needs_root
-def test_apply_layers_on_existing_upper(work):
-    """Layer T over an upper U equals committing U, then T."""
-    lower, orig, upper = setup_pair(work)
-    t = _tar(j(work, "t.tar"), [
+def _layers_tar(work):
+    """A layer exercising the same-layer rules over setup_pair's upper."""
+    return _tar(j(work, "t.tar"), [
         ("merge/", "dir"),
         ("merge/before", "file", b"before the marker"),
         ("merge/newdir/", "dir"),
@@ -421,6 +419,13 @@ def test_apply_layers_on_existing_upper(work):
         ("implicit/parent/file", "file", b"no parent entries"),
         ("link2", "link", "merge/after"),
     ])
+
+
+@needs_root
+def test_apply_layers_on_existing_upper(work):
+    """Layer T over an upper U equals committing U, then T."""
+    lower, orig, upper = setup_pair(work)
+    t = _layers_tar(work)
     a = j(work, "a")
     cp_a(orig, a)
     cp_a(upper, j(work, "a-upper"))
@@ -445,6 +450,30 @@ def test_apply_layers_on_existing_upper(work):
     assert not os.path.lexists(j(a, "keep"))
     assert os.path.isfile(j(a, "sym")) and not os.path.islink(j(a, "sym"))
     assert os.stat(j(a, "link2")).st_ino == os.stat(j(a, "merge", "after")).st_ino
+
+
+@needs_root
+def test_apply_twice_same_as_once(work):
+    lower, orig, upper = setup_pair(work)
+    t = _layers_tar(work)
+    views = []
+    for times in (1, 2):
+        low = j(work, "l%d" % times)
+        cp_a(orig, low)
+        cp_a(upper, low + ".upper")
+        for _ in range(times):
+            apply(low, t)
+        o = Overlay(low)
+        o.mount()
+        try:
+            views.append(snapshot(o.mp, mtime=True))
+        finally:
+            o.umount()
+    # parents made for the tar with no lower counterpart: "now" each run
+    for v in views:
+        for k in (b"implicit", b"implicit/parent"):
+            del v[k]["mtime"]
+    assert_same_tree(views[1], views[0], "applied twice", "applied once")
 
 
 @needs_root
