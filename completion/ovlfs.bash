@@ -14,19 +14,18 @@ _ovlfs_opts()
 			"--debug -d --help -h" ;;
 	run)
 		echo "--upper= -u= --lower= --inode-mode= -i= -o= --format=" \
-			"--read-only --no-passthrough --on-exit= --debug -d" \
-			"--help -h" ;;
+			"--into= --no-passthrough --on-exit= --help -h" ;;
 	diff)
-		echo "--upper= -u= --lower= --into= --format= --json --help -h" ;;
+		echo "--upper= -u= --lower= --into= --json --help -h" ;;
 	commit)
-		echo "--upper= -u= --lower= --into= --format= --atomic" \
+		echo "--upper= -u= --lower= --into= --atomic" \
 			"--quiet -q --help -h" ;;
 	discard | recover)
-		echo "--upper= -u= --quiet -q --help -h" ;;
+		echo "--upper= -u= --lower= --into= --quiet -q --help -h" ;;
 	flatten)
-		echo "--upper= -u= --lower= --help -h" ;;
+		echo "--upper= -u= --lower= --format= --help -h" ;;
 	convert)
-		echo "--to= --upper= -u= --help -h" ;;
+		echo "--to= --upper= -u= --lower= --help -h" ;;
 	export)
 		echo "--tar= --upper= -u= --help -h" ;;
 	apply)

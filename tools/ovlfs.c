@@ -55,6 +55,8 @@ static int cmd_discard(int argc, char **argv);
 static int cmd_recover(int argc, char **argv);
 static int cmd_flatten(int argc, char **argv);
 static int cmd_convert(int argc, char **argv);
+static int cmd_export(int argc, char **argv);
+static int cmd_apply(int argc, char **argv);
 
 /* clang-format off */
 static const struct command commands[] = {
@@ -333,6 +335,53 @@ static const struct command commands[] = {
 "  -u, --upper DIR          upper directory (default LOWER.upper)\n"
 "      --lower A:B:C        the lower layers instead of LOWER, as given to\n"
 "                           mount\n"
+"  -h, --help               show this help\n",
+	},
+	{
+		.name = "export",
+		.fn = cmd_export,
+		.summary = "write the upper of LOWER as an OCI layer tarball",
+		.usage =
+"usage: ovlfs export --tar FILE [OPTIONS] LOWER\n"
+"\n"
+"Write the upper of LOWER to FILE ('-': standard output) as an OCI\n"
+"image-layer tarball (POSIX pax): every upper entry with its owner, mode,\n"
+"mtime and xattrs, whiteouts as '.wh.NAME', opaque directories as\n"
+"'.wh..wh..opq', in path order; hard links between upper files stay hard\n"
+"links. Reads either upper format (OCI or kernel overlayfs). ovlfs's own\n"
+"bookkeeping is left out. Refused while the upper is used by an ovlfs\n"
+"mount.\n"
+"\n"
+"options:\n"
+"      --tar FILE           the tarball to write ('-': standard output)\n"
+"  -u, --upper DIR          upper directory (default LOWER.upper)\n"
+"  -h, --help               show this help\n",
+	},
+	{
+		.name = "apply",
+		.fn = cmd_apply,
+		.summary = "apply an OCI layer tarball to the upper (or LOWER)",
+		.usage =
+"usage: ovlfs apply --tar FILE [OPTIONS] LOWER\n"
+"\n"
+"Apply the OCI image-layer tarball FILE ('-': standard input; gzip, zstd,\n"
+"xz and bzip2 compressed too) on top of the upper of LOWER, which is\n"
+"created if missing: '.wh.NAME' deletes NAME, '.wh..wh..opq' hides what\n"
+"lies beneath a directory, other entries replace what the upper has at\n"
+"their path (a directory over a directory merges). Markers are written in\n"
+"the upper's own format. Entries with absolute paths or '..', reserved\n"
+"'.wh.' names, hard links to anything but an earlier entry, or a path\n"
+"through a symlink are refused, with nothing further written.\n"
+"\n"
+"With --commit the tarball is applied to LOWER instead: into a fresh\n"
+"upper next to LOWER, which is then committed as 'ovlfs commit' does. If\n"
+"the tarball is refused, LOWER is not touched.\n"
+"Refused while the upper or LOWER is used by an ovlfs mount.\n"
+"\n"
+"options:\n"
+"      --tar FILE           the tarball to read ('-': standard input)\n"
+"      --commit             apply to LOWER, not to the upper\n"
+"  -u, --upper DIR          upper directory (default LOWER.upper)\n"
 "  -h, --help               show this help\n",
 	},
 	{
@@ -2018,6 +2067,147 @@ finish:
 }
 
 /* ---------------------------------------------------------------------- */
+
+/* ---------------------------------------------------------------------- */
+/* export, apply: OCI layer tarballs */
+
+struct tar_opts {
+	const char *lower;
+	const char *upper;	/* NULL: library default */
+	const char *tar;	/* "-": stdin/stdout; "" until given */
+	bool commit;
+};
+
+/*
+ * Options of export and apply (--commit only if ALLOW_COMMIT). Returns -1
+ * to go on, or the exit status to return.
+ */
+static int parse_tar_opts(const struct command *cmd, bool allow_commit,
+			  int argc, char **argv, struct tar_opts *o)
+{
+	static const struct option longopts[] = {
+		{ "tar", required_argument, NULL, 'T' },
+		{ "upper", required_argument, NULL, 'u' },
+		{ "commit", no_argument, NULL, 'C' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	char obuf[8];
+	int c;
+
+	memset(o, 0, sizeof(*o));
+	o->tar = "";
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":hu:", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'T':
+			o->tar = optarg;
+			break;
+		case 'u':
+			o->upper = optarg;
+			break;
+		case 'C':
+			if (!allow_commit)
+				return usage_error(cmd, "unknown option '%s'",
+						   argv[optind - 1]);
+			o->commit = true;
+			break;
+		case 'h':
+			fputs(cmd->usage, stdout);
+			return 0;
+		case ':':
+			return usage_error(cmd, "option '%s' needs an argument",
+					   argv[optind - 1]);
+		default:
+			return usage_error(cmd, "unknown option '%s'",
+					   bad_option(argv, obuf,
+						      sizeof(obuf)));
+		}
+	}
+	if (!*o->tar)
+		return usage_error(cmd, "missing --tar FILE");
+	if (argc - optind != 1)
+		return usage_error(cmd, argc - optind < 1 ?
+						"missing LOWER" :
+						"too many arguments");
+	o->lower = argv[optind];
+	return -1;
+}
+
+static int cmd_export(int argc, char **argv)
+{
+	const struct command *cmd = find_command("export");
+	struct tar_opts o;
+	struct ovlfs *fs;
+	bool to_stdout;
+	int fd, ret;
+
+	ret = parse_tar_opts(cmd, false, argc, argv, &o);
+	if (ret >= 0)
+		return ret;
+	to_stdout = !strcmp(o.tar, "-");
+	if (to_stdout && isatty(STDOUT_FILENO)) {
+		err_msg("refusing to write a tarball to a terminal");
+		return 1;
+	}
+	fs = open_handle(&(struct fin_opts){ .lower = o.lower, .upper = o.upper });
+	if (!fs)
+		return 1;
+	fd = to_stdout ? STDOUT_FILENO :
+			 open(o.tar, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+			      0644);
+	if (fd < 0) {
+		err_msg("cannot create %s: %s", o.tar, strerror(errno));
+		ovlfs_free(fs);
+		return 1;
+	}
+	ret = ovlfs_export_tar(fs, fd);
+	if (!to_stdout && close(fd) < 0 && ret == 0) {
+		err_msg("cannot write %s: %s", o.tar, strerror(errno));
+		ret = -EIO;
+	} else if (ret < 0) {
+		report_failure(fs, ret, "cannot export");
+	}
+	/* No half-written tarball left behind to be mistaken for a layer. */
+	if (ret < 0 && !to_stdout)
+		unlink(o.tar);
+	ovlfs_free(fs);
+	return ret < 0 ? 1 : 0;
+}
+
+static int cmd_apply(int argc, char **argv)
+{
+	const struct command *cmd = find_command("apply");
+	struct tar_opts o;
+	struct ovlfs *fs;
+	bool from_stdin;
+	int fd, ret;
+
+	ret = parse_tar_opts(cmd, true, argc, argv, &o);
+	if (ret >= 0)
+		return ret;
+	from_stdin = !strcmp(o.tar, "-");
+	fs = open_handle(&(struct fin_opts){ .lower = o.lower, .upper = o.upper });
+	if (!fs)
+		return 1;
+	fd = from_stdin ? STDIN_FILENO : open(o.tar, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		err_msg("cannot open %s: %s", o.tar, strerror(errno));
+		ovlfs_free(fs);
+		return 1;
+	}
+	if (o.commit)
+		progress_begin(fs, false);
+	ret = ovlfs_apply_tar(fs, fd, o.commit ? OVLFS_APPLY_COMMIT : 0);
+	progress_end();
+	if (ret < 0)
+		report_failure(fs, ret, "cannot apply");
+	if (!from_stdin)
+		close(fd);
+	ovlfs_free(fs);
+	return ret < 0 ? 1 : 0;
+}
 
 static const struct command *find_command(const char *name)
 {
