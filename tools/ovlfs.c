@@ -765,7 +765,8 @@ static int mount_daemon(const struct mount_opts *o)
 		if (fd >= 0) {
 			dup2(fd, STDIN_FILENO);
 			dup2(fd, STDOUT_FILENO);
-			if (!o->debug)
+			/* -d's traces need stderr, unless --log takes them. */
+			if (!o->debug || o->log_path)
 				dup2(fd, STDERR_FILENO);
 			if (fd > STDERR_FILENO)
 				close(fd);
