@@ -11,8 +11,8 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "ovlfs_i.h"
@@ -40,20 +40,17 @@ static void one_line(const char *raw, char *out, size_t outlen)
 
 static void write_stderr(const char *msg)
 {
-	size_t len = strlen(msg);
-	char *line = malloc(LOG_PREFIX_LEN + len + 1);
+	struct iovec iov[3] = {
+		{ .iov_base = (void *)LOG_PREFIX, .iov_len = LOG_PREFIX_LEN },
+		{ .iov_base = (void *)msg, .iov_len = strlen(msg) },
+		{ .iov_base = (void *)"\n", .iov_len = 1 },
+	};
 	ssize_t n;
 
-	if (!line)
-		return;
-	memcpy(line, LOG_PREFIX, LOG_PREFIX_LEN);
-	memcpy(line + LOG_PREFIX_LEN, msg, len);
-	line[LOG_PREFIX_LEN + len] = '\n';
-	/* One write: lines of several threads must not interleave. */
+	/* One call: lines of several threads must not interleave. */
 	do
-		n = write(STDERR_FILENO, line, LOG_PREFIX_LEN + len + 1);
+		n = writev(STDERR_FILENO, iov, 3);
 	while (n < 0 && errno == EINTR);
-	free(line);
 }
 
 void ovl_log(struct ovlfs *fs, enum ovlfs_log_level level, const char *fmt,

@@ -2183,7 +2183,8 @@ static int compat_option(char *opt, struct mount_opts *o, struct compat *c)
 	const struct compat_opt *e = compat_find(opt);
 	char *val = strchr(opt, '=');
 
-	val = val ? val + 1 : NULL;
+	/* "" for a flag: only options named with '=' look at it. */
+	val = val ? val + 1 : opt + strlen(opt);
 	if (!e)
 		return usage_error(NULL, "unknown mount option '%s'", opt);
 	switch (e->kind) {
@@ -2265,8 +2266,6 @@ static int compat_options(char *opts, struct mount_opts *o, struct compat *c)
 			return ret;
 		p = q + 1;
 	}
-	if (!c->n_lowers)
-		return usage_error(NULL, "missing lowerdir= option");
 	c->read_only = !c->upper;
 	if ((c->ro || c->read_only) &&
 	    !append_fuse_option(&o->fuse_options, "ro")) {
@@ -2391,7 +2390,6 @@ static int compat_main(int argc, char **argv)
 	};
 	struct mount_opts o = { 0 };
 	struct compat c = { 0 };
-	const char *args[2];
 	char *opts = NULL, obuf[8];
 	int nargs = 0, ch, ret = -1;
 
@@ -2402,10 +2400,10 @@ static int compat_main(int argc, char **argv)
 	       (ch = getopt_long(argc, argv, "-:o:fdh", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 1:
-			if (nargs == 2)
+			/* With two, the first is the fstab's source: unused. */
+			if (++nargs > 2)
 				ret = usage_error(NULL, "too many arguments");
-			else
-				args[nargs++] = optarg;
+			o.mount_point = optarg;
 			break;
 		case 'o':
 			if (!append_fuse_option(&opts, optarg)) {
@@ -2432,23 +2430,30 @@ static int compat_main(int argc, char **argv)
 					  bad_option(argv, obuf, sizeof(obuf)));
 		}
 	}
-	if (ret < 0 && nargs == 0)
+	if (ret >= 0)
+		goto out;
+	if (!o.mount_point) {
 		ret = usage_error(NULL, "missing MOUNTPOINT");
-	if (ret < 0) {
-		/* With two, the first is the fstab's source field: unused. */
-		o.mount_point = args[nargs - 1];
-		ret = compat_options(opts, &o, &c);
+		goto out;
 	}
-	if (ret < 0 && compat_check(&o, &c))
+	ret = compat_options(opts, &o, &c);
+	if (ret >= 0)
+		goto out;
+	if (!c.n_lowers || !c.lowers) {
+		ret = usage_error(NULL, "missing lowerdir= option");
+		goto out;
+	}
+	if (compat_check(&o, &c)) {
 		ret = 1;
-	if (ret < 0 && o.log_path)
-		ret = log_open(o.log_path);
-	if (ret < 0) {
-		o.lower = c.lowers[0];
-		o.upper = c.upper;
-		o.compat = &c;
-		ret = o.foreground ? mount_foreground(&o) : mount_daemon(&o);
+		goto out;
 	}
+	if (o.log_path && (ret = log_open(o.log_path)) >= 0)
+		goto out;
+	o.lower = c.lowers[0];
+	o.upper = c.upper;
+	o.compat = &c;
+	ret = o.foreground ? mount_foreground(&o) : mount_daemon(&o);
+out:
 	compat_free(&c);
 	free(o.fuse_options);
 	free(opts);
