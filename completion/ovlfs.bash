@@ -14,7 +14,7 @@ _ovlfs_opts()
 			"--debug -d --help -h" ;;
 	run)
 		echo "--upper= -u= --lower= --inode-mode= -i= -o= --format=" \
-			"--into= --no-passthrough --on-exit= --help -h" ;;
+			"--into= --log= --no-passthrough --on-exit= --help -h" ;;
 	diff)
 		echo "--upper= -u= --lower= --into= --json --help -h" ;;
 	commit)

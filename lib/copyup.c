@@ -525,6 +525,30 @@ out_put:
 	return err;
 }
 
+/*
+ * The writer only sees an errno (ENOSPC on a write it thought went to its
+ * own file): say which copy-up failed. Once: a parent's failure was
+ * logged for the parent.
+ */
+static void copy_up_failed(struct ovl_fs *ofs, struct ovl_node *node, int err)
+{
+	char path[1024];
+	struct ovl_node *parent;
+	bool parents_ok;
+
+	if (err == -ENOENT)
+		return;		/* gone meanwhile: nothing failed */
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	parent = node->parent;
+	parents_ok = node->deleted || !parent || ovl_node_has_upper(parent);
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	if (!parents_ok)
+		return;
+	ovl_node_path(ofs, node, path, sizeof(path));
+	ovl_log(ofs->pub, OVLFS_LOG_ERR, "copy-up of %s failed: %s", path,
+		strerror(-err));
+}
+
 static int copy_up(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 {
 	int err = 0;
@@ -539,6 +563,8 @@ static int copy_up(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 	if (!ovl_node_has_upper(node))
 		err = copy_up_one(ofs, node, data);
 	pthread_mutex_unlock(&node->copyup_lock);
+	if (err)
+		copy_up_failed(ofs, node, err);
 	return err;
 }
 

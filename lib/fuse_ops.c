@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <linux/fuse.h>
 #include <stdlib.h>
@@ -1002,8 +1003,11 @@ int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point)
 		return -EIO;
 	ofs->dev_fd = fuse_session_fd(ofs->se);
 	if (ofs->pt_want &&
-	    fuse_session_custom_io(ofs->se, &io, ofs->dev_fd) < 0)
+	    fuse_session_custom_io(ofs->se, &io, ofs->dev_fd) < 0) {
 		ofs->pt_want = false;
+		ovl_log(ofs->pub, OVLFS_LOG_WARNING,
+			"passthrough off: libfuse refused our session i/o hooks");
+	}
 	return 0;
 }
 
@@ -1044,6 +1048,7 @@ struct loop {
 					   quick request */
 	uint64_t turn_gen;		/* lock: bumped when the turn passes */
 	uint64_t served;		/* lock: quick requests begun */
+	uint64_t stuck;			/* lock: turns the monitor took */
 	int idle;			/* lock: followers waiting for the turn */
 	int nthreads;			/* lock: started besides the first */
 	pthread_t threads[OVL_MAX_THREADS];	/* lock */
@@ -1132,7 +1137,7 @@ static void loop_pass_turn(struct loop *L)
 static void *loop_monitor(void *arg)
 {
 	struct loop *L = arg;
-	uint64_t seen = 0;
+	uint64_t seen = 0, stuck;
 	struct timespec t;
 
 	pthread_mutex_lock(&L->lock);
@@ -1145,9 +1150,24 @@ static void *loop_monitor(void *arg)
 		}
 		pthread_cond_timedwait(&L->stop, &L->lock, &t);
 		/* The same request in service since the last look: stuck. */
-		if (L->busy && L->served == seen && !L->done)
+		stuck = 0;
+		if (L->busy && L->served == seen && !L->done) {
 			loop_pass_turn(L);
+			stuck = ++L->stuck;
+		}
 		seen = L->served;
+		/*
+		 * A slow layer makes every request wait: worth a line, but
+		 * at the 1st, 2nd, 4th, 8th... time only, or it floods.
+		 */
+		if (stuck && !(stuck & (stuck - 1))) {
+			pthread_mutex_unlock(&L->lock);
+			ovl_log(L->ofs->pub, OVLFS_LOG_WARNING,
+				"a request took over %d ms (%" PRIu64
+				" so far): a layer is slow to answer",
+				OVL_STUCK_MS, stuck);
+			pthread_mutex_lock(&L->lock);
+		}
 	}
 	pthread_mutex_unlock(&L->lock);
 	return NULL;

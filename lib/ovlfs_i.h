@@ -812,4 +812,21 @@ void ovl_fuse_session_destroy(struct ovl_fs *ofs);
  */
 void ovl_notify_attr_changed(struct ovl_fs *ofs, struct ovl_node *node);
 
+/* ===== log.c: messages about what happens while mounted ===== */
+
+/*
+ * One line (control bytes escaped) to fs->log_fn, or "ovlfs: MSG" to
+ * stderr in one write. Any thread, any lock held but a caller's own:
+ * the application's function runs inside.
+ */
+void ovl_log(struct ovlfs *fs, enum ovlfs_log_level level, const char *fmt,
+	     ...) __attribute__((format(printf, 3, 4)));
+/*
+ * NODE's path in the merged view ("/etc/passwd") into BUF (LEN bytes, at
+ * least 16), for messages only: "..." stands for what did not fit, and a
+ * deleted node's last name gets " (deleted)". Takes ns_lock for reading.
+ */
+void ovl_node_path(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
+		   size_t len);
+
 #endif /* OVLFS_I_H */

@@ -127,9 +127,9 @@ int ovl_pt_open(struct ovl_fs *ofs, struct ovl_file *f)
 		if (id > 0) {
 			n->backing_id = id;
 		} else {
-			if (ofs->pub->debug)
-				fprintf(stderr, "ovlfs: passthrough off: %s\n",
-					strerror(-id));
+			ovl_log(ofs->pub, OVLFS_LOG_WARNING,
+				"passthrough off: cannot register a backing file: %s; files are served through ovlfs",
+				strerror(-id));
 			atomic_store(&ofs->pt_on, false);
 			id = 0;
 		}

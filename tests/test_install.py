@@ -270,7 +270,8 @@ def test_quickstart_against_install(installed, work, tmp_path):
 def tool_commands():
     """The commands `ovlfs help` lists."""
     r = ovlfs("help", check=True)
-    body = r.out.split("commands:", 1)[1]
+    # The command list ends at the first blank line.
+    body = r.out.split("commands:", 1)[1].split("\n\n", 1)[0]
     return [m.group(1) for m in re.finditer(r"^  (\S+)\s", body, re.M)]
 
 

@@ -16,6 +16,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <fuse_log.h>
 #include <inttypes.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -30,6 +31,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,6 +59,16 @@ static int cmd_flatten(int argc, char **argv);
 static int cmd_convert(int argc, char **argv);
 static int cmd_export(int argc, char **argv);
 static int cmd_apply(int argc, char **argv);
+
+/* Logging and the mount(8) syntax, at the end of the file. */
+struct mount_opts;
+struct compat;
+static int log_open(const char *path);
+static int log_attach(struct ovlfs *fs, const struct mount_opts *o);
+static void log_daemon_started(const struct mount_opts *o);
+static int compat_setup(struct ovlfs *fs, const struct compat *c);
+static bool compat_invocation(int argc, char **argv);
+static int compat_main(int argc, char **argv);
 
 /* clang-format off */
 static const struct command commands[] = {
@@ -97,7 +109,13 @@ static const struct command commands[] = {
 "  -f, --foreground         stay in the foreground until unmounted;\n"
 "                           SIGINT/SIGTERM unmount cleanly\n"
 "  -d, --debug              print every FUSE request to stderr (in the\n"
-"                           background, stderr is kept open for this)\n"
+"                           background, stderr is kept open for this), or\n"
+"                           to the --log file\n"
+"      --log FILE           append what happens while mounted (copy-up\n"
+"                           failures, fallbacks) to FILE, one line each:\n"
+"                           'YYYY-MM-DDTHH:MM:SS.mmm LEVEL message'; by\n"
+"                           default it goes to syslog in the background,\n"
+"                           to stderr with -f\n"
 "  -h, --help               show this help\n",
 	},
 	{
@@ -151,6 +169,8 @@ static const struct command commands[] = {
 "      --no-passthrough     serve all file I/O through ovlfs (by default,\n"
 "                           with CAP_SYS_ADMIN on Linux 6.9+, the kernel\n"
 "                           reads and writes upper files directly)\n"
+"      --log FILE           append what happens while mounted to FILE, as\n"
+"                           for 'ovlfs mount' (by default: stderr)\n"
 "  --on-exit ACTION         what to do with the changes once COMMAND ended:\n"
 "                             ask            ask on the terminal (the\n"
 "                                            default when stdin and stderr\n"
@@ -424,7 +444,13 @@ static void main_usage(FILE *out)
 	for (i = 0; i < N_COMMANDS; i++)
 		fprintf(out, "  %-10s %s\n", commands[i].name,
 			commands[i].summary);
-	fputs("\n'ovlfs COMMAND --help' describes one command.\n", out);
+	fputs("\n'ovlfs COMMAND --help' describes one command.\n"
+	      "\n"
+	      "Also, as mount(8) and fuse-overlayfs have it (docs/compat.md):\n"
+	      "  ovlfs [-f] [-d] -o lowerdir=A[:B...][,upperdir=U,workdir=W]"
+	      " MOUNTPOINT\n"
+	      "  mount -t fuse.ovlfs ovlfs MOUNTPOINT -o lowerdir=A,...\n",
+	      out);
 }
 
 /* Bad usage of command CMD (NULL: of ovlfs itself); returns 2. */
@@ -560,6 +586,7 @@ enum {
 	OPT_FORMAT,
 	OPT_INTO,
 	OPT_TO,
+	OPT_LOG,
 };
 
 /*
@@ -645,6 +672,8 @@ struct mount_opts {
 	bool read_only;
 	bool foreground;
 	bool debug;
+	const char *log_path;		/* --log, or NULL */
+	const struct compat *compat;	/* the mount(8) syntax's extras */
 };
 
 static void mount_opts_free(struct mount_opts *o)
@@ -661,6 +690,7 @@ static void mount_opts_free(struct mount_opts *o)
  */
 static sigset_t stop_signals;
 static atomic_bool serving_done;
+static bool in_daemon;		/* the background process of mount_daemon */
 static char *served_mount_point;
 
 static void *signal_thread(void *arg)
@@ -770,6 +800,10 @@ static struct ovlfs *do_mount(const struct mount_opts *o, char *err,
 	if (o->format && (ret = ovlfs_set_format(fs, o->format)) < 0)
 		goto fail;
 	if (o->into && (ret = ovlfs_set_commit_into(fs, o->into)) < 0)
+		goto fail;
+	if (o->compat && (ret = compat_setup(fs, o->compat)) < 0)
+		goto fail;
+	if ((ret = log_attach(fs, o)) < 0)
 		goto fail;
 	ret = ovlfs_mount(fs);
 	if (ret < 0)
@@ -927,6 +961,7 @@ static int mount_daemon(const struct mount_opts *o)
 		int fd;
 
 		close(pfd[0]);
+		in_daemon = true;
 		if (setsid() < 0) {
 			/* Only fails if already a group leader: not after fork. */
 		}
@@ -946,11 +981,13 @@ static int mount_daemon(const struct mount_opts *o)
 		if (fd >= 0) {
 			dup2(fd, STDIN_FILENO);
 			dup2(fd, STDOUT_FILENO);
-			if (!o->debug)
+			/* -d's traces need stderr, unless --log takes them. */
+			if (!o->debug || o->log_path)
 				dup2(fd, STDERR_FILENO);
 			if (fd > STDERR_FILENO)
 				close(fd);
 		}
+		log_daemon_started(o);
 		write_all(pfd[1], "0", 1);
 		close(pfd[1]);
 		exit(serve(fs));
@@ -1003,6 +1040,9 @@ static int overlay_option(const struct command *cmd, int c,
 	case OPT_INTO:
 		o->into = optarg;
 		return -1;
+	case OPT_LOG:
+		o->log_path = optarg;
+		return -1;
 	default:	/* 'o' */
 		if (!append_fuse_option(&o->fuse_options, optarg)) {
 			err_msg("out of memory");
@@ -1021,6 +1061,7 @@ static int cmd_mount(int argc, char **argv)
 		{ "lower", required_argument, NULL, OPT_LOWER },
 		{ "read-only", no_argument, NULL, OPT_READ_ONLY },
 		{ "format", required_argument, NULL, OPT_FORMAT },
+		{ "log", required_argument, NULL, OPT_LOG },
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
@@ -1045,6 +1086,7 @@ static int cmd_mount(int argc, char **argv)
 		case OPT_LOWER:
 		case OPT_READ_ONLY:
 		case OPT_FORMAT:
+		case OPT_LOG:
 			ret = overlay_option(cmd, c, &o);
 			if (ret >= 0) {
 				mount_opts_free(&o);
@@ -1086,6 +1128,10 @@ static int cmd_mount(int argc, char **argv)
 		o.lower = argv[optind];
 		if (argc - optind == 2)
 			o.mount_point = argv[optind + 1];
+	}
+	if (o.log_path && (ret = log_open(o.log_path)) >= 0) {
+		mount_opts_free(&o);
+		return ret;
 	}
 
 	ret = o.foreground ? mount_foreground(&o) : mount_daemon(&o);
@@ -1869,6 +1915,7 @@ static int cmd_run(int argc, char **argv)
 		{ "upper", required_argument, NULL, 'u' },
 		{ "inode-mode", required_argument, NULL, 'i' },
 		{ "no-passthrough", no_argument, NULL, OPT_NO_PASSTHROUGH },
+		{ "log", required_argument, NULL, OPT_LOG },
 		{ "on-exit", required_argument, NULL, 'E' },
 		{ "lower", required_argument, NULL, OPT_LOWER },
 		{ "format", required_argument, NULL, OPT_FORMAT },
@@ -1915,6 +1962,7 @@ static int cmd_run(int argc, char **argv)
 		case OPT_LOWER:
 		case OPT_FORMAT:
 		case OPT_INTO:
+		case OPT_LOG:
 			ret = overlay_option(cmd, c, &o);
 			if (ret >= 0) {
 				mount_opts_free(&o);
@@ -1969,6 +2017,10 @@ static int cmd_run(int argc, char **argv)
 	}
 	if (!o.lowers.n)
 		o.lower = argv[optind];
+	if (o.log_path && (ret = log_open(o.log_path)) >= 0) {
+		mount_opts_free(&o);
+		return ret;
+	}
 
 	/*
 	 * As system(3): SIGINT and SIGQUIT ignored (COMMAND gets them from
@@ -2064,6 +2116,669 @@ finish:
 	ovlfs_free(fs);
 	free(upper);
 	return code;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Logging */
+
+/*
+ * Where the lines of a mount go: the --log file, or syslog for a daemon,
+ * or (neither) stderr, where the library and libfuse write by themselves.
+ * Process-wide, as libfuse's log hook is.
+ */
+static int log_fd = -1;
+static bool log_syslog;
+
+static const char *const level_names[] = {
+	"EMERG", "ALERT", "CRIT", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG",
+};
+
+/* Open FILE for --log: -1 to go on, or the exit status after a message. */
+static int log_open(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY,
+		      0640);
+
+	if (fd < 0) {
+		err_msg("cannot open log file %s: %s", path, strerror(errno));
+		return 1;
+	}
+	if (log_fd >= 0)
+		close(log_fd);
+	log_fd = fd;
+	return -1;
+}
+
+/* MSG, one line without its newline, to the sink, from any thread. */
+static void log_line(int level, const char *msg)
+{
+	size_t len = strlen(msg), cap = len + 64;
+	struct timespec ts;
+	struct tm tm;
+	char stamp[32];
+	char *line;
+	int n;
+
+	if (level < 0 || level > 7)
+		level = LOG_ERR;
+	if (log_syslog) {
+		syslog(level, "%s", msg);
+		return;
+	}
+	if (log_fd < 0)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	localtime_r(&ts.tv_sec, &tm);
+	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+	line = malloc(cap);
+	if (!line)
+		return;
+	n = snprintf(line, cap, "%s.%03ld %s %s\n", stamp,
+		     ts.tv_nsec / 1000000, level_names[level], msg);
+	/*
+	 * One write to an O_APPEND file: lines of several threads (and of
+	 * several mounts sharing the file) never interleave.
+	 */
+	if (n > 0 && write_all(log_fd, line, (size_t)n < cap ? (size_t)n : cap - 1) < 0) {
+		/* Nowhere left to tell: the mount goes on without its log. */
+	}
+	free(line);
+}
+
+static void lib_log_hook(enum ovlfs_log_level level, const char *msg,
+			 void *arg)
+{
+	(void)arg;
+	log_line((int)level, msg);
+}
+
+/* libfuse's messages (and -d's request traces), line by line. */
+static void fuse_log_hook(enum fuse_log_level level, const char *fmt,
+			  va_list ap)
+{
+	char buf[2048], *line, *nl;
+
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	for (line = buf; *line; line = nl + 1) {
+		nl = strchr(line, '\n');
+		if (nl)
+			*nl = '\0';
+		if (*line)
+			log_line((int)level, line);
+		if (!nl)
+			break;
+	}
+}
+
+/*
+ * Route FS's lines as O asks (called just before the mount). A file
+ * takes everything from the start, -d's traces too; syslog takes
+ * libfuse's own lines only once the mount is up (log_daemon_started),
+ * so a failing mount still explains itself on the terminal.
+ */
+static int log_attach(struct ovlfs *fs, const struct mount_opts *o)
+{
+	int ret;
+
+	if (log_fd < 0 && !in_daemon)
+		return 0;
+	if (log_fd < 0) {
+		openlog("ovlfs", LOG_PID, LOG_DAEMON);
+		log_syslog = true;
+	}
+	ret = ovlfs_set_log(fs, lib_log_hook, NULL);
+	if (ret < 0)
+		return ret;
+	if (log_fd >= 0)
+		fuse_set_log_func(fuse_log_hook);
+	return 0;
+}
+
+static void log_daemon_started(const struct mount_opts *o)
+{
+	/* With -d and no --log, stderr stays open for the traces. */
+	if (log_syslog && !o->debug)
+		fuse_set_log_func(fuse_log_hook);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The mount(8) / fuse-overlayfs syntax (docs/compat.md) */
+
+static const char compat_usage[] =
+"usage: ovlfs [-f] [-d] -o lowerdir=A[:B...][,upperdir=U][,workdir=W][,OPT...]\n"
+"             [SOURCE] MOUNTPOINT\n"
+"\n"
+"The syntax of the kernel's overlayfs and of fuse-overlayfs, as mount(8)\n"
+"runs it for 'mount -t fuse.ovlfs' and fstab lines of type fuse.ovlfs\n"
+"(SOURCE, the fstab's first field, is ignored). -o may be repeated and\n"
+"may come before or after the other arguments.\n"
+"\n"
+"  lowerdir=A:B:C   read-only layers, leftmost on top ('\\:' for a colon\n"
+"                   in a name, '\\\\' for a backslash, '\\,' for a comma)\n"
+"  upperdir=U       the writable layer (must exist); without it the\n"
+"                   mount is read-only\n"
+"  workdir=W        checked (an existing directory outside the layers)\n"
+"                   and otherwise unused: ovlfs needs no work directory\n"
+"  ro               read-only mount\n"
+"  inode=MODE       virtual (default) or persistent, as for 'ovlfs mount'\n"
+"  format=FORMAT    auto (default), oci or kernel\n"
+"  log=FILE         as 'ovlfs mount --log FILE'\n"
+"  debug            as -d, but stays in the background\n"
+"\n"
+"FUSE options (allow_other, default_permissions, fsname=, ...) and the\n"
+"kernel's mount flags (nosuid, nodev, noexec, ...) are passed on; as\n"
+"root, allow_other is added. Options of fuse-overlayfs or the kernel's\n"
+"overlayfs that would change what the mount shows are refused.\n"
+"\n"
+"  -f               stay in the foreground\n"
+"  -d, --debug      print every FUSE request; implies -f\n"
+"  -h, --help       show this help\n";
+
+struct compat {
+	char **lowers;		/* unescaped, topmost first */
+	size_t n_lowers;
+	char *upper, *work;	/* unescaped, or NULL */
+	bool read_only;		/* no upperdir: a read-only merged view */
+	bool ro;		/* the "ro" flag was given */
+	bool allow_other;	/* given, so not to be added again */
+	enum ovlfs_format format;
+	bool format_set;
+};
+
+enum compat_kind {
+	CO_LOWER, CO_UPPER, CO_WORK, CO_RO, CO_INODE, CO_FORMAT, CO_LOG,
+	CO_DEBUG,
+	CO_FUSE,	/* libfuse takes it: a FUSE option or a mount flag */
+	CO_DROP,	/* mount(8)'s own, or no meaning for a FUSE mount */
+	CO_IGNORE,	/* tuning of fuse-overlayfs: no effect on what is shown */
+	CO_OFF_ONLY,	/* a feature ovlfs lacks: only its "off" values */
+	CO_REFUSE,	/* would change what the mount shows: not implemented */
+};
+
+/*
+ * NAME ending in '=' or '-' matches by prefix (its value follows), any
+ * other exactly. OK: for CO_OFF_ONLY, the accepted values, '|' separated.
+ */
+static const struct compat_opt {
+	const char *name;
+	enum compat_kind kind;
+	const char *ok;
+} compat_opts[] = {
+	{ "lowerdir=", CO_LOWER, NULL },
+	{ "upperdir=", CO_UPPER, NULL },
+	{ "workdir=", CO_WORK, NULL },
+	{ "ro", CO_RO, NULL },
+	{ "inode=", CO_INODE, NULL },
+	{ "format=", CO_FORMAT, NULL },
+	{ "log=", CO_LOG, NULL },
+	{ "debug", CO_DEBUG, NULL },
+	/* What libfuse 3.14's fuse_session_new/mount accept. */
+	{ "rw", CO_FUSE, NULL },
+	{ "dev", CO_FUSE, NULL },
+	{ "nodev", CO_FUSE, NULL },
+	{ "suid", CO_FUSE, NULL },
+	{ "nosuid", CO_FUSE, NULL },
+	{ "exec", CO_FUSE, NULL },
+	{ "noexec", CO_FUSE, NULL },
+	{ "atime", CO_FUSE, NULL },
+	{ "noatime", CO_FUSE, NULL },
+	{ "sync", CO_FUSE, NULL },
+	{ "async", CO_FUSE, NULL },
+	{ "dirsync", CO_FUSE, NULL },
+	{ "allow_other", CO_FUSE, NULL },
+	{ "allow_root", CO_FUSE, NULL },
+	{ "default_permissions", CO_FUSE, NULL },
+	{ "auto_unmount", CO_FUSE, NULL },
+	{ "fsname=", CO_FUSE, NULL },
+	{ "subtype=", CO_FUSE, NULL },
+	{ "user=", CO_FUSE, NULL },
+	{ "context=", CO_FUSE, NULL },
+	{ "fscontext=", CO_FUSE, NULL },
+	{ "defcontext=", CO_FUSE, NULL },
+	{ "rootcontext=", CO_FUSE, NULL },
+	/* mount(8)'s, or flags libfuse 3.14 refuses and FUSE has no use for */
+	{ "defaults", CO_DROP, NULL },
+	{ "auto", CO_DROP, NULL },
+	{ "noauto", CO_DROP, NULL },
+	{ "user", CO_DROP, NULL },
+	{ "nouser", CO_DROP, NULL },
+	{ "users", CO_DROP, NULL },
+	{ "owner", CO_DROP, NULL },
+	{ "group", CO_DROP, NULL },
+	{ "nofail", CO_DROP, NULL },
+	{ "_netdev", CO_DROP, NULL },
+	{ "x-", CO_DROP, NULL },
+	{ "comment=", CO_DROP, NULL },
+	{ "relatime", CO_DROP, NULL },
+	{ "norelatime", CO_DROP, NULL },
+	{ "strictatime", CO_DROP, NULL },
+	{ "nostrictatime", CO_DROP, NULL },
+	{ "diratime", CO_DROP, NULL },
+	{ "nodiratime", CO_DROP, NULL },
+	{ "lazytime", CO_DROP, NULL },
+	{ "nolazytime", CO_DROP, NULL },
+	/* fuse-overlayfs' tuning */
+	{ "fsync=", CO_IGNORE, NULL },
+	{ "threaded=", CO_IGNORE, NULL },
+	{ "fast_ino=", CO_IGNORE, NULL },
+	{ "timeout=", CO_IGNORE, NULL },
+	{ "writeback=", CO_IGNORE, NULL },
+	{ "clone_fd", CO_IGNORE, NULL },
+	{ "max_threads=", CO_IGNORE, NULL },
+	{ "max_idle_threads=", CO_IGNORE, NULL },
+	/* features of the kernel's or fuse-overlayfs, off: what ovlfs does */
+	{ "redirect_dir=", CO_OFF_ONLY, "off|nofollow" },
+	{ "index=", CO_OFF_ONLY, "off" },
+	{ "metacopy=", CO_OFF_ONLY, "off" },
+	{ "nfs_export=", CO_OFF_ONLY, "off" },
+	{ "xino=", CO_OFF_ONLY, "off" },
+	{ "noxattrs=", CO_OFF_ONLY, "0" },
+	{ "xattr_permissions=", CO_OFF_ONLY, "0" },
+	/* would change what the mount shows */
+	{ "uidmapping=", CO_REFUSE, NULL },
+	{ "gidmapping=", CO_REFUSE, NULL },
+	{ "squash_to_root", CO_REFUSE, NULL },
+	{ "squash_to_uid=", CO_REFUSE, NULL },
+	{ "squash_to_gid=", CO_REFUSE, NULL },
+	{ "static_nlink", CO_REFUSE, NULL },
+	{ "noacl", CO_REFUSE, NULL },
+	{ "plugins=", CO_REFUSE, NULL },
+	{ "volatile", CO_REFUSE, NULL },
+	{ "userxattr", CO_REFUSE, NULL },
+	{ "max_read=", CO_REFUSE, NULL },
+	{ "blkdev", CO_REFUSE, NULL },
+	{ "blksize=", CO_REFUSE, NULL },
+};
+
+static const struct compat_opt *compat_find(const char *opt)
+{
+	size_t i, n;
+
+	for (i = 0; i < sizeof(compat_opts) / sizeof(compat_opts[0]); i++) {
+		const char *name = compat_opts[i].name;
+
+		n = strlen(name);
+		if (name[n - 1] == '=' || name[n - 1] == '-') {
+			if (strncmp(opt, name, n) == 0)
+				return &compat_opts[i];
+		} else if (strcmp(opt, name) == 0) {
+			return &compat_opts[i];
+		}
+	}
+	return NULL;
+}
+
+/* Is VAL one of the '|' separated values in LIST? */
+static bool in_list(const char *val, const char *list)
+{
+	size_t n = strlen(val);
+
+	while (list && *list) {
+		const char *end = strchrnul(list, '|');
+
+		if ((size_t)(end - list) == n && strncmp(list, val, n) == 0)
+			return true;
+		list = *end ? end + 1 : NULL;
+	}
+	return false;
+}
+
+/* S with the kernel's escapes undone ("\x" is x), in place. */
+static char *unescape(char *s)
+{
+	char *r = s, *w = s;
+
+	for (; *r; r++) {
+		if (*r == '\\' && r[1])
+			r++;
+		*w++ = *r;
+	}
+	*w = '\0';
+	return s;
+}
+
+static void compat_free(struct compat *c)
+{
+	for (size_t i = 0; i < c->n_lowers; i++)
+		free(c->lowers[i]);
+	free(c->lowers);
+	free(c->upper);
+	free(c->work);
+	memset(c, 0, sizeof(*c));
+}
+
+/*
+ * lowerdir=VAL (escapes still in) into C->lowers: -1 to go on, or the exit
+ * status. A later lowerdir= replaces an earlier one, as for the kernel.
+ */
+static int compat_lowers(const char *val, struct compat *c)
+{
+	const char *p = val, *q;
+	char *l, **v;
+
+	for (size_t i = 0; i < c->n_lowers; i++)
+		free(c->lowers[i]);
+	c->n_lowers = 0;
+	for (;;) {
+		for (q = p; *q && *q != ':'; q++)
+			if (*q == '\\' && q[1])
+				q++;
+		if (q == p)
+			return usage_error(NULL,
+					   "lowerdir=%s: empty layer (a ':' at either end or '::')",
+					   val);
+		l = strndup(p, q - p);
+		v = l ? realloc(c->lowers, (c->n_lowers + 1) * sizeof(*v)) : NULL;
+		if (!v) {
+			free(l);
+			err_msg("out of memory");
+			return 1;
+		}
+		c->lowers = v;
+		c->lowers[c->n_lowers++] = unescape(l);
+		if (!*q)
+			return -1;
+		p = q + 1;
+	}
+}
+
+/* A path option's value, unescaped, into *FIELD: -1, or the exit status. */
+static int compat_path(const char *opt, const char *val, char **field)
+{
+	free(*field);
+	*field = NULL;
+	if (!*val)
+		return usage_error(NULL, "%s: empty path", opt);
+	*field = strdup(val);
+	if (!*field) {
+		err_msg("out of memory");
+		return 1;
+	}
+	unescape(*field);
+	return -1;
+}
+
+/* One option OPT of -o: -1 to go on, or the exit status. */
+static int compat_option(char *opt, struct mount_opts *o, struct compat *c)
+{
+	const struct compat_opt *e = compat_find(opt);
+	char *val = strchr(opt, '=');
+
+	/* "" for a flag: only options named with '=' look at it. */
+	val = val ? val + 1 : opt + strlen(opt);
+	if (!e)
+		return usage_error(NULL, "unknown mount option '%s'", opt);
+	switch (e->kind) {
+	case CO_LOWER:
+		return compat_lowers(val, c);
+	case CO_UPPER:
+		return compat_path("upperdir", val, &c->upper);
+	case CO_WORK:
+		return compat_path("workdir", val, &c->work);
+	case CO_RO:
+		c->ro = true;
+		return -1;
+	case CO_INODE:
+		if (!parse_inode_mode(val, &o->inode_mode))
+			return usage_error(NULL,
+					   "invalid inode mode '%s' (expected virtual or persistent)",
+					   val);
+		o->inode_mode_set = true;
+		return -1;
+	case CO_FORMAT:
+		if (strcmp(val, "auto") == 0)
+			c->format = OVLFS_FORMAT_AUTO;
+		else if (strcmp(val, "oci") == 0)
+			c->format = OVLFS_FORMAT_OCI;
+		else if (strcmp(val, "kernel") == 0)
+			c->format = OVLFS_FORMAT_KERNEL;
+		else
+			return usage_error(NULL,
+					   "invalid format '%s' (expected auto, oci or kernel)",
+					   val);
+		c->format_set = true;
+		return -1;
+	case CO_LOG:
+		if (!*val)
+			return usage_error(NULL, "log: empty path");
+		o->log_path = unescape(val);
+		return -1;
+	case CO_DEBUG:
+		o->debug = true;
+		return -1;
+	case CO_FUSE:
+		if (strcmp(opt, "allow_other") == 0)
+			c->allow_other = true;
+		if (!append_fuse_option(&o->fuse_options, opt)) {
+			err_msg("out of memory");
+			return 1;
+		}
+		return -1;
+	case CO_DROP:
+	case CO_IGNORE:
+		return -1;
+	case CO_OFF_ONLY:
+		if (in_list(val, e->ok))
+			return -1;
+		break;
+	case CO_REFUSE:
+		break;
+	}
+	return usage_error(NULL,
+			   "mount option '%s' is not supported: ovlfs does not implement it",
+			   opt);
+}
+
+/* Every option of the joined -o values OPTS: -1, or the exit status. */
+static int compat_options(char *opts, struct mount_opts *o, struct compat *c)
+{
+	char *p = opts, *q;
+	bool last = !p || !*p;
+	int ret;
+
+	while (!last) {
+		/* A comma ends an option unless escaped ("\,"). */
+		for (q = p; *q && *q != ','; q++)
+			if (*q == '\\' && q[1])
+				q++;
+		last = !*q;
+		*q = '\0';
+		if (*p && (ret = compat_option(p, o, c)) >= 0)
+			return ret;
+		p = q + 1;
+	}
+	c->read_only = !c->upper;
+	if ((c->ro || c->read_only) &&
+	    !append_fuse_option(&o->fuse_options, "ro")) {
+		err_msg("out of memory");
+		return 1;
+	}
+	/*
+	 * As fuse-overlayfs: root mounts for everyone, as the kernel's
+	 * overlayfs does; the kernel checks the modes (the library always
+	 * asks for default_permissions).
+	 */
+	if (geteuid() == 0 && !c->allow_other &&
+	    !append_fuse_option(&o->fuse_options, "allow_other")) {
+		err_msg("out of memory");
+		return 1;
+	}
+	return -1;
+}
+
+/* Canonical A equals canonical B or lies inside it. */
+static bool path_within(const char *a, const char *b)
+{
+	size_t n = strlen(b);
+
+	if (strcmp(b, "/") == 0)
+		return true;
+	return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/');
+}
+
+/* WHAT (PATH) must be an existing directory: 0, or 1 after a message. */
+static int need_dir(const char *what, const char *path)
+{
+	struct stat st;
+
+	if (stat(path, &st) < 0) {
+		err_msg("%s %s: %s", what, path, strerror(errno));
+		return 1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		err_msg("%s %s: %s", what, path, strerror(ENOTDIR));
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * What the kernel checks before it mounts, with messages naming the
+ * layer; the library checks the rest. 0, or 1 after a message.
+ */
+static int compat_check(const struct mount_opts *o, const struct compat *c)
+{
+	char *work = NULL, *other;
+	size_t i;
+	int ret = 0;
+
+	for (i = 0; i < c->n_lowers && !ret; i++)
+		ret = need_dir("lowerdir", c->lowers[i]);
+	if (!ret && c->upper)
+		ret = need_dir("upperdir", c->upper);
+	if (!ret)
+		ret = need_dir("mount point", o->mount_point);
+	if (ret || !c->work)
+		return ret;
+	if (need_dir("workdir", c->work))
+		return 1;
+	/*
+	 * Unused, but the kernel would refuse one that overlaps a layer,
+	 * and so a line that works here works there too.
+	 */
+	work = realpath(c->work, NULL);
+	for (i = 0; work && i <= c->n_lowers && !ret; i++) {
+		const char *layer = i < c->n_lowers ? c->lowers[i] : c->upper;
+
+		if (!layer)
+			continue;
+		other = realpath(layer, NULL);
+		if (other && (path_within(work, other) ||
+			      path_within(other, work))) {
+			err_msg("workdir %s: overlaps %s %s", c->work,
+				i < c->n_lowers ? "lowerdir" : "upperdir",
+				layer);
+			ret = 1;
+		}
+		free(other);
+	}
+	free(work);
+	return ret;
+}
+
+static int compat_setup(struct ovlfs *fs, const struct compat *c)
+{
+	size_t i;
+	int ret = 0;
+
+	for (i = 1; i < c->n_lowers && !ret; i++)
+		ret = ovlfs_add_lower(fs, c->lowers[i]);
+	if (!ret && c->read_only)
+		ret = ovlfs_set_read_only(fs, true);
+	if (!ret && c->format_set)
+		ret = ovlfs_set_format(fs, c->format);
+	return ret;
+}
+
+/*
+ * Is this `ovlfs [SOURCE] MOUNTPOINT -o ...` (ARGV[1] is no command)?
+ * The -o is what tells it from a mistyped command.
+ */
+static bool compat_invocation(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++)
+		if (strncmp(argv[i], "-o", 2) == 0)
+			return true;
+	return false;
+}
+
+static int compat_main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "debug", no_argument, NULL, 'd' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct mount_opts o = { 0 };
+	struct compat c = { 0 };
+	char *opts = NULL, obuf[8];
+	int nargs = 0, ch, ret = -1;
+
+	optind = 1;
+	opterr = 0;
+	/* "-": arguments in order, so options may follow MOUNTPOINT. */
+	while (ret < 0 &&
+	       (ch = getopt_long(argc, argv, "-:o:fdh", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 1:
+			/* With two, the first is the fstab's source: unused. */
+			if (++nargs > 2)
+				ret = usage_error(NULL, "too many arguments");
+			o.mount_point = optarg;
+			break;
+		case 'o':
+			if (!append_fuse_option(&opts, optarg)) {
+				err_msg("out of memory");
+				ret = 1;
+			}
+			break;
+		case 'f':
+			o.foreground = true;
+			break;
+		case 'd':
+			o.debug = o.foreground = true;
+			break;
+		case 'h':
+			fputs(compat_usage, stdout);
+			ret = 0;
+			break;
+		case ':':
+			ret = usage_error(NULL, "option '%s' needs an argument",
+					  argv[optind - 1]);
+			break;
+		default:
+			ret = usage_error(NULL, "unknown option '%s'",
+					  bad_option(argv, obuf, sizeof(obuf)));
+		}
+	}
+	if (ret >= 0)
+		goto out;
+	if (!o.mount_point) {
+		ret = usage_error(NULL, "missing MOUNTPOINT");
+		goto out;
+	}
+	ret = compat_options(opts, &o, &c);
+	if (ret >= 0)
+		goto out;
+	if (!c.n_lowers || !c.lowers) {
+		ret = usage_error(NULL, "missing lowerdir= option");
+		goto out;
+	}
+	if (compat_check(&o, &c)) {
+		ret = 1;
+		goto out;
+	}
+	if (o.log_path && (ret = log_open(o.log_path)) >= 0)
+		goto out;
+	o.lower = c.lowers[0];
+	o.upper = c.upper;
+	o.compat = &c;
+	ret = o.foreground ? mount_foreground(&o) : mount_daemon(&o);
+out:
+	compat_free(&c);
+	free(o.fuse_options);
+	free(opts);
+	return ret;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -2238,6 +2953,8 @@ int main(int argc, char **argv)
 		printf("ovlfs %s\n", OVLFS_VERSION);
 		return 0;
 	}
+	if (!find_command(arg) && compat_invocation(argc, argv))
+		return compat_main(argc, argv);
 	if (arg[0] == '-')
 		return usage_error(NULL, "unknown option '%s'", arg);
 

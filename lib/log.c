@@ -1,0 +1,102 @@
+/*
+ * log.c: telling the user what happened while mounted.
+ *
+ * A serving thread that hits a failure only the caller of one syscall
+ * would otherwise see (a copy-up that ran out of space, passthrough
+ * turned off) says so here, once, in one line. The application chooses
+ * where lines go (ovlfs_set_log); without a choice they go to stderr.
+ * Any thread may log at any time, so nothing here keeps state: each line
+ * is formatted on the caller's stack and leaves in one call.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "ovlfs_i.h"
+
+#define LOG_PREFIX "ovlfs: "
+#define LOG_PREFIX_LEN (sizeof(LOG_PREFIX) - 1)
+
+/*
+ * Make RAW one printable line in OUT (OUTLEN bytes): paths may hold
+ * newlines or escape sequences, which must not forge or garble lines.
+ */
+static void one_line(const char *raw, char *out, size_t outlen)
+{
+	size_t o = 0;
+
+	for (const unsigned char *p = (const unsigned char *)raw;
+	     *p && o + 5 < outlen; p++) {
+		if (*p < 0x20 || *p == 0x7f)
+			o += snprintf(out + o, outlen - o, "\\x%02x", *p);
+		else
+			out[o++] = (char)*p;
+	}
+	out[o] = '\0';
+}
+
+static void write_stderr(const char *msg)
+{
+	struct iovec iov[3] = {
+		{ .iov_base = (void *)LOG_PREFIX, .iov_len = LOG_PREFIX_LEN },
+		{ .iov_base = (void *)msg, .iov_len = strlen(msg) },
+		{ .iov_base = (void *)"\n", .iov_len = 1 },
+	};
+	ssize_t n;
+
+	/* One call: lines of several threads must not interleave. */
+	do
+		n = writev(STDERR_FILENO, iov, 3);
+	while (n < 0 && errno == EINTR);
+}
+
+void ovl_log(struct ovlfs *fs, enum ovlfs_log_level level, const char *fmt,
+	     ...)
+{
+	char raw[1024], line[4 * sizeof(raw) + 8];
+	int saved = errno;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
+	va_end(ap);
+	one_line(raw, line, sizeof(line));
+	if (fs->log_fn)
+		fs->log_fn(level, line, fs->log_arg);
+	else
+		write_stderr(line);
+	errno = saved;
+}
+
+void ovl_node_path(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
+		   size_t len)
+{
+	size_t pos = len - 1, n;
+	bool deleted;
+
+	buf[pos] = '\0';
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	deleted = node->deleted;
+	for (struct ovl_node *p = node; p && p->parent; p = p->parent) {
+		n = strlen(p->name);
+		/* Room for "/NAME" and a "..." still: pos stays >= 3. */
+		if (n + 4 > pos) {
+			/* Too deep for BUF: keep the end, the telling part. */
+			pos -= 3;
+			memcpy(buf + pos, "...", 3);
+			break;
+		}
+		pos -= n;
+		memcpy(buf + pos, p->name, n);
+		buf[--pos] = '/';
+	}
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	if (pos == len - 1)
+		buf[--pos] = '/';	/* the root */
+	memmove(buf, buf + pos, len - pos);
+	if (deleted)
+		snprintf(buf + strlen(buf), len - strlen(buf), " (deleted)");
+}
