@@ -1079,6 +1079,13 @@ int ovlfs_mount(struct ovlfs *fs)
 		err = ovl_set_error(fs, -ENOMEM, "out of memory");
 		goto out_rmdirs;
 	}
+	/*
+	 * The lowers share one device numbering (docs/format.md): their
+	 * roots' filesystems first, in layer order, so persistent numbers do
+	 * not depend on what a mount happens to look at first.
+	 */
+	for (int i = 1; i < ofs->nlower; i++)
+		ovl_key_for(ofs, 0, ofs->lowers[i].dev, 1);
 	err = ovl_pt_init(ofs, !fs->no_passthrough);
 	if (err)
 		err = ovl_set_error(fs, err, "cannot set up passthrough: %s",
