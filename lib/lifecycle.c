@@ -249,6 +249,7 @@ static void dirs_free(struct dirs *d)
 static int check_pair(struct ovlfs *fs, const char *what_a, const char *a,
 		      const char *what_b, const char *b)
 {
+	/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
 	if (!strcmp(a, b))
 		return ovl_set_error(fs, -EINVAL, "%s %s is the same directory as the %s",
 				     what_a, a, what_b);
@@ -526,6 +527,7 @@ static int lock_lower(struct ovlfs *fs, struct ovl_layer *l, const char *lower)
 {
 	int fd, err;
 
+	/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
 	fd = open(lower, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return ovl_set_error(fs, -errno, "lower %s: %s", lower,
@@ -760,6 +762,7 @@ static int open_layer(struct ovlfs *fs, struct ovl_layer *l, int idx,
 	struct stat st;
 
 	l->idx = idx;
+	/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
 	l->root_fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (l->root_fd < 0 || fstat(l->root_fd, &st) < 0)
 		return ovl_set_error(fs, -errno, "%s %s: %s", what, path,
@@ -1065,6 +1068,7 @@ int ovlfs_mount(struct ovlfs *fs)
 	if (fs->created_upper)
 		init_upper_root(ofs);
 	if (!mp_exists) {
+		/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
 		if (mkdir(d.mp, 0755) < 0) {
 			err = ovl_set_error(fs, -errno,
 					    "mount point %s: cannot create: %s",
@@ -1112,6 +1116,7 @@ int ovlfs_mount(struct ovlfs *fs)
 
 out_rmdirs:
 	if (fs->created_mount_point)
+		/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
 		rmdir(d.mp);
 out_free:
 	ofs_free(ofs);
@@ -1165,13 +1170,27 @@ int ovlfs_wait(struct ovlfs *fs)
 int ovlfs_umount(struct ovlfs *fs)
 {
 	struct ovl_fs *ofs = fs->ofs;
+	bool detached = false, ours;
 	struct timespec ts;
+	struct stat st;
 
 	if (!fs->mounted)
 		return -EINVAL;
+	/* Still ours at that path? (Asked while the workers still serve.) */
+	ours = stat(fs->mount_point, &st) == 0 && st.st_dev == ofs->conn_dev;
 	stop_notify(ofs);
 	ovl_fuse_session_exit(ofs->se);
-	ovl_fuse_session_unmount(ofs->se);
+	/*
+	 * End the connection before libfuse closes /dev/fuse: a worker may
+	 * still be writing a reply to that fd, and a closed (soon reused)
+	 * fd number would take it. A detached unmount (where we may; libfuse
+	 * unmounts otherwise) ends it once no file is open; the workers then
+	 * leave their read(), and only then does the fd go.
+	 */
+	if (ours && umount2(fs->mount_point, MNT_DETACH) == 0)
+		detached = true;
+	else
+		ovl_fuse_session_unmount(ofs->se);
 	/*
 	 * The workers leave their read() of /dev/fuse when the connection
 	 * ends; a detached mount with files still open keeps it alive, so
@@ -1183,6 +1202,8 @@ int ovlfs_umount(struct ovlfs *fs)
 		abort_connection(ofs->conn_dev);
 		pthread_join(ofs->loop_thread, NULL);
 	}
+	if (detached)
+		ovl_fuse_session_unmount(ofs->se);
 	ofs->loop_running = false;
 	teardown(fs);
 	return 0;
