@@ -224,10 +224,10 @@ int ovlfs_convert(struct ovlfs *fs, enum ovlfs_format to)
 		goto out_free;
 	}
 	/* The same lock as a mount: none may run meanwhile. */
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-		err = ovl_set_error(fs, errno == EWOULDBLOCK ? -EBUSY : -errno,
-				    "convert: upper %s is in use by an ovlfs mount",
-				    upper);
+	err = ovl_flock_wait(fd, LOCK_EX);
+	if (err) {
+		ovl_set_error(fs, err, "convert: upper %s is in use by an ovlfs mount",
+			      upper);
 		goto out_close;
 	}
 	/* Markers of both formats are read, whatever the stamp says. */

@@ -1439,22 +1439,6 @@ out:
 
 /* ---- the public calls ---- */
 
-/*
- * flock DIR (an open fd) with OP, waiting a moment for a mount that is just
- * going away. -EBUSY if someone else holds it.
- */
-static int lock_fd(int fd, int op)
-{
-	for (int i = 0; flock(fd, op | LOCK_NB) < 0; i++) {
-		if (errno != EWOULDBLOCK)
-			return -errno;
-		if (i == 40)
-			return -EBUSY;
-		nanosleep(&(struct timespec){ 0, 50 * 1000 * 1000 }, NULL);
-	}
-	return 0;
-}
-
 /* Open and lock the lower for F, recovering an interrupted commit. */
 static int take_lower(struct fin *f)
 {
@@ -1462,7 +1446,7 @@ static int take_lower(struct fin *f)
 
 	if (err)
 		return err;
-	err = lock_fd(f->lower_fd, LOCK_EX);
+	err = ovl_flock_wait(f->lower_fd, LOCK_EX);
 	if (err == -EBUSY)
 		return ovl_set_error(f->fs, err,
 				     "lower %s is in use by an ovlfs mount; unmount it first",
@@ -1493,7 +1477,7 @@ static int take_upper(struct fin *f)
 		return 1;
 	err = open_root(f, "upper", f->upper, &f->upper_fd);
 	if (!err)
-		err = lock_fd(f->upper_fd, LOCK_EX);
+		err = ovl_flock_wait(f->upper_fd, LOCK_EX);
 	/* Committing a misread upper would write its markers as data. */
 	if (!err && f->atomic_or_commit)
 		err = ovl_check_upper_format(f->fs, f->upper_fd, f->upper,

@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ovlfs_i.h"
@@ -71,6 +73,18 @@ void ovl_tmp_name(struct ovl_fs *ofs, char buf[64])
 {
 	snprintf(buf, 64, OVL_TMP_PREFIX "%d.%llu", (int)getpid(),
 		 (unsigned long long)atomic_fetch_add(&ofs->tmp_counter, 1));
+}
+
+int ovl_flock_wait(int fd, int op)
+{
+	for (int i = 0; flock(fd, op | LOCK_NB) < 0; i++) {
+		if (errno != EWOULDBLOCK)
+			return -errno;
+		if (i == 40)
+			return -EBUSY;
+		nanosleep(&(struct timespec){ 0, 50 * 1000 * 1000 }, NULL);
+	}
+	return 0;
 }
 
 int ovl_dirlist_read(int dirfd, struct ovl_dirlist *dl)

@@ -253,6 +253,12 @@ int ovl_open_child(int dirfd, const char *name);
 int ovl_link_fd(int fd, int dirfd, const char *name);
 /* A fresh temporary name ".wh..wh.tmp.<n>" in BUF (64 bytes). */
 void ovl_tmp_name(struct ovl_fs *ofs, char buf[64]);
+/*
+ * flock(FD, OP) (LOCK_SH or LOCK_EX), waiting up to 2 s for a mount that is
+ * just going away (its daemon lets go a moment after the unmount returns).
+ * 0, -EBUSY if it is held still, or -errno.
+ */
+int ovl_flock_wait(int fd, int op);
 /* Remove NAME in DIRFD and everything under it, never following symlinks. */
 int ovl_remove_tree(int dirfd, const char *name);
 /* Read a whole directory (names only, '.'/'..' skipped). */

@@ -155,22 +155,6 @@ static int upper_format(struct ovlfs *fs, int fd, const char *upper,
 	return err;
 }
 
-/*
- * flock FD exclusively, waiting a moment for a mount that is just going
- * away (as finalize.c does). -EBUSY if a mount holds it.
- */
-static int lock_layer(int fd)
-{
-	for (int i = 0; flock(fd, LOCK_EX | LOCK_NB) < 0; i++) {
-		if (errno != EWOULDBLOCK)
-			return -errno;
-		if (i == 40)
-			return -EBUSY;
-		nanosleep(&(struct timespec){ 0, 50 * 1000 * 1000 }, NULL);
-	}
-	return 0;
-}
-
 static int open_locked(struct ovlfs *fs, const char *what, const char *path,
 		       int *out)
 {
@@ -181,7 +165,7 @@ static int open_locked(struct ovlfs *fs, const char *what, const char *path,
 	if (fd < 0)
 		return ovl_set_error(fs, -errno, "%s %s: %s", what, path,
 				     strerror(errno));
-	err = lock_layer(fd);
+	err = ovl_flock_wait(fd, LOCK_EX);
 	if (err) {
 		close(fd);
 		if (err == -EBUSY)
