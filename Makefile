@@ -7,7 +7,8 @@
 #   make check-asan the pytest suite against an ASan/UBSan build (build-asan/)
 #   make check-tsan the concurrency-heavy tests against a ThreadSanitizer
 #                   build (build-tsan/); suppressions in tsan.supp
-#   make check-valgrind  build/quickstart and the C unit tests under memcheck
+#   make check-valgrind  quickstart (on the static library) and the C unit
+#                   tests under memcheck
 #   make lint       clang-tidy (.clang-tidy) and cppcheck over lib/ and tools/
 #   make install    build/ installed under PREFIX (default /usr/local), into
 #                   DESTDIR if set: tool, libovlfs.so.0, header, ovlfs.pc,
@@ -150,8 +151,8 @@ check-valgrind: deps build
 	tmp=$$(mktemp -d); \
 	mkdir -p "$$tmp/lower/dir"; \
 	echo hello > "$$tmp/lower/dir/file"; \
-	echo "$(VALGRIND_FUSE) $(BUILD)/quickstart $$tmp/lower"; \
-	$(VALGRIND_FUSE) $(BUILD)/quickstart "$$tmp/lower" || status=1; \
+	echo "$(VALGRIND_FUSE) $(BUILD)/quickstart-static $$tmp/lower"; \
+	$(VALGRIND_FUSE) $(BUILD)/quickstart-static "$$tmp/lower" || status=1; \
 	if mountpoint -q "$$tmp/lower.mountpoint" 2>/dev/null; then \
 		umount -l "$$tmp/lower.mountpoint"; status=1; \
 	fi; \
