@@ -154,8 +154,12 @@ int ovlfs_set_commit_into(struct ovlfs *fs, const char *lower);
  * Write the merged view of every layer (and the upper, if any) to DEST,
  * a directory that must not exist yet (created, with the root's
  * metadata). Files, links, specials, owners, modes, times and xattrs are
- * copied; hard links between files of one layer stay hard links. Works on
- * an unmounted handle (or unmounts first). 0 or -errno.
+ * copied; hard links between files of one layer stay hard links. A
+ * mounted handle is read at its mount point (as it is at that moment);
+ * an unmounted one through a private read-only mount next to DEST, so it
+ * needs what a mount needs (/dev/fuse, root or fusermount3). DEST may not
+ * lie in a layer; a DEST that cannot be completed is removed again.
+ * 0 or -errno (-EEXIST if DEST exists).
  */
 int ovlfs_flatten(struct ovlfs *fs, const char *dest);
 
