@@ -197,8 +197,7 @@ int ovlfs_convert(struct ovlfs *fs, enum ovlfs_format to)
 	struct conv c = { .fs = fs };
 	enum ovlfs_format want = fs->format;
 	char *lower = NULL, *upper = NULL, stamp[32];
-	const char *ox = geteuid() == 0 ? "trusted.overlay.opaque" :
-					  "user.overlay.opaque";
+	struct ovl_fmt had;
 	bool exists;
 	int fd, err, n;
 
@@ -230,17 +229,18 @@ int ovlfs_convert(struct ovlfs *fs, enum ovlfs_format to)
 			      upper);
 		goto out_close;
 	}
-	/* Markers of both formats are read, whatever the stamp says. */
-	c.from = (struct ovl_fmt){ .kernel = to == OVLFS_FORMAT_OCI,
-				   .opaque_xattr = ox };
-	c.to = (struct ovl_fmt){ .kernel = to == OVLFS_FORMAT_KERNEL,
-				 .opaque_xattr = ox };
+	/*
+	 * Whatever the stamp says, every marker of the other format goes:
+	 * the check only refuses what neither format reads.
+	 */
+	c.from = ovl_fmt_of(to == OVLFS_FORMAT_OCI);
+	c.to = ovl_fmt_of(to == OVLFS_FORMAT_KERNEL);
 	fs->format = OVLFS_FORMAT_AUTO;
-	err = ovl_check_upper_format(fs, fd, upper, false, &c.from);
+	err = ovl_check_upper_format(fs, fd, upper, false, &had);
 	if (err == -EPROTO && strstr(fs->err, "both"))
 		err = 0;	/* an interrupted conversion: finish it */
-	fs->err[0] = err ? fs->err[0] : '\0';
-	c.from.kernel = to == OVLFS_FORMAT_OCI;
+	if (!err)
+		fs->err[0] = '\0';
 	if (!err && to == OVLFS_FORMAT_OCI)
 		err = find_wh_names(&c, fd, 0);
 	if (!err) {

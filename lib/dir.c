@@ -139,7 +139,7 @@ static int prepare_create(struct ovl_fs *ofs, struct ovl_node *parent,
 	}
 	/*
 	 * A kernel-format whiteout holds the name itself: it makes way (and
-	 * comes back if the new entry cannot be made, see restore_wh).
+	 * comes back if the new entry cannot be made, see settle_wh).
 	 */
 	if (*wh && ofs->fmt.kernel && unlinkat(pufd, name, 0) < 0 &&
 	    errno != ENOENT)
@@ -147,11 +147,18 @@ static int prepare_create(struct ovl_fs *ofs, struct ovl_node *parent,
 	return pufd;
 }
 
-/* Making the entry that replaces a kernel-format whiteout failed. */
-static void restore_wh(struct ovl_fs *ofs, int pufd, const char *name,
-		       bool wh)
+/*
+ * After making NAME where a whiteout stood (WH): once the entry is MADE,
+ * an OCI marker beside it is stale (the entry beats it) and goes; if it
+ * could not be made, the kernel-format whiteout prepare_create removed
+ * comes back.
+ */
+static void settle_wh(struct ovl_fs *ofs, int pufd, const char *name,
+		      bool wh, bool made)
 {
-	if (wh && ofs->fmt.kernel)
+	if (wh && made && !ofs->fmt.kernel)
+		ovl_wh_remove(&ofs->fmt, pufd, name);
+	else if (wh && !made && ofs->fmt.kernel)
 		ovl_wh_create(&ofs->fmt, pufd, name);
 }
 
@@ -259,13 +266,9 @@ made:
 		}
 		break;
 	}
-	if (err) {
-		restore_wh(ofs, pufd, name, wh);
+	settle_wh(ofs, pufd, name, wh, !err);
+	if (err)
 		goto out_unlock;
-	}
-	/* The new entry beats the whiteout; drop the stale marker. */
-	if (wh && !ofs->fmt.kernel)
-		ovl_wh_remove(&ofs->fmt, pufd, name);
 	err = ovl_fstat(fd, &st);
 	if (err || !S_ISDIR(mode)) {
 		close(fd);
@@ -316,7 +319,7 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 		    mode & 07777);
 	if (fd < 0) {
 		err = -errno;
-		restore_wh(ofs, pufd, name, wh);
+		settle_wh(ofs, pufd, name, wh, false);
 		goto out_unlock;
 	}
 	err = set_new_owner(ofs, ctx, pufd, fd, S_IFREG | mode, acl);
@@ -325,11 +328,10 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	if (err) {
 		close(fd);
 		unlinkat(pufd, name, 0);
-		restore_wh(ofs, pufd, name, wh);
+		settle_wh(ofs, pufd, name, wh, false);
 		goto out_unlock;
 	}
-	if (wh && !ofs->fmt.kernel)
-		ovl_wh_remove(&ofs->fmt, pufd, name);
+	settle_wh(ofs, pufd, name, wh, true);
 	err = new_entry(ofs, parent, name, &st, -1, false, e);
 	if (err)
 		goto out_close;
@@ -384,12 +386,9 @@ int ovl_link(struct ovl_fs *ofs, struct ovl_node *node,
 	err = ovl_node_pin_upper(node);
 	if (!err)
 		err = ovl_link_fd(atomic_load(&node->upper_fd), pufd, newname);
-	if (err) {
-		restore_wh(ofs, pufd, newname, wh);
+	settle_wh(ofs, pufd, newname, wh, !err);
+	if (err)
 		goto out_unlock;
-	}
-	if (wh && !ofs->fmt.kernel)
-		ovl_wh_remove(&ofs->fmt, pufd, newname);
 	/*
 	 * Reply with the node linked to: the kernel then sees one inode with
 	 * two names and updates its link count, as on a local filesystem.

@@ -23,20 +23,12 @@
 
 #define MAX_DEPTH 4096
 
-/* Files already copied that have further links: inode -> path in DEST. */
-struct seen_link {
-	dev_t dev;
-	ino_t ino;
-	char *path;
-};
-
 struct flat {
 	struct ovlfs *fs;
 	struct ovl_fs ofs;		/* context for ovl_copy_meta */
 	const char *dest;		/* as given, for messages */
 	int dest_fd;			/* O_PATH of DEST */
-	struct seen_link *links;
-	size_t nlinks, cap;
+	struct ovl_linkmap links;	/* linked files: first path in DEST */
 	char path[PATH_MAX];		/* relative, being copied */
 	size_t plen;
 };
@@ -47,37 +39,6 @@ static int flat_fail(struct flat *f, int err, const char *what)
 		return err;	/* the deepest message names the path */
 	return ovl_set_error(f->fs, err, "flatten: %s %s/%s: %s", what, f->dest,
 			     f->path, strerror(-err));
-}
-
-static const char *seen(struct flat *f, const struct stat *st)
-{
-	for (size_t i = 0; i < f->nlinks; i++)
-		if (f->links[i].dev == st->st_dev && f->links[i].ino == st->st_ino)
-			return f->links[i].path;
-	return NULL;
-}
-
-static int remember(struct flat *f, const struct stat *st)
-{
-	struct seen_link *v;
-
-	if (f->nlinks == f->cap) {
-		size_t cap = f->cap ? f->cap * 2 : 64;
-
-		v = realloc(f->links, cap * sizeof(*v));
-		if (!v)
-			return -ENOMEM;
-		f->links = v;
-		f->cap = cap;
-	}
-	v = &f->links[f->nlinks];
-	v->path = strdup(f->path);
-	if (!v->path)
-		return -ENOMEM;
-	v->dev = st->st_dev;
-	v->ino = st->st_ino;
-	f->nlinks++;
-	return 0;
 }
 
 static int copy_dir(struct flat *f, int sfd, int dfd, int depth);
@@ -105,7 +66,12 @@ static int copy_entry(struct flat *f, int sfd, int dfd, const char *name,
 			err = copy_dir(f, s, d, depth + 1);
 		break;
 	case S_IFREG:
-		if (st->st_nlink > 1 && (first = seen(f, st))) {
+		first = NULL;
+		if (st->st_nlink > 1 &&
+		    ovl_linkmap_first(&f->links, st->st_dev, st->st_ino,
+				      f->path, &first) < 0)
+			return -ENOMEM;
+		if (first) {
 			/* Only directories we made lie on FIRST's path. */
 			if (linkat(f->dest_fd, first, dfd, name, 0) < 0)
 				return flat_fail(f, -errno, "cannot link");
@@ -122,8 +88,6 @@ static int copy_entry(struct flat *f, int sfd, int dfd, const char *name,
 			err = ovl_copy_data(s, d, st->st_size);
 		if (err)
 			err = flat_fail(f, err, "cannot copy");
-		if (!err && st->st_nlink > 1)
-			err = remember(f, st);
 		break;
 	case S_IFLNK:
 		target = malloc(st->st_size + 1);
@@ -366,8 +330,6 @@ int ovlfs_flatten(struct ovlfs *fs, const char *dest)
 		rmdir(mp);
 		free(mp);
 	}
-	for (size_t i = 0; i < f.nlinks; i++)
-		free(f.links[i].path);
-	free(f.links);
+	ovl_linkmap_free(&f.links);
 	return err;
 }

@@ -75,6 +75,60 @@ void ovl_tmp_name(struct ovl_fs *ofs, char buf[64])
 		 (unsigned long long)atomic_fetch_add(&ofs->tmp_counter, 1));
 }
 
+static size_t link_slot(const struct ovl_linkmap *m, dev_t dev, ino_t ino)
+{
+	size_t i = ((uint64_t)ino * 0x9e3779b97f4a7c15ULL ^ (uint64_t)dev) &
+		   (m->cap - 1);
+
+	while (m->v[i].path && (m->v[i].dev != dev || m->v[i].ino != ino))
+		i = (i + 1) & (m->cap - 1);
+	return i;
+}
+
+int ovl_linkmap_first(struct ovl_linkmap *m, dev_t dev, ino_t ino,
+		      const char *path, const char **first)
+{
+	size_t i;
+
+	*first = NULL;
+	if (m->cap) {
+		i = link_slot(m, dev, ino);
+		if (m->v[i].path) {
+			*first = m->v[i].path;
+			return 0;
+		}
+	}
+	if ((m->n + 1) * 2 > m->cap) {
+		struct ovl_linkmap g = { .cap = m->cap ? m->cap * 2 : 64 };
+
+		g.v = calloc(g.cap, sizeof(*g.v));
+		if (!g.v)
+			return -ENOMEM;
+		for (size_t j = 0; j < m->cap; j++)
+			if (m->v[j].path)
+				g.v[link_slot(&g, m->v[j].dev, m->v[j].ino)] = m->v[j];
+		free(m->v);
+		g.n = m->n;
+		*m = g;
+	}
+	i = link_slot(m, dev, ino);
+	m->v[i].path = strdup(path);
+	if (!m->v[i].path)
+		return -ENOMEM;
+	m->v[i].dev = dev;
+	m->v[i].ino = ino;
+	m->n++;
+	return 0;
+}
+
+void ovl_linkmap_free(struct ovl_linkmap *m)
+{
+	for (size_t i = 0; i < m->cap; i++)
+		free(m->v[i].path);
+	free(m->v);
+	memset(m, 0, sizeof(*m));
+}
+
 int ovl_flock_wait(int fd, int op)
 {
 	for (int i = 0; flock(fd, op | LOCK_NB) < 0; i++) {

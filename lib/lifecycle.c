@@ -750,9 +750,7 @@ check:
 			     have == OVLFS_FORMAT_KERNEL ? " kernel" : "");
 		ovl_fd_setxattr(fd, OVL_XATTR_FORMAT, buf, n, XATTR_CREATE);
 	}
-	out->kernel = have == OVLFS_FORMAT_KERNEL;
-	out->opaque_xattr = geteuid() == 0 ? "trusted.overlay.opaque" :
-					     "user.overlay.opaque";
+	*out = ovl_fmt_of(have == OVLFS_FORMAT_KERNEL);
 	return 0;
 }
 
@@ -1058,11 +1056,7 @@ int ovlfs_mount(struct ovlfs *fs)
 		err = ovl_check_upper_format(fs, ofs->upper.root_fd, d.upper,
 					     true, &ofs->fmt);
 	else if (!err)
-		ofs->fmt = (struct ovl_fmt){
-			.kernel = fs->format == OVLFS_FORMAT_KERNEL,
-			.opaque_xattr = geteuid() == 0 ? "trusted.overlay.opaque" :
-							 "user.overlay.opaque",
-		};
+		ofs->fmt = ovl_fmt_of(fs->format == OVLFS_FORMAT_KERNEL);
 	if (err)
 		goto out_rmdirs;
 	if (fs->created_upper)

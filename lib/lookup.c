@@ -73,9 +73,9 @@ int ovl_lower_root_stack(struct ovl_fs *ofs, int **out)
 		err = ovl_opaque_get(&ofs->fmt, ofs->lowers[k - 1].root_fd);
 		if (err > 0)
 			break;
-		v[k] = err < 0 ? -1 : dup(ofs->lowers[k].root_fd);
-		if (v[k] < 0) {
-			err = err < 0 ? err : -errno;
+		if (!err && (v[k] = dup(ofs->lowers[k].root_fd)) < 0)
+			err = -errno;
+		if (err) {
 			ovl_lstack_free(ofs, v);
 			return err;
 		}

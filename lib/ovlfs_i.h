@@ -181,6 +181,8 @@ struct ovl_fmt {
 	bool kernel;			/* 0/0 devices, overlay.opaque xattr */
 	const char *opaque_xattr;	/* kernel: trusted. or user.overlay.opaque */
 };
+/* The markers of the kernel format (KERNEL) or the OCI one, for this process. */
+struct ovl_fmt ovl_fmt_of(bool kernel);
 static inline bool ovl_is_kernel_wh(const struct stat *st)
 {
 	return S_ISCHR(st->st_mode) && st->st_rdev == 0;
@@ -272,6 +274,25 @@ struct ovl_dirlist {
 };
 int ovl_dirlist_read(int dirfd, struct ovl_dirlist *dl);
 void ovl_dirlist_free(struct ovl_dirlist *dl);
+/*
+ * The hard-linked files a tree walk met (flatten, tar export): the first
+ * path of each (dev, ino), so later names become links to it.
+ */
+struct ovl_linkmap {
+	struct ovl_linkent {
+		dev_t dev;
+		ino_t ino;
+		char *path;		/* NULL: a free slot */
+	} *v;
+	size_t n, cap;
+};
+/*
+ * *FIRST: the path (DEV, INO) was first met under, or NULL if this is the
+ * first time, PATH then being recorded for it. 0 or -ENOMEM.
+ */
+int ovl_linkmap_first(struct ovl_linkmap *m, dev_t dev, ino_t ino,
+		      const char *path, const char **first);
+void ovl_linkmap_free(struct ovl_linkmap *m);
 
 /* ===== inode.c: the node table and inode numbers ===== */
 

@@ -184,7 +184,6 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 		const struct ovl_dirent *de = &ul.ents[i];
 		uint64_t ino = 0;
 		mode_t type = dtype_to_mode(de->type);
-
 		char target[NAME_MAX + 2];
 		const char *t;
 		int m = ovl_marker(&ofs->fmt, ufd, de, target, &t);
@@ -240,11 +239,10 @@ int ovl_dir_list(struct ovl_fs *ofs, struct ovl_node *dir,
 				 * Hides names beneath this layer only: an
 				 * entry beside it here still shows.
 				 */
-				if (m > 0 && t && more)
-					err = keep_name(&longwh, &nlong, &t);
 				if (m < 0)
 					err = m;
-				else if (!err && t && more)
+				else if (t && more &&
+					 !(err = keep_name(&longwh, &nlong, &t)))
 					nwh_layer++;
 				continue;
 			}

@@ -29,13 +29,11 @@
 
 #include "ovlfs_i.h"
 
-#define KOPAQUE_TRUSTED "trusted.overlay.opaque"
-#define KOPAQUE_USER "user.overlay.opaque"
 #define TAR_BUFSZ (128 * 1024)
 
 /* ---- a small table keyed by string ---- */
 
-/* What apply did to a path, or (export) where an inode was first seen. */
+/* What apply did to a path. */
 enum {
 	R_ENTRY = 1 << 0,	/* an entry of this tar made it */
 	R_DIR = 1 << 1,		/* ... and it is a directory */
@@ -48,7 +46,6 @@ struct trec {
 	unsigned flags;
 	mode_t mode;
 	struct timespec atime, mtime;
-	char *first;		/* export: first path of a hard-linked inode */
 };
 
 struct tmap {
@@ -126,7 +123,6 @@ static void tmap_free(struct tmap *m)
 {
 	for (size_t i = 0; i < m->cap; i++) {
 		free(m->recs[i].key);
-		free(m->recs[i].first);
 	}
 	free(m->recs);
 	memset(m, 0, sizeof(*m));
@@ -188,7 +184,7 @@ struct xport {
 	struct archive_entry *e;
 	enum ovlfs_format fmt;
 	struct ovl_fmt mfmt;		/* the same, for whiteout.c */
-	struct tmap links;		/* "dev:ino" -> first path */
+	struct ovl_linkmap links;	/* linked files: first path */
 	char *path;			/* "" or "dir/sub/" being walked */
 	size_t len, cap;
 	char *buf;			/* TAR_BUFSZ */
@@ -349,8 +345,7 @@ static int export_dir(struct xport *x, int dfd);
 /* Upper object NAME of directory DFD as an entry, and its contents. */
 static int export_entry(struct xport *x, int dfd, const char *name)
 {
-	char key[64];
-	struct trec *r = NULL;
+	const char *first;
 	struct stat st;
 	size_t saved;
 	int fd, err;
@@ -373,21 +368,15 @@ static int export_entry(struct xport *x, int dfd, const char *name)
 	archive_entry_set_gid(x->e, st.st_gid);
 	archive_entry_set_mtime(x->e, st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
 	if (!S_ISDIR(st.st_mode) && st.st_nlink > 1) {
-		snprintf(key, sizeof(key), "%llx:%llx",
-			 (unsigned long long)st.st_dev,
-			 (unsigned long long)st.st_ino);
-		err = tmap_get(&x->links, key, &r);
+		/* NOLINTNEXTLINE(clang-analyzer-unix.Malloc): x->path stays X's, freed with it */
+		err = ovl_linkmap_first(&x->links, st.st_dev, st.st_ino,
+					x->path, &first);
 		if (err)
 			goto pop;
-		if (r->first) {
-			archive_entry_copy_hardlink(x->e, r->first);
+		if (first) {
+			archive_entry_copy_hardlink(x->e, first);
 			archive_entry_set_size(x->e, 0);
 			err = write_header(x, name);
-			goto pop;
-		}
-		r->first = strdup(x->path);
-		if (!r->first) {
-			err = -ENOMEM;
 			goto pop;
 		}
 	}
@@ -597,7 +586,7 @@ out:
 		archive_entry_free(x.e);
 	if (x.a)
 		archive_write_free(x.a);
-	tmap_free(&x.links);
+	ovl_linkmap_free(&x.links);
 	free(x.path);
 	free(x.buf);
 	if (ufd >= 0)

@@ -57,6 +57,16 @@ int ovl_wh_long_target(int dirfd, const char *whname, char *buf)
 	return 0;
 }
 
+struct ovl_fmt ovl_fmt_of(bool kernel)
+{
+	/* As the kernel does: trusted.* as root, else user.* (userxattr). */
+	return (struct ovl_fmt){
+		.kernel = kernel,
+		.opaque_xattr = geteuid() == 0 ? "trusted.overlay.opaque" :
+						 "user.overlay.opaque",
+	};
+}
+
 static bool kernel_fmt(const struct ovl_fmt *f)
 {
 	return f && f->kernel;
