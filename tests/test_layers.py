@@ -384,3 +384,20 @@ def test_flatten(work):
     assert r.returncode == 1 and "overlaps" in r.err, r.err
     assert not os.path.exists(inside)
     assert sorted(n for n in os.listdir(work) if "flatten" in n) == []
+
+
+def test_repeated_lower_options(work):
+    """--lower A --lower B:C is --lower A:B:C."""
+    lowers = make_layers(work)
+    a = lowers_overlay(lowers, j(work, "up1"), j(work, "mnt1"))
+    a.mount()
+    o = Overlay(lowers[0], upper=j(work, "up2"), mp=j(work, "mnt2"),
+                extra_args=["--lower", escape(lowers[0]),
+                            "--lower", ":".join(escape(p) for p in lowers[1:])])
+    o.mount_args_orig = o.mount_args
+    # Drop the positional LOWER (the last argument but the mount point).
+    o.mount_args = lambda foreground=False: (
+        lambda a: a[:-2] + a[-1:])(o.mount_args_orig(foreground))
+    o.mount()
+    assert_same_tree(snapshot(o.mp), snapshot(a.mp), "repeated --lower", "A:B:C")
+    assert open(j(o.mp, "d/both")).read() == "middle"
