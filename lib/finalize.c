@@ -22,6 +22,11 @@
 
 #define WORKDIR ".wh..wh.ovlfs-commit"
 #define JOURNAL_MAGIC "ovlfs-journal 1"
+/*
+ * On the upper's root while a plain commit runs (and after it failed): a
+ * later run is a retry and looks for the debris of a killed one.
+ */
+#define XATTR_COMMITTING "user.ovlfs.commit"
 
 /* Where a hard-linked upper file went, so its other names follow it. */
 struct placed {
@@ -37,6 +42,9 @@ struct fin {
 	int lower_fd, upper_fd;	/* O_RDONLY|O_DIRECTORY roots */
 	bool same_fs, atomic;
 	bool atomic_or_commit;	/* a commit, not a discard */
+	bool retry;		/* a plain commit ran on this upper before */
+	/* Upper files with several links: how many of their names it holds. */
+	struct ovl_linkmap names;
 
 	/* commit-atomic */
 	int work_fd, stage_fd, trash_fd;
@@ -105,8 +113,12 @@ static void tick(struct fin *f, uint64_t bytes)
 	report(f, false);
 }
 
-/* Entries and file bytes under directory DFD, for progress totals. */
-static void count_tree(int dfd, uint64_t *entries, uint64_t *bytes)
+/*
+ * Entries and file bytes under directory DFD, for progress totals; in NAMES
+ * (if given) the names of each multiply-linked file.
+ */
+static void count_tree(int dfd, uint64_t *entries, uint64_t *bytes,
+		       struct ovl_linkmap *names)
 {
 	struct ovl_dirlist dl;
 	struct stat st;
@@ -119,12 +131,19 @@ static void count_tree(int dfd, uint64_t *entries, uint64_t *bytes)
 		(*entries)++;
 		if (S_ISREG(st.st_mode))
 			*bytes += st.st_size;
+		if (names && !S_ISDIR(st.st_mode) && st.st_nlink > 1) {
+			const char *first;
+
+			/* On ENOMEM the count is low: copies, never wrong. */
+			ovl_linkmap_first(names, st.st_dev, st.st_ino, "",
+					  &first);
+		}
 		if (S_ISDIR(st.st_mode)) {
 			int cfd = openat(dfd, dl.ents[i].name, O_RDONLY |
 					 O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
 			if (cfd >= 0) {
-				count_tree(cfd, entries, bytes);
+				count_tree(cfd, entries, bytes, names);
 				close(cfd);
 			}
 		}
@@ -323,6 +342,23 @@ static int remember_placed(struct fin *f, const struct stat *st, int dirfd,
 }
 
 /*
+ * May the inode of upper file UD/NAME itself go into the lower (moved, or
+ * linked into the stage), its private xattrs stripped on the way? Only if
+ * all its names are in the upper, or it has no private xattr to lose: a
+ * name outside the layers must never see it change. (A retry finds the
+ * names already moved counted nowhere, but their inode stripped.)
+ */
+static bool may_take(struct fin *f, int ud, const char *name,
+		     const struct stat *us)
+{
+	if (us->st_nlink == 1 ||
+	    ovl_linkmap_seen(&f->names, us->st_dev, us->st_ino) >= us->st_nlink)
+		return true;
+	return ovl_at_getxattr(ud, name, OVL_XATTR_ORIGIN_TRUSTED, NULL, 0) < 0 &&
+	       ovl_at_getxattr(ud, name, OVL_XATTR_ORIGIN_USER, NULL, 0) < 0;
+}
+
+/*
  * Build a copy of upper entry UD/NAME (stat ST, not a directory) as
  * DSTDIR/DST: a hard link of the same upper inode's earlier copy, a hard
  * link of the upper file itself (LINK_UPPER, same filesystem), or a copy
@@ -337,7 +373,7 @@ static int copy_object(struct fin *f, int ud, const char *name,
 
 	if (pl)
 		return ovl_link_fd(pl->fd, dstdir, dst);
-	if (S_ISREG(st->st_mode) && link_upper) {
+	if (S_ISREG(st->st_mode) && link_upper && may_take(f, ud, name, st)) {
 		/*
 		 * The link shares the upper's inode: its private xattrs go
 		 * only once it is in place (apply), as the upper must stay
@@ -904,9 +940,21 @@ static int update_meta(struct fin *f, int ud, int ld, const char *name,
 static int place_object(struct fin *f, int ud, const char *name,
 			const struct stat *us, int ld, const struct stat *ls)
 {
+	struct placed *pl = find_placed(f, us);
+	struct stat ps;
 	char tmp[64];
 	int fd, err;
 
+	/*
+	 * Already in place: the upper name is a link of the lower one (a
+	 * killed run moved another name of it), or the lower name one of
+	 * the copy placed for an earlier name. Renaming a link over a link
+	 * of the same inode would do nothing and leave the source behind.
+	 */
+	if (ls && ((ls->st_dev == us->st_dev && ls->st_ino == us->st_ino) ||
+		   (pl && ovl_fstat(pl->fd, &ps) == 0 &&
+		    ls->st_dev == ps.st_dev && ls->st_ino == ps.st_ino)))
+		return pl ? 0 : remember_placed(f, us, ld, name);
 	if (f->atomic) {
 		char n[32];
 
@@ -914,21 +962,25 @@ static int place_object(struct fin *f, int ud, const char *name,
 		err = copy_object(f, ud, name, us, f->stage_fd, n, f->same_fs);
 		return err ? err : jop(f, 'R', f->next_op);
 	}
-	if (S_ISREG(us->st_mode) && f->same_fs && !find_placed(f, us)) {
+	if (S_ISREG(us->st_mode) && f->same_fs && !pl &&
+	    may_take(f, ud, name, us)) {
 		/* Moving beats copying; rename replaces a non-directory. */
 		if (ls && S_ISDIR(ls->st_mode)) {
 			err = ovl_remove_tree(ld, name);
 			if (err)
 				return err;
 		}
-		if (renameat(ud, name, ld, name) == 0) {
-			fd = ovl_open_child(ld, name);
-			if (fd >= 0) {
-				strip_private(fd);
-				close(fd);
-			}
-			return remember_placed(f, us, ld, name);
+		/*
+		 * Stripped before the move: killed after it, no retry would
+		 * find the file to strip in the lower.
+		 */
+		fd = ovl_open_child(ud, name);
+		if (fd >= 0) {
+			strip_private(fd);
+			close(fd);
 		}
+		if (renameat(ud, name, ld, name) == 0)
+			return remember_placed(f, us, ld, name);
 		if (errno != EXDEV)
 			return -errno;
 	}
@@ -1037,6 +1089,98 @@ static bool in_sorted(char **v, size_t n, const char *s)
 	return bsearch(&s, v, n, sizeof(*v), cmp_str) != NULL;
 }
 
+/*
+ * Under opaque upper directory UD: the entries of lower LD (listed in LL)
+ * that UD does not replace (REAL: UD's entries, sorted) go.
+ */
+static int delete_hidden(struct fin *f, int ld, char **real, size_t nreal,
+			 const struct ovl_dirlist *ll)
+{
+	size_t saved;
+	int err = 0;
+
+	for (size_t i = 0; i < ll->n && !err; i++) {
+		const char *c = ll->ents[i].name;
+
+		if (ovl_is_wh_name(c) || in_sorted(real, nreal, c))
+			continue;
+		if (f->ofs.fmt.kernel) {
+			struct stat lst;
+
+			/* A marker of the lower itself is no entry. */
+			if (fstatat(ld, c, &lst, AT_SYMLINK_NOFOLLOW) == 0 &&
+			    ovl_is_kernel_wh(&lst))
+				continue;
+		}
+		err = path_push(f, c, &saved);
+		if (!err)
+			err = delete_lower(f, ld, c);
+		if (err)
+			return err;
+		path_pop(f, saved);
+	}
+	return 0;
+}
+
+/*
+ * Plain commit, opaque upper directory UD over lower LD: make UD an
+ * ordinary directory without changing what the pair shows, before any of
+ * its entries moves down (a moved entry under an opaque marker would be
+ * hidden, and a retry would delete it). The lower entries it hides go;
+ * its subdirectories over lower ones become opaque themselves; then the
+ * marker goes.
+ */
+static int unmark_opaque(struct fin *f, int ud, int ld, char **real,
+			 size_t nreal, const struct ovl_dirlist *ll)
+{
+	size_t saved;
+	int err = delete_hidden(f, ld, real, nreal, ll);
+
+	for (size_t i = 0; i < nreal && !err; i++) {
+		struct stat us, ls;
+		int cu;
+
+		if (fstatat(ud, real[i], &us, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    !S_ISDIR(us.st_mode) ||
+		    fstatat(ld, real[i], &ls, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    !S_ISDIR(ls.st_mode))
+			continue;	/* nothing of the lower's to hide */
+		err = path_push(f, real[i], &saved);
+		if (err)
+			return err;
+		cu = open_dir_at(ud, real[i]);
+		err = cu < 0 ? cu : ovl_opaque_set(&f->ofs.fmt, cu);
+		if (cu >= 0)
+			close(cu);
+		if (err)
+			return fail(f, err, "cannot mark upper directory opaque");
+		path_pop(f, saved);
+	}
+	err = ovl_opaque_clear(&f->ofs.fmt, ud);
+	return err ? fail(f, err, "cannot remove opaque marker") : 0;
+}
+
+/* Debris of a killed plain commit: its temporary copies in LD. */
+static int remove_debris(struct fin *f, int ld, const struct ovl_dirlist *ll)
+{
+	size_t saved;
+	int err = 0;
+
+	for (size_t i = 0; i < ll->n && !err; i++) {
+		const char *c = ll->ents[i].name;
+
+		if (strncmp(c, OVL_TMP_PREFIX, strlen(OVL_TMP_PREFIX)))
+			continue;
+		err = path_push(f, c, &saved);
+		if (!err)
+			err = ovl_remove_tree(ld, c);
+		if (err)
+			return fail(f, err, "cannot remove debris");
+		path_pop(f, saved);
+	}
+	return 0;
+}
+
 static int commit_dir(struct fin *f, int ud, int ld)
 {
 	struct ovl_dirlist ul = { 0 }, ll = { 0 };
@@ -1049,6 +1193,12 @@ static int commit_dir(struct fin *f, int ud, int ld)
 	if (err)
 		return fail(f, err, "cannot read upper directory");
 	opaque = ovl_opaque_get(&f->ofs.fmt, ud);
+	if (opaque < 0) {
+		/* Not knowing would merge what the upper hides. */
+		err = opaque;
+		fail(f, err, "cannot read opaque marker");
+		goto out;
+	}
 	real = calloc(ul.n + 1, sizeof(*real));
 	marker = calloc(ul.n + 1, sizeof(*marker));
 	if (!real || !marker) {
@@ -1069,29 +1219,28 @@ static int commit_dir(struct fin *f, int ud, int ld)
 	err = 0;
 	qsort(real, nreal, sizeof(*real), cmp_str);
 
-	/* Deletions first: whiteouts, and all of the lower under opaque. */
-	if (opaque > 0) {
+	if (opaque > 0 || (f->retry && !f->atomic)) {
 		err = ovl_dirlist_read(ld, &ll);
-		for (size_t i = 0; i < ll.n && !err; i++) {
-			const char *c = ll.ents[i].name;
-
-			if (ovl_is_wh_name(c) || in_sorted(real, nreal, c))
-				continue;
-			if (f->ofs.fmt.kernel) {
-				struct stat lst;
-
-				/* A marker of the lower itself is no entry. */
-				if (fstatat(ld, c, &lst, AT_SYMLINK_NOFOLLOW) == 0 &&
-				    ovl_is_kernel_wh(&lst))
-					continue;
-			}
-			err = path_push(f, c, &saved);
-			if (!err)
-				err = delete_lower(f, ld, c);
-			if (err)
-				goto out_fail;
-			path_pop(f, saved);
+		if (err) {
+			fail(f, err, "cannot read lower directory");
+			goto out;
 		}
+	}
+	if (f->retry && !f->atomic) {
+		err = remove_debris(f, ld, &ll);
+		if (err)
+			goto out;
+	}
+	/*
+	 * Deletions first: whiteouts, and all of the lower under opaque. A
+	 * plain commit changes the upper as it goes, so that the two show
+	 * the same at every step: a commit stopped anywhere can be retried.
+	 */
+	if (opaque > 0) {
+		err = f->atomic ? delete_hidden(f, ld, real, nreal, &ll)
+				: unmark_opaque(f, ud, ld, real, nreal, &ll);
+		if (err)
+			goto out_fail;
 	}
 	for (size_t i = 0; i < ul.n && !err; i++) {
 		char buf[NAME_MAX + 2];
@@ -1158,6 +1307,7 @@ static void fin_done(struct fin *f)
 		close(f->placed[i].fd);
 	free(f->placed);
 	free(f->journal);
+	ovl_linkmap_free(&f->names);
 }
 
 /* Open an existing layer root for finalizing; *FD is O_RDONLY|O_DIRECTORY. */
@@ -1509,11 +1659,17 @@ static int commit(struct fin *f, bool atomic)
 				     strerror(errno));
 	f->same_fs = ls.st_dev == us.st_dev;
 	f->prog.phase = "commit";
-	count_tree(f->upper_fd, &f->prog.entries_total, &f->prog.bytes_total);
+	count_tree(f->upper_fd, &f->prog.entries_total, &f->prog.bytes_total,
+		   &f->names);
 	report(f, true);
 	if (atomic) {
 		err = commit_atomic(f);
 	} else {
+		/* Unmarkable (no xattrs): every run cleans as a retry would. */
+		f->retry = ovl_fd_getxattr(f->upper_fd, XATTR_COMMITTING, NULL,
+					   0) >= 0 ||
+			   ovl_fd_setxattr(f->upper_fd, XATTR_COMMITTING, "1", 1,
+					   0) < 0;
 		err = commit_dir(f, f->upper_fd, f->lower_fd);
 		if (!err)
 			err = sync_meta_times(f, f->upper_fd, f->lower_fd, &us);
@@ -1536,7 +1692,8 @@ static int discard(struct fin *f)
 	if (err)
 		return err == 1 ? 0 : err;
 	f->prog.phase = "discard";
-	count_tree(f->upper_fd, &f->prog.entries_total, &f->prog.bytes_total);
+	count_tree(f->upper_fd, &f->prog.entries_total, &f->prog.bytes_total,
+		   NULL);
 	report(f, true);
 	err = remove_upper(f);
 	f->prog.entries_done = f->prog.entries_total;

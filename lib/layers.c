@@ -95,6 +95,7 @@ int ovl_linkmap_first(struct ovl_linkmap *m, dev_t dev, ino_t ino,
 		i = link_slot(m, dev, ino);
 		if (m->v[i].path) {
 			*first = m->v[i].path;
+			m->v[i].seen++;
 			return 0;
 		}
 	}
@@ -117,8 +118,14 @@ int ovl_linkmap_first(struct ovl_linkmap *m, dev_t dev, ino_t ino,
 		return -ENOMEM;
 	m->v[i].dev = dev;
 	m->v[i].ino = ino;
+	m->v[i].seen = 1;
 	m->n++;
 	return 0;
+}
+
+unsigned ovl_linkmap_seen(const struct ovl_linkmap *m, dev_t dev, ino_t ino)
+{
+	return m->cap ? m->v[link_slot(m, dev, ino)].seen : 0;
 }
 
 void ovl_linkmap_free(struct ovl_linkmap *m)

@@ -207,6 +207,8 @@ int ovl_wh_remove(const struct ovl_fmt *f, int dirfd, const char *name);
 /* Does directory DIRFD carry the opaque marker? 1, 0 or -errno. */
 int ovl_opaque_get(const struct ovl_fmt *f, int dirfd);
 int ovl_opaque_set(const struct ovl_fmt *f, int dirfd);
+/* Remove DIRFD's opaque marker, if any, keeping the directory's times. */
+int ovl_opaque_clear(const struct ovl_fmt *f, int dirfd);
 /* Name of a long whiteout's target, read from its content; -errno. */
 int ovl_wh_long_target(int dirfd, const char *whname, char *buf);
 /*
@@ -283,6 +285,7 @@ struct ovl_linkmap {
 		dev_t dev;
 		ino_t ino;
 		char *path;		/* NULL: a free slot */
+		unsigned seen;		/* times met, the first included */
 	} *v;
 	size_t n, cap;
 };
@@ -292,6 +295,8 @@ struct ovl_linkmap {
  */
 int ovl_linkmap_first(struct ovl_linkmap *m, dev_t dev, ino_t ino,
 		      const char *path, const char **first);
+/* How many times (DEV, INO) was met: 0 if never. */
+unsigned ovl_linkmap_seen(const struct ovl_linkmap *m, dev_t dev, ino_t ino);
 void ovl_linkmap_free(struct ovl_linkmap *m);
 
 /* ===== inode.c: the node table and inode numbers ===== */

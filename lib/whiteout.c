@@ -229,6 +229,27 @@ int ovl_opaque_set(const struct ovl_fmt *f, int dirfd)
 	return 0;
 }
 
+int ovl_opaque_clear(const struct ovl_fmt *f, int dirfd)
+{
+	struct timespec ts[2];
+	struct stat st;
+	int err;
+
+	if (kernel_fmt(f)) {
+		err = ovl_fd_removexattr(dirfd, f->opaque_xattr);
+		return err == -ENODATA || err == -EOPNOTSUPP ? 0 : err;
+	}
+	if (fstatat(dirfd, "", &st, AT_EMPTY_PATH) < 0)
+		return -errno;
+	if (unlinkat(dirfd, OVL_OPAQUE_NAME, 0) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	/* As in ovl_opaque_set: bookkeeping, not a change to the directory. */
+	ts[0] = st.st_atim;
+	ts[1] = st.st_mtim;
+	utimensat(dirfd, "", ts, AT_EMPTY_PATH);
+	return 0;
+}
+
 /*
  * Is marker DE of upper directory DFD a whiteout lookup would honour? Then
  * the hidden name goes to *TARGET (pointing into DE or into BUF). A plain

@@ -1,0 +1,327 @@
+"""A plain `ovlfs commit` killed (or failing) at any instant can be retried.
+
+A plain commit moves the upper into the lower piece by piece, so it cannot
+be all-or-nothing as `--atomic` is; what it promises instead is that at
+every instant the merged view of the lower and what is left of the upper is
+the view before the commit, so that running it again finishes the job.
+
+A lower of a few thousand entries and an upper with adds, deletes,
+modifications, renamed, replaced and opaque directories and hard links
+(made through a mount, checked against a plain-directory oracle) are saved
+once.  Each trial restores the pair, starts `ovlfs commit --quiet LOWER`,
+SIGKILLs it after a random delay (spread over its measured duration),
+checks the merged view (a mount of the pair) is unchanged, sometimes kills
+the retry too, then retries to the end and checks that the lower equals the
+oracle, hard links included, with no upper and no debris left.
+
+OVLFS_PLAIN_CRASH_TRIALS (default 6) sets the trials per layout,
+OVLFS_PLAIN_CRASH_SEED fixes the seed (printed on failure).
+"""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import (OVLFS, Overlay, F, D, L, HL, build, cp_a, snapshot,
+                      diff_snapshots, assert_same_tree, ovlfs, run, _outcome)
+from test_commit_crash import strip_dir_mtimes, link_groups
+
+TRIALS = int(os.environ.get("OVLFS_PLAIN_CRASH_TRIALS", "6"))
+T1 = 1_650_000_000_123_456_789
+
+
+def j(*p):
+    return os.path.join(*p)
+
+
+def lower_spec():
+    """About 3,000 entries."""
+    spec = {"hl1": "hard linked"}
+    for d in range(30):
+        files = {}
+        for i in range(80):
+            files["f%02d" % i] = F(("d%d f%d " % (d, i)) * (1 + (i * 37) % 40),
+                                   mode=0o644 if i % 7 else 0o755)
+        files["sub"] = {"a": "a%d" % d, "b": {"c": "c%d" % d, "e": "e%d" % d}}
+        files["link"] = L("f00")
+        spec["dir%02d" % d] = files
+    spec["big"] = F(b"B" * (1 << 20))
+    spec["hl2"] = HL("hl1")
+    spec["dir00"]["hl3"] = HL("hl1")
+    spec["x"] = F("x", xattrs={"user.k": "v"})
+    spec["ro"] = D({"r": "r"}, mode=0o555)
+    spec["t_file"] = "becomes a dir"
+    spec["t_dir"] = {"inner": "becomes a file"}
+    return spec
+
+
+def changes(r):
+    def w(p, data, mode=None):
+        with open(j(r, p), "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        if mode is not None:
+            os.chmod(j(r, p), mode)
+    for d in range(0, 30, 3):
+        w("dir%02d/f03" % d, "changed %d" % d)
+        os.unlink(j(r, "dir%02d/f04" % d))
+        w("dir%02d/new" % d, "new in %d" % d)
+        os.chmod(j(r, "dir%02d/f05" % d), 0o600)
+        os.utime(j(r, "dir%02d/f06" % d), ns=(T1, T1))
+        os.rename(j(r, "dir%02d/f07" % d), j(r, "dir%02d/f07.moved" % (d + 1)))
+    # renamed lower directories: copied up, opaque, whiteout at the old name
+    os.rename(j(r, "dir01"), j(r, "dir01.renamed"))
+    os.rename(j(r, "dir02"), j(r, "dir05/dir02.moved"))
+    w("dir01.renamed/added", "added after the rename")
+    os.unlink(j(r, "dir01.renamed/f10"))
+    os.rename(j(r, "dir04/sub"), j(r, "dir16/sub2"))
+    os.rename(j(r, "dir17"), j(r, "newer"))
+    os.rename(j(r, "newer"), j(r, "dir01.renamed/nested"))
+    # replaced directories: deleted and made again (opaque)
+    shutil.rmtree(j(r, "dir10"))
+    os.mkdir(j(r, "dir10"))
+    for i in range(30):
+        w("dir10/r%02d" % i, "replacement %d" % i)
+    os.makedirs(j(r, "dir10/sub/b"))
+    w("dir10/sub/b/c", "new c")
+    shutil.rmtree(j(r, "dir11/sub"))
+    os.mkdir(j(r, "dir11/sub"))
+    w("dir11/sub/only", "only")
+    shutil.rmtree(j(r, "dir13"))
+    # new trees
+    os.makedirs(j(r, "newdir/a/b"))
+    for i in range(60):
+        w("newdir/a/b/n%02d" % i, "n%d" % i * 20)
+    with open(j(r, "big"), "r+b") as f:
+        f.seek(1 << 19)
+        f.write(b"changed in the middle")
+    # hard links: a lower group changed, new links of new and lower files
+    with open(j(r, "hl1"), "ab") as f:
+        f.write(b" and changed")
+    os.link(j(r, "newdir/a/b/n00"), j(r, "newdir/n00.link"))
+    os.link(j(r, "newdir/a/b/n01"), j(r, "dir14/n01.link"))
+    os.link(j(r, "dir15/f20"), j(r, "dir15/f20.link"))
+    os.setxattr(j(r, "x"), "user.k", b"changed")
+    w("ro/new", "in ro")
+    os.unlink(j(r, "t_file"))
+    os.mkdir(j(r, "t_file"))
+    w("t_file/in", "in")
+    shutil.rmtree(j(r, "t_dir"))
+    w("t_dir", "now a file")
+    os.unlink(j(r, "dir00/link"))
+    os.symlink("/nonexistent/abs", j(r, "dir00/link"))
+
+
+class Pair:
+    """The saved lower and upper, the expected lower, and trial machinery."""
+
+    def __init__(self, work, upper_dir, fmt):
+        self.work = work
+        self.lower = j(work, "lower")
+        os.mkdir(self.lower)
+        build(self.lower, lower_spec())
+        oracle = j(work, "oracle")
+        cp_a(self.lower, oracle)
+        upper = j(upper_dir, "upper") if upper_dir else None
+        self.ovl = Overlay(self.lower, upper=upper, extra_args=["--format", fmt])
+        self.upper = self.ovl.upper
+        self.ovl.mount()
+        exp = _outcome(changes, oracle)
+        got = _outcome(changes, self.ovl.mp)
+        assert got == exp == ("ok", None), (got, exp)
+        assert_same_tree(snapshot(self.ovl.mp), snapshot(oracle))
+        self.new = strip_dir_mtimes(snapshot(self.ovl.mp, mtime=True, hide_private=True))
+        self.new_links = link_groups(oracle)
+        self.ovl.umount()
+        save = upper_dir or work
+        self.saved_lower = j(work, "saved-lower")
+        self.saved_upper = j(save, "saved-upper")
+        cp_a(self.lower, self.saved_lower)
+        cp_a(self.upper, self.saved_upper)
+        shutil.rmtree(oracle)
+        self.view_mp = j(work, "view")
+        os.mkdir(self.view_mp)
+
+    def upper_args(self):
+        return ["--upper", self.upper] if self.ovl.given_upper else []
+
+    def restore(self):
+        for p in (self.lower, self.upper):
+            if os.path.lexists(p):
+                subprocess.run(["rm", "-rf", "--", p], check=True)
+        cp_a(self.saved_lower, self.lower)
+        cp_a(self.saved_upper, self.upper)
+
+    def cmd(self):
+        return [OVLFS, "commit", "--quiet"] + self.upper_args() + [self.lower]
+
+    def measure(self, n=3):
+        ts = []
+        for _ in range(n):
+            self.restore()
+            t = time.monotonic()
+            r = run(self.cmd(), timeout=120)
+            ts.append(time.monotonic() - t)
+            assert r.returncode == 0, "uninterrupted commit failed: %s" % r.err
+            self.check_done("uninterrupted")
+        return sorted(ts)[n // 2]
+
+    def kill_after(self, delay):
+        """Start a commit and SIGKILL it after DELAY; True if it was killed."""
+        p = subprocess.Popen(self.cmd(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+        if delay > 0:
+            time.sleep(delay)
+        killed = p.poll() is None
+        if killed:
+            p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+        err = p.stderr.read().decode(errors="replace")
+        p.stderr.close()
+        if not killed or p.returncode == 0:
+            assert p.returncode == 0, "commit failed by itself: %s" % err
+        return killed
+
+    def check_view(self, what):
+        """The merged view of the lower and what is left of the upper is NEW."""
+        if not os.path.isdir(self.upper):
+            got = strip_dir_mtimes(snapshot(self.lower, mtime=True))
+            d = diff_snapshots(got, self.new, "lower", "NEW")
+            assert not d, "%s: upper gone, lower is not NEW:\n  %s" % (what, "\n  ".join(d))
+            return
+        view = Overlay(self.lower, upper=self.upper, mp=self.view_mp)
+        view.mount()
+        try:
+            got = strip_dir_mtimes(snapshot(self.view_mp, mtime=True, hide_private=True))
+        finally:
+            view.umount()
+        d = diff_snapshots(got, self.new, "merged view", "NEW")
+        assert not d, "%s: the merged view changed:\n  %s" % (what, "\n  ".join(d))
+
+    def check_done(self, what):
+        assert not os.path.lexists(self.upper), "%s: upper left" % what
+        got = strip_dir_mtimes(snapshot(self.lower, mtime=True))
+        d = diff_snapshots(got, self.new, "lower", "NEW")
+        assert not d, "%s: lower is not NEW:\n  %s" % (what, "\n  ".join(d))
+        assert link_groups(self.lower) == self.new_links, "%s: hard links" % what
+
+
+@pytest.fixture(params=["oci-same-fs", "oci-split-fs", "kernel-same-fs"])
+def pair(request, work, alt_work):
+    fmt, _, where = request.param.partition("-")
+    return Pair(work, alt_work if where == "split-fs" else None, fmt)
+
+
+@pytest.mark.timeout(900)
+def test_plain_commit_kill9_trials(pair):
+    seed = int(os.environ.get("OVLFS_PLAIN_CRASH_SEED",
+                              str(random.SystemRandom().randrange(1 << 32))))
+    rng = random.Random(seed)
+    dur = pair.measure()
+    delays = [0.0]
+    while len(delays) < max(TRIALS, 2):
+        delays.append(rng.uniform(0, dur * 1.1))
+    killed = 0
+    for i, delay in enumerate(delays):
+        what = "trial %d (seed %d, delay %.4fs of %.4fs)" % (i, seed, delay, dur)
+        try:
+            pair.restore()
+            killed += pair.kill_after(delay)
+            pair.check_view(what)
+            if i % 2 and os.path.isdir(pair.upper):
+                # the retry is killed too
+                pair.kill_after(rng.uniform(0, dur))
+                pair.check_view(what + ", retry killed")
+            if os.path.isdir(pair.upper):
+                r = run(pair.cmd(), timeout=120)
+                assert r.returncode == 0, "%s: retry failed: %s" % (what, r.err)
+            pair.check_done(what)
+        except AssertionError as e:
+            raise AssertionError("%s\nreproduce with OVLFS_PLAIN_CRASH_SEED=%d" % (e, seed))
+    print("seed %d, duration %.4fs, killed %d of %d" % (seed, dur, killed, len(delays)))
+
+
+def _twenty(root):
+    d = j(root, "lower", "dir")
+    os.makedirs(d)
+    for i in range(1, 21):
+        with open(j(d, "f%02d" % i), "w") as f:
+            f.write("content %02d\n" % i)
+    return j(root, "lower")
+
+
+def _chattr(flag, path):
+    subprocess.run(["chattr", flag, path], check=True)
+
+
+@pytest.mark.parametrize("how", ["rename", "replace"])
+@pytest.mark.parametrize("fmt", ["oci", "kernel"])
+def test_retry_after_failure_in_opaque_dir(work, how, fmt):
+    """The issue's recipe: a commit failing midway in an opaque directory,
+    then retried, keeps every file."""
+    lower = _twenty(work)
+    ovl = Overlay(lower, extra_args=["--format", fmt])
+    ovl.mount()
+    if how == "rename":
+        os.rename(j(ovl.mp, "dir"), j(ovl.mp, "renamed"))
+        name = "renamed"
+    else:
+        keep = {n: open(j(ovl.mp, "dir", n)).read() for n in os.listdir(j(ovl.mp, "dir"))}
+        shutil.rmtree(j(ovl.mp, "dir"))
+        os.mkdir(j(ovl.mp, "dir"))
+        for n, data in keep.items():
+            with open(j(ovl.mp, "dir", n), "w") as f:
+                f.write("new " + data)
+        name = "dir"
+    expect = snapshot(ovl.mp)
+    ovl.umount()
+    stuck = j(ovl.upper, name, "f10")
+    _chattr("+i", stuck)
+    try:
+        r = ovlfs("commit", lower)
+        assert r.returncode == 1, (r.out, r.err)
+        assert "f10" in r.err and "Operation not permitted" in r.err, r.err
+        # the pair still shows everything
+        ovl.mount()
+        assert_same_tree(snapshot(ovl.mp), expect, "view after failed commit", "before")
+        ovl.umount()
+    finally:
+        _chattr("-i", stuck)
+    r = ovlfs("commit", lower)
+    assert r.returncode == 0, r.err
+    assert_same_tree(snapshot(lower), expect, "lower", "view before commit")
+    assert sorted(os.listdir(j(lower, name))) == ["f%02d" % i for i in range(1, 21)]
+
+
+def test_commit_keeps_outside_hard_link_untouched(work, alt_work):
+    """An upper file that is also linked outside the layers is copied, not
+    stripped of ovlfs's private xattrs in place (item 8)."""
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    build(lower, {"f": "lower data", "g": "other"})
+    ovl = Overlay(lower, inode_mode="persistent")
+    ovl.mount()
+    with open(j(ovl.mp, "f"), "a") as f:
+        f.write(" changed")
+    os.chmod(j(ovl.mp, "g"), 0o600)
+    ovl.umount()
+    outside = j(work, "outside")
+    os.link(j(ovl.upper, "f"), outside)
+    # (its ctime changes: removing the upper's name of it is a change)
+    before = snapshot(outside, mtime=True, ino=True, root_attrs=True)
+    xa = sorted(os.listxattr(outside))
+    assert any(n.startswith(("trusted.ovlfs.", "user.ovlfs.")) for n in xa), \
+        "setup: copy-up should have left an origin xattr: %r" % xa
+    r = ovlfs("commit", lower)
+    assert r.returncode == 0, r.err
+    assert sorted(os.listxattr(outside)) == xa
+    assert_same_tree(snapshot(outside, mtime=True, ino=True, root_attrs=True),
+                     before, "outside after", "before")
+    assert open(j(lower, "f")).read() == "lower data changed"
+    assert os.stat(j(lower, "f")).st_ino != os.stat(outside).st_ino
+    assert not [n for n in os.listxattr(j(lower, "f"))
+                if n.startswith(("trusted.ovlfs.", "user.ovlfs."))]
