@@ -23,8 +23,8 @@
 #define WORKDIR ".wh..wh.ovlfs-commit"
 #define JOURNAL_MAGIC "ovlfs-journal 1"
 /*
- * On the upper's root while a plain commit runs (and after it failed): a
- * later run is a retry and looks for the debris of a killed one.
+ * On the upper's root while a plain commit has temporary copies in the
+ * lower: a run that finds it knows a killed one may have left some.
  */
 #define XATTR_COMMITTING "user.ovlfs.commit"
 
@@ -42,7 +42,8 @@ struct fin {
 	int lower_fd, upper_fd;	/* O_RDONLY|O_DIRECTORY roots */
 	bool same_fs, atomic;
 	bool atomic_or_commit;	/* a commit, not a discard */
-	bool retry;		/* a plain commit ran on this upper before */
+	bool retry;		/* a killed plain commit may have left debris */
+	bool marked;		/* this run set XATTR_COMMITTING */
 	/* Upper files with several links: how many of their names it holds. */
 	struct ovl_linkmap names;
 
@@ -984,6 +985,11 @@ static int place_object(struct fin *f, int ud, const char *name,
 		if (errno != EXDEV)
 			return -errno;
 	}
+	if (!f->marked && !f->retry) {
+		/* Unmarkable (no xattrs): every later run cleans up. */
+		ovl_fd_setxattr(f->upper_fd, XATTR_COMMITTING, "1", 1, 0);
+		f->marked = true;
+	}
 	ovl_tmp_name(&f->ofs, tmp);
 	err = copy_object(f, ud, name, us, ld, tmp, false);
 	if (err)
@@ -1665,12 +1671,12 @@ static int commit(struct fin *f, bool atomic)
 	if (atomic) {
 		err = commit_atomic(f);
 	} else {
-		/* Unmarkable (no xattrs): every run cleans as a retry would. */
 		f->retry = ovl_fd_getxattr(f->upper_fd, XATTR_COMMITTING, NULL,
-					   0) >= 0 ||
-			   ovl_fd_setxattr(f->upper_fd, XATTR_COMMITTING, "1", 1,
-					   0) < 0;
+					   0) != -ENODATA;
 		err = commit_dir(f, f->upper_fd, f->lower_fd);
+		/* Failing (not killed), a copy removes its temporary file. */
+		if (err && f->marked)
+			ovl_fd_removexattr(f->upper_fd, XATTR_COMMITTING);
 		if (!err)
 			err = sync_meta_times(f, f->upper_fd, f->lower_fd, &us);
 		/* The lower is durable before the upper goes. */
