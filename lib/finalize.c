@@ -1003,6 +1003,19 @@ static int place_object(struct fin *f, int ud, const char *name,
 	return err;
 }
 
+/*
+ * Moving entries out of upper directory FD changed its times, which the
+ * merged view shows: back to US's, for a retry after a failure to see.
+ * (Killed in between, a retry takes the changed times: the one thing a
+ * killed plain commit may get wrong.)
+ */
+static void keep_times(int fd, const struct stat *us)
+{
+	struct timespec ts[2] = { us->st_atim, us->st_mtim };
+
+	futimens(fd, ts);
+}
+
 static int commit_subdir(struct fin *f, int ud, int ld, const char *name,
 			 const struct stat *us, const struct stat *ls)
 {
@@ -1038,6 +1051,8 @@ static int commit_subdir(struct fin *f, int ud, int ld, const char *name,
 		cl = err = open_dir_at(ld, name);
 	if (err >= 0)
 		err = commit_dir(f, cu, cl);
+	if (cu >= 0 && !f->atomic)
+		keep_times(cu, us);
 	if (cu >= 0)
 		close(cu);
 	if (cl >= 0)
@@ -1674,6 +1689,7 @@ static int commit(struct fin *f, bool atomic)
 		f->retry = ovl_fd_getxattr(f->upper_fd, XATTR_COMMITTING, NULL,
 					   0) != -ENODATA;
 		err = commit_dir(f, f->upper_fd, f->lower_fd);
+		keep_times(f->upper_fd, &us);
 		/* Failing (not killed), a copy removes its temporary file. */
 		if (err && f->marked)
 			ovl_fd_removexattr(f->upper_fd, XATTR_COMMITTING);
