@@ -167,12 +167,17 @@ static int copy_dir(struct flat *f, int sfd, int dfd, int depth)
 	return err;
 }
 
-/* Copy the tree at SRC (a mounted view) to the new directory DEST. */
+/*
+ * Copy the tree at SRC (a mounted view) to the new directory DEST. It is
+ * written under a temporary name beside DEST and renamed to DEST once
+ * whole: killed midway, flatten leaves no half-made DEST that a retry
+ * would refuse (or a user take for the whole), only DEST.partial-XXXXXX.
+ */
 static int flatten_from(struct flat *f, const char *src)
 {
 	int sfd, pfd = -1, dfd = -1, err;
 	struct stat st;
-	char *parent, *base, *slash;
+	char *parent, *base, *slash, *tmp = NULL, *tbase = NULL;
 
 	sfd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (sfd < 0 || fstat(sfd, &st) < 0)
@@ -196,12 +201,15 @@ static int flatten_from(struct flat *f, const char *src)
 				    strerror(errno));
 		goto out;
 	}
-	if (mkdirat(pfd, base, 0700) < 0) {
-		err = ovl_set_error(f->fs, -errno, "flatten: %s: cannot create: %s",
-				    f->dest, strerror(errno));
+	tmp = ovl_path_with_suffix(f->dest, ".partial-XXXXXX");
+	if (!tmp || !mkdtemp(tmp)) {
+		err = ovl_set_error(f->fs, tmp ? -errno : -ENOMEM,
+				    "flatten: %s: cannot create a directory beside it: %s",
+				    f->dest, strerror(tmp ? errno : ENOMEM));
 		goto out;
 	}
-	dfd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	tbase = strrchr(tmp, '/') ? strrchr(tmp, '/') + 1 : tmp;
+	dfd = openat(pfd, tbase, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	f->dest_fd = dfd < 0 ? -1 : ovl_reopen(dfd, O_PATH | O_DIRECTORY);
 	if (dfd < 0 || f->dest_fd < 0)
 		err = ovl_set_error(f->fs, -errno, "flatten: %s: %s", f->dest,
@@ -210,12 +218,16 @@ static int flatten_from(struct flat *f, const char *src)
 		err = copy_dir(f, sfd, dfd, 0);
 	if (!err)
 		err = ovl_copy_meta(&f->ofs, sfd, dfd, &st, true);
+	/* NOREPLACE: a DEST made meanwhile by someone else stays theirs. */
+	if (!err && renameat2(pfd, tbase, pfd, base, RENAME_NOREPLACE) < 0)
+		err = ovl_set_error(f->fs, -errno, "flatten: %s: cannot rename %s to it: %s",
+				    f->dest, tmp, strerror(errno));
 	if (err && !f->fs->err[0])
 		ovl_set_error(f->fs, err, "flatten: %s: %s", f->dest,
 			      strerror(-err));
 	/* A half-written copy is no use to anyone: it goes. */
 	if (err)
-		ovl_remove_tree(pfd, base);
+		ovl_remove_tree(pfd, tbase);
 out:
 	if (dfd >= 0)
 		close(dfd);
@@ -225,6 +237,7 @@ out:
 		close(pfd);
 	close(sfd);
 	free(parent);
+	free(tmp);
 	return err;
 }
 
