@@ -146,6 +146,13 @@ int ovl_check_upper_format(struct ovlfs *fs, int fd, const char *upper,
  */
 int ovl_recover_lower(struct ovlfs *fs, const char *lower, const char *upper);
 
+/*
+ * -EBUSY with a message "WHAT: interrupted atomic commit in LOWER: run
+ * `ovlfs recover ...` first" if LOWER (canonical) holds one, else 0.
+ */
+int ovl_refuse_pending_commit(struct ovlfs *fs, const char *what,
+			      const char *lower, const char *upper);
+
 /* ===== paths.c: pure path logic (unit tested) ===== */
 
 /* Strip trailing slashes (keeping "/"); returns a new string or NULL. */
