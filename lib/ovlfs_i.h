@@ -61,6 +61,9 @@
 #define OVL_XATTR_ORIGIN_TRUSTED "trusted.ovlfs.origin"
 #define OVL_XATTR_ORIGIN_USER "user.ovlfs.origin"
 #define OVL_XATTR_FORMAT "user.ovlfs.format"
+/* Answered "ovlfs" by a mount's root, whatever its subtype=: see umount. */
+#define OVL_XATTR_MOUNT "user.ovlfs.mount"
+#define OVL_MOUNT_MARK "ovlfs"
 #define OVL_FORMAT_VERSION 1
 
 #define OVL_ERRLEN 512
