@@ -1474,12 +1474,13 @@ static int commit_atomic(struct fin *f)
 		if (!f->fs->err[0])
 			fail(f, err, "commit");
 		snprintf(why, sizeof(why), "%s", f->fs->err);
+		recover_cmd(f->fs, f->lower, f->upper, cmd, sizeof(cmd));
 		rb = ovl_remove_tree(f->lower_fd, WORKDIR);
 		if (rb)
 			ovl_set_error(f->fs, err,
 				      "%s; %s is unchanged, but its work directory %s/%s could not be removed (%s): run `%s`",
 				      why, f->lower, f->lower, WORKDIR,
-				      strerror(-rb), recover_cmd(f->fs, f->lower, f->upper, cmd, sizeof(cmd)));
+				      strerror(-rb), cmd);
 		else
 			ovl_set_error(f->fs, err, "%s; %s is unchanged", why,
 				      f->lower);
@@ -1498,20 +1499,25 @@ static int commit_atomic(struct fin *f)
 		/* Could not go forward (say, an immutable file): go back. */
 		fail(f, err, "commit");
 		snprintf(why, sizeof(why), "%s", f->fs->err);
+		recover_cmd(f->fs, f->lower, f->upper, cmd, sizeof(cmd));
 		rb = roll_back(f, pristine);
 		if (rb)
 			ovl_set_error(f->fs, rb,
 				      "%s; rolling back failed too (%s): run `%s`",
-				      why, strerror(-rb), recover_cmd(f->fs, f->lower, f->upper, cmd, sizeof(cmd)));
+				      why, strerror(-rb), cmd);
+		else
+			ovl_set_error(f->fs, err, "%s; rolled back: %s is unchanged",
+				      why, f->lower);
 	} else {
 		err = finish_applied(f, pristine, upper);
 		if (err && !f->fs->err[0])
 			fail(f, err, "commit");
 		if (err) {
 			snprintf(why, sizeof(why), "%s", f->fs->err);
+			recover_cmd(f->fs, f->lower, f->upper, cmd, sizeof(cmd));
 			ovl_set_error(f->fs, err,
 				      "%s; the new %s is in place: fix that, then run `%s` to finish",
-				      why, f->lower, recover_cmd(f->fs, f->lower, f->upper, cmd, sizeof(cmd)));
+				      why, f->lower, cmd);
 		}
 	}
 	free(pristine);
@@ -1720,7 +1726,6 @@ static int discard(struct fin *f)
 
 	if (!err)
 		err = take_upper(f);
-
 	if (err)
 		return err == 1 ? 0 : err;
 	f->prog.phase = "discard";
