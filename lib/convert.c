@@ -210,6 +210,9 @@ int ovlfs_convert(struct ovlfs *fs, enum ovlfs_format to)
 	err = ovl_pair_paths(fs, false, &lower, &upper, &exists);
 	if (err)
 		return err;
+	err = ovl_refuse_pending_commit(fs, "convert", lower, upper);
+	if (err)
+		goto out_free;
 	if (!exists) {
 		err = ovl_set_error(fs, -ENOENT, "convert: upper %s: %s", upper,
 				    strerror(ENOENT));

@@ -572,6 +572,9 @@ int ovlfs_diff(struct ovlfs *fs, ovlfs_diff_fn fn, void *arg)
 	err = ovl_pair_paths(fs, true, &lower, &upper, &upper_exists);
 	if (err)
 		return err;
+	err = ovl_refuse_pending_commit(fs, "diff", lower, upper);
+	if (err)
+		goto out_paths;
 	lfd = open_root(lower, &lst);
 	if (lfd < 0) {
 		err = ovl_set_error(fs, lfd, "lower %s: %s", lower,

@@ -92,6 +92,17 @@ static void path_pop(struct fin *f, size_t saved)
 	f->path[saved] = '\0';
 }
 
+/* The command that finishes an atomic commit of LOWER, for messages. */
+static const char *recover_cmd(const struct ovlfs *fs, const char *lower,
+			       const char *upper, char *buf, size_t len)
+{
+	bool named = fs->upper_set && upper;
+
+	snprintf(buf, len, "ovlfs recover %s%s%s%s", named ? "--upper " : "",
+		 named ? upper : "", named ? " " : "", lower);
+	return buf;
+}
+
 static void report(struct fin *f, bool final)
 {
 	struct timespec now;
@@ -490,17 +501,29 @@ static int jop(struct fin *f, char op, unsigned long n)
 	return err;
 }
 
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Strictly %XX (sscanf would take signs and blanks); never a NUL byte. */
 static int decode_path(char *s)
 {
 	char *o = s;
 
 	for (; *s; s++) {
 		if (*s == '%') {
-			unsigned v;
+			int hi = hex_digit(s[1]), lo = hi < 0 ? -1 : hex_digit(s[2]);
 
-			if (sscanf(s + 1, "%2X", &v) != 1 || !v)
+			if (lo < 0 || (hi | lo) == 0)
 				return -EUCLEAN;
-			*o++ = (char)v;
+			*o++ = (char)(hi << 4 | lo);
 			s += 2;
 		} else {
 			*o++ = *s;
@@ -508,6 +531,105 @@ static int decode_path(char *s)
 	}
 	*o = '\0';
 	return 0;
+}
+
+/*
+ * What is wrong with decoded journal path PATH, or NULL: it must stay in
+ * the lower (relative, no "", "." or ".." component) and out of the work
+ * directory. "." (the root) only for M.
+ */
+static const char *bad_path(const char *path, bool root_ok)
+{
+	const char *p = path;
+
+	if (!strcmp(path, "."))
+		return root_ok ? NULL : "the lower root itself";
+	for (;;) {
+		size_t len = strcspn(p, "/");
+
+		if (len == 0 || (len == 1 && p[0] == '.') ||
+		    (len == 2 && p[0] == '.' && p[1] == '.'))
+			return "a path that is absolute or has an empty, . or .. component";
+		if (p == path && len == strlen(WORKDIR) && !strncmp(p, WORKDIR, len))
+			return "a path inside the work directory";
+		if (!p[len])
+			return NULL;
+		p += len + 1;
+	}
+}
+
+/* What is wrong with operation line LINE (a copy, decoded here), or NULL. */
+static const char *bad_op(char *line)
+{
+	size_t nd;
+
+	if (!line[0] || !strchr("RDM", line[0]) || line[1] != ' ')
+		return "not an operation (R, D or M)";
+	nd = strspn(line + 2, "0123456789");
+	if (nd == 0 || nd > 20 || line[2 + nd] != ' ')
+		return "no operation number";
+	if (decode_path(line + 3 + nd))
+		return "a bad %XX escape in the path";
+	return bad_path(line + 3 + nd, line[0] == 'M');
+}
+
+/*
+ * A journal comes from the lower: it may be damaged or crafted. Check the
+ * whole of TEXT (SIZE bytes) before acting on any line, so a bad one stops
+ * recovery with nothing changed. 0, or -EUCLEAN with a message naming the
+ * line.
+ */
+static int check_journal(struct fin *f, const char *text, size_t size)
+{
+	char *copy = malloc(size + 1), *line, *next;
+	const char *why = NULL;
+	unsigned long nline = 0;
+	bool ended = false, upper = false;
+
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, text, size);
+	copy[size] = '\0';
+	for (line = copy; !why && line < copy + size; line = next) {
+		char *nl = memchr(line, '\n', copy + size - line);
+		bool last = !nl;
+
+		nline++;
+		if (last)
+			nl = copy + size;
+		*nl = '\0';
+		next = nl + 1;
+		if (strlen(line) != (size_t)(nl - line))
+			why = "a NUL byte";
+		else if (ended)
+			why = "text after \"end\"";
+		else if (nline == 1)
+			why = strcmp(line, JOURNAL_MAGIC) ?
+				      "not an ovlfs journal (no \"" JOURNAL_MAGIC "\")" :
+				      NULL;
+		else if (!strcmp(line, "end"))
+			ended = true;
+		else if (strncmp(line, "upper ", 6))
+			why = bad_op(line);
+		else if (upper || nline != 2)
+			why = "a misplaced upper line";
+		else if (decode_path(line + 6) || line[6] != '/')
+			why = "a bad upper path";
+		else
+			upper = true;
+		if (!why && last)
+			why = "the last line has no newline (truncated)";
+	}
+	if (!why && !ended) {
+		nline++;
+		why = "no \"end\" line (truncated)";
+	}
+	free(copy);
+	if (!why)
+		return 0;
+	return ovl_set_error(f->fs, -EUCLEAN,
+			     "cannot recover: %s/%s/journal, line %lu: %s; nothing was changed: inspect %s/%s by hand",
+			     f->lower, WORKDIR, nline, why, f->lower, WORKDIR);
 }
 
 /*
@@ -1493,7 +1615,7 @@ static int finish_applied(struct fin *f, const char *text, const char *upper)
 
 static int commit_atomic(struct fin *f)
 {
-	char *upper, *pristine;
+	char *upper, *pristine, why[OVL_ERRLEN], cmd[2 * PATH_MAX + 32];
 	struct stat st;
 	int err, rb;
 
@@ -1522,7 +1644,17 @@ static int commit_atomic(struct fin *f)
 		/* Before the commit point: roll back, the lower is untouched. */
 		if (!f->fs->err[0])
 			fail(f, err, "commit");
-		ovl_remove_tree(f->lower_fd, WORKDIR);
+		snprintf(why, sizeof(why), "%s", f->fs->err);
+		recover_cmd(f->fs, f->lower, f->upper, cmd, sizeof(cmd));
+		rb = ovl_remove_tree(f->lower_fd, WORKDIR);
+		if (rb)
+			ovl_set_error(f->fs, err,
+				      "%s; %s is unchanged, but its work directory %s/%s could not be removed (%s): run `%s`",
+				      why, f->lower, f->lower, WORKDIR,
+				      strerror(-rb), cmd);
+		else
+			ovl_set_error(f->fs, err, "%s; %s is unchanged", why,
+				      f->lower);
 		return err;
 	}
 	f->prog.phase = "apply";
@@ -1537,15 +1669,27 @@ static int commit_atomic(struct fin *f)
 	if (err) {
 		/* Could not go forward (say, an immutable file): go back. */
 		fail(f, err, "commit");
+		snprintf(why, sizeof(why), "%s", f->fs->err);
+		recover_cmd(f->fs, f->lower, f->upper, cmd, sizeof(cmd));
 		rb = roll_back(f, pristine);
 		if (rb)
 			ovl_set_error(f->fs, rb,
-				      "%s; rolling back failed too (%s): run ovlfs recover",
-				      f->fs->err, strerror(-rb));
+				      "%s; rolling back failed too (%s): run `%s`",
+				      why, strerror(-rb), cmd);
+		else
+			ovl_set_error(f->fs, err, "%s; rolled back: %s is unchanged",
+				      why, f->lower);
 	} else {
 		err = finish_applied(f, pristine, upper);
 		if (err && !f->fs->err[0])
-			fail(f, err, "commit (finish it with ovlfs recover)");
+			fail(f, err, "commit");
+		if (err) {
+			snprintf(why, sizeof(why), "%s", f->fs->err);
+			recover_cmd(f->fs, f->lower, f->upper, cmd, sizeof(cmd));
+			ovl_set_error(f->fs, err,
+				      "%s; the new %s is in place: fix that, then run `%s` to finish",
+				      why, f->lower, cmd);
+		}
 	}
 	free(pristine);
 	return err;
@@ -1581,6 +1725,9 @@ static int recover_locked(struct fin *f)
 		goto out;
 	/* NOLINTNEXTLINE(clang-analyzer-core.NullDereference): assumes -errno >= 0 */
 	text[st.st_size] = '\0';
+	err = check_journal(f, text, st.st_size);
+	if (err)
+		goto out;
 	if (exists_at(f->work_fd, "rollback")) {
 		err = roll_back(f, text);
 		goto out;
@@ -1610,9 +1757,41 @@ out:
 
 /* ---- the public calls ---- */
 
+/*
+ * Commands that read the layers or change only the upper (diff, export,
+ * apply, convert, discard) would see, or make, a half-applied lower and a
+ * committed or half-removed upper; only recovery writes the lower, and
+ * those commands must not. So they refuse while LOWER (canonical) holds
+ * the work directory of an interrupted (or running) atomic commit.
+ */
+int ovl_refuse_pending_commit(struct ovlfs *fs, const char *what,
+			      const char *lower, const char *upper)
+{
+	char cmd[2 * PATH_MAX + 32];
+	struct stat st;
+	int fd, err = 0;
+
+	/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
+	fd = open(lower, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return ovl_set_error(fs, -errno, "%s: lower %s: %s", what, lower,
+				     strerror(errno));
+	if (fstatat(fd, WORKDIR, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		err = ovl_set_error(fs, -EBUSY,
+				    "%s: interrupted atomic commit in %s (%s/%s): run `%s` first",
+				    what, lower, lower, WORKDIR,
+				    recover_cmd(fs, lower, upper, cmd, sizeof(cmd)));
+	else if (errno != ENOENT)
+		err = ovl_set_error(fs, -errno, "%s: lower %s: %s/%s: %s", what,
+				    lower, lower, WORKDIR, strerror(errno));
+	close(fd);
+	return err;
+}
+
 /* Open and lock the lower for F, recovering an interrupted commit. */
 static int take_lower(struct fin *f)
 {
+	bool own_upper_fd = false;
 	int err = open_root(f, "lower", f->lower, &f->lower_fd);
 
 	if (err)
@@ -1625,7 +1804,19 @@ static int take_lower(struct fin *f)
 	if (err)
 		return ovl_set_error(f->fs, err, "lower %s: cannot lock: %s",
 				     f->lower, strerror(-err));
+	/*
+	 * A commit rolled forward removes its upper, identified by this fd:
+	 * else a commit after it would walk an upper already applied.
+	 */
+	if (f->upper_fd < 0 && f->upper) {
+		f->upper_fd = open(f->upper, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		own_upper_fd = f->upper_fd >= 0;
+	}
 	err = recover_locked(f);
+	if (own_upper_fd) {
+		close(f->upper_fd);	/* take_upper opens (and locks) its own */
+		f->upper_fd = -1;
+	}
 	/* Recovery used the work fds; a commit opens its own. */
 	if (f->work_fd >= 0)
 		close(f->work_fd);
@@ -1709,8 +1900,10 @@ static int commit(struct fin *f, bool atomic)
 
 static int discard(struct fin *f)
 {
-	int err = take_upper(f);
+	int err = ovl_refuse_pending_commit(f->fs, "discard", f->lower, f->upper);
 
+	if (!err)
+		err = take_upper(f);
 	if (err)
 		return err == 1 ? 0 : err;
 	f->prog.phase = "discard";
@@ -1802,13 +1995,21 @@ int ovlfs_recover(struct ovlfs *fs)
 {
 	char *lower = NULL, *upper = NULL;
 	struct fin f;
+	bool named;
 	int err;
 
 	if (fs->mounted)
 		return ovl_set_error(fs, -EBUSY, "unmount %s first",
 				     fs->mount_point);
 	fin_init(&f, fs);
+	/*
+	 * A named upper may be gone: the interrupted commit may have removed
+	 * it already, and recovery removes it only if it is still there.
+	 */
+	named = fs->upper_set;
+	fs->upper_set = false;
 	err = fin_paths(&f, false, &lower, &upper);
+	fs->upper_set = named;
 	fin_done(&f);
 	if (!err)
 		err = ovl_recover_lower(fs, lower, upper);

@@ -321,6 +321,13 @@ int ovlfs_flatten(struct ovlfs *fs, const char *dest)
 	if (err)
 		return err;
 	f.ofs.is_root = geteuid() == 0;
+	/* Its mount would recover, and flatten changes no layer. */
+	for (unsigned i = 0; !fs->mounted && i <= fs->n_more_lowers; i++) {
+		err = ovl_refuse_pending_commit(fs, "flatten",
+						ovlfs_lower_at(fs, i), fs->upper);
+		if (err)
+			return err;
+	}
 	if (!fs->mounted) {
 		mp = ovl_path_with_suffix(dest, ".flatten-XXXXXX");
 		if (!mp || !mkdtemp(mp)) {

@@ -770,7 +770,19 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	n = ovl_getxattr(ofs, node_of(ofs, ino), name, buf, size);
+	/*
+	 * `ovlfs umount` asks this of a FUSE mount whose type is not
+	 * fuse.ovlfs (mounted with -o subtype=...): only ovlfs answers.
+	 */
+	if (ino == FUSE_ROOT_ID && !strcmp(name, OVL_XATTR_MOUNT)) {
+		n = sizeof(OVL_MOUNT_MARK) - 1;
+		if (size && size < (size_t)n)
+			n = -ERANGE;
+		else if (size)
+			memcpy(buf, OVL_MOUNT_MARK, n);
+	} else {
+		n = ovl_getxattr(ofs, node_of(ofs, ino), name, buf, size);
+	}
 	reply_xattr(req, size, buf, n);
 	free(buf);
 }

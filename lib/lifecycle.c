@@ -1239,11 +1239,32 @@ static void unescape(char *s)
 	*o = '\0';
 }
 
-/* Find MP in mountinfo: 1 and its device if it is an ovlfs mount. */
-static int find_ovlfs_mount(const char *mp, dev_t *dev, bool *is_ovlfs)
+/*
+ * Whether the FUSE mount on MP (the top one) is ovlfs's: fuse.ovlfs, or,
+ * mounted with another subtype=, its root answers OVL_XATTR_MOUNT.
+ */
+static bool ovlfs_fstype(const char *mp, const char *fstype)
+{
+	char buf[sizeof(OVL_MOUNT_MARK)];
+
+	if (!strcmp(fstype, "fuse.ovlfs"))
+		return true;
+	if (strcmp(fstype, "fuse") && strncmp(fstype, "fuse.", 5))
+		return false;
+	return lgetxattr(mp, OVL_XATTR_MOUNT, buf, sizeof(buf)) ==
+		       (ssize_t)sizeof(buf) - 1 &&
+	       !memcmp(buf, OVL_MOUNT_MARK, sizeof(buf) - 1);
+}
+
+/*
+ * Find MP in mountinfo: 1, its device and the uid that mounted it (-1 if
+ * not shown) if found; *IS_OVLFS if it is an ovlfs mount.
+ */
+static int find_ovlfs_mount(const char *mp, dev_t *dev, bool *is_ovlfs,
+			    long *owner)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char *line = NULL;
+	char *line = NULL, fstype[256] = "";
 	size_t cap = 0;
 	int found = 0;
 
@@ -1251,12 +1272,12 @@ static int find_ovlfs_mount(const char *mp, dev_t *dev, bool *is_ovlfs)
 		return -errno;
 	while (getline(&line, &cap, f) > 0) {
 		unsigned maj, mnr;
-		char point[4096], fstype[256];
+		char point[4096], type[256], *uid;
 		char *sep = strstr(line, " - ");
 
 		if (!sep || sscanf(line, "%*u %*u %u:%u %*s %4095s", &maj, &mnr,
 				   point) != 3 ||
-		    sscanf(sep + 3, "%255s", fstype) != 1)
+		    sscanf(sep + 3, "%255s", type) != 1)
 			continue;
 		unescape(point);
 		if (strcmp(point, mp))
@@ -1264,33 +1285,61 @@ static int find_ovlfs_mount(const char *mp, dev_t *dev, bool *is_ovlfs)
 		/* The last mount on MP is the one on top: keep going. */
 		found = 1;
 		*dev = makedev(maj, mnr);
-		*is_ovlfs = !strcmp(fstype, "fuse.ovlfs");
+		snprintf(fstype, sizeof(fstype), "%s", type);
+		uid = strstr(sep, ",user_id=");
+		*owner = uid ? strtol(uid + 9, NULL, 10) : -1;
 	}
 	free(line);
 	fclose(f);
+	*is_ovlfs = found && ovlfs_fstype(mp, fstype);
 	return found;
 }
 
-static int run_fusermount(const char *mp)
+/* fusermount3 -u MP; its message (the reason it refused) into WHY. */
+static int run_fusermount(const char *mp, char *why, size_t len)
 {
-	pid_t pid = fork();
-	int status;
+	int fds[2], status;
+	ssize_t n = 0, got;
+	pid_t pid;
 
-	if (pid < 0)
+	why[0] = '\0';
+	if (pipe2(fds, O_CLOEXEC) < 0)
 		return -errno;
+	pid = fork();
+	if (pid < 0) {
+		close(fds[0]);
+		close(fds[1]);
+		return -errno;
+	}
 	if (pid == 0) {
-		execlp("fusermount3", "fusermount3", "-u", "-q", mp, (char *)NULL);
+		dup2(fds[1], STDERR_FILENO);
+		execlp("fusermount3", "fusermount3", "-u", mp, (char *)NULL);
 		_exit(127);
 	}
+	close(fds[1]);
+	while ((size_t)n + 1 < len &&
+	       (got = read(fds[0], why + n, len - 1 - n)) != 0) {
+		if (got < 0 && errno != EINTR)
+			break;
+		if (got > 0)
+			n += got;
+	}
+	why[n] = '\0';
+	close(fds[0]);
+	while (n > 0 && (why[n - 1] == '\n' || why[n - 1] == ' '))
+		why[--n] = '\0';
 	if (waitpid(pid, &status, 0) < 0)
 		return -errno;
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 127 && !n)
+		snprintf(why, len, "cannot run fusermount3");
 	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EPERM;
 }
 
 int ovlfs_unmount_path(const char *mount_point, char *errbuf, unsigned errlen)
 {
-	char *mp = NULL, p[64];
+	char *mp = NULL, p[64], why[256];
 	bool is_ovlfs = false;
+	long owner = -1;
 	dev_t dev = 0;
 	struct stat st;
 	int err;
@@ -1301,7 +1350,7 @@ int ovlfs_unmount_path(const char *mount_point, char *errbuf, unsigned errlen)
 			 strerror(-err));
 		return err;
 	}
-	err = find_ovlfs_mount(mp, &dev, &is_ovlfs);
+	err = find_ovlfs_mount(mp, &dev, &is_ovlfs, &owner);
 	if (err <= 0 || !is_ovlfs) {
 		err = err < 0 ? err : -EINVAL;
 		snprintf(errbuf, errlen, "%s is not an ovlfs mount point", mp);
@@ -1315,10 +1364,18 @@ int ovlfs_unmount_path(const char *mount_point, char *errbuf, unsigned errlen)
 				 errno == EBUSY ? " (files still open in it?)" : "");
 			goto out;
 		}
+	} else if (owner >= 0 && owner != (long)getuid()) {
+		/* fusermount3 would refuse too, without saying why. */
+		err = -EPERM;
+		snprintf(errbuf, errlen,
+			 "cannot unmount %s: not permitted: mounted by uid %ld",
+			 mp, owner);
+		goto out;
 	} else {
-		err = run_fusermount(mp);
+		err = run_fusermount(mp, why, sizeof(why));
 		if (err) {
-			snprintf(errbuf, errlen, "fusermount3 -u %s failed", mp);
+			snprintf(errbuf, errlen, "cannot unmount %s: %s", mp,
+				 why[0] ? why : "fusermount3 -u failed");
 			goto out;
 		}
 	}

@@ -61,6 +61,9 @@
 #define OVL_XATTR_ORIGIN_TRUSTED "trusted.ovlfs.origin"
 #define OVL_XATTR_ORIGIN_USER "user.ovlfs.origin"
 #define OVL_XATTR_FORMAT "user.ovlfs.format"
+/* Answered "ovlfs" by a mount's root, whatever its subtype=: see umount. */
+#define OVL_XATTR_MOUNT "user.ovlfs.mount"
+#define OVL_MOUNT_MARK "ovlfs"
 #define OVL_FORMAT_VERSION 1
 
 #define OVL_ERRLEN 512
@@ -145,6 +148,13 @@ int ovl_check_upper_format(struct ovlfs *fs, int fd, const char *upper,
  * 1 if something was recovered, 0 if not, -errno.
  */
 int ovl_recover_lower(struct ovlfs *fs, const char *lower, const char *upper);
+
+/*
+ * -EBUSY with a message "WHAT: interrupted atomic commit in LOWER: run
+ * `ovlfs recover ...` first" if LOWER (canonical) holds one, else 0.
+ */
+int ovl_refuse_pending_commit(struct ovlfs *fs, const char *what,
+			      const char *lower, const char *upper);
 
 /* ===== paths.c: pure path logic (unit tested) ===== */
 

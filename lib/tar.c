@@ -553,6 +553,9 @@ int ovlfs_export_tar(struct ovlfs *fs, int fd)
 	err = ovl_pair_paths(fs, false, &lower, &upper, &upper_exists);
 	if (err)
 		return err;
+	err = ovl_refuse_pending_commit(fs, "export", lower, upper);
+	if (err)
+		goto out;
 	x.upper = upper;
 	if (upper_exists) {
 		err = open_locked(fs, "upper", upper, &ufd);
@@ -1510,10 +1513,18 @@ int ovlfs_apply_tar(struct ovlfs *fs, int fd, unsigned flags)
 	err = ovl_pair_paths(fs, false, &lower, &upper, &upper_exists);
 	if (err)
 		return err;
+	/*
+	 * --commit writes the lower: it recovers first, as commit does (and
+	 * with the upper the interrupted commit was for, which it may
+	 * remove). Into the upper, it would write what recovery may delete.
+	 */
 	if (flags & OVLFS_APPLY_COMMIT) {
-		err = apply_commit(fs, fd, lower);
+		err = ovl_recover_lower(fs, lower, upper);
+		if (err >= 0)
+			err = apply_commit(fs, fd, lower);
 	} else {
-		if (!upper_exists)
+		err = ovl_refuse_pending_commit(fs, "apply", lower, upper);
+		if (!err && !upper_exists)
 			err = make_upper(fs, lower, upper, false);
 		if (!err)
 			err = apply_to(fs, fd, lower, upper);

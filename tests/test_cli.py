@@ -176,6 +176,57 @@ def test_umount_not_mounted(work):
     assert "plain" in r.err
 
 
+def test_umount_not_permitted(work):
+    """Another user may not unmount root's mount: the message says why (who
+    mounted it), exit 1, still mounted."""
+    lower = j(work, "l")
+    os.mkdir(lower)
+    o = Overlay(lower)
+    o.mount()
+    for user in (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+                 ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups"]):
+        r = run(user + [OVLFS, "umount", o.mp])
+        assert r.returncode == 1, (r.returncode, r.err)
+        assert r.err == "ovlfs: cannot unmount %s: not permitted: mounted by uid 0\n" % o.mp, \
+            r.err
+        assert o.mounted
+    o.umount()
+
+
+def test_umount_other_subtype(work):
+    """A mount given another subtype= (fuse.x) is still ovlfs's own."""
+    lower = j(work, "l")
+    os.mkdir(lower)
+    build(lower, {"f": "f"})
+    o = Overlay(lower, opts="subtype=x")
+    o.mount()
+    assert mount_entry(o.mp)["fstype"] == "fuse.x"
+    assert open(j(o.mp, "f")).read() == "f"
+    o.umount()
+    assert not is_mounted(o.mp)
+
+
+def test_umount_refuses_other_fuse_filesystems(work):
+    """Another FUSE filesystem is not ovlfs's to unmount: its root does
+    not answer the marker xattr ovlfs's own mounts answer."""
+    exe = "/usr/bin/fuse-overlayfs"
+    if not os.path.exists(exe):
+        pytest.skip("needs fuse-overlayfs")
+    for d in ("lo", "up", "wk", "mp"):
+        os.mkdir(j(work, d))
+    mp = j(work, "mp")
+    r = run([exe, "-o", "lowerdir=%s,upperdir=%s,workdir=%s" % (
+        j(work, "lo"), j(work, "up"), j(work, "wk")), mp])
+    assert r.returncode == 0, r.err
+    try:
+        assert mount_entry(mp)["fstype"].startswith("fuse")
+        r = ovlfs("umount", mp)
+        assert r.returncode == 1 and "not an ovlfs mount point" in r.err, r.err
+        assert is_mounted(mp)
+    finally:
+        run(["umount", mp])
+
+
 # ---------------------------------------------------------------- refusals
 
 def refusal(work, args, must_name, cwd=None):

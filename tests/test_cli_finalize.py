@@ -7,6 +7,7 @@ library; those tests are meant to fail, not skip, while the library still
 answers "not implemented"."""
 
 import json
+import tarfile
 import os
 import re
 import signal
@@ -75,6 +76,21 @@ def test_command_help(cmd):
     assert r2.returncode == 0 and r2.out == r.out
     r3 = ovlfs(cmd, "-h")
     assert r3.returncode == 0 and r3.out == r.out
+
+
+def test_help_command_options():
+    """`ovlfs help` takes --help like every command; other options are
+    usage errors; `help CMD` is `CMD --help`, `help` alone is `--help`."""
+    for opt in ("--help", "-h"):
+        r = ovlfs("help", opt)
+        assert r.returncode == 0 and r.err == "", (opt, r.returncode, r.err)
+        assert r.out.startswith("usage: ovlfs help [COMMAND]"), r.out
+        assert r.out == ovlfs("help", "help").out == ovlfs("help", "--help").out
+    assert ovlfs("help").out == ovlfs("--help").out
+    r = ovlfs("help", "--bogus")
+    assert r.returncode == 2 and "--bogus" in r.err and "unknown option" in r.err, r.err
+    r = ovlfs("help", "mount", "diff")
+    assert r.returncode == 2 and "too many arguments" in r.err, r.err
 
 
 def test_help_wins_over_missing_arguments():
@@ -245,6 +261,42 @@ def test_commit_missing_lower(work):
     assert r.returncode == 1
     assert r.err.startswith("ovlfs: ") and "nothere" in r.err, r.err
     assert "not implemented" not in r.err, r.err
+
+
+@pytest.mark.parametrize("args", [["commit"], ["commit", "--atomic"], ["discard"]],
+                         ids=["commit", "atomic", "discard"])
+def test_no_upper_nothing_to_do(work, args):
+    """No upper (never mounted): nothing to do, said on stderr, exit 0,
+    nothing created or changed; --quiet says nothing."""
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    build(lower, TREE)
+    before = snapshot(lower, mtime=True, ctime=True)
+    verb = args[0]
+    r = ovlfs(*(args + [lower]))
+    assert r.returncode == 0, r.err
+    assert r.out == ""
+    assert r.err == "ovlfs: %s: no upper %s.upper: nothing to %s\n" % (
+        verb, lower, verb), r.err
+    r = ovlfs(*(args + ["--quiet", lower]))
+    assert r.returncode == 0 and r.out == "" and r.err == "", r.err
+    assert sorted(os.listdir(work)) == ["lower"]
+    assert_same_tree(snapshot(lower, mtime=True, ctime=True), before, "after", "before")
+
+
+def test_no_upper_diff_and_export_are_empty(work):
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    build(lower, TREE)
+    r = ovlfs("diff", lower)
+    assert r.returncode == 0 and r.err == "", r.err
+    assert r.out == "0 added, 0 modified, 0 deleted; 0 bytes added or changed\n"
+    tar = j(work, "layer.tar")
+    r = ovlfs("export", "--tar", tar, lower)
+    assert r.returncode == 0 and r.err == "", r.err
+    with tarfile.open(tar) as t:
+        assert t.getnames() == []
+    assert sorted(os.listdir(work)) == ["layer.tar", "lower"]
 
 
 # ---------------------------------------------------------------- discard
@@ -457,6 +509,27 @@ def test_diff_odd_names(work):
     assert got == want
     assert b"\\u00e9\\u00ff" in r.stdout
     assert "é€".encode() in r.stdout      # valid UTF-8 written as it is
+
+
+def test_diff_json_failing_midway_prints_no_json(work):
+    """A diff that fails after some changes were found prints no JSON at
+    all (not the start of a document), the reason on stderr, exit 1."""
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    build(lower, {"a": "a\n"})
+    upper = j(work, "lower.upper")
+    build(work, {"lower.upper": {"a_new": "n\n", "z": {"in": {"x": "x\n"}}}})
+    os.chmod(j(upper, "z", "in"), 0)        # unreadable for a non-root user
+    user = ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups"]
+    for args in (["--json"], []):
+        r = run(user + [OVLFS, "diff"] + args + [lower])
+        assert r.returncode == 1, (r.returncode, r.out, r.err)
+        assert j(upper, "z", "in") in r.err or "z/in" in r.err, r.err
+        assert "Permission denied" in r.err, r.err
+        if args:
+            assert r.out == "", "partial JSON on stdout: %r" % r.out
+        else:
+            assert "A /a_new" in r.out      # text: the lines found so far
 
 
 def test_diff_missing_lower(work):

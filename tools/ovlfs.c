@@ -126,7 +126,8 @@ static const struct command commands[] = {
 "usage: ovlfs umount MOUNTPOINT\n"
 "\n"
 "Unmount the ovlfs mount at MOUNTPOINT. The process serving it exits; the\n"
-"upper directory and the mount point are left in place.\n"
+"upper directory and the mount point are left in place. Other filesystems\n"
+"are refused, and so is a mount made by another user.\n"
 "\n"
 "options:\n"
 "  -h, --help               show this help\n",
@@ -240,6 +241,10 @@ static const struct command commands[] = {
 "in the text always stands for one raw byte; a JSON parser turns it into\n"
 "the character U+00XX, i.e. decodes such names as Latin-1).\n"
 "\n"
+"The JSON is printed only once complete: a diff that fails midway prints\n"
+"nothing on stdout. Without an upper the diff is empty. Refused while\n"
+"LOWER holds an interrupted 'commit --atomic' (run 'ovlfs recover').\n"
+"\n"
 "The exit status is 0 whether or not there are changes.\n"
 "\n"
 "options:\n"
@@ -267,6 +272,8 @@ static const struct command commands[] = {
 "With --atomic it is all or nothing: after a crash or power cut, recovery\n"
 "('ovlfs recover LOWER', or automatically the next mount or commit of\n"
 "LOWER) yields the old LOWER or the fully committed one, never a mix.\n"
+"An interrupted atomic commit is recovered before committing. Without an\n"
+"upper there is nothing to commit (said on stderr, exit 0).\n"
 "\n"
 "options:\n"
 "  --atomic                 commit all or nothing, even across a crash\n"
@@ -408,7 +415,14 @@ static const struct command commands[] = {
 		.name = "help",
 		.fn = cmd_help,
 		.summary = "show help for ovlfs or one command",
-		.usage = "usage: ovlfs help [COMMAND]\n",
+		.usage =
+"usage: ovlfs help [COMMAND]\n"
+"\n"
+"Show the help of COMMAND (the same as 'ovlfs COMMAND --help'), or without\n"
+"COMMAND the list of commands (the same as 'ovlfs --help').\n"
+"\n"
+"options:\n"
+"  -h, --help               show this help\n",
 	},
 };
 /* clang-format on */
@@ -500,19 +514,26 @@ static const char *fs_error(const struct ovlfs *fs, int err, char *buf,
 /* ---------------------------------------------------------------------- */
 /* help */
 
+static int parse_help_only(const struct command *cmd, int argc, char **argv);
+
 static int cmd_help(int argc, char **argv)
 {
 	const struct command *cmd;
+	int ret;
 
-	if (argc < 2) {
+	/* As every command: --help describes it, other options are errors. */
+	ret = parse_help_only(find_command("help"), argc, argv);
+	if (ret >= 0)
+		return ret;
+	if (argc - optind < 1) {
 		main_usage(stdout);
 		return 0;
 	}
-	if (argc > 2)
+	if (argc - optind > 1)
 		return usage_error(find_command("help"), "too many arguments");
-	cmd = find_command(argv[1]);
+	cmd = find_command(argv[optind]);
 	if (!cmd)
-		return usage_error(NULL, "unknown command '%s'", argv[1]);
+		return usage_error(NULL, "unknown command '%s'", argv[optind]);
 	fputs(cmd->usage, stdout);
 	return 0;
 }
@@ -1382,11 +1403,15 @@ static int finish_cmd(struct fin_opts *o, enum ovlfs_action action,
 {
 	struct ovlfs *fs;
 	char what[64];
+	struct stat st;
+	bool no_upper;
 	int ret;
 
 	fs = open_handle(o);
 	if (!fs)
 		return 1;
+	/* A missing named upper is refused by the library (a typo). */
+	no_upper = lstat(ovlfs_upper(fs), &st) < 0 && errno == ENOENT;
 	progress_begin(fs, o->quiet);
 	ret = ovlfs_finish(fs, action);
 	progress_end();
@@ -1396,6 +1421,9 @@ static int finish_cmd(struct fin_opts *o, enum ovlfs_action action,
 		ovlfs_free(fs);
 		return 1;
 	}
+	if (no_upper && !o->quiet)
+		err_msg("%s: no upper %s: nothing to %s", verb, ovlfs_upper(fs),
+			verb);
 	ovlfs_free(fs);
 	return 0;
 }
@@ -1718,6 +1746,8 @@ static int cmd_diff(int argc, char **argv)
 	struct diff_state d = { 0 };
 	struct fin_opts o;
 	struct ovlfs *fs;
+	char *json = NULL;
+	size_t json_len = 0;
 	int ret;
 
 	ret = parse_fin_opts(cmd, FIN_UPPER | FIN_JSON | FIN_LAYERS, argc, argv, &o);
@@ -1728,11 +1758,23 @@ static int cmd_diff(int argc, char **argv)
 		return 1;
 	d.out = stdout;
 	d.json = o.json;
+	/*
+	 * JSON is built in memory and printed only once complete: a diff
+	 * that fails midway prints nothing a parser could mistake for a
+	 * (shorter) answer.
+	 */
+	if (d.json && !(d.out = open_memstream(&json, &json_len))) {
+		err_msg("diff: out of memory");
+		ovlfs_free(fs);
+		return 1;
+	}
 	ret = ovlfs_diff(fs, diff_cb, &d);
 	if (ret != 0) {
+		if (d.json) {
+			fclose(d.out);
+			free(json);
+		}
 		fflush(stdout);
-		if (d.json && d.started)
-			fputc('\n', stdout);
 		report_failure(fs, ret, "cannot diff");
 		ovlfs_free(fs);
 		return 1;
@@ -1740,11 +1782,18 @@ static int cmd_diff(int argc, char **argv)
 	ovlfs_free(fs);
 	if (d.json) {
 		json_open(&d);
-		printf("%s],\"summary\":{\"added\":%" PRIu64
-		       ",\"modified\":%" PRIu64 ",\"deleted\":%" PRIu64
-		       ",\"bytes\":%" PRIu64 "}}\n",
-		       d.added + d.modified + d.deleted ? "\n" : "", d.added,
-		       d.modified, d.deleted, d.bytes);
+		fprintf(d.out, "%s],\"summary\":{\"added\":%" PRIu64
+			",\"modified\":%" PRIu64 ",\"deleted\":%" PRIu64
+			",\"bytes\":%" PRIu64 "}}\n",
+			d.added + d.modified + d.deleted ? "\n" : "", d.added,
+			d.modified, d.deleted, d.bytes);
+		if (fclose(d.out) != 0) {
+			free(json);
+			err_msg("diff: out of memory");
+			return 1;
+		}
+		fwrite(json, 1, json_len, stdout);
+		free(json);
 	} else {
 		put_summary(stdout, &d);
 	}
