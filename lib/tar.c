@@ -175,6 +175,23 @@ static int open_locked(struct ovlfs *fs, const char *what, const char *path,
 	return 0;
 }
 
+/*
+ * A name for FD in messages: the path it was opened by, if it has one
+ * (a tar given as a file), else what /proc says ("pipe:[...]").
+ */
+static void fd_name(int fd, char *buf, size_t len)
+{
+	char p[64];
+	ssize_t n;
+
+	snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
+	n = readlink(p, buf, len - 1);
+	if (n < 0 || (size_t)n >= len - 1)
+		snprintf(buf, len, "the tar (fd %d)", fd);
+	else
+		buf[n] = '\0';
+}
+
 /* ---- export ---- */
 
 struct xport {
@@ -188,6 +205,7 @@ struct xport {
 	char *path;			/* "" or "dir/sub/" being walked */
 	size_t len, cap;
 	char *buf;			/* TAR_BUFSZ */
+	char out[PATH_MAX];		/* what the tar goes to, for messages */
 };
 
 /* What one directory holds, as it goes into the tar. */
@@ -204,8 +222,15 @@ static int xfail(struct xport *x, int err, const char *name)
 
 static int xarchive_fail(struct xport *x, const char *name)
 {
-	return ovl_set_error(x->fs, -EIO, "export: cannot write %s%s to the tar: %s",
-			     x->path, name ? name : "",
+	int e = archive_errno(x->a);
+
+	/* The system's reason (ENOSPC, EPIPE, ...) if there is one. */
+	if (e > 0)
+		return ovl_set_error(x->fs, -e, "export: cannot write %s: %s (at %s%s)",
+				     x->out, strerror(e), x->path ? x->path : "",
+				     name ? name : "");
+	return ovl_set_error(x->fs, -EIO, "export: cannot write %s%s to %s: %s",
+			     x->path ? x->path : "", name ? name : "", x->out,
 			     archive_error_string(x->a) ? archive_error_string(x->a) :
 							  "unknown error");
 }
@@ -262,8 +287,9 @@ static int write_marker(struct xport *x, const char *name)
 	archive_entry_set_filetype(x->e, AE_IFREG);
 	archive_entry_set_perm(x->e, 0644);
 	archive_entry_set_size(x->e, 0);
+	err = write_header(x, NULL);
 	xpath_pop(x, saved);
-	return write_header(x, name);
+	return err;
 }
 
 static int add_xattrs(struct xport *x, int fd, const char *name)
@@ -376,7 +402,7 @@ static int export_entry(struct xport *x, int dfd, const char *name)
 		if (first) {
 			archive_entry_copy_hardlink(x->e, first);
 			archive_entry_set_size(x->e, 0);
-			err = write_header(x, name);
+			err = write_header(x, NULL);
 			goto pop;
 		}
 	}
@@ -394,11 +420,12 @@ static int export_entry(struct xport *x, int dfd, const char *name)
 	} else if (S_ISREG(st.st_mode)) {
 		archive_entry_set_size(x->e, st.st_size);
 	}
-	err = add_xattrs(x, fd, name);
+	/* X->path names the entry now: no NAME for the messages. */
+	err = add_xattrs(x, fd, NULL);
 	if (!err)
-		err = write_header(x, name);
+		err = write_header(x, NULL);
 	if (!err && S_ISREG(st.st_mode))
-		err = write_data(x, fd, name, st.st_size);
+		err = write_data(x, fd, NULL, st.st_size);
 	if (!err && S_ISDIR(st.st_mode)) {
 		int cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY |
 				 O_NOFOLLOW | O_CLOEXEC);
@@ -554,6 +581,7 @@ int ovlfs_export_tar(struct ovlfs *fs, int fd)
 	if (err)
 		return err;
 	x.upper = upper;
+	fd_name(fd, x.out, sizeof(x.out));
 	if (upper_exists) {
 		err = open_locked(fs, "upper", upper, &ufd);
 		if (err)
