@@ -207,6 +207,8 @@ struct xport {
 	size_t len, cap;
 	char *buf;			/* TAR_BUFSZ */
 	char out[PATH_MAX];		/* what the tar goes to, for messages */
+	dev_t out_dev;			/* ... and what it is, if a file */
+	ino_t out_ino;
 };
 
 /* What one directory holds, as it goes into the tar. */
@@ -385,6 +387,9 @@ static int export_entry(struct xport *x, int dfd, const char *name)
 		goto out;
 	if (S_ISSOCK(st.st_mode))
 		goto out;	/* tar has no sockets */
+	/* A tar written into the upper itself must not hold itself. */
+	if (st.st_dev == x->out_dev && st.st_ino == x->out_ino)
+		goto out;
 	err = xpath_push(x, name, S_ISDIR(st.st_mode), &saved);
 	if (err)
 		goto out;
@@ -571,6 +576,7 @@ int ovlfs_export_tar(struct ovlfs *fs, int fd)
 {
 	char *lower = NULL, *upper = NULL;
 	struct xport x = { .fs = fs };
+	struct stat ost;
 	bool upper_exists;
 	int ufd = -1, err;
 
@@ -583,6 +589,10 @@ int ovlfs_export_tar(struct ovlfs *fs, int fd)
 		return err;
 	x.upper = upper;
 	fd_name(fd, x.out, sizeof(x.out));
+	if (fstat(fd, &ost) == 0 && S_ISREG(ost.st_mode)) {
+		x.out_dev = ost.st_dev;
+		x.out_ino = ost.st_ino;
+	}
 	if (upper_exists) {
 		err = open_locked(fs, "upper", upper, &ufd);
 		if (err)

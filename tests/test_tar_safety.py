@@ -447,3 +447,18 @@ def test_apply_creates_missing_upper(work):
     assert r.returncode == 1
     assert r.err.startswith("ovlfs: upper %s: cannot create: No such file"
                             % missing), r.err
+
+
+def test_export_into_the_upper_leaves_itself_out(work):
+    """FILE inside the upper: the tarball being written is no entry of
+    itself (its temporary file used to be exported, empty or half done)."""
+    lower, upper = _pair(work)
+    out = j(upper, "self.tar")
+    r = ovlfs("export", "--tar", out, lower)
+    assert r.returncode == 0, r.err
+    with tarfile.open(out) as t:
+        assert t.getnames() == ["f"]
+    r = ovlfs("export", "--tar", out, lower)
+    assert r.returncode == 0, r.err
+    with tarfile.open(out) as t:     # now the old tarball is an upper file
+        assert t.getnames() == ["f", "self.tar"]
