@@ -1302,6 +1302,9 @@ static int entry_path(struct apply *ap, struct archive_entry *e, char *rel,
 	const char *why;
 	int err;
 
+	rel[0] = '\0';
+	*slash = NULL;
+	*last = rel;
 	ap->entry = archive_entry_pathname(e);
 	if (!ap->entry)
 		return afail(ap, -EINVAL, "no path");

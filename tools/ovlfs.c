@@ -2857,25 +2857,25 @@ static int parse_tar_opts(const struct command *cmd, bool allow_commit,
 
 /*
  * The file export writes for FILE: where its chain of symlinks ends (the
- * links stay, as with `> FILE`), which need not exist yet. 0 or -errno.
+ * links stay, as with `> FILE`), which need not exist yet. NULL and errno
+ * on failure.
  */
-static int export_target(const char *file, char **out)
+static char *export_target(const char *file)
 {
 	char *cur = strdup(file), *next, link[PATH_MAX];
 	struct stat st;
 	ssize_t n;
+	int err;
 
 	for (int i = 0; cur && i < 40; i++) {
-		if (lstat(cur, &st) < 0 || !S_ISLNK(st.st_mode)) {
-			*out = cur;
-			return 0;
-		}
+		if (lstat(cur, &st) < 0 || !S_ISLNK(st.st_mode))
+			return cur;
 		n = readlink(cur, link, sizeof(link) - 1);
 		if (n < 0) {
-			int err = -errno;
-
+			err = errno;
 			free(cur);
-			return err;
+			errno = err;
+			return NULL;
 		}
 		link[n] = '\0';
 		if (link[0] == '/') {
@@ -2891,10 +2891,9 @@ static int export_target(const char *file, char **out)
 		free(cur);
 		cur = next;
 	}
-	if (!cur)
-		return -ENOMEM;
+	errno = cur ? ELOOP : ENOMEM;
 	free(cur);
-	return -ELOOP;
+	return NULL;
 }
 
 /* The temporary file of an export, removed if a signal ends us. */
@@ -3004,11 +3003,12 @@ static int cmd_export(int argc, char **argv)
 		err_msg("refusing to write a tarball to a terminal");
 		return 1;
 	}
+	ret = 0;
 	if (!to_stdout) {
-		ret = export_target(o.tar, &target);
-		if (!ret && lstat(target, &st) == 0)
+		target = export_target(o.tar);
+		if (target && lstat(target, &st) == 0)
 			exists = true;
-		else if (!ret && errno != ENOENT)
+		else if (!target || errno != ENOENT)
 			ret = -errno;
 		if (!ret && exists && S_ISDIR(st.st_mode))
 			ret = -EISDIR;
