@@ -192,13 +192,67 @@ static int find_wh_names(struct conv *c, int dfd, int depth)
 	return err;
 }
 
+/*
+ * An OCI upper may hold a user's 0/0 character device, which the kernel
+ * format would read as a whiteout: refused (named in fs->err), before
+ * anything is converted.
+ */
+static int find_devices(struct conv *c, int dfd, int depth)
+{
+	struct ovl_dirlist dl;
+	size_t saved = c->plen;
+	int err;
+
+	if (depth > MAX_DEPTH)
+		return conv_fail(c, -ELOOP, "");
+	err = ovl_dirlist_read(dfd, &dl);
+	if (err)
+		return conv_fail(c, err, "");
+	for (size_t i = 0; i < dl.n && !err; i++) {
+		const char *name = dl.ents[i].name;
+		size_t len = strlen(name);
+		struct stat st;
+		int cfd;
+
+		if (ovl_is_wh_name(name) ||
+		    fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue;
+		if (ovl_is_kernel_wh(&st)) {
+			err = ovl_set_error(c->fs, -EINVAL,
+					    "convert: %s%s%s/%s is a 0/0 character device, which the kernel format would read as a whiteout; nothing was converted",
+					    c->upper, c->plen ? "/" : "", c->path, name);
+			break;
+		}
+		if (!S_ISDIR(st.st_mode))
+			continue;
+		if (saved + len + 2 > sizeof(c->path)) {
+			err = conv_fail(c, -ENAMETOOLONG, name);
+			break;
+		}
+		cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			     O_CLOEXEC);
+		if (cfd < 0)
+			continue;
+		if (saved)
+			c->path[c->plen++] = '/';
+		memcpy(c->path + c->plen, name, len + 1);
+		c->plen += len;
+		err = find_devices(c, cfd, depth + 1);
+		close(cfd);
+		c->plen = saved;
+		c->path[saved] = '\0';
+	}
+	ovl_dirlist_free(&dl);
+	return err;
+}
+
 int ovlfs_convert(struct ovlfs *fs, enum ovlfs_format to)
 {
 	struct conv c = { .fs = fs };
 	enum ovlfs_format want = fs->format;
 	char *lower = NULL, *upper = NULL, stamp[32];
-	struct ovl_fmt had;
-	bool exists;
+	struct ovl_fmt had = { 0 };
+	bool exists, resume = false;
 	int fd, err, n;
 
 	fs->err[0] = '\0';
@@ -240,12 +294,17 @@ int ovlfs_convert(struct ovlfs *fs, enum ovlfs_format to)
 	c.to = ovl_fmt_of(to == OVLFS_FORMAT_KERNEL);
 	fs->format = OVLFS_FORMAT_AUTO;
 	err = ovl_check_upper_format(fs, fd, upper, false, &had);
-	if (err == -EPROTO && strstr(fs->err, "both"))
+	if (err == -EPROTO && strstr(fs->err, "both")) {
 		err = 0;	/* an interrupted conversion: finish it */
+		resume = true;
+	}
 	if (!err)
 		fs->err[0] = '\0';
 	if (!err && to == OVLFS_FORMAT_OCI)
 		err = find_wh_names(&c, fd, 0);
+	/* Resumed, the 0/0 devices are the new markers of the first run. */
+	if (!err && to == OVLFS_FORMAT_KERNEL && !resume && !had.kernel)
+		err = find_devices(&c, fd, 0);
 	if (!err) {
 		fremovexattr(fd, OVL_XATTR_FORMAT);
 		err = convert_dir(&c, fd, 0);

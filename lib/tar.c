@@ -39,6 +39,7 @@ enum {
 	R_DIR = 1 << 1,		/* ... and it is a directory */
 	R_META = 1 << 2,	/* final mode and times below, from the tar */
 	R_SAVED = 1 << 3,	/* times below, from before we touched it */
+	R_LINK = 1 << 4,	/* (check pass) the entry is a symlink */
 };
 
 struct trec {
@@ -175,6 +176,23 @@ static int open_locked(struct ovlfs *fs, const char *what, const char *path,
 	return 0;
 }
 
+/*
+ * A name for FD in messages: the path it was opened by, if it has one
+ * (a tar given as a file), else what /proc says ("pipe:[...]").
+ */
+static void fd_name(int fd, char *buf, size_t len)
+{
+	char p[64];
+	ssize_t n;
+
+	snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
+	n = readlink(p, buf, len - 1);
+	if (n < 0 || (size_t)n >= len - 1)
+		snprintf(buf, len, "the tar (fd %d)", fd);
+	else
+		buf[n] = '\0';
+}
+
 /* ---- export ---- */
 
 struct xport {
@@ -188,6 +206,9 @@ struct xport {
 	char *path;			/* "" or "dir/sub/" being walked */
 	size_t len, cap;
 	char *buf;			/* TAR_BUFSZ */
+	char out[PATH_MAX];		/* what the tar goes to, for messages */
+	dev_t out_dev;			/* ... and what it is, if a file */
+	ino_t out_ino;
 };
 
 /* What one directory holds, as it goes into the tar. */
@@ -204,8 +225,15 @@ static int xfail(struct xport *x, int err, const char *name)
 
 static int xarchive_fail(struct xport *x, const char *name)
 {
-	return ovl_set_error(x->fs, -EIO, "export: cannot write %s%s to the tar: %s",
-			     x->path, name ? name : "",
+	int e = archive_errno(x->a);
+
+	/* The system's reason (ENOSPC, EPIPE, ...) if there is one. */
+	if (e > 0)
+		return ovl_set_error(x->fs, -e, "export: cannot write %s: %s (at %s%s)",
+				     x->out, strerror(e), x->path ? x->path : "",
+				     name ? name : "");
+	return ovl_set_error(x->fs, -EIO, "export: cannot write %s%s to %s: %s",
+			     x->path ? x->path : "", name ? name : "", x->out,
 			     archive_error_string(x->a) ? archive_error_string(x->a) :
 							  "unknown error");
 }
@@ -262,8 +290,9 @@ static int write_marker(struct xport *x, const char *name)
 	archive_entry_set_filetype(x->e, AE_IFREG);
 	archive_entry_set_perm(x->e, 0644);
 	archive_entry_set_size(x->e, 0);
+	err = write_header(x, NULL);
 	xpath_pop(x, saved);
-	return write_header(x, name);
+	return err;
 }
 
 static int add_xattrs(struct xport *x, int fd, const char *name)
@@ -358,6 +387,9 @@ static int export_entry(struct xport *x, int dfd, const char *name)
 		goto out;
 	if (S_ISSOCK(st.st_mode))
 		goto out;	/* tar has no sockets */
+	/* A tar written into the upper itself must not hold itself. */
+	if (st.st_dev == x->out_dev && st.st_ino == x->out_ino)
+		goto out;
 	err = xpath_push(x, name, S_ISDIR(st.st_mode), &saved);
 	if (err)
 		goto out;
@@ -376,7 +408,7 @@ static int export_entry(struct xport *x, int dfd, const char *name)
 		if (first) {
 			archive_entry_copy_hardlink(x->e, first);
 			archive_entry_set_size(x->e, 0);
-			err = write_header(x, name);
+			err = write_header(x, NULL);
 			goto pop;
 		}
 	}
@@ -394,11 +426,12 @@ static int export_entry(struct xport *x, int dfd, const char *name)
 	} else if (S_ISREG(st.st_mode)) {
 		archive_entry_set_size(x->e, st.st_size);
 	}
-	err = add_xattrs(x, fd, name);
+	/* X->path names the entry now: no NAME for the messages. */
+	err = add_xattrs(x, fd, NULL);
 	if (!err)
-		err = write_header(x, name);
+		err = write_header(x, NULL);
 	if (!err && S_ISREG(st.st_mode))
-		err = write_data(x, fd, name, st.st_size);
+		err = write_data(x, fd, NULL, st.st_size);
 	if (!err && S_ISDIR(st.st_mode)) {
 		int cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY |
 				 O_NOFOLLOW | O_CLOEXEC);
@@ -543,6 +576,7 @@ int ovlfs_export_tar(struct ovlfs *fs, int fd)
 {
 	char *lower = NULL, *upper = NULL;
 	struct xport x = { .fs = fs };
+	struct stat ost;
 	bool upper_exists;
 	int ufd = -1, err;
 
@@ -557,6 +591,11 @@ int ovlfs_export_tar(struct ovlfs *fs, int fd)
 	if (err)
 		goto out;
 	x.upper = upper;
+	fd_name(fd, x.out, sizeof(x.out));
+	if (fstat(fd, &ost) == 0 && S_ISREG(ost.st_mode)) {
+		x.out_dev = ost.st_dev;
+		x.out_ino = ost.st_ino;
+	}
 	if (upper_exists) {
 		err = open_locked(fs, "upper", upper, &ufd);
 		if (err)
@@ -613,13 +652,26 @@ struct apply {
 	struct tmap recs;		/* relative path -> what we did */
 	const char *entry;		/* the entry being applied */
 	char *buf;			/* TAR_BUFSZ */
+	bool stamped;			/* the upper's format is on its root */
+	char tar[PATH_MAX];		/* what the tar comes from, for messages */
 };
+
+#define KERNEL_DEV_WHY \
+	"a 0/0 character device, which the kernel format of the upper would read as a whiteout"
 
 static int afail(struct apply *ap, int err, const char *why)
 {
+	const char *e = ap->entry ? ap->entry : "?";
+	size_t len = strlen(e);
+
+	/* A path may be longer than the message: keep both its ends. */
+	if (len > 160)
+		return ovl_set_error(ap->fs, err,
+				     "apply to %s: entry \"%.100s...%s\" (%zu bytes): %s",
+				     ap->upper, e, e + len - 50, len,
+				     why ? why : strerror(-err));
 	return ovl_set_error(ap->fs, err, "apply to %s: entry \"%s\": %s",
-			     ap->upper, ap->entry ? ap->entry : "?",
-			     why ? why : strerror(-err));
+			     ap->upper, e, why ? why : strerror(-err));
 }
 
 /*
@@ -1143,8 +1195,16 @@ static int apply_entry(struct apply *ap, struct archive *a, int dfd,
 			if (symlinkat(archive_entry_symlink(e), dfd, name) < 0)
 				err = -errno;
 			break;
-		case AE_IFIFO:
 		case AE_IFCHR:
+			/* The kernel format, or a scan of an unstamped upper, reads it as a whiteout. */
+			if (archive_entry_rdev(e) == 0 &&
+			    ap->fmt == OVLFS_FORMAT_KERNEL)
+				return afail(ap, -EINVAL, KERNEL_DEV_WHY);
+			if (archive_entry_rdev(e) == 0 && !ap->stamped)
+				return afail(ap, -EOPNOTSUPP,
+					     "a 0/0 character device, which needs the upper's format stamp (user.ovlfs.format) its filesystem cannot hold");
+			/* fall through */
+		case AE_IFIFO:
 		case AE_IFBLK:
 		case AE_IFSOCK:
 			if (mknodat(dfd, name, type | 0600,
@@ -1209,15 +1269,19 @@ static const char *bad_name(const char *rel, const char *last)
 	const char *p = rel;
 
 	while (p < last) {
+		const char *end = strchr(p, '/');
+
 		if (ovl_is_wh_name(p))
 			return "a directory of the path has a reserved .wh. name";
-		p = strchr(p, '/');
-		if (!p)
+		if (!end)
 			break;
-		p++;
+		if (end - p > NAME_MAX)
+			return "a directory name of the path is longer than NAME_MAX (255 bytes)";
+		p = end + 1;
 	}
 	if (!ovl_is_wh_name(last))
-		return strlen(last) > NAME_MAX ? "name too long" : NULL;
+		return strlen(last) > NAME_MAX ?
+			       "name longer than NAME_MAX (255 bytes)" : NULL;
 	if (!strcmp(last, OVL_OPAQUE_NAME))
 		return NULL;
 	if (!strncmp(last, OVL_META_PREFIX, OVL_META_PREFIX_LEN))
@@ -1226,32 +1290,51 @@ static const char *bad_name(const char *rel, const char *last)
 	if (!*last || !strcmp(last, ".") || !strcmp(last, ".."))
 		return "whiteout of an invalid name";
 	if (strlen(last) > NAME_MAX)
-		return "whiteout of a name too long";
+		return "whiteout of a name longer than NAME_MAX (255 bytes)";
 	return NULL;
 }
 
-static int apply_one(struct apply *ap, struct archive *a,
-		     struct archive_entry *e)
+/*
+ * Entry E's path, normalised into REL (PATH_MAX), its last component at
+ * *LAST and the slash before it at *SLASH (NULL: in the root; REL "": the
+ * root itself); refused, with the reason, if a layer must not hold it.
+ */
+static int entry_path(struct apply *ap, struct archive_entry *e, char *rel,
+		      char **last, char **slash)
 {
-	char rel[PATH_MAX], *last, *slash;
 	const char *why;
-	int dfd, err;
+	int err;
 
+	rel[0] = '\0';
+	*slash = NULL;
+	*last = rel;
 	ap->entry = archive_entry_pathname(e);
 	if (!ap->entry)
 		return afail(ap, -EINVAL, "no path");
 	err = norm_path(ap->entry, rel);
 	if (err == -EINVAL)
 		return afail(ap, err, "absolute path or \"..\": outside the layer");
+	if (err == -ENAMETOOLONG)
+		return afail(ap, err, "path longer than PATH_MAX (4096 bytes)");
 	if (err)
 		return afail(ap, err, NULL);
+	*slash = strrchr(rel, '/');
+	*last = *slash ? *slash + 1 : rel;
+	why = rel[0] ? bad_name(rel, *last) : NULL;
+	return why ? afail(ap, -EINVAL, why) : 0;
+}
+
+static int apply_one(struct apply *ap, struct archive *a,
+		     struct archive_entry *e)
+{
+	char rel[PATH_MAX], *last, *slash;
+	int dfd, err;
+
+	err = entry_path(ap, e, rel, &last, &slash);
+	if (err)
+		return err;
 	if (!rel[0])
 		return apply_root(ap, e);
-	slash = strrchr(rel, '/');
-	last = slash ? slash + 1 : rel;
-	why = bad_name(rel, last);
-	if (why)
-		return afail(ap, -EINVAL, why);
 	if (slash)
 		*slash = '\0';
 	err = walk_dir(ap, slash ? rel : "", true, &dfd);
@@ -1308,74 +1391,6 @@ static int fix_dirs(struct apply *ap)
 	return first;
 }
 
-/* Apply the tar on FD to UPPER (an existing directory), over LOWER. */
-static int apply_to(struct ovlfs *fs, int fd, const char *lower,
-		    const char *upper)
-{
-	struct apply ap = { .fs = fs, .lower_fd = -1, .upper_fd = -1 };
-	struct archive *a = NULL;
-	struct archive_entry *e;
-	int err, fix, r;
-
-	ap.upper = upper;
-	ap.is_root = geteuid() == 0;
-	ap.ofs = calloc(1, sizeof(*ap.ofs));
-	if (!ap.ofs)
-		return ovl_set_error(fs, -ENOMEM, "apply: out of memory");
-	ap.ofs->is_root = ap.is_root;
-	err = open_locked(fs, "upper", upper, &ap.upper_fd);
-	if (err)
-		goto out;
-	err = upper_format(fs, ap.upper_fd, upper, &ap.mfmt, &ap.fmt);
-	if (err)
-		goto out;
-	ap.lower_fd = open(lower, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	a = archive_read_new();
-	if (!a) {
-		err = ovl_set_error(fs, -ENOMEM, "apply: out of memory");
-		goto out;
-	}
-	archive_read_support_filter_all(a);
-	archive_read_support_format_tar(a);
-	archive_read_support_format_gnutar(a);
-	archive_read_support_format_empty(a);
-	if (archive_read_open_fd(a, fd, 64 * 1024) != ARCHIVE_OK) {
-		err = ovl_set_error(fs, -EINVAL, "apply: cannot read the tar: %s",
-				    archive_error_string(a));
-		goto out;
-	}
-	for (;;) {
-		r = archive_read_next_header(a, &e);
-		if (r == ARCHIVE_EOF)
-			break;
-		if (r < ARCHIVE_WARN) {
-			err = ovl_set_error(fs, -EINVAL,
-					    "apply: cannot read the tar%s%s: %s",
-					    ap.entry ? " after entry " : "",
-					    ap.entry ? ap.entry : "",
-					    archive_error_string(a));
-			break;
-		}
-		err = apply_one(&ap, a, e);
-		if (err)
-			break;
-	}
-	/* Even after a failure: no directory is left at mode 0700. */
-	fix = fix_dirs(&ap);
-	if (fix && !err)
-		err = afail(&ap, fix, NULL);
-out:
-	if (a)
-		archive_read_free(a);
-	tmap_free(&ap.recs);
-	if (ap.lower_fd >= 0)
-		close(ap.lower_fd);
-	if (ap.upper_fd >= 0)
-		close(ap.upper_fd);
-	free(ap.ofs);
-	return err;
-}
-
 /*
  * Make UPPER as a fresh upper of LOWER: with the lower root's metadata, so
  * that committing it changes the root only where the tar says so.
@@ -1411,6 +1426,280 @@ static int make_upper(struct ovlfs *fs, const char *lower, const char *upper,
 		return ovl_set_error(fs, err, "upper %s: cannot create: %s",
 				     upper, strerror(-err));
 	return 0;
+}
+
+/* The tar could not be read: why, in the system's words if it has some. */
+static int read_fail(struct apply *ap, struct archive *a)
+{
+	int e = archive_errno(a);
+	const char *why = archive_error_string(a);
+
+	/* libarchive's own "errnos" for a bad format (EILSEQ, EINVAL). */
+	if (e > 0 && e != EILSEQ && e != EINVAL)
+		why = strerror(e);
+	return ovl_set_error(ap->fs, e > 0 ? -e : -EINVAL,
+			     "apply: cannot read the tar %s%s%s: %s", ap->tar,
+			     ap->entry ? " after entry " : "",
+			     ap->entry ? ap->entry : "", why ? why : "unknown error");
+}
+
+static int open_tar(struct apply *ap, int fd, struct archive **out)
+{
+	struct archive *a = archive_read_new();
+
+	*out = NULL;
+	if (!a)
+		return ovl_set_error(ap->fs, -ENOMEM, "apply: out of memory");
+	archive_read_support_filter_all(a);
+	archive_read_support_format_tar(a);
+	archive_read_support_format_gnutar(a);
+	archive_read_support_format_empty(a);
+	if (archive_read_open_fd(a, fd, 64 * 1024) != ARCHIVE_OK) {
+		int err = read_fail(ap, a);
+
+		archive_read_free(a);
+		return err;
+	}
+	*out = a;
+	return 0;
+}
+
+/*
+ * The tar on FD, readable twice: FD itself if it is a regular file (*START
+ * its offset), else a copy of the stream in an unlinked file in DIR. *OUT
+ * is FD or an fd to close. 0 or -errno with a message.
+ */
+static int rereadable(struct apply *ap, int fd, const char *dir, int *out,
+		      off_t *start)
+{
+	char *tmp = NULL;
+	struct stat st;
+	int tfd, err = 0;
+
+	*out = -1;
+	if (fstat(fd, &st) < 0 || S_ISDIR(st.st_mode)) {
+		err = S_ISDIR(st.st_mode) ? -EISDIR : -errno;
+		return ovl_set_error(ap->fs, err, "apply: cannot read %s: %s",
+				     ap->tar, strerror(-err));
+	}
+	*start = S_ISREG(st.st_mode) ? lseek(fd, 0, SEEK_CUR) : -1;
+	if (*start >= 0) {
+		*out = fd;
+		return 0;
+	}
+	*start = 0;
+	tfd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (tfd < 0 && (tmp = malloc(strlen(dir) + 32))) {
+		sprintf(tmp, "%s/.ovlfs-apply-XXXXXX", dir);
+		tfd = mkostemp(tmp, O_CLOEXEC);
+		if (tfd >= 0)
+			unlink(tmp);
+		free(tmp);
+	}
+	if (tfd < 0)
+		err = -errno;
+	while (!err) {
+		char buf[64 * 1024];
+		ssize_t n = read(fd, buf, sizeof(buf)), w;
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			err = n < 0 ? -errno : 0;
+			break;
+		}
+		for (char *p = buf; n > 0 && !err; p += w, n -= w) {
+			w = write(tfd, p, n);
+			if (w < 0 && errno != EINTR)
+				err = -errno;
+			if (w < 0)
+				w = 0;
+		}
+	}
+	if (!err && lseek(tfd, 0, SEEK_SET) < 0)
+		err = -errno;
+	if (err) {
+		if (tfd >= 0)
+			close(tfd);
+		return ovl_set_error(ap->fs, err,
+				     "apply: cannot keep a copy of the tar %s in %s: %s",
+				     ap->tar, dir, strerror(-err));
+	}
+	*out = tfd;
+	return 0;
+}
+
+/*
+ * Entry E in the check pass: refused as apply would refuse it, for what
+ * the tar alone says. VM holds this tar's paths so far.
+ */
+static int check_entry(struct apply *ap, struct tmap *vm,
+		       struct archive_entry *e)
+{
+	char rel[PATH_MAX], target[PATH_MAX], *last, *slash, *p;
+	const char *hardlink = archive_entry_hardlink(e);
+	mode_t type = archive_entry_filetype(e);
+	struct trec *r;
+	int err = entry_path(ap, e, rel, &last, &slash);
+
+	if (err)
+		return err;
+	if (!rel[0])
+		return hardlink || type != AE_IFDIR ?
+			       afail(ap, -EINVAL, "the root must be a directory") : 0;
+	/* Through a non-directory this same tar put there. */
+	for (p = strchr(rel, '/'); p; p = strchr(p + 1, '/')) {
+		*p = '\0';
+		r = tmap_find(vm, rel);
+		*p = '/';
+		if (r && (r->flags & R_LINK))
+			return afail(ap, -ELOOP, "a directory of the path is a symlink");
+		if (r && !(r->flags & R_DIR))
+			return afail(ap, -ENOTDIR, NULL);
+	}
+	if (ovl_is_wh_name(last))
+		return 0;	/* hides older layers, never this tar's entries */
+	if (hardlink) {
+		if (norm_path(hardlink, target) < 0 || !target[0])
+			return afail(ap, -EINVAL, "hard link target outside the layer");
+		r = tmap_find(vm, target);
+		if (!r || (r->flags & R_DIR))
+			return afail(ap, -ENOENT,
+				     "hard link target is not a file extracted before it");
+	} else if (type == AE_IFCHR && archive_entry_rdev(e) == 0 &&
+		   ap->fmt == OVLFS_FORMAT_KERNEL) {
+		return afail(ap, -EINVAL, KERNEL_DEV_WHY);
+	}
+	err = tmap_get(vm, rel, &r);
+	if (err)
+		return afail(ap, err, NULL);
+	r->flags = R_ENTRY;
+	if (!hardlink && type == AE_IFDIR)
+		r->flags |= R_DIR;
+	if (!hardlink && type == AE_IFLNK)
+		r->flags |= R_LINK;
+	return 0;
+}
+
+/*
+ * Read the whole tar once without writing, so that a layer refused for
+ * what it holds (docs/tar.md) changes nothing at all. What depends on the
+ * upper (a symlink it already has in the way) is found only when applying.
+ */
+static int check_tar(struct apply *ap, int fd)
+{
+	struct tmap vm = { 0 };
+	struct archive_entry *e;
+	struct archive *a;
+	int err, r;
+
+	err = open_tar(ap, fd, &a);
+	while (!err) {
+		r = archive_read_next_header(a, &e);
+		if (r == ARCHIVE_EOF)
+			break;
+		err = r < ARCHIVE_WARN ? read_fail(ap, a) : check_entry(ap, &vm, e);
+	}
+	if (a)
+		archive_read_free(a);
+	tmap_free(&vm);
+	ap->entry = NULL;
+	return err;
+}
+
+/*
+ * As a mount does: the upper keeps the format it was read in, so what
+ * apply writes is never read in the other one (a user's 0/0 device in an
+ * OCI upper is no whiteout). False if the filesystem cannot hold it.
+ */
+static bool stamp_format(int ufd, enum ovlfs_format fmt)
+{
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "%d%s", OVL_FORMAT_VERSION,
+			 fmt == OVLFS_FORMAT_KERNEL ? " kernel" : "");
+	int err = ovl_fd_setxattr(ufd, OVL_XATTR_FORMAT, buf, n, XATTR_CREATE);
+
+	return !err || err == -EEXIST;
+}
+
+/*
+ * Apply the tar on FD to UPPER, over LOWER. CHECK: read it through first
+ * (check_tar), refusing before anything is written; CREATE: UPPER does not
+ * exist yet, and is made (as a mount makes it) only once the check passed.
+ */
+static int apply_to(struct ovlfs *fs, int fd, const char *lower,
+		    const char *upper, bool check, bool create)
+{
+	struct apply ap = { .fs = fs, .lower_fd = -1, .upper_fd = -1 };
+	struct archive *a = NULL;
+	struct archive_entry *e;
+	int err, fix, r, in = fd;
+	off_t start = 0;
+
+	ap.upper = upper;
+	ap.is_root = geteuid() == 0;
+	fd_name(fd, ap.tar, sizeof(ap.tar));
+	ap.ofs = calloc(1, sizeof(*ap.ofs));
+	if (!ap.ofs)
+		return ovl_set_error(fs, -ENOMEM, "apply: out of memory");
+	ap.ofs->is_root = ap.is_root;
+	if (create) {
+		ap.fmt = fs->format == OVLFS_FORMAT_KERNEL ? OVLFS_FORMAT_KERNEL :
+							     OVLFS_FORMAT_OCI;
+		ap.mfmt = ovl_fmt_of(ap.fmt == OVLFS_FORMAT_KERNEL);
+	} else {
+		err = open_locked(fs, "upper", upper, &ap.upper_fd);
+		if (!err)
+			err = upper_format(fs, ap.upper_fd, upper, &ap.mfmt, &ap.fmt);
+		if (err)
+			goto out;
+	}
+	if (check) {
+		char *dir = strdup(upper);
+
+		err = dir ? rereadable(&ap, fd, dirname(dir), &in, &start) :
+			    ovl_set_error(fs, -ENOMEM, "apply: out of memory");
+		free(dir);
+		if (!err)
+			err = check_tar(&ap, in);
+		if (!err && lseek(in, start, SEEK_SET) < 0)
+			err = ovl_set_error(fs, -errno, "apply: cannot read the tar %s: %s",
+					    ap.tar, strerror(errno));
+		if (err)
+			goto out;
+	}
+	if (create) {
+		err = make_upper(fs, lower, upper, false);
+		if (!err)
+			err = open_locked(fs, "upper", upper, &ap.upper_fd);
+		if (err)
+			goto out;
+	}
+	ap.stamped = stamp_format(ap.upper_fd, ap.fmt);
+	ap.lower_fd = open(lower, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	err = open_tar(&ap, in, &a);
+	while (!err) {
+		r = archive_read_next_header(a, &e);
+		if (r == ARCHIVE_EOF)
+			break;
+		err = r < ARCHIVE_WARN ? read_fail(&ap, a) : apply_one(&ap, a, e);
+	}
+	/* Even after a failure: no directory is left at mode 0700. */
+	fix = fix_dirs(&ap);
+	if (fix && !err)
+		err = afail(&ap, fix, NULL);
+out:
+	if (a)
+		archive_read_free(a);
+	if (in != fd)
+		close(in);
+	tmap_free(&ap.recs);
+	if (ap.lower_fd >= 0)
+		close(ap.lower_fd);
+	if (ap.upper_fd >= 0)
+		close(ap.upper_fd);
+	free(ap.ofs);
+	return err;
 }
 
 /* Remove directory PATH (ours, made for this apply) and all in it. */
@@ -1467,8 +1756,9 @@ static int apply_commit(struct ovlfs *fs, int fd, const char *lower)
 		return err;
 	}
 	err = make_upper(fs, lower, tmp, true);
+	/* Unchecked: a refused tar only ever reaches this upper, removed. */
 	if (!err)
-		err = apply_to(fs, fd, lower, tmp);
+		err = apply_to(fs, fd, lower, tmp, false, false);
 	if (err) {
 		char why[OVL_ERRLEN];
 
@@ -1500,7 +1790,7 @@ static int apply_commit(struct ovlfs *fs, int fd, const char *lower)
 int ovlfs_apply_tar(struct ovlfs *fs, int fd, unsigned flags)
 {
 	char *lower = NULL, *upper = NULL;
-	bool upper_exists;
+	bool upper_exists, named;
 	int err;
 
 	fs->err[0] = '\0';
@@ -1510,7 +1800,11 @@ int ovlfs_apply_tar(struct ovlfs *fs, int fd, unsigned flags)
 	if (fs->mounted)
 		return ovl_set_error(fs, -EBUSY, "unmount %s first",
 				     fs->mount_point);
+	/* A missing upper, named or not, is made as a mount makes it. */
+	named = fs->upper_set;
+	fs->upper_set = false;
 	err = ovl_pair_paths(fs, false, &lower, &upper, &upper_exists);
+	fs->upper_set = named;
 	if (err)
 		return err;
 	/*
@@ -1524,10 +1818,8 @@ int ovlfs_apply_tar(struct ovlfs *fs, int fd, unsigned flags)
 			err = apply_commit(fs, fd, lower);
 	} else {
 		err = ovl_refuse_pending_commit(fs, "apply", lower, upper);
-		if (!err && !upper_exists)
-			err = make_upper(fs, lower, upper, false);
 		if (!err)
-			err = apply_to(fs, fd, lower, upper);
+			err = apply_to(fs, fd, lower, upper, true, !upper_exists);
 	}
 	free(lower);
 	free(upper);

@@ -548,9 +548,25 @@ def test_malicious_tarball_refused(work, kind, commit):
         assert snapshot(lower, mtime=True, root_attrs=True) == lower_before
         assert sorted(os.listdir(work)) == sorted(["lower", "outside", kind + ".tar"])
     else:
-        # what came before the bad entry was applied, nothing after it
-        assert sorted(os.listdir(lower + ".upper")) == (
-            ["a", "ok"] if kind == "symlink" else ["ok"])
+        # refused before anything is written: not even the upper is made
+        assert not os.path.exists(lower + ".upper")
+        assert sorted(os.listdir(work)) == sorted(["lower", "outside", kind + ".tar"])
+
+
+def test_symlink_in_upper_refused_at_its_entry(work):
+    """What only the upper shows (its own symlink in the way) is refused
+    when the entry comes: what came before it stays applied."""
+    outside = j(work, "outside")
+    os.mkdir(outside)
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    os.mkdir(lower + ".upper")
+    os.symlink(outside, j(lower + ".upper", "a"))
+    t = _tar(j(work, "t.tar"), [("ok", "file", b"ok"), ("a/file", "file", b"evil")])
+    r = apply(lower, t, check=False)
+    assert r.returncode == 1 and 'entry "a/file"' in r.err and "symlink" in r.err, r.err
+    assert os.listdir(outside) == []
+    assert sorted(os.listdir(lower + ".upper")) == ["a", "ok"]
 
 
 # ------------------------------------------------------------ kernel format

@@ -19,6 +19,7 @@
 #include <fuse_log.h>
 #include <inttypes.h>
 #include <getopt.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -377,7 +378,9 @@ static const struct command commands[] = {
 "'.wh..wh..opq', in path order; hard links between upper files stay hard\n"
 "links. Reads either upper format (OCI or kernel overlayfs). ovlfs's own\n"
 "bookkeeping is left out. Refused while the upper is used by an ovlfs\n"
-"mount.\n"
+"mount. FILE is replaced only once the tarball is complete (written beside\n"
+"it as .FILE.export-XXXXXX, then renamed over it), so a failed export\n"
+"leaves it as it was; a symlink at FILE stays and its target is replaced.\n"
 "\n"
 "options:\n"
 "      --tar FILE           the tarball to write ('-': standard output)\n"
@@ -397,8 +400,10 @@ static const struct command commands[] = {
 "lies beneath a directory, other entries replace what the upper has at\n"
 "their path (a directory over a directory merges). Markers are written in\n"
 "the upper's own format. Entries with absolute paths or '..', reserved\n"
-"'.wh.' names, hard links to anything but an earlier entry, or a path\n"
-"through a symlink are refused, with nothing further written.\n"
+"'.wh.' names, hard links to anything but an earlier entry, a path\n"
+"through a symlink, paths longer than PATH_MAX or names longer than\n"
+"NAME_MAX, and (in a kernel-format upper) 0/0 character devices are\n"
+"refused; the tar is read through first, so such a tar writes nothing.\n"
 "\n"
 "With --commit the tarball is applied to LOWER instead: into a fresh\n"
 "upper next to LOWER, which is then committed as 'ovlfs commit' does. If\n"
@@ -2899,13 +2904,145 @@ static int parse_tar_opts(const struct command *cmd, bool allow_commit,
 	return -1;
 }
 
+/*
+ * The file export writes for FILE: where its chain of symlinks ends (the
+ * links stay, as with `> FILE`), which need not exist yet. NULL and errno
+ * on failure.
+ */
+static char *export_target(const char *file)
+{
+	char *cur = strdup(file), *next, link[PATH_MAX];
+	struct stat st;
+	ssize_t n;
+	int err;
+
+	for (int i = 0; cur && i < 40; i++) {
+		if (lstat(cur, &st) < 0 || !S_ISLNK(st.st_mode))
+			return cur;
+		n = readlink(cur, link, sizeof(link) - 1);
+		if (n < 0) {
+			err = errno;
+			free(cur);
+			errno = err;
+			return NULL;
+		}
+		link[n] = '\0';
+		if (link[0] == '/') {
+			next = strdup(link);
+		} else {
+			char *slash = strrchr(cur, '/');
+			int len = slash ? (int)(slash - cur + 1) : 0;
+
+			next = malloc(len + n + 1);
+			if (next)
+				sprintf(next, "%.*s%s", len, cur, link);
+		}
+		free(cur);
+		cur = next;
+	}
+	errno = cur ? ELOOP : ENOMEM;
+	free(cur);
+	return NULL;
+}
+
+/* The temporary file of an export, removed if a signal ends us. */
+static char *volatile export_tmp;
+
+static void on_export_signal(int sig)
+{
+	if (export_tmp)
+		unlink(export_tmp);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+/*
+ * A new file beside TARGET to write the tarball to, named so that debris
+ * (a kill -9) says what it is: with the mode (and, as root, the owner) of
+ * TARGET if it exists, else what `> TARGET` would give. -errno.
+ */
+static int export_tmpfile(const char *target, const struct stat *old,
+			  char **tmp)
+{
+	const char *slash = strrchr(target, '/');
+	char *dir = slash ? strndup(target, slash - target + 1) : strdup("."),
+	     *real = dir ? realpath(dir, NULL) : NULL, *t;
+	const char *base = slash ? slash + 1 : target;
+	mode_t um;
+	int fd;
+
+	/* Canonical, so the library's messages name it as we do. */
+	free(dir);
+	if (!real)
+		return -errno;
+	t = malloc(strlen(real) + strlen(base) + 32);
+	if (!t) {
+		free(real);
+		return -ENOMEM;
+	}
+	sprintf(t, "%s/.%s.export-XXXXXX", strcmp(real, "/") ? real : "", base);
+	free(real);
+	fd = mkostemp(t, O_CLOEXEC);
+	if (fd < 0) {
+		int err = -errno;
+
+		free(t);
+		return err;
+	}
+	if (old) {
+		if (geteuid() == 0 && fchown(fd, old->st_uid, old->st_gid) < 0)
+			goto fail;
+		if (fchmod(fd, old->st_mode & 07777) < 0)
+			goto fail;
+	} else {
+		um = umask(022);
+		umask(um);
+		if (fchmod(fd, 0644 & ~um) < 0)
+			goto fail;
+	}
+	*tmp = t;
+	return fd;
+fail:
+	fd = -errno;
+	unlink(t);
+	free(t);
+	return fd;
+}
+
+/* The library's message, the temporary file's name replaced by FILE. */
+static void report_export_failure(const struct ovlfs *fs, int err,
+				  const char *tmp, const char *file)
+{
+	char buf[128];
+	const char *msg = fs_error(fs, err, buf, sizeof(buf));
+	const char *at = tmp ? strstr(msg, tmp) : NULL;
+
+	if (msg == buf)
+		err_msg("export: cannot write %s: %s", file, buf);
+	else if (at)
+		err_msg("%.*s%s%s", (int)(at - msg), msg, file, at + strlen(tmp));
+	else
+		err_msg("%s", msg);
+}
+
+/*
+ * FILE is only ever replaced whole: the tarball goes to a new file beside
+ * it, renamed over it once complete, so a failed or killed export leaves
+ * FILE (and a symlink at FILE, and its target) as it was. A device or a
+ * fifo at FILE has no contents to keep: it is written to directly.
+ */
 static int cmd_export(int argc, char **argv)
 {
 	const struct command *cmd = find_command("export");
+	struct sigaction sa = { .sa_handler = on_export_signal };
+	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP };
+	struct sigaction old[3];
+	char *target = NULL, *tmp = NULL;
 	struct tar_opts o;
 	struct ovlfs *fs;
-	bool to_stdout;
-	int fd, ret;
+	struct stat st;
+	bool to_stdout, exists = false, reported = false, handlers = false;
+	int fd = -1, ret;
 
 	ret = parse_tar_opts(cmd, false, argc, argv, &o);
 	if (ret >= 0)
@@ -2915,27 +3052,67 @@ static int cmd_export(int argc, char **argv)
 		err_msg("refusing to write a tarball to a terminal");
 		return 1;
 	}
+	ret = 0;
+	if (!to_stdout) {
+		target = export_target(o.tar);
+		if (target && lstat(target, &st) == 0)
+			exists = true;
+		else if (!target || errno != ENOENT)
+			ret = -errno;
+		if (!ret && exists && S_ISDIR(st.st_mode))
+			ret = -EISDIR;
+		if (ret) {
+			err_msg("export: cannot write %s: %s", o.tar, strerror(-ret));
+			free(target);
+			return 1;
+		}
+	}
 	fs = open_handle(&(struct fin_opts){ .lower = o.lower, .upper = o.upper });
-	if (!fs)
+	if (!fs) {
+		free(target);
 		return 1;
-	fd = to_stdout ? STDOUT_FILENO :
-			 open(o.tar, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-			      0644);
+	}
+	if (to_stdout) {
+		fd = STDOUT_FILENO;
+	} else if (exists && !S_ISREG(st.st_mode)) {
+		fd = open(target, O_WRONLY | O_TRUNC | O_CLOEXEC);
+		if (fd < 0)
+			fd = -errno;
+	} else {
+		sigemptyset(&sa.sa_mask);
+		for (size_t i = 0; i < 3; i++)
+			sigaction(sigs[i], &sa, &old[i]);
+		handlers = true;
+		fd = export_tmpfile(target, exists ? &st : NULL, &tmp);
+		export_tmp = tmp;
+	}
 	if (fd < 0) {
-		err_msg("cannot create %s: %s", o.tar, strerror(errno));
-		ovlfs_free(fs);
-		return 1;
+		err_msg("export: cannot write %s: %s", o.tar, strerror(-fd));
+		ret = fd;
+		goto out;
 	}
 	ret = ovlfs_export_tar(fs, fd);
-	if (!to_stdout && close(fd) < 0 && ret == 0) {
-		err_msg("cannot write %s: %s", o.tar, strerror(errno));
-		ret = -EIO;
-	} else if (ret < 0) {
-		report_failure(fs, ret, "cannot export");
+	if (ret < 0) {
+		report_export_failure(fs, ret, tmp, o.tar);
+		reported = true;
 	}
-	/* No half-written tarball left behind to be mistaken for a layer. */
-	if (ret < 0 && !to_stdout)
-		unlink(o.tar);
+	/* Durable before it replaces FILE: a crash must not leave it empty. */
+	if (!ret && tmp && fsync(fd) < 0)
+		ret = -errno;
+	if (!to_stdout && close(fd) < 0 && !ret)
+		ret = -errno;
+	if (!ret && tmp && rename(tmp, target) < 0)
+		ret = -errno;
+	if (ret < 0 && !reported)
+		err_msg("export: cannot write %s: %s", o.tar, strerror(-ret));
+out:
+	if (tmp && ret < 0)
+		unlink(tmp);
+	export_tmp = NULL;
+	for (size_t i = 0; handlers && i < 3; i++)
+		sigaction(sigs[i], &old[i], NULL);
+	free(tmp);
+	free(target);
 	ovlfs_free(fs);
 	return ret < 0 ? 1 : 0;
 }
