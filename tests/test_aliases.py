@@ -450,3 +450,16 @@ def test_read_only_view_without_upper_still_works(work, mounts):
     o.mount()
     assert open(j(o.mp, "a")).read() == "a\n"
     o.umount()
+
+
+@pytest.mark.parametrize("where", ["lower", "upper", "lower-alias"])
+def test_export_tar_inside_a_layer(work, mounts, where):
+    """The same class: export --tar FILE wrote FILE into the lower (or into
+    the upper it was exporting)."""
+    lower, upper = make_pair(work)
+    d = {"lower": lower, "upper": upper}.get(where)
+    if where == "lower-alias":
+        d = mounts.bind(j(lower, "sub"), j(work, "alias"))
+    tar = j(d, "layer.tar")
+    refuse(work, ["export", "--tar", tar, lower], [tar, "tar file"])
+    assert not os.path.exists(tar)

@@ -2843,6 +2843,12 @@ static int cmd_export(int argc, char **argv)
 	fs = open_handle(&(struct fin_opts){ .lower = o.lower, .upper = o.upper });
 	if (!fs)
 		return 1;
+	/* In the upper it would be part of what it exports; in a lower, a change. */
+	if (!to_stdout && (ret = ovlfs_check_apart(fs, "tar file", o.tar)) < 0) {
+		report_failure(fs, ret, "cannot export");
+		ovlfs_free(fs);
+		return 1;
+	}
 	fd = to_stdout ? STDOUT_FILENO :
 			 open(o.tar, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
 			      0644);
