@@ -159,8 +159,8 @@ static int path_canonical(const char *path, char **out, size_t *elen)
 		return -EINVAL;
 
 	ret = path_absolute(path, &abs);
-	if (ret < 0)
-		return ret;
+	if (ret < 0 || !abs)	/* (!abs: for the analyzer, errno may be 0) */
+		return ret < 0 ? ret : -ENOMEM;
 
 	/*
 	 * Walk back from the whole path, one component at a time, until a
