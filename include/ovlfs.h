@@ -224,7 +224,10 @@ bool ovlfs_is_mounted(const struct ovlfs *fs);
  * Refused, with nothing created or changed:
  *   -ENOENT/-ENOTDIR  lower missing or not a directory;
  *   -EINVAL           two of lower, upper and mount point are the same or
- *                     one lies inside another;
+ *                     one lies inside another (by identity: through a
+ *                     bind mount, a symlink or ".." too), or the upper is
+ *                     named by a symlink;
+ *   -EROFS            the upper is on a read-only filesystem;
  *   -ENOTEMPTY        mount point not empty;
  *   -EBUSY            upper in use by another live ovlfs mount, or already
  *                     mounted through this handle;
@@ -232,6 +235,15 @@ bool ovlfs_is_mounted(const struct ovlfs *fs);
  * A directory ovlfs_mount() created is removed again if the mount fails.
  */
 int ovlfs_mount(struct ovlfs *fs);
+
+/*
+ * Is PATH (which need not exist) apart from FS's layers and mount point:
+ * not one of them, not inside one, not holding one? Decided by identity,
+ * as ovlfs_mount() decides it for the layers. For a file written while
+ * mounted (a log) or a directory a mount line names (a workdir). 0, or
+ * -EINVAL with ovlfs_error() naming WHAT, PATH and what it overlaps.
+ */
+int ovlfs_check_apart(struct ovlfs *fs, const char *what, const char *path);
 
 /*
  * Block until the filesystem is unmounted from outside (umount(8),

@@ -941,13 +941,42 @@ static unsigned long new_op(struct fin *f, char name[32])
 	return f->next_op;
 }
 
+/*
+ * Lower entry LD/NAME (the path pushed) is to go: refused, before it is
+ * deleted or journalled, if a mount point is in it. ovl_remove_tree()
+ * would stop there, half-way; and an atomic commit would move the mount
+ * along into its trash, which it could then never empty.
+ */
+static int refuse_mounts_in(struct fin *f, int ld, const char *name)
+{
+	int fd = openat(ld, name, O_PATH | O_NOFOLLOW | O_CLOEXEC), r;
+	char *where = NULL;
+
+	if (fd < 0)
+		return 0;
+	r = ovl_find_mount_under(fd, &where);
+	close(fd);
+	if (r <= 0)
+		return 0;	/* unknown: ovl_remove_tree() still stops */
+	r = ovl_set_error(f->fs, -EBUSY,
+			  "commit: %s/%s holds a mount point, %s, and ovlfs does not delete "
+			  "across mounts: unmount it first",
+			  f->lower, f->path, where);
+	free(where);
+	return r;
+}
+
 /* Lower entry LD/NAME goes (whiteout, opaque parent). Path pushed. */
 static int delete_lower(struct fin *f, int ld, const char *name)
 {
 	char n[32];
+	int err;
 
 	if (!exists_at(ld, name))
 		return 0;
+	err = refuse_mounts_in(f, ld, name);
+	if (err)
+		return err;
 	if (!f->atomic)
 		return ovl_remove_tree(ld, name);
 	return jop(f, 'D', new_op(f, n));
@@ -1078,6 +1107,11 @@ static int place_object(struct fin *f, int ud, const char *name,
 		   (pl && ovl_fstat(pl->fd, &ps) == 0 &&
 		    ls->st_dev == ps.st_dev && ls->st_ino == ps.st_ino)))
 		return pl ? 0 : remember_placed(f, us, ld, name);
+	if (ls && S_ISDIR(ls->st_mode)) {
+		err = refuse_mounts_in(f, ld, name);
+		if (err)
+			return err;
+	}
 	if (f->atomic) {
 		char n[32];
 
@@ -1828,6 +1862,35 @@ static int take_lower(struct fin *f)
 	return err < 0 ? err : 0;
 }
 
+/*
+ * The upper is deleted at the end of a commit or discard: all of it on
+ * its own filesystem, so a mount point in it (a bind mount of anything)
+ * is refused, naming it, before anything is changed.
+ */
+static int refuse_upper_mounts(struct fin *f)
+{
+	const char *what = f->atomic_or_commit ? "commit" : "discard";
+	char *where = NULL;
+	int r = ovl_find_mount_under(f->upper_fd, &where);
+
+	if (r < 0)
+		return ovl_set_error(f->fs, r, "%s: upper %s: cannot read the mount table: %s",
+				     what, f->upper, strerror(-r));
+	if (r == 0)
+		return 0;
+	if (!strcmp(where, f->upper))
+		r = ovl_set_error(f->fs, -EBUSY,
+				  "%s: upper %s is a mount point, and ovlfs does not delete "
+				  "across mounts: nothing was changed", what, f->upper);
+	else
+		r = ovl_set_error(f->fs, -EBUSY,
+				  "%s: upper %s holds a mount point, %s, and ovlfs does not delete "
+				  "across mounts: unmount it first (nothing was changed)",
+				  what, f->upper, where);
+	free(where);
+	return r;
+}
+
 /* Open and lock the upper; 1 if there is none (nothing to do). */
 static int take_upper(struct fin *f)
 {
@@ -1851,7 +1914,7 @@ static int take_upper(struct fin *f)
 	if (err && !f->fs->err[0])
 		return ovl_set_error(f->fs, err, "upper %s: cannot lock: %s",
 				     f->upper, strerror(-err));
-	return err;
+	return err ? err : refuse_upper_mounts(f);
 }
 
 static int commit(struct fin *f, bool atomic)

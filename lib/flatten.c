@@ -276,29 +276,39 @@ static struct ovlfs *mount_view(struct ovlfs *fs, const char *mp, int *errp)
 	return v;
 }
 
-/* DEST may not lie in a layer: the copy would show up in what it copies. */
+/*
+ * DEST may not lie in a layer (the copy would show up in what it copies,
+ * or be written into a lower) nor hold one: by identity, so a bind mount
+ * or symlink alias of a layer's directory is refused too.
+ */
 static int check_dest(struct ovlfs *fs, const char *dest)
 {
-	char *d = NULL, *l = NULL;
-	int err = ovl_path_canonical(dest, &d);
+	struct ovl_place d, l;
+	int err = ovl_place_get(dest, &d);
 
 	if (err)
 		return ovl_set_error(fs, err, "flatten: %s: %s", dest,
 				     strerror(-err));
-	for (unsigned i = 0; !err && i <= fs->n_more_lowers + 1; i++) {
+	for (unsigned i = 0; !err && i <= fs->n_more_lowers + 2; i++) {
 		const char *p = i <= fs->n_more_lowers ? ovlfs_lower_at(fs, i) :
-			        fs->read_only ? NULL : fs->upper;
+			        i == fs->n_more_lowers + 1 ?
+				(fs->read_only ? NULL : fs->upper) :
+				(fs->mounted ? fs->mount_point : NULL);
+		char *via = NULL;
 
-		if (!p || ovl_path_canonical(p, &l) < 0)
+		if (!p || ovl_place_get(p, &l) < 0)
 			continue;
-		if (ovl_path_within(d, l) || ovl_path_within(l, d))
+		if (ovl_place_overlap(&d, &l, &via) != OVL_APART)
 			err = ovl_set_error(fs, -EINVAL,
-					    "flatten: %s overlaps the layer %s",
-					    dest, p);
-		free(l);
-		l = NULL;
+					    "flatten: %s overlaps the %s %s%s%s%s",
+					    dest, i <= fs->n_more_lowers ? "layer" :
+					    i == fs->n_more_lowers + 1 ? "upper" :
+					    "mount point", p, via ? " (as " : "",
+					    via ? via : "", via ? ")" : "");
+		free(via);
+		ovl_place_free(&l);
 	}
-	free(d);
+	ovl_place_free(&d);
 	return err;
 }
 

@@ -210,10 +210,30 @@ void ovl_dirlist_free(struct ovl_dirlist *dl)
 }
 
 /*
+ * Is the entry CHILD on another mount than PARENT (the root of a bind
+ * mount or of another filesystem mounted there)? The mount id tells a bind
+ * mount of the same filesystem too, where st_dev cannot.
+ */
+static bool other_mount(const struct statx *parent, const struct statx *child)
+{
+	if (parent->stx_mask & child->stx_mask & STATX_MNT_ID)
+		return parent->stx_mnt_id != child->stx_mnt_id;
+	if ((child->stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) &&
+	    (child->stx_attributes & STATX_ATTR_MOUNT_ROOT))
+		return true;
+	return parent->stx_dev_major != child->stx_dev_major ||
+	       parent->stx_dev_minor != child->stx_dev_minor;
+}
+
+#define MNT_MASK (STATX_TYPE | STATX_MODE | STATX_MNT_ID)
+
+static int remove_on(int dirfd, const char *name, const struct statx *mnt);
+
+/*
  * Directories in the tree may be mode 0000 or read-only: grant ourselves
  * access first (we own the upper) so removal never stops half-way.
  */
-static int remove_children(int dfd)
+static int remove_children(int dfd, const struct statx *mnt)
 {
 	struct ovl_dirlist dl;
 	int err = ovl_dirlist_read(dfd, &dl);
@@ -221,42 +241,119 @@ static int remove_children(int dfd)
 	if (err)
 		return err;
 	for (size_t i = 0; i < dl.n && !err; i++)
-		err = ovl_remove_tree(dfd, dl.ents[i].name);
+		err = remove_on(dfd, dl.ents[i].name, mnt);
 	ovl_dirlist_free(&dl);
 	return err;
 }
 
-int ovl_remove_tree(int dirfd, const char *name)
+/* ovl_remove_tree() on the mount MNT (a statx of a directory on it). */
+static int remove_on(int dirfd, const char *name, const struct statx *mnt)
 {
-	struct stat st;
+	struct statx st, dst;
 	int dfd, err;
 
-	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+	if (statx(dirfd, name, AT_SYMLINK_NOFOLLOW, MNT_MASK, &st) < 0)
 		return errno == ENOENT ? 0 : -errno;
-	if (!S_ISDIR(st.st_mode)) {
+	/* Deletion stays on its own filesystem: never into a mount. */
+	if (other_mount(mnt, &st))
+		return -EBUSY;
+	if (!S_ISDIR(st.stx_mode)) {
 		if (unlinkat(dirfd, name, 0) < 0 && errno != ENOENT)
 			return -errno;
 		return 0;
 	}
-	if ((st.st_mode & 0700) != 0700) {
+	if ((st.stx_mode & 0700) != 0700) {
 		/* Through an fd: a symlink swapped in meanwhile is refused. */
 		int pfd = openat(dirfd, name, O_PATH | O_DIRECTORY |
 				 O_NOFOLLOW | O_CLOEXEC);
 
 		if (pfd < 0)
 			return -errno;
-		ovl_fchmod_any(pfd, 0700);
+		err = statx(pfd, "", AT_EMPTY_PATH, MNT_MASK, &dst) < 0 ? -errno :
+		      other_mount(mnt, &dst) ? -EBUSY : 0;
+		if (!err)
+			ovl_fchmod_any(pfd, 0700);
 		close(pfd);
+		if (err)
+			return err;
 	}
 	dfd = openat(dirfd, name,
 		     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (dfd < 0)
 		return -errno;
-	err = remove_children(dfd);
+	/* Mounted on between the statx and the open? Checked on the fd. */
+	if (statx(dfd, "", AT_EMPTY_PATH, MNT_MASK, &dst) < 0)
+		err = -errno;
+	else
+		err = other_mount(mnt, &dst) ? -EBUSY : remove_children(dfd, mnt);
 	close(dfd);
 	if (err)
 		return err;
 	if (unlinkat(dirfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
 		return -errno;
 	return 0;
+}
+
+int ovl_remove_tree(int dirfd, const char *name)
+{
+	struct statx mnt;
+
+	if (statx(dirfd, "", AT_EMPTY_PATH, MNT_MASK, &mnt) < 0)
+		return -errno;
+	return remove_on(dirfd, name, &mnt);
+}
+
+struct under {
+	const char *dir;	/* the directory's path */
+	size_t len;
+	char *found;
+};
+
+static int mount_under(const struct ovl_mount_ent *m, void *arg)
+{
+	struct under *u = arg;
+
+	if (!ovl_path_within(m->point, u->dir))
+		return 0;
+	u->found = strdup(m->point);
+	return u->found ? 1 : -ENOMEM;
+}
+
+int ovl_find_mount_under(int fd, char **where)
+{
+	struct under u = { 0 };
+	char p[32], *dir;
+	ssize_t n;
+	int err;
+
+	*where = NULL;
+	/*
+	 * Mounts live on (mount, directory) pairs: the ones that a walk down
+	 * from FD would enter are exactly those whose mount point lies at or
+	 * under FD's own path in this namespace, so the mount table answers
+	 * without a walk of the tree.
+	 */
+	dir = malloc(PATH_MAX);
+	if (!dir)
+		return -ENOMEM;
+	ovl_proc_path(fd, p);
+	n = readlink(p, dir, PATH_MAX - 1);
+	if (n < 0) {
+		err = -errno;
+		goto out;
+	}
+	dir[n] = '\0';
+	/* Removed: no path leads into it, and a mount point cannot be. */
+	err = 0;
+	if (dir[0] != '/' || (n > 10 && !strcmp(dir + n - 10, " (deleted)")))
+		goto out;
+	u.dir = dir;
+	err = ovl_mountinfo_walk(mount_under, &u);
+	if (!err && u.found) {
+		*where = u.found;
+		err = 1;
+	}
+out:
+	free(dir);
+	return err;
 }

@@ -234,7 +234,20 @@ struct dirs {
 	char *lower, *upper, *mp;	/* canonical; upper NULL if read-only */
 	char **more;			/* the further lowers, canonical */
 	unsigned nmore;
+	/* the same, by identity (ovl_place), for the overlap checks */
+	struct ovl_place plower, pupper, pmp, *pmore;
 };
+
+static void dirs_free_places(struct dirs *d)
+{
+	for (unsigned i = 0; d->pmore && i < d->nmore; i++)
+		ovl_place_free(&d->pmore[i]);
+	free(d->pmore);
+	d->pmore = NULL;
+	ovl_place_free(&d->plower);
+	ovl_place_free(&d->pupper);
+	ovl_place_free(&d->pmp);
+}
 
 static void dirs_free(struct dirs *d)
 {
@@ -244,22 +257,94 @@ static void dirs_free(struct dirs *d)
 	for (unsigned i = 0; i < d->nmore; i++)
 		free(d->more[i]);
 	free(d->more);
+	dirs_free_places(d);
 }
 
-static int check_pair(struct ovlfs *fs, const char *what_a, const char *a,
-		      const char *what_b, const char *b)
+static int is_inside(struct ovlfs *fs, const char *what_in, const char *in,
+		     const char *what_out, const char *out, const char *via)
 {
-	/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
-	if (!strcmp(a, b))
-		return ovl_set_error(fs, -EINVAL, "%s %s is the same directory as the %s",
-				     what_a, a, what_b);
-	if (ovl_path_within(a, b))
-		return ovl_set_error(fs, -EINVAL, "%s %s is inside the %s %s",
-				     what_a, a, what_b, b);
-	if (ovl_path_within(b, a))
-		return ovl_set_error(fs, -EINVAL, "%s %s is inside the %s %s",
-				     what_b, b, what_a, a);
+	if (via)
+		return ovl_set_error(fs, -EINVAL,
+				     "%s %s is inside the %s %s (it is %s, reached through another mount)",
+				     what_in, in, what_out, out, via);
+	return ovl_set_error(fs, -EINVAL, "%s %s is inside the %s %s", what_in,
+			     in, what_out, out);
+}
+
+/*
+ * Neither of A and B may be the other or lie inside it, by identity: no
+ * symlink, ".." or bind mount makes one pass for another (paths.c).
+ */
+static int check_pair(struct ovlfs *fs, const char *what_a,
+		      const struct ovl_place *a, const char *what_b,
+		      const struct ovl_place *b)
+{
+	char *via = NULL;
+	int err = 0;
+
+	switch (ovl_place_overlap(a, b, &via)) {
+	case OVL_APART:
+		break;
+	case OVL_SAME:
+		err = ovl_set_error(fs, -EINVAL,
+				    "%s %s is the same directory as the %s %s",
+				    what_a, a->path, what_b, b->path);
+		break;
+	case OVL_A_IN_B:
+		err = is_inside(fs, what_a, a->path, what_b, b->path, via);
+		break;
+	case OVL_B_IN_A:
+		err = is_inside(fs, what_b, b->path, what_a, a->path, via);
+		break;
+	}
+	free(via);
+	return err;
+}
+
+static bool same_place(const struct ovl_place *a, const struct ovl_place *b)
+{
+	char *via = NULL;
+	bool same = ovl_place_overlap(a, b, &via) == OVL_SAME;
+
+	free(via);
+	return same;
+}
+
+static int place(struct ovlfs *fs, const char *what, const char *path,
+		 struct ovl_place *pl)
+{
+	int err = ovl_place_get(path, pl);
+
+	if (err)
+		return ovl_set_error(fs, err, "%s %s: %s", what, path,
+				     strerror(-err));
 	return 0;
+}
+
+/*
+ * An upper named by a symlink would be followed to the directory, which
+ * a discard or commit then removes, leaving the link dangling, and the
+ * next mount refuses that. Every command refuses it instead, saying
+ * where it points.
+ */
+static int check_upper_not_link(struct ovlfs *fs)
+{
+	char *p = ovl_path_strip(fs->upper), to[PATH_MAX];
+	struct stat st;
+	ssize_t n;
+	int err = 0;
+
+	if (!p)
+		return ovl_set_error(fs, -ENOMEM, "out of memory");
+	if (lstat(p, &st) == 0 && S_ISLNK(st.st_mode)) {
+		n = readlink(p, to, sizeof(to) - 1);
+		to[n < 0 ? 0 : n] = '\0';
+		err = ovl_set_error(fs, -EINVAL,
+				    "upper %s is a symbolic link (to %s): name the directory itself",
+				    fs->upper, to);
+	}
+	free(p);
+	return err;
 }
 
 static int canon(struct ovlfs *fs, const char *what, const char *path,
@@ -358,7 +443,8 @@ static int check_more_lowers(struct ovlfs *fs, struct dirs *d)
 		return ovl_set_error(fs, -EINVAL, "too many lower layers (%u, at most %d)",
 				     1 + fs->n_more_lowers, OVL_MAX_LOWERS);
 	d->more = calloc(fs->n_more_lowers + 1, sizeof(*d->more));
-	if (!d->more)
+	d->pmore = calloc(fs->n_more_lowers + 1, sizeof(*d->pmore));
+	if (!d->more || !d->pmore)
 		return ovl_set_error(fs, -ENOMEM, "out of memory");
 	for (unsigned i = 0; i < fs->n_more_lowers && !err; i++) {
 		const char *l = fs->more_lowers[i];
@@ -369,17 +455,19 @@ static int check_more_lowers(struct ovlfs *fs, struct dirs *d)
 		if (err)
 			break;
 		d->nmore++;
-		if (!strcmp(d->more[i], d->lower))
+		err = place(fs, "lower", d->more[i], &d->pmore[i]);
+		if (!err && same_place(&d->pmore[i], &d->plower))
 			err = ovl_set_error(fs, -EINVAL, "lower %s is given twice", l);
 		for (unsigned j = 0; j < i && !err; j++)
-			if (!strcmp(d->more[i], d->more[j]))
+			if (same_place(&d->pmore[i], &d->pmore[j]))
 				err = ovl_set_error(fs, -EINVAL,
 						    "lower %s is given twice", l);
 		if (!err && d->upper)
-			err = check_pair(fs, "upper", d->upper, "lower", d->more[i]);
+			err = check_pair(fs, "upper", &d->pupper, "lower",
+					 &d->pmore[i]);
 		if (!err && d->mp)
-			err = check_pair(fs, "mount point", d->mp, "lower",
-					 d->more[i]);
+			err = check_pair(fs, "mount point", &d->pmp, "lower",
+					 &d->pmore[i]);
 	}
 	return err;
 }
@@ -391,6 +479,7 @@ static int check_more_lowers(struct ovlfs *fs, struct dirs *d)
  */
 static int target_lower(struct ovlfs *fs, bool target, char **out)
 {
+	struct ovl_place pc = { 0 };
 	char *c = NULL;
 	int err;
 
@@ -406,19 +495,23 @@ static int target_lower(struct ovlfs *fs, bool target, char **out)
 	err = check_lower_at(fs, fs->commit_into);
 	if (!err)
 		err = canon(fs, "lower", fs->commit_into, &c);
+	if (!err)
+		err = place(fs, "lower", c, &pc);
 	for (unsigned i = 0; !err && i <= fs->n_more_lowers; i++) {
-		char *l = NULL;
+		struct ovl_place pl;
 		bool same;
 
-		if (ovl_path_canonical(ovlfs_lower_at(fs, i), &l) < 0)
+		if (ovl_place_get(ovlfs_lower_at(fs, i), &pl) < 0)
 			continue;
-		same = !strcmp(l, c);
-		free(l);
+		same = same_place(&pl, &pc);
+		ovl_place_free(&pl);
 		if (same) {
+			ovl_place_free(&pc);
 			*out = c;
 			return 0;
 		}
 	}
+	ovl_place_free(&pc);
 	if (!err)
 		err = ovl_set_error(fs, -EINVAL, "%s is not one of the lower layers",
 				    fs->commit_into);
@@ -429,6 +522,7 @@ static int target_lower(struct ovlfs *fs, bool target, char **out)
 int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
 		   bool *upper_exists)
 {
+	struct ovl_place pl = { 0 }, pu = { 0 };
 	int err;
 
 	*lower = *upper = NULL;
@@ -438,9 +532,17 @@ int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
 				     fs->lower);
 	err = target_lower(fs, target, lower);
 	if (!err)
+		err = check_upper_not_link(fs);
+	if (!err)
 		err = canon(fs, "upper", fs->upper, upper);
 	if (!err)
-		err = check_pair(fs, "upper", *upper, "lower", *lower);
+		err = place(fs, "lower", *lower, &pl);
+	if (!err)
+		err = place(fs, "upper", *upper, &pu);
+	if (!err)
+		err = check_pair(fs, "upper", &pu, "lower", &pl);
+	ovl_place_free(&pl);
+	ovl_place_free(&pu);
 	if (!err)
 		err = check_dir_or_missing(fs, "upper", *upper, upper_exists);
 	/* A default upper never made means no changes; a named one, a typo. */
@@ -452,6 +554,32 @@ int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
 		free(*upper);
 		*lower = *upper = NULL;
 	}
+	return err;
+}
+
+/*
+ * Refused as the kernel's overlayfs refuses it: on a read-only filesystem
+ * the mount would say "rw" and then fail every change with EROFS. A
+ * missing upper is made in its parent, so that is what is asked.
+ */
+static int check_upper_writable(struct ovlfs *fs, const char *upper,
+				bool exists)
+{
+	char *dir = strdup(upper), *slash;
+	struct statvfs sv;
+	int err = 0;
+
+	if (!dir)
+		return ovl_set_error(fs, -ENOMEM, "out of memory");
+	slash = strrchr(dir, '/');
+	if (!exists && slash)
+		slash[slash == dir ? 1 : 0] = '\0';
+	if (statvfs(dir, &sv) == 0 && (sv.f_flag & ST_RDONLY))
+		err = ovl_set_error(fs, -EROFS,
+				    "upper %s is on a read-only filesystem "
+				    "(a read-only view needs no upper: --read-only)",
+				    upper);
+	free(dir);
 	return err;
 }
 
@@ -469,23 +597,59 @@ static int check_dirs(struct ovlfs *fs, struct dirs *d, bool *upper_exists,
 				     fs->lower);
 	err = canon(fs, "lower", fs->lower, &d->lower);
 	if (!err && !fs->read_only)
+		err = check_upper_not_link(fs);
+	if (!err && !fs->read_only)
 		err = canon(fs, "upper", fs->upper, &d->upper);
 	if (!err)
 		err = canon(fs, "mount point", fs->mount_point, &d->mp);
-	if (!err && d->upper)
-		err = check_pair(fs, "upper", d->upper, "lower", d->lower);
 	if (!err)
-		err = check_pair(fs, "mount point", d->mp, "lower", d->lower);
+		err = place(fs, "lower", d->lower, &d->plower);
 	if (!err && d->upper)
-		err = check_pair(fs, "mount point", d->mp, "upper", d->upper);
+		err = place(fs, "upper", d->upper, &d->pupper);
+	if (!err)
+		err = place(fs, "mount point", d->mp, &d->pmp);
+	if (!err && d->upper)
+		err = check_pair(fs, "upper", &d->pupper, "lower", &d->plower);
+	if (!err)
+		err = check_pair(fs, "mount point", &d->pmp, "lower", &d->plower);
+	if (!err && d->upper)
+		err = check_pair(fs, "mount point", &d->pmp, "upper", &d->pupper);
 	if (!err)
 		err = check_more_lowers(fs, d);
 	if (!err && d->upper)
 		err = check_dir_or_missing(fs, "upper", d->upper, upper_exists);
+	if (!err && d->upper)
+		err = check_upper_writable(fs, d->upper, *upper_exists);
 	if (!err)
 		err = check_dir_or_missing(fs, "mount point", d->mp, mp_exists);
 	if (!err && *mp_exists)
 		err = check_empty(fs, d->mp);
+	return err;
+}
+
+int ovlfs_check_apart(struct ovlfs *fs, const char *what, const char *path)
+{
+	unsigned n = fs->n_more_lowers;
+	struct ovl_place p = { 0 }, l;
+	int err;
+
+	fs->err[0] = '\0';
+	if (!what || !path || !*path)
+		return ovl_set_error(fs, -EINVAL, "empty value");
+	err = place(fs, what, path, &p);
+	for (unsigned i = 0; !err && i <= n + 2; i++) {
+		const char *lp = i <= n ? ovlfs_lower_at(fs, i) :
+				 i == n + 1 ? (fs->read_only ? NULL : fs->upper) :
+				 fs->mount_point;
+
+		/* One that cannot be resolved is the mount's to refuse. */
+		if (!lp || ovl_place_get(lp, &l) < 0)
+			continue;
+		err = check_pair(fs, what, &p, i <= n ? "lower" : i == n + 1 ?
+				 "upper" : "mount point", &l);
+		ovl_place_free(&l);
+	}
+	ovl_place_free(&p);
 	return err;
 }
 
@@ -1104,6 +1268,7 @@ int ovlfs_mount(struct ovlfs *fs)
 		fs->more_lowers[i] = d.more[i];
 	}
 	free(d.more);
+	dirs_free_places(&d);
 	fs->ofs = ofs;
 	fs->mounted = true;
 	return 0;

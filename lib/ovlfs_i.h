@@ -171,6 +171,45 @@ bool ovl_path_within(const char *a, const char *b);
  */
 int ovl_path_canonical(const char *path, char **out);
 
+/* One line of /proc/self/mountinfo, unescaped. */
+struct ovl_mount_ent {
+	uint64_t id;		/* the mount id (statx's stx_mnt_id) */
+	dev_t fs;		/* the filesystem: its superblock's device */
+	char *root;		/* the directory of that filesystem shown */
+	char *point;		/* where it is mounted */
+};
+/*
+ * Call FN for each mount until it returns nonzero. 0, or FN's negative
+ * return, or -errno if the table cannot be read.
+ */
+int ovl_mountinfo_walk(int (*fn)(const struct ovl_mount_ent *m, void *arg),
+		       void *arg);
+
+/*
+ * A directory (or a path to be created) by identity: its canonical
+ * spelling, its inode and its path within its filesystem, which no bind
+ * mount, symlink or ".." changes (the reasoning is in paths.c).
+ */
+struct ovl_place {
+	char *path;		/* canonical, as ovl_path_canonical() */
+	bool exists;		/* PATH itself exists: DEV and INO are its */
+	dev_t dev;		/* else those of its deepest existing parent */
+	ino_t ino;
+	dev_t fs;		/* the filesystem FSPATH is in */
+	char *fspath;		/* path within that filesystem; NULL: unknown */
+};
+enum ovl_overlap { OVL_APART, OVL_SAME, OVL_A_IN_B, OVL_B_IN_A };
+/* PATH (need not exist) into *PL, freed with ovl_place_free(); -errno. */
+int ovl_place_get(const char *path, struct ovl_place *pl);
+void ovl_place_free(struct ovl_place *pl);
+/*
+ * Are A and B the same directory, or one inside the other? When only
+ * their paths within the filesystem tell (a bind mount), *VIA (to free)
+ * is the inner one's spelling under the outer one.
+ */
+enum ovl_overlap ovl_place_overlap(const struct ovl_place *a,
+				   const struct ovl_place *b, char **via);
+
 /* ===== sha256.c ===== */
 
 void ovl_sha256(const void *data, size_t len, uint8_t out[32]);
@@ -273,8 +312,17 @@ void ovl_tmp_name(struct ovl_fs *ofs, char buf[64]);
  * 0, -EBUSY if it is held still, or -errno.
  */
 int ovl_flock_wait(int fd, int op);
-/* Remove NAME in DIRFD and everything under it, never following symlinks. */
+/*
+ * Remove NAME in DIRFD and everything under it, never following symlinks
+ * and never leaving DIRFD's mount: a mount point met (another filesystem,
+ * a bind mount) is -EBUSY, and nothing in it is touched.
+ */
 int ovl_remove_tree(int dirfd, const char *name);
+/*
+ * Is directory FD, or anything under it, a mount point (in this mount
+ * namespace)? 1 with its path in *WHERE (to free), 0, or -errno.
+ */
+int ovl_find_mount_under(int fd, char **where);
 /* Read a whole directory (names only, '.'/'..' skipped). */
 struct ovl_dirlist {
 	struct ovl_dirent {

@@ -1,17 +1,21 @@
 /*
- * Pure path logic: default layer names and the checks made on the paths a
- * user gives before mounting (does the upper lie inside the lower, ...).
+ * Path logic: default layer names and the checks made on the paths a
+ * user gives before mounting (does the upper lie inside the lower, ...),
+ * by spelling and by identity (see "where a directory is" below).
  *
  * These paths are only compared and reported, never used to reach files
  * inside a layer (that is done with fds relative to the layer roots), so a
  * race between canonicalising and using them cannot escape a layer.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "ovlfs_i.h"
@@ -143,7 +147,8 @@ static int path_try_prefix(char *abs, size_t len, char **res)
 	return ret;
 }
 
-int ovl_path_canonical(const char *path, char **out)
+/* ovl_path_canonical(), and in *ELEN how much of *OUT exists. */
+static int path_canonical(const char *path, char **out, size_t *elen)
 {
 	char *abs = NULL, *base = NULL, *res, *p;
 	size_t end, blen, rlen;
@@ -154,8 +159,8 @@ int ovl_path_canonical(const char *path, char **out)
 		return -EINVAL;
 
 	ret = path_absolute(path, &abs);
-	if (ret < 0)
-		return ret;
+	if (ret < 0 || !abs)	/* (!abs: for the analyzer, errno may be 0) */
+		return ret < 0 ? ret : -ENOMEM;
 
 	/*
 	 * Walk back from the whole path, one component at a time, until a
@@ -220,9 +225,241 @@ int ovl_path_canonical(const char *path, char **out)
 		goto out;
 	}
 	*out = res;
+	*elen = blen;
 	ret = 0;
 out:
 	free(base);
 	free(abs);
 	return ret;
+}
+
+int ovl_path_canonical(const char *path, char **out)
+{
+	size_t elen;
+
+	return path_canonical(path, out, &elen);
+}
+
+/* ---- where a directory is, by identity ---- */
+
+/*
+ * Why spelling is not enough: realpath() sees through symlinks and "..",
+ * but not through a bind mount. /x/up may be lower/sub mounted a second
+ * time: the same directory, with no path in common with the lower.
+ * Walking up from /x/up with ".." does not find the lower either: at the
+ * root of a mount ".." leads to where the mount sits (/x), never to the
+ * directory above lower/sub in its own filesystem, which is the one that
+ * matters. And comparing (st_dev, st_ino) catches only the very same
+ * directory, not one inside the other.
+ *
+ * The mount table does see through it: each line of
+ * /proc/self/mountinfo names a mount's filesystem (the superblock's
+ * major:minor) and the directory of that filesystem it shows (its root
+ * field). A path, on the mount statx() says it lies on, becomes that root
+ * plus the rest of the path below the mount point: its path within the
+ * filesystem, the same through whichever mount it is reached. Two
+ * directories of one filesystem overlap exactly when one such path is a
+ * prefix of the other, as the kernel's overlayfs decides by walking the
+ * dentries' parents.
+ *
+ * The spelled (canonical) paths are compared as well: a layer may hold
+ * the mount point of another filesystem, which no path within a
+ * filesystem shows. So is (st_dev, st_ino), which still tells the very
+ * same directory where the mount table does not list a mount (in a chroot
+ * below the root of a mount). These checks catch mistakes before
+ * anything is made; a mount made between the check and the use is not
+ * seen, and the layers are reached through fds from then on.
+ */
+
+/* Undo mountinfo's octal escapes (\040 for a space) in place. */
+static void mountinfo_unescape(char *s)
+{
+	char *o = s;
+
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' &&
+		    s[2] <= '7' && s[3] >= '0' && s[3] <= '7') {
+			*o++ = (char)(((s[1] - '0') << 6) | ((s[2] - '0') << 3) |
+				      (s[3] - '0'));
+			s += 3;
+		} else {
+			*o++ = *s;
+		}
+	}
+	*o = '\0';
+}
+
+int ovl_mountinfo_walk(int (*fn)(const struct ovl_mount_ent *m, void *arg),
+		       void *arg)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	int ret = 0;
+
+	if (!f)
+		return -errno;
+	while (!ret && getline(&line, &cap, f) > 0) {
+		struct ovl_mount_ent m;
+		unsigned long long id;
+		unsigned maj, mnr;
+		int r0 = -1, r1 = -1, p0 = -1, p1 = -1;
+
+		if (sscanf(line, "%llu %*u %u:%u %n%*s%n %n%*s%n", &id, &maj,
+			   &mnr, &r0, &r1, &p0, &p1) != 3 || p1 < 0)
+			continue;
+		line[r1] = line[p1] = '\0';
+		m.id = id;
+		m.fs = makedev(maj, mnr);
+		m.root = line + r0;
+		m.point = line + p0;
+		mountinfo_unescape(m.root);
+		mountinfo_unescape(m.point);
+		ret = fn(&m, arg);
+	}
+	free(line);
+	fclose(f);
+	return ret < 0 ? ret : 0;
+}
+
+/* A followed by the components of B, one slash between; NULL: ENOMEM. */
+static char *path_join(const char *a, const char *b)
+{
+	size_t alen = path_stripped_len(a);
+	char *r;
+
+	while (*b == '/')
+		b++;
+	if (!*b)
+		return strndup(a, alen);
+	if (alen == 1 && a[0] == '/')
+		alen = 0;
+	r = malloc(alen + strlen(b) + 2);
+	if (!r)
+		return NULL;
+	memcpy(r, a, alen);
+	r[alen] = '/';
+	strcpy(r + alen + 1, b);
+	return r;
+}
+
+struct place_find {
+	uint64_t id;		/* the mount sought */
+	struct ovl_place *pl;
+	const char *base;	/* the existing part of pl->path */
+	size_t blen;
+	int found;
+};
+
+static int place_mount(const struct ovl_mount_ent *m, void *arg)
+{
+	struct place_find *pf = arg;
+	size_t plen = path_stripped_len(m->point);
+	const char *rel;
+	char *in;
+
+	if (m->id != pf->id)
+		return 0;
+	pf->found = 1;
+	/* Not a path (a pseudo filesystem's name), or a deleted root. */
+	if (m->root[0] != '/' || strstr(m->root, "//deleted"))
+		return 1;
+	if (plen == 1)
+		rel = pf->base;
+	else if (!strncmp(pf->base, m->point, plen) &&
+		 (plen == pf->blen || pf->base[plen] == '/'))
+		rel = pf->base + plen;
+	else
+		return 1;	/* listed elsewhere than we reached it: unknown */
+	in = path_join(m->root, rel);
+	if (!in)
+		return -ENOMEM;
+	pf->pl->fspath = path_join(in, pf->pl->path + pf->blen);
+	free(in);
+	if (!pf->pl->fspath)
+		return -ENOMEM;
+	pf->pl->fs = m->fs;
+	return 1;
+}
+
+void ovl_place_free(struct ovl_place *pl)
+{
+	free(pl->path);
+	free(pl->fspath);
+	memset(pl, 0, sizeof(*pl));
+}
+
+int ovl_place_get(const char *path, struct ovl_place *pl)
+{
+	struct place_find pf = { .pl = pl };
+	struct statx stx;
+	char *base = NULL;
+	int err;
+
+	memset(pl, 0, sizeof(*pl));
+	err = path_canonical(path, &pl->path, &pf.blen);
+	if (err)
+		return err;
+	base = strndup(pl->path, pf.blen);
+	if (!base) {
+		err = -ENOMEM;
+		goto out;
+	}
+	if (statx(AT_FDCWD, base, AT_SYMLINK_NOFOLLOW,
+		  STATX_INO | STATX_MNT_ID, &stx) < 0) {
+		err = -errno;
+		goto out;
+	}
+	pl->exists = pl->path[pf.blen] == '\0';
+	pl->dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+	pl->ino = stx.stx_ino;
+	if (stx.stx_mask & STATX_MNT_ID) {
+		pf.id = stx.stx_mnt_id;
+		pf.base = base;
+		/* No mount table (no /proc): the spelling and inode remain. */
+		err = ovl_mountinfo_walk(place_mount, &pf);
+		if (err != -ENOMEM)
+			err = 0;
+	}
+out:
+	free(base);
+	if (err)
+		ovl_place_free(pl);
+	return err;
+}
+
+/* OUTER's spelling of INNER, which lies inside it (by fspath). */
+static char *alias_path(const struct ovl_place *inner,
+			const struct ovl_place *outer)
+{
+	size_t olen = path_stripped_len(outer->fspath);
+
+	return path_join(outer->path, olen == 1 ? inner->fspath :
+				      inner->fspath + olen);
+}
+
+enum ovl_overlap ovl_place_overlap(const struct ovl_place *a,
+				   const struct ovl_place *b, char **via)
+{
+	*via = NULL;
+	if (!strcmp(a->path, b->path) ||
+	    (a->exists && b->exists && a->dev == b->dev && a->ino == b->ino))
+		return OVL_SAME;
+	if (ovl_path_within(a->path, b->path))
+		return OVL_A_IN_B;
+	if (ovl_path_within(b->path, a->path))
+		return OVL_B_IN_A;
+	if (!a->fspath || !b->fspath || a->fs != b->fs)
+		return OVL_APART;
+	if (!strcmp(a->fspath, b->fspath))
+		return OVL_SAME;
+	if (ovl_path_within(a->fspath, b->fspath)) {
+		*via = alias_path(a, b);
+		return OVL_A_IN_B;
+	}
+	if (ovl_path_within(b->fspath, a->fspath)) {
+		*via = alias_path(b, a);
+		return OVL_B_IN_A;
+	}
+	return OVL_APART;
 }

@@ -237,10 +237,10 @@ def test_workdir_checked(work):
     os.mkdir(inside)
     r = ovlfs("-o", base + ",workdir=" + inside, mp)
     assert r.returncode == 1
-    assert "workdir %s: overlaps upperdir %s" % (inside, upper) in r.err
+    assert "workdir %s is inside the upper %s" % (inside, upper) in r.err
     r = ovlfs("-o", base + ",workdir=" + lower, mp)
     assert r.returncode == 1
-    assert "workdir %s: overlaps lowerdir %s" % (lower, lower) in r.err
+    assert "workdir %s is the same directory as the lower %s" % (lower, lower) in r.err
     assert mount_entry(mp) is None
 
 

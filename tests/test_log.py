@@ -165,9 +165,11 @@ def test_log_file_unopenable(work):
     lower = j(work, "lower")
     os.mkdir(lower)
     bad = j(work, "no", "such", "dir", "log")
+    mp = j(work, "mnt")     # not WORK: a log inside the mount point is refused
+    os.mkdir(mp)
     for args in (["mount", "--log", bad, lower],
                  ["run", "--log", bad, lower, "--", "true"],
-                 ["-o", "lowerdir=%s,log=%s" % (lower, bad), work]):
+                 ["-o", "lowerdir=%s,log=%s" % (lower, bad), mp]):
         r = ovlfs(*args)
         assert r.returncode == 1, (args, r.err)
         assert r.err.startswith("ovlfs: cannot open log file %s: No such file "

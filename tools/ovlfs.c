@@ -829,6 +829,20 @@ static struct ovlfs *do_mount(const struct mount_opts *o, char *err,
 		goto fail;
 	if (o->compat && (ret = compat_setup(fs, o->compat)) < 0)
 		goto fail;
+	/*
+	 * A log file in a layer or the mount point (also through a bind
+	 * mount or a symlink) is refused before it is created: one in the
+	 * lower would be written into it while mounted.
+	 */
+	if (o->log_path &&
+	    (ret = ovlfs_check_apart(fs, "log file", o->log_path)) < 0)
+		goto fail;
+	if (o->log_path && (ret = log_open(o->log_path)) < 0) {
+		snprintf(err, errlen, "cannot open log file %s: %s",
+			 o->log_path, strerror(-ret));
+		ovlfs_free(fs);
+		return NULL;
+	}
 	if ((ret = log_attach(fs, o)) < 0)
 		goto fail;
 	ret = ovlfs_mount(fs);
@@ -1155,11 +1169,6 @@ static int cmd_mount(int argc, char **argv)
 		if (argc - optind == 2)
 			o.mount_point = argv[optind + 1];
 	}
-	if (o.log_path && (ret = log_open(o.log_path)) >= 0) {
-		mount_opts_free(&o);
-		return ret;
-	}
-
 	ret = o.foreground ? mount_foreground(&o) : mount_daemon(&o);
 	mount_opts_free(&o);
 	return ret;
@@ -2071,10 +2080,6 @@ static int cmd_run(int argc, char **argv)
 	}
 	if (!o.lowers.n)
 		o.lower = argv[optind];
-	if (o.log_path && (ret = log_open(o.log_path)) >= 0) {
-		mount_opts_free(&o);
-		return ret;
-	}
 
 	/*
 	 * As system(3): SIGINT and SIGQUIT ignored (COMMAND gets them from
@@ -2187,20 +2192,18 @@ static const char *const level_names[] = {
 	"EMERG", "ALERT", "CRIT", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG",
 };
 
-/* Open FILE for --log: -1 to go on, or the exit status after a message. */
+/* Open FILE for --log: 0 or -errno. */
 static int log_open(const char *path)
 {
 	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY,
 		      0640);
 
-	if (fd < 0) {
-		err_msg("cannot open log file %s: %s", path, strerror(errno));
-		return 1;
-	}
+	if (fd < 0)
+		return -errno;
 	if (log_fd >= 0)
 		close(log_fd);
 	log_fd = fd;
-	return -1;
+	return 0;
 }
 
 /* MSG, one line without its newline, to the sink, from any thread. */
@@ -2660,16 +2663,6 @@ static int compat_options(char *opts, struct mount_opts *o, struct compat *c)
 	return -1;
 }
 
-/* Canonical A equals canonical B or lies inside it. */
-static bool path_within(const char *a, const char *b)
-{
-	size_t n = strlen(b);
-
-	if (strcmp(b, "/") == 0)
-		return true;
-	return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/');
-}
-
 /* WHAT (PATH) must be an existing directory: 0, or 1 after a message. */
 static int need_dir(const char *what, const char *path)
 {
@@ -2692,7 +2685,6 @@ static int need_dir(const char *what, const char *path)
  */
 static int compat_check(const struct mount_opts *o, const struct compat *c)
 {
-	char *work = NULL, *other;
 	size_t i;
 	int ret = 0;
 
@@ -2702,31 +2694,12 @@ static int compat_check(const struct mount_opts *o, const struct compat *c)
 		ret = need_dir("upperdir", c->upper);
 	if (!ret)
 		ret = need_dir("mount point", o->mount_point);
-	if (ret || !c->work)
-		return ret;
-	if (need_dir("workdir", c->work))
-		return 1;
 	/*
-	 * Unused, but the kernel would refuse one that overlaps a layer,
-	 * and so a line that works here works there too.
+	 * Unused, but the kernel would refuse one that overlaps a layer, and
+	 * so a line that works here works there too: do_mount() checks that.
 	 */
-	work = realpath(c->work, NULL);
-	for (i = 0; work && i <= c->n_lowers && !ret; i++) {
-		const char *layer = i < c->n_lowers ? c->lowers[i] : c->upper;
-
-		if (!layer)
-			continue;
-		other = realpath(layer, NULL);
-		if (other && (path_within(work, other) ||
-			      path_within(other, work))) {
-			err_msg("workdir %s: overlaps %s %s", c->work,
-				i < c->n_lowers ? "lowerdir" : "upperdir",
-				layer);
-			ret = 1;
-		}
-		free(other);
-	}
-	free(work);
+	if (!ret && c->work)
+		ret = need_dir("workdir", c->work);
 	return ret;
 }
 
@@ -2741,6 +2714,9 @@ static int compat_setup(struct ovlfs *fs, const struct compat *c)
 		ret = ovlfs_set_read_only(fs, true);
 	if (!ret && c->format_set)
 		ret = ovlfs_set_format(fs, c->format);
+	/* compat_check()'s overlap half, now that FS knows the layers. */
+	if (!ret && c->work)
+		ret = ovlfs_check_apart(fs, "workdir", c->work);
 	return ret;
 }
 
@@ -2822,8 +2798,6 @@ static int compat_main(int argc, char **argv)
 		ret = 1;
 		goto out;
 	}
-	if (o.log_path && (ret = log_open(o.log_path)) >= 0)
-		goto out;
 	o.lower = c.lowers[0];
 	o.upper = c.upper;
 	o.compat = &c;
@@ -3070,6 +3044,14 @@ static int cmd_export(int argc, char **argv)
 	fs = open_handle(&(struct fin_opts){ .lower = o.lower, .upper = o.upper });
 	if (!fs) {
 		free(target);
+		return 1;
+	}
+	/* In the upper it would be part of what it exports; in a lower, a change. */
+	if (!to_stdout &&
+	    (ret = ovlfs_check_apart(fs, "tar file", target ? target : o.tar)) < 0) {
+		report_failure(fs, ret, "cannot export");
+		free(target);
+		ovlfs_free(fs);
 		return 1;
 	}
 	if (to_stdout) {
