@@ -665,6 +665,12 @@ int ovl_copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd);
  */
 int ovl_link_lower_aliases(struct ovl_fs *ofs, struct ovl_node *node,
 			   const struct stat *lst, int copy);
+/*
+ * Does the lower file of NODE (stat LST) show in the merged view under a
+ * name other than NODE's? 1, 0 or -errno. No lock held.
+ */
+int ovl_lower_alias_visible(struct ovl_fs *ofs, struct ovl_node *node,
+			    const struct stat *lst);
 
 /* Copy file data SRC to DST (regular fds), keeping holes. */
 int ovl_copy_data(int src, int dst, off_t size);
