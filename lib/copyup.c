@@ -135,8 +135,19 @@ int ovl_copy_data(int src, int dst, off_t size)
 	return 0;
 }
 
-static bool xattr_skip_error(struct ovl_fs *ofs, const char *name, int err)
+/* Does NAME carry access rights (a file capability, an ACL)? */
+static bool xattr_grants(const char *name)
 {
+	return !strcmp(name, "security.capability") ||
+	       !strncmp(name, "system.posix_acl_", 17);
+}
+
+static bool xattr_skip_error(struct ovl_fs *ofs, const char *name, int err,
+			     bool strict)
+{
+	/* A commit must not drop what decides who may do what. */
+	if (strict && xattr_grants(name))
+		return false;
 	/* Best effort for what the upper cannot hold or we may not set. */
 	if (err == -EOPNOTSUPP)
 		return true;
@@ -145,7 +156,7 @@ static bool xattr_skip_error(struct ovl_fs *ofs, const char *name, int err)
 	return false;
 }
 
-int ovl_copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd)
+static int copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd, char *failed)
 {
 	ssize_t len = ovl_fd_listxattr(srcfd, NULL, 0), vlen;
 	char *names = NULL, *val = NULL;
@@ -200,8 +211,11 @@ int ovl_copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd)
 			goto out;
 		}
 		err = ovl_fd_setxattr(dstfd, n, val ? val : "", vlen, 0);
-		if (err && !xattr_skip_error(ofs, n, err))
+		if (err && !xattr_skip_error(ofs, n, err, failed != NULL)) {
+			if (failed)
+				snprintf(failed, XATTR_NAME_MAX + 1, "%s", n);
 			goto out;
+		}
 		err = 0;
 	}
 out:
@@ -210,8 +224,13 @@ out:
 	return err;
 }
 
-int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
-		  const struct stat *st, bool times)
+int ovl_copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd)
+{
+	return copy_xattrs(ofs, srcfd, dstfd, NULL);
+}
+
+int ovl_copy_meta_strict(struct ovl_fs *ofs, int srcfd, int dstfd,
+			 const struct stat *st, bool times, char *failed)
 {
 	int err;
 
@@ -224,7 +243,7 @@ int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
 		if (err)
 			return err;
 	}
-	err = ovl_copy_xattrs(ofs, srcfd, dstfd);
+	err = copy_xattrs(ofs, srcfd, dstfd, failed);
 	if (err)
 		return err;
 	if (times) {
@@ -234,6 +253,12 @@ int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
 			return -errno;
 	}
 	return 0;
+}
+
+int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
+		  const struct stat *st, bool times)
+{
+	return ovl_copy_meta_strict(ofs, srcfd, dstfd, st, times, NULL);
 }
 
 /* Origin of a lower object: its key, unless hard links make it ambiguous. */
@@ -427,7 +452,8 @@ installed:
 	return 0;
 }
 
-static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data)
+static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data,
+		       struct ovl_xchange *xc)
 {
 	struct ovl_node *parent;
 	char tmpname[64] = "";
@@ -485,6 +511,19 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 	if (ovl_fstat(pufd, &pst0) < 0)
 		pst0.st_mtim.tv_nsec = UTIME_OMIT;
 	fd = build_copy(ofs, pufd, lfd, &st, tmpname, data);
+	if (fd >= 0 && xc) {
+		/* Refused: the copy goes too, as nobody has seen it. */
+		xc->tried = true;
+		err = xc->remove ? ovl_fd_removexattr(fd, xc->name)
+				 : ovl_fd_setxattr(fd, xc->name, xc->value,
+						   xc->size, xc->flags);
+		if (err) {
+			close(fd);
+			if (tmpname[0])
+				ovl_remove_tree(pufd, tmpname);
+			fd = err;
+		}
+	}
 	if (fd < 0) {
 		err = fd;
 		if (!slow)
@@ -549,7 +588,8 @@ static void copy_up_failed(struct ovl_fs *ofs, struct ovl_node *node, int err)
 		strerror(-err));
 }
 
-static int copy_up(struct ovl_fs *ofs, struct ovl_node *node, bool data)
+static int copy_up(struct ovl_fs *ofs, struct ovl_node *node, bool data,
+		   struct ovl_xchange *xc)
 {
 	int err = 0;
 
@@ -561,21 +601,29 @@ static int copy_up(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 		return -EIO;	/* the root always has an upper */
 	pthread_mutex_lock(&node->copyup_lock);
 	if (!ovl_node_has_upper(node))
-		err = copy_up_one(ofs, node, data);
+		err = copy_up_one(ofs, node, data, xc);
 	pthread_mutex_unlock(&node->copyup_lock);
-	if (err)
+	/* A refused xattr change is its caller's to report. */
+	if (err && !(xc && xc->tried))
 		copy_up_failed(ofs, node, err);
 	return err;
 }
 
 int ovl_copy_up(struct ovl_fs *ofs, struct ovl_node *node)
 {
-	return copy_up(ofs, node, true);
+	return copy_up(ofs, node, true, NULL);
+}
+
+int ovl_copy_up_xattr(struct ovl_fs *ofs, struct ovl_node *node,
+		      struct ovl_xchange *xc)
+{
+	xc->tried = false;
+	return copy_up(ofs, node, true, xc);
 }
 
 int ovl_copy_up_nodata(struct ovl_fs *ofs, struct ovl_node *node)
 {
-	return copy_up(ofs, node, false);
+	return copy_up(ofs, node, false, NULL);
 }
 
 /*
