@@ -663,36 +663,36 @@ static int grow(void **v, size_t *cap, size_t n, size_t size)
 }
 
 /*
- * Stage a copy of NODE, a child of DIR (in the upper): 1 if staged, 0 if
- * NODE takes a plain copy-up instead (not a lone regular file of the
+ * Stage a copy of CHILD, a child of DIR (in the upper): 1 if staged, 0 if
+ * CHILD takes a plain copy-up instead (not a lone regular file of the
  * lower), or -errno.
  */
 static int stage_file(struct ovl_fs *ofs, struct ovl_node *dir,
-		      struct ovl_node *node, struct stage *sg)
+		      struct ovl_node *child, struct stage *sg)
 {
 	int pufd = atomic_load(&dir->upper_fd), lfd, fd, err;
 	struct staged *s;
 	struct stat st;
 
-	if (node->type != S_IFREG || pufd < 0)
+	if (child->type != S_IFREG || pufd < 0)
 		return 0;
 	err = grow((void **)&sg->v, &sg->cap, sg->n, sizeof(*sg->v));
 	if (err)
 		return err;
 	s = &sg->v[sg->n];
 	pthread_rwlock_rdlock(&ofs->ns_lock);
-	lfd = node->deleted || node->parent != dir || ovl_node_has_upper(node)
-		      ? -ENOENT : ovl_node_fd_get_locked(node, OVL_LOWER);
+	lfd = child->deleted || child->parent != dir || ovl_node_has_upper(child)
+		      ? -ENOENT : ovl_node_fd_get_locked(child, OVL_LOWER);
 	pthread_rwlock_unlock(&ofs->ns_lock);
 	if (lfd < 0)
 		return lfd == -ENOENT ? 0 : lfd;
 	err = ovl_fstat(lfd, &st);
 	if (err || !S_ISREG(st.st_mode) || st.st_nlink > 1) {
-		ovl_node_fd_put(node, lfd);
+		ovl_node_fd_put(child, lfd);
 		return err;
 	}
 	fd = build_copy(ofs, pufd, lfd, &st, s->tmpname, true);
-	ovl_node_fd_put(node, lfd);
+	ovl_node_fd_put(child, lfd);
 	if (fd < 0)
 		return fd;
 	if (!s->tmpname[0]) {
@@ -702,9 +702,9 @@ static int stage_file(struct ovl_fs *ofs, struct ovl_node *dir,
 	close(fd);
 	if (err)
 		return err;
-	ovl_node_get(ofs, node);
+	ovl_node_get(ofs, child);
 	ovl_node_get(ofs, dir);
-	s->node = node;
+	s->node = child;
 	s->dir = dir;
 	sg->n++;
 	return 1;
@@ -862,9 +862,11 @@ static int copy_up_tree(struct ovl_fs *ofs, struct ovl_node *node,
 		}
 	}
 	ovl_dir_list_free(ents, n);
+	/* NOLINTBEGIN(bugprone-sizeof-expression): an array of pointers */
 	if (!err)
 		err = grow((void **)&sg->dirs, &sg->dcap, sg->ndirs,
 			   sizeof(*sg->dirs));
+	/* NOLINTEND(bugprone-sizeof-expression) */
 	if (err)
 		return err;
 	ovl_node_get(ofs, node);
