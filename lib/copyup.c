@@ -135,8 +135,19 @@ int ovl_copy_data(int src, int dst, off_t size)
 	return 0;
 }
 
-static bool xattr_skip_error(struct ovl_fs *ofs, const char *name, int err)
+/* Does NAME carry access rights (a file capability, an ACL)? */
+static bool xattr_grants(const char *name)
 {
+	return !strcmp(name, "security.capability") ||
+	       !strncmp(name, "system.posix_acl_", 17);
+}
+
+static bool xattr_skip_error(struct ovl_fs *ofs, const char *name, int err,
+			     bool strict)
+{
+	/* A commit must not drop what decides who may do what. */
+	if (strict && xattr_grants(name))
+		return false;
 	/* Best effort for what the upper cannot hold or we may not set. */
 	if (err == -EOPNOTSUPP)
 		return true;
@@ -145,7 +156,7 @@ static bool xattr_skip_error(struct ovl_fs *ofs, const char *name, int err)
 	return false;
 }
 
-int ovl_copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd)
+static int copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd, char *failed)
 {
 	ssize_t len = ovl_fd_listxattr(srcfd, NULL, 0), vlen;
 	char *names = NULL, *val = NULL;
@@ -200,8 +211,11 @@ int ovl_copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd)
 			goto out;
 		}
 		err = ovl_fd_setxattr(dstfd, n, val ? val : "", vlen, 0);
-		if (err && !xattr_skip_error(ofs, n, err))
+		if (err && !xattr_skip_error(ofs, n, err, failed != NULL)) {
+			if (failed)
+				snprintf(failed, XATTR_NAME_MAX + 1, "%s", n);
 			goto out;
+		}
 		err = 0;
 	}
 out:
@@ -210,8 +224,13 @@ out:
 	return err;
 }
 
-int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
-		  const struct stat *st, bool times)
+int ovl_copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd)
+{
+	return copy_xattrs(ofs, srcfd, dstfd, NULL);
+}
+
+int ovl_copy_meta_strict(struct ovl_fs *ofs, int srcfd, int dstfd,
+			 const struct stat *st, bool times, char *failed)
 {
 	int err;
 
@@ -224,7 +243,7 @@ int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
 		if (err)
 			return err;
 	}
-	err = ovl_copy_xattrs(ofs, srcfd, dstfd);
+	err = copy_xattrs(ofs, srcfd, dstfd, failed);
 	if (err)
 		return err;
 	if (times) {
@@ -234,6 +253,12 @@ int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
 			return -errno;
 	}
 	return 0;
+}
+
+int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
+		  const struct stat *st, bool times)
+{
+	return ovl_copy_meta_strict(ofs, srcfd, dstfd, st, times, NULL);
 }
 
 /* Origin of a lower object: its key, unless hard links make it ambiguous. */
@@ -427,7 +452,8 @@ installed:
 	return 0;
 }
 
-static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data)
+static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data,
+		       struct ovl_xchange *xc)
 {
 	struct ovl_node *parent;
 	char tmpname[64] = "";
@@ -485,6 +511,19 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 	if (ovl_fstat(pufd, &pst0) < 0)
 		pst0.st_mtim.tv_nsec = UTIME_OMIT;
 	fd = build_copy(ofs, pufd, lfd, &st, tmpname, data);
+	if (fd >= 0 && xc) {
+		/* Refused: the copy goes too, as nobody has seen it. */
+		xc->tried = true;
+		err = xc->remove ? ovl_fd_removexattr(fd, xc->name)
+				 : ovl_fd_setxattr(fd, xc->name, xc->value,
+						   xc->size, xc->flags);
+		if (err) {
+			close(fd);
+			if (tmpname[0])
+				ovl_remove_tree(pufd, tmpname);
+			fd = err;
+		}
+	}
 	if (fd < 0) {
 		err = fd;
 		if (!slow)
@@ -549,7 +588,8 @@ static void copy_up_failed(struct ovl_fs *ofs, struct ovl_node *node, int err)
 		strerror(-err));
 }
 
-static int copy_up(struct ovl_fs *ofs, struct ovl_node *node, bool data)
+static int copy_up(struct ovl_fs *ofs, struct ovl_node *node, bool data,
+		   struct ovl_xchange *xc)
 {
 	int err = 0;
 
@@ -561,26 +601,205 @@ static int copy_up(struct ovl_fs *ofs, struct ovl_node *node, bool data)
 		return -EIO;	/* the root always has an upper */
 	pthread_mutex_lock(&node->copyup_lock);
 	if (!ovl_node_has_upper(node))
-		err = copy_up_one(ofs, node, data);
+		err = copy_up_one(ofs, node, data, xc);
 	pthread_mutex_unlock(&node->copyup_lock);
-	if (err)
+	/* A refused xattr change is its caller's to report. */
+	if (err && !(xc && xc->tried))
 		copy_up_failed(ofs, node, err);
 	return err;
 }
 
 int ovl_copy_up(struct ovl_fs *ofs, struct ovl_node *node)
 {
-	return copy_up(ofs, node, true);
+	return copy_up(ofs, node, true, NULL);
+}
+
+int ovl_copy_up_xattr(struct ovl_fs *ofs, struct ovl_node *node,
+		      struct ovl_xchange *xc)
+{
+	xc->tried = false;
+	return copy_up(ofs, node, true, xc);
 }
 
 int ovl_copy_up_nodata(struct ovl_fs *ofs, struct ovl_node *node)
 {
-	return copy_up(ofs, node, false);
+	return copy_up(ofs, node, false, NULL);
 }
 
-int ovl_copy_up_tree(struct ovl_fs *ofs, struct ovl_node *node)
+/*
+ * A tree copy-up (of a directory about to be renamed) that fails, the
+ * upper full, must leave the upper as it was: its file copies are staged
+ * under temporary names beside their final ones, and put in place only
+ * once the whole tree is copied, or removed. Directories, symlinks,
+ * devices and hard-linked files (whose other names are linked at once,
+ * hardlink.c) go up as they come: they take next to no space, and an
+ * upper directory not yet opaque changes nothing in the merged view.
+ */
+struct staged {
+	struct ovl_node *node;		/* ref */
+	struct ovl_node *dir;		/* ref: its upper holds the copy */
+	char tmpname[64];		/* "" once in place or removed */
+};
+
+struct stage {
+	struct staged *v;
+	size_t n, cap;
+	struct ovl_node **dirs;		/* refs: to mark opaque at the end */
+	size_t ndirs, dcap;
+};
+
+static int grow(void **v, size_t *cap, size_t n, size_t size)
+{
+	void *nv;
+
+	if (n < *cap)
+		return 0;
+	nv = realloc(*v, (*cap ? *cap * 2 : 64) * size);
+	if (!nv)
+		return -ENOMEM;
+	*v = nv;
+	*cap = *cap ? *cap * 2 : 64;
+	return 0;
+}
+
+/*
+ * Stage a copy of CHILD, a child of DIR (in the upper): 1 if staged, 0 if
+ * CHILD takes a plain copy-up instead (not a lone regular file of the
+ * lower), or -errno.
+ */
+static int stage_file(struct ovl_fs *ofs, struct ovl_node *dir,
+		      struct ovl_node *child, struct stage *sg)
+{
+	int pufd = atomic_load(&dir->upper_fd), lfd, fd, err;
+	struct staged *s;
+	struct stat st;
+
+	if (child->type != S_IFREG || pufd < 0)
+		return 0;
+	err = grow((void **)&sg->v, &sg->cap, sg->n, sizeof(*sg->v));
+	if (err)
+		return err;
+	s = &sg->v[sg->n];
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	lfd = child->deleted || child->parent != dir || ovl_node_has_upper(child)
+		      ? -ENOENT : ovl_node_fd_get_locked(child, OVL_LOWER);
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	if (lfd < 0)
+		return lfd == -ENOENT ? 0 : lfd;
+	err = ovl_fstat(lfd, &st);
+	if (err || !S_ISREG(st.st_mode) || st.st_nlink > 1) {
+		ovl_node_fd_put(child, lfd);
+		return err;
+	}
+	fd = build_copy(ofs, pufd, lfd, &st, s->tmpname, true);
+	ovl_node_fd_put(child, lfd);
+	if (fd < 0)
+		return fd;
+	if (!s->tmpname[0]) {
+		ovl_tmp_name(ofs, s->tmpname);
+		err = ovl_link_fd(fd, pufd, s->tmpname);
+	}
+	close(fd);
+	if (err)
+		return err;
+	ovl_node_get(ofs, child);
+	ovl_node_get(ofs, dir);
+	s->node = child;
+	s->dir = dir;
+	sg->n++;
+	return 1;
+}
+
+/*
+ * Remove the copies still staged (nobody saw them, and the directory
+ * gets its times back) and drop the references.
+ */
+static void stage_free(struct ovl_fs *ofs, struct stage *sg)
+{
+	for (size_t i = 0; i < sg->n; i++) {
+		struct staged *s = &sg->v[i];
+		int pufd = atomic_load(&s->dir->upper_fd);
+		struct stat pst;
+
+		if (s->tmpname[0]) {
+			pthread_rwlock_wrlock(&ofs->ns_lock);
+			if (ovl_fstat(pufd, &pst) == 0 &&
+			    unlinkat(pufd, s->tmpname, 0) == 0)
+				restore_times(pufd, &pst);
+			pthread_rwlock_unlock(&ofs->ns_lock);
+		}
+		ovl_node_put(ofs, s->node);
+		ovl_node_put(ofs, s->dir);
+	}
+	for (size_t i = 0; i < sg->ndirs; i++)
+		ovl_node_put(ofs, sg->dirs[i]);
+	free(sg->v);
+	free(sg->dirs);
+}
+
+/*
+ * Put the staged copies in place, each as its own copy-up would have
+ * (one overtaken by another copy-up, or deleted meanwhile, is dropped),
+ * then mark the directories opaque. On an error the rest stays staged.
+ */
+static int stage_install(struct ovl_fs *ofs, struct stage *sg)
+{
+	int err = 0;
+
+	for (size_t i = 0; i < sg->n && !err; i++) {
+		struct staged *s = &sg->v[i];
+		struct ovl_node *node = s->node;
+		int pufd = atomic_load(&s->dir->upper_fd);
+		struct stat pst0;
+		bool done = false;
+
+		pthread_mutex_lock(&node->copyup_lock);
+		pthread_rwlock_wrlock(&ofs->ns_lock);
+		if (ovl_fstat(pufd, &pst0) < 0)
+			pst0.st_mtim.tv_nsec = UTIME_OMIT;
+		if (!node->deleted && node->parent == s->dir &&
+		    !ovl_node_has_upper(node)) {
+			err = install_copy(ofs, node, pufd, -1, s->tmpname,
+					   &pst0, true, false);
+			done = !err;
+		}
+		if (!done && unlinkat(pufd, s->tmpname, 0) == 0 &&
+		    pst0.st_mtim.tv_nsec != UTIME_OMIT)
+			restore_times(pufd, &pst0);
+		s->tmpname[0] = '\0';
+		pthread_rwlock_unlock(&ofs->ns_lock);
+		pthread_mutex_unlock(&node->copyup_lock);
+		if (done) {
+			ovl_notify_attr_changed(ofs, node);
+			ovl_notify_attr_changed(ofs, s->dir);
+		}
+	}
+	/* Everything is in the upper now: the lower may go dark. */
+	for (size_t i = 0; i < sg->ndirs && !err; i++) {
+		struct ovl_node *dir = sg->dirs[i];
+
+		pthread_rwlock_wrlock(&ofs->ns_lock);
+		if (!dir->opaque) {
+			err = ovl_opaque_set(&ofs->fmt,
+					     atomic_load(&dir->upper_fd));
+			if (!err)
+				dir->opaque = true;
+		}
+		pthread_rwlock_unlock(&ofs->ns_lock);
+	}
+	return err;
+}
+
+/*
+ * Copy up directory NODE and its subtree, staging file copies in SG and
+ * listing the directories to mark opaque, deepest first.
+ */
+static int copy_up_tree(struct ovl_fs *ofs, struct ovl_node *node,
+			struct stage *sg)
 {
 	struct ovl_rdent *ents = NULL;
+	struct stat pst0, pst;
+	struct timespec after = { 0, UTIME_OMIT };
 	size_t n = 0;
 	int err;
 
@@ -593,35 +812,75 @@ int ovl_copy_up_tree(struct ovl_fs *ofs, struct ovl_node *node)
 	pthread_rwlock_unlock(&ofs->ns_lock);
 	if (err)
 		return err;
-	for (size_t i = 0; i < n && !err; i++) {
-		struct ovl_node *child;
+	if (ovl_fstat(atomic_load(&node->upper_fd), &pst0) < 0)
+		pst0.st_mtim.tv_nsec = UTIME_OMIT;
+	/* Files first, then the directory's times; subdirectories last. */
+	for (int pass = 0; pass < 2 && !err; pass++) {
+		for (size_t i = 0; i < n && !err; i++) {
+			struct ovl_node *child;
 
-		pthread_rwlock_rdlock(&ofs->ns_lock);
-		err = ovl_lookup_locked(ofs, node, ents[i].name, &child);
-		pthread_rwlock_unlock(&ofs->ns_lock);
-		if (err == -ENOENT) {
-			err = 0;	/* gone meanwhile */
-			continue;
+			pthread_rwlock_rdlock(&ofs->ns_lock);
+			err = ovl_lookup_locked(ofs, node, ents[i].name,
+						&child);
+			pthread_rwlock_unlock(&ofs->ns_lock);
+			if (err == -ENOENT) {
+				err = 0;	/* gone meanwhile */
+				continue;
+			}
+			if (err)
+				break;
+			if ((child->type == S_IFDIR) != (pass == 1)) {
+				ovl_node_put(ofs, child);
+				continue;
+			}
+			if (pass == 1) {
+				err = copy_up_tree(ofs, child, sg);
+			} else {
+				err = stage_file(ofs, node, child, sg);
+				if (err < 0)
+					copy_up_failed(ofs, child, err);
+				else if (err == 0)
+					err = ovl_copy_up(ofs, child);
+				else if (ovl_fstat(atomic_load(&node->upper_fd),
+						   &pst) == 0)
+					after = pst.st_mtim;
+				err = err > 0 ? 0 : err;
+			}
+			ovl_node_put(ofs, child);
 		}
-		if (err)
-			break;
-		if (child->type == S_IFDIR)
-			err = ovl_copy_up_tree(ofs, child);
-		else
-			err = ovl_copy_up(ofs, child);
-		ovl_node_put(ofs, child);
+		/* The staged names were no change the user made. */
+		if (pass == 0 && after.tv_nsec != UTIME_OMIT &&
+		    pst0.st_mtim.tv_nsec != UTIME_OMIT) {
+			int pufd = atomic_load(&node->upper_fd);
+
+			pthread_rwlock_wrlock(&ofs->ns_lock);
+			if (ovl_fstat(pufd, &pst) == 0 &&
+			    pst.st_mtim.tv_sec == after.tv_sec &&
+			    pst.st_mtim.tv_nsec == after.tv_nsec)
+				restore_times(pufd, &pst0);
+			pthread_rwlock_unlock(&ofs->ns_lock);
+		}
 	}
 	ovl_dir_list_free(ents, n);
+	/* NOLINTBEGIN(bugprone-sizeof-expression): an array of pointers */
+	if (!err)
+		err = grow((void **)&sg->dirs, &sg->dcap, sg->ndirs,
+			   sizeof(*sg->dirs));
+	/* NOLINTEND(bugprone-sizeof-expression) */
 	if (err)
 		return err;
+	ovl_node_get(ofs, node);
+	sg->dirs[sg->ndirs++] = node;
+	return 0;
+}
 
-	/* Everything is in the upper now: the lower may go dark. */
-	pthread_rwlock_wrlock(&ofs->ns_lock);
-	if (!node->opaque) {
-		err = ovl_opaque_set(&ofs->fmt, atomic_load(&node->upper_fd));
-		if (!err)
-			node->opaque = true;
-	}
-	pthread_rwlock_unlock(&ofs->ns_lock);
+int ovl_copy_up_tree(struct ovl_fs *ofs, struct ovl_node *node)
+{
+	struct stage sg = { 0 };
+	int err = copy_up_tree(ofs, node, &sg);
+
+	if (!err)
+		err = stage_install(ofs, &sg);
+	stage_free(ofs, &sg);
 	return err;
 }

@@ -420,12 +420,59 @@ static int find_victim(struct ovl_fs *ofs, struct ovl_node *parent,
 	return err;
 }
 
+/*
+ * NODE is about to lose its name. If it is a lower file that another
+ * visible name shares, copy it up first (with that name): the names left
+ * then count as many links as there are (hardlink.c). No lock held.
+ */
+static int copy_up_linked(struct ovl_fs *ofs, struct ovl_node *node)
+{
+	struct stat lst;
+	int err;
+
+	if (node->type != S_IFREG || ovl_node_has_upper(node) ||
+	    ovl_node_layer_stat(ofs, node, OVL_LOWER, &lst) < 0 ||
+	    lst.st_nlink < 2)
+		return 0;
+	err = ovl_lower_alias_visible(ofs, node, &lst);
+	if (err > 0)
+		err = ovl_copy_up(ofs, node);
+	/*
+	 * A full upper must not keep anyone from deleting: the other names
+	 * keep showing the lower's count, as before (copy-up logged it).
+	 */
+	if (err == -ENOSPC || err == -EDQUOT)
+		err = 0;
+	return err < 0 ? err : 0;
+}
+
+/* Find NAME in PARENT and copy_up_linked it; the name may be missing. */
+static int copy_up_linked_at(struct ovl_fs *ofs, struct ovl_node *parent,
+			     const char *name)
+{
+	struct ovl_node *node;
+	int err;
+
+	if (ovl_is_wh_name(name))
+		return 0;
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	err = ovl_lookup_locked(ofs, parent, name, &node);
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	if (err)
+		return 0;	/* phase 2 finds out again */
+	err = copy_up_linked(ofs, node);
+	ovl_node_put(ofs, node);
+	return err;
+}
+
 int ovl_unlink(struct ovl_fs *ofs, struct ovl_node *parent, const char *name)
 {
 	struct ovl_node *node;
 	int pufd, lower, err;
 
 	err = ovl_copy_up(ofs, parent);
+	if (!err)
+		err = copy_up_linked_at(ofs, parent, name);
 	if (err)
 		return err;
 	pthread_rwlock_wrlock(&ofs->ns_lock);
@@ -749,6 +796,8 @@ again:
 		err = copy_up_whole(ofs, src);
 	if (!err && exchange)
 		err = copy_up_whole(ofs, dst);
+	else if (!err && dst)
+		err = copy_up_linked(ofs, dst);
 	if (err)
 		goto out;
 

@@ -215,6 +215,7 @@ static void strip_private(int fd)
 static int sync_meta_times(struct fin *f, int srcfd, int dstfd,
 			   const struct stat *times)
 {
+	char failed[XATTR_NAME_MAX + 1] = "";
 	struct stat st, dst;
 	int err = ovl_fstat(srcfd, &st);
 
@@ -230,9 +231,14 @@ static int sync_meta_times(struct fin *f, int srcfd, int dstfd,
 	}
 	err = drop_extra_xattrs(srcfd, dstfd);
 	if (!err)
-		err = ovl_copy_meta(&f->ofs, srcfd, dstfd, &st, true);
+		err = ovl_copy_meta_strict(&f->ofs, srcfd, dstfd, &st, true,
+					   failed);
 	if (!err)
 		strip_private(dstfd);
+	else if (failed[0])	/* the deepest message is kept: name it */
+		ovl_set_error(f->fs, err, "commit: %s%s%s: cannot set %s: %s",
+			      f->lower, f->plen ? "/" : "", f->path, failed,
+			      strerror(-err));
 	return err;
 }
 
@@ -439,7 +445,9 @@ static int copy_object(struct fin *f, int ud, const char *name,
 		close(src);
 	if (fd >= 0)
 		close(fd);
-	if (!err)
+	if (err)	/* a half-made copy (say, an xattr refused) goes */
+		unlinkat(dstdir, dst, 0);
+	else
 		err = remember_placed(f, st, dstdir, dst);
 	return err;
 

@@ -16,6 +16,16 @@
  * also keeps two names of one file from being copied up as two files.
  * Names that are hidden (whited out, shadowed, under an opaque directory)
  * stay unlinked: a hidden lower name never becomes visible again.
+ *
+ * Link counts follow from this. A lower file shows its lower count, which
+ * is right while all its names are visible. Before one of its names is
+ * hidden (unlink, or replaced by a rename) while another stays visible,
+ * the file is copied up (ovl_lower_alias_visible tells when): its upper
+ * names then count themselves, in this mount and the next, as in a plain
+ * directory (the kernel's overlayfs does the same with index=on; without
+ * it, it keeps showing the lower count). A lower name deleted while open
+ * counts 0 (lookup.c): no other name is left once it is gone, or the file
+ * would have been copied up.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -156,19 +166,58 @@ static int link_alias(struct ovl_node *alias, int copy)
 	return 0;
 }
 
+/* Fill SC with the names of its file in lower layer LIDX. */
+static int find_aliases(struct ovl_fs *ofs, int lidx, struct alias_scan *sc)
+{
+	char *path = malloc(PATH_MAX);
+
+	if (!path)
+		return -ENOMEM;
+	path[0] = '\0';
+	scan_dir(ofs->lowers[lidx].root_fd, path, 0, sc, 0);
+	free(path);
+	return 0;
+}
+
+static void free_aliases(struct alias_scan *sc)
+{
+	for (size_t i = 0; i < sc->n; i++)
+		free(sc->paths[i]);
+	free(sc->paths);
+}
+
+int ovl_lower_alias_visible(struct ovl_fs *ofs, struct ovl_node *node,
+			    const struct stat *lst)
+{
+	struct alias_scan sc = { .dev = lst->st_dev, .ino = lst->st_ino,
+				 .want = lst->st_nlink };
+	int found = 0, err;
+
+	err = find_aliases(ofs, node->lidx, &sc);
+	if (err)
+		return err;
+	for (size_t i = 0; i < sc.n && !sc.err && !found; i++) {
+		struct ovl_node *alias = resolve(ofs, sc.paths[i]);
+
+		if (!alias)
+			continue;
+		found = alias != node &&
+			is_lower_alias(ofs, alias, sc.dev, sc.ino);
+		ovl_node_put(ofs, alias);
+	}
+	free_aliases(&sc);
+	return sc.err ? sc.err : found;
+}
+
 int ovl_link_lower_aliases(struct ovl_fs *ofs, struct ovl_node *node,
 			   const struct stat *lst, int copy)
 {
 	struct alias_scan sc = { .dev = lst->st_dev, .ino = lst->st_ino,
 				 .want = lst->st_nlink };
-	char *path = malloc(PATH_MAX);
-	int err = 0;
+	int err = find_aliases(ofs, node->lidx, &sc);
 
-	if (!path)
-		return -ENOMEM;
-	path[0] = '\0';
-	scan_dir(ofs->lowers[node->lidx].root_fd, path, 0, &sc, 0);
-	free(path);
+	if (err)
+		return err;
 	for (size_t i = 0; i < sc.n && !err && !sc.err; i++) {
 		struct ovl_node *alias = resolve(ofs, sc.paths[i]);
 
@@ -188,8 +237,6 @@ int ovl_link_lower_aliases(struct ovl_fs *ofs, struct ovl_node *node,
 		}
 		ovl_node_put(ofs, alias);
 	}
-	for (size_t i = 0; i < sc.n; i++)
-		free(sc.paths[i]);
-	free(sc.paths);
+	free_aliases(&sc);
 	return err ? err : sc.err;
 }

@@ -317,17 +317,28 @@ int ovl_node_stat_locked(struct ovl_fs *ofs, struct ovl_node *node,
 	int err = layer_stat_locked(node, OVL_TOP, st);
 
 	(void)ofs;
-	if (!err)
-		st->st_ino = node->ino;
-	return err;
+	if (err)
+		return err;
+	st->st_ino = node->ino;
+	/*
+	 * A lower file that lost its name (open still) has no name left:
+	 * one shared with a visible name was copied up first (hardlink.c).
+	 */
+	if (node->deleted && !S_ISDIR(st->st_mode) && !ovl_node_has_upper(node))
+		st->st_nlink = 0;
+	return 0;
 }
 
 int ovl_node_stat(struct ovl_fs *ofs, struct ovl_node *node, struct stat *st)
 {
-	int fd = atomic_load(pin_slot(node, layer_of(node, OVL_TOP))), err;
+	enum ovl_which l = layer_of(node, OVL_TOP);
+	int fd = atomic_load(pin_slot(node, l)), err;
 
-	/* Pinned: the fd names the object, no lock needed. */
-	if (fd >= 0) {
+	/*
+	 * Pinned: the fd names the object, no lock needed; but a pinned
+	 * lower file was (or is being) deleted, which only ns_lock tells.
+	 */
+	if (fd >= 0 && (l == OVL_UPPER || node->type == S_IFDIR)) {
 		err = ovl_fstat(fd, st);
 		if (!err)
 			st->st_ino = node->ino;

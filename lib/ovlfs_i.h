@@ -708,6 +708,22 @@ static inline int ovl_dir_lfd(const struct ovl_node *dir, int k)
 int ovl_copy_up(struct ovl_fs *ofs, struct ovl_node *node);
 /* The same without the file data (the caller truncates it anyway). */
 int ovl_copy_up_nodata(struct ovl_fs *ofs, struct ovl_node *node);
+/* An xattr change (xattr.c): set NAME to VALUE with FLAGS, or remove it. */
+struct ovl_xchange {
+	const char *name;
+	const void *value;
+	size_t size;
+	int flags;
+	bool remove;
+	bool tried;	/* out: made on a copy-up's copy (its result returned) */
+};
+/*
+ * Copy NODE up with change XC made to the copy before it is put in place:
+ * a change the upper refuses leaves no copy behind. XC->tried false: NODE
+ * was in the upper already (or its copy-up failed before the change).
+ */
+int ovl_copy_up_xattr(struct ovl_fs *ofs, struct ovl_node *node,
+		      struct ovl_xchange *xc);
 /* chmod an fd of any kind (O_PATH too), never following a symlink. */
 int ovl_fchmod_any(int fd, mode_t mode);
 /* Copy up a directory and everything under it; mark it opaque. */
@@ -718,6 +734,13 @@ int ovl_copy_up_tree(struct ovl_fs *ofs, struct ovl_node *node);
  */
 int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
 		  const struct stat *st, bool times);
+/*
+ * The same for commit: a file capability or ACL that DSTFD cannot take is
+ * an error, not skipped, and the name of an xattr that could not be set
+ * goes to FAILED (XATTR_NAME_MAX + 1 bytes).
+ */
+int ovl_copy_meta_strict(struct ovl_fs *ofs, int srcfd, int dstfd,
+			 const struct stat *st, bool times, char *failed);
 int ovl_copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd);
 /* ===== hardlink.c ===== */
 
@@ -728,6 +751,12 @@ int ovl_copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd);
  */
 int ovl_link_lower_aliases(struct ovl_fs *ofs, struct ovl_node *node,
 			   const struct stat *lst, int copy);
+/*
+ * Does the lower file of NODE (stat LST) show in the merged view under a
+ * name other than NODE's? 1, 0 or -errno. No lock held.
+ */
+int ovl_lower_alias_visible(struct ovl_fs *ofs, struct ovl_node *node,
+			    const struct stat *lst);
 
 /* Copy file data SRC to DST (regular fds), keeping holes. */
 int ovl_copy_data(int src, int dst, off_t size);

@@ -152,25 +152,42 @@ int ovl_listxattr(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
 }
 
 /*
- * Copy NODE up and set NAME to VALUE (SIZE bytes, FLAGS) on its upper
- * object, or remove NAME if REMOVE.
+ * Set NAME to VALUE (SIZE bytes, FLAGS) on NODE's upper object, or remove
+ * NAME if REMOVE; a lower object is copied up with the change made to its
+ * copy, so one the upper refuses leaves nothing behind.
  */
 static int change_upper(struct ovl_fs *ofs, struct ovl_node *node,
 			const char *name, const void *value, size_t size,
 			int flags, bool remove)
 {
-	int fd, err = ovl_copy_up(ofs, node);
+	struct ovl_xchange xc = { .name = name, .value = value, .size = size,
+				  .flags = flags, .remove = remove };
+	char path[1024];
+	int fd, err = ovl_copy_up_xattr(ofs, node, &xc);
 
-	if (err)
+	if (err && !xc.tried)
 		return err;
-	fd = ovl_node_fd_get(ofs, node, OVL_UPPER);
-	if (fd < 0)
-		return fd;
-	err = remove ? ovl_fd_removexattr(fd, name)
-		     : ovl_fd_setxattr(fd, name, value, size, flags);
+	if (!xc.tried) {
+		fd = ovl_node_fd_get(ofs, node, OVL_UPPER);
+		if (fd < 0)
+			return fd;
+		err = remove ? ovl_fd_removexattr(fd, name)
+			     : ovl_fd_setxattr(fd, name, value, size, flags);
+		ovl_node_fd_put(node, fd);
+	}
 	/* Remembered absences (ovl_xattr_none) are stale from now on. */
 	atomic_fetch_add(&node->xgen, 1);
-	ovl_node_fd_put(node, fd);
+	/*
+	 * What the kernel let through and the upper refused (no ACL support,
+	 * no room, a value it will not take): say which, and where. Not the
+	 * answers XATTR_CREATE, XATTR_REPLACE and removal ask for.
+	 */
+	if (err && err != -EEXIST && err != -ENODATA) {
+		ovl_node_path(ofs, node, path, sizeof(path));
+		ovl_log(ofs->pub, OVLFS_LOG_WARNING, "%s %s on %s: %s",
+			remove ? "removexattr" : "setxattr", name, path,
+			strerror(-err));
+	}
 	return err;
 }
 
@@ -191,6 +208,12 @@ int ovl_removexattr(struct ovl_fs *ofs, struct ovl_node *node,
 		return -EPERM;
 	/* Nothing to copy up for if the attribute is not there at all. */
 	err = ovl_getxattr(ofs, node, name, NULL, 0);
+	/*
+	 * The kernel removes an ACL also to set an empty one, which a local
+	 * filesystem takes as done when there is none.
+	 */
+	if (err == -ENODATA && !strncmp(name, "system.posix_acl_", 17))
+		return 0;
 	if (err < 0)
 		return err;
 	return change_upper(ofs, node, name, NULL, 0, 0, true);

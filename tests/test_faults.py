@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import (IS_ROOT, Overlay, daemon_pids, build, run, ovlfs, is_mounted, mounts_under,
+from conftest import (IS_ROOT, D, F, L, Overlay, daemon_pids, build, run, ovlfs, is_mounted, mounts_under,
                       snapshot, assert_same_tree, upper_listing, wait_for)
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root (tmpfs, FUSE mounts)")
@@ -162,6 +162,85 @@ def test_enospc_copyup_leaves_nothing(work, small_upper):
     assert not tmp_debris(small_upper)
     assert_same_tree(snapshot(lower, mtime=True, ctime=True, ino=True), lower_before,
                      "lower now", "lower before")
+
+
+def test_enospc_dir_rename_leaves_nothing(work, small_upper):
+    """Renaming a lower directory holding more data than the upper has
+    room for: ENOSPC, the merged view as before, and the space the partial
+    copy-up took given back (only directories may stay, empty and not
+    opaque); once it fits, the same rename works."""
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    files = {"f%d" % i: os.urandom(700 * 1024) for i in range(4)}
+    sub = {"g%d" % i: os.urandom(700 * 1024) for i in range(4)}
+    sub["deeper"] = {"h": "h"}
+    build(lower, {"tree": dict(files, sub=sub, ln=L("f0"), small="s"),
+                  "keep": "keep"})
+    o = Overlay(lower, upper=small_upper, mp=j(work, "mnt"))
+    o.mount()
+    fs = os.path.dirname(small_upper)
+
+    def free():
+        s = os.statvfs(fs)
+        return s.f_bfree * s.f_frsize
+
+    view = snapshot(o.mp, mtime=True)
+    before = free()
+    expect_errno(errno.ENOSPC, os.rename, j(o.mp, "tree"), j(o.mp, "tree2"))
+    assert before - free() <= 16 * 1024, (before, free())
+    assert_same_tree(snapshot(o.mp, mtime=True), view)
+    assert not tmp_debris(small_upper), tmp_debris(small_upper)
+    left = {k: v for k, v in upper_listing(small_upper).items()
+            if v not in ("dir", "lnk")}
+    assert not left, left
+    # room for what is left once some of it goes: the rename works
+    for n in ("f1", "f2", "f3"):
+        os.unlink(j(o.mp, "tree", n))
+    os.unlink(j(o.mp, "tree", "sub", "g3"))
+    os.rename(j(o.mp, "tree"), j(o.mp, "tree2"))
+    assert sorted(os.listdir(j(o.mp, "tree2", "sub"))) == ["deeper", "g0", "g1", "g2"]
+    assert open(j(o.mp, "tree2", "f0"), "rb").read() == files["f0"]
+    assert open(j(o.mp, "tree2", "sub", "g2"), "rb").read() == sub["g2"]
+    assert not os.path.lexists(j(o.mp, "tree"))
+    assert not tmp_debris(small_upper)
+    o.umount()
+    o.mount()
+    assert sorted(os.listdir(j(o.mp, "tree2"))) == ["f0", "ln", "small", "sub"]
+
+
+def test_enospc_deep_parents_copyup(work):
+    """Copy-up of a file deep down a lower path in an upper that runs out
+    of inodes midway: ENOSPC, the merged view as before, no debris, and
+    the parents that did go up are whole (owner, mode, times)."""
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    spec = {"f": F("deep\n", mode=0o640)}
+    for i in range(8):
+        spec = {"d%d" % i: D(spec, mode=0o750 - i, uid=100 + i, gid=200 + i)}
+    build(lower, spec)
+    fsdir = j(work, "inodes")
+    os.mkdir(fsdir)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "nr_inodes=6,mode=0755", "ovlfs-test-ino",
+                    fsdir], check=True)
+    try:
+        upper = j(fsdir, "upper")
+        o = Overlay(lower, upper=upper, mp=j(work, "mnt"))
+        o.mount()
+        path = "/".join("d%d" % i for i in reversed(range(8))) + "/f"
+        view = snapshot(o.mp, mtime=True)
+        expect_errno(errno.ENOSPC, os.chmod, j(o.mp, path), 0o600)
+        assert_same_tree(snapshot(o.mp, mtime=True), view)
+        assert not tmp_debris(upper), tmp_debris(upper)
+        made = snapshot(upper, mtime=True, hide_private=True)
+        low = snapshot(lower, mtime=True)
+        assert len(made) > 1 and path.encode() not in made, sorted(made)
+        for rel, rec in made.items():
+            if rel:
+                want = dict(low[rel], names=rec["names"])
+                assert rec == want, (rel, rec, want)
+        o.umount()
+    finally:
+        subprocess.run(["umount", fsdir])
 
 
 def test_enospc_many_small_creates(work, small_upper):

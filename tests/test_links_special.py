@@ -321,3 +321,90 @@ def test_hardlinked_fifo_is_one_inode(overlay):
     finally:
         os.close(r)
     assert os.stat(p).st_ino == os.stat(q).st_ino
+
+
+def _nlinks(r, *names):
+    out = []
+    for n in names:
+        try:
+            out.append(os.stat(j(r, n)).st_nlink)
+        except FileNotFoundError:
+            out.append(None)
+    return out
+
+
+def test_lower_hardlink_counts_after_unlink(scenario):
+    """Deleting names of a lower hard-linked file through the mount: the
+    names left count as a plain directory counts them (the kernel's
+    overlayfs needs index=on for that), also after a remount."""
+    sc = scenario({"a": "shared\n", "b": HL("a"), "d": {"c": HL("a")},
+                   "e": "other\n"})
+    sc.both(lambda r: _nlinks(r, "a", "b", "d/c"))
+    sc.both(lambda r: os.unlink(j(r, "a")))
+    sc.both(lambda r: _nlinks(r, "a", "b", "d/c"))
+    sc.check(nlink=True)
+    sc.remount()
+    sc.both(lambda r: _nlinks(r, "b", "d/c"))
+    sc.both(lambda r: os.unlink(j(r, "d/c")))
+    sc.both(lambda r: _nlinks(r, "b", "d/c"))
+    sc.both(lambda r: open(j(r, "b")).read())
+    sc.check(nlink=True)
+    sc.remount()
+    sc.check(nlink=True)
+
+
+def test_lower_hardlink_counts_after_rename_over(scenario):
+    """Replacing one name of a lower hard link by a rename drops the
+    other's count; renaming a lower link onto a new name keeps it."""
+    sc = scenario({"p": "p\n", "q": HL("p"), "z": "z\n", "m": "m\n",
+                   "n": HL("m")})
+    sc.both(lambda r: os.rename(j(r, "z"), j(r, "q")))
+    sc.both(lambda r: _nlinks(r, "p", "q"))
+    sc.both(lambda r: os.rename(j(r, "m"), j(r, "m2")))
+    sc.both(lambda r: _nlinks(r, "m2", "n"))
+    sc.check(nlink=True)
+    sc.remount()
+    sc.check(nlink=True)
+
+
+def test_lower_hardlink_counts_after_link(scenario):
+    """link() of a lower file brings its visible names along: every name
+    counts them all, hidden ones excepted."""
+    sc = scenario({"x": "x\n", "y": HL("x"), "s": "s\n", "t": HL("s"),
+                   "d": {}})
+    sc.both(lambda r: os.link(j(r, "x"), j(r, "d/x2")))
+    sc.both(lambda r: _nlinks(r, "x", "y", "d/x2"))
+    sc.both(lambda r: os.unlink(j(r, "t")))
+    sc.both(lambda r: os.link(j(r, "s"), j(r, "s2")))
+    sc.both(lambda r: _nlinks(r, "s", "t", "s2"))
+    sc.check(nlink=True)
+    sc.remount()
+    sc.check(nlink=True)
+
+
+def test_open_deleted_lower_file_counts_zero(scenario):
+    """fstat of a lower file opened read-only and then deleted says 0
+    links, as for a file in the upper; one whose other name is still
+    there says 1, and stays one file with that name."""
+    sc = scenario({"f": "f\n", "x": "x\n", "y": HL("x")})
+
+    def fn(r):
+        fd = os.open(j(r, "f"), os.O_RDONLY)
+        try:
+            os.unlink(j(r, "f"))
+            return os.fstat(fd).st_nlink, os.pread(fd, 10, 0)
+        finally:
+            os.close(fd)
+    sc.both(fn)
+
+    def fn2(r):
+        fd = os.open(j(r, "y"), os.O_RDONLY)
+        try:
+            os.unlink(j(r, "y"))
+            n = os.fstat(fd).st_nlink, os.stat(j(r, "x")).st_nlink
+            open(j(r, "x"), "a").write("more\n")
+            return n, os.pread(fd, 10, 0)
+        finally:
+            os.close(fd)
+    sc.both(fn2)
+    sc.check(nlink=True)
