@@ -5,7 +5,8 @@
  * a mount shows: one implementation of lookup, whiteouts and merging, not
  * two that could disagree. A mounted handle is read where it is mounted;
  * an unmounted one gets a private read-only mount (with the upper, if it
- * exists) for the duration of the copy.
+ * exists) for the duration of the copy, served by a child process (see
+ * serve_view).
  *
  * The copy goes through fds and *at() calls only, never following a
  * symlink, and keeps owners, modes, times, xattrs and hard links (files
@@ -15,8 +16,14 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "ovlfs_i.h"
@@ -312,13 +319,117 @@ static int check_dest(struct ovlfs *fs, const char *dest)
 	return err;
 }
 
+/* What the child serving the view tells its parent once mounted. */
+struct view_status {
+	int err;		/* 0: mounted */
+	int ns;			/* in a mount namespace of its own */
+	char msg[sizeof(((struct ovlfs *)0)->err)];
+};
+
+/*
+ * The view is served by a child process, never by this one: a process
+ * that serves a FUSE mount and reads it too cannot die when killed (a
+ * thread waiting for an answer that its dead server threads will never
+ * give keeps /dev/fuse open, and every reader of the mount hangs). The
+ * child dies with its parent (PR_SET_PDEATHSIG) and serves until the
+ * parent closes its end of SOCK. As root it mounts in a mount namespace
+ * of its own, which goes with it: a killed flatten leaves no mount.
+ */
+static void serve_view(struct ovlfs *fs, const char *mp, int sock,
+		       pid_t parent)
+{
+	struct view_status vs = { 0 };
+	struct ovlfs *view;
+	char c;
+
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+		_exit(1);
+	vs.ns = unshare(CLONE_NEWNS) == 0 &&
+		mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0;
+	view = mount_view(fs, mp, &vs.err);
+	if (view)
+		vs.err = 0;
+	else
+		memcpy(vs.msg, fs->err, sizeof(vs.msg));
+	if (write(sock, &vs, sizeof(vs)) != (ssize_t)sizeof(vs) || !view)
+		_exit(1);
+	while (read(sock, &c, 1) < 0 && errno == EINTR)
+		;
+	ovlfs_free(view);	/* unmounts */
+	_exit(0);
+}
+
+/*
+ * Start the child serving the view of FS at MP (absolute); *SRC: where
+ * this process reads it, *PID and *SOCK for stop_view.
+ */
+static int start_view(struct ovlfs *fs, const char *mp, char **src,
+		      pid_t *pid, int *sock)
+{
+	struct view_status vs;
+	pid_t parent = getpid();
+	int sv[2], err;
+	ssize_t n;
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return ovl_set_error(fs, -errno, "flatten: socketpair: %s",
+				     strerror(errno));
+	*pid = fork();
+	if (*pid < 0) {
+		err = -errno;
+		close(sv[0]);
+		close(sv[1]);
+		return ovl_set_error(fs, err, "flatten: fork: %s", strerror(-err));
+	}
+	if (*pid == 0) {
+		close(sv[0]);
+		serve_view(fs, mp, sv[1], parent);
+	}
+	close(sv[1]);
+	*sock = sv[0];
+	do
+		n = read(*sock, &vs, sizeof(vs));
+	while (n < 0 && errno == EINTR);
+	if (n == (ssize_t)sizeof(vs) && !vs.err) {
+		/* The view is in the child's namespace: reach it through it. */
+		if (!vs.ns)
+			*src = strdup(mp);
+		else if (asprintf(src, "/proc/%d/root%s", (int)*pid, mp) < 0)
+			*src = NULL;
+		if (*src)
+			return 0;
+		vs.err = -ENOMEM;
+		vs.msg[0] = '\0';
+	} else if (n != (ssize_t)sizeof(vs)) {
+		vs.err = -ECHILD;
+		snprintf(vs.msg, sizeof(vs.msg),
+			 "flatten: the process serving the view of the layers died");
+	}
+	close(*sock);
+	waitpid(*pid, NULL, 0);
+	if (vs.msg[0]) {
+		vs.msg[sizeof(vs.msg) - 1] = '\0';
+		memcpy(fs->err, vs.msg, sizeof(vs.msg));
+		return vs.err;
+	}
+	return ovl_set_error(fs, vs.err, "flatten: cannot mount the view: %s",
+			     strerror(-vs.err));
+}
+
+static void stop_view(pid_t pid, int sock)
+{
+	close(sock);	/* the child unmounts and exits */
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+		;
+}
+
 int ovlfs_flatten(struct ovlfs *fs, const char *dest)
 {
 	struct flat f = { .fs = fs, .dest = dest, .dest_fd = -1 };
-	struct ovlfs *view = NULL;
-	char *mp = NULL;
+	char *mp = NULL, *abs = NULL, *src = NULL;
+	int err, sock = -1;
 	struct stat st;
-	int err;
+	pid_t pid = -1;
 
 	fs->err[0] = '\0';
 	if (!dest || !*dest)
@@ -347,19 +458,26 @@ int ovlfs_flatten(struct ovlfs *fs, const char *dest)
 			free(mp);
 			return err;
 		}
-		view = mount_view(fs, mp, &err);
-		if (!view) {
+		err = ovl_path_canonical(mp, &abs);
+		if (err)
+			ovl_set_error(fs, err, "flatten: %s: %s", mp, strerror(-err));
+		else
+			err = start_view(fs, abs, &src, &pid, &sock);
+		if (err) {
 			rmdir(mp);
 			free(mp);
+			free(abs);
 			return err;
 		}
 	}
-	err = flatten_from(&f, view ? ovlfs_mount_point(view) : fs->mount_point);
-	if (view) {
-		ovlfs_free(view);	/* unmounts */
+	err = flatten_from(&f, src ? src : fs->mount_point);
+	if (src) {
+		stop_view(pid, sock);
 		rmdir(mp);
-		free(mp);
 	}
+	free(mp);
+	free(abs);
+	free(src);
 	ovl_linkmap_free(&f.links);
 	return err;
 }

@@ -28,7 +28,8 @@ import time
 import pytest
 
 from conftest import (OVLFS, Overlay, F, D, L, HL, build, cp_a, snapshot,
-                      diff_snapshots, assert_same_tree, ovlfs, run, _outcome)
+                      diff_snapshots, assert_same_tree, ovlfs, run, _outcome,
+                      mountinfo)
 from test_commit_crash import strip_dir_mtimes, link_groups
 
 TRIALS = int(os.environ.get("OVLFS_PLAIN_CRASH_TRIALS", "6"))
@@ -248,6 +249,11 @@ def test_plain_commit_kill9_trials(pair):
     print("seed %d, duration %.4fs, killed %d of %d" % (seed, dur, killed, len(delays)))
 
 
+def mountinfo_under(root):
+    root = os.fsencode(root)
+    return [m for m in mountinfo() if m["mp"].startswith(root + b"/")]
+
+
 def _twenty(root):
     d = j(root, "lower", "dir")
     os.makedirs(d)
@@ -329,3 +335,44 @@ def test_commit_keeps_outside_hard_link_untouched(work, alt_work):
     assert os.stat(j(lower, "f")).st_ino != os.stat(outside).st_ino
     assert not [n for n in os.listxattr(j(lower, "f"))
                 if n.startswith(("trusted.ovlfs.", "user.ovlfs."))]
+
+
+def test_flatten_killed_then_retried(work):
+    """flatten killed at any instant dies (its view is served by a child
+    process, in a mount namespace of its own), leaves no mount and no DEST,
+    and a retry writes DEST whole."""
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    build(lower, {"d%02d" % d: {"f%02d" % i: "%d %d" % (d, i) for i in range(40)}
+                  for d in range(40)})
+    with open(j(lower, "big"), "wb") as f:
+        f.write(b"\0" * (64 << 20))
+    dest = j(work, "dest")
+    t = time.monotonic()
+    r = ovlfs("flatten", lower, dest)
+    dur = time.monotonic() - t
+    assert r.returncode == 0, r.err
+    expect = snapshot(dest)
+    assert_same_tree(expect, snapshot(lower), "flattened", "lower")
+    shutil.rmtree(dest)
+    rng = random.Random(int(os.environ.get("OVLFS_PLAIN_CRASH_SEED", "7")))
+    for delay in [0.0, dur * 0.2, dur * 0.5] + [rng.uniform(0, dur) for _ in range(3)]:
+        p = subprocess.Popen([OVLFS, "flatten", lower, dest],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=10)  # hangs without the child: a reader of its own mount
+        deadline = time.monotonic() + 10
+        while any(b".flatten-" in m["mp"] for m in mountinfo_under(work)):
+            assert time.monotonic() < deadline, "the view is still mounted"
+            time.sleep(0.05)
+        if os.path.lexists(dest):  # it finished before the kill
+            assert p.returncode == 0
+        else:
+            r = ovlfs("flatten", lower, dest)
+            assert r.returncode == 0, "retry after kill at %.3fs: %s" % (delay, r.err)
+        assert_same_tree(snapshot(dest), expect, "dest after kill at %.3fs" % delay, "whole")
+        shutil.rmtree(dest)
+        for n in os.listdir(work):  # what a kill leaves: named beside DEST
+            if n.startswith(("dest.partial-", "dest.flatten-")):
+                shutil.rmtree(j(work, n))
