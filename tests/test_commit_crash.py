@@ -117,23 +117,24 @@ def link_groups(root):
 class Crash:
     """The saved pair, OLD and NEW, and trial machinery."""
 
-    def __init__(self, work, upper_dir):
+    def __init__(self, work, upper_dir, spec=lower_spec, change=changes, extra_args=()):
         self.work = work
         self.lower = j(work, "lower")
         os.mkdir(self.lower)
-        build(self.lower, lower_spec())
+        build(self.lower, spec())
         oracle = j(work, "oracle")
         cp_a(self.lower, oracle)
         upper = j(upper_dir, "upper") if upper_dir else None
-        self.ovl = Overlay(self.lower, upper=upper)
+        self.ovl = Overlay(self.lower, upper=upper, extra_args=extra_args)
         self.upper = self.ovl.upper
         self.leftover_uppers = 0
         self.ovl.mount()
-        exp = _outcome(changes, oracle)
-        got = _outcome(changes, self.ovl.mp)
+        exp = _outcome(change, oracle)
+        got = _outcome(change, self.ovl.mp)
         assert got == exp == ("ok", None), (got, exp)
         assert_same_tree(snapshot(self.ovl.mp), snapshot(oracle))
-        self.new = strip_dir_mtimes(snapshot(self.ovl.mp, mtime=True, hide_private=True))
+        self.new_full = snapshot(self.ovl.mp, mtime=True, hide_private=True)
+        self.new = strip_dir_mtimes(self.new_full)
         self.new_links = link_groups(oracle)
         self.ovl.umount()
         self.old = snapshot(self.lower, mtime=True)

@@ -27,10 +27,10 @@ import time
 
 import pytest
 
-from conftest import (OVLFS, Overlay, F, D, L, HL, build, cp_a, snapshot,
-                      diff_snapshots, assert_same_tree, ovlfs, run, _outcome,
+from conftest import (OVLFS, Overlay, F, D, L, HL, build, snapshot,
+                      diff_snapshots, assert_same_tree, ovlfs, run,
                       mountinfo)
-from test_commit_crash import strip_dir_mtimes, link_groups
+from test_commit_crash import Crash, strip_dir_mtimes, link_groups
 
 TRIALS = int(os.environ.get("OVLFS_PLAIN_CRASH_TRIALS", "6"))
 T1 = 1_650_000_000_123_456_789
@@ -117,78 +117,27 @@ def changes(r):
     os.symlink("/nonexistent/abs", j(r, "dir00/link"))
 
 
-class Pair:
-    """The saved lower and upper, the expected lower, and trial machinery."""
+class Pair(Crash):
+    """The saved pair, the expected lower, and trial machinery for a plain
+    commit (the atomic one's, test_commit_crash.Crash, with other checks)."""
 
     def __init__(self, work, upper_dir, fmt):
-        self.work = work
-        self.lower = j(work, "lower")
-        os.mkdir(self.lower)
-        build(self.lower, lower_spec())
-        oracle = j(work, "oracle")
-        cp_a(self.lower, oracle)
-        upper = j(upper_dir, "upper") if upper_dir else None
-        self.ovl = Overlay(self.lower, upper=upper, extra_args=["--format", fmt])
-        self.upper = self.ovl.upper
-        self.ovl.mount()
-        exp = _outcome(changes, oracle)
-        got = _outcome(changes, self.ovl.mp)
-        assert got == exp == ("ok", None), (got, exp)
-        assert_same_tree(snapshot(self.ovl.mp), snapshot(oracle))
-        self.new_full = snapshot(self.ovl.mp, mtime=True, hide_private=True)
-        self.new = strip_dir_mtimes(self.new_full)
-        self.new_links = link_groups(oracle)
-        self.ovl.umount()
-        save = upper_dir or work
-        self.saved_lower = j(work, "saved-lower")
-        self.saved_upper = j(save, "saved-upper")
-        cp_a(self.lower, self.saved_lower)
-        cp_a(self.upper, self.saved_upper)
-        shutil.rmtree(oracle)
+        super().__init__(work, upper_dir, lower_spec, changes, ["--format", fmt])
         self.view_mp = j(work, "view")
         os.mkdir(self.view_mp)
-
-    def upper_args(self):
-        return ["--upper", self.upper] if self.ovl.given_upper else []
-
-    def restore(self):
-        for p in (self.lower, self.upper):
-            if os.path.lexists(p):
-                subprocess.run(["rm", "-rf", "--", p], check=True)
-        cp_a(self.saved_lower, self.lower)
-        cp_a(self.saved_upper, self.upper)
 
     def cmd(self):
         return [OVLFS, "commit", "--quiet"] + self.upper_args() + [self.lower]
 
-    def measure(self, n=3):
-        ts = []
-        for _ in range(n):
-            self.restore()
-            t = time.monotonic()
-            r = run(self.cmd(), timeout=120)
-            ts.append(time.monotonic() - t)
-            assert r.returncode == 0, "uninterrupted commit failed: %s" % r.err
-            self.check_done("uninterrupted")
-            d = diff_snapshots(snapshot(self.lower, mtime=True), self.new_full, "lower", "NEW")
-            assert not d, "uninterrupted: directory times:\n  " + "\n  ".join(d)
-        return sorted(ts)[n // 2]
+    def check_state(self, what, expect=None):
+        self.check_done(what)
+        d = diff_snapshots(snapshot(self.lower, mtime=True), self.new_full, "lower", "NEW")
+        assert not d, "%s: directory times:\n  %s" % (what, "\n  ".join(d))
+        return "new"
 
     def kill_after(self, delay):
         """Start a commit and SIGKILL it after DELAY; True if it was killed."""
-        p = subprocess.Popen(self.cmd(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
-        if delay > 0:
-            time.sleep(delay)
-        killed = p.poll() is None
-        if killed:
-            p.send_signal(signal.SIGKILL)
-        p.wait(timeout=60)
-        err = p.stderr.read().decode(errors="replace")
-        p.stderr.close()
-        if not killed or p.returncode == 0:
-            assert p.returncode == 0, "commit failed by itself: %s" % err
-        return killed
+        return super().kill_after(delay) == -signal.SIGKILL
 
     def check_view(self, what):
         """The merged view of the lower and what is left of the upper is NEW."""
