@@ -1341,6 +1341,8 @@ static int unmark_opaque(struct fin *f, int ud, int ld, char **real,
 			return fail(f, err, "cannot mark upper directory opaque");
 		path_pop(f, saved);
 	}
+	if (err)
+		return err;
 	err = ovl_opaque_clear(&f->ofs.fmt, ud);
 	return err ? fail(f, err, "cannot remove opaque marker") : 0;
 }

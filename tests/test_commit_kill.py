@@ -325,3 +325,34 @@ def test_flatten_killed_then_retried(work):
         for n in os.listdir(work):  # what a kill leaves: named beside DEST
             if n.startswith(("dest.partial-", "dest.flatten-")):
                 shutil.rmtree(j(work, n))
+
+
+@pytest.mark.parametrize("fmt", ["oci", "kernel"])
+def test_failure_deleting_what_an_opaque_dir_hides(work, fmt):
+    """A lower entry hidden by an opaque directory that cannot be deleted
+    stops the commit before the opaque marker goes: the view is unchanged
+    (the hidden entry stays hidden) and a retry finishes."""
+    lower = _twenty(work)
+    ovl = Overlay(lower, extra_args=["--format", fmt])
+    ovl.mount()
+    shutil.rmtree(j(ovl.mp, "dir"))
+    os.mkdir(j(ovl.mp, "dir"))
+    with open(j(ovl.mp, "dir", "only"), "w") as f:
+        f.write("only\n")
+    expect = snapshot(ovl.mp, mtime=True)
+    ovl.umount()
+    stuck = j(lower, "dir", "f05")
+    _chattr("+i", stuck)
+    try:
+        r = ovlfs("commit", lower)
+        assert r.returncode == 1, (r.out, r.err)
+        assert "f05" in r.err, r.err
+        ovl.mount()
+        assert_same_tree(snapshot(ovl.mp, mtime=True), expect, "view after failed commit",
+                         "before")
+        ovl.umount()
+    finally:
+        _chattr("-i", stuck)
+    r = ovlfs("commit", lower)
+    assert r.returncode == 0, r.err
+    assert_same_tree(snapshot(lower, mtime=True), expect, "lower", "view before commit")
