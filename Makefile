@@ -30,7 +30,7 @@ DESTDIR    ?=
 DEB_PACKAGES = build-essential meson ninja-build pkg-config libfuse3-dev \
 	       fuse3 python3-pytest attr fuse-overlayfs \
 	       clang clang-tidy libclang-rt-14-dev cppcheck valgrind \
-	       bash-completion libarchive-dev groff-base man-db
+	       bash-completion libarchive-dev groff-base man-db strace e2fsprogs
 
 MESON_FLAGS = $(if $(filter 1,$(WERROR)),--werror,)
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
