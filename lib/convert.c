@@ -17,11 +17,14 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ovlfs_i.h"
 
 #define MAX_DEPTH 4096
+/* On the root while a conversion to OCI is under way. */
+#define XATTR_CONVERTING "user.ovlfs.convert"
 
 struct conv {
 	struct ovlfs *fs;
@@ -43,17 +46,54 @@ static int conv_fail(struct conv *c, int err, const char *name)
 static const char *const kernel_opaque[] = { "trusted.overlay.opaque",
 					     "user.overlay.opaque" };
 
+/*
+ * The times directory DFD had before a conversion first touched it, into
+ * TS: kept in OVL_XATTR_TIMES until given back, so that a run killed
+ * midway and run again gives back those, not the ones the killed run
+ * left (best effort: a filesystem without user xattrs keeps the latter).
+ */
+static int keep_times(int dfd, struct timespec ts[2])
+{
+	long long s[2], ns[2];
+	char buf[64];
+	struct stat st;
+	ssize_t n = ovl_fd_getxattr(dfd, OVL_XATTR_TIMES, buf, sizeof(buf) - 1);
+
+	if (n > 0) {
+		buf[n] = '\0';
+		if (sscanf(buf, "%lld.%lld %lld.%lld", &s[0], &ns[0], &s[1],
+			   &ns[1]) == 4 && ns[0] >= 0 && ns[0] < 1000000000 &&
+		    ns[1] >= 0 && ns[1] < 1000000000) {
+			for (int i = 0; i < 2; i++) {
+				ts[i].tv_sec = (time_t)s[i];
+				ts[i].tv_nsec = (long)ns[i];
+			}
+			return 0;
+		}
+	}
+	if (fstat(dfd, &st) < 0)
+		return -errno;
+	ts[0] = st.st_atim;
+	ts[1] = st.st_mtim;
+	n = snprintf(buf, sizeof(buf), "%lld.%09ld %lld.%09ld",
+		     (long long)ts[0].tv_sec, ts[0].tv_nsec,
+		     (long long)ts[1].tv_sec, ts[1].tv_nsec);
+	ovl_fd_setxattr(dfd, OVL_XATTR_TIMES, buf, n, 0);
+	return 0;
+}
+
 static int convert_dir(struct conv *c, int dfd, int depth)
 {
 	struct ovl_dirlist dl;
-	struct stat dst;
+	struct timespec ts[2];
 	size_t saved = c->plen;
 	int err, opaque = 0;
 
 	if (depth > MAX_DEPTH)
 		return conv_fail(c, -ELOOP, "");
-	if (fstat(dfd, &dst) < 0)
-		return conv_fail(c, -errno, "");
+	err = keep_times(dfd, ts);
+	if (err)
+		return conv_fail(c, err, "");
 	err = ovl_dirlist_read(dfd, &dl);
 	if (err)
 		return conv_fail(c, err, "");
@@ -147,11 +187,8 @@ static int convert_dir(struct conv *c, int dfd, int depth)
 		c->path[saved] = '\0';
 	}
 	ovl_dirlist_free(&dl);
-	if (!err) {
-		struct timespec ts[2] = { dst.st_atim, dst.st_mtim };
-
-		futimens(dfd, ts);
-	}
+	if (!err && futimens(dfd, ts) == 0)
+		ovl_fd_removexattr(dfd, OVL_XATTR_TIMES);
 	return err;
 }
 
@@ -300,8 +337,16 @@ int ovlfs_convert(struct ovlfs *fs, enum ovlfs_format to)
 	}
 	if (!err)
 		fs->err[0] = '\0';
-	if (!err && to == OVLFS_FORMAT_OCI)
+	/*
+	 * After a run to OCI that got past this check and was killed, the
+	 * .wh. names are its markers (XATTR_CONVERTING says so); an upper
+	 * that reads as OCI has none of a user's to protect.
+	 */
+	if (!err && to == OVLFS_FORMAT_OCI && (resume || had.kernel) &&
+	    ovl_fd_getxattr(fd, XATTR_CONVERTING, NULL, 0) < 0)
 		err = find_wh_names(&c, fd, 0);
+	if (!err && to == OVLFS_FORMAT_OCI)
+		ovl_fd_setxattr(fd, XATTR_CONVERTING, "oci", 3, 0);
 	/* Resumed, the 0/0 devices are the new markers of the first run. */
 	if (!err && to == OVLFS_FORMAT_KERNEL && !resume && !had.kernel)
 		err = find_devices(&c, fd, 0);
@@ -319,6 +364,8 @@ int ovlfs_convert(struct ovlfs *fs, enum ovlfs_format to)
 		if (!err && fsync(fd) < 0)
 			err = ovl_set_error(fs, -errno, "convert: upper %s: %s",
 					    upper, strerror(errno));
+		if (!err)
+			fremovexattr(fd, XATTR_CONVERTING);
 	}
 out_close:
 	close(fd);

@@ -63,6 +63,8 @@
 #define OVL_XATTR_FORMAT "user.ovlfs.format"
 /* Answered "ovlfs" by a mount's root, whatever its subtype=: see umount. */
 #define OVL_XATTR_MOUNT "user.ovlfs.mount"
+/* A directory's times before an interrupted convert changed it. */
+#define OVL_XATTR_TIMES "user.ovlfs.times"
 #define OVL_MOUNT_MARK "ovlfs"
 #define OVL_FORMAT_VERSION 1
 

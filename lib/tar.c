@@ -31,6 +31,13 @@
 
 #define TAR_BUFSZ (128 * 1024)
 
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
+#endif
+#ifndef RENAME_EXCHANGE
+#define RENAME_EXCHANGE (1 << 1)
+#endif
+
 /* ---- a small table keyed by string ---- */
 
 /* What apply did to a path. */
@@ -754,21 +761,58 @@ static int oci_whiteout(struct apply *ap, int dfd, const char *name)
 }
 
 /*
+ * Put directory TMP of DFD, made whole, at NAME: in one step, over the
+ * kernel whiteout or non-directory standing there if REPLACE (which then
+ * goes), else where nothing stands. So an apply killed or failing at any
+ * instant leaves the old entry (still hiding the lower) or the finished
+ * directory, never a bare one that shows the lower's NAME again, which a
+ * second run would take for an upper directory to merge with.
+ */
+static int put_dir(int dfd, const char *tmp, const char *name, bool replace)
+{
+	int err = 0;
+
+	if (!replace) {
+		if (renameat2(dfd, tmp, dfd, name, RENAME_NOREPLACE) < 0)
+			err = -errno;
+	} else if (renameat2(dfd, tmp, dfd, name, RENAME_EXCHANGE) == 0) {
+		err = ovl_remove_tree(dfd, tmp);	/* the old entry */
+		return err == -ENOENT ? 0 : err;
+	} else if (errno == EINVAL) {
+		/* No exchange on this filesystem: the old way, with a gap. */
+		err = ovl_remove_tree(dfd, name);
+		if (!err && renameat2(dfd, tmp, dfd, name, RENAME_NOREPLACE) < 0)
+			err = -errno;
+	} else {
+		err = -errno;
+	}
+	if (err)
+		ovl_remove_tree(dfd, tmp);
+	return err;
+}
+
+/*
  * A directory the tar implies but does not list: as ovlfs's copy-up
  * would make it, with the lower directory's metadata if there is one,
- * opaque if the upper had deleted that name.
+ * opaque if the upper had deleted that name (REPLACE: with a kernel
+ * whiteout at NAME). Built under a temporary name (put_dir).
  */
 static int implicit_dir(struct apply *ap, int pfd, const char *name,
-			const char *rel, bool opaque)
+			const char *rel, bool opaque, bool replace)
 {
+	char tmp[64];
 	struct stat st;
 	int lfd = -1, fd, err;
 
-	if (mkdirat(pfd, name, 0755) < 0)
+	ovl_tmp_name(ap->ofs, tmp);
+	if (mkdirat(pfd, tmp, 0755) < 0)
 		return -errno;
-	fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
+	fd = openat(pfd, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		err = -errno;
+		ovl_remove_tree(pfd, tmp);
+		return err;
+	}
 	/* The lower directory at REL, walked without following symlinks. */
 	if (ap->lower_fd >= 0) {
 		char comp[PATH_MAX];
@@ -799,7 +843,11 @@ static int implicit_dir(struct apply *ap, int pfd, const char *name,
 	if (!err)
 		err = touch_dir(ap, fd, rel);
 	close(fd);
-	return err;
+	if (err) {
+		ovl_remove_tree(pfd, tmp);
+		return err;
+	}
+	return put_dir(pfd, tmp, name, replace);
 }
 
 /*
@@ -842,7 +890,8 @@ static int walk_dir(struct apply *ap, const char *rel, bool create, int *out)
 			wh = oci_whiteout(ap, cur, comp);
 			err = wh < 0 ? wh : touch_dir(ap, cur, parent);
 			if (!err)
-				err = implicit_dir(ap, cur, comp, sofar, wh > 0);
+				err = implicit_dir(ap, cur, comp, sofar, wh > 0,
+						   false);
 			if (!err && wh > 0)
 				err = ovl_wh_remove(&ap->mfmt, cur, comp);
 			if (err)
@@ -866,11 +915,7 @@ static int walk_dir(struct apply *ap, const char *rel, bool create, int *out)
 			err = touch_dir(ap, cur, parent);
 			if (err)
 				break;
-			if (unlinkat(cur, comp, 0) < 0) {
-				err = -errno;
-				break;
-			}
-			err = implicit_dir(ap, cur, comp, sofar, true);
+			err = implicit_dir(ap, cur, comp, sofar, true, true);
 			if (err)
 				break;
 			fd = openat(cur, comp, O_RDONLY | O_DIRECTORY |
@@ -1139,6 +1184,30 @@ static int apply_whiteout(struct apply *ap, int dfd, const char *rel,
 	return err;
 }
 
+/*
+ * Directory NAME of DFD where the upper hid the lower's NAME (a whiteout,
+ * or a non-directory if OLD): made opaque before it is put in place.
+ */
+static int new_opaque_dir(struct apply *ap, int dfd, const char *name,
+			  bool old)
+{
+	char tmp[64];
+	int fd, err;
+
+	ovl_tmp_name(ap->ofs, tmp);
+	if (mkdirat(dfd, tmp, 0700) < 0)
+		return -errno;
+	fd = ovl_open_child(dfd, tmp);
+	err = fd < 0 ? fd : set_opaque(ap, fd);
+	if (fd >= 0)
+		close(fd);
+	if (err) {
+		ovl_remove_tree(dfd, tmp);
+		return err;
+	}
+	return put_dir(dfd, tmp, name, old);
+}
+
 /* A non-marker entry E at NAME of directory DFD (REL), replacing. */
 static int apply_entry(struct apply *ap, struct archive *a, int dfd,
 		       const char *rel, const char *name, struct archive_entry *e)
@@ -1147,7 +1216,7 @@ static int apply_entry(struct apply *ap, struct archive *a, int dfd,
 	const char *hardlink = archive_entry_hardlink(e);
 	mode_t type = archive_entry_filetype(e);
 	bool is_dir = !hardlink && type == AE_IFDIR;
-	bool merged = false, opaque = false;
+	bool merged = false, opaque = false, old = false;
 	struct trec *r;
 	struct stat st;
 	int err, fd, wh;
@@ -1163,7 +1232,7 @@ static int apply_entry(struct apply *ap, struct archive *a, int dfd,
 		} else {
 			/* What the upper had hid the lower: so must a new dir. */
 			opaque = true;
-			err = ovl_remove_tree(dfd, name);
+			old = true;
 		}
 	} else if (errno != ENOENT) {
 		err = -errno;
@@ -1171,10 +1240,12 @@ static int apply_entry(struct apply *ap, struct archive *a, int dfd,
 	wh = err ? 0 : oci_whiteout(ap, dfd, name);
 	if (wh < 0)
 		err = wh;
-	if (wh > 0) {
+	if (wh > 0)
 		opaque = true;
-		err = ovl_wh_remove(&ap->mfmt, dfd, name);
-	}
+	if (!err && is_dir && !merged && opaque)
+		err = new_opaque_dir(ap, dfd, name, old);
+	else if (!err && old)
+		err = ovl_remove_tree(dfd, name);
 	if (err)
 		return err;
 
@@ -1186,7 +1257,7 @@ static int apply_entry(struct apply *ap, struct archive *a, int dfd,
 			err = write_file(ap, a, dfd, name, e);
 			break;
 		case AE_IFDIR:
-			if (!merged && mkdirat(dfd, name, 0700) < 0)
+			if (!merged && !opaque && mkdirat(dfd, name, 0700) < 0)
 				err = -errno;
 			break;
 		case AE_IFLNK:
@@ -1215,6 +1286,9 @@ static int apply_entry(struct apply *ap, struct archive *a, int dfd,
 			return afail(ap, -EINVAL, "unknown entry type");
 		}
 	}
+	/* Only now: the new entry beats the whiteout, no gap shows the lower. */
+	if (!err && wh > 0)
+		err = ovl_wh_remove(&ap->mfmt, dfd, name);
 	if (err)
 		return err;
 	err = tmap_get(&ap->recs, key, &r);
