@@ -29,7 +29,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <syslog.h>
@@ -1948,6 +1950,95 @@ static enum ovlfs_action ask_action(void)
 	return act;
 }
 
+/*
+ * The watchdog of `ovlfs run` (see start_watchdog): told "MAJ:MIN MP" once
+ * the mount is made, it waits for its parent to be gone (EOF), then
+ * detaches the mount if it is still there, dead (ENOTCONN) or alive on
+ * the same device. Never returns.
+ */
+static void watchdog(int fd)
+{
+	char buf[PATH_MAX + 64], *mp, c;
+	unsigned maj, mnr;
+	struct stat st;
+	size_t n = 0;
+	ssize_t r;
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC), len = 0;
+
+	/* Out of the terminal's signals, and of whoever reads run's output. */
+	setsid();
+	if (null >= 0) {
+		dup2(null, STDIN_FILENO);
+		dup2(null, STDOUT_FILENO);
+		dup2(null, STDERR_FILENO);
+	}
+	while (n < sizeof(buf) - 1 && !memchr(buf, '\n', n)) {
+		r = read(fd, buf + n, sizeof(buf) - 1 - n);
+		if (r == 0 || (r < 0 && errno != EINTR))
+			_exit(0);	/* no mount was made */
+		if (r > 0)
+			n += r;
+	}
+	buf[n] = '\0';
+	if (sscanf(buf, "%u:%u %n", &maj, &mnr, &len) != 2 || !len ||
+	    !(mp = buf + len) || !strchr(mp, '\n'))
+		_exit(0);
+	*strchr(mp, '\n') = '\0';
+	while ((r = read(fd, &c, 1)) != 0 && (r > 0 || errno == EINTR))
+		;
+	if (stat(mp, &st) == 0 ? st.st_dev != makedev(maj, mnr) :
+				 errno != ENOTCONN)
+		_exit(0);	/* unmounted by the parent (or not ours) */
+	if (geteuid() == 0)
+		umount2(mp, MNT_DETACH | UMOUNT_NOFOLLOW);
+	else
+		execlp("fusermount3", "fusermount3", "-u", "-z", mp, (char *)NULL);
+	_exit(0);
+}
+
+/*
+ * `ovlfs run` serves its mount from this very process: killed (SIGKILL),
+ * it leaves a dead mount that umount refuses while COMMAND, or anything
+ * it started, still has its working directory there. A child forked
+ * before the mount (so holding no /dev/fuse fd) watches over it. Returns
+ * the write end of its pipe, open until this process ends, or -1: run
+ * goes on without one.
+ */
+static int start_watchdog(void)
+{
+	int p[2];
+	pid_t pid;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -1;
+	pid = fork();
+	if (pid == 0) {
+		close(p[1]);
+		watchdog(p[0]);
+	}
+	close(p[0]);
+	if (pid < 0) {
+		close(p[1]);
+		return -1;
+	}
+	return p[1];
+}
+
+/* Tell the watchdog WFD which mount to watch. */
+static void arm_watchdog(int wfd, const char *mp)
+{
+	char msg[PATH_MAX + 64];
+	struct stat st;
+	int n;
+
+	if (wfd < 0 || stat(mp, &st) < 0)
+		return;
+	n = snprintf(msg, sizeof(msg), "%u:%u %s\n", major(st.st_dev),
+		     minor(st.st_dev), mp);
+	if (n > 0 && (size_t)n < sizeof(msg) && write(wfd, msg, n) != n)
+		err_msg("warning: the unmount watchdog is not armed");
+}
+
 /* Child side of run: never returns. */
 static void run_child(const char *dir, char **cmdv, const sigset_t *mask)
 {
@@ -2000,7 +2091,7 @@ static int cmd_run(int argc, char **argv)
 	struct diff_state d = { 0 };
 	char err[1024], obuf[8];
 	char *upper = NULL;
-	int forwarded = 0;
+	int forwarded = 0, wfd;
 	struct ovlfs *fs;
 	pid_t pid;
 
@@ -2099,12 +2190,17 @@ static int cmd_run(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &block, &oldmask);
 	signal(SIGPIPE, SIG_IGN);
 
+	fflush(NULL);
+	wfd = start_watchdog();
 	fs = do_mount(&o, err, sizeof(err));
 	mount_opts_free(&o);
 	if (!fs) {
 		err_msg("%s", err);
+		if (wfd >= 0)
+			close(wfd);
 		return 1;
 	}
+	arm_watchdog(wfd, ovlfs_mount_point(fs));
 	upper = strdup(ovlfs_upper(fs));
 
 	fflush(NULL);
