@@ -1547,10 +1547,12 @@ int ovlfs_unmount_path(const char *mount_point, char *errbuf, unsigned errlen)
 	/*
 	 * Return once the daemon has let go of the connection (and, just
 	 * before that, the upper's lock), so a remount can follow at once.
+	 * Up to 10 s: a loaded machine (or a sanitizer's exit-time checks)
+	 * can keep a daemon's teardown from running for seconds.
 	 */
 	snprintf(p, sizeof(p), FUSECTL_DIR "/%u", minor(dev));
 	if (stat(FUSECTL_DIR "/.", &st) == 0) {
-		for (int i = 0; i < 100 && stat(p, &st) == 0; i++)
+		for (int i = 0; i < 500 && stat(p, &st) == 0; i++)
 			nanosleep(&(struct timespec){ 0, 20 * 1000 * 1000 }, NULL);
 	}
 	err = 0;
