@@ -133,6 +133,27 @@ int ovlfs_set_passthrough(struct ovlfs *fs, bool enable)
 	return 0;
 }
 
+int ovlfs_set_volatile(struct ovlfs *fs, bool enable)
+{
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	fs->no_sync = enable;
+	return 0;
+}
+
+int ovlfs_set_volatile_dirty(struct ovlfs *fs, enum ovlfs_volatile_dirty what)
+{
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	if (what != OVLFS_VOLATILE_DIRTY_REFUSE &&
+	    what != OVLFS_VOLATILE_DIRTY_DISCARD &&
+	    what != OVLFS_VOLATILE_DIRTY_KEEP)
+		return ovl_set_error(fs, -EINVAL, "unknown volatile-dirty action %d",
+				     what);
+	fs->volatile_dirty = what;
+	return 0;
+}
+
 int ovlfs_add_lower(struct ovlfs *fs, const char *lower)
 {
 	char **v, *l;
@@ -1176,6 +1197,7 @@ int ovlfs_mount(struct ovlfs *fs)
 	ofs->pub = fs;
 	ofs->upper.root_fd = ofs->upper_lock_fd = -1;
 	ofs->read_only = fs->read_only;
+	ofs->no_sync = fs->no_sync && !fs->read_only;
 	ofs->lowers = calloc(d.nmore + 1, sizeof(*ofs->lowers));
 	if (!ofs->lowers) {
 		free(ofs);

@@ -93,6 +93,8 @@ struct ovlfs {
 	bool debug;
 	bool no_passthrough;	/* ovlfs_set_passthrough(fs, false) */
 	bool read_only;		/* ovlfs_set_read_only: no upper */
+	bool no_sync;		/* ovlfs_set_volatile */
+	enum ovlfs_volatile_dirty volatile_dirty;
 	char **more_lowers;	/* ovlfs_add_lower, top to bottom, below lower */
 	unsigned n_more_lowers;
 	char *commit_into;	/* ovlfs_set_commit_into, or NULL */
@@ -461,6 +463,7 @@ struct ovl_fs {
 	struct ovl_layer *lowers;	/* nlower of them, topmost first */
 	int nlower;
 	bool read_only;			/* no upper: every change is EROFS */
+	bool no_sync;			/* volatile: no fsync reaches a layer */
 	int upper_lock_fd;		/* LOCK_EX for the mount's lifetime */
 	struct ovl_fmt fmt;		/* markers of every layer */
 	enum ovlfs_inode_mode inode_mode;
@@ -811,6 +814,9 @@ struct ovl_file {
 	bool on_lower;			/* opened on the lower object */
 	int pt_id;			/* io_lock: backing id if passthrough */
 	bool io_counted;		/* io_lock: counted in the node */
+	bool sync_io;			/* opened O_SYNC/O_DSYNC on a volatile
+					   mount: kept off passthrough, whose
+					   writes would sync the layer */
 	pthread_mutex_t lock;		/* serialises the move; taken
 					   before ns_lock */
 };

@@ -107,6 +107,12 @@ static const struct command commands[] = {
 "      --no-passthrough     serve all file I/O through ovlfs (by default,\n"
 "                           with CAP_SYS_ADMIN on Linux 6.9+, the kernel\n"
 "                           reads and writes upper files directly)\n"
+"      --volatile           no fsync reaches the layers (fast, but a crash\n"
+"                           may lose changes); an upper left by a volatile\n"
+"                           mount that was not cleanly unmounted is refused\n"
+"      --volatile-dirty WHAT  what to do with such an upper: 'refuse' (the\n"
+"                           default), 'discard' (empty it, then mount) or\n"
+"                           'keep' (mount it as it is)\n"
 "  -f, --foreground         stay in the foreground until unmounted;\n"
 "                           SIGINT/SIGTERM unmount cleanly\n"
 "  -d, --debug              print every FUSE request to stderr (in the\n"
@@ -613,6 +619,8 @@ enum {
 	OPT_INTO,
 	OPT_TO,
 	OPT_LOG,
+	OPT_VOLATILE,
+	OPT_VOLATILE_DIRTY,
 };
 
 /*
@@ -696,6 +704,8 @@ struct mount_opts {
 	char *fuse_options; /* joined -o values, NULL if none */
 	bool no_passthrough;
 	bool read_only;
+	bool volatile_mount;	/* --volatile, -o volatile */
+	enum ovlfs_volatile_dirty volatile_dirty;
 	bool foreground;
 	bool debug;
 	const char *log_path;		/* --log, or NULL */
@@ -823,6 +833,11 @@ static struct ovlfs *do_mount(const struct mount_opts *o, char *err,
 		goto fail;
 	if (o->read_only && (ret = ovlfs_set_read_only(fs, true)) < 0)
 		goto fail;
+	if (o->volatile_mount && (ret = ovlfs_set_volatile(fs, true)) < 0)
+		goto fail;
+	if (o->volatile_dirty &&
+	    (ret = ovlfs_set_volatile_dirty(fs, o->volatile_dirty)) < 0)
+		goto fail;
 	if (o->format && (ret = ovlfs_set_format(fs, o->format)) < 0)
 		goto fail;
 	if (o->into && (ret = ovlfs_set_commit_into(fs, o->into)) < 0)
@@ -858,6 +873,19 @@ fail:
 		snprintf(err, errlen, "%s", msg);
 	ovlfs_free(fs);
 	return NULL;
+}
+
+static bool parse_volatile_dirty(const char *s, enum ovlfs_volatile_dirty *w)
+{
+	if (strcmp(s, "refuse") == 0)
+		*w = OVLFS_VOLATILE_DIRTY_REFUSE;
+	else if (strcmp(s, "discard") == 0)
+		*w = OVLFS_VOLATILE_DIRTY_DISCARD;
+	else if (strcmp(s, "keep") == 0)
+		*w = OVLFS_VOLATILE_DIRTY_KEEP;
+	else
+		return false;
+	return true;
 }
 
 static bool parse_inode_mode(const char *s, enum ovlfs_inode_mode *mode)
@@ -1083,6 +1111,16 @@ static int overlay_option(const struct command *cmd, int c,
 	case OPT_LOG:
 		o->log_path = optarg;
 		return -1;
+	case OPT_VOLATILE:
+		o->volatile_mount = true;
+		return -1;
+	case OPT_VOLATILE_DIRTY:
+		if (!parse_volatile_dirty(optarg, &o->volatile_dirty))
+			return usage_error(
+				cmd,
+				"invalid --volatile-dirty '%s' (expected refuse, discard or keep)",
+				optarg);
+		return -1;
 	default:	/* 'o' */
 		if (!append_fuse_option(&o->fuse_options, optarg)) {
 			err_msg("out of memory");
@@ -1102,6 +1140,8 @@ static int cmd_mount(int argc, char **argv)
 		{ "read-only", no_argument, NULL, OPT_READ_ONLY },
 		{ "format", required_argument, NULL, OPT_FORMAT },
 		{ "log", required_argument, NULL, OPT_LOG },
+		{ "volatile", no_argument, NULL, OPT_VOLATILE },
+		{ "volatile-dirty", required_argument, NULL, OPT_VOLATILE_DIRTY },
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
@@ -1127,6 +1167,8 @@ static int cmd_mount(int argc, char **argv)
 		case OPT_READ_ONLY:
 		case OPT_FORMAT:
 		case OPT_LOG:
+		case OPT_VOLATILE:
+		case OPT_VOLATILE_DIRTY:
 			ret = overlay_option(cmd, c, &o);
 			if (ret >= 0) {
 				mount_opts_free(&o);
@@ -2321,6 +2363,10 @@ static const char compat_usage[] =
 "  format=FORMAT    auto (default), oci or kernel\n"
 "  log=FILE         as 'ovlfs mount --log FILE'\n"
 "  debug            as -d, but stays in the background\n"
+"  volatile         no fsync reaches the layers (as the kernel's)\n"
+"  volatile_dirty=refuse|discard|keep\n"
+"                   an upper a volatile mount left unclean: refused\n"
+"                   (default), emptied, or taken as it is\n"
 "\n"
 "FUSE options (allow_other, default_permissions, fsname=, ...) and the\n"
 "kernel's mount flags (nosuid, nodev, noexec, ...) are passed on; as\n"
@@ -2344,7 +2390,7 @@ struct compat {
 
 enum compat_kind {
 	CO_LOWER, CO_UPPER, CO_WORK, CO_RO, CO_INODE, CO_FORMAT, CO_LOG,
-	CO_DEBUG,
+	CO_DEBUG, CO_VOLATILE, CO_VOLATILE_DIRTY,
 	CO_FUSE,	/* libfuse takes it: a FUSE option or a mount flag */
 	CO_DROP,	/* mount(8)'s own, or no meaning for a FUSE mount */
 	CO_IGNORE,	/* tuning of fuse-overlayfs: no effect on what is shown */
@@ -2369,6 +2415,8 @@ static const struct compat_opt {
 	{ "format=", CO_FORMAT, NULL },
 	{ "log=", CO_LOG, NULL },
 	{ "debug", CO_DEBUG, NULL },
+	{ "volatile", CO_VOLATILE, NULL },
+	{ "volatile_dirty=", CO_VOLATILE_DIRTY, NULL },
 	/* What libfuse 3.14's fuse_session_new/mount accept. */
 	{ "rw", CO_FUSE, NULL },
 	{ "dev", CO_FUSE, NULL },
@@ -2440,7 +2488,6 @@ static const struct compat_opt {
 	{ "static_nlink", CO_REFUSE, NULL },
 	{ "noacl", CO_REFUSE, NULL },
 	{ "plugins=", CO_REFUSE, NULL },
-	{ "volatile", CO_REFUSE, NULL },
 	{ "userxattr", CO_REFUSE, NULL },
 	{ "max_read=", CO_REFUSE, NULL },
 	{ "blkdev", CO_REFUSE, NULL },
@@ -2602,6 +2649,15 @@ static int compat_option(char *opt, struct mount_opts *o, struct compat *c)
 		return -1;
 	case CO_DEBUG:
 		o->debug = true;
+		return -1;
+	case CO_VOLATILE:
+		o->volatile_mount = true;
+		return -1;
+	case CO_VOLATILE_DIRTY:
+		if (!parse_volatile_dirty(val, &o->volatile_dirty))
+			return usage_error(NULL,
+					   "invalid volatile_dirty '%s' (expected refuse, discard or keep)",
+					   val);
 		return -1;
 	case CO_FUSE:
 		if (strcmp(opt, "allow_other") == 0)
