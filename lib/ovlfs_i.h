@@ -61,6 +61,8 @@
 #define OVL_XATTR_ORIGIN_TRUSTED "trusted.ovlfs.origin"
 #define OVL_XATTR_ORIGIN_USER "user.ovlfs.origin"
 #define OVL_XATTR_FORMAT "user.ovlfs.format"
+/* On the upper's root while a volatile mount uses it (docs/containers.md). */
+#define OVL_XATTR_VOLATILE "user.ovlfs.volatile"
 /* Answered "ovlfs" by a mount's root, whatever its subtype=: see umount. */
 #define OVL_XATTR_MOUNT "user.ovlfs.mount"
 #define OVL_MOUNT_MARK "ovlfs"
@@ -119,6 +121,15 @@ struct ovlfs {
  * false); one the caller named must exist. New strings, or -errno with a
  * message.
  */
+/*
+ * Refuse (-EUCLEAN, with a message saying why and what to do, WHAT naming
+ * the operation) an upper that a volatile mount left marked: its daemon
+ * died or the system crashed, so changes may be lost. An upper in use by
+ * a live mount, or one the caller accepted (OVLFS_VOLATILE_DIRTY_KEEP),
+ * passes; so does a missing one.
+ */
+int ovl_refuse_volatile_dirty(struct ovlfs *fs, const char *what,
+			      const char *upper);
 int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
 		   bool *upper_exists);
 
@@ -464,6 +475,8 @@ struct ovl_fs {
 	int nlower;
 	bool read_only;			/* no upper: every change is EROFS */
 	bool no_sync;			/* volatile: no fsync reaches a layer */
+	bool volatile_marked;		/* we set OVL_XATTR_VOLATILE: a clean
+					   end removes it */
 	int upper_lock_fd;		/* LOCK_EX for the mount's lifetime */
 	struct ovl_fmt fmt;		/* markers of every layer */
 	enum ovlfs_inode_mode inode_mode;
