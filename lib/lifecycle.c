@@ -1145,11 +1145,14 @@ static void ofs_free(struct ovl_fs *ofs)
 	free(ofs);
 }
 
-/* fsname=LOWER for mount(8) listings; commas and backslashes escaped. */
-static char *mount_options(struct ovlfs *fs, const char *lower)
+/*
+ * The mount's source (mountinfo's, mount(8)'s first column) is "ovlfs",
+ * as fuse-overlayfs shows its name and the kernel's overlay "overlay";
+ * an fsname= in the caller's options comes later and wins.
+ */
+static char *mount_options(struct ovlfs *fs)
 {
-	size_t len = strlen(lower) * 2 + 64 +
-		     (fs->fuse_options ? strlen(fs->fuse_options) : 0);
+	size_t len = 64 + (fs->fuse_options ? strlen(fs->fuse_options) : 0);
 	char *o = malloc(len), *p;
 
 	if (!o)
@@ -1159,14 +1162,8 @@ static char *mount_options(struct ovlfs *fs, const char *lower)
 	 * attributes ovlfs reports, exactly as for a local filesystem (ovlfs
 	 * itself acts as root on the layers).
 	 */
-	p = o + sprintf(o, "default_permissions,subtype=ovlfs,%sfsname=",
+	p = o + sprintf(o, "default_permissions,subtype=ovlfs,%sfsname=ovlfs",
 			fs->read_only ? "ro," : "");
-	for (const char *s = lower; *s; s++) {
-		if (*s == ',' || *s == '\\')
-			*p++ = '\\';
-		*p++ = *s;
-	}
-	*p = '\0';
 	if (fs->fuse_options)
 		sprintf(p, ",%s", fs->fuse_options);
 	return o;
@@ -1219,7 +1216,7 @@ static void *loop_main(void *arg)
 
 static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
 {
-	char *opts = mount_options(fs, d->lower);
+	char *opts = mount_options(fs);
 	char *argv[5];
 	int argc = 0, err;
 	sigset_t all, old;

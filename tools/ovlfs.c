@@ -2349,7 +2349,8 @@ static const char compat_usage[] =
 "\n"
 "The syntax of the kernel's overlayfs and of fuse-overlayfs, as mount(8)\n"
 "runs it for 'mount -t fuse.ovlfs' and fstab lines of type fuse.ovlfs\n"
-"(SOURCE, the fstab's first field, is ignored). -o may be repeated and\n"
+"(SOURCE, the fstab's first field, is shown as the mount's source;\n"
+"without it, 'ovlfs'). -o may be repeated and\n"
 "may come before or after the other arguments.\n"
 "\n"
 "  lowerdir=A:B:C   read-only layers, leftmost on top ('\\:' for a colon\n"
@@ -2370,7 +2371,8 @@ static const char compat_usage[] =
 "\n"
 "FUSE options (allow_other, default_permissions, fsname=, ...) and the\n"
 "kernel's mount flags (nosuid, nodev, noexec, ...) are passed on; as\n"
-"root, allow_other is added. Options of fuse-overlayfs or the kernel's\n"
+"root, allow_other and suid are added (nodev stays, as in\n"
+"fuse-overlayfs; 'dev' and 'nosuid' change that). Options of fuse-overlayfs or the kernel's\n"
 "overlayfs that would change what the mount shows are refused.\n"
 "\n"
 "  -f               stay in the foreground\n"
@@ -2384,6 +2386,8 @@ struct compat {
 	bool read_only;		/* no upperdir: a read-only merged view */
 	bool ro;		/* the "ro" flag was given */
 	bool allow_other;	/* given, so not to be added again */
+	bool suid_set;		/* suid or nosuid given */
+	const char *source;	/* the fstab's SOURCE, or NULL */
 	enum ovlfs_format format;
 	bool format_set;
 };
@@ -2662,6 +2666,8 @@ static int compat_option(char *opt, struct mount_opts *o, struct compat *c)
 	case CO_FUSE:
 		if (strcmp(opt, "allow_other") == 0)
 			c->allow_other = true;
+		if (strcmp(opt, "suid") == 0 || strcmp(opt, "nosuid") == 0)
+			c->suid_set = true;
 		if (!append_fuse_option(&o->fuse_options, opt)) {
 			err_msg("out of memory");
 			return 1;
@@ -2680,6 +2686,39 @@ static int compat_option(char *opt, struct mount_opts *o, struct compat *c)
 	return usage_error(NULL,
 			   "mount option '%s' is not supported: ovlfs does not implement it",
 			   opt);
+}
+
+/*
+ * fsname=SOURCE into *OPTS, commas and backslashes escaped for libfuse: the
+ * fstab's first field shows as the mount's source, as for other mounts.
+ * Before the caller's options, so an fsname= given there wins.
+ */
+static bool append_source(char **opts, const char *source)
+{
+	char *o = malloc(strlen(source) * 2 + 8), *p;
+	bool ok;
+
+	if (!o)
+		return false;
+	p = o + sprintf(o, "fsname=");
+	for (; *source; source++) {
+		if (*source == ',' || *source == '\\')
+			*p++ = '\\';
+		*p++ = *source;
+	}
+	*p = '\0';
+	if (*opts) {
+		ok = append_fuse_option(&o, *opts);
+		if (ok) {
+			free(*opts);
+			*opts = o;
+		} else {
+			free(o);
+		}
+		return ok;
+	}
+	*opts = o;
+	return true;
 }
 
 /* Every option of the joined -o values OPTS: -1, or the exit status. */
@@ -2713,6 +2752,20 @@ static int compat_options(char *opts, struct mount_opts *o, struct compat *c)
 	 */
 	if (geteuid() == 0 && !c->allow_other &&
 	    !append_fuse_option(&o->fuse_options, "allow_other")) {
+		err_msg("out of memory");
+		return 1;
+	}
+	/*
+	 * As fuse-overlayfs and the kernel's overlayfs: setuid programs work
+	 * in a container's root (containers/storage passes no "suid"), and
+	 * devices stay off (libfuse's nodev) unless "dev" is given.
+	 */
+	if (geteuid() == 0 && !c->suid_set &&
+	    !append_fuse_option(&o->fuse_options, "suid")) {
+		err_msg("out of memory");
+		return 1;
+	}
+	if (c->source && !append_source(&o->fuse_options, c->source)) {
 		err_msg("out of memory");
 		return 1;
 	}
@@ -2807,9 +2860,11 @@ static int compat_main(int argc, char **argv)
 	       (ch = getopt_long(argc, argv, "-:o:fdh", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 1:
-			/* With two, the first is the fstab's source: unused. */
+			/* With two, the first is the fstab's source. */
 			if (++nargs > 2)
 				ret = usage_error(NULL, "too many arguments");
+			if (nargs == 2)
+				c.source = o.mount_point;
 			o.mount_point = optarg;
 			break;
 		case 'o':
