@@ -301,9 +301,11 @@ def test_discard_of_an_unclean_upper(work):
 def test_bad_volatile_dirty(work):
     layers(work)
     r = make("cli", work, ["--volatile-dirty=maybe"]).mount(check=False)
-    assert r.returncode == 2 and "maybe" in r.err, r.err
+    assert r.returncode == 2 and "'maybe'" in r.err, r.err
+    assert "refuse, discard or keep" in r.err, r.err
     r = make("compat", work, ["volatile_dirty=maybe"]).mount(check=False)
-    assert r.returncode == 2 and "maybe" in r.err, r.err
+    assert r.returncode == 2 and "'maybe'" in r.err, r.err
+    assert "refuse, discard or keep" in r.err, r.err
 
 
 # --------------------------------------------------------------------------
