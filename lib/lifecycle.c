@@ -754,8 +754,13 @@ int ovl_refuse_volatile_dirty(struct ovlfs *fs, const char *what,
 	fd = open(upper, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return 0;	/* missing: nothing to lose; else the caller says */
-	/* Marked, and no live mount holds it: that mount did not end. */
-	if (volatile_marked(fd) && flock(fd, LOCK_SH | LOCK_NB) == 0)
+	/*
+	 * Marked, and no live mount holds it: that mount did not end. Looked
+	 * at again under the lock: an ending mount drops the mark just
+	 * before it lets go of the lock.
+	 */
+	if (volatile_marked(fd) && flock(fd, LOCK_SH | LOCK_NB) == 0 &&
+	    volatile_marked(fd))
 		err = ovl_set_error(fs, -EUCLEAN,
 				    "%s: upper %s was used by a volatile mount that was not "
 				    "cleanly unmounted, so changes may have been lost; "
