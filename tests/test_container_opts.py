@@ -396,3 +396,43 @@ def test_setuid_binary(work, kind):
     assert r.out.split() == (["65534", "0"] if kind == "compat" else
                              ["65534", "65534"]), r.out
     o.umount()
+
+
+# --------------------------------------------------------------------------
+# the library's setters
+# --------------------------------------------------------------------------
+
+def test_library_volatile_setters(work):
+    """ovlfs_set_volatile and ovlfs_set_volatile_dirty as ovlfs.h has them:
+    0, -EINVAL for an unknown action; a handle with volatile set marks its
+    upper at mount and unmarks it at ovlfs_umount."""
+    import ctypes
+    from conftest import BUILD
+    lib = ctypes.CDLL(os.path.join(BUILD, "libovlfs.so.0"))
+    lib.ovlfs_new.restype = ctypes.c_void_p
+    lib.ovlfs_new.argtypes = [ctypes.c_char_p]
+    for f in ("ovlfs_set_volatile", "ovlfs_set_volatile_dirty"):
+        getattr(lib, f).argtypes = [ctypes.c_void_p, ctypes.c_int]
+    for f in ("ovlfs_mount", "ovlfs_umount"):
+        getattr(lib, f).argtypes = [ctypes.c_void_p]
+    lib.ovlfs_free.argtypes = [ctypes.c_void_p]
+    lib.ovlfs_set_upper.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.ovlfs_set_mount_point.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lower, upper, wd, mp = layers(work)
+    fs = lib.ovlfs_new(lower.encode())
+    try:
+        assert lib.ovlfs_set_volatile_dirty(fs, 7) == -errno.EINVAL
+        for what in (0, 1, 2):
+            assert lib.ovlfs_set_volatile_dirty(fs, what) == 0
+        assert lib.ovlfs_set_volatile(fs, 1) == 0
+        assert lib.ovlfs_set_upper(fs, upper.encode()) == 0
+        assert lib.ovlfs_set_mount_point(fs, mp.encode()) == 0
+        assert lib.ovlfs_mount(fs) == 0
+        try:
+            assert marked(upper)
+            assert lib.ovlfs_set_volatile(fs, 0) == -errno.EBUSY
+        finally:
+            lib.ovlfs_umount(fs)
+        assert not marked(upper)
+    finally:
+        lib.ovlfs_free(fs)
