@@ -122,7 +122,7 @@ int ovl_pt_open(struct ovl_fs *ofs, struct ovl_file *f)
 		/* The kernel's inode is in passthrough: so is this open. */
 		id = n->backing_id;
 	} else if (n->n_cached == 0 && !f->on_lower && n->type == S_IFREG &&
-		   atomic_load(&ofs->pt_on)) {
+		   !f->sync_io && atomic_load(&ofs->pt_on)) {
 		id = backing_open(ofs, atomic_load(&f->fd));
 		if (id > 0) {
 			n->backing_id = id;
