@@ -196,6 +196,9 @@ def phase_mount():
 def phase_finish():
     """Commit (as the user) what phase_mount left, then discard a change."""
     res = {}
+    res["diff"] = sh([OVLFS, "diff", "--upper", UPPER, LOWER])
+    res["export"] = sh([OVLFS, "export", "--tar", H + "/layer.tar",
+                        "--upper", UPPER, LOWER])
     args = [OVLFS, "commit", "--upper", UPPER, LOWER]
     if cfg["fmt"] == "kernel":
         args.insert(2, "--atomic")

@@ -19,6 +19,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -280,6 +281,10 @@ def test_rootless(work, fmt, syntax, userns):
     # commit and discard, as the user
     cfg["phase"] = "finish"
     fin = as_user(top, home, cfg, userns)
+    assert fin["diff"][0] == 0 and "gone" in fin["diff"][1], fin["diff"]
+    assert fin["export"][0] == 0, fin["export"]
+    with tarfile.open(os.path.join(home, "layer.tar")) as tf:
+        assert ".wh.gone" in tf.getnames() and "e/.wh..wh..opq" in tf.getnames()
     assert fin["commit"][0] == 0, fin["commit"]
     assert fin["lower_snap"] == res["snap"]
     assert not fin["upper_left"]
