@@ -1243,6 +1243,11 @@ static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
 				     "cannot start fuse session (bad -o options \"%s\"?)",
 				     fs->fuse_options ? fs->fuse_options : "");
 	err = ovl_fuse_session_mount(ofs, d->mp);
+	if (err && ovl_userns_without_mntns())
+		/* fusermount3 is not setuid in there: only mount(2) is left. */
+		return ovl_set_error(fs, err,
+				     "mount point %s: cannot mount: %s (in a user namespace, a FUSE mount needs a mount namespace of its own: unshare -Urm, podman unshare)",
+				     d->mp, strerror(-err));
 	if (err)
 		return ovl_set_error(fs, err, "mount point %s: cannot mount: %s",
 				     d->mp, strerror(-err));
@@ -1332,6 +1337,7 @@ int ovlfs_mount(struct ovlfs *fs)
 		ofs->lowers[i].root_fd = ofs->lowers[i].lock_fd = -1;
 	ofs->inode_mode = fs->inode_mode;
 	ofs->is_root = geteuid() == 0;
+	ofs->trusted = ovl_global_sys_admin();
 	pthread_rwlock_init(&ofs->ns_lock, NULL);
 	pthread_rwlock_init(&ofs->notify_lock, NULL);
 	pthread_mutex_init(&ofs->hardlink_lock, NULL);

@@ -482,7 +482,8 @@ struct ovl_fs {
 	int upper_lock_fd;		/* LOCK_EX for the mount's lifetime */
 	struct ovl_fmt fmt;		/* markers of every layer */
 	enum ovlfs_inode_mode inode_mode;
-	bool is_root;			/* may use trusted.* and chown */
+	bool is_root;			/* may chown */
+	bool trusted;			/* may use trusted.* (ovl_global_sys_admin) */
 	mode_t umask;			/* process umask at mount time */
 	bool no_tmpfile;		/* upper lacks O_TMPFILE */
 
@@ -854,9 +855,16 @@ int ovl_statfs(struct ovl_fs *ofs, struct statvfs *st);
 
 /* ===== passthrough.c: the kernel does the I/O of upper files ===== */
 
+/* userns.c: is this the initial user namespace? */
+bool ovl_init_userns(void);
+/* CAP_SYS_ADMIN in the initial user namespace: backing files, trusted.*. */
+bool ovl_global_sys_admin(void);
+/* In a user namespace whose mount namespace it does not own (no mount(2)). */
+bool ovl_userns_without_mntns(void);
 /*
  * Decide whether this mount may use passthrough (before the session
- * starts): the caller did not turn it off and we hold CAP_SYS_ADMIN.
+ * starts): the caller did not turn it off and we hold CAP_SYS_ADMIN
+ * (ovl_global_sys_admin); else log that it is off.
  */
 int ovl_pt_init(struct ovl_fs *ofs, bool enable);
 void ovl_pt_destroy(struct ovl_fs *ofs);
