@@ -231,7 +231,8 @@ enum ovlfs_log_level {
 /*
  * Called with one line (no newline) per event, from any of the serving
  * threads, possibly at once: FN must be thread-safe. Without one set,
- * messages go to stderr as "ovlfs: MSG".
+ * errors and warnings go to stderr as "ovlfs: MSG" (info and debug lines
+ * only to a function set here).
  */
 typedef void (*ovlfs_log_fn)(enum ovlfs_log_level level, const char *msg,
 			     void *arg);
