@@ -204,11 +204,14 @@ clean:
 
 # bench/overlay.py: every workload on a plain directory, the kernel overlayfs,
 # fuse-overlayfs and ovlfs (root: loop device and mounts); writes
-# bench/results/latest.{csv,md}. bench-quick: smaller dataset, a few minutes.
+# bench/results/latest.{csv,md}; bench/containers.py: a container job on
+# podman's native overlay, fuse-overlayfs and ovlfs (containers.md).
+# bench-quick: smaller dataset, a few minutes.
 .PHONY: bench bench-quick
 bench:
 	$(SUDO) $(PYTHON) bench/overlay.py --build $(abspath $(BUILD))
 	$(SUDO) $(PYTHON) bench/memory.py --build $(abspath $(BUILD))
+	$(SUDO) $(PYTHON) bench/containers.py --build $(abspath $(BUILD))
 
 bench-quick:
 	$(SUDO) $(PYTHON) bench/overlay.py --quick --build $(abspath $(BUILD))

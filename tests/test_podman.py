@@ -437,7 +437,6 @@ def test_build_save_layers(engine):
 
 def test_commit_and_run(engine):
     pm = engine
-    # a container that is not --rm is mounted without `volatile`
     pm("run", "--name", "c1", IMAGE, "/bin/sh", "-c",
        "echo c > /data/committed && rm /data/a.txt && rm -rf /data/sub && "
        "mkdir /data/sub && echo s > /data/sub/s && mv /etc/motd /etc/motd2")
