@@ -39,7 +39,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 
@@ -346,8 +345,9 @@ def main():
     fo_ver = "-"
     if fo:
         out = subprocess.run([fo, "--version"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE).stdout.decode()
-        fo_ver = next((l.strip() for l in out.splitlines() if "version" in l), "fuse-overlayfs")
+                             stderr=subprocess.STDOUT).stdout.decode()
+        fo_ver = next((l.strip() for l in out.splitlines()
+                       if l.startswith("fuse-overlayfs") and "version" in l), "fuse-overlayfs")
     lines = ["# Container job: native overlay vs fuse-overlayfs vs ovlfs (podman)", "",
              "`bench/containers.py`%s, %s, kernel %s, %s, podman %s, %d files, median of %d runs, "
              "load average %.1f -> %.1f (%d CPUs)." % (

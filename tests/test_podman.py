@@ -31,7 +31,6 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-import time
 
 import pytest
 
