@@ -30,7 +30,14 @@ DESTDIR    ?=
 DEB_PACKAGES = build-essential meson ninja-build pkg-config libfuse3-dev \
 	       fuse3 python3-pytest attr fuse-overlayfs \
 	       clang clang-tidy libclang-rt-14-dev cppcheck valgrind \
-	       bash-completion libarchive-dev groff-base man-db strace e2fsprogs
+	       bash-completion libarchive-dev groff-base man-db strace e2fsprogs \
+	       $(CONTAINER_PACKAGES)
+
+# tests/test_podman.py and bench/containers.py: podman with ovlfs as
+# containers/storage's mount_program (runc: crun fails on some CI machines'
+# rlimits and cgroup mode; busybox-static is the test image; uidmap for
+# rootless podman).
+CONTAINER_PACKAGES = podman buildah runc busybox-static uidmap
 
 MESON_FLAGS = $(if $(filter 1,$(WERROR)),--werror,)
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
@@ -197,11 +204,14 @@ clean:
 
 # bench/overlay.py: every workload on a plain directory, the kernel overlayfs,
 # fuse-overlayfs and ovlfs (root: loop device and mounts); writes
-# bench/results/latest.{csv,md}. bench-quick: smaller dataset, a few minutes.
+# bench/results/latest.{csv,md}; bench/containers.py: a container job on
+# podman's native overlay, fuse-overlayfs and ovlfs (containers.md).
+# bench-quick: smaller dataset, a few minutes.
 .PHONY: bench bench-quick
 bench:
 	$(SUDO) $(PYTHON) bench/overlay.py --build $(abspath $(BUILD))
 	$(SUDO) $(PYTHON) bench/memory.py --build $(abspath $(BUILD))
+	$(SUDO) $(PYTHON) bench/containers.py --build $(abspath $(BUILD))
 
 bench-quick:
 	$(SUDO) $(PYTHON) bench/overlay.py --quick --build $(abspath $(BUILD))

@@ -11,7 +11,7 @@ _ovlfs_opts()
 	mount)
 		echo "--upper= -u= --lower= --inode-mode= -i= -o= --format=" \
 			"--read-only --no-passthrough --log= --foreground -f" \
-			"--debug -d --help -h" ;;
+			"--volatile --volatile-dirty= --debug -d --help -h" ;;
 	run)
 		echo "--upper= -u= --lower= --inode-mode= -i= -o= --format=" \
 			"--into= --log= --no-passthrough --on-exit= --help -h" ;;
@@ -129,6 +129,8 @@ _ovlfs()
 		COMPREPLY=($(compgen -W "virtual persistent" -- "$cur")) ;;
 	--format | --to)
 		COMPREPLY=($(compgen -W "oci kernel" -- "$cur")) ;;
+	--volatile-dirty)
+		COMPREPLY=($(compgen -W "refuse discard keep" -- "$cur")) ;;
 	--on-exit)
 		COMPREPLY=($(compgen -W "ask preserve discard commit
 			commit-atomic" -- "$cur")) ;;

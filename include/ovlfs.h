@@ -89,6 +89,37 @@ int ovlfs_set_debug(struct ovlfs *fs, bool debug);
  * file takes the ordinary path. Same return values as the setters above.
  */
 int ovlfs_set_passthrough(struct ovlfs *fs, bool enable);
+/*
+ * Volatile mount (the kernel overlayfs's `volatile`): fsync, fdatasync and
+ * fsyncdir through the mount succeed without syncing anything, and
+ * O_SYNC/O_DSYNC are dropped from the upper's files, so no sync reaches
+ * the layers (a file opened O_SYNC is kept off passthrough, whose writes
+ * the kernel would sync). After a crash or a killed daemon the upper may
+ * have lost changes, so the mount marks its upper (the private xattr
+ * `user.ovlfs.volatile` on its root) and a clean unmount removes the
+ * mark; an upper still marked is refused by the next mount (-EUCLEAN,
+ * see ovlfs_set_volatile_dirty), and by commit, diff, export, flatten
+ * and convert, until it is discarded or accepted. A crash soon after a
+ * clean unmount may still lose what had not reached the disk yet: run
+ * sync(1) first where that matters. Same return values as the setters
+ * above.
+ */
+int ovlfs_set_volatile(struct ovlfs *fs, bool enable);
+
+/* What ovlfs_mount() does with an upper a volatile mount left marked. */
+enum ovlfs_volatile_dirty {
+	/* Refuse the mount with -EUCLEAN, the message saying why (default). */
+	OVLFS_VOLATILE_DIRTY_REFUSE = 0,
+	/* Empty the upper (as OVLFS_DISCARD, keeping its root) and mount. */
+	OVLFS_VOLATILE_DIRTY_DISCARD = 1,
+	/*
+	 * Take the upper as it is (the caller knows nothing was lost: the
+	 * system did not crash), as removing the kernel's
+	 * work/incompat/volatile does.
+	 */
+	OVLFS_VOLATILE_DIRTY_KEEP = 2,
+};
+int ovlfs_set_volatile_dirty(struct ovlfs *fs, enum ovlfs_volatile_dirty what);
 
 /* ---------------------------------------------------------------------
  * Layers and on-disk formats.
@@ -200,7 +231,8 @@ enum ovlfs_log_level {
 /*
  * Called with one line (no newline) per event, from any of the serving
  * threads, possibly at once: FN must be thread-safe. Without one set,
- * messages go to stderr as "ovlfs: MSG".
+ * errors and warnings go to stderr as "ovlfs: MSG" (info and debug lines
+ * only to a function set here).
  */
 typedef void (*ovlfs_log_fn)(enum ovlfs_log_level level, const char *msg,
 			     void *arg);
@@ -231,7 +263,9 @@ bool ovlfs_is_mounted(const struct ovlfs *fs);
  *   -ENOTEMPTY        mount point not empty;
  *   -EBUSY            upper in use by another live ovlfs mount, or already
  *                     mounted through this handle;
- *   -EPROTO           upper written in a format this version does not know.
+ *   -EPROTO           upper written in a format this version does not know;
+ *   -EUCLEAN          upper left by a volatile mount that was not cleanly
+ *                     unmounted (see ovlfs_set_volatile_dirty).
  * A directory ovlfs_mount() created is removed again if the mount fails.
  */
 int ovlfs_mount(struct ovlfs *fs);

@@ -302,6 +302,8 @@ int ovlfs_convert(struct ovlfs *fs, enum ovlfs_format to)
 	if (err)
 		return err;
 	err = ovl_refuse_pending_commit(fs, "convert", lower, upper);
+	if (!err)
+		err = ovl_refuse_volatile_dirty(fs, "convert", upper);
 	if (err)
 		goto out_free;
 	if (!exists) {

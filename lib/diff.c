@@ -573,6 +573,8 @@ int ovlfs_diff(struct ovlfs *fs, ovlfs_diff_fn fn, void *arg)
 	if (err)
 		return err;
 	err = ovl_refuse_pending_commit(fs, "diff", lower, upper);
+	if (!err)
+		err = ovl_refuse_volatile_dirty(fs, "diff", upper);
 	if (err)
 		goto out_paths;
 	lfd = open_root(lower, &lst);

@@ -2014,6 +2014,9 @@ int ovlfs_finish(struct ovlfs *fs, enum ovlfs_action action)
 	fin_init(&f, fs);
 	if (!err)
 		err = fin_paths(&f, action >= OVLFS_COMMIT, &lower, &upper);
+	/* Lost changes half-committed would be worse than a refusal. */
+	if (!err && action >= OVLFS_COMMIT)
+		err = ovl_refuse_volatile_dirty(fs, "commit", upper);
 	if (!err) {
 		switch (action) {
 		case OVLFS_PRESERVE:

@@ -336,16 +336,26 @@ static int reply_open(fuse_req_t req, struct ovl_fs *ofs, struct ovl_file *f,
 	return r;
 }
 
+/*
+ * The flags the backing file is opened with: on a volatile mount without
+ * O_SYNC/O_DSYNC, as the kernel overlayfs drops them from volatile writes.
+ */
+static int open_flags(const struct ovl_fs *ofs, const struct fuse_file_info *fi)
+{
+	return ofs->no_sync ? fi->flags & ~(O_SYNC | O_DSYNC) : fi->flags;
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ovl_fs *ofs = ofs_of(req);
 	struct ovl_file *f;
-	int err = ovl_open(ofs, node_of(ofs, ino), fi->flags, &f);
+	int err = ovl_open(ofs, node_of(ofs, ino), open_flags(ofs, fi), &f);
 
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
+	f->sync_io = ofs->no_sync && (fi->flags & O_DSYNC);
 	fi->fh = (uint64_t)(uintptr_t)f;
 	if (reply_open(req, ofs, f, fi, NULL) == -ENOENT)
 		ovl_release(ofs, f);
@@ -363,11 +373,12 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 
 	get_ctx(req, &ctx);
 	err = ovl_create(ofs, &ctx, node_of(ofs, parent), name, mode,
-			 fi->flags, &e, &f);
+			 open_flags(ofs, fi), &e, &f);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
+	f->sync_io = ofs->no_sync && (fi->flags & O_DSYNC);
 	memset(&fe, 0, sizeof(fe));
 	fe.ino = nodeid_of(ofs, e.node);
 	fe.generation = e.node->generation;
@@ -567,9 +578,15 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 		     struct fuse_file_info *fi)
 {
-	int fd = fd_of(req, fi);
+	int fd;
 
 	(void)ino;
+	/* Volatile: the kernel overlayfs's meaning, no sync of the upper. */
+	if (ofs_of(req)->no_sync) {
+		fuse_reply_err(req, 0);
+		return;
+	}
+	fd = fd_of(req, fi);
 	fuse_reply_err(req, (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? errno : 0);
 }
 
@@ -713,8 +730,8 @@ static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
 	int fd, err = 0;
 
 	(void)fi;
-	/* Only the upper can hold unsynced changes. */
-	if (ovl_node_has_upper(node)) {
+	/* Only the upper can hold unsynced changes; volatile syncs none. */
+	if (ovl_node_has_upper(node) && !ofs->no_sync) {
 		fd = ovl_reopen(atomic_load(&node->upper_fd),
 				O_RDONLY | O_DIRECTORY);
 		if (fd < 0) {

@@ -179,7 +179,7 @@ uint64_t ovl_ino_for(struct ovl_fs *ofs, int layer_idx, dev_t dev, ino_t ino)
 
 static const char *origin_xattr(struct ovl_fs *ofs)
 {
-	return ofs->is_root ? OVL_XATTR_ORIGIN_TRUSTED : OVL_XATTR_ORIGIN_USER;
+	return ofs->trusted ? OVL_XATTR_ORIGIN_TRUSTED : OVL_XATTR_ORIGIN_USER;
 }
 
 static int origin_parse(const char *buf, ssize_t n, uint64_t *key)

@@ -20,6 +20,7 @@
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
+#include <dirent.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -130,6 +131,27 @@ int ovlfs_set_passthrough(struct ovlfs *fs, bool enable)
 	if (fs->mounted)
 		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
 	fs->no_passthrough = !enable;
+	return 0;
+}
+
+int ovlfs_set_volatile(struct ovlfs *fs, bool enable)
+{
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	fs->no_sync = enable;
+	return 0;
+}
+
+int ovlfs_set_volatile_dirty(struct ovlfs *fs, enum ovlfs_volatile_dirty what)
+{
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	if (what != OVLFS_VOLATILE_DIRTY_REFUSE &&
+	    what != OVLFS_VOLATILE_DIRTY_DISCARD &&
+	    what != OVLFS_VOLATILE_DIRTY_KEEP)
+		return ovl_set_error(fs, -EINVAL, "unknown volatile-dirty action %d",
+				     what);
+	fs->volatile_dirty = what;
 	return 0;
 }
 
@@ -709,6 +731,124 @@ static int lock_lower(struct ovlfs *fs, struct ovl_layer *l, const char *lower)
 	return 0;
 }
 
+#define VOLATILE_HELP \
+	"discard it (ovlfs discard, or remove it), or mount it with " \
+	"--volatile-dirty=discard (-o volatile_dirty=discard) to empty it " \
+	"or --volatile-dirty=keep to take it as it is"
+
+static bool volatile_marked(int fd)
+{
+	char v[8];
+
+	return ovl_fd_getxattr(fd, OVL_XATTR_VOLATILE, v, sizeof(v)) >= 0;
+}
+
+int ovl_refuse_volatile_dirty(struct ovlfs *fs, const char *what,
+			      const char *upper)
+{
+	int fd, err = 0;
+
+	if (fs->volatile_dirty == OVLFS_VOLATILE_DIRTY_KEEP)
+		return 0;
+	/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
+	fd = open(upper, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return 0;	/* missing: nothing to lose; else the caller says */
+	/*
+	 * Marked, and no live mount holds it: that mount did not end. Looked
+	 * at again under the lock: an ending mount drops the mark just
+	 * before it lets go of the lock.
+	 */
+	if (volatile_marked(fd) && flock(fd, LOCK_SH | LOCK_NB) == 0 &&
+	    volatile_marked(fd))
+		err = ovl_set_error(fs, -EUCLEAN,
+				    "%s: upper %s was used by a volatile mount that was not "
+				    "cleanly unmounted, so changes may have been lost; "
+				    "discard it, or accept it by mounting it once with "
+				    "--volatile-dirty=keep", what, upper);
+	close(fd);
+	return err;
+}
+
+/* Remove everything in the upper (directory fd FD), keeping its root. */
+static int empty_upper(struct ovlfs *fs, int fd, const char *upper)
+{
+	int dfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct dirent *de;
+	DIR *dir;
+	int err = 0;
+
+	dir = dfd < 0 ? NULL : fdopendir(dfd);
+	if (!dir) {
+		err = -errno;
+		if (dfd >= 0)
+			close(dfd);
+		return ovl_set_error(fs, err, "upper %s: cannot discard: %s",
+				     upper, strerror(-err));
+	}
+	while (!err && (de = readdir(dir))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		err = ovl_remove_tree(dfd, de->d_name);
+		if (err)
+			ovl_set_error(fs, err, "upper %s: cannot discard %s/%s: %s",
+				      upper, upper, de->d_name, strerror(-err));
+		else
+			rewinddir(dir);	/* the listing changed under us */
+	}
+	closedir(dir);
+	return err;
+}
+
+/*
+ * The volatile mark on the upper (locked, directory fd OFS->upper_lock_fd):
+ * one left by a mount that did not end cleanly is dealt with as the
+ * caller asked, and a volatile mount sets its own, durably before the
+ * first unsynced write, so that a crash at any later moment leaves it.
+ */
+static int check_volatile_mark(struct ovlfs *fs, struct ovl_fs *ofs,
+			       const char *upper)
+{
+	int fd = ofs->upper_lock_fd, err;
+
+	if (volatile_marked(fd)) {
+		switch (fs->volatile_dirty) {
+		case OVLFS_VOLATILE_DIRTY_REFUSE:
+			return ovl_set_error(fs, -EUCLEAN,
+					     "upper %s was used by a volatile mount that was not "
+					     "cleanly unmounted (its process was killed or the "
+					     "system crashed), so changes may have been lost; "
+					     VOLATILE_HELP, upper);
+		case OVLFS_VOLATILE_DIRTY_DISCARD:
+			err = empty_upper(fs, fd, upper);
+			if (err)
+				return err;
+			ovl_log(fs, OVLFS_LOG_WARNING,
+				"upper %s: emptied, as a volatile mount had left it unclean",
+				upper);
+			break;
+		case OVLFS_VOLATILE_DIRTY_KEEP:
+			break;
+		}
+		err = ofs->no_sync ? 0 : ovl_fd_removexattr(fd, OVL_XATTR_VOLATILE);
+		if (err)
+			return ovl_set_error(fs, err,
+					     "upper %s: cannot remove its volatile mark: %s",
+					     upper, strerror(-err));
+	}
+	if (!ofs->no_sync)
+		return 0;
+	err = ovl_fd_setxattr(fd, OVL_XATTR_VOLATILE, "1", 1, 0);
+	if (!err && fsync(fd) < 0)
+		err = -errno;
+	if (err)
+		return ovl_set_error(fs, err,
+				     "upper %s: cannot mark it as in volatile use: %s",
+				     upper, strerror(-err));
+	ofs->volatile_marked = true;
+	return 0;
+}
+
 /*
  * A new upper starts as a copy of the lower root's metadata: the merged
  * root shows the upper's, and a private copy of the lower would show the
@@ -985,6 +1125,12 @@ static void ofs_free(struct ovl_fs *ofs)
 		ovl_inode_table_destroy(ofs);
 	}
 	ovl_pt_destroy(ofs);
+	/*
+	 * A clean end (also of a failed mount): the mark goes while the
+	 * lock is still ours. Not synced: see ovlfs_set_volatile.
+	 */
+	if (ofs->volatile_marked)
+		ovl_fd_removexattr(ofs->upper_lock_fd, OVL_XATTR_VOLATILE);
 	if (ofs->upper.root_fd >= 0)
 		close(ofs->upper.root_fd);
 	/* Let go of the layers before the connection goes (unmount_path). */
@@ -1004,11 +1150,14 @@ static void ofs_free(struct ovl_fs *ofs)
 	free(ofs);
 }
 
-/* fsname=LOWER for mount(8) listings; commas and backslashes escaped. */
-static char *mount_options(struct ovlfs *fs, const char *lower)
+/*
+ * The mount's source (mountinfo's, mount(8)'s first column) is "ovlfs",
+ * as fuse-overlayfs shows its name and the kernel's overlay "overlay";
+ * an fsname= in the caller's options comes later and wins.
+ */
+static char *mount_options(struct ovlfs *fs)
 {
-	size_t len = strlen(lower) * 2 + 64 +
-		     (fs->fuse_options ? strlen(fs->fuse_options) : 0);
+	size_t len = 64 + (fs->fuse_options ? strlen(fs->fuse_options) : 0);
 	char *o = malloc(len), *p;
 
 	if (!o)
@@ -1018,14 +1167,8 @@ static char *mount_options(struct ovlfs *fs, const char *lower)
 	 * attributes ovlfs reports, exactly as for a local filesystem (ovlfs
 	 * itself acts as root on the layers).
 	 */
-	p = o + sprintf(o, "default_permissions,subtype=ovlfs,%sfsname=",
+	p = o + sprintf(o, "default_permissions,subtype=ovlfs,%sfsname=ovlfs",
 			fs->read_only ? "ro," : "");
-	for (const char *s = lower; *s; s++) {
-		if (*s == ',' || *s == '\\')
-			*p++ = '\\';
-		*p++ = *s;
-	}
-	*p = '\0';
 	if (fs->fuse_options)
 		sprintf(p, ",%s", fs->fuse_options);
 	return o;
@@ -1078,7 +1221,7 @@ static void *loop_main(void *arg)
 
 static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
 {
-	char *opts = mount_options(fs, d->lower);
+	char *opts = mount_options(fs);
 	char *argv[5];
 	int argc = 0, err;
 	sigset_t all, old;
@@ -1100,6 +1243,11 @@ static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
 				     "cannot start fuse session (bad -o options \"%s\"?)",
 				     fs->fuse_options ? fs->fuse_options : "");
 	err = ovl_fuse_session_mount(ofs, d->mp);
+	if (err && ovl_userns_without_mntns())
+		/* fusermount3 is not setuid in there: only mount(2) is left. */
+		return ovl_set_error(fs, err,
+				     "mount point %s: cannot mount: %s (in a user namespace, a FUSE mount needs a mount namespace of its own: unshare -Urm, podman unshare)",
+				     d->mp, strerror(-err));
 	if (err)
 		return ovl_set_error(fs, err, "mount point %s: cannot mount: %s",
 				     d->mp, strerror(-err));
@@ -1176,6 +1324,7 @@ int ovlfs_mount(struct ovlfs *fs)
 	ofs->pub = fs;
 	ofs->upper.root_fd = ofs->upper_lock_fd = -1;
 	ofs->read_only = fs->read_only;
+	ofs->no_sync = fs->no_sync && !fs->read_only;
 	ofs->lowers = calloc(d.nmore + 1, sizeof(*ofs->lowers));
 	if (!ofs->lowers) {
 		free(ofs);
@@ -1188,6 +1337,7 @@ int ovlfs_mount(struct ovlfs *fs)
 		ofs->lowers[i].root_fd = ofs->lowers[i].lock_fd = -1;
 	ofs->inode_mode = fs->inode_mode;
 	ofs->is_root = geteuid() == 0;
+	ofs->trusted = ovl_global_sys_admin();
 	pthread_rwlock_init(&ofs->ns_lock, NULL);
 	pthread_rwlock_init(&ofs->notify_lock, NULL);
 	pthread_mutex_init(&ofs->hardlink_lock, NULL);
@@ -1216,6 +1366,8 @@ int ovlfs_mount(struct ovlfs *fs)
 	}
 	if (!err && d.upper)
 		err = open_layer(fs, &ofs->upper, 1, "upper", d.upper);
+	if (!err && d.upper)
+		err = check_volatile_mark(fs, ofs, d.upper);
 	if (!err && d.upper)
 		err = ovl_check_upper_format(fs, ofs->upper.root_fd, d.upper,
 					     true, &ofs->fmt);

@@ -4,7 +4,8 @@
  * A serving thread that hits a failure only the caller of one syscall
  * would otherwise see (a copy-up that ran out of space, passthrough
  * turned off) says so here, once, in one line. The application chooses
- * where lines go (ovlfs_set_log); without a choice they go to stderr.
+ * where lines go (ovlfs_set_log); without a choice errors and warnings go
+ * to stderr.
  * Any thread may log at any time, so nothing here keeps state: each line
  * is formatted on the caller's stack and leaves in one call.
  */
@@ -66,8 +67,8 @@ void ovl_log(struct ovlfs *fs, enum ovlfs_log_level level, const char *fmt,
 	one_line(raw, line, sizeof(line));
 	if (fs->log_fn)
 		fs->log_fn(level, line, fs->log_arg);
-	else
-		write_stderr(line);
+	else if (level <= OVLFS_LOG_WARNING)
+		write_stderr(line);	/* info is for a log someone asked for */
 	errno = saved;
 }
 

@@ -61,6 +61,8 @@
 #define OVL_XATTR_ORIGIN_TRUSTED "trusted.ovlfs.origin"
 #define OVL_XATTR_ORIGIN_USER "user.ovlfs.origin"
 #define OVL_XATTR_FORMAT "user.ovlfs.format"
+/* On the upper's root while a volatile mount uses it (docs/containers.md). */
+#define OVL_XATTR_VOLATILE "user.ovlfs.volatile"
 /* Answered "ovlfs" by a mount's root, whatever its subtype=: see umount. */
 #define OVL_XATTR_MOUNT "user.ovlfs.mount"
 /* A directory's times before an interrupted convert changed it. */
@@ -95,6 +97,8 @@ struct ovlfs {
 	bool debug;
 	bool no_passthrough;	/* ovlfs_set_passthrough(fs, false) */
 	bool read_only;		/* ovlfs_set_read_only: no upper */
+	bool no_sync;		/* ovlfs_set_volatile */
+	enum ovlfs_volatile_dirty volatile_dirty;
 	char **more_lowers;	/* ovlfs_add_lower, top to bottom, below lower */
 	unsigned n_more_lowers;
 	char *commit_into;	/* ovlfs_set_commit_into, or NULL */
@@ -119,6 +123,15 @@ struct ovlfs {
  * false); one the caller named must exist. New strings, or -errno with a
  * message.
  */
+/*
+ * Refuse (-EUCLEAN, with a message saying why and what to do, WHAT naming
+ * the operation) an upper that a volatile mount left marked: its daemon
+ * died or the system crashed, so changes may be lost. An upper in use by
+ * a live mount, or one the caller accepted (OVLFS_VOLATILE_DIRTY_KEEP),
+ * passes; so does a missing one.
+ */
+int ovl_refuse_volatile_dirty(struct ovlfs *fs, const char *what,
+			      const char *upper);
 int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
 		   bool *upper_exists);
 
@@ -463,10 +476,14 @@ struct ovl_fs {
 	struct ovl_layer *lowers;	/* nlower of them, topmost first */
 	int nlower;
 	bool read_only;			/* no upper: every change is EROFS */
+	bool no_sync;			/* volatile: no fsync reaches a layer */
+	bool volatile_marked;		/* we set OVL_XATTR_VOLATILE: a clean
+					   end removes it */
 	int upper_lock_fd;		/* LOCK_EX for the mount's lifetime */
 	struct ovl_fmt fmt;		/* markers of every layer */
 	enum ovlfs_inode_mode inode_mode;
-	bool is_root;			/* may use trusted.* and chown */
+	bool is_root;			/* may chown */
+	bool trusted;			/* may use trusted.* (ovl_global_sys_admin) */
 	mode_t umask;			/* process umask at mount time */
 	bool no_tmpfile;		/* upper lacks O_TMPFILE */
 
@@ -813,6 +830,9 @@ struct ovl_file {
 	bool on_lower;			/* opened on the lower object */
 	int pt_id;			/* io_lock: backing id if passthrough */
 	bool io_counted;		/* io_lock: counted in the node */
+	bool sync_io;			/* opened O_SYNC/O_DSYNC on a volatile
+					   mount: kept off passthrough, whose
+					   writes would sync the layer */
 	pthread_mutex_t lock;		/* serialises the move; taken
 					   before ns_lock */
 };
@@ -835,9 +855,16 @@ int ovl_statfs(struct ovl_fs *ofs, struct statvfs *st);
 
 /* ===== passthrough.c: the kernel does the I/O of upper files ===== */
 
+/* userns.c: is this the initial user namespace? */
+bool ovl_init_userns(void);
+/* CAP_SYS_ADMIN in the initial user namespace: backing files, trusted.*. */
+bool ovl_global_sys_admin(void);
+/* In a user namespace whose mount namespace it does not own (no mount(2)). */
+bool ovl_userns_without_mntns(void);
 /*
  * Decide whether this mount may use passthrough (before the session
- * starts): the caller did not turn it off and we hold CAP_SYS_ADMIN.
+ * starts): the caller did not turn it off and we hold CAP_SYS_ADMIN
+ * (ovl_global_sys_admin); else log that it is off.
  */
 int ovl_pt_init(struct ovl_fs *ofs, bool enable);
 void ovl_pt_destroy(struct ovl_fs *ofs);

@@ -16,12 +16,10 @@
  * fuse_ops.c negotiates it at INIT and marks the open replies.
  */
 #include <errno.h>
-#include <linux/capability.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/statfs.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "ovlfs_i.h"
@@ -39,17 +37,6 @@ struct ovl_backing_map {
 #define FUSE_MAGIC 0x65735546
 #define ECRYPTFS_MAGIC 0xf15f
 
-static bool has_sys_admin(void)
-{
-	struct __user_cap_header_struct h = {
-		.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
-	struct __user_cap_data_struct d[2];
-
-	if (syscall(SYS_capget, &h, d) < 0)
-		return false;
-	return d[CAP_SYS_ADMIN / 32].effective & (1U << (CAP_SYS_ADMIN % 32));
-}
-
 int ovl_pt_init(struct ovl_fs *ofs, bool enable)
 {
 	struct statfs sf;
@@ -61,7 +48,12 @@ int ovl_pt_init(struct ovl_fs *ofs, bool enable)
 	if (err)
 		return -err;
 	ofs->pt_key_made = true;
-	ofs->pt_want = enable && has_sys_admin();
+	ofs->pt_want = enable && ovl_global_sys_admin();
+	if (enable && !ofs->pt_want)
+		ovl_log(ofs->pub, OVLFS_LOG_INFO,
+			"passthrough off: it needs CAP_SYS_ADMIN%s; files are served through ovlfs",
+			ovl_init_userns() ? "" :
+			" in the initial user namespace, and this is a user namespace");
 	/*
 	 * Depth 1 keeps the mount usable as a layer of a kernel overlay;
 	 * an upper that is itself stacked needs 2 (and loses that).
@@ -122,7 +114,7 @@ int ovl_pt_open(struct ovl_fs *ofs, struct ovl_file *f)
 		/* The kernel's inode is in passthrough: so is this open. */
 		id = n->backing_id;
 	} else if (n->n_cached == 0 && !f->on_lower && n->type == S_IFREG &&
-		   atomic_load(&ofs->pt_on)) {
+		   !f->sync_io && atomic_load(&ofs->pt_on)) {
 		id = backing_open(ofs, atomic_load(&f->fd));
 		if (id > 0) {
 			n->backing_id = id;

@@ -595,6 +595,8 @@ int ovlfs_export_tar(struct ovlfs *fs, int fd)
 	if (err)
 		return err;
 	err = ovl_refuse_pending_commit(fs, "export", lower, upper);
+	if (!err)
+		err = ovl_refuse_volatile_dirty(fs, "export", upper);
 	if (err)
 		goto out;
 	x.upper = upper;

@@ -59,11 +59,14 @@ int ovl_wh_long_target(int dirfd, const char *whname, char *buf)
 
 struct ovl_fmt ovl_fmt_of(bool kernel)
 {
-	/* As the kernel does: trusted.* as root, else user.* (userxattr). */
+	/*
+	 * As the kernel does: trusted.* where it may be used (root, not in a
+	 * user namespace), else user.* (its userxattr mode).
+	 */
 	return (struct ovl_fmt){
 		.kernel = kernel,
-		.opaque_xattr = geteuid() == 0 ? "trusted.overlay.opaque" :
-						 "user.overlay.opaque",
+		.opaque_xattr = ovl_global_sys_admin() ? "trusted.overlay.opaque" :
+							 "user.overlay.opaque",
 	};
 }
 

@@ -199,7 +199,7 @@ def test_missing_lowerdir_option(work):
     ("lowerdirx=/", 2, "unknown mount option 'lowerdirx=/'"),
     ("uidmapping=0:1000:1", 2, "mount option 'uidmapping=0:1000:1' is not supported"),
     ("squash_to_root", 2, "mount option 'squash_to_root' is not supported"),
-    ("volatile", 2, "mount option 'volatile' is not supported"),
+    ("static_nlink", 2, "mount option 'static_nlink' is not supported"),
     ("index=on", 2, "mount option 'index=on' is not supported"),
     ("redirect_dir=on", 2, "mount option 'redirect_dir=on' is not supported"),
     ("inode=sideways", 2, "invalid inode mode 'sideways'"),

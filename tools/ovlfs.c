@@ -109,6 +109,12 @@ static const struct command commands[] = {
 "      --no-passthrough     serve all file I/O through ovlfs (by default,\n"
 "                           with CAP_SYS_ADMIN on Linux 6.9+, the kernel\n"
 "                           reads and writes upper files directly)\n"
+"      --volatile           no fsync reaches the layers (fast, but a crash\n"
+"                           may lose changes); an upper left by a volatile\n"
+"                           mount that was not cleanly unmounted is refused\n"
+"      --volatile-dirty WHAT  what to do with such an upper: 'refuse' (the\n"
+"                           default), 'discard' (empty it, then mount) or\n"
+"                           'keep' (mount it as it is)\n"
 "  -f, --foreground         stay in the foreground until unmounted;\n"
 "                           SIGINT/SIGTERM unmount cleanly\n"
 "  -d, --debug              print every FUSE request to stderr (in the\n"
@@ -615,6 +621,8 @@ enum {
 	OPT_INTO,
 	OPT_TO,
 	OPT_LOG,
+	OPT_VOLATILE,
+	OPT_VOLATILE_DIRTY,
 };
 
 /*
@@ -698,6 +706,8 @@ struct mount_opts {
 	char *fuse_options; /* joined -o values, NULL if none */
 	bool no_passthrough;
 	bool read_only;
+	bool volatile_mount;	/* --volatile, -o volatile */
+	enum ovlfs_volatile_dirty volatile_dirty;
 	bool foreground;
 	bool debug;
 	const char *log_path;		/* --log, or NULL */
@@ -825,6 +835,11 @@ static struct ovlfs *do_mount(const struct mount_opts *o, char *err,
 		goto fail;
 	if (o->read_only && (ret = ovlfs_set_read_only(fs, true)) < 0)
 		goto fail;
+	if (o->volatile_mount && (ret = ovlfs_set_volatile(fs, true)) < 0)
+		goto fail;
+	if (o->volatile_dirty &&
+	    (ret = ovlfs_set_volatile_dirty(fs, o->volatile_dirty)) < 0)
+		goto fail;
 	if (o->format && (ret = ovlfs_set_format(fs, o->format)) < 0)
 		goto fail;
 	if (o->into && (ret = ovlfs_set_commit_into(fs, o->into)) < 0)
@@ -860,6 +875,19 @@ fail:
 		snprintf(err, errlen, "%s", msg);
 	ovlfs_free(fs);
 	return NULL;
+}
+
+static bool parse_volatile_dirty(const char *s, enum ovlfs_volatile_dirty *w)
+{
+	if (strcmp(s, "refuse") == 0)
+		*w = OVLFS_VOLATILE_DIRTY_REFUSE;
+	else if (strcmp(s, "discard") == 0)
+		*w = OVLFS_VOLATILE_DIRTY_DISCARD;
+	else if (strcmp(s, "keep") == 0)
+		*w = OVLFS_VOLATILE_DIRTY_KEEP;
+	else
+		return false;
+	return true;
 }
 
 static bool parse_inode_mode(const char *s, enum ovlfs_inode_mode *mode)
@@ -1085,6 +1113,16 @@ static int overlay_option(const struct command *cmd, int c,
 	case OPT_LOG:
 		o->log_path = optarg;
 		return -1;
+	case OPT_VOLATILE:
+		o->volatile_mount = true;
+		return -1;
+	case OPT_VOLATILE_DIRTY:
+		if (!parse_volatile_dirty(optarg, &o->volatile_dirty))
+			return usage_error(
+				cmd,
+				"invalid --volatile-dirty '%s' (expected refuse, discard or keep)",
+				optarg);
+		return -1;
 	default:	/* 'o' */
 		if (!append_fuse_option(&o->fuse_options, optarg)) {
 			err_msg("out of memory");
@@ -1104,6 +1142,8 @@ static int cmd_mount(int argc, char **argv)
 		{ "read-only", no_argument, NULL, OPT_READ_ONLY },
 		{ "format", required_argument, NULL, OPT_FORMAT },
 		{ "log", required_argument, NULL, OPT_LOG },
+		{ "volatile", no_argument, NULL, OPT_VOLATILE },
+		{ "volatile-dirty", required_argument, NULL, OPT_VOLATILE_DIRTY },
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
@@ -1129,6 +1169,8 @@ static int cmd_mount(int argc, char **argv)
 		case OPT_READ_ONLY:
 		case OPT_FORMAT:
 		case OPT_LOG:
+		case OPT_VOLATILE:
+		case OPT_VOLATILE_DIRTY:
 			ret = overlay_option(cmd, c, &o);
 			if (ret >= 0) {
 				mount_opts_free(&o);
@@ -2403,7 +2445,8 @@ static const char compat_usage[] =
 "\n"
 "The syntax of the kernel's overlayfs and of fuse-overlayfs, as mount(8)\n"
 "runs it for 'mount -t fuse.ovlfs' and fstab lines of type fuse.ovlfs\n"
-"(SOURCE, the fstab's first field, is ignored). -o may be repeated and\n"
+"(SOURCE, the fstab's first field, is shown as the mount's source;\n"
+"without it, 'ovlfs'). -o may be repeated and\n"
 "may come before or after the other arguments.\n"
 "\n"
 "  lowerdir=A:B:C   read-only layers, leftmost on top ('\\:' for a colon\n"
@@ -2417,10 +2460,15 @@ static const char compat_usage[] =
 "  format=FORMAT    auto (default), oci or kernel\n"
 "  log=FILE         as 'ovlfs mount --log FILE'\n"
 "  debug            as -d, but stays in the background\n"
+"  volatile         no fsync reaches the layers (as the kernel's)\n"
+"  volatile_dirty=refuse|discard|keep\n"
+"                   an upper a volatile mount left unclean: refused\n"
+"                   (default), emptied, or taken as it is\n"
 "\n"
 "FUSE options (allow_other, default_permissions, fsname=, ...) and the\n"
 "kernel's mount flags (nosuid, nodev, noexec, ...) are passed on; as\n"
-"root, allow_other is added. Options of fuse-overlayfs or the kernel's\n"
+"root, allow_other and suid are added (nodev stays, as in\n"
+"fuse-overlayfs; 'dev' and 'nosuid' change that). Options of fuse-overlayfs or the kernel's\n"
 "overlayfs that would change what the mount shows are refused.\n"
 "\n"
 "  -f               stay in the foreground\n"
@@ -2434,13 +2482,15 @@ struct compat {
 	bool read_only;		/* no upperdir: a read-only merged view */
 	bool ro;		/* the "ro" flag was given */
 	bool allow_other;	/* given, so not to be added again */
+	bool suid_set;		/* suid or nosuid given */
+	const char *source;	/* the fstab's SOURCE, or NULL */
 	enum ovlfs_format format;
 	bool format_set;
 };
 
 enum compat_kind {
 	CO_LOWER, CO_UPPER, CO_WORK, CO_RO, CO_INODE, CO_FORMAT, CO_LOG,
-	CO_DEBUG,
+	CO_DEBUG, CO_VOLATILE, CO_VOLATILE_DIRTY,
 	CO_FUSE,	/* libfuse takes it: a FUSE option or a mount flag */
 	CO_DROP,	/* mount(8)'s own, or no meaning for a FUSE mount */
 	CO_IGNORE,	/* tuning of fuse-overlayfs: no effect on what is shown */
@@ -2465,6 +2515,8 @@ static const struct compat_opt {
 	{ "format=", CO_FORMAT, NULL },
 	{ "log=", CO_LOG, NULL },
 	{ "debug", CO_DEBUG, NULL },
+	{ "volatile", CO_VOLATILE, NULL },
+	{ "volatile_dirty=", CO_VOLATILE_DIRTY, NULL },
 	/* What libfuse 3.14's fuse_session_new/mount accept. */
 	{ "rw", CO_FUSE, NULL },
 	{ "dev", CO_FUSE, NULL },
@@ -2536,7 +2588,6 @@ static const struct compat_opt {
 	{ "static_nlink", CO_REFUSE, NULL },
 	{ "noacl", CO_REFUSE, NULL },
 	{ "plugins=", CO_REFUSE, NULL },
-	{ "volatile", CO_REFUSE, NULL },
 	{ "userxattr", CO_REFUSE, NULL },
 	{ "max_read=", CO_REFUSE, NULL },
 	{ "blkdev", CO_REFUSE, NULL },
@@ -2699,9 +2750,20 @@ static int compat_option(char *opt, struct mount_opts *o, struct compat *c)
 	case CO_DEBUG:
 		o->debug = true;
 		return -1;
+	case CO_VOLATILE:
+		o->volatile_mount = true;
+		return -1;
+	case CO_VOLATILE_DIRTY:
+		if (!parse_volatile_dirty(val, &o->volatile_dirty))
+			return usage_error(NULL,
+					   "invalid volatile_dirty '%s' (expected refuse, discard or keep)",
+					   val);
+		return -1;
 	case CO_FUSE:
 		if (strcmp(opt, "allow_other") == 0)
 			c->allow_other = true;
+		if (strcmp(opt, "suid") == 0 || strcmp(opt, "nosuid") == 0)
+			c->suid_set = true;
 		if (!append_fuse_option(&o->fuse_options, opt)) {
 			err_msg("out of memory");
 			return 1;
@@ -2720,6 +2782,39 @@ static int compat_option(char *opt, struct mount_opts *o, struct compat *c)
 	return usage_error(NULL,
 			   "mount option '%s' is not supported: ovlfs does not implement it",
 			   opt);
+}
+
+/*
+ * fsname=SOURCE into *OPTS, commas and backslashes escaped for libfuse: the
+ * fstab's first field shows as the mount's source, as for other mounts.
+ * Before the caller's options, so an fsname= given there wins.
+ */
+static bool append_source(char **opts, const char *source)
+{
+	char *o = malloc(strlen(source) * 2 + 8), *p;
+	bool ok;
+
+	if (!o)
+		return false;
+	p = o + sprintf(o, "fsname=");
+	for (; *source; source++) {
+		if (*source == ',' || *source == '\\')
+			*p++ = '\\';
+		*p++ = *source;
+	}
+	*p = '\0';
+	if (*opts) {
+		ok = append_fuse_option(&o, *opts);
+		if (ok) {
+			free(*opts);
+			*opts = o;
+		} else {
+			free(o);
+		}
+		return ok;
+	}
+	*opts = o;
+	return true;
 }
 
 /* Every option of the joined -o values OPTS: -1, or the exit status. */
@@ -2753,6 +2848,20 @@ static int compat_options(char *opts, struct mount_opts *o, struct compat *c)
 	 */
 	if (geteuid() == 0 && !c->allow_other &&
 	    !append_fuse_option(&o->fuse_options, "allow_other")) {
+		err_msg("out of memory");
+		return 1;
+	}
+	/*
+	 * As fuse-overlayfs and the kernel's overlayfs: setuid programs work
+	 * in a container's root (containers/storage passes no "suid"), and
+	 * devices stay off (libfuse's nodev) unless "dev" is given.
+	 */
+	if (geteuid() == 0 && !c->suid_set &&
+	    !append_fuse_option(&o->fuse_options, "suid")) {
+		err_msg("out of memory");
+		return 1;
+	}
+	if (c->source && !append_source(&o->fuse_options, c->source)) {
 		err_msg("out of memory");
 		return 1;
 	}
@@ -2847,9 +2956,11 @@ static int compat_main(int argc, char **argv)
 	       (ch = getopt_long(argc, argv, "-:o:fdh", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 1:
-			/* With two, the first is the fstab's source: unused. */
+			/* With two, the first is the fstab's source. */
 			if (++nargs > 2)
 				ret = usage_error(NULL, "too many arguments");
+			if (nargs == 2)
+				c.source = o.mount_point;
 			o.mount_point = optarg;
 			break;
 		case 'o':

@@ -1,0 +1,404 @@
+#!/usr/bin/python3
+"""The same container job on podman's native overlay, fuse-overlayfs and ovlfs.
+
+One job, in a `podman run --rm` of a busybox-static image (no registry is
+needed: the image is imported from a rootfs built here):
+
+    untar   tar -xf of a tarball of FILES small files (in the image) into /job
+    sha256  sha256sum of every file under /job
+    cp -a   cp -a /job /job2
+    rm -rf  rm -rf /job /job2
+
+timed inside the container with a static clock program (busybox's date has
+no %N), and `total` = the whole `podman run --rm` as seen from outside
+(container mount and unmount included). Three storage setups, each with its
+own graphroot: containers/storage's overlay driver with the kernel's
+overlayfs (`native`), with mount_program = fuse-overlayfs and with
+mount_program = ovlfs (build/ovlfs). The setups take turns within each run;
+the table has medians and ratios to native, and whether ovlfs meets the
+goals of issue 12 (total <= 1.10x native, untar <= 1.3x, rm -rf <= 1.2x).
+Rootless (as `nobody`) runs too where the machine allows it; otherwise the
+reason is printed and written to the results.
+
+Needs root, podman, runc, busybox-static, cc, mkfs.ext4 (make deps). The
+graphroots are on an ext4 image under --tmp (default /var/tmp), loop-mounted
+(so no tmpfs hides I/O and the root filesystem's `discard` does not slow rm).
+Writes bench/results/containers.md. Not part of `make check`.
+
+    sudo bench/containers.py [--quick] [--reps N] [--files N] [--build DIR]
+"""
+
+import argparse
+import json
+import os
+import platform
+import pwd
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUSYBOX = "/bin/busybox"
+IMAGE = "localhost/ovlfs-bench:latest"
+PHASES = ["untar", "sha256", "cp -a", "rm -rf"]
+ROWS = PHASES + ["total"]
+GOALS = {"total": 1.10, "untar": 1.3, "rm -rf": 1.2}
+
+NOW_C = r"""
+#include <stdio.h>
+#include <time.h>
+int main(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
+  printf("%lld%09ld\n", (long long)t.tv_sec, t.tv_nsec); return 0; }
+"""
+
+JOB = r"""
+set -e
+t() { echo "$1 $(/bin/nsnow)"; }
+t start
+mkdir /job && tar -xf /src.tar -C /job
+t untar
+find /job -type f | xargs sha256sum > /tmp/sums
+t sha256
+cp -a /job /job2
+t 'cp -a'
+rm -rf /job /job2
+t 'rm -rf'
+test "$(wc -l < /tmp/sums)" = "$FILES"
+"""
+
+
+def log(msg):
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def sh(argv, **kw):
+    return subprocess.run(argv, check=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, **kw)
+
+
+def make_image_tar(tmp, files):
+    """A busybox rootfs with /bin/nsnow and /src.tar (FILES small files)."""
+    root = os.path.join(tmp, "rootfs")
+    os.makedirs(os.path.join(root, "bin"))
+    shutil.copy2(BUSYBOX, os.path.join(root, "bin", "busybox"))
+    for a in sh([BUSYBOX, "--list"]).stdout.decode().split():
+        if a != "busybox":
+            os.symlink("busybox", os.path.join(root, "bin", a))
+    for d in ("etc", "tmp", "proc", "sys", "dev"):
+        os.makedirs(os.path.join(root, d))
+    os.chmod(os.path.join(root, "tmp"), 0o1777)
+    with open(os.path.join(root, "etc", "passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/bin/sh\n")
+    src = os.path.join(tmp, "nsnow.c")
+    with open(src, "w") as f:
+        f.write(NOW_C)
+    sh(["cc", "-static", "-O1", "-o", os.path.join(root, "bin", "nsnow"), src])
+    data = os.path.join(tmp, "data")
+    rnd = open("/dev/urandom", "rb")
+    per_dir = 50
+    for i in range(files):
+        d = os.path.join(data, "d%03d" % (i // per_dir))
+        if i % per_dir == 0:
+            os.makedirs(d)
+        with open(os.path.join(d, "f%05d" % i), "wb") as f:
+            f.write(rnd.read(256 + (i * 7919) % 8000))
+    rnd.close()
+    sh(["tar", "-C", data, "-cf", os.path.join(root, "src.tar"), "."])
+    out = os.path.join(tmp, "image.tar")
+    sh(["tar", "-C", root, "--numeric-owner", "--owner=0", "--group=0", "-cf", out, "."])
+    shutil.rmtree(root)
+    shutil.rmtree(data)
+    return out
+
+
+class Engine:
+    """podman with one storage setup, its own graphroot and configuration."""
+
+    def __init__(self, name, base, short, mount_program, user=None):
+        self.name = name
+        self.base = base
+        self.short = short          # conmon socket paths must stay short
+        self.user = user
+        self.mount_program = mount_program
+        for d in (base, short, os.path.join(base, "home"), os.path.join(base, "tmp")):
+            os.makedirs(d, exist_ok=True)
+        for d in ("run", "libpod", "xdg"):
+            os.makedirs(os.path.join(short, d))
+        os.chmod(os.path.join(short, "xdg"), 0o700)
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        graph = os.path.join(base, "graph")
+        with open(os.path.join(base, "storage.conf"), "w") as f:
+            f.write('[storage]\ndriver = "overlay"\ngraphroot = "%s"\n'
+                    'runroot = "%s"\nrootless_storage_path = "%s"\n'
+                    '[storage.options.overlay]\nmountopt = "nodev"\n'
+                    % (graph, os.path.join(short, "run"), graph))
+            if mount_program:
+                f.write('mount_program = "%s"\n' % mount_program)
+        with open(os.path.join(base, "containers.conf"), "w") as f:
+            # runc may not raise rlimits above the host's; nproc fails here
+            # even at the host's hard limit
+            f.write('[containers]\ndefault_ulimits = ["nofile=%d:%d", '
+                    '"nproc=4096:4096"]\nnetns = "none"\n[engine]\n'
+                    'cgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+                    'runtime = "runc"\ntmp_dir = "%s"\n'
+                    % (nofile, nofile, os.path.join(short, "libpod")))
+        if user is not None:
+            sh(["chown", "-R", "%d:%d" % (user.pw_uid, user.pw_gid), base, short])
+        self.env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": os.path.join(base, "home"),
+            "TMPDIR": os.path.join(base, "tmp"),
+            "CONTAINERS_STORAGE_CONF": os.path.join(base, "storage.conf"),
+            "CONTAINERS_CONF": os.path.join(base, "containers.conf"),
+            "XDG_RUNTIME_DIR": os.path.join(short, "xdg"),
+        }
+
+    def __call__(self, *args, timeout=600):
+        argv = ["podman"] + list(args)
+        if self.user is not None:
+            argv = ["setpriv", "--reuid=%d" % self.user.pw_uid,
+                    "--regid=%d" % self.user.pw_gid, "--clear-groups"] + argv
+        r = subprocess.run(argv, env=self.env, cwd=self.base, timeout=timeout,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if r.returncode != 0:
+            raise RuntimeError("%s: podman %s failed (%d): %s" % (
+                self.name, " ".join(args[:3]), r.returncode,
+                r.stderr.decode(errors="replace").strip()[-600:]))
+        return r.stdout.decode()
+
+    def setup(self, image_tar):
+        info = json.loads(self("info", "--format", "json"))
+        got = info["store"]["graphOptions"].get("overlay.mount_program", {}).get("Executable")
+        if got != self.mount_program:
+            raise RuntimeError("%s: podman info shows mount_program %r, not %r"
+                               % (self.name, got, self.mount_program))
+        tar = image_tar
+        if self.user is not None:
+            tar = os.path.join(self.base, "image.tar")
+            shutil.copy(image_tar, tar)
+            os.chown(tar, self.user.pw_uid, self.user.pw_gid)
+        self("import", tar, IMAGE)
+
+    def job(self, files):
+        t0 = time.perf_counter()
+        out = self("run", "--rm", "-e", "FILES=%d" % files, IMAGE, "/bin/sh", "-c", JOB)
+        total = time.perf_counter() - t0
+        marks = [l.rsplit(" ", 1) for l in out.splitlines() if l.strip()]
+        res, prev = {}, None
+        for name, ns in marks:
+            ns = int(ns)
+            if prev is not None:
+                res[name] = (ns - prev) / 1e9
+            prev = ns
+        if sorted(res) != sorted(PHASES):
+            raise RuntimeError("%s: job output %r" % (self.name, out))
+        res["total"] = total
+        return res
+
+    def cleanup(self):
+        for args in (("rm", "-af", "-t", "0"), ("rmi", "-af")):
+            try:
+                self(*args, timeout=120)
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                log("# cleanup: %s" % e)
+        pause = os.path.join(self.short, "libpod", "pause.pid")
+        for pidfile in (pause, os.path.join(self.short, "xdg", "libpod", "tmp", "pause.pid")):
+            try:
+                with open(pidfile) as f:
+                    os.kill(int(f.read().strip()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+
+
+def mounts_under(path):
+    p = os.path.abspath(path) + "/"
+    with open("/proc/self/mountinfo") as f:
+        mps = [l.split()[4] for l in f]
+    return [m for m in mps if m == p[:-1] or m.startswith(p)]
+
+
+def rootless_blocker(user, ovlfs):
+    if user is None:
+        return "no user 'nobody'"
+    as_user = ["setpriv", "--reuid=%d" % user.pw_uid, "--regid=%d" % user.pw_gid,
+               "--clear-groups"]
+    r = subprocess.run(as_user + ["unshare", "-Ur", "true"], stderr=subprocess.PIPE)
+    if r.returncode != 0:
+        return "user namespaces unavailable to a non-root user"
+    if subprocess.run(as_user + ["test", "-r", "/dev/fuse", "-a", "-w",
+                                 "/dev/fuse"]).returncode != 0:
+        st = os.stat("/dev/fuse")
+        return ("/dev/fuse is mode %o owner %d: a non-root user cannot open it, so "
+                "neither fuse-overlayfs nor ovlfs can serve rootless containers here"
+                % (st.st_mode & 0o7777, st.st_uid))
+    return None
+
+
+def fmt(v):
+    return "%.3f s" % v if v < 10 else "%.1f s" % v
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1,000 files, 3 runs")
+    ap.add_argument("--reps", type=int, default=None, help="runs (median); default 5")
+    ap.add_argument("--files", type=int, default=None, help="files in the tarball (5000)")
+    ap.add_argument("--build", default=os.path.join(REPO, "build"),
+                    help="meson build dir holding ovlfs")
+    ap.add_argument("--tmp", default="/var/tmp", help="where the ext4 image goes")
+    ap.add_argument("--results", default=os.path.join(HERE, "results"))
+    ap.add_argument("--no-rootless", action="store_true")
+    a = ap.parse_args()
+    files = a.files or (1000 if a.quick else 5000)
+    reps = a.reps or (3 if a.quick else 5)
+    ovlfs = os.path.join(os.path.abspath(a.build), "ovlfs")
+    if os.geteuid() != 0:
+        sys.exit("containers.py: needs root")
+    for tool in ("podman", "runc", "cc", "mkfs.ext4"):
+        if not shutil.which(tool):
+            sys.exit("containers.py: %s not found (make deps)" % tool)
+    if not os.path.exists(BUSYBOX) or not os.path.exists(ovlfs):
+        sys.exit("containers.py: needs %s and %s" % (BUSYBOX, ovlfs))
+
+    setups = [("native", None)]
+    fo = shutil.which("fuse-overlayfs")
+    notes = []
+    if fo:
+        setups.append(("fuse-overlayfs", fo))
+    else:
+        notes.append("fuse-overlayfs not installed: its column is left out")
+    setups.append(("ovlfs", ovlfs))
+
+    tmp = tempfile.mkdtemp(prefix="ovlfs-cbench-", dir=a.tmp)
+    short = tempfile.mkdtemp(prefix="ovlfs-cb-", dir="/tmp")
+    mnt = os.path.join(tmp, "mnt")
+    os.makedirs(mnt)
+    img = os.path.join(tmp, "fs.img")
+    engines = []
+    mounted = False
+    try:
+        sh(["truncate", "-s", "8G", img])
+        sh(["mkfs.ext4", "-q", "-E", "nodiscard", img])
+        sh(["mount", "-o", "loop", img, mnt])
+        mounted = True
+        os.chmod(mnt, 0o755)
+        image_tar = make_image_tar(os.path.join(mnt, "image"), files)
+        user = None
+        if not a.no_rootless:
+            try:
+                user = pwd.getpwnam("nobody")
+            except KeyError:
+                pass
+            why = rootless_blocker(user, ovlfs)
+            if why:
+                notes.append("rootless not run: " + why)
+                log("# rootless not run: " + why)
+                user = None
+        modes = [("root", None)] + ([("rootless", user)] if user else [])
+        for mode, u in modes:
+            for name, prog in setups:
+                key = "%s/%s" % (mode, name)
+                e = Engine(key, os.path.join(mnt, mode, name),
+                           os.path.join(short, "%s-%s" % (mode, name)), prog, u)
+                engines.append(e)
+                e.setup(image_tar)
+        runs = {e.name: {r: [] for r in ROWS} for e in engines}
+        failed = {}
+        load0 = os.getloadavg()
+        for i in range(reps + 1):      # run 0 warms the page cache; not counted
+            for e in engines:
+                if e.name in failed:
+                    continue
+                try:
+                    res = e.job(files)
+                except (RuntimeError, subprocess.TimeoutExpired) as err:
+                    failed[e.name] = str(err)
+                    log("# %s failed: %s" % (e.name, err))
+                    continue
+                if i:
+                    for r in ROWS:
+                        runs[e.name][r].append(res[r])
+            log("# run %d/%d done" % (i, reps))
+        load1 = os.getloadavg()
+    finally:
+        for e in engines:
+            e.cleanup()
+        for mp in sorted(mounts_under(tmp) + mounts_under(short), key=len, reverse=True):
+            if mp != mnt:
+                subprocess.run(["umount", "-l", mp])
+        if mounted:
+            subprocess.run(["umount", mnt])
+        shutil.rmtree(short, ignore_errors=True)
+        if not mounts_under(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    names = [n for n, _ in setups]
+    rev = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout.decode().strip()
+    fo_ver = "-"
+    if fo:
+        out = subprocess.run([fo, "--version"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT).stdout.decode()
+        fo_ver = next((l.strip() for l in out.splitlines()
+                       if l.startswith("fuse-overlayfs") and "version" in l), "fuse-overlayfs")
+    lines = ["# Container job: native overlay vs fuse-overlayfs vs ovlfs (podman)", "",
+             "`bench/containers.py`%s, %s, kernel %s, %s, podman %s, %d files, median of %d runs, "
+             "load average %.1f -> %.1f (%d CPUs)." % (
+                 " --quick" if a.quick else "", rev, platform.release(), fo_ver,
+                 subprocess.run(["podman", "--version"], stdout=subprocess.PIPE)
+                 .stdout.decode().split()[-1], files, reps, load0[0], load1[0],
+                 os.cpu_count()), ""]
+    for mode in ("root", "rootless"):
+        keys = ["%s/%s" % (mode, n) for n in names]
+        if not any(k in runs for k in keys):
+            continue
+        lines += ["## %s" % mode, "",
+                  "| phase | " + " | ".join(names) + " | " +
+                  " | ".join("%s/native" % n for n in names[1:]) + " | goal | ovlfs meets |",
+                  "| --- |" + " ---: |" * (2 * len(names) - 1) + " ---: | --- |"]
+        for r in ROWS:
+            med = {}
+            for n, k in zip(names, keys):
+                med[n] = statistics.median(runs[k][r]) if k in runs and runs[k][r] else None
+            cells = [fmt(med[n]) if med[n] is not None else "FAIL" for n in names]
+            ratios = {}
+            for n in names[1:]:
+                ratios[n] = med[n] / med["native"] if med[n] and med["native"] else None
+                cells.append("%.2f" % ratios[n] if ratios[n] else "-")
+            goal = GOALS.get(r)
+            verdict = "-"
+            if goal:
+                o = ratios.get("ovlfs")
+                verdict = "NO (failed)" if o is None else "yes" if o <= goal else \
+                    "NO (> %.2fx)" % goal
+            lines.append("| %s | %s | %s | %s |" % (
+                r, " | ".join(cells), "<=%.2f" % goal if goal else "", verdict))
+        lines.append("")
+    for k, err in failed.items():
+        notes.append("%s failed: %s" % (k, err))
+    if notes:
+        lines += ["Notes:", ""] + ["- " + n for n in notes] + [""]
+    lines += ["Phases are timed inside the container (CLOCK_MONOTONIC); total is the whole "
+              "`podman run --rm` (mounting and unmounting the container's root included). "
+              "Single runs:", ""]
+    for k in runs:
+        lines.append("- %s: " % k + "; ".join(
+            "%s %s" % (r, " ".join("%.3f" % v for v in runs[k][r])) for r in ROWS))
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(a.results, exist_ok=True)
+    with open(os.path.join(a.results, "containers.md"), "w") as f:
+        f.write(text)
+    log("# wrote %s/containers.md" % a.results)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
