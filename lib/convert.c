@@ -47,6 +47,32 @@ static const char *const kernel_opaque[] = { "trusted.overlay.opaque",
 					     "user.overlay.opaque" };
 
 /*
+ * FN on subdirectory NAME of DFD, with c->path naming it meanwhile. One
+ * that cannot be opened is a failure if MUST, else skipped.
+ */
+static int descend(struct conv *c, int dfd, const char *name, int depth,
+		   int (*fn)(struct conv *, int, int), bool must)
+{
+	size_t saved = c->plen, len = strlen(name);
+	int cfd, err;
+
+	if (saved + len + 2 > sizeof(c->path))
+		return conv_fail(c, -ENAMETOOLONG, name);
+	cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (cfd < 0)
+		return must ? conv_fail(c, -errno, name) : 0;
+	if (saved)
+		c->path[c->plen++] = '/';
+	memcpy(c->path + c->plen, name, len + 1);
+	c->plen += len;
+	err = fn(c, cfd, depth + 1);
+	close(cfd);
+	c->plen = saved;
+	c->path[saved] = '\0';
+	return err;
+}
+
+/*
  * The times directory DFD had before a conversion first touched it, into
  * TS: kept in OVL_XATTR_TIMES until given back, so that a run killed
  * midway and run again gives back those, not the ones the killed run
@@ -86,7 +112,6 @@ static int convert_dir(struct conv *c, int dfd, int depth)
 {
 	struct ovl_dirlist dl;
 	struct timespec ts[2];
-	size_t saved = c->plen;
 	int err, opaque = 0;
 
 	if (depth > MAX_DEPTH)
@@ -159,32 +184,13 @@ static int convert_dir(struct conv *c, int dfd, int depth)
 	/* Then the real subdirectories, a name at a time. */
 	for (size_t i = 0; i < dl.n && !err; i++) {
 		const char *name = dl.ents[i].name;
-		size_t len = strlen(name);
 		struct stat st;
-		int cfd;
 
 		if (ovl_is_wh_name(name) ||
 		    fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 		    !S_ISDIR(st.st_mode))
 			continue;
-		if (saved + len + 2 > sizeof(c->path)) {
-			err = conv_fail(c, -ENAMETOOLONG, name);
-			break;
-		}
-		cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-			     O_CLOEXEC);
-		if (cfd < 0) {
-			err = conv_fail(c, -errno, name);
-			break;
-		}
-		if (saved)
-			c->path[c->plen++] = '/';
-		memcpy(c->path + c->plen, name, len + 1);
-		c->plen += len;
-		err = convert_dir(c, cfd, depth + 1);
-		close(cfd);
-		c->plen = saved;
-		c->path[saved] = '\0';
+		err = descend(c, dfd, name, depth, convert_dir, true);
 	}
 	ovl_dirlist_free(&dl);
 	if (!err && futimens(dfd, ts) == 0)
@@ -237,7 +243,6 @@ static int find_wh_names(struct conv *c, int dfd, int depth)
 static int find_devices(struct conv *c, int dfd, int depth)
 {
 	struct ovl_dirlist dl;
-	size_t saved = c->plen;
 	int err;
 
 	if (depth > MAX_DEPTH)
@@ -247,9 +252,7 @@ static int find_devices(struct conv *c, int dfd, int depth)
 		return conv_fail(c, err, "");
 	for (size_t i = 0; i < dl.n && !err; i++) {
 		const char *name = dl.ents[i].name;
-		size_t len = strlen(name);
 		struct stat st;
-		int cfd;
 
 		if (ovl_is_wh_name(name) ||
 		    fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
@@ -262,22 +265,7 @@ static int find_devices(struct conv *c, int dfd, int depth)
 		}
 		if (!S_ISDIR(st.st_mode))
 			continue;
-		if (saved + len + 2 > sizeof(c->path)) {
-			err = conv_fail(c, -ENAMETOOLONG, name);
-			break;
-		}
-		cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-			     O_CLOEXEC);
-		if (cfd < 0)
-			continue;
-		if (saved)
-			c->path[c->plen++] = '/';
-		memcpy(c->path + c->plen, name, len + 1);
-		c->plen += len;
-		err = find_devices(c, cfd, depth + 1);
-		close(cfd);
-		c->plen = saved;
-		c->path[saved] = '\0';
+		err = descend(c, dfd, name, depth, find_devices, false);
 	}
 	ovl_dirlist_free(&dl);
 	return err;

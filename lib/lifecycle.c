@@ -1144,6 +1144,9 @@ static void ofs_free(struct ovl_fs *ofs)
 	}
 	free(ofs->lowers);
 	ovl_fuse_session_destroy(ofs);
+	/* Last: who waits on it may use the layers at once. */
+	if (ofs->mp_lock_fd >= 0)
+		close(ofs->mp_lock_fd);
 	pthread_rwlock_destroy(&ofs->ns_lock);
 	pthread_rwlock_destroy(&ofs->notify_lock);
 	pthread_mutex_destroy(&ofs->hardlink_lock);
@@ -1322,7 +1325,7 @@ int ovlfs_mount(struct ovlfs *fs)
 		goto out_dirs;
 	}
 	ofs->pub = fs;
-	ofs->upper.root_fd = ofs->upper_lock_fd = -1;
+	ofs->upper.root_fd = ofs->upper_lock_fd = ofs->mp_lock_fd = -1;
 	ofs->read_only = fs->read_only;
 	ofs->no_sync = fs->no_sync && !fs->read_only;
 	ofs->lowers = calloc(d.nmore + 1, sizeof(*ofs->lowers));
@@ -1400,6 +1403,12 @@ int ovlfs_mount(struct ovlfs *fs)
 	 */
 	for (int i = 1; i < ofs->nlower; i++)
 		ovl_key_for(ofs, 0, ofs->lowers[i].dev, 1);
+	/* Best effort: without it an unmount returns without waiting. */
+	ofs->mp_lock_fd = open(d.mp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (ofs->mp_lock_fd >= 0 && flock(ofs->mp_lock_fd, LOCK_SH | LOCK_NB) < 0) {
+		close(ofs->mp_lock_fd);
+		ofs->mp_lock_fd = -1;
+	}
 	err = ovl_pt_init(ofs, !fs->no_passthrough);
 	if (err)
 		err = ovl_set_error(fs, err, "cannot set up passthrough: %s",
@@ -1654,12 +1663,11 @@ static int run_fusermount(const char *mp, char *why, size_t len)
 
 int ovlfs_unmount_path(const char *mount_point, char *errbuf, unsigned errlen)
 {
-	char *mp = NULL, p[64], why[256];
+	char *mp = NULL, why[256];
 	bool is_ovlfs = false;
 	long owner = -1;
 	dev_t dev = 0;
-	struct stat st;
-	int err;
+	int err, fd;
 
 	err = ovl_path_canonical(mount_point, &mp);
 	if (err) {
@@ -1697,16 +1705,18 @@ int ovlfs_unmount_path(const char *mount_point, char *errbuf, unsigned errlen)
 		}
 	}
 	/*
-	 * Return once the daemon has let go of the connection (and, just
-	 * before that, the upper's lock), so a remount can follow at once.
-	 * Up to 10 s: a loaded machine (or a sanitizer's exit-time checks)
-	 * can keep a daemon's teardown from running for seconds.
+	 * Return once the daemon has let go of the layers, so a remount or
+	 * a commit can follow at once: it holds LOCK_SH on the directory
+	 * under the mount until then (mp_lock_fd). Up to 10 s: a loaded
+	 * machine, or a sanitizer's exit-time checks, can keep a daemon's
+	 * teardown from running for seconds.
 	 */
-	snprintf(p, sizeof(p), FUSECTL_DIR "/%u", minor(dev));
-	if (stat(FUSECTL_DIR "/.", &st) == 0) {
-		for (int i = 0; i < 500 && stat(p, &st) == 0; i++)
-			nanosleep(&(struct timespec){ 0, 20 * 1000 * 1000 }, NULL);
-	}
+	fd = open(mp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	for (int i = 0; fd >= 0 && i < 500 && flock(fd, LOCK_EX | LOCK_NB) < 0 &&
+			errno == EWOULDBLOCK; i++)
+		nanosleep(&(struct timespec){ 0, 20 * 1000 * 1000 }, NULL);
+	if (fd >= 0)
+		close(fd);
 	err = 0;
 out:
 	free(mp);

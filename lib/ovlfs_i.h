@@ -480,6 +480,11 @@ struct ovl_fs {
 	bool volatile_marked;		/* we set OVL_XATTR_VOLATILE: a clean
 					   end removes it */
 	int upper_lock_fd;		/* LOCK_EX for the mount's lifetime */
+	/*
+	 * The mount point's own directory (under the mount), LOCK_SH until
+	 * every other lock is let go: ovlfs_unmount_path waits on it.
+	 */
+	int mp_lock_fd;
 	struct ovl_fmt fmt;		/* markers of every layer */
 	enum ovlfs_inode_mode inode_mode;
 	bool is_root;			/* may chown */

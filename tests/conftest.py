@@ -105,6 +105,25 @@ def mounts_under(path):
     return [m["mp"] for m in mountinfo() if m["mp"] == p or m["mp"].startswith(p + b"/")]
 
 
+def pids_naming(path, progs=(b"ovlfs",)):
+    """Pids of processes running one of PROGS (basenames) with an argument
+    that contains PATH: ours, when PATH is a directory of our own."""
+    want = os.fsencode(path)
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) in progs and \
+                any(want in a for a in argv[1:]):
+            pids.append(int(d))
+    return pids
+
+
 def daemon_pids(lower):
     """Pids of `ovlfs mount ... LOWER ...` processes (ours: LOWER is unique)."""
     want = os.fsencode(os.path.abspath(lower))

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from conftest import (IS_ROOT, OVLFS, Overlay, build, mount_entry, needs_root,
+                      pids_naming,
                       ovlfs, run, wait_for)
 
 MARK = "user.ovlfs.volatile"
@@ -68,20 +69,7 @@ def dirty(kind, what):
 
 def server_pids(lower):
     """Pids of ovlfs processes whose command line names LOWER (ours)."""
-    want = os.fsencode(lower)
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % d, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]) == b"ovlfs" and \
-                any(want in a for a in argv[1:]):
-            pids.append(int(d))
-    return pids
+    return pids_naming(lower)
 
 
 def marked(upper):

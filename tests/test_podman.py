@@ -34,7 +34,7 @@ import tempfile
 
 import pytest
 
-from conftest import OVLFS, IS_ROOT, mounts_under, run
+from conftest import OVLFS, IS_ROOT, mounts_under, pids_naming, run
 
 PODMAN = shutil.which("podman")
 BUSYBOX = "/bin/busybox"
@@ -228,19 +228,7 @@ class Podman:
 
 
 def _pids_naming(path):
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % d, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]) in (b"ovlfs", b"conmon") and \
-                any(path in a for a in argv[1:]):
-            pids.append(int(d))
-    return pids
+    return pids_naming(path, (b"ovlfs", b"conmon"))
 
 
 @pytest.fixture

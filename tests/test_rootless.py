@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from conftest import OVLFS, F, build, run
+from conftest import OVLFS, F, build, pids_naming, run
 
 UID = GID = 4242
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -76,20 +76,7 @@ def userns_ok():
 
 def our_daemons(top):
     """Pids of ovlfs processes whose command line names our directory TOP."""
-    want = os.fsencode(top)
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % d, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]) == b"ovlfs" and \
-                any(want in a for a in argv[1:]):
-            pids.append(int(d))
-    return pids
+    return pids_naming(top)
 
 
 def end_daemons(top):
