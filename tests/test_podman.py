@@ -21,8 +21,9 @@ directory and ending the mount programs whose command line names it.
 
 The rootless test runs the same checks as uid 4243 with a subordinate id
 range, through files of its own bound over /dev/fuse and /etc's in a
-private mount namespace (see ROOTLESS_WRAP); rootless runc on this cgroup
-v1 host runs without cgroups (podman's cgroups="disabled" is crun's only).
+private mount namespace (see ROOTLESS_WRAP). On this cgroup v1 host a
+rootless container stays in its caller's cgroups (podman ignores resource
+limits there; its cgroups="disabled" is for crun only, runc refuses it).
 """
 
 import io
