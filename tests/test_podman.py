@@ -628,6 +628,21 @@ def test_rootless_run_and_build(podman):
     # the container's uid 1000 is the host's 300999; the setuid-root
     # program runs as the container's root, the user
     check_setuid(pm)
-    # the image's files belong to the user and its range on the host
-    st = os.stat(pm.p("graph"))
-    assert st.st_uid == user.pw_uid
+    # what a container makes belongs on the host to the user (container
+    # root) and to its range (other container users)
+    first = user.subid[0]
+    for name, opts, script, want in (
+            ("own0", [], "echo r > /tmp/f && echo c > /tmp/g && chown 1000:1000 /tmp/g",
+             {"f": (user.pw_uid, user.pw_gid), "g": (first + 999, first + 999)}),
+            ("own1000", ["--user", USER], "echo u > /tmp/f",
+             {"f": (first + 999, first + 999)})):
+        pm("run", "--name", name, *opts, IMAGE, "/bin/sh", "-c", script)
+        upper = pm("inspect", "--format", "{{.GraphDriver.Data.UpperDir}}",
+                   name).out.strip()
+        assert upper.startswith(pm.p("graph")), upper
+        got = {}
+        for n in want:
+            st = os.lstat(os.path.join(upper, "tmp", n))
+            got[n] = (st.st_uid, st.st_gid)
+        assert got == want, (name, got)
+        pm("rm", name)
