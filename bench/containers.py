@@ -17,7 +17,10 @@ overlayfs (`native`), with mount_program = fuse-overlayfs and with
 mount_program = ovlfs (build/ovlfs). The setups take turns within each run;
 the table has medians and ratios to native, and whether ovlfs meets the
 goals of issue 12 (total <= 1.10x native, untar <= 1.3x, rm -rf <= 1.2x).
-Rootless (as `nobody`) runs too where the machine allows it; otherwise the
+Rootless runs too (as uid 4244 with a subordinate id range, each podman
+command from a mount namespace of its own that binds a 0666 FUSE node over
+/dev/fuse and private /etc/passwd, group, subuid and subgid over the host's,
+as tests/test_podman.py does), where the machine allows it; otherwise the
 reason is printed and written to the results.
 
 Needs root, podman, runc, busybox-static, cc, mkfs.ext4 (make deps). The
@@ -32,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import pwd
 import resource
 import shutil
 import signal
@@ -118,6 +120,51 @@ def make_image_tar(tmp, files):
     return out
 
 
+# As root in `unshare -m`: the private files over the host's, then podman
+# as the user (see tests/test_podman.py, ROOTLESS_WRAP).
+ROOTLESS_WRAP = r'''
+r=$1; uid=$2; gid=$3; shift 3
+for f in passwd group subuid subgid; do
+    mount --bind "$r/$f" "/etc/$f" || exit 125
+done
+mount --bind "$r/fuse" /dev/fuse || exit 125
+mount --make-rshared / || exit 125
+exec setpriv --reuid="$uid" --regid="$gid" --clear-groups "$@"
+'''
+
+
+class RootlessUser:
+    """A user not in the host's /etc/passwd, with 65536 subordinate ids;
+    D holds the files ROOTLESS_WRAP binds."""
+
+    pw_name = "ovlfsbench"
+    pw_uid = pw_gid = 4244
+    subid = (400000, 65536)
+
+    def __init__(self, d):
+        self.dir = d
+        os.makedirs(d)
+        for name, line in (
+                ("passwd", "%s:x:%d:%d::/nonexistent:/bin/sh\n" % (
+                    self.pw_name, self.pw_uid, self.pw_gid)),
+                ("group", "%s:x:%d:\n" % (self.pw_name, self.pw_gid)),
+                ("subuid", "%s:%d:%d\n" % ((self.pw_name,) + self.subid)),
+                ("subgid", "%s:%d:%d\n" % ((self.pw_name,) + self.subid))):
+            host = ""
+            if name in ("passwd", "group"):
+                with open("/etc/" + name) as f:
+                    host = f.read()
+            with open(os.path.join(d, name), "w") as f:
+                f.write(host + line)
+            os.chmod(os.path.join(d, name), 0o644)
+        os.mknod(os.path.join(d, "fuse"), 0o666 | 0o020000, os.makedev(10, 229))
+        os.chmod(os.path.join(d, "fuse"), 0o666)
+
+    def wrap(self, argv):
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c", ROOTLESS_WRAP,
+                "sh", self.dir, str(self.pw_uid), str(self.pw_gid)] + argv
+
+
 class Engine:
     """podman with one storage setup, its own graphroot and configuration."""
 
@@ -159,12 +206,13 @@ class Engine:
             "CONTAINERS_CONF": os.path.join(base, "containers.conf"),
             "XDG_RUNTIME_DIR": os.path.join(short, "xdg"),
         }
+        if user is not None:
+            self.env.update(USER=user.pw_name, LOGNAME=user.pw_name)
 
     def __call__(self, *args, timeout=600):
         argv = ["podman"] + list(args)
         if self.user is not None:
-            argv = ["setpriv", "--reuid=%d" % self.user.pw_uid,
-                    "--regid=%d" % self.user.pw_gid, "--clear-groups"] + argv
+            argv = self.user.wrap(argv)
         r = subprocess.run(argv, env=self.env, cwd=self.base, timeout=timeout,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if r.returncode != 0:
@@ -224,20 +272,21 @@ def mounts_under(path):
     return [m for m in mps if m == p[:-1] or m.startswith(p)]
 
 
-def rootless_blocker(user, ovlfs):
-    if user is None:
-        return "no user 'nobody'"
-    as_user = ["setpriv", "--reuid=%d" % user.pw_uid, "--regid=%d" % user.pw_gid,
-               "--clear-groups"]
-    r = subprocess.run(as_user + ["unshare", "-Ur", "true"], stderr=subprocess.PIPE)
+def rootless_blocker():
+    for tool in ("setpriv", "unshare", "newuidmap", "newgidmap"):
+        path = shutil.which(tool)
+        if path is None:
+            return "%s not found (util-linux, uidmap)" % tool
+        st = os.stat(path)
+        if tool.startswith("new") and not (st.st_mode & 0o4000 and st.st_uid == 0):
+            return "%s is not setuid root" % path
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse"
+    r = subprocess.run(["setpriv", "--reuid=%d" % RootlessUser.pw_uid,
+                        "--regid=%d" % RootlessUser.pw_gid, "--clear-groups",
+                        "unshare", "-Ur", "true"], stderr=subprocess.PIPE)
     if r.returncode != 0:
         return "user namespaces unavailable to a non-root user"
-    if subprocess.run(as_user + ["test", "-r", "/dev/fuse", "-a", "-w",
-                                 "/dev/fuse"]).returncode != 0:
-        st = os.stat("/dev/fuse")
-        return ("/dev/fuse is mode %o owner %d: a non-root user cannot open it, so "
-                "neither fuse-overlayfs nor ovlfs can serve rootless containers here"
-                % (st.st_mode & 0o7777, st.st_uid))
     return None
 
 
@@ -292,21 +341,24 @@ def main():
         image_tar = make_image_tar(os.path.join(mnt, "image"), files)
         user = None
         if not a.no_rootless:
-            try:
-                user = pwd.getpwnam("nobody")
-            except KeyError:
-                pass
-            why = rootless_blocker(user, ovlfs)
+            why = rootless_blocker()
             if why:
                 notes.append("rootless not run: " + why)
                 log("# rootless not run: " + why)
-                user = None
+            else:
+                # the user reaches the graphroots and the short directories
+                for d in (tmp, short):
+                    os.chmod(d, 0o755)
+                user = RootlessUser(os.path.join(tmp, "rootless"))
         modes = [("root", None)] + ([("rootless", user)] if user else [])
         for mode, u in modes:
             for name, prog in setups:
                 key = "%s/%s" % (mode, name)
+                # rootless podman's run directory is under XDG_RUNTIME_DIR,
+                # in SHORT: a longer name there makes every run 20 s longer
+                # (conmon's socket paths are limited to 108 bytes)
                 e = Engine(key, os.path.join(mnt, mode, name),
-                           os.path.join(short, "%s-%s" % (mode, name)), prog, u)
+                           os.path.join(short, str(len(engines))), prog, u)
                 engines.append(e)
                 e.setup(image_tar)
         runs = {e.name: {r: [] for r in ROWS} for e in engines}

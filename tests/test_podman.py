@@ -18,12 +18,17 @@ and runc may not raise them). No `podman system reset`: it also removes
 networks from the system-wide configuration. Cleanup is `podman rm -af`,
 `podman rmi -af`, then unmounting whatever is left under the test's own
 directory and ending the mount programs whose command line names it.
+
+The rootless test runs the same checks as uid 4243 with a subordinate id
+range, through files of its own bound over /dev/fuse and /etc's in a
+private mount namespace (see ROOTLESS_WRAP). On this cgroup v1 host a
+rootless container stays in its caller's cgroups (podman ignores resource
+limits there; its cgroups="disabled" is for crun only, runc refuses it).
 """
 
 import io
 import json
 import os
-import pwd
 import resource
 import shutil
 import signal
@@ -100,7 +105,7 @@ class Podman:
 
     def __init__(self, base, mount_program=OVLFS, user=None):
         self.base = base
-        self.user = user            # pwd entry for rootless, None for root
+        self.user = user            # RootlessUser, None for root
         self.mount_program = mount_program
         os.makedirs(base, exist_ok=True)
         # conmon's sockets are in the runroot and libpod's tmp_dir: under a
@@ -132,8 +137,11 @@ class Podman:
                     % (nofile, nofile, _nproc_limit(), _nproc_limit(),
                        self.s("libpod")))
         if user is not None:
+            user.prepare(self.p("rootless"), self.p("home"))
             subprocess.run(["chown", "-R", "%d:%d" % (user.pw_uid, user.pw_gid),
                             base, self.short], check=True)
+            for d in (self.p("home"), self.s("xdg")):
+                os.chmod(d, 0o700)
         self.env = {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": self.p("home"),
@@ -144,6 +152,8 @@ class Podman:
             "XDG_CONFIG_HOME": self.p("home/.config"),
             "XDG_DATA_HOME": self.p("home/.local/share"),
         }
+        if user is not None:
+            self.env.update(USER=user.pw_name, LOGNAME=user.pw_name)
 
     def p(self, *parts):
         return os.path.join(self.base, *parts)
@@ -154,9 +164,15 @@ class Podman:
     def _argv(self, args):
         argv = [PODMAN] + [os.fspath(a) for a in args]
         if self.user is not None:
-            argv = ["setpriv", "--reuid=%d" % self.user.pw_uid,
-                    "--regid=%d" % self.user.pw_gid, "--clear-groups"] + argv
+            argv = self.user.wrap(self.p("rootless"), argv)
         return argv
+
+    def write(self, rel, text):
+        """A file in the test directory that the user (if rootless) owns."""
+        with open(self.p(rel), "w") as f:
+            f.write(text)
+        if self.user is not None:
+            os.chown(self.p(rel), self.user.pw_uid, self.user.pw_gid)
 
     def __call__(self, *args, check=True, timeout=90):
         r = run(self._argv(args), timeout=timeout, env=self.env, cwd=self.base)
@@ -329,7 +345,10 @@ def test_info_names_ovlfs(podman):
 
 
 def test_run_rm_changes_and_image_untouched(engine):
-    pm = engine
+    check_run_rm(engine)
+
+
+def check_run_rm(pm):
     out = pm.sh(IMAGE, r"""
         set -e
         grep -q fuse /proc/self/mountinfo && head -n1 /proc/self/mountinfo | grep -q ' - fuse'
@@ -371,9 +390,11 @@ RUN rm -rf /data/sub && echo file > /data/sub
 
 
 def test_build_save_layers(engine):
-    pm = engine
-    with open(pm.p("ctx", "Containerfile"), "w") as f:
-        f.write(CONTAINERFILE)
+    check_build_save(engine)
+
+
+def check_build_save(pm):
+    pm.write("ctx/Containerfile", CONTAINERFILE)
     pm("build", "--pull=never", "--network", "none", "-t", "localhost/built",
        "-f", pm.p("ctx", "Containerfile"), pm.p("ctx"), timeout=120)
     layers = save_layers(pm, "localhost/built")
@@ -423,7 +444,10 @@ def test_build_save_layers(engine):
 
 
 def test_commit_and_run(engine):
-    pm = engine
+    check_commit(engine)
+
+
+def check_commit(pm):
     pm("run", "--name", "c1", IMAGE, "/bin/sh", "-c",
        "echo c > /data/committed && rm /data/a.txt && rm -rf /data/sub && "
        "mkdir /data/sub && echo s > /data/sub/s && mv /etc/motd /etc/motd2")
@@ -454,16 +478,20 @@ def _compile_euid(dst):
     os.unlink(src)
 
 
+def add_euid(rootfs):
+    exe = os.path.join(rootfs, "bin", "euid")
+    _compile_euid(exe)
+    os.chmod(exe, 0o4755)
+
+
 def test_setuid_binary_in_container(podman):
     pm = podman()
     pm.check_info()
-
-    def add_euid(rootfs):
-        exe = os.path.join(rootfs, "bin", "euid")
-        _compile_euid(exe)
-        os.chmod(exe, 0o4755)
-
     pm.import_image(mode_fix=add_euid)
+    check_setuid(pm)
+
+
+def check_setuid(pm):
     out = pm.sh(IMAGE, "ls -ln /bin/euid; /bin/euid; id -u; "
                 "head -n1 /proc/self/mountinfo", "--user", USER)
     lines = out.split("\n")
@@ -478,11 +506,63 @@ def test_setuid_binary_in_container(podman):
 # rootless
 # --------------------------------------------------------------------------
 
-def _rootless_user():
-    try:
-        return pwd.getpwnam("nobody")
-    except KeyError:
-        return None
+# /dev/fuse is 0600 here and the machine's /etc names no user with a
+# subordinate id range, so (as in test_rootless.py) every rootless podman
+# command runs as root in a mount namespace of its own (unshare -m) that
+# binds over the host's files: a 0666 node of the FUSE device over
+# /dev/fuse, and copies of /etc/passwd, /etc/group, /etc/subuid and
+# /etc/subgid naming the test user and its range, which the setuid
+# newuidmap/newgidmap read to map the range into podman's user namespace.
+# Then setpriv drops to the user. Rootless podman's first command leaves a
+# pause process holding its user and mount namespaces (made from the
+# private one, so they have the bound files too); later commands join it.
+# Nothing of the host changes. `mount --make-rshared /` inside keeps
+# rootless podman from warning that "/" is not shared; the new peer group
+# is the namespace's own.
+ROOTLESS_WRAP = r'''
+r=$1; uid=$2; gid=$3; shift 3
+for f in passwd group subuid subgid; do
+    mount --bind "$r/$f" "/etc/$f" || exit 125
+done
+mount --bind "$r/fuse" /dev/fuse || exit 125
+mount --make-rshared / || exit 125
+exec setpriv --reuid="$uid" --regid="$gid" --clear-groups "$@"
+'''
+
+
+class RootlessUser:
+    """The test's non-root user: not in the host's /etc/passwd; a range of
+    65536 subordinate ids for the container's users 1..65536."""
+
+    pw_name = "ovlfspm"
+    pw_uid = pw_gid = 4243
+    subid = (300000, 65536)
+
+    def prepare(self, d, home):
+        """D: the private files ROOTLESS_WRAP binds over the host's."""
+        os.makedirs(d)
+        extra = {
+            "passwd": "%s:x:%d:%d::%s:/bin/sh\n" % (self.pw_name, self.pw_uid,
+                                                    self.pw_gid, home),
+            "group": "%s:x:%d:\n" % (self.pw_name, self.pw_gid),
+            "subuid": "%s:%d:%d\n" % ((self.pw_name,) + self.subid),
+            "subgid": "%s:%d:%d\n" % ((self.pw_name,) + self.subid),
+        }
+        for name, line in extra.items():
+            host = ""
+            if name in ("passwd", "group"):
+                with open("/etc/" + name) as f:
+                    host = f.read()
+            with open(os.path.join(d, name), "w") as f:
+                f.write(host + line)
+            os.chmod(os.path.join(d, name), 0o644)
+        node = os.path.join(d, "fuse")
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(10, 229))
+        os.chmod(node, 0o666)
+
+    def wrap(self, d, argv):
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                ROOTLESS_WRAP, "sh", d, str(self.pw_uid), str(self.pw_gid)] + argv
 
 
 def _as_user(user, argv, **kw):
@@ -490,55 +570,67 @@ def _as_user(user, argv, **kw):
                 "--clear-groups"] + argv, **kw)
 
 
-def _rootless_blocker(user, work):
-    """None if USER can mount ovlfs the way rootless containers/storage
-    does (as root of a user namespace of its own), else why not."""
-    if user is None:
-        return "no user 'nobody' to run rootless podman as"
-    if not shutil.which("setpriv") or not shutil.which("unshare"):
-        return "needs setpriv and unshare (util-linux)"
+def _rootless_blocker(user):
+    """None if rootless podman can run here the way the test sets it up,
+    else why not."""
+    for tool, pkg in (("setpriv", "util-linux"), ("unshare", "util-linux"),
+                      ("newuidmap", "uidmap"), ("newgidmap", "uidmap")):
+        path = shutil.which(tool)
+        if path is None:
+            return "needs %s (%s)" % (tool, pkg)
+        st = os.stat(path)
+        if tool.startswith("new") and not (st.st_mode & stat.S_ISUID and st.st_uid == 0):
+            return "%s is not setuid root: it cannot map a subordinate id range" % path
+    if not os.path.exists("/dev/fuse") or not stat.S_ISCHR(os.stat("/dev/fuse").st_mode):
+        return "no /dev/fuse"
     r = _as_user(user, ["unshare", "-Ur", "true"])
     if r.returncode != 0:
         return "user namespaces unavailable to a non-root user: %s" % r.err.strip()
-    if not _as_user(user, ["test", "-r", "/dev/fuse", "-a", "-w", "/dev/fuse"]).returncode == 0:
-        st = os.stat("/dev/fuse")
-        return ("/dev/fuse is mode %o owner %d on this machine: a non-root user "
-                "cannot open it (neither can fuse-overlayfs)"
-                % (stat.S_IMODE(st.st_mode), st.st_uid))
-    d = os.path.join(work, "probe")
-    for s in ("l", "u", "w", "m"):
-        os.makedirs(os.path.join(d, s))
-    subprocess.run(["chown", "-R", "%d:%d" % (user.pw_uid, user.pw_gid), d], check=True)
-    script = ('"$1" -o lowerdir=%s/l,upperdir=%s/u,workdir=%s/w %s/m && '
-              'touch %s/m/x && umount %s/m' % ((d,) * 6))
-    r = _as_user(user, ["unshare", "-Urm", "sh", "-c", script, "sh", OVLFS], timeout=30)
-    if r.returncode != 0:
-        for mp in mounts_under(d):
-            subprocess.run(["umount", "-l", mp])
-        return "ovlfs cannot mount in a user namespace as uid %d yet: %s" % (
-            user.pw_uid, (r.err or r.out).strip())
     return None
 
 
-def test_rootless_run_and_build(podman, work):
-    user = _rootless_user()
-    why = _rootless_blocker(user, work)
+@pytest.mark.timeout(400)
+def test_rootless_run_and_build(podman):
+    """The root tests' run, build and save, commit and setuid program, as a
+    non-root user: containers/storage runs ovlfs as root of podman's user
+    namespace, which maps the user to 0 and its subordinate range to 1.."""
+    user = RootlessUser()
+    why = _rootless_blocker(user)
     if why:
         pytest.skip("rootless podman: " + why)
     pm = podman(user=user)
     info = pm.check_info()
     assert info["host"]["security"]["rootless"] is True
-    pm.import_image()
-    out = pm.sh(IMAGE, "rm /data/b.txt && mv /data/sub /data/moved && echo n > /data/new "
-                "&& ls /data | tr '\\n' ' ' && id -u")
-    assert out.split("\n")[0].split() == ["a.txt", "moved", "new"] and \
-        out.split("\n")[1] == "0", out
-    with open(pm.p("ctx", "Containerfile"), "w") as f:
-        f.write(CONTAINERFILE)
-    os.chown(pm.p("ctx", "Containerfile"), user.pw_uid, user.pw_gid)
-    pm("build", "--pull=never", "--network", "none", "-t", "localhost/built",
-       "-f", pm.p("ctx", "Containerfile"), pm.p("ctx"), timeout=120)
-    tree = apply_layers(save_layers(pm, "localhost/built"))
-    assert sorted(k for k in tree if k.startswith("data")) == [
-        "data", "data/a.txt", "data/b.txt", "data/b.txt/inside", "data/keep",
-        "data/keep/g", "data/new", "data/sub"]
+    maps = info["host"]["idMappings"]
+    assert {"container_id": 1, "host_id": user.subid[0], "size": user.subid[1]} in \
+        maps["uidmap"], maps
+    assert info["store"]["graphRoot"] == pm.p("graph")
+    pm.import_image(mode_fix=add_euid)
+    out = pm.sh(IMAGE, "id -u; head -n1 /proc/self/mountinfo; cat /proc/self/uid_map")
+    lines = out.split("\n")
+    assert lines[0] == "0" and " - fuse.ovlfs " in lines[1], out
+    assert lines[2].split() == ["0", str(user.pw_uid), "1"], out
+    check_run_rm(pm)
+    check_build_save(pm)
+    check_commit(pm)
+    # the container's uid 1000 is the host's 300999; the setuid-root
+    # program runs as the container's root, the user
+    check_setuid(pm)
+    # what a container makes belongs on the host to the user (container
+    # root) and to its range (other container users)
+    first = user.subid[0]
+    for name, opts, script, want in (
+            ("own0", [], "echo r > /tmp/f && echo c > /tmp/g && chown 1000:1000 /tmp/g",
+             {"f": (user.pw_uid, user.pw_gid), "g": (first + 999, first + 999)}),
+            ("own1000", ["--user", USER], "echo u > /tmp/f",
+             {"f": (first + 999, first + 999)})):
+        pm("run", "--name", name, *opts, IMAGE, "/bin/sh", "-c", script)
+        upper = pm("inspect", "--format", "{{.GraphDriver.Data.UpperDir}}",
+                   name).out.strip()
+        assert upper.startswith(pm.p("graph")), upper
+        got = {}
+        for n in want:
+            st = os.lstat(os.path.join(upper, "tmp", n))
+            got[n] = (st.st_uid, st.st_gid)
+        assert got == want, (name, got)
+        pm("rm", name)
