@@ -33,6 +33,17 @@
 
 #define COPY_CHUNK (1 << 20)
 
+/* chmod of NAME in DFD ("": DFD itself), no symlink followed; -ENOSYS
+ * where the kernel has no fchmodat2 with flags (before 6.6). */
+int ovl_fchmodat_nofollow(int dfd, const char *name, mode_t mode)
+{
+	int flags = AT_SYMLINK_NOFOLLOW | (name[0] ? 0 : AT_EMPTY_PATH);
+
+	if (syscall(SYS_fchmodat2, dfd, name, mode, flags) == 0)
+		return 0;
+	return errno == ENOSYS || errno == EINVAL ? -ENOSYS : -errno;
+}
+
 int ovl_fchmod_any(int fd, mode_t mode)
 {
 	char p[32];

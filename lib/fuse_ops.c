@@ -73,16 +73,22 @@ static fuse_ino_t nodeid_of(struct ovl_fs *ofs, struct ovl_node *node)
 	return node == ofs->root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)node;
 }
 
-static void get_ctx(fuse_req_t req, struct ovl_ctx *ctx)
+/*
+ * The caller's supplementary groups only where a check needs them (ACCESS):
+ * libfuse reads them from /proc/PID/task/TID/status, three syscalls and a
+ * procfs rendering per request, a third of a create's own cost in an untar.
+ */
+static void get_ctx(fuse_req_t req, struct ovl_ctx *ctx, bool groups)
 {
 	const struct fuse_ctx *fc = fuse_req_ctx(req);
-	int n;
+	int n = 0;
 
 	ctx->uid = fc->uid;
 	ctx->gid = fc->gid;
 	ctx->pid = fc->pid;
 	ctx->umask = fc->umask;
-	n = fuse_req_getgroups(req, 64, ctx->groups);
+	if (groups)
+		n = fuse_req_getgroups(req, 64, ctx->groups);
 	ctx->ngroups = n < 0 ? 0 : (n > 64 ? 64 : n);
 }
 
@@ -237,7 +243,7 @@ static void make_node(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct ovl_entry e;
 	int err;
 
-	get_ctx(req, &ctx);
+	get_ctx(req, &ctx, false);
 	err = ovl_mknod(ofs, &ctx, node_of(ofs, parent), name, mode, rdev,
 			target, &e);
 	reply_entry(req, ofs, err, &e);
@@ -371,7 +377,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct ovl_file *f;
 	int err;
 
-	get_ctx(req, &ctx);
+	get_ctx(req, &ctx, false);
 	err = ovl_create(ofs, &ctx, node_of(ofs, parent), name, mode,
 			 open_flags(ofs, fi), &e, &f);
 	if (err) {
@@ -831,7 +837,7 @@ static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 	struct ovl_fs *ofs = ofs_of(req);
 	struct ovl_ctx ctx;
 
-	get_ctx(req, &ctx);
+	get_ctx(req, &ctx, true);
 	fuse_reply_err(req, -ovl_access(ofs, &ctx, node_of(ofs, ino), mask));
 }
 

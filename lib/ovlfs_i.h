@@ -750,6 +750,7 @@ int ovl_copy_up_xattr(struct ovl_fs *ofs, struct ovl_node *node,
 		      struct ovl_xchange *xc);
 /* chmod an fd of any kind (O_PATH too), never following a symlink. */
 int ovl_fchmod_any(int fd, mode_t mode);
+int ovl_fchmodat_nofollow(int dfd, const char *name, mode_t mode);
 /* Copy up a directory and everything under it; mark it opaque. */
 int ovl_copy_up_tree(struct ovl_fs *ofs, struct ovl_node *node);
 /*

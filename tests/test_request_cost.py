@@ -1,0 +1,124 @@
+"""What serving one FUSE request costs the daemon, in syscalls on its side:
+the container job of bench/containers.py (untar, cp -a, rm -rf) is tens of
+thousands of requests, so a syscall more per request shows in its time.
+strace is attached to the daemon of the test's own mount (found through
+its command line, which names the test's lower).
+"""
+
+import os
+import signal
+import subprocess
+import time
+
+from conftest import Overlay, build, daemon_pids
+
+WORKLOAD = r'''
+import os, sys
+mp = sys.argv[1]
+for i in range(5):
+    d = os.path.join(mp, "d%d" % i)
+    os.mkdir(d)
+    for k in range(10):
+        with open(os.path.join(d, "f%d" % k), "w") as f:
+            f.write("x" * 100)
+    os.mknod(os.path.join(d, "fifo"), 0o600 | 0o010000)
+    os.symlink("f0", os.path.join(d, "ln"))
+'''
+
+
+def traced(pid, workload, mp, calls):
+    """Run WORKLOAD on MP with strace on PID (the daemon): its lines."""
+    out = mp + ".strace"
+    st = subprocess.Popen(["strace", "-f", "-e", "trace=" + calls, "-o", out,
+                           "-p", str(pid)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # strace reports each attached thread on stderr; then it is tracing
+        line = st.stderr.readline()
+        assert b"attached" in line, line
+        time.sleep(0.3)
+        r = subprocess.run(["python3", "-c", workload, mp], timeout=60)
+        assert r.returncode == 0
+        time.sleep(0.3)
+    finally:
+        st.send_signal(signal.SIGINT)
+        st.wait(timeout=30)
+    with open(out) as f:
+        lines = f.read().splitlines()
+    os.unlink(out)
+    return lines
+
+
+def test_creates_do_not_read_the_callers_groups(work):
+    """CREATE, MKDIR, MKNOD and SYMLINK do not read the caller's
+    supplementary groups from /proc/PID/task/TID/status (libfuse's
+    fuse_req_getgroups: open, read, close and a procfs rendering per
+    request): nothing but ACCESS uses them."""
+    lower = os.path.join(work, "lower")
+    os.mkdir(lower)
+    build(lower, {"f": "lower\n"})
+    o = Overlay(lower, upper=os.path.join(work, "upper"),
+                mp=os.path.join(work, "mnt"))
+    o.mount()
+    pids = daemon_pids(lower)
+    assert len(pids) == 1, pids
+    lines = traced(pids[0], WORKLOAD, o.mp, "openat,open")
+    procs = [l for l in lines if "/proc/" in l and "/status" in l]
+    assert procs == [], procs[:5]
+    # and the work was done (so the trace saw the creates)
+    assert sorted(os.listdir(os.path.join(o.upper, "d4"))) == \
+        ["f%d" % k for k in range(10)] + ["fifo", "ln"]
+    o.umount()
+
+
+SETATTR_WORKLOAD = r'''
+import os, sys
+mp = sys.argv[1]
+for i in range(10):
+    p = os.path.join(mp, "d", "f%d" % i)
+    os.chown(p, 1000 + i, 2000 + i)
+    os.chmod(p, 0o600 + i)
+    os.utime(p, ns=(10**18 + i, 2 * 10**18 + i))
+os.chown(os.path.join(mp, "d", "ln"), 3000, 3000, follow_symlinks=False)
+os.chmod(os.path.join(mp, "d"), 0o750)
+'''
+
+
+def test_setattr_opens_nothing(work):
+    """chmod, chown and utimes of a file the daemon keeps no descriptor
+    for (files are not pinned) do not open it (O_PATH open + close per
+    SETATTR): they act on its name in the pinned parent, symlinks not
+    followed. And they land on the right objects."""
+    lower = os.path.join(work, "lower")
+    os.mkdir(lower)
+    build(lower, {"f": "lower\n"})
+    o = Overlay(lower, upper=os.path.join(work, "upper"),
+                mp=os.path.join(work, "mnt"))
+    o.mount()
+    d = os.path.join(o.mp, "d")
+    os.mkdir(d)
+    for i in range(10):
+        with open(os.path.join(d, "f%d" % i), "w") as f:
+            f.write("x")
+    os.symlink("f0", os.path.join(d, "ln"))
+    pids = daemon_pids(lower)
+    assert len(pids) == 1, pids
+    lines = traced(pids[0], SETATTR_WORKLOAD, o.mp, "openat,open,close")
+    # (the symlink's lchown also asks for its security.capability, which
+    # is read through an O_PATH fd: that GETXATTR is not a SETATTR)
+    opens = [l for l in lines if "open" in l and '"ln"' not in l]
+    assert opens == [], opens[:5]
+    ud = os.path.join(o.upper, "d")
+    for i in range(10):
+        for st in (os.stat(os.path.join(ud, "f%d" % i)),
+                   os.stat(os.path.join(d, "f%d" % i))):
+            assert (st.st_uid, st.st_gid) == (1000 + i, 2000 + i)
+            assert st.st_mode & 0o7777 == 0o600 + i
+            assert (st.st_atime_ns, st.st_mtime_ns) == \
+                (10**18 + i, 2 * 10**18 + i)
+    for p in (os.path.join(ud, "ln"), os.path.join(d, "ln")):
+        st = os.lstat(p)
+        assert (st.st_uid, st.st_gid) == (3000, 3000)
+    assert os.stat(os.path.join(ud, "f0")).st_uid == 1000   # not followed
+    assert os.stat(ud).st_mode & 0o7777 == 0o750
+    o.umount()
