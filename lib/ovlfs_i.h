@@ -225,11 +225,10 @@ void ovl_place_free(struct ovl_place *pl);
 enum ovl_overlap ovl_place_overlap(const struct ovl_place *a,
 				   const struct ovl_place *b, char **via);
 
-/* ===== sha256.c ===== */
-
-void ovl_sha256(const void *data, size_t len, uint8_t out[32]);
-
 /* ===== whiteout.c: markers in the upper ===== */
+
+/* SHA-256 (nettle's) of a name too long for ".wh." + it. */
+void ovl_sha256(const void *data, size_t len, uint8_t out[32]);
 
 /* Is NAME (a directory entry in the upper) an ovlfs marker or temp? */
 static inline bool ovl_is_wh_name(const char *name)

@@ -19,7 +19,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <nettle/sha2.h>
+
 #include "ovlfs_i.h"
+
+void ovl_sha256(const void *data, size_t len, uint8_t out[32])
+{
+	struct sha256_ctx ctx;
+
+	sha256_init(&ctx);
+	sha256_update(&ctx, len, data);
+	sha256_digest(&ctx, SHA256_DIGEST_SIZE, out);
+}
 
 bool ovl_wh_name(const char *name, char *buf)
 {
