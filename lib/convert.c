@@ -214,7 +214,6 @@ static int find_wh_names(struct conv *c, int dfd, int depth)
 		return conv_fail(c, err, "");
 	for (size_t i = 0; i < dl.n && !err; i++) {
 		const char *name = dl.ents[i].name;
-		int cfd;
 
 		if (ovl_is_wh_name(name)) {
 			if (!strncmp(name, OVL_TMP_PREFIX, strlen(OVL_TMP_PREFIX)))
@@ -224,12 +223,8 @@ static int find_wh_names(struct conv *c, int dfd, int depth)
 					    c->upper, name);
 			break;
 		}
-		cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-			     O_CLOEXEC);
-		if (cfd >= 0) {
-			err = find_wh_names(c, cfd, depth + 1);
-			close(cfd);
-		}
+		/* Not a directory: nothing to descend into. */
+		err = descend(c, dfd, name, depth, find_wh_names, false);
 	}
 	ovl_dirlist_free(&dl);
 	return err;

@@ -121,10 +121,30 @@ int ovl_open(struct ovl_fs *ofs, struct ovl_node *node, int flags,
 	return err;
 }
 
+/* The times utimensat() is to set for VALID, into TS; false: none. */
+static bool setattr_times(const struct stat *attr, int valid,
+			  struct timespec ts[2])
+{
+	ts[0].tv_sec = 0;
+	ts[0].tv_nsec = UTIME_OMIT;
+	ts[1] = ts[0];
+	if (valid & OVL_SET_ATIME_NOW)
+		ts[0].tv_nsec = UTIME_NOW;
+	else if (valid & OVL_SET_ATIME)
+		ts[0] = attr->st_atim;
+	if (valid & OVL_SET_MTIME_NOW)
+		ts[1].tv_nsec = UTIME_NOW;
+	else if (valid & OVL_SET_MTIME)
+		ts[1] = attr->st_mtim;
+	return valid & (OVL_SET_ATIME | OVL_SET_MTIME | OVL_SET_ATIME_NOW |
+			OVL_SET_MTIME_NOW);
+}
+
 /* Apply the changes VALID asks for to object UFD (type TYPE). */
 static int set_attrs(int ufd, mode_t type, const struct stat *attr, int valid,
 		     int fh)
 {
+	struct timespec ts[2];
 	int err;
 
 	if (valid & OVL_SET_MODE) {
@@ -159,21 +179,7 @@ static int set_attrs(int ufd, mode_t type, const struct stat *attr, int valid,
 				return err;
 		}
 	}
-	if (valid & (OVL_SET_ATIME | OVL_SET_MTIME | OVL_SET_ATIME_NOW |
-		     OVL_SET_MTIME_NOW)) {
-		struct timespec ts[2];
-
-		ts[0].tv_sec = 0;
-		ts[0].tv_nsec = UTIME_OMIT;
-		ts[1] = ts[0];
-		if (valid & OVL_SET_ATIME_NOW)
-			ts[0].tv_nsec = UTIME_NOW;
-		else if (valid & OVL_SET_ATIME)
-			ts[0] = attr->st_atim;
-		if (valid & OVL_SET_MTIME_NOW)
-			ts[1].tv_nsec = UTIME_NOW;
-		else if (valid & OVL_SET_MTIME)
-			ts[1] = attr->st_mtim;
+	if (setattr_times(attr, valid, ts)) {
 		if (utimensat(ufd, "", ts, AT_EMPTY_PATH) < 0)
 			return -errno;
 	}
@@ -190,6 +196,7 @@ static int set_attrs(int ufd, mode_t type, const struct stat *attr, int valid,
 static int set_attrs_at(int dfd, const char *name, mode_t type,
 			const struct stat *attr, int valid)
 {
+	struct timespec ts[2];
 	int flags = AT_SYMLINK_NOFOLLOW | (name[0] ? 0 : AT_EMPTY_PATH);
 
 	if (valid & OVL_SET_MODE) {
@@ -208,21 +215,7 @@ static int set_attrs_at(int dfd, const char *name, mode_t type,
 		if (fchownat(dfd, name, uid, gid, flags) < 0)
 			return -errno;
 	}
-	if (valid & (OVL_SET_ATIME | OVL_SET_MTIME | OVL_SET_ATIME_NOW |
-		     OVL_SET_MTIME_NOW)) {
-		struct timespec ts[2];
-
-		ts[0].tv_sec = 0;
-		ts[0].tv_nsec = UTIME_OMIT;
-		ts[1] = ts[0];
-		if (valid & OVL_SET_ATIME_NOW)
-			ts[0].tv_nsec = UTIME_NOW;
-		else if (valid & OVL_SET_ATIME)
-			ts[0] = attr->st_atim;
-		if (valid & OVL_SET_MTIME_NOW)
-			ts[1].tv_nsec = UTIME_NOW;
-		else if (valid & OVL_SET_MTIME)
-			ts[1] = attr->st_mtim;
+	if (setattr_times(attr, valid, ts)) {
 		if (utimensat(dfd, name, ts, flags) < 0)
 			return -errno;
 	}
