@@ -14,6 +14,7 @@ import errno
 import hashlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -122,6 +123,30 @@ def pids_naming(path, progs=(b"ovlfs",)):
                 any(want in a for a in argv[1:]):
             pids.append(int(d))
     return pids
+
+
+def traced(pid, workload, mp, calls):
+    """Run python WORKLOAD on MP with strace -e trace=CALLS on PID (the
+    daemon): strace's lines."""
+    out = mp + ".strace"
+    st = subprocess.Popen(["strace", "-f", "-e", "trace=" + calls, "-o", out,
+                           "-p", str(pid)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # strace reports each attached thread on stderr; then it is tracing
+        line = st.stderr.readline()
+        assert b"attached" in line, line
+        time.sleep(0.3)
+        r = subprocess.run(["python3", "-c", workload, mp], timeout=60)
+        assert r.returncode == 0
+        time.sleep(0.3)
+    finally:
+        st.send_signal(signal.SIGINT)
+        st.wait(timeout=30)
+    with open(out) as f:
+        lines = f.read().splitlines()
+    os.unlink(out)
+    return lines
 
 
 def daemon_pids(lower):

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import (IS_ROOT, OVLFS, Overlay, build, mount_entry, needs_root,
-                      pids_naming,
+                      pids_naming, traced,
                       ovlfs, run, wait_for)
 
 MARK = "user.ovlfs.volatile"
@@ -128,25 +128,8 @@ os.sync()
 
 def traced_syncs(pid, mp):
     """Run WORKLOAD on MP with strace on PID: (sync calls, O_SYNC opens)."""
-    out = mp + ".strace"
-    st = subprocess.Popen(
-        ["strace", "-f", "-e", "trace=fsync,fdatasync,syncfs,sync_file_range,"
-         "sync,openat,open", "-o", out, "-p", str(pid)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        # strace reports each attached thread on stderr; then it is tracing
-        line = st.stderr.readline()
-        assert b"attached" in line, line
-        time.sleep(0.3)
-        r = subprocess.run(["python3", "-c", WORKLOAD, mp], timeout=60)
-        assert r.returncode == 0
-        time.sleep(0.3)
-    finally:
-        st.send_signal(signal.SIGINT)
-        st.wait(timeout=30)
-    with open(out) as f:
-        lines = f.read().splitlines()
-    os.unlink(out)
+    lines = traced(pid, WORKLOAD, mp,
+                   "fsync,fdatasync,syncfs,sync_file_range,sync,openat,open")
     syncs = [l for l in lines if any(c + "(" in l for c in (
         "fsync", "fdatasync", "syncfs", "sync_file_range", " sync"))]
     osync = [l for l in lines if "open" in l and ("O_SYNC" in l or "O_DSYNC" in l)]

@@ -6,11 +6,8 @@ its command line, which names the test's lower).
 """
 
 import os
-import signal
-import subprocess
-import time
 
-from conftest import Overlay, build, daemon_pids
+from conftest import Overlay, build, daemon_pids, traced
 
 WORKLOAD = r'''
 import os, sys
@@ -25,28 +22,6 @@ for i in range(5):
     os.symlink("f0", os.path.join(d, "ln"))
 '''
 
-
-def traced(pid, workload, mp, calls):
-    """Run WORKLOAD on MP with strace on PID (the daemon): its lines."""
-    out = mp + ".strace"
-    st = subprocess.Popen(["strace", "-f", "-e", "trace=" + calls, "-o", out,
-                           "-p", str(pid)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        # strace reports each attached thread on stderr; then it is tracing
-        line = st.stderr.readline()
-        assert b"attached" in line, line
-        time.sleep(0.3)
-        r = subprocess.run(["python3", "-c", workload, mp], timeout=60)
-        assert r.returncode == 0
-        time.sleep(0.3)
-    finally:
-        st.send_signal(signal.SIGINT)
-        st.wait(timeout=30)
-    with open(out) as f:
-        lines = f.read().splitlines()
-    os.unlink(out)
-    return lines
 
 
 def test_creates_do_not_read_the_callers_groups(work):
