@@ -120,49 +120,12 @@ def make_image_tar(tmp, files):
     return out
 
 
-# As root in `unshare -m`: the private files over the host's, then podman
-# as the user (see tests/test_podman.py, ROOTLESS_WRAP).
-ROOTLESS_WRAP = r'''
-r=$1; uid=$2; gid=$3; shift 3
-for f in passwd group subuid subgid; do
-    mount --bind "$r/$f" "/etc/$f" || exit 125
-done
-mount --bind "$r/fuse" /dev/fuse || exit 125
-mount --make-rshared / || exit 125
-exec setpriv --reuid="$uid" --regid="$gid" --clear-groups "$@"
-'''
+# The rootless user, made without changing the host: as the tests make it.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "tests"))
+from rootless_podman import RootlessUser  # noqa: E402
 
-
-class RootlessUser:
-    """A user not in the host's /etc/passwd, with 65536 subordinate ids;
-    D holds the files ROOTLESS_WRAP binds."""
-
-    pw_name = "ovlfsbench"
-    pw_uid = pw_gid = 4244
-    subid = (400000, 65536)
-
-    def __init__(self, d):
-        self.dir = d
-        os.makedirs(d)
-        for name, line in (
-                ("passwd", "%s:x:%d:%d::/nonexistent:/bin/sh\n" % (
-                    self.pw_name, self.pw_uid, self.pw_gid)),
-                ("group", "%s:x:%d:\n" % (self.pw_name, self.pw_gid)),
-                ("subuid", "%s:%d:%d\n" % ((self.pw_name,) + self.subid)),
-                ("subgid", "%s:%d:%d\n" % ((self.pw_name,) + self.subid))):
-            host = ""
-            if name in ("passwd", "group"):
-                with open("/etc/" + name) as f:
-                    host = f.read()
-            with open(os.path.join(d, name), "w") as f:
-                f.write(host + line)
-            os.chmod(os.path.join(d, name), 0o644)
-        os.mknod(os.path.join(d, "fuse"), 0o666 | 0o020000, os.makedev(10, 229))
-        os.chmod(os.path.join(d, "fuse"), 0o666)
-
-    def wrap(self, argv):
-        return ["unshare", "-m", "--propagation", "private", "sh", "-c", ROOTLESS_WRAP,
-                "sh", self.dir, str(self.pw_uid), str(self.pw_gid)] + argv
+BENCH_USER = RootlessUser("ovlfsbench", 4244, 400000)
 
 
 class Engine:
@@ -172,7 +135,7 @@ class Engine:
         self.name = name
         self.base = base
         self.short = short          # conmon socket paths must stay short
-        self.user = user
+        self.user = user            # a prepared RootlessUser, or None
         self.mount_program = mount_program
         for d in (base, short, os.path.join(base, "home"), os.path.join(base, "tmp")):
             os.makedirs(d, exist_ok=True)
@@ -282,8 +245,8 @@ def rootless_blocker():
             return "%s is not setuid root" % path
     if not os.path.exists("/dev/fuse"):
         return "no /dev/fuse"
-    r = subprocess.run(["setpriv", "--reuid=%d" % RootlessUser.pw_uid,
-                        "--regid=%d" % RootlessUser.pw_gid, "--clear-groups",
+    r = subprocess.run(["setpriv", "--reuid=%d" % BENCH_USER.pw_uid,
+                        "--regid=%d" % BENCH_USER.pw_gid, "--clear-groups",
                         "unshare", "-Ur", "true"], stderr=subprocess.PIPE)
     if r.returncode != 0:
         return "user namespaces unavailable to a non-root user"
@@ -349,7 +312,8 @@ def main():
                 # the user reaches the graphroots and the short directories
                 for d in (tmp, short):
                     os.chmod(d, 0o755)
-                user = RootlessUser(os.path.join(tmp, "rootless"))
+                BENCH_USER.prepare(os.path.join(tmp, "rootless"), "/nonexistent")
+                user = BENCH_USER
         modes = [("root", None)] + ([("rootless", user)] if user else [])
         for mode, u in modes:
             for name, prog in setups:

@@ -21,7 +21,7 @@ directory and ending the mount programs whose command line names it.
 
 The rootless test runs the same checks as uid 4243 with a subordinate id
 range, through files of its own bound over /dev/fuse and /etc's in a
-private mount namespace (see ROOTLESS_WRAP). On this cgroup v1 host a
+private mount namespace (tests/rootless_podman.py). On this cgroup v1 host a
 rootless container stays in its caller's cgroups (podman ignores resource
 limits there; its cgroups="disabled" is for crun only, runc refuses it).
 """
@@ -40,6 +40,7 @@ import tempfile
 import pytest
 
 from conftest import OVLFS, IS_ROOT, mounts_under, pids_naming, run
+from rootless_podman import RootlessUser
 
 PODMAN = shutil.which("podman")
 BUSYBOX = "/bin/busybox"
@@ -164,7 +165,7 @@ class Podman:
     def _argv(self, args):
         argv = [PODMAN] + [os.fspath(a) for a in args]
         if self.user is not None:
-            argv = self.user.wrap(self.p("rootless"), argv)
+            argv = self.user.wrap(argv)
         return argv
 
     def write(self, rel, text):
@@ -507,62 +508,8 @@ def check_setuid(pm):
 # --------------------------------------------------------------------------
 
 # /dev/fuse is 0600 here and the machine's /etc names no user with a
-# subordinate id range, so (as in test_rootless.py) every rootless podman
-# command runs as root in a mount namespace of its own (unshare -m) that
-# binds over the host's files: a 0666 node of the FUSE device over
-# /dev/fuse, and copies of /etc/passwd, /etc/group, /etc/subuid and
-# /etc/subgid naming the test user and its range, which the setuid
-# newuidmap/newgidmap read to map the range into podman's user namespace.
-# Then setpriv drops to the user. Rootless podman's first command leaves a
-# pause process holding its user and mount namespaces (made from the
-# private one, so they have the bound files too); later commands join it.
-# Nothing of the host changes. `mount --make-rshared /` inside keeps
-# rootless podman from warning that "/" is not shared; the new peer group
-# is the namespace's own.
-ROOTLESS_WRAP = r'''
-r=$1; uid=$2; gid=$3; shift 3
-for f in passwd group subuid subgid; do
-    mount --bind "$r/$f" "/etc/$f" || exit 125
-done
-mount --bind "$r/fuse" /dev/fuse || exit 125
-mount --make-rshared / || exit 125
-exec setpriv --reuid="$uid" --regid="$gid" --clear-groups "$@"
-'''
-
-
-class RootlessUser:
-    """The test's non-root user: not in the host's /etc/passwd; a range of
-    65536 subordinate ids for the container's users 1..65536."""
-
-    pw_name = "ovlfspm"
-    pw_uid = pw_gid = 4243
-    subid = (300000, 65536)
-
-    def prepare(self, d, home):
-        """D: the private files ROOTLESS_WRAP binds over the host's."""
-        os.makedirs(d)
-        extra = {
-            "passwd": "%s:x:%d:%d::%s:/bin/sh\n" % (self.pw_name, self.pw_uid,
-                                                    self.pw_gid, home),
-            "group": "%s:x:%d:\n" % (self.pw_name, self.pw_gid),
-            "subuid": "%s:%d:%d\n" % ((self.pw_name,) + self.subid),
-            "subgid": "%s:%d:%d\n" % ((self.pw_name,) + self.subid),
-        }
-        for name, line in extra.items():
-            host = ""
-            if name in ("passwd", "group"):
-                with open("/etc/" + name) as f:
-                    host = f.read()
-            with open(os.path.join(d, name), "w") as f:
-                f.write(host + line)
-            os.chmod(os.path.join(d, name), 0o644)
-        node = os.path.join(d, "fuse")
-        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(10, 229))
-        os.chmod(node, 0o666)
-
-    def wrap(self, d, argv):
-        return ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                ROOTLESS_WRAP, "sh", d, str(self.pw_uid), str(self.pw_gid)] + argv
+# subordinate id range: see tests/rootless_podman.py for how the rootless
+# user is made without changing the host.
 
 
 def _as_user(user, argv, **kw):
@@ -594,7 +541,7 @@ def test_rootless_run_and_build(podman):
     """The root tests' run, build and save, commit and setuid program, as a
     non-root user: containers/storage runs ovlfs as root of podman's user
     namespace, which maps the user to 0 and its subordinate range to 1.."""
-    user = RootlessUser()
+    user = RootlessUser("ovlfspm", 4243, 300000)
     why = _rootless_blocker(user)
     if why:
         pytest.skip("rootless podman: " + why)
