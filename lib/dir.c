@@ -19,13 +19,6 @@
 
 #include "ovlfs_i.h"
 
-#ifndef RENAME_NOREPLACE
-#define RENAME_NOREPLACE (1 << 0)
-#endif
-#ifndef RENAME_EXCHANGE
-#define RENAME_EXCHANGE (1 << 1)
-#endif
-
 /*
  * The mode to create with. The kernel hands us the raw mode and the
  * caller's umask (FUSE_CAP_DONT_MASK): a parent with a default ACL ignores

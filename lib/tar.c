@@ -31,13 +31,6 @@
 
 #define TAR_BUFSZ (128 * 1024)
 
-#ifndef RENAME_NOREPLACE
-#define RENAME_NOREPLACE (1 << 0)
-#endif
-#ifndef RENAME_EXCHANGE
-#define RENAME_EXCHANGE (1 << 1)
-#endif
-
 /* ---- a small table keyed by string ---- */
 
 /* What apply did to a path. */

@@ -106,23 +106,25 @@ def mounts_under(path):
     return [m["mp"] for m in mountinfo() if m["mp"] == p or m["mp"].startswith(p + b"/")]
 
 
-def pids_naming(path, progs=(b"ovlfs",)):
-    """Pids of processes running one of PROGS (basenames) with an argument
-    that contains PATH: ours, when PATH is a directory of our own."""
-    want = os.fsencode(path)
-    pids = []
+def _processes():
+    """(pid, argv as bytes) of every other process that can be read."""
     for d in os.listdir("/proc"):
         if not d.isdigit() or int(d) == os.getpid():
             continue
         try:
             with open("/proc/%s/cmdline" % d, "rb") as f:
-                argv = f.read().split(b"\0")
+                yield int(d), f.read().split(b"\0")
         except OSError:
             continue
-        if argv and os.path.basename(argv[0]) in progs and \
-                any(want in a for a in argv[1:]):
-            pids.append(int(d))
-    return pids
+
+
+def pids_naming(path, progs=(b"ovlfs",)):
+    """Pids of processes running one of PROGS (basenames) with an argument
+    that contains PATH: ours, when PATH is a directory of our own."""
+    want = os.fsencode(path)
+    return [pid for pid, argv in _processes()
+            if argv and os.path.basename(argv[0]) in progs and
+            any(want in a for a in argv[1:])]
 
 
 def traced(pid, workload, mp, calls):
@@ -152,19 +154,9 @@ def traced(pid, workload, mp, calls):
 def daemon_pids(lower):
     """Pids of `ovlfs mount ... LOWER ...` processes (ours: LOWER is unique)."""
     want = os.fsencode(os.path.abspath(lower))
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % d, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if len(argv) > 2 and os.path.basename(argv[0]) == b"ovlfs" and \
-                argv[1] == b"mount" and want in argv:
-            pids.append(int(d))
-    return pids
+    return [pid for pid, argv in _processes()
+            if len(argv) > 2 and os.path.basename(argv[0]) == b"ovlfs" and
+            argv[1] == b"mount" and want in argv]
 
 
 # --------------------------------------------------------------------------
