@@ -4,10 +4,16 @@
 A dependency A -> B means a function defined in A calls (or takes the address
 of) a function defined in B, or A includes B's folder's private header.
 Layers are ranked bottom to top by folder (LAYERS below); a dependency is
-upward when B sits in a higher layer than A. Circles are the strongly
-connected components of the file graph with more than one file.
+upward when B sits in a higher layer than A, and against the arrows when
+ALLOWED does not let A's layer use B's (offline/ and fuse/ are siblings:
+neither may use the other; offline/ may not use fs/ either). Circles are
+the strongly connected components of the file graph with more than one
+file.
 
-  scripts/deps.py [--edges] [--map old=layer ...] [ROOT]
+  scripts/deps.py [--edges] [--check] [--map old=layer ...] [ROOT]
+
+--check exits 1 if any dependency runs against the arrows or a circle
+spans folders.
 
 --map assigns a layer to a file of a tree that is not yet in folders
 (used to count the "before" of issue 13): e.g. --map lib/tar.c=offline.
@@ -18,7 +24,15 @@ import sys
 
 # Bottom to top. A file's layer is the first path component under lib/
 # (or "cli" for tools/), unless --map names it.
-LAYERS = ["base", "format", "fs", "fuse", "offline", "core", "cli"]
+LAYERS = ["format", "fs", "fuse", "offline", "api", "cli"]
+ALLOWED = {
+    "format": set(),
+    "fs": {"format"},
+    "fuse": {"format", "fs"},
+    "offline": {"format"},
+    "api": {"format", "fs", "fuse", "offline"},
+    "cli": {"api"},     # the public API only (include/ovlfs.h)
+}
 
 KEYWORDS = {"if", "for", "while", "switch", "return", "sizeof", "defined",
             "__attribute__", "typeof", "__typeof__", "alignof", "_Alignof",
@@ -60,8 +74,8 @@ def layer_of(path, mapping):
 
 def analyse(root, mapping):
     files = sources(root)
-    texts = {f: strip_comments(open(os.path.join(root, f)).read())
-             for f in files}
+    raw = {f: open(os.path.join(root, f)).read() for f in files}
+    texts = {f: strip_comments(raw[f]) for f in files}
     defined = {}          # function name -> defining .c file
     for f in files:
         if not f.endswith(".c"):
@@ -94,7 +108,8 @@ def analyse(root, mapping):
             g = defined.get(name)
             if g and g != f:
                 edges.setdefault((f, g), set()).add(name)
-        for line in texts[f].split("\n"):
+    for f in files:             # headers include headers too
+        for line in raw[f].split("\n"):
             m = INCLUDE_RE.match(line)
             if m and os.path.basename(m.group(1)) in headers:
                 h = headers[os.path.basename(m.group(1))]
@@ -143,7 +158,7 @@ def main(argv):
     args = []
     it = iter(argv)
     for a in it:
-        if a == "--edges":
+        if a in ("--edges", "--check"):
             continue
         if a == "--map":
             k, v = next(it).split("=")
@@ -153,23 +168,28 @@ def main(argv):
     root = args[0] if args else os.path.join(os.path.dirname(__file__), "..")
     files, edges = analyse(root, mapping)
     rank = {l: i for i, l in enumerate(LAYERS)}
-    up = []
+    up, against = [], []
     for (a, b), names in sorted(edges.items()):
         la, lb = layer_of(a, mapping), layer_of(b, mapping)
-        upward = la and lb and rank[lb] > rank[la]
+        upward = bool(la and lb and rank[lb] > rank[la])
+        bad = bool(la and lb and la != lb and lb not in ALLOWED[la])
         if upward:
             up.append((a, b, names))
+        if bad:
+            against.append((a, b, names))
         if show_edges:
-            print(f"{'UP ' if upward else '   '}{a} -> {b}: "
-                  f"{', '.join(sorted(names))}")
+            print(f"{'UP ' if upward else 'BAD' if bad else '   '}"
+                  f" {a} -> {b}: {', '.join(sorted(names))}")
     adj = {}
     for (a, b) in edges:
         if not b.endswith(".h"):
             adj.setdefault(a, set()).add(b)
     circles = sccs([f for f in files if f.endswith(".c")], adj)
-    print(f"{len(edges)} file-to-file dependencies, {len(up)} upward")
-    for a, b, names in up:
-        print(f"  upward: {a} ({layer_of(a, mapping)}) -> {b} "
+    print(f"{len(edges)} file-to-file dependencies, {len(up)} upward, "
+          f"{len(against)} against the arrows")
+    for a, b, names in against:
+        print(f"  {'upward' if (a, b, names) in up else 'sideways'}: "
+              f"{a} ({layer_of(a, mapping)}) -> {b} "
               f"({layer_of(b, mapping)}): {', '.join(sorted(names))}")
     for c in circles:
         print(f"  circle: {' '.join(c)}")
@@ -177,7 +197,13 @@ def main(argv):
                 not layer_of(f, mapping)]
     if unplaced:
         print(f"  not in a layer: {' '.join(unplaced)}")
-    return 0
+    return 1 if "--check" in argv and (against or circles_across(
+        circles, mapping)) else 0
+
+
+def circles_across(circles, mapping):
+    """Circles that span layers (a circle inside one folder is its own)."""
+    return [c for c in circles if len({layer_of(f, mapping) for f in c}) > 1]
 
 
 if __name__ == "__main__":

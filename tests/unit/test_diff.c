@@ -18,7 +18,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "offline/offline.h"
 #include "test.h"
 
 static char base[128];

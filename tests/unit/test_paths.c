@@ -9,10 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h> /* ovlfs_i.h uses struct statvfs */
+#include <sys/statvfs.h> /* format.h uses struct statvfs */
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "format/format.h"
 #include "test.h"
 
 static char tmpdir[PATH_MAX]; /* the scratch tree as created */

@@ -7,9 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/statvfs.h> /* ovlfs_i.h uses struct statvfs */
+#include <sys/statvfs.h> /* format.h uses struct statvfs */
 
-#include "ovlfs_i.h"
+#include "format/format.h"
 #include "test.h"
 
 /* Byte I of the boundary messages; the same as the shell loop that made them. */

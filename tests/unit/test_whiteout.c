@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "format/format.h"
 #include "test.h"
 
 static void name_of_len(char *buf, size_t len, char c)

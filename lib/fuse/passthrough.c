@@ -22,7 +22,7 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "fuse/fuse_side.h"
 
 /* From the kernel's fuse.h (protocol 7.40); Debian's headers are older. */
 struct ovl_backing_map {

@@ -18,7 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "offline/offline.h"
+#include "api/api.h"	/* until the public wrappers move to api/ */
 
 #define WORKDIR ".wh..wh.ovlfs-commit"
 #define JOURNAL_MAGIC "ovlfs-journal 1"
@@ -231,7 +232,7 @@ static int sync_meta_times(struct fin *f, int srcfd, int dstfd,
 	}
 	err = drop_extra_xattrs(srcfd, dstfd);
 	if (!err)
-		err = ovl_copy_meta_strict(&f->ofs, srcfd, dstfd, &st, true,
+		err = ovl_copy_meta_strict(f->ofs.is_root, srcfd, dstfd, &st, true,
 					   failed);
 	if (!err)
 		strip_private(dstfd);
@@ -1154,7 +1155,7 @@ static int place_object(struct fin *f, int ud, const char *name,
 		ovl_fd_setxattr(f->upper_fd, XATTR_COMMITTING, "1", 1, 0);
 		f->marked = true;
 	}
-	ovl_tmp_name(&f->ofs, tmp);
+	ovl_tmp_name(&f->ofs.tmp_counter, tmp);
 	err = copy_object(f, ud, name, us, ld, tmp, false);
 	if (err)
 		return err;

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "fs/fs.h"
 
 /* A set of names, open addressing; just enough for merging two listings. */
 struct strset {

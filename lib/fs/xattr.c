@@ -16,64 +16,7 @@
 #include <string.h>
 #include <sys/xattr.h>
 
-#include "ovlfs_i.h"
-
-bool ovl_xattr_is_private(const char *name)
-{
-	/* The kernel's overlayfs markers are layer bookkeeping too. */
-	return !strncmp(name, "trusted.ovlfs.", 14) ||
-	       !strncmp(name, "user.ovlfs.", 11) ||
-	       !strncmp(name, "trusted.overlay.", 16) ||
-	       !strncmp(name, "user.overlay.", 13);
-}
-
-ssize_t ovl_fd_getxattr(int fd, const char *name, void *buf, size_t size)
-{
-	char p[32];
-	ssize_t n;
-
-	ovl_proc_path(fd, p);
-	n = getxattr(p, name, buf, size);
-	return n < 0 ? -errno : n;
-}
-
-ssize_t ovl_at_getxattr(int dirfd, const char *child, const char *name,
-			void *buf, size_t size)
-{
-	char p[32 + NAME_MAX + 2];
-	ssize_t n;
-
-	snprintf(p, sizeof(p), "/proc/self/fd/%d/%s", dirfd, child);
-	n = lgetxattr(p, name, buf, size);
-	return n < 0 ? -errno : n;
-}
-
-ssize_t ovl_fd_listxattr(int fd, char *buf, size_t size)
-{
-	char p[32];
-	ssize_t n;
-
-	ovl_proc_path(fd, p);
-	n = listxattr(p, buf, size);
-	return n < 0 ? -errno : n;
-}
-
-int ovl_fd_setxattr(int fd, const char *name, const void *v, size_t size,
-		    int flags)
-{
-	char p[32];
-
-	ovl_proc_path(fd, p);
-	return setxattr(p, name, v, size, flags) < 0 ? -errno : 0;
-}
-
-int ovl_fd_removexattr(int fd, const char *name)
-{
-	char p[32];
-
-	ovl_proc_path(fd, p);
-	return removexattr(p, name) < 0 ? -errno : 0;
-}
+#include "fs/fs.h"
 
 int ovl_getxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
 		 void *buf, size_t size)

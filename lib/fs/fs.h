@@ -1,8 +1,13 @@
 /*
- * Private header of libovlfs: one section per lib/ file, as the kernel's
- * fs/overlayfs/overlayfs.h does. Nothing here is public API.
+ * fs/fs.h: the live filesystem, above format/.
  *
- * Conventions: functions return 0 or -errno; names are ovl_<file>_<verb>.
+ * Owns the merged view while mounted: the node table and inode numbers
+ * (inode.c), lookup across layers (lookup.c), copy-up (copyup.c) and of
+ * hard-linked lower files (hardlink.c), namespace changes (dir.c),
+ * attributes and open files (file.c), merged listings (readdir.c) and
+ * xattrs through the mount (xattr.c). It knows nothing of FUSE: what it
+ * must tell the kernel goes through struct ovl_fs_hooks, which the side
+ * serving it (fuse/) fills in.
  *
  * Lock order (take left before right, never the reverse):
  *
@@ -31,51 +36,10 @@
  * (struct loop in fuse_ops.c) is a leaf, never held while serving a
  * request.
  */
-#ifndef OVLFS_I_H
-#define OVLFS_I_H
+#ifndef OVL_FS_H
+#define OVL_FS_H
 
-#include <dirent.h>
-#include <limits.h>
-#include <pthread.h>
-#include <stdarg.h>
-#include <stdatomic.h>
-#include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
-#include <sys/types.h>
-
-#include "ovlfs.h"
-
-#define OVL_WH_PREFIX "."  "wh."
-#define OVL_WH_PREFIX_LEN 4
-#define OVL_OPAQUE_NAME ".wh..wh..opq"
-/* Everything under ".wh..wh." is ovlfs's own namespace (docs/format.md). */
-#define OVL_META_PREFIX ".wh..wh."
-#define OVL_META_PREFIX_LEN 8
-#define OVL_LONGWH_PREFIX ".wh..wh.lng."
-#define OVL_TMP_PREFIX ".wh..wh.tmp."
-
-/* Private xattrs that never show through the mount. */
-#define OVL_XATTR_ORIGIN_TRUSTED "trusted.ovlfs.origin"
-#define OVL_XATTR_ORIGIN_USER "user.ovlfs.origin"
-#define OVL_XATTR_FORMAT "user.ovlfs.format"
-/* On the upper's root while a volatile mount uses it (docs/containers.md). */
-#define OVL_XATTR_VOLATILE "user.ovlfs.volatile"
-/* Answered "ovlfs" by a mount's root, whatever its subtype=: see umount. */
-#define OVL_XATTR_MOUNT "user.ovlfs.mount"
-/* A directory's times before an interrupted convert changed it. */
-#define OVL_XATTR_TIMES "user.ovlfs.times"
-#define OVL_MOUNT_MARK "ovlfs"
-#define OVL_FORMAT_VERSION 1
-
-#define OVL_ERRLEN 512
-
-struct ovl_node;
-struct ovl_fs;
-struct ovl_fmt;
-struct ovl_file;
+#include "format/format.h"
 
 /*
  * Open file and directory handles, listed so that teardown can free what
@@ -86,290 +50,20 @@ struct ovl_hlink {
 	bool is_dir;
 };
 
-/* ===== lifecycle.c: struct ovlfs, mount and unmount ===== */
-
-struct ovlfs {
-	char *lower;		/* as given, then canonical after mount */
-	char *upper;		/* NULL until set or defaulted */
-	char *mount_point;
-	char *fuse_options;
-	enum ovlfs_inode_mode inode_mode;
-	bool debug;
-	bool no_passthrough;	/* ovlfs_set_passthrough(fs, false) */
-	bool read_only;		/* ovlfs_set_read_only: no upper */
-	bool no_sync;		/* ovlfs_set_volatile */
-	enum ovlfs_volatile_dirty volatile_dirty;
-	char **more_lowers;	/* ovlfs_add_lower, top to bottom, below lower */
-	unsigned n_more_lowers;
-	char *commit_into;	/* ovlfs_set_commit_into, or NULL */
-	enum ovlfs_format format;	/* as set; after mount, as used */
-	ovlfs_log_fn log_fn;
-	void *log_arg;
-	char err[OVL_ERRLEN];
-	ovlfs_progress_fn progress;
-	void *progress_arg;
-	bool upper_set;		/* named by the caller, not defaulted */
-
-	/* Set by ovlfs_mount, cleared by unmount; owned by the caller's thread. */
-	struct ovl_fs *ofs;
-	bool mounted;
-	bool created_upper, created_mount_point;
+/*
+ * What the live filesystem tells the side that serves it. The FUSE side
+ * (fuse/) fills the table in before the first request; a NULL table or
+ * member does nothing (the unit tests run without one).
+ */
+struct ovl_fs_hooks {
+	/*
+	 * NODE's attributes changed behind the kernel's cache (copy-up
+	 * touches the parent directory). Called with no lock held.
+	 */
+	void (*attr_changed)(struct ovl_fs *ofs, struct ovl_node *node);
+	/* Open file F goes away (ovl_release): undo what its open set up. */
+	void (*file_released)(struct ovl_fs *ofs, struct ovl_file *f);
 };
-
-/*
- * For calls on an unmounted pair (finish, recover, diff): the canonical
- * lower (an existing, readable directory) and upper, neither the same as
- * nor inside the other. A default upper may be missing (*UPPER_EXISTS
- * false); one the caller named must exist. New strings, or -errno with a
- * message.
- */
-/*
- * Refuse (-EUCLEAN, with a message saying why and what to do, WHAT naming
- * the operation) an upper that a volatile mount left marked: its daemon
- * died or the system crashed, so changes may be lost. An upper in use by
- * a live mount, or one the caller accepted (OVLFS_VOLATILE_DIRTY_KEEP),
- * passes; so does a missing one.
- */
-int ovl_refuse_volatile_dirty(struct ovlfs *fs, const char *what,
-			      const char *upper);
-int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
-		   bool *upper_exists);
-
-/* Format an error into fs->err; returns ERR (negative errno) for chaining. */
-int ovl_set_error(struct ovlfs *fs, int err, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-/*
- * Remove the mount point if ovlfs created it (this handle, or a marker
- * xattr left by the mount that did) and it is empty and unmounted.
- */
-void ovl_remove_mount_point(struct ovlfs *fs);
-
-/*
- * The format of the upper at FD (*OUT): its stamp, or for an unstamped
- * one the markers found in it, or fs->format, or OCI. Refused (-EPROTO
- * with a message): a newer stamp, markers of both formats or of features
- * ovlfs does not read, a format other than fs->format when that is set.
- * An unstamped upper is stamped if STAMP.
- */
-int ovl_check_upper_format(struct ovlfs *fs, int fd, const char *upper,
-			   bool stamp, struct ovl_fmt *out);
-
-/* ===== finalize.c ===== */
-
-/*
- * Recover an interrupted atomic commit of LOWER (canonical) if there is
- * one; UPPER (may be NULL) is removed only if the journal names it.
- * 1 if something was recovered, 0 if not, -errno.
- */
-int ovl_recover_lower(struct ovlfs *fs, const char *lower, const char *upper);
-
-/*
- * -EBUSY with a message "WHAT: interrupted atomic commit in LOWER: run
- * `ovlfs recover ...` first" if LOWER (canonical) holds one, else 0.
- */
-int ovl_refuse_pending_commit(struct ovlfs *fs, const char *what,
-			      const char *lower, const char *upper);
-
-/* ===== paths.c: pure path logic (unit tested) ===== */
-
-/* Strip trailing slashes (keeping "/"); returns a new string or NULL. */
-char *ovl_path_strip(const char *path);
-/* PATH + SUFFIX after stripping trailing slashes; new string or NULL. */
-char *ovl_path_with_suffix(const char *path, const char *suffix);
-/* True if canonical absolute path A equals B or lies inside B. */
-bool ovl_path_within(const char *a, const char *b);
-/*
- * Canonicalise PATH, which may not exist yet: realpath of the longest
- * existing prefix plus the remaining components (no "." or ".." allowed in
- * them). New string in *OUT or -errno.
- */
-int ovl_path_canonical(const char *path, char **out);
-
-/* One line of /proc/self/mountinfo, unescaped. */
-struct ovl_mount_ent {
-	uint64_t id;		/* the mount id (statx's stx_mnt_id) */
-	dev_t fs;		/* the filesystem: its superblock's device */
-	char *root;		/* the directory of that filesystem shown */
-	char *point;		/* where it is mounted */
-};
-/*
- * Call FN for each mount until it returns nonzero. 0, or FN's negative
- * return, or -errno if the table cannot be read.
- */
-int ovl_mountinfo_walk(int (*fn)(const struct ovl_mount_ent *m, void *arg),
-		       void *arg);
-
-/*
- * A directory (or a path to be created) by identity: its canonical
- * spelling, its inode and its path within its filesystem, which no bind
- * mount, symlink or ".." changes (the reasoning is in paths.c).
- */
-struct ovl_place {
-	char *path;		/* canonical, as ovl_path_canonical() */
-	bool exists;		/* PATH itself exists: DEV and INO are its */
-	dev_t dev;		/* else those of its deepest existing parent */
-	ino_t ino;
-	dev_t fs;		/* the filesystem FSPATH is in */
-	char *fspath;		/* path within that filesystem; NULL: unknown */
-};
-enum ovl_overlap { OVL_APART, OVL_SAME, OVL_A_IN_B, OVL_B_IN_A };
-/* PATH (need not exist) into *PL, freed with ovl_place_free(); -errno. */
-int ovl_place_get(const char *path, struct ovl_place *pl);
-void ovl_place_free(struct ovl_place *pl);
-/*
- * Are A and B the same directory, or one inside the other? When only
- * their paths within the filesystem tell (a bind mount), *VIA (to free)
- * is the inner one's spelling under the outer one.
- */
-enum ovl_overlap ovl_place_overlap(const struct ovl_place *a,
-				   const struct ovl_place *b, char **via);
-
-/* ===== whiteout.c: markers in the upper ===== */
-
-/* SHA-256 (nettle's) of a name too long for ".wh." + it. */
-void ovl_sha256(const void *data, size_t len, uint8_t out[32]);
-
-/* Is NAME (a directory entry in the upper) an ovlfs marker or temp? */
-static inline bool ovl_is_wh_name(const char *name)
-{
-	return name[0] == '.' && name[1] == 'w' && name[2] == 'h' &&
-	       name[3] == '.';
-}
-/*
- * Which markers a layer uses (docs/format.md); NULL means the OCI format.
- * Fixed for the life of a mount.
- */
-struct ovl_fmt {
-	bool kernel;			/* 0/0 devices, overlay.opaque xattr */
-	const char *opaque_xattr;	/* kernel: trusted. or user.overlay.opaque */
-};
-/* The markers of the kernel format (KERNEL) or the OCI one, for this process. */
-struct ovl_fmt ovl_fmt_of(bool kernel);
-static inline bool ovl_is_kernel_wh(const struct stat *st)
-{
-	return S_ISCHR(st->st_mode) && st->st_rdev == 0;
-}
-/*
- * The whiteout name that hides NAME: ".wh.NAME", or for a NAME too long for
- * the prefix, ".wh..wh.lng.<sha256 hex>" whose content is NAME. BUF holds
- * NAME_MAX + 1 bytes. Returns true if the long (hashed) form was used.
- */
-bool ovl_wh_name(const char *name, char *buf);
-/* Is NAME hidden by a whiteout in directory DIRFD? 1, 0 or -errno. */
-int ovl_wh_exists(const struct ovl_fmt *f, int dirfd, const char *name);
-/*
- * Create the whiteout for NAME in DIRFD (one already there is success).
- * In the kernel format the whiteout takes NAME itself: an entry there is
- * replaced atomically and 1 returned; else 0 (the caller removes an upper
- * entry of an OCI upper itself, after the marker exists), or -errno.
- */
-int ovl_wh_create(const struct ovl_fmt *f, int dirfd, const char *name);
-/* Remove the whiteout for NAME from DIRFD if there is one. */
-int ovl_wh_remove(const struct ovl_fmt *f, int dirfd, const char *name);
-/* Does directory DIRFD carry the opaque marker? 1, 0 or -errno. */
-int ovl_opaque_get(const struct ovl_fmt *f, int dirfd);
-int ovl_opaque_set(const struct ovl_fmt *f, int dirfd);
-/* Remove DIRFD's opaque marker, if any, keeping the directory's times. */
-int ovl_opaque_clear(const struct ovl_fmt *f, int dirfd);
-/* Name of a long whiteout's target, read from its content; -errno. */
-int ovl_wh_long_target(int dirfd, const char *whname, char *buf);
-/*
- * If marker entry DE of upper directory DFD is a whiteout, point *TARGET
- * at the name it hides (into DE, or into BUF of NAME_MAX + 2 bytes), else
- * NULL (opaque marker, debris, not a regular file). 0 or -errno.
- */
-struct ovl_dirent;
-int ovl_wh_target(int dfd, const struct ovl_dirent *de, char *buf,
-		  const char **target);
-/*
- * Is entry DE of directory DFD a marker of format F (never shown)? 1 with
- * *TARGET the name a whiteout hides (into DE or BUF, NAME_MAX + 2 bytes)
- * or NULL (opaque marker, temporary, debris); 0 for a real entry; -errno.
- */
-int ovl_marker(const struct ovl_fmt *f, int dfd, const struct ovl_dirent *de,
-	       char *buf, const char **target);
-
-/* ===== layers.c: the two layers and fd helpers ===== */
-
-struct ovl_layer {
-	int root_fd;		/* O_PATH|O_DIRECTORY, never closed while mounted */
-	dev_t dev;		/* st_dev of the root */
-	int idx;		/* 0 = a lower, 1 = the upper (inode keys) */
-	int lock_fd;		/* flock held while mounted, or -1 */
-};
-
-/* The kernel's limit on lower layers; ours (node lidx is 16 bits). */
-#define OVL_MAX_LOWERS 500
-
-/* "/proc/self/fd/N" for FD into BUF (32 bytes). */
-void ovl_proc_path(int fd, char buf[32]);
-/*
- * Reopen the object an fd holds with FLAGS. Never pass O_NOFOLLOW: the
- * magic link must be followed, and it leads to the object itself.
- */
-int ovl_reopen(int fd, int flags);
-/* statx/fstatat helpers on an O_PATH fd. */
-int ovl_fstat(int fd, struct stat *st);
-/* Open a child CHILD of directory fd DIRFD as O_PATH|O_NOFOLLOW. */
-int ovl_open_child(int dirfd, const char *name);
-/*
- * Give the object FD holds (an O_TMPFILE or any other fd) the name NAME in
- * DIRFD; EEXIST if taken.
- */
-int ovl_link_fd(int fd, int dirfd, const char *name);
-/* A fresh temporary name ".wh..wh.tmp.<n>" in BUF (64 bytes). */
-void ovl_tmp_name(struct ovl_fs *ofs, char buf[64]);
-/*
- * flock(FD, OP) (LOCK_SH or LOCK_EX), waiting up to 2 s for a mount that is
- * just going away (its daemon lets go a moment after the unmount returns).
- * 0, -EBUSY if it is held still, or -errno.
- */
-int ovl_flock_wait(int fd, int op);
-/*
- * Remove NAME in DIRFD and everything under it, never following symlinks
- * and never leaving DIRFD's mount: a mount point met (another filesystem,
- * a bind mount) is -EBUSY, and nothing in it is touched.
- */
-int ovl_remove_tree(int dirfd, const char *name);
-/*
- * Is directory FD, or anything under it, a mount point (in this mount
- * namespace)? 1 with its path in *WHERE (to free), 0, or -errno.
- */
-int ovl_find_mount_under(int fd, char **where);
-/* Read a whole directory (names only, '.'/'..' skipped). */
-struct ovl_dirlist {
-	struct ovl_dirent {
-		char *name;
-		ino_t ino;
-		unsigned char type;
-	} *ents;
-	size_t n, cap;
-};
-int ovl_dirlist_read(int dirfd, struct ovl_dirlist *dl);
-void ovl_dirlist_free(struct ovl_dirlist *dl);
-/*
- * The hard-linked files a tree walk met (flatten, tar export): the first
- * path of each (dev, ino), so later names become links to it.
- */
-struct ovl_linkmap {
-	struct ovl_linkent {
-		dev_t dev;
-		ino_t ino;
-		char *path;		/* NULL: a free slot */
-		unsigned seen;		/* times met, the first included */
-	} *v;
-	size_t n, cap;
-};
-/*
- * *FIRST: the path (DEV, INO) was first met under, or NULL if this is the
- * first time, PATH then being recorded for it. 0 or -ENOMEM.
- */
-int ovl_linkmap_first(struct ovl_linkmap *m, dev_t dev, ino_t ino,
-		      const char *path, const char **first);
-/* How many times (DEV, INO) was met: 0 if never. */
-unsigned ovl_linkmap_seen(const struct ovl_linkmap *m, dev_t dev, ino_t ino);
-void ovl_linkmap_free(struct ovl_linkmap *m);
 
 /* ===== inode.c: the node table and inode numbers ===== */
 
@@ -471,6 +165,7 @@ struct ovl_node {
 
 struct ovl_fs {
 	struct ovlfs *pub;
+	const struct ovl_fs_hooks *hooks;	/* set by fuse/ before serving */
 	struct ovl_layer upper;		/* root_fd -1 when read-only */
 	struct ovl_layer *lowers;	/* nlower of them, topmost first */
 	int nlower;
@@ -618,6 +313,13 @@ uint64_t ovl_ino_upper(struct ovl_fs *ofs, int fd, const struct stat *st);
 /* The same for the object NAME in directory fd DIRFD. */
 uint64_t ovl_ino_upper_at(struct ovl_fs *ofs, int dirfd, const char *name,
 			  const struct stat *st);
+/*
+ * NODE's path in the merged view ("/etc/passwd") into BUF (LEN bytes, at
+ * least 16), for messages only: "..." stands for what did not fit, and a
+ * deleted node's last name gets " (deleted)". Takes ns_lock for reading.
+ */
+void ovl_node_path(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
+		   size_t len);
 
 /* ===== lookup.c: lookup across layers ===== */
 
@@ -747,25 +449,9 @@ struct ovl_xchange {
  */
 int ovl_copy_up_xattr(struct ovl_fs *ofs, struct ovl_node *node,
 		      struct ovl_xchange *xc);
-/* chmod an fd of any kind (O_PATH too), never following a symlink. */
-int ovl_fchmod_any(int fd, mode_t mode);
-int ovl_fchmodat_nofollow(int dfd, const char *name, mode_t mode);
 /* Copy up a directory and everything under it; mark it opaque. */
 int ovl_copy_up_tree(struct ovl_fs *ofs, struct ovl_node *node);
-/*
- * Copy metadata (owner, mode, xattrs, times) of SRCFD to DSTFD (both
- * O_PATH), as done at copy-up; exported for commit.
- */
-int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
-		  const struct stat *st, bool times);
-/*
- * The same for commit: a file capability or ACL that DSTFD cannot take is
- * an error, not skipped, and the name of an xattr that could not be set
- * goes to FAILED (XATTR_NAME_MAX + 1 bytes).
- */
-int ovl_copy_meta_strict(struct ovl_fs *ofs, int srcfd, int dstfd,
-			 const struct stat *st, bool times, char *failed);
-int ovl_copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd);
+
 /* ===== hardlink.c ===== */
 
 /*
@@ -781,9 +467,6 @@ int ovl_link_lower_aliases(struct ovl_fs *ofs, struct ovl_node *node,
  */
 int ovl_lower_alias_visible(struct ovl_fs *ofs, struct ovl_node *node,
 			    const struct stat *lst);
-
-/* Copy file data SRC to DST (regular fds), keeping holes. */
-int ovl_copy_data(int src, int dst, off_t size);
 
 /* ===== dir.c: namespace operations ===== */
 
@@ -858,29 +541,6 @@ int ovl_access(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	       struct ovl_node *node, int mask);
 int ovl_statfs(struct ovl_fs *ofs, struct statvfs *st);
 
-/* ===== passthrough.c: the kernel does the I/O of upper files ===== */
-
-/* userns.c: is this the initial user namespace? */
-bool ovl_init_userns(void);
-/* CAP_SYS_ADMIN in the initial user namespace: backing files, trusted.*. */
-bool ovl_global_sys_admin(void);
-/* In a user namespace whose mount namespace it does not own (no mount(2)). */
-bool ovl_userns_without_mntns(void);
-/*
- * Decide whether this mount may use passthrough (before the session
- * starts): the caller did not turn it off and we hold CAP_SYS_ADMIN
- * (ovl_global_sys_admin); else log that it is off.
- */
-int ovl_pt_init(struct ovl_fs *ofs, bool enable);
-void ovl_pt_destroy(struct ovl_fs *ofs);
-/*
- * Count open file F in its node's io mode and say how to answer the open:
- * a backing id (> 0) for a passthrough reply, or 0 for the daemon path.
- */
-int ovl_pt_open(struct ovl_fs *ofs, struct ovl_file *f);
-/* Uncount F (ovl_release calls it); the last passthrough user unregisters. */
-void ovl_pt_release(struct ovl_fs *ofs, struct ovl_file *f);
-
 /* ===== readdir.c: merged directory listings ===== */
 
 struct ovl_dirhandle {
@@ -928,8 +588,6 @@ static inline void ovl_xattr_set_none(_Atomic unsigned int *slot,
 {
 	atomic_store(slot, gen + 1);
 }
-/* Is NAME one of ovlfs's private xattrs (hidden from users)? */
-bool ovl_xattr_is_private(const char *name);
 int ovl_getxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
 		 void *buf, size_t size);	/* size or -errno */
 int ovl_listxattr(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
@@ -938,48 +596,21 @@ int ovl_setxattr(struct ovl_fs *ofs, struct ovl_node *node, const char *name,
 		 const void *value, size_t size, int flags);
 int ovl_removexattr(struct ovl_fs *ofs, struct ovl_node *node,
 		    const char *name);
-/* Raw xattr calls on an O_PATH fd (via /proc/self/fd). */
-ssize_t ovl_fd_getxattr(int fd, const char *name, void *buf, size_t size);
-ssize_t ovl_fd_listxattr(int fd, char *buf, size_t size);
-/* getxattr of CHILD of directory fd DIRFD, not following a symlink. */
-ssize_t ovl_at_getxattr(int dirfd, const char *child, const char *name,
-			void *buf, size_t size);
-int ovl_fd_setxattr(int fd, const char *name, const void *v, size_t size,
-		    int flags);
-int ovl_fd_removexattr(int fd, const char *name);
 
-/* ===== fuse_ops.c: the FUSE adapters ===== */
+/* ===== the hooks, called by the files above ===== */
 
-/* Create the session for OFS with ARGV-style options; NULL on error. */
-void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv);
-/* Mount OFS->se at MOUNT_POINT, with the passthrough hooks if wanted. */
-int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point);
-/* Run the multithreaded loop until unmounted; returns its result. */
-int ovl_fuse_loop(struct ovl_fs *ofs);
-void ovl_fuse_session_exit(void *se);
-void ovl_fuse_session_unmount(void *se);
-void ovl_fuse_session_destroy(struct ovl_fs *ofs);
-/*
- * Tell the kernel NODE's attributes changed behind its cache (copy-up
- * touches the parent directory). Call with no lock held.
- */
-void ovl_notify_attr_changed(struct ovl_fs *ofs, struct ovl_node *node);
+static inline void ovl_tell_attr_changed(struct ovl_fs *ofs,
+					 struct ovl_node *node)
+{
+	if (ofs->hooks && ofs->hooks->attr_changed)
+		ofs->hooks->attr_changed(ofs, node);
+}
 
-/* ===== log.c: messages about what happens while mounted ===== */
+static inline void ovl_tell_file_released(struct ovl_fs *ofs,
+					  struct ovl_file *f)
+{
+	if (ofs->hooks && ofs->hooks->file_released)
+		ofs->hooks->file_released(ofs, f);
+}
 
-/*
- * One line (control bytes escaped) to fs->log_fn, or "ovlfs: MSG" to
- * stderr in one write. Any thread, any lock held but a caller's own:
- * the application's function runs inside.
- */
-void ovl_log(struct ovlfs *fs, enum ovlfs_log_level level, const char *fmt,
-	     ...) __attribute__((format(printf, 3, 4)));
-/*
- * NODE's path in the merged view ("/etc/passwd") into BUF (LEN bytes, at
- * least 16), for messages only: "..." stands for what did not fit, and a
- * deleted node's last name gets " (deleted)". Takes ns_lock for reading.
- */
-void ovl_node_path(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
-		   size_t len);
-
-#endif /* OVLFS_I_H */
+#endif /* OVL_FS_H */

@@ -17,7 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "fs/fs.h"
 
 /*
  * The mode to create with. The kernel hands us the raw mode and the
@@ -183,7 +183,7 @@ static int make_dir(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	 * Replacing a deleted lower directory: build it opaque under a hidden
 	 * name, so no lower child can show through for even an instant.
 	 */
-	ovl_tmp_name(ofs, tmp);
+	ovl_tmp_name(&ofs->tmp_counter, tmp);
 	if (mkdirat(pufd, tmp, acl ? mode & 07777 : 0700) < 0)
 		return -errno;
 	fd = ovl_open_child(pufd, tmp);
@@ -514,7 +514,7 @@ static int remove_upper_dir(struct ovl_fs *ofs, int pufd, const char *name)
 {
 	char tmp[64];
 
-	ovl_tmp_name(ofs, tmp);
+	ovl_tmp_name(&ofs->tmp_counter, tmp);
 	if (renameat2(pufd, name, pufd, tmp, RENAME_NOREPLACE) < 0)
 		return -errno;
 	ovl_remove_tree(pufd, tmp);
@@ -673,7 +673,7 @@ static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 	}
 	/* An upper dir being replaced holds markers: move it out of the way. */
 	if (dst && dst->type == S_IFDIR && ovl_node_has_upper(dst)) {
-		ovl_tmp_name(ofs, dsttmp);
+		ovl_tmp_name(&ofs->tmp_counter, dsttmp);
 		if (renameat2(npufd, newname, npufd, dsttmp,
 			      RENAME_NOREPLACE) < 0) {
 			err = -errno;

@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "fuse/fuse_side.h"
 
 /*
  * Names and attributes may be cached for long: nothing but ovlfs changes
@@ -920,6 +920,14 @@ static const struct fuse_lowlevel_ops ovl_ops = {
 	.copy_file_range = op_copy_file_range,
 };
 
+static void notify_attr_changed(struct ovl_fs *ofs, struct ovl_node *node);
+
+/* What fs/ tells the kernel through us (struct ovl_fs_hooks). */
+static const struct ovl_fs_hooks fuse_hooks = {
+	.attr_changed = notify_attr_changed,
+	.file_released = ovl_pt_release,
+};
+
 void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -930,6 +938,7 @@ void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv)
 			return NULL;
 		ofs->pipe_key_made = true;
 	}
+	ofs->hooks = &fuse_hooks;
 	se = fuse_session_new(&args, &ovl_ops, sizeof(ovl_ops), ofs);
 	fuse_opt_free_args(&args);
 	return se;
@@ -1307,7 +1316,7 @@ void ovl_fuse_session_unmount(void *se)
 	fuse_session_unmount(se);
 }
 
-void ovl_notify_attr_changed(struct ovl_fs *ofs, struct ovl_node *node)
+static void notify_attr_changed(struct ovl_fs *ofs, struct ovl_node *node)
 {
 	/* Attributes only (offset < 0): takes no page lock, safe anywhere. */
 	pthread_rwlock_rdlock(&ofs->notify_lock);

@@ -26,7 +26,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "api/api.h"
 
 #define MAX_DEPTH 4096
 
@@ -129,7 +129,7 @@ static int copy_entry(struct flat *f, int sfd, int dfd, const char *name,
 	if (s < 0 || d < 0)
 		err = flat_fail(f, s < 0 ? s : d, "cannot open");
 	else
-		err = ovl_copy_meta(&f->ofs, s, d, st, true);
+		err = ovl_copy_meta(f->ofs.is_root, s, d, st, true);
 	if (err)
 		err = flat_fail(f, err, "cannot copy the metadata of");
 	if (s >= 0)
@@ -224,7 +224,7 @@ static int flatten_from(struct flat *f, const char *src)
 	else
 		err = copy_dir(f, sfd, dfd, 0);
 	if (!err)
-		err = ovl_copy_meta(&f->ofs, sfd, dfd, &st, true);
+		err = ovl_copy_meta(f->ofs.is_root, sfd, dfd, &st, true);
 	/* NOREPLACE: a DEST made meanwhile by someone else stays theirs. */
 	if (!err && renameat2(pfd, tbase, pfd, base, RENAME_NOREPLACE) < 0)
 		err = ovl_set_error(f->fs, -errno, "flatten: %s: cannot rename %s to it: %s",

@@ -21,7 +21,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "offline/offline.h"
+#include "api/api.h"	/* until the public wrappers move to api/ */
 
 #define DIFF_BUFSZ (64 * 1024)
 

@@ -18,7 +18,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "format/format.h"
 
 /* Length of PATH without its trailing slashes; "/" keeps its slash. */
 static size_t path_stripped_len(const char *path)

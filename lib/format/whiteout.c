@@ -21,7 +21,7 @@
 
 #include <nettle/sha2.h>
 
-#include "ovlfs_i.h"
+#include "format/format.h"
 
 void ovl_sha256(const void *data, size_t len, uint8_t out[32])
 {

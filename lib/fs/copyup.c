@@ -25,252 +25,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
-
-#ifndef SYS_fchmodat2
-#define SYS_fchmodat2 452
-#endif
-
-#define COPY_CHUNK (1 << 20)
-
-/* chmod of NAME in DFD ("": DFD itself), no symlink followed; -ENOSYS
- * where the kernel has no fchmodat2 with flags (before 6.6). */
-int ovl_fchmodat_nofollow(int dfd, const char *name, mode_t mode)
-{
-	int flags = AT_SYMLINK_NOFOLLOW | (name[0] ? 0 : AT_EMPTY_PATH);
-
-	if (syscall(SYS_fchmodat2, dfd, name, mode, flags) == 0)
-		return 0;
-	return errno == ENOSYS || errno == EINVAL ? -ENOSYS : -errno;
-}
-
-int ovl_fchmod_any(int fd, mode_t mode)
-{
-	char p[32];
-
-	if (syscall(SYS_fchmodat2, fd, "", mode, AT_EMPTY_PATH) == 0)
-		return 0;
-	if (errno != ENOSYS && errno != EINVAL)
-		return -errno;
-	/* Older kernels: the magic link names the object itself. */
-	ovl_proc_path(fd, p);
-	return chmod(p, mode) < 0 ? -errno : 0;
-}
-
-static int copy_range_rw(int src, int dst, off_t off, off_t len)
-{
-	char *buf = NULL;
-	int err = 0;
-
-	while (len > 0) {
-		loff_t roff = off, woff = off;
-		ssize_t n = copy_file_range(src, &roff, dst, &woff,
-					    len > COPY_CHUNK ? COPY_CHUNK : len, 0);
-		if (n > 0) {
-			off += n;
-			len -= n;
-			continue;
-		}
-		if (n == 0)
-			break;	/* source shrank under us */
-		if (errno == EINTR)
-			continue;
-		if (errno != EXDEV && errno != EINVAL && errno != EOPNOTSUPP &&
-		    errno != ENOSYS)
-			return -errno;
-		/* No copy_file_range between these two: plain read/write. */
-		if (!buf && !(buf = malloc(COPY_CHUNK)))
-			return -ENOMEM;
-		n = pread(src, buf, len > COPY_CHUNK ? COPY_CHUNK : len, off);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			err = -errno;
-			break;
-		}
-		if (n == 0)
-			break;
-		for (ssize_t done = 0; done < n;) {
-			ssize_t w = pwrite(dst, buf + done, n - done,
-					   off + done);
-			if (w < 0) {
-				if (errno == EINTR)
-					continue;
-				err = -errno;
-				goto out;
-			}
-			done += w;
-		}
-		off += n;
-		len -= n;
-	}
-out:
-	free(buf);
-	return err;
-}
-
-int ovl_copy_data(int src, int dst, off_t size)
-{
-	off_t pos = 0;
-	int err;
-
-	if (size == 0)
-		return 0;
-	if (ioctl(dst, FICLONE, src) == 0)
-		return 0;
-	/* Copy the data segments only, so holes stay holes. */
-	while (pos < size) {
-		off_t data = lseek(src, pos, SEEK_DATA), hole;
-
-		if (data < 0) {
-			if (errno == ENXIO)
-				break;	/* only a hole remains */
-			data = pos;	/* no SEEK_DATA: copy everything */
-			hole = size;
-		} else {
-			hole = lseek(src, data, SEEK_HOLE);
-			if (hole < 0)
-				hole = size;
-		}
-		if (hole > size)
-			hole = size;
-		if (data >= size)
-			break;
-		err = copy_range_rw(src, dst, data, hole - data);
-		if (err)
-			return err;
-		pos = hole;
-	}
-	if (ftruncate(dst, size) < 0)
-		return -errno;
-	return 0;
-}
-
-/* Does NAME carry access rights (a file capability, an ACL)? */
-static bool xattr_grants(const char *name)
-{
-	return !strcmp(name, "security.capability") ||
-	       !strncmp(name, "system.posix_acl_", 17);
-}
-
-static bool xattr_skip_error(struct ovl_fs *ofs, const char *name, int err,
-			     bool strict)
-{
-	/* A commit must not drop what decides who may do what. */
-	if (strict && xattr_grants(name))
-		return false;
-	/* Best effort for what the upper cannot hold or we may not set. */
-	if (err == -EOPNOTSUPP)
-		return true;
-	if (err == -EPERM && (!ofs->is_root || !strncmp(name, "security.", 9)))
-		return true;
-	return false;
-}
-
-static int copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd, char *failed)
-{
-	ssize_t len = ovl_fd_listxattr(srcfd, NULL, 0), vlen;
-	char *names = NULL, *val = NULL;
-	size_t vcap = 0;
-	int err = 0;
-
-	if (len == -EOPNOTSUPP || len == 0)
-		return 0;
-	if (len < 0)
-		return (int)len;
-	/* The list may grow between the two calls: retry on ERANGE. */
-	for (;;) {
-		free(names);
-		names = malloc(len);
-		if (!names)
-			return -ENOMEM;
-		len = ovl_fd_listxattr(srcfd, names, len);
-		if (len != -ERANGE)
-			break;
-		len = ovl_fd_listxattr(srcfd, NULL, 0);
-		if (len < 0)
-			break;
-	}
-	if (len < 0) {
-		err = (int)len;
-		goto out;
-	}
-	for (char *n = names; n < names + len; n += strlen(n) + 1) {
-		if (ovl_xattr_is_private(n))
-			continue;
-		for (;;) {
-			vlen = ovl_fd_getxattr(srcfd, n, val, vcap);
-			if (vlen == -ERANGE || (vlen >= 0 && !val && vlen)) {
-				vlen = ovl_fd_getxattr(srcfd, n, NULL, 0);
-				if (vlen < 0)
-					break;
-				free(val);
-				vcap = vlen + 1;
-				val = malloc(vcap);
-				if (!val) {
-					err = -ENOMEM;
-					goto out;
-				}
-				continue;
-			}
-			break;
-		}
-		if (vlen == -ENODATA)
-			continue;	/* removed meanwhile */
-		if (vlen < 0) {
-			err = (int)vlen;
-			goto out;
-		}
-		err = ovl_fd_setxattr(dstfd, n, val ? val : "", vlen, 0);
-		if (err && !xattr_skip_error(ofs, n, err, failed != NULL)) {
-			if (failed)
-				snprintf(failed, XATTR_NAME_MAX + 1, "%s", n);
-			goto out;
-		}
-		err = 0;
-	}
-out:
-	free(names);
-	free(val);
-	return err;
-}
-
-int ovl_copy_xattrs(struct ovl_fs *ofs, int srcfd, int dstfd)
-{
-	return copy_xattrs(ofs, srcfd, dstfd, NULL);
-}
-
-int ovl_copy_meta_strict(struct ovl_fs *ofs, int srcfd, int dstfd,
-			 const struct stat *st, bool times, char *failed)
-{
-	int err;
-
-	if (fchownat(dstfd, "", st->st_uid, st->st_gid,
-		     AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0 &&
-	    (ofs->is_root || errno != EPERM))
-		return -errno;
-	if (!S_ISLNK(st->st_mode)) {
-		err = ovl_fchmod_any(dstfd, st->st_mode & 07777);
-		if (err)
-			return err;
-	}
-	err = copy_xattrs(ofs, srcfd, dstfd, failed);
-	if (err)
-		return err;
-	if (times) {
-		struct timespec ts[2] = { st->st_atim, st->st_mtim };
-
-		if (utimensat(dstfd, "", ts, AT_EMPTY_PATH) < 0)
-			return -errno;
-	}
-	return 0;
-}
-
-int ovl_copy_meta(struct ovl_fs *ofs, int srcfd, int dstfd,
-		  const struct stat *st, bool times)
-{
-	return ovl_copy_meta_strict(ofs, srcfd, dstfd, st, times, NULL);
-}
+#include "fs/fs.h"
 
 /* Origin of a lower object: its key, unless hard links make it ambiguous. */
 static void set_origin(struct ovl_fs *ofs, int dstfd, const struct stat *st)
@@ -312,7 +67,7 @@ static int build_copy(struct ovl_fs *ofs, int pufd, int lfd,
 				return -errno;
 		}
 		if (fd < 0) {
-			ovl_tmp_name(ofs, tmpname);
+			ovl_tmp_name(&ofs->tmp_counter, tmpname);
 			fd = openat(pufd, tmpname, O_CREAT | O_EXCL | O_RDWR |
 				    O_NOFOLLOW | O_CLOEXEC, 0600);
 			if (fd < 0)
@@ -334,7 +89,7 @@ static int build_copy(struct ovl_fs *ofs, int pufd, int lfd,
 		}
 		break;
 	case S_IFDIR:
-		ovl_tmp_name(ofs, tmpname);
+		ovl_tmp_name(&ofs->tmp_counter, tmpname);
 		if (mkdirat(pufd, tmpname, 0700) < 0)
 			return -errno;
 		fd = ovl_open_child(pufd, tmpname);
@@ -350,7 +105,7 @@ static int build_copy(struct ovl_fs *ofs, int pufd, int lfd,
 		if (n < 0)
 			return -errno;
 		target[n] = '\0';
-		ovl_tmp_name(ofs, tmpname);
+		ovl_tmp_name(&ofs->tmp_counter, tmpname);
 		if (symlinkat(target, pufd, tmpname) < 0)
 			return -errno;
 		fd = ovl_open_child(pufd, tmpname);
@@ -361,7 +116,7 @@ static int build_copy(struct ovl_fs *ofs, int pufd, int lfd,
 		break;
 	}
 	default:	/* fifo, devices, sockets: recreated, never opened */
-		ovl_tmp_name(ofs, tmpname);
+		ovl_tmp_name(&ofs->tmp_counter, tmpname);
 		if (mknodat(pufd, tmpname, st->st_mode & (S_IFMT | 0600),
 			    st->st_rdev) < 0)
 			return -errno;
@@ -379,7 +134,7 @@ static int build_copy(struct ovl_fs *ofs, int pufd, int lfd,
 	ovl_fd_removexattr(fd, "system.posix_acl_access");
 	if (S_ISDIR(st->st_mode))
 		ovl_fd_removexattr(fd, "system.posix_acl_default");
-	err = ovl_copy_meta(ofs, lfd, fd, st, false);
+	err = ovl_copy_meta(ofs->is_root, lfd, fd, st, false);
 	if (err)
 		goto out_err;
 	set_origin(ofs, fd, st);
@@ -562,9 +317,9 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data,
 		 * The copy has its own ctime, and linking it in changed the
 		 * parent's: do not let the kernel's cache hold the old ones.
 		 */
-		ovl_notify_attr_changed(ofs, node);
+		ovl_tell_attr_changed(ofs, node);
 		if (!deleted)
-			ovl_notify_attr_changed(ofs, parent);
+			ovl_tell_attr_changed(ofs, parent);
 	}
 out_unlock_links:
 	if (linked)
@@ -707,7 +462,7 @@ static int stage_file(struct ovl_fs *ofs, struct ovl_node *dir,
 	if (fd < 0)
 		return fd;
 	if (!s->tmpname[0]) {
-		ovl_tmp_name(ofs, s->tmpname);
+		ovl_tmp_name(&ofs->tmp_counter, s->tmpname);
 		err = ovl_link_fd(fd, pufd, s->tmpname);
 	}
 	close(fd);
@@ -781,8 +536,8 @@ static int stage_install(struct ovl_fs *ofs, struct stage *sg)
 		pthread_rwlock_unlock(&ofs->ns_lock);
 		pthread_mutex_unlock(&node->copyup_lock);
 		if (done) {
-			ovl_notify_attr_changed(ofs, node);
-			ovl_notify_attr_changed(ofs, s->dir);
+			ovl_tell_attr_changed(ofs, node);
+			ovl_tell_attr_changed(ofs, s->dir);
 		}
 	}
 	/* Everything is in the upper now: the lower may go dark. */

@@ -16,7 +16,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "format/format.h"
 
 #define LOG_PREFIX "ovlfs: "
 #define LOG_PREFIX_LEN (sizeof(LOG_PREFIX) - 1)
@@ -72,32 +72,24 @@ void ovl_log(struct ovlfs *fs, enum ovlfs_log_level level, const char *fmt,
 	errno = saved;
 }
 
-void ovl_node_path(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
-		   size_t len)
+int ovl_set_error(struct ovlfs *fs, int err, const char *fmt, ...)
 {
-	size_t pos = len - 1, n;
-	bool deleted;
+	char raw[OVL_ERRLEN];
+	size_t o = 0;
+	va_list ap;
 
-	buf[pos] = '\0';
-	pthread_rwlock_rdlock(&ofs->ns_lock);
-	deleted = node->deleted;
-	for (struct ovl_node *p = node; p && p->parent; p = p->parent) {
-		n = strlen(p->name);
-		/* Room for "/NAME" and a "..." still: pos stays >= 3. */
-		if (n + 4 > pos) {
-			/* Too deep for BUF: keep the end, the telling part. */
-			pos -= 3;
-			memcpy(buf + pos, "...", 3);
-			break;
-		}
-		pos -= n;
-		memcpy(buf + pos, p->name, n);
-		buf[--pos] = '/';
+	va_start(ap, fmt);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
+	va_end(ap);
+	/* Paths may hold any byte: keep the message one line, as promised. */
+	for (const unsigned char *p = (const unsigned char *)raw;
+	     *p && o + 5 < sizeof(fs->err); p++) {
+		if (*p < 0x20 || *p == 0x7f)
+			o += snprintf(fs->err + o, sizeof(fs->err) - o, "\\x%02x",
+				      *p);
+		else
+			fs->err[o++] = (char)*p;
 	}
-	pthread_rwlock_unlock(&ofs->ns_lock);
-	if (pos == len - 1)
-		buf[--pos] = '/';	/* the root */
-	memmove(buf, buf + pos, len - pos);
-	if (deleted)
-		snprintf(buf + strlen(buf), len - strlen(buf), " (deleted)");
+	fs->err[o] = '\0';
+	return err;
 }

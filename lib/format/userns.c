@@ -18,7 +18,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "format/format.h"
 
 /* The proc inode number of the initial user namespace (PROC_USER_INIT_INO). */
 #define OVL_USER_INIT_INO 0xEFFFFFFDU

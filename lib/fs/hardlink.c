@@ -33,7 +33,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "fs/fs.h"
 
 #define MAX_DEPTH 2048
 
@@ -231,8 +231,8 @@ int ovl_link_lower_aliases(struct ovl_fs *ofs, struct ovl_node *node,
 				pthread_rwlock_unlock(&ofs->ns_lock);
 			}
 			if (!err) {
-				ovl_notify_attr_changed(ofs, alias);
-				ovl_notify_attr_changed(ofs, alias->parent);
+				ovl_tell_attr_changed(ofs, alias);
+				ovl_tell_attr_changed(ofs, alias->parent);
 			}
 		}
 		ovl_node_put(ofs, alias);

@@ -14,7 +14,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "fs/fs.h"
 
 static bool open_writes(int flags)
 {
@@ -66,7 +66,7 @@ int ovl_file_fd(struct ovl_fs *ofs, struct ovl_file *f)
 
 void ovl_release(struct ovl_fs *ofs, struct ovl_file *f)
 {
-	ovl_pt_release(ofs, f);
+	ovl_tell_file_released(ofs, f);
 	ovl_handle_del(ofs, &f->link);
 	close(atomic_load(&f->fd));
 	if (f->old_fd >= 0)

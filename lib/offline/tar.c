@@ -27,7 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "offline/offline.h"
+#include "api/api.h"	/* until the public wrappers move to api/ */
 
 #define TAR_BUFSZ (128 * 1024)
 
@@ -799,7 +800,7 @@ static int implicit_dir(struct apply *ap, int pfd, const char *name,
 	struct stat st;
 	int lfd = -1, fd, err;
 
-	ovl_tmp_name(ap->ofs, tmp);
+	ovl_tmp_name(&ap->ofs->tmp_counter, tmp);
 	if (mkdirat(pfd, tmp, 0755) < 0)
 		return -errno;
 	fd = openat(pfd, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -830,7 +831,7 @@ static int implicit_dir(struct apply *ap, int pfd, const char *name,
 	}
 	err = 0;
 	if (lfd >= 0 && ovl_fstat(lfd, &st) == 0 && S_ISDIR(st.st_mode))
-		err = ovl_copy_meta(ap->ofs, lfd, fd, &st, true);
+		err = ovl_copy_meta(ap->ofs->is_root, lfd, fd, &st, true);
 	if (!err && opaque)
 		err = set_opaque(ap, fd);
 	if (lfd >= 0)
@@ -1189,7 +1190,7 @@ static int new_opaque_dir(struct apply *ap, int dfd, const char *name,
 	char tmp[64];
 	int fd, err;
 
-	ovl_tmp_name(ap->ofs, tmp);
+	ovl_tmp_name(&ap->ofs->tmp_counter, tmp);
 	if (mkdirat(dfd, tmp, 0700) < 0)
 		return -errno;
 	fd = ovl_open_child(dfd, tmp);
@@ -1485,7 +1486,7 @@ static int make_upper(struct ovlfs *fs, const char *lower, const char *upper,
 	if (!err)
 		err = ovl_fstat(lfd, &st);
 	if (!err)
-		err = ovl_copy_meta(ofs, lfd, ufd, &st, true);
+		err = ovl_copy_meta(ofs->is_root, lfd, ufd, &st, true);
 	if (lfd >= 0)
 		close(lfd);
 	if (ufd >= 0)

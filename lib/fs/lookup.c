@@ -20,7 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "fs/fs.h"
 
 int ovl_check_name(const char *name)
 {

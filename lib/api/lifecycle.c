@@ -24,31 +24,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "api/api.h"
 
 #define FUSECTL_DIR "/sys/fs/fuse/connections"
-
-int ovl_set_error(struct ovlfs *fs, int err, const char *fmt, ...)
-{
-	char raw[OVL_ERRLEN];
-	size_t o = 0;
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(raw, sizeof(raw), fmt, ap);
-	va_end(ap);
-	/* Paths may hold any byte: keep the message one line, as promised. */
-	for (const unsigned char *p = (const unsigned char *)raw;
-	     *p && o + 5 < sizeof(fs->err); p++) {
-		if (*p < 0x20 || *p == 0x7f)
-			o += snprintf(fs->err + o, sizeof(fs->err) - o, "\\x%02x",
-				      *p);
-		else
-			fs->err[o++] = (char)*p;
-	}
-	fs->err[o] = '\0';
-	return err;
-}
 
 struct ovlfs *ovlfs_new(const char *lower)
 {
@@ -859,7 +837,7 @@ static void init_upper_root(struct ovl_fs *ofs)
 	struct stat st;
 
 	if (ovl_fstat(ofs->lowers[0].root_fd, &st) == 0)
-		ovl_copy_meta(ofs, ofs->lowers[0].root_fd, ofs->upper.root_fd, &st,
+		ovl_copy_meta(ofs->is_root, ofs->lowers[0].root_fd, ofs->upper.root_fd, &st,
 			      true);
 }
 

@@ -20,7 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "offline/offline.h"
+#include "api/api.h"	/* until the public wrappers move to api/ */
 
 #define MAX_DEPTH 4096
 /* On the root while a conversion to OCI is under way. */

@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "format/format.h"
 
 void ovl_proc_path(int fd, char buf[32])
 {
@@ -69,10 +69,10 @@ int ovl_link_fd(int fd, int dirfd, const char *name)
 	return 0;
 }
 
-void ovl_tmp_name(struct ovl_fs *ofs, char buf[64])
+void ovl_tmp_name(_Atomic uint64_t *counter, char buf[64])
 {
 	snprintf(buf, 64, OVL_TMP_PREFIX "%d.%llu", (int)getpid(),
-		 (unsigned long long)atomic_fetch_add(&ofs->tmp_counter, 1));
+		 (unsigned long long)atomic_fetch_add(counter, 1));
 }
 
 static size_t link_slot(const struct ovl_linkmap *m, dev_t dev, ino_t ino)

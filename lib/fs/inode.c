@@ -32,7 +32,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ovlfs_i.h"
+#include "fs/fs.h"
 
 #define INO_BITS 56
 #define DEV_OVERFLOW 127ULL
@@ -663,4 +663,34 @@ void ovl_node_index(struct ovl_fs *ofs, struct ovl_node *node, dev_t dev,
 		node->indexed = true;
 	}
 	pthread_mutex_unlock(&ofs->table_lock);
+}
+
+void ovl_node_path(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
+		   size_t len)
+{
+	size_t pos = len - 1, n;
+	bool deleted;
+
+	buf[pos] = '\0';
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	deleted = node->deleted;
+	for (struct ovl_node *p = node; p && p->parent; p = p->parent) {
+		n = strlen(p->name);
+		/* Room for "/NAME" and a "..." still: pos stays >= 3. */
+		if (n + 4 > pos) {
+			/* Too deep for BUF: keep the end, the telling part. */
+			pos -= 3;
+			memcpy(buf + pos, "...", 3);
+			break;
+		}
+		pos -= n;
+		memcpy(buf + pos, p->name, n);
+		buf[--pos] = '/';
+	}
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	if (pos == len - 1)
+		buf[--pos] = '/';	/* the root */
+	memmove(buf, buf + pos, len - pos);
+	if (deleted)
+		snprintf(buf + strlen(buf), len - strlen(buf), " (deleted)");
 }

@@ -1,0 +1,20 @@
+/*
+ * api/api.h: the public lifecycle, the top of libovlfs: struct ovlfs's
+ * calls (ovlfs_new, the setters, mount and umount: lifecycle.c) and the
+ * operations built of a mount (flatten.c). May use every folder below.
+ *
+ * Defines no locks: a handle belongs to the thread that calls it.
+ */
+#ifndef OVL_API_H
+#define OVL_API_H
+
+#include "fuse/fuse_side.h"
+#include "offline/offline.h"
+
+/*
+ * Remove the mount point if ovlfs created it (this handle, or a marker
+ * xattr left by the mount that did) and it is empty and unmounted.
+ */
+void ovl_remove_mount_point(struct ovlfs *fs);
+
+#endif /* OVL_API_H */

@@ -1,0 +1,51 @@
+/*
+ * fuse/fuse_side.h: the FUSE side, above fs/.
+ *
+ * Owns everything that speaks FUSE: the low-level adapters that turn a
+ * request into a call of fs/ and its result into a reply (fuse_ops.c),
+ * the session, the request loop and the transport, notifications to the
+ * kernel, and passthrough (passthrough.c). This folder is the one place
+ * that includes <fuse_lowlevel.h>.
+ *
+ * Locks it defines: the request loop's own lock (a leaf, never held while
+ * serving a request), notify_lock and io_lock (leaves; see struct ovl_fs).
+ * No lock is held across a reply: an adapter replies after the fs/ call
+ * returned and dropped its locks.
+ */
+#ifndef OVL_FUSE_SIDE_H
+#define OVL_FUSE_SIDE_H
+
+#include "fs/fs.h"
+
+/* ===== passthrough.c: the kernel does the I/O of upper files ===== */
+
+/*
+ * Decide whether this mount may use passthrough (before the session
+ * starts): the caller did not turn it off and we hold CAP_SYS_ADMIN
+ * (ovl_global_sys_admin); else log that it is off.
+ */
+int ovl_pt_init(struct ovl_fs *ofs, bool enable);
+void ovl_pt_destroy(struct ovl_fs *ofs);
+/*
+ * Count open file F in its node's io mode and say how to answer the open:
+ * a backing id (> 0) for a passthrough reply, or 0 for the daemon path.
+ */
+int ovl_pt_open(struct ovl_fs *ofs, struct ovl_file *f);
+/* Uncount F (ovl_release calls it); the last passthrough user unregisters. */
+void ovl_pt_release(struct ovl_fs *ofs, struct ovl_file *f);
+
+/* ===== fuse_ops.c: the FUSE adapters ===== */
+
+/*
+ * Create the session for OFS with ARGV-style options, and fill in OFS's
+ * hooks (struct ovl_fs_hooks); NULL on error.
+ */
+void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv);
+/* Mount OFS->se at MOUNT_POINT, with the passthrough hooks if wanted. */
+int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point);
+/* Run the multithreaded loop until unmounted; returns its result. */
+int ovl_fuse_loop(struct ovl_fs *ofs);
+void ovl_fuse_session_exit(void *se);
+void ovl_fuse_session_unmount(void *se);
+void ovl_fuse_session_destroy(struct ovl_fs *ofs);
+#endif /* OVL_FUSE_SIDE_H */
