@@ -32,7 +32,7 @@
 
 struct flat {
 	struct ovlfs *fs;
-	struct ovl_fs ofs;		/* context for ovl_copy_meta */
+	bool is_root;			/* may chown: ovl_copy_meta */
 	const char *dest;		/* as given, for messages */
 	int dest_fd;			/* O_PATH of DEST */
 	struct ovl_linkmap links;	/* linked files: first path in DEST */
@@ -129,7 +129,7 @@ static int copy_entry(struct flat *f, int sfd, int dfd, const char *name,
 	if (s < 0 || d < 0)
 		err = flat_fail(f, s < 0 ? s : d, "cannot open");
 	else
-		err = ovl_copy_meta(f->ofs.is_root, s, d, st, true);
+		err = ovl_copy_meta(f->is_root, s, d, st, true);
 	if (err)
 		err = flat_fail(f, err, "cannot copy the metadata of");
 	if (s >= 0)
@@ -224,7 +224,7 @@ static int flatten_from(struct flat *f, const char *src)
 	else
 		err = copy_dir(f, sfd, dfd, 0);
 	if (!err)
-		err = ovl_copy_meta(f->ofs.is_root, sfd, dfd, &st, true);
+		err = ovl_copy_meta(f->is_root, sfd, dfd, &st, true);
 	/* NOREPLACE: a DEST made meanwhile by someone else stays theirs. */
 	if (!err && renameat2(pfd, tbase, pfd, base, RENAME_NOREPLACE) < 0)
 		err = ovl_set_error(f->fs, -errno, "flatten: %s: cannot rename %s to it: %s",
@@ -441,7 +441,7 @@ int ovlfs_flatten(struct ovlfs *fs, const char *dest)
 	err = check_dest(fs, dest);
 	if (err)
 		return err;
-	f.ofs.is_root = geteuid() == 0;
+	f.is_root = geteuid() == 0;
 	/* Its mount would recover, and flatten changes no layer. */
 	for (unsigned i = 0; !fs->mounted && i <= fs->n_more_lowers; i++) {
 		err = ovl_refuse_pending_commit(fs, "flatten",

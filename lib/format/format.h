@@ -271,6 +271,9 @@ int ovl_open_child(int dirfd, const char *name);
  * DIRFD; EEXIST if taken.
  */
 int ovl_link_fd(int fd, int dirfd, const char *name);
+/* chmod an fd of any kind (O_PATH too), never following a symlink. */
+int ovl_fchmod_any(int fd, mode_t mode);
+int ovl_fchmodat_nofollow(int dfd, const char *name, mode_t mode);
 /* A fresh temporary name ".wh..wh.tmp.<n>" in BUF (64 bytes). */
 void ovl_tmp_name(_Atomic uint64_t *counter, char buf[64]);
 /*
@@ -337,9 +340,6 @@ ssize_t ovl_at_getxattr(int dirfd, const char *child, const char *name,
 int ovl_fd_setxattr(int fd, const char *name, const void *v, size_t size,
 		    int flags);
 int ovl_fd_removexattr(int fd, const char *name);
-/* chmod an fd of any kind (O_PATH too), never following a symlink. */
-int ovl_fchmod_any(int fd, mode_t mode);
-int ovl_fchmodat_nofollow(int dfd, const char *name, mode_t mode);
 /* Copy file data SRC to DST (regular fds), keeping holes. */
 int ovl_copy_data(int src, int dst, off_t size);
 /*

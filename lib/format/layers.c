@@ -17,6 +17,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "format/format.h"
@@ -67,6 +68,35 @@ int ovl_link_fd(int fd, int dirfd, const char *name)
 	if (linkat(AT_FDCWD, p, dirfd, name, AT_SYMLINK_FOLLOW) < 0)
 		return -errno;
 	return 0;
+}
+
+#ifndef SYS_fchmodat2
+#define SYS_fchmodat2 452
+#endif
+
+
+/* chmod of NAME in DFD ("": DFD itself), no symlink followed; -ENOSYS
+ * where the kernel has no fchmodat2 with flags (before 6.6). */
+int ovl_fchmodat_nofollow(int dfd, const char *name, mode_t mode)
+{
+	int flags = AT_SYMLINK_NOFOLLOW | (name[0] ? 0 : AT_EMPTY_PATH);
+
+	if (syscall(SYS_fchmodat2, dfd, name, mode, flags) == 0)
+		return 0;
+	return errno == ENOSYS || errno == EINVAL ? -ENOSYS : -errno;
+}
+
+int ovl_fchmod_any(int fd, mode_t mode)
+{
+	char p[32];
+
+	if (syscall(SYS_fchmodat2, fd, "", mode, AT_EMPTY_PATH) == 0)
+		return 0;
+	if (errno != ENOSYS && errno != EINVAL)
+		return -errno;
+	/* Older kernels: the magic link names the object itself. */
+	ovl_proc_path(fd, p);
+	return chmod(p, mode) < 0 ? -errno : 0;
 }
 
 void ovl_tmp_name(_Atomic uint64_t *counter, char buf[64])

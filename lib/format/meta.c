@@ -83,35 +83,7 @@ int ovl_fd_removexattr(int fd, const char *name)
 }
 
 
-#ifndef SYS_fchmodat2
-#define SYS_fchmodat2 452
-#endif
-
 #define COPY_CHUNK (1 << 20)
-
-/* chmod of NAME in DFD ("": DFD itself), no symlink followed; -ENOSYS
- * where the kernel has no fchmodat2 with flags (before 6.6). */
-int ovl_fchmodat_nofollow(int dfd, const char *name, mode_t mode)
-{
-	int flags = AT_SYMLINK_NOFOLLOW | (name[0] ? 0 : AT_EMPTY_PATH);
-
-	if (syscall(SYS_fchmodat2, dfd, name, mode, flags) == 0)
-		return 0;
-	return errno == ENOSYS || errno == EINVAL ? -ENOSYS : -errno;
-}
-
-int ovl_fchmod_any(int fd, mode_t mode)
-{
-	char p[32];
-
-	if (syscall(SYS_fchmodat2, fd, "", mode, AT_EMPTY_PATH) == 0)
-		return 0;
-	if (errno != ENOSYS && errno != EINVAL)
-		return -errno;
-	/* Older kernels: the magic link names the object itself. */
-	ovl_proc_path(fd, p);
-	return chmod(p, mode) < 0 ? -errno : 0;
-}
 
 static int copy_range_rw(int src, int dst, off_t off, off_t len)
 {

@@ -334,3 +334,16 @@ int ovl_statfs(struct ovl_fs *ofs, struct statvfs *st)
 		return -errno;
 	return 0;
 }
+
+void ovl_handles_free(struct ovl_fs *ofs)
+{
+	/* The loop has stopped: no request can use these any more. */
+	while (ofs->handles.next != &ofs->handles) {
+		struct ovl_hlink *h = ofs->handles.next;
+
+		if (h->is_dir)
+			ovl_releasedir(ofs, (struct ovl_dirhandle *)h);
+		else
+			ovl_release(ofs, (struct ovl_file *)h);
+	}
+}

@@ -291,8 +291,8 @@ void ovl_node_index(struct ovl_fs *ofs, struct ovl_node *node, dev_t dev,
 		    ino_t ino);
 void ovl_handle_add(struct ovl_fs *ofs, struct ovl_hlink *h, bool is_dir);
 void ovl_handle_del(struct ovl_fs *ofs, struct ovl_hlink *h);
-/* Teardown: free every handle still open (before the node table goes). */
-void ovl_handles_free(struct ovl_fs *ofs);
+/* Close the fds of an lstack and free it (NULL is fine). */
+void ovl_lstack_free(struct ovl_fs *ofs, int *lstack);
 int ovl_inode_table_init(struct ovl_fs *ofs);
 void ovl_inode_table_destroy(struct ovl_fs *ofs);
 /*
@@ -412,8 +412,6 @@ int ovl_lower_has(struct ovl_fs *ofs, struct ovl_node *parent,
 		  const char *name, struct stat *st);
 /* The root's lstack (NULL with one lower), or -errno. */
 int ovl_lower_root_stack(struct ovl_fs *ofs, int **out);
-/* Close the fds of an lstack and free it (NULL is fine). */
-void ovl_lstack_free(struct ovl_fs *ofs, int *lstack);
 /*
  * The fd of directory DIR in lower layer K, or -1 if the layer has no part
  * of it (or it is hidden). Lock-free: the fds of a directory are fixed.
@@ -535,6 +533,8 @@ int ovl_file_new(struct ovl_fs *ofs, struct ovl_node *node, int fd, int flags,
 /* The fd to use now (follows a copy-up that happened since open). */
 int ovl_file_fd(struct ovl_fs *ofs, struct ovl_file *f);
 void ovl_release(struct ovl_fs *ofs, struct ovl_file *f);
+/* Teardown (file.c): free every handle still open (before the node table goes). */
+void ovl_handles_free(struct ovl_fs *ofs);
 int ovl_readlink(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
 		 size_t size);
 int ovl_access(struct ovl_fs *ofs, const struct ovl_ctx *ctx,

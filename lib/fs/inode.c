@@ -291,6 +291,16 @@ int ovl_inode_table_init(struct ovl_fs *ofs)
 	return 0;
 }
 
+void ovl_lstack_free(struct ovl_fs *ofs, int *lstack)
+{
+	if (!lstack)
+		return;
+	for (int k = 0; k < ofs->nlower; k++)
+		if (lstack[k] >= 0)
+			close(lstack[k]);
+	free(lstack);
+}
+
 static void node_free_locked(struct ovl_fs *ofs, struct ovl_node *node);
 
 void ovl_handle_add(struct ovl_fs *ofs, struct ovl_hlink *h, bool is_dir)
@@ -310,19 +320,6 @@ void ovl_handle_del(struct ovl_fs *ofs, struct ovl_hlink *h)
 	h->prev->next = h->next;
 	h->next->prev = h->prev;
 	pthread_mutex_unlock(&ofs->table_lock);
-}
-
-void ovl_handles_free(struct ovl_fs *ofs)
-{
-	/* The loop has stopped: no request can use these any more. */
-	while (ofs->handles.next != &ofs->handles) {
-		struct ovl_hlink *h = ofs->handles.next;
-
-		if (h->is_dir)
-			ovl_releasedir(ofs, (struct ovl_dirhandle *)h);
-		else
-			ovl_release(ofs, (struct ovl_file *)h);
-	}
 }
 
 void ovl_inode_table_destroy(struct ovl_fs *ofs)

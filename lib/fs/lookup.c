@@ -39,16 +39,6 @@ bool ovl_node_lower_visible(struct ovl_node *node)
 	       !node->opaque;
 }
 
-void ovl_lstack_free(struct ovl_fs *ofs, int *lstack)
-{
-	if (!lstack)
-		return;
-	for (int k = 0; k < ofs->nlower; k++)
-		if (lstack[k] >= 0)
-			close(lstack[k]);
-	free(lstack);
-}
-
 static int *lstack_new(struct ovl_fs *ofs)
 {
 	int *v = malloc(ofs->nlower * sizeof(*v));
