@@ -9,7 +9,8 @@
 #                   build (build-tsan/); suppressions in tsan.supp
 #   make check-valgrind  quickstart (on the static library) and the C unit
 #                   tests under memcheck
-#   make lint       clang-tidy (.clang-tidy) and cppcheck over lib/ and tools/
+#   make lint       clang-tidy (.clang-tidy) and cppcheck over lib/ and tools/,
+#                   and scripts/deps.py --check (the layers' arrows)
 #   make install    build/ installed under PREFIX (default /usr/local), into
 #                   DESTDIR if set: tool, libovlfs.so.0, header, ovlfs.pc,
 #                   man pages, bash completion
@@ -69,7 +70,7 @@ VALGRIND = timeout 300 valgrind --tool=memcheck --leak-check=full \
 # readlink, so the unit tests run without it.)
 VALGRIND_FUSE = $(VALGRIND) --sim-hints=fuse-compatible
 
-LINT_SRC = $(wildcard lib/*.c tools/*.c)
+LINT_SRC = $(wildcard lib/*/*.c tools/*.c)
 # cppcheck sees no system headers: the macros the build defines, and
 # readdirCalled off (readdir_r is deprecated; readdir on a DIR of our own
 # is thread-safe in glibc).
@@ -182,6 +183,7 @@ lint:
 	@printf '%s\n' $(LINT_SRC) | \
 		xargs -P $$(nproc) -n 1 clang-tidy -p $(LINT_BUILD) --quiet
 	$(CPPCHECK) $(LINT_SRC)
+	python3 scripts/deps.py --check
 
 # The prefix is a setting of the build directory, so it is (re)configured
 # first; meson install rebuilds what that changes. ldconfig only for a real
