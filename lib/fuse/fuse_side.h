@@ -34,18 +34,63 @@ int ovl_pt_open(struct ovl_fs *ofs, struct ovl_file *f);
 /* Uncount F (ovl_release calls it); the last passthrough user unregisters. */
 void ovl_pt_release(struct ovl_fs *ofs, struct ovl_file *f);
 
-/* ===== fuse_ops.c: the FUSE adapters ===== */
+/* ===== both: nodeids ===== */
+
+/*
+ * A nodeid is the address of its struct ovl_node, and 1 (FUSE_ROOT_ID) for
+ * the root: the node of NODEID, and the nodeid of NODE.
+ */
+static inline struct ovl_node *ovl_fuse_node(struct ovl_fs *ofs,
+					     uint64_t nodeid)
+{
+	if (nodeid == 1)
+		return ofs->root;
+	return (struct ovl_node *)(uintptr_t)nodeid;
+}
+
+static inline uint64_t ovl_fuse_nodeid(struct ovl_fs *ofs,
+				       struct ovl_node *node)
+{
+	return node == ofs->root ? 1 : (uint64_t)(uintptr_t)node;
+}
+
+/* ===== ops.c: the FUSE adapters (request -> fs/ call -> reply) ===== */
+
+struct fuse_lowlevel_ops;
+/* The adapters, for the session to serve (ovl_fuse_session_new). */
+const struct fuse_lowlevel_ops *ovl_fuse_ops(void);
+
+/* ===== session.c: session, request loop, io hooks, notifications ===== */
 
 /*
  * Create the session for OFS with ARGV-style options, and fill in OFS's
  * hooks (struct ovl_fs_hooks); NULL on error.
  */
 void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv);
-/* Mount OFS->se at MOUNT_POINT, with the passthrough hooks if wanted. */
+/* Mount OFS->fuse.se at MOUNT_POINT, with the passthrough hooks if wanted. */
 int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point);
 /* Run the multithreaded loop until unmounted; returns its result. */
 int ovl_fuse_loop(struct ovl_fs *ofs);
 void ovl_fuse_session_exit(void *se);
 void ovl_fuse_session_unmount(void *se);
 void ovl_fuse_session_destroy(struct ovl_fs *ofs);
+
+/*
+ * Reads: the data goes file -> pipe -> /dev/fuse by splice, never through
+ * our memory. The pipe is ours (one per thread), not libfuse's: only then
+ * does an error after part of the data is read come back as an error (in
+ * libfuse's splice path it becomes a short read, which the kernel takes
+ * for EOF). Files that cannot splice take the copy path.
+ */
+struct ovl_read_pipe {
+	int r, w;
+	size_t cap;
+};
+/*
+ * This thread's pipe, holding at least SIZE bytes; NULL if none can be had
+ * (op_read then copies). It stays the thread's until the session ends.
+ */
+struct ovl_read_pipe *ovl_fuse_read_pipe(struct ovl_fs *ofs, size_t size);
+/* Throw away this thread's pipe RP (it may hold stray data). */
+void ovl_fuse_read_pipe_drop(struct ovl_fs *ofs, struct ovl_read_pipe *rp);
 #endif /* OVL_FUSE_SIDE_H */

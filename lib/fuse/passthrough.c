@@ -13,7 +13,8 @@
  *    the kernel is in;
  *  - only with CAP_SYS_ADMIN (the kernel's rule); the first failure turns
  *    it off for the mount and everything goes the daemon path, as before.
- * fuse_ops.c negotiates it at INIT and marks the open replies.
+ * session.c negotiates it at INIT and patches the open replies that ops.c
+ * marks.
  */
 #include <errno.h>
 #include <stdio.h>
