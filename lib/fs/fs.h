@@ -129,7 +129,10 @@ struct ovl_node {
 	 */
 	_Atomic unsigned int xgen, caps_none, dacl_none;
 
-	/* ofs->io_lock: how the kernel sees the node's open files */
+	/*
+	 * fuse/'s (passthrough.c), under ofs->fuse.io_lock; fs/ never reads
+	 * them: how the kernel sees the node's open files.
+	 */
 	uint32_t n_cached;		/* handles answered without passthrough */
 	uint32_t n_pt;			/* handles answered with passthrough */
 	int backing_id;			/* registered while n_pt > 0 */
@@ -161,6 +164,37 @@ struct ovl_node {
 	dev_t idev;
 	ino_t iino;
 	bool indexed;
+};
+
+/*
+ * The FUSE side's state of a mount: owned by fuse/ (the session, the loop,
+ * passthrough), which reads and changes it, and by api/lifecycle.c, which
+ * starts and stops the session. Defined here only so that struct ovl_fs
+ * can hold it: fs/ never reads it, and tells fuse/ things through
+ * struct ovl_fs_hooks instead. The locks are described in fuse/fuse_side.h.
+ */
+struct ovl_fuse_state {
+	void *se;			/* the session (struct fuse_session) */
+	pthread_rwlock_t notify_lock;	/* see fuse/fuse_side.h */
+	pthread_t loop_thread;
+	dev_t conn_dev;			/* st_dev of the mount */
+	pthread_key_t pipe_key;		/* each thread's read pipe */
+	int loop_result;
+	bool notify_off;		/* notify_lock */
+	bool loop_running;
+	bool pipe_key_made;
+
+	/* passthrough.c */
+	_Atomic uint64_t init_unique;	/* of the INIT request, once seen */
+	pthread_mutex_t io_lock;	/* see fuse/fuse_side.h */
+	pthread_key_t pt_key;		/* backing id of the reply this
+					   thread is sending, or 0 */
+	int pt_depth;			/* max_stack_depth asked at INIT */
+	int dev_fd;			/* the session fd (notify_lock) */
+	bool pt_want;			/* allowed: option, CAP_SYS_ADMIN */
+	_Atomic bool pt_offered;	/* the kernel's INIT offered it */
+	_Atomic bool pt_on;		/* negotiated, no failure since */
+	bool pt_key_made;
 };
 
 struct ovl_fs {
@@ -210,34 +244,8 @@ struct ovl_fs {
 	dev_t extra_devs[2][126];	/* table_lock */
 	int n_extra_devs[2];		/* table_lock */
 
-	/* FUSE session, owned by lifecycle.c */
-	void *se;
-	/*
-	 * notify_lock (rwlock, a leaf): held for reading around a notify
-	 * written to the session fd by a worker, for writing by unmount to
-	 * set notify_off before libfuse closes that fd; so no notify lands
-	 * on a closed (or reused) fd number.
-	 */
-	pthread_rwlock_t notify_lock;
-	pthread_t loop_thread;
-	dev_t conn_dev;			/* st_dev of the mount */
-	pthread_key_t pipe_key;		/* fuse_ops.c: each thread's read pipe */
-	int loop_result;
-	bool notify_off;		/* notify_lock */
-	bool loop_running;
-	bool pipe_key_made;
-
-	/* passthrough.c */
-	_Atomic uint64_t init_unique;	/* of the INIT request, once seen */
-	pthread_mutex_t io_lock;	/* a leaf: node io-mode counters */
-	pthread_key_t pt_key;		/* backing id of the reply this
-					   thread is sending, or 0 */
-	int pt_depth;			/* max_stack_depth asked at INIT */
-	int dev_fd;			/* the session fd (notify_lock) */
-	bool pt_want;			/* allowed: option, CAP_SYS_ADMIN */
-	_Atomic bool pt_offered;	/* the kernel's INIT offered it */
-	_Atomic bool pt_on;		/* negotiated, no failure since */
-	bool pt_key_made;
+	/* fuse/'s: fs/ never reads it (see struct ovl_fuse_state) */
+	struct ovl_fuse_state fuse;
 };
 
 /* Bits of LAYERS for ovl_node_new: which layers hold the object. */
@@ -516,8 +524,9 @@ struct ovl_file {
 					   threads may still be using it */
 	int flags;			/* open flags, for the move */
 	bool on_lower;			/* opened on the lower object */
-	int pt_id;			/* io_lock: backing id if passthrough */
-	bool io_counted;		/* io_lock: counted in the node */
+	/* fuse/'s (passthrough.c), under ofs->fuse.io_lock */
+	int pt_id;			/* backing id if passthrough */
+	bool io_counted;		/* counted in the node */
 	bool sync_io;			/* opened O_SYNC/O_DSYNC on a volatile
 					   mount: kept off passthrough, whose
 					   writes would sync the layer */

@@ -321,10 +321,10 @@ static int reply_open(fuse_req_t req, struct ovl_fs *ofs, struct ovl_file *f,
 	/* The kernel refuses keep_cache with passthrough. */
 	fi->keep_cache = id ? 0 : keep_cache(ofs, f);
 	if (id)
-		pthread_setspecific(ofs->pt_key, (void *)(intptr_t)id);
+		pthread_setspecific(ofs->fuse.pt_key, (void *)(intptr_t)id);
 	r = fe ? fuse_reply_create(req, fe, fi) : fuse_reply_open(req, fi);
 	if (id)
-		pthread_setspecific(ofs->pt_key, NULL);
+		pthread_setspecific(ofs->fuse.pt_key, NULL);
 	return r;
 }
 

@@ -37,7 +37,7 @@ static void read_pipe_free(void *p)
 /* This thread's pipe, holding at least SIZE bytes; NULL if none can be had. */
 struct ovl_read_pipe *ovl_fuse_read_pipe(struct ovl_fs *ofs, size_t size)
 {
-	struct ovl_read_pipe *rp = pthread_getspecific(ofs->pipe_key);
+	struct ovl_read_pipe *rp = pthread_getspecific(ofs->fuse.pipe_key);
 	int fds[2], cap;
 
 	if (rp && rp->cap >= size)
@@ -54,7 +54,7 @@ struct ovl_read_pipe *ovl_fuse_read_pipe(struct ovl_fs *ofs, size_t size)
 		return NULL;
 	rp = malloc(sizeof(*rp));
 	cap = fcntl(fds[1], F_SETPIPE_SZ, (int)(size > (1 << 20) ? size : 1 << 20));
-	if (!rp || cap < (int)size || pthread_setspecific(ofs->pipe_key, rp)) {
+	if (!rp || cap < (int)size || pthread_setspecific(ofs->fuse.pipe_key, rp)) {
 		close(fds[0]);
 		close(fds[1]);
 		free(rp);
@@ -69,7 +69,7 @@ struct ovl_read_pipe *ovl_fuse_read_pipe(struct ovl_fs *ofs, size_t size)
 /* Throw away this thread's pipe (it may hold stray data). */
 void ovl_fuse_read_pipe_drop(struct ovl_fs *ofs, struct ovl_read_pipe *rp)
 {
-	pthread_setspecific(ofs->pipe_key, NULL);
+	pthread_setspecific(ofs->fuse.pipe_key, NULL);
 	read_pipe_free(rp);
 }
 
@@ -87,10 +87,10 @@ void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv)
 	const struct fuse_lowlevel_ops *ops = ovl_fuse_ops();
 	struct fuse_session *se;
 
-	if (!ofs->pipe_key_made) {
-		if (pthread_key_create(&ofs->pipe_key, read_pipe_free))
+	if (!ofs->fuse.pipe_key_made) {
+		if (pthread_key_create(&ofs->fuse.pipe_key, read_pipe_free))
 			return NULL;
-		ofs->pipe_key_made = true;
+		ofs->fuse.pipe_key_made = true;
 	}
 	ofs->hooks = &fuse_hooks;
 	se = fuse_session_new(&args, ops, sizeof(*ops), ofs);
@@ -118,13 +118,13 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 	const struct fuse_in_header *h = buf;
 
 	if (n >= (ssize_t)(sizeof(*h) + sizeof(struct fuse_init_in)) &&
-	    !atomic_load(&ofs->init_unique) && h->opcode == FUSE_INIT) {
+	    !atomic_load(&ofs->fuse.init_unique) && h->opcode == FUSE_INIT) {
 		const struct fuse_init_in *in = (const void *)(h + 1);
 
-		atomic_store(&ofs->pt_offered,
+		atomic_store(&ofs->fuse.pt_offered,
 			     (in->flags & FUSE_INIT_EXT) &&
 			     (in->flags2 & OVL_FUSE_PASSTHROUGH_FLAGS2));
-		atomic_store(&ofs->init_unique, h->unique);
+		atomic_store(&ofs->fuse.init_unique, h->unique);
 	}
 	return n;
 }
@@ -133,7 +133,7 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
 	struct ovl_fs *ofs = userdata;
 	const struct fuse_out_header *oh = iov[0].iov_base;
-	intptr_t id = (intptr_t)pthread_getspecific(ofs->pt_key);
+	intptr_t id = (intptr_t)pthread_getspecific(ofs->fuse.pt_key);
 	struct iovec v[3];
 
 	if (count != 2 || iov[0].iov_len != sizeof(*oh) || oh->error)
@@ -153,9 +153,9 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 		v[2].iov_len = sizeof(o);
 		return writev(fd, v, 3);
 	}
-	if (oh->unique && oh->unique == atomic_load(&ofs->init_unique) &&
-	    ofs->pt_want &&
-	    atomic_load(&ofs->pt_offered) &&
+	if (oh->unique && oh->unique == atomic_load(&ofs->fuse.init_unique) &&
+	    ofs->fuse.pt_want &&
+	    atomic_load(&ofs->fuse.pt_offered) &&
 	    iov[1].iov_len == sizeof(struct fuse_init_out)) {
 		struct fuse_init_out o;
 		ssize_t r;
@@ -165,14 +165,14 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 		if (!(o.flags & FUSE_WRITEBACK_CACHE)) {
 			o.flags |= FUSE_INIT_EXT;
 			o.flags2 |= OVL_FUSE_PASSTHROUGH_FLAGS2;
-			o.unused[0] = ofs->pt_depth;	/* max_stack_depth */
+			o.unused[0] = ofs->fuse.pt_depth;	/* max_stack_depth */
 		}
 		v[0] = iov[0];
 		v[1].iov_base = &o;
 		v[1].iov_len = sizeof(o);
 		r = writev(fd, v, 2);
 		if (r > 0 && !(o.flags & FUSE_WRITEBACK_CACHE))
-			atomic_store(&ofs->pt_on, true);
+			atomic_store(&ofs->fuse.pt_on, true);
 		return r;
 	}
 	return writev(fd, iov, count);
@@ -197,12 +197,12 @@ int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point)
 		.splice_send = io_splice,
 	};
 
-	if (fuse_session_mount(ofs->se, mount_point) < 0)
+	if (fuse_session_mount(ofs->fuse.se, mount_point) < 0)
 		return -EIO;
-	ofs->dev_fd = fuse_session_fd(ofs->se);
-	if (ofs->pt_want &&
-	    fuse_session_custom_io(ofs->se, &io, ofs->dev_fd) < 0) {
-		ofs->pt_want = false;
+	ofs->fuse.dev_fd = fuse_session_fd(ofs->fuse.se);
+	if (ofs->fuse.pt_want &&
+	    fuse_session_custom_io(ofs->fuse.se, &io, ofs->fuse.dev_fd) < 0) {
+		ofs->fuse.pt_want = false;
 		ovl_log(ofs->pub, OVLFS_LOG_WARNING,
 			"passthrough off: libfuse refused our session i/o hooks");
 	}
@@ -432,7 +432,7 @@ out:
 
 int ovl_fuse_loop(struct ovl_fs *ofs)
 {
-	struct loop L = { .ofs = ofs, .se = ofs->se };
+	struct loop L = { .ofs = ofs, .se = ofs->fuse.se };
 	pthread_condattr_t ca;
 	pthread_t monitor;
 	bool monitoring;
@@ -473,20 +473,20 @@ void ovl_fuse_session_unmount(void *se)
 static void notify_attr_changed(struct ovl_fs *ofs, struct ovl_node *node)
 {
 	/* Attributes only (offset < 0): takes no page lock, safe anywhere. */
-	pthread_rwlock_rdlock(&ofs->notify_lock);
-	if (!ofs->notify_off)
-		fuse_lowlevel_notify_inval_inode(ofs->se,
+	pthread_rwlock_rdlock(&ofs->fuse.notify_lock);
+	if (!ofs->fuse.notify_off)
+		fuse_lowlevel_notify_inval_inode(ofs->fuse.se,
 						 ovl_fuse_nodeid(ofs, node), -1, 0);
-	pthread_rwlock_unlock(&ofs->notify_lock);
+	pthread_rwlock_unlock(&ofs->fuse.notify_lock);
 }
 
 void ovl_fuse_session_destroy(struct ovl_fs *ofs)
 {
-	if (ofs->se)
-		fuse_session_destroy(ofs->se);
-	ofs->se = NULL;
-	if (ofs->pipe_key_made) {
-		pthread_key_delete(ofs->pipe_key);
-		ofs->pipe_key_made = false;
+	if (ofs->fuse.se)
+		fuse_session_destroy(ofs->fuse.se);
+	ofs->fuse.se = NULL;
+	if (ofs->fuse.pipe_key_made) {
+		pthread_key_delete(ofs->fuse.pipe_key);
+		ofs->fuse.pipe_key_made = false;
 	}
 }
