@@ -9,12 +9,20 @@
  * must tell the kernel goes through struct ovl_fs_hooks, which the side
  * serving it (fuse/) fills in.
  *
- * Lock order (take left before right, never the reverse):
+ * Lock order (take left before right, never the reverse). Each lock is
+ * named here once, with the folder that owns it; that folder's header
+ * says what it guards:
  *
- *	file copyup_lock  >  hardlink_lock  >  dir copyup_lock  >  ns_lock
- *	  >  ofs->table_lock;  notify_lock is a leaf, taken with nothing held
- *	  but io_lock (passthrough.c), which is taken with nothing held
+ *	[fs/]    file copyup_lock  >  hardlink_lock  >  dir copyup_lock
+ *	           >  handle locks  >  ns_lock  >  table_lock
+ *	[fuse/]  io_lock  >  notify_lock;  the request loop's lock
  *
+ * The two rows meet in one place only: notify_lock, a leaf, is taken with
+ * a copy-up's copyup_lock (and hardlink_lock) held, by the attr_changed
+ * hook. io_lock is taken with no fs/ lock held, the loop's lock with no
+ * other lock at all (fuse/fuse_side.h).
+ *
+ * fs/'s locks:
  *  - copyup_lock (per node, mutex): serialises copy-up of one object, held
  *    across the data copy, which runs outside ns_lock so a slow copy-up
  *    blocks nothing but other writers of the same file. A copy-up takes
@@ -25,16 +33,18 @@
  *    a time (hardlink.c); taken with the file's copyup_lock held, after
  *    its parents are copied up, and held while the file's other names get
  *    their parents copied up (directories: they never take it).
+ *  - handle locks (mutexes): struct ovl_file's lock (the move of an open
+ *    file to the upper copy, file.c) and struct ovl_dirhandle's (its
+ *    listing; fuse/ops.c holds it while reading one out); taken with no
+ *    other lock held, never with a copy-up's.
  *  - ns_lock (rwlock): the namespace. Written by every operation that
  *    changes names in a layer (create, mkdir, mknod, symlink, link, unlink,
  *    rmdir, rename, the link-into-place step of copy-up, opaque marking);
  *    read by lookup and readdir, which must not see half a change.
  *  - table_lock (mutex): the node hash table and reference counts; a leaf.
- * No lock is held across a FUSE reply (fuse_ops.c replies after the core
+ * No lock is held across a FUSE reply (fuse/ops.c replies after the fs/
  * call returned and dropped its locks). read/write/fsync use the backing fd
- * of the file handle and take no lock at all. The request loop's own lock
- * (struct loop in fuse_ops.c) is a leaf, never held while serving a
- * request.
+ * of the file handle and take no lock at all.
  */
 #ifndef OVL_FS_H
 #define OVL_FS_H
@@ -58,7 +68,9 @@ struct ovl_hlink {
 struct ovl_fs_hooks {
 	/*
 	 * NODE's attributes changed behind the kernel's cache (copy-up
-	 * touches the parent directory). Called with no lock held.
+	 * touches the parent directory). Called with no ns_lock or
+	 * table_lock held, but maybe a copy-up's copyup_lock and
+	 * hardlink_lock: it may take only leaf locks.
 	 */
 	void (*attr_changed)(struct ovl_fs *ofs, struct ovl_node *node);
 	/* Open file F goes away (ovl_release): undo what its open set up. */
@@ -496,7 +508,7 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 
 /* ===== file.c: attributes and open files ===== */
 
-/* Attribute changes, as the FUSE_SET_ATTR_* bits say (mapped in fuse_ops). */
+/* Attribute changes, as the FUSE_SET_ATTR_* bits say (mapped in fuse/ops.c). */
 enum {
 	OVL_SET_MODE = 1 << 0,
 	OVL_SET_UID = 1 << 1,

@@ -2,13 +2,25 @@
  * fuse/fuse_side.h: the FUSE side, above fs/.
  *
  * Owns everything that speaks FUSE: the low-level adapters that turn a
- * request into a call of fs/ and its result into a reply (fuse_ops.c),
- * the session, the request loop and the transport, notifications to the
- * kernel, and passthrough (passthrough.c). This folder is the one place
- * that includes <fuse_lowlevel.h>.
+ * request into a call of fs/ and its result into a reply (ops.c); the
+ * transport: the session, the request loop, the io hooks and the read
+ * pipes, and notifications to the kernel (session.c); and passthrough
+ * (passthrough.c). Its state is ofs->fuse (struct ovl_fuse_state, in
+ * fs/fs.h only so that struct ovl_fs can hold it). This folder is the
+ * one place that includes <fuse_lowlevel.h>.
  *
- * Locks it defines: the request loop's own lock (a leaf, never held while
- * serving a request), notify_lock and io_lock (leaves; see struct ovl_fs).
+ * Its locks (their place in the whole order: fs/fs.h):
+ *  - io_lock (ofs->fuse, mutex): the io-mode counters of nodes and open
+ *    files (n_cached, n_pt, backing_id; pt_id, io_counted), so each open
+ *    is answered in the mode the kernel's inode is in (passthrough.c).
+ *    Taken with no fs/ lock held; registering or dropping a backing file
+ *    under it takes notify_lock.
+ *  - notify_lock (ofs->fuse, rwlock, a leaf): held for reading around a
+ *    notify or backing ioctl on the session fd by a worker, for writing
+ *    by unmount (api/lifecycle.c) to set notify_off before libfuse closes
+ *    that fd; so none lands on a closed (or reused) fd number.
+ *  - the request loop's lock (struct loop in session.c, a leaf): never
+ *    held while serving a request, nor while logging.
  * No lock is held across a reply: an adapter replies after the fs/ call
  * returned and dropped its locks.
  */
