@@ -1126,7 +1126,7 @@ static void ofs_free(struct ovl_fs *ofs)
 	if (ofs->mp_lock_fd >= 0)
 		close(ofs->mp_lock_fd);
 	pthread_rwlock_destroy(&ofs->ns_lock);
-	pthread_rwlock_destroy(&ofs->notify_lock);
+	pthread_rwlock_destroy(&ofs->fuse.notify_lock);
 	pthread_mutex_destroy(&ofs->hardlink_lock);
 	free(ofs);
 }
@@ -1158,9 +1158,9 @@ static char *mount_options(struct ovlfs *fs)
 /* Workers may still be busy: no more notifies on the fd about to close. */
 static void stop_notify(struct ovl_fs *ofs)
 {
-	pthread_rwlock_wrlock(&ofs->notify_lock);
-	ofs->notify_off = true;
-	pthread_rwlock_unlock(&ofs->notify_lock);
+	pthread_rwlock_wrlock(&ofs->fuse.notify_lock);
+	ofs->fuse.notify_off = true;
+	pthread_rwlock_unlock(&ofs->fuse.notify_lock);
 }
 
 /*
@@ -1196,7 +1196,7 @@ static void *loop_main(void *arg)
 {
 	struct ovl_fs *ofs = arg;
 
-	ofs->loop_result = ovl_fuse_loop(ofs);
+	ofs->fuse.loop_result = ovl_fuse_loop(ofs);
 	return NULL;
 }
 
@@ -1217,9 +1217,9 @@ static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
 		argv[argc++] = (char *)"-d";
 	argv[argc] = NULL;
 	raise_fd_limit();
-	ofs->se = ovl_fuse_session_new(ofs, argc, argv);
+	ofs->fuse.se = ovl_fuse_session_new(ofs, argc, argv);
 	free(opts);
-	if (!ofs->se)
+	if (!ofs->fuse.se)
 		return ovl_set_error(fs, -EINVAL,
 				     "cannot start fuse session (bad -o options \"%s\"?)",
 				     fs->fuse_options ? fs->fuse_options : "");
@@ -1235,26 +1235,26 @@ static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
 	/* Our threads take no signals: they belong to the application. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
-	err = pthread_create(&ofs->loop_thread, NULL, loop_main, ofs);
+	err = pthread_create(&ofs->fuse.loop_thread, NULL, loop_main, ofs);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (err) {
-		ovl_fuse_session_unmount(ofs->se);
+		ovl_fuse_session_unmount(ofs->fuse.se);
 		return ovl_set_error(fs, -err, "cannot start worker thread: %s",
 				     strerror(err));
 	}
-	ofs->loop_running = true;
+	ofs->fuse.loop_running = true;
 	/* Answered only once the loop has taken the kernel's INIT. */
 	if (stat(d->mp, &st) < 0) {
 		err = -errno;
 		stop_notify(ofs);
-		ovl_fuse_session_exit(ofs->se);
-		ovl_fuse_session_unmount(ofs->se);
-		pthread_join(ofs->loop_thread, NULL);
-		ofs->loop_running = false;
+		ovl_fuse_session_exit(ofs->fuse.se);
+		ovl_fuse_session_unmount(ofs->fuse.se);
+		pthread_join(ofs->fuse.loop_thread, NULL);
+		ofs->fuse.loop_running = false;
 		return ovl_set_error(fs, err, "mount point %s: mount is not answering: %s",
 				     d->mp, strerror(-err));
 	}
-	ofs->conn_dev = st.st_dev;
+	ofs->fuse.conn_dev = st.st_dev;
 	return 0;
 }
 
@@ -1320,7 +1320,7 @@ int ovlfs_mount(struct ovlfs *fs)
 	ofs->is_root = geteuid() == 0;
 	ofs->trusted = ovl_global_sys_admin();
 	pthread_rwlock_init(&ofs->ns_lock, NULL);
-	pthread_rwlock_init(&ofs->notify_lock, NULL);
+	pthread_rwlock_init(&ofs->fuse.notify_lock, NULL);
 	pthread_mutex_init(&ofs->hardlink_lock, NULL);
 	/* Read, not change: umask() is the only way, so put it back at once. */
 	um = umask(022);
@@ -1449,7 +1449,7 @@ static void abort_connection(dev_t dev)
 static void teardown(struct ovlfs *fs)
 {
 	stop_notify(fs->ofs);
-	ovl_fuse_session_unmount(fs->ofs->se);
+	ovl_fuse_session_unmount(fs->ofs->fuse.se);
 	ofs_free(fs->ofs);
 	fs->ofs = NULL;
 	fs->mounted = false;
@@ -1459,8 +1459,8 @@ int ovlfs_wait(struct ovlfs *fs)
 {
 	if (!fs->mounted)
 		return -EINVAL;
-	pthread_join(fs->ofs->loop_thread, NULL);
-	fs->ofs->loop_running = false;
+	pthread_join(fs->ofs->fuse.loop_thread, NULL);
+	fs->ofs->fuse.loop_running = false;
 	teardown(fs);
 	return 0;
 }
@@ -1475,9 +1475,9 @@ int ovlfs_umount(struct ovlfs *fs)
 	if (!fs->mounted)
 		return -EINVAL;
 	/* Still ours at that path? (Asked while the workers still serve.) */
-	ours = stat(fs->mount_point, &st) == 0 && st.st_dev == ofs->conn_dev;
+	ours = stat(fs->mount_point, &st) == 0 && st.st_dev == ofs->fuse.conn_dev;
 	stop_notify(ofs);
-	ovl_fuse_session_exit(ofs->se);
+	ovl_fuse_session_exit(ofs->fuse.se);
 	/*
 	 * End the connection before libfuse closes /dev/fuse: a worker may
 	 * still be writing a reply to that fd, and a closed (soon reused)
@@ -1488,7 +1488,7 @@ int ovlfs_umount(struct ovlfs *fs)
 	if (ours && umount2(fs->mount_point, MNT_DETACH) == 0)
 		detached = true;
 	else
-		ovl_fuse_session_unmount(ofs->se);
+		ovl_fuse_session_unmount(ofs->fuse.se);
 	/*
 	 * The workers leave their read() of /dev/fuse when the connection
 	 * ends; a detached mount with files still open keeps it alive, so
@@ -1496,13 +1496,13 @@ int ovlfs_umount(struct ovlfs *fs)
 	 */
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += 2;
-	if (pthread_timedjoin_np(ofs->loop_thread, NULL, &ts) != 0) {
-		abort_connection(ofs->conn_dev);
-		pthread_join(ofs->loop_thread, NULL);
+	if (pthread_timedjoin_np(ofs->fuse.loop_thread, NULL, &ts) != 0) {
+		abort_connection(ofs->fuse.conn_dev);
+		pthread_join(ofs->fuse.loop_thread, NULL);
 	}
 	if (detached)
-		ovl_fuse_session_unmount(ofs->se);
-	ofs->loop_running = false;
+		ovl_fuse_session_unmount(ofs->fuse.se);
+	ofs->fuse.loop_running = false;
 	teardown(fs);
 	return 0;
 }

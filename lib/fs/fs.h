@@ -9,12 +9,20 @@
  * must tell the kernel goes through struct ovl_fs_hooks, which the side
  * serving it (fuse/) fills in.
  *
- * Lock order (take left before right, never the reverse):
+ * Lock order (take left before right, never the reverse). Each lock is
+ * named here once, with the folder that owns it; that folder's header
+ * says what it guards:
  *
- *	file copyup_lock  >  hardlink_lock  >  dir copyup_lock  >  ns_lock
- *	  >  ofs->table_lock;  notify_lock is a leaf, taken with nothing held
- *	  but io_lock (passthrough.c), which is taken with nothing held
+ *	[fs/]    file copyup_lock  >  hardlink_lock  >  dir copyup_lock
+ *	           >  handle locks  >  ns_lock  >  table_lock
+ *	[fuse/]  io_lock  >  notify_lock;  the request loop's lock
  *
+ * The two rows meet in one place only: notify_lock, a leaf, is taken with
+ * a copy-up's copyup_lock (and hardlink_lock) held, by the attr_changed
+ * hook. io_lock is taken with no fs/ lock held, the loop's lock with no
+ * other lock at all (fuse/fuse_side.h).
+ *
+ * fs/'s locks:
  *  - copyup_lock (per node, mutex): serialises copy-up of one object, held
  *    across the data copy, which runs outside ns_lock so a slow copy-up
  *    blocks nothing but other writers of the same file. A copy-up takes
@@ -25,16 +33,18 @@
  *    a time (hardlink.c); taken with the file's copyup_lock held, after
  *    its parents are copied up, and held while the file's other names get
  *    their parents copied up (directories: they never take it).
+ *  - handle locks (mutexes): struct ovl_file's lock (the move of an open
+ *    file to the upper copy, file.c) and struct ovl_dirhandle's (its
+ *    listing; fuse/ops.c holds it while reading one out); taken with no
+ *    other lock held, never with a copy-up's.
  *  - ns_lock (rwlock): the namespace. Written by every operation that
  *    changes names in a layer (create, mkdir, mknod, symlink, link, unlink,
  *    rmdir, rename, the link-into-place step of copy-up, opaque marking);
  *    read by lookup and readdir, which must not see half a change.
  *  - table_lock (mutex): the node hash table and reference counts; a leaf.
- * No lock is held across a FUSE reply (fuse_ops.c replies after the core
+ * No lock is held across a FUSE reply (fuse/ops.c replies after the fs/
  * call returned and dropped its locks). read/write/fsync use the backing fd
- * of the file handle and take no lock at all. The request loop's own lock
- * (struct loop in fuse_ops.c) is a leaf, never held while serving a
- * request.
+ * of the file handle and take no lock at all.
  */
 #ifndef OVL_FS_H
 #define OVL_FS_H
@@ -58,7 +68,9 @@ struct ovl_hlink {
 struct ovl_fs_hooks {
 	/*
 	 * NODE's attributes changed behind the kernel's cache (copy-up
-	 * touches the parent directory). Called with no lock held.
+	 * touches the parent directory). Called with no ns_lock or
+	 * table_lock held, but maybe a copy-up's copyup_lock and
+	 * hardlink_lock: it may take only leaf locks.
 	 */
 	void (*attr_changed)(struct ovl_fs *ofs, struct ovl_node *node);
 	/* Open file F goes away (ovl_release): undo what its open set up. */
@@ -129,7 +141,10 @@ struct ovl_node {
 	 */
 	_Atomic unsigned int xgen, caps_none, dacl_none;
 
-	/* ofs->io_lock: how the kernel sees the node's open files */
+	/*
+	 * fuse/'s (passthrough.c), under ofs->fuse.io_lock; fs/ never reads
+	 * them: how the kernel sees the node's open files.
+	 */
 	uint32_t n_cached;		/* handles answered without passthrough */
 	uint32_t n_pt;			/* handles answered with passthrough */
 	int backing_id;			/* registered while n_pt > 0 */
@@ -161,6 +176,37 @@ struct ovl_node {
 	dev_t idev;
 	ino_t iino;
 	bool indexed;
+};
+
+/*
+ * The FUSE side's state of a mount: owned by fuse/ (the session, the loop,
+ * passthrough), which reads and changes it, and by api/lifecycle.c, which
+ * starts and stops the session. Defined here only so that struct ovl_fs
+ * can hold it: fs/ never reads it, and tells fuse/ things through
+ * struct ovl_fs_hooks instead. The locks are described in fuse/fuse_side.h.
+ */
+struct ovl_fuse_state {
+	void *se;			/* the session (struct fuse_session) */
+	pthread_rwlock_t notify_lock;	/* see fuse/fuse_side.h */
+	pthread_t loop_thread;
+	dev_t conn_dev;			/* st_dev of the mount */
+	pthread_key_t pipe_key;		/* each thread's read pipe */
+	int loop_result;
+	bool notify_off;		/* notify_lock */
+	bool loop_running;
+	bool pipe_key_made;
+
+	/* passthrough.c */
+	_Atomic uint64_t init_unique;	/* of the INIT request, once seen */
+	pthread_mutex_t io_lock;	/* see fuse/fuse_side.h */
+	pthread_key_t pt_key;		/* backing id of the reply this
+					   thread is sending, or 0 */
+	int pt_depth;			/* max_stack_depth asked at INIT */
+	int dev_fd;			/* the session fd (notify_lock) */
+	bool pt_want;			/* allowed: option, CAP_SYS_ADMIN */
+	_Atomic bool pt_offered;	/* the kernel's INIT offered it */
+	_Atomic bool pt_on;		/* negotiated, no failure since */
+	bool pt_key_made;
 };
 
 struct ovl_fs {
@@ -210,34 +256,8 @@ struct ovl_fs {
 	dev_t extra_devs[2][126];	/* table_lock */
 	int n_extra_devs[2];		/* table_lock */
 
-	/* FUSE session, owned by lifecycle.c */
-	void *se;
-	/*
-	 * notify_lock (rwlock, a leaf): held for reading around a notify
-	 * written to the session fd by a worker, for writing by unmount to
-	 * set notify_off before libfuse closes that fd; so no notify lands
-	 * on a closed (or reused) fd number.
-	 */
-	pthread_rwlock_t notify_lock;
-	pthread_t loop_thread;
-	dev_t conn_dev;			/* st_dev of the mount */
-	pthread_key_t pipe_key;		/* fuse_ops.c: each thread's read pipe */
-	int loop_result;
-	bool notify_off;		/* notify_lock */
-	bool loop_running;
-	bool pipe_key_made;
-
-	/* passthrough.c */
-	_Atomic uint64_t init_unique;	/* of the INIT request, once seen */
-	pthread_mutex_t io_lock;	/* a leaf: node io-mode counters */
-	pthread_key_t pt_key;		/* backing id of the reply this
-					   thread is sending, or 0 */
-	int pt_depth;			/* max_stack_depth asked at INIT */
-	int dev_fd;			/* the session fd (notify_lock) */
-	bool pt_want;			/* allowed: option, CAP_SYS_ADMIN */
-	_Atomic bool pt_offered;	/* the kernel's INIT offered it */
-	_Atomic bool pt_on;		/* negotiated, no failure since */
-	bool pt_key_made;
+	/* fuse/'s: fs/ never reads it (see struct ovl_fuse_state) */
+	struct ovl_fuse_state fuse;
 };
 
 /* Bits of LAYERS for ovl_node_new: which layers hold the object. */
@@ -486,7 +506,7 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 
 /* ===== file.c: attributes and open files ===== */
 
-/* Attribute changes, as the FUSE_SET_ATTR_* bits say (mapped in fuse_ops). */
+/* Attribute changes, as the FUSE_SET_ATTR_* bits say (mapped in fuse/ops.c). */
 enum {
 	OVL_SET_MODE = 1 << 0,
 	OVL_SET_UID = 1 << 1,
@@ -514,8 +534,9 @@ struct ovl_file {
 					   threads may still be using it */
 	int flags;			/* open flags, for the move */
 	bool on_lower;			/* opened on the lower object */
-	int pt_id;			/* io_lock: backing id if passthrough */
-	bool io_counted;		/* io_lock: counted in the node */
+	/* fuse/'s (passthrough.c), under ofs->fuse.io_lock */
+	int pt_id;			/* backing id if passthrough */
+	bool io_counted;		/* counted in the node */
 	bool sync_io;			/* opened O_SYNC/O_DSYNC on a volatile
 					   mount: kept off passthrough, whose
 					   writes would sync the layer */

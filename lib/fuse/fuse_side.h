@@ -2,13 +2,25 @@
  * fuse/fuse_side.h: the FUSE side, above fs/.
  *
  * Owns everything that speaks FUSE: the low-level adapters that turn a
- * request into a call of fs/ and its result into a reply (fuse_ops.c),
- * the session, the request loop and the transport, notifications to the
- * kernel, and passthrough (passthrough.c). This folder is the one place
- * that includes <fuse_lowlevel.h>.
+ * request into a call of fs/ and its result into a reply (ops.c); the
+ * transport: the session, the request loop, the io hooks and the read
+ * pipes, and notifications to the kernel (session.c); and passthrough
+ * (passthrough.c). Its state is ofs->fuse (struct ovl_fuse_state, in
+ * fs/fs.h only so that struct ovl_fs can hold it). This folder is the
+ * one place that includes <fuse_lowlevel.h>.
  *
- * Locks it defines: the request loop's own lock (a leaf, never held while
- * serving a request), notify_lock and io_lock (leaves; see struct ovl_fs).
+ * Its locks (their place in the whole order: fs/fs.h):
+ *  - io_lock (ofs->fuse, mutex): the io-mode counters of nodes and open
+ *    files (n_cached, n_pt, backing_id; pt_id, io_counted), so each open
+ *    is answered in the mode the kernel's inode is in (passthrough.c).
+ *    Taken with no fs/ lock held; registering or dropping a backing file
+ *    under it takes notify_lock.
+ *  - notify_lock (ofs->fuse, rwlock, a leaf): held for reading around a
+ *    notify or backing ioctl on the session fd by a worker, for writing
+ *    by unmount (api/lifecycle.c) to set notify_off before libfuse closes
+ *    that fd; so none lands on a closed (or reused) fd number.
+ *  - the request loop's lock (struct loop in session.c, a leaf): never
+ *    held while serving a request, nor while logging.
  * No lock is held across a reply: an adapter replies after the fs/ call
  * returned and dropped its locks.
  */
@@ -34,18 +46,63 @@ int ovl_pt_open(struct ovl_fs *ofs, struct ovl_file *f);
 /* Uncount F (ovl_release calls it); the last passthrough user unregisters. */
 void ovl_pt_release(struct ovl_fs *ofs, struct ovl_file *f);
 
-/* ===== fuse_ops.c: the FUSE adapters ===== */
+/* ===== both: nodeids ===== */
+
+/*
+ * A nodeid is the address of its struct ovl_node, and 1 (FUSE_ROOT_ID) for
+ * the root: the node of NODEID, and the nodeid of NODE.
+ */
+static inline struct ovl_node *ovl_fuse_node(struct ovl_fs *ofs,
+					     uint64_t nodeid)
+{
+	if (nodeid == 1)
+		return ofs->root;
+	return (struct ovl_node *)(uintptr_t)nodeid;
+}
+
+static inline uint64_t ovl_fuse_nodeid(struct ovl_fs *ofs,
+				       struct ovl_node *node)
+{
+	return node == ofs->root ? 1 : (uint64_t)(uintptr_t)node;
+}
+
+/* ===== ops.c: the FUSE adapters (request -> fs/ call -> reply) ===== */
+
+struct fuse_lowlevel_ops;
+/* The adapters, for the session to serve (ovl_fuse_session_new). */
+const struct fuse_lowlevel_ops *ovl_fuse_ops(void);
+
+/* ===== session.c: session, request loop, io hooks, notifications ===== */
 
 /*
  * Create the session for OFS with ARGV-style options, and fill in OFS's
  * hooks (struct ovl_fs_hooks); NULL on error.
  */
 void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv);
-/* Mount OFS->se at MOUNT_POINT, with the passthrough hooks if wanted. */
+/* Mount OFS->fuse.se at MOUNT_POINT, with the passthrough hooks if wanted. */
 int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point);
 /* Run the multithreaded loop until unmounted; returns its result. */
 int ovl_fuse_loop(struct ovl_fs *ofs);
 void ovl_fuse_session_exit(void *se);
 void ovl_fuse_session_unmount(void *se);
 void ovl_fuse_session_destroy(struct ovl_fs *ofs);
+
+/*
+ * Reads: the data goes file -> pipe -> /dev/fuse by splice, never through
+ * our memory. The pipe is ours (one per thread), not libfuse's: only then
+ * does an error after part of the data is read come back as an error (in
+ * libfuse's splice path it becomes a short read, which the kernel takes
+ * for EOF). Files that cannot splice take the copy path.
+ */
+struct ovl_read_pipe {
+	int r, w;
+	size_t cap;
+};
+/*
+ * This thread's pipe, holding at least SIZE bytes; NULL if none can be had
+ * (op_read then copies). It stays the thread's until the session ends.
+ */
+struct ovl_read_pipe *ovl_fuse_read_pipe(struct ovl_fs *ofs, size_t size);
+/* Throw away this thread's pipe RP (it may hold stray data). */
+void ovl_fuse_read_pipe_drop(struct ovl_fs *ofs, struct ovl_read_pipe *rp);
 #endif /* OVL_FUSE_SIDE_H */

@@ -13,7 +13,8 @@
  *    the kernel is in;
  *  - only with CAP_SYS_ADMIN (the kernel's rule); the first failure turns
  *    it off for the mount and everything goes the daemon path, as before.
- * fuse_ops.c negotiates it at INIT and marks the open replies.
+ * session.c negotiates it at INIT and patches the open replies that ops.c
+ * marks.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -42,14 +43,14 @@ int ovl_pt_init(struct ovl_fs *ofs, bool enable)
 	struct statfs sf;
 	int err;
 
-	ofs->dev_fd = -1;
-	pthread_mutex_init(&ofs->io_lock, NULL);
-	err = pthread_key_create(&ofs->pt_key, NULL);
+	ofs->fuse.dev_fd = -1;
+	pthread_mutex_init(&ofs->fuse.io_lock, NULL);
+	err = pthread_key_create(&ofs->fuse.pt_key, NULL);
 	if (err)
 		return -err;
-	ofs->pt_key_made = true;
-	ofs->pt_want = enable && ovl_global_sys_admin();
-	if (enable && !ofs->pt_want)
+	ofs->fuse.pt_key_made = true;
+	ofs->fuse.pt_want = enable && ovl_global_sys_admin();
+	if (enable && !ofs->fuse.pt_want)
 		ovl_log(ofs->pub, OVLFS_LOG_INFO,
 			"passthrough off: it needs CAP_SYS_ADMIN%s; files are served through ovlfs",
 			ovl_init_userns() ? "" :
@@ -58,21 +59,21 @@ int ovl_pt_init(struct ovl_fs *ofs, bool enable)
 	 * Depth 1 keeps the mount usable as a layer of a kernel overlay;
 	 * an upper that is itself stacked needs 2 (and loses that).
 	 */
-	ofs->pt_depth = 1;
+	ofs->fuse.pt_depth = 1;
 	if (fstatfs(ofs->upper.root_fd, &sf) == 0 &&
 	    (sf.f_type == OVERLAYFS_MAGIC || sf.f_type == FUSE_MAGIC ||
 	     sf.f_type == ECRYPTFS_MAGIC))
-		ofs->pt_depth = 2;
+		ofs->fuse.pt_depth = 2;
 	return 0;
 }
 
 void ovl_pt_destroy(struct ovl_fs *ofs)
 {
-	if (!ofs->pt_key_made)
+	if (!ofs->fuse.pt_key_made)
 		return;
-	pthread_key_delete(ofs->pt_key);
-	pthread_mutex_destroy(&ofs->io_lock);
-	ofs->pt_key_made = false;
+	pthread_key_delete(ofs->fuse.pt_key);
+	pthread_mutex_destroy(&ofs->fuse.io_lock);
+	ofs->fuse.pt_key_made = false;
 }
 
 /* Register FD as a backing file: its id, or -errno. io_lock held. */
@@ -81,15 +82,15 @@ static int backing_open(struct ovl_fs *ofs, int fd)
 	struct ovl_backing_map map = { .fd = fd };
 	int id = -ENOTCONN;
 
-	pthread_rwlock_rdlock(&ofs->notify_lock);
-	if (!ofs->notify_off && ofs->dev_fd >= 0) {
-		id = ioctl(ofs->dev_fd, OVL_DEV_IOC_BACKING_OPEN, &map);
+	pthread_rwlock_rdlock(&ofs->fuse.notify_lock);
+	if (!ofs->fuse.notify_off && ofs->fuse.dev_fd >= 0) {
+		id = ioctl(ofs->fuse.dev_fd, OVL_DEV_IOC_BACKING_OPEN, &map);
 		if (id < 0)
 			id = -errno;
 		else if (id == 0)
 			id = -EPROTO;
 	}
-	pthread_rwlock_unlock(&ofs->notify_lock);
+	pthread_rwlock_unlock(&ofs->fuse.notify_lock);
 	return id;
 }
 
@@ -98,10 +99,10 @@ static void backing_close(struct ovl_fs *ofs, int id)
 	uint32_t bid = (uint32_t)id;
 
 	/* After unmount the fd number may be another file's: leave it. */
-	pthread_rwlock_rdlock(&ofs->notify_lock);
-	if (!ofs->notify_off && ofs->dev_fd >= 0)
-		ioctl(ofs->dev_fd, OVL_DEV_IOC_BACKING_CLOSE, &bid);
-	pthread_rwlock_unlock(&ofs->notify_lock);
+	pthread_rwlock_rdlock(&ofs->fuse.notify_lock);
+	if (!ofs->fuse.notify_off && ofs->fuse.dev_fd >= 0)
+		ioctl(ofs->fuse.dev_fd, OVL_DEV_IOC_BACKING_CLOSE, &bid);
+	pthread_rwlock_unlock(&ofs->fuse.notify_lock);
 }
 
 int ovl_pt_open(struct ovl_fs *ofs, struct ovl_file *f)
@@ -109,12 +110,12 @@ int ovl_pt_open(struct ovl_fs *ofs, struct ovl_file *f)
 	struct ovl_node *n = f->node;
 	int id = 0;
 
-	pthread_mutex_lock(&ofs->io_lock);
+	pthread_mutex_lock(&ofs->fuse.io_lock);
 	if (n->n_pt > 0) {
 		/* The kernel's inode is in passthrough: so is this open. */
 		id = n->backing_id;
 	} else if (n->n_cached == 0 && !f->on_lower && n->type == S_IFREG &&
-		   !f->sync_io && atomic_load(&ofs->pt_on)) {
+		   !f->sync_io && atomic_load(&ofs->fuse.pt_on)) {
 		id = backing_open(ofs, atomic_load(&f->fd));
 		if (id > 0) {
 			n->backing_id = id;
@@ -122,7 +123,7 @@ int ovl_pt_open(struct ovl_fs *ofs, struct ovl_file *f)
 			ovl_log(ofs->pub, OVLFS_LOG_WARNING,
 				"passthrough off: cannot register a backing file: %s; files are served through ovlfs",
 				strerror(-id));
-			atomic_store(&ofs->pt_on, false);
+			atomic_store(&ofs->fuse.pt_on, false);
 			id = 0;
 		}
 	}
@@ -132,7 +133,7 @@ int ovl_pt_open(struct ovl_fs *ofs, struct ovl_file *f)
 		n->n_cached++;
 	f->pt_id = id;
 	f->io_counted = true;
-	pthread_mutex_unlock(&ofs->io_lock);
+	pthread_mutex_unlock(&ofs->fuse.io_lock);
 	return id;
 }
 
@@ -140,9 +141,9 @@ void ovl_pt_release(struct ovl_fs *ofs, struct ovl_file *f)
 {
 	struct ovl_node *n = f->node;
 
-	if (!ofs->pt_key_made)
+	if (!ofs->fuse.pt_key_made)
 		return;
-	pthread_mutex_lock(&ofs->io_lock);
+	pthread_mutex_lock(&ofs->fuse.io_lock);
 	if (f->io_counted && f->pt_id > 0) {
 		if (--n->n_pt == 0) {
 			backing_close(ofs, n->backing_id);
@@ -152,5 +153,5 @@ void ovl_pt_release(struct ovl_fs *ofs, struct ovl_file *f)
 		n->n_cached--;
 	}
 	f->io_counted = false;
-	pthread_mutex_unlock(&ofs->io_lock);
+	pthread_mutex_unlock(&ofs->fuse.io_lock);
 }

@@ -1,7 +1,9 @@
 /*
- * fuse_ops.c: the FUSE low-level adapters, and the only file that includes
- * fuse_lowlevel.h. Each handler turns the request into a core call and
- * replies exactly once, after the core has returned and dropped its locks.
+ * ops.c: the FUSE low-level adapters. Each handler turns the request into a
+ * call of fs/ and replies exactly once, after fs/ has returned and dropped
+ * its locks. Its own file because it is the request -> fs/ -> reply
+ * mapping only: how requests arrive and replies leave (the session, the
+ * loop, the io hooks) is session.c's.
  *
  * A nodeid is the address of its struct ovl_node (the root is 1). A file
  * handle is a struct ovl_file; a directory handle a struct ovl_dirhandle.
@@ -11,15 +13,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
-#include <inttypes.h>
 #include <limits.h>
-#include <linux/fuse.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/ioctl.h>
-#include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "fuse/fuse_side.h"
@@ -61,18 +58,6 @@ static int fd_of(fuse_req_t req, const struct fuse_file_info *fi)
 	return ovl_file_fd(fuse_req_userdata(req), file_of(fi));
 }
 
-static struct ovl_node *node_of(struct ovl_fs *ofs, fuse_ino_t ino)
-{
-	if (ino == FUSE_ROOT_ID)
-		return ofs->root;
-	return (struct ovl_node *)(uintptr_t)ino;
-}
-
-static fuse_ino_t nodeid_of(struct ovl_fs *ofs, struct ovl_node *node)
-{
-	return node == ofs->root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)node;
-}
-
 /*
  * The caller's supplementary groups only where a check needs them (ACCESS):
  * libfuse reads them from /proc/PID/task/TID/status, three syscalls and a
@@ -102,7 +87,7 @@ static void reply_entry(fuse_req_t req, struct ovl_fs *ofs, int err,
 		return;
 	}
 	memset(&fe, 0, sizeof(fe));
-	fe.ino = nodeid_of(ofs, e->node);
+	fe.ino = ovl_fuse_nodeid(ofs, e->node);
 	fe.generation = e->node->generation;
 	fe.attr = e->st;
 	fe.attr_timeout = attr_timeout(e->node, &e->st);
@@ -138,7 +123,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct ovl_fs *ofs = ofs_of(req);
 	struct ovl_entry e;
-	int err = ovl_lookup(ofs, node_of(ofs, parent), name, &e);
+	int err = ovl_lookup(ofs, ovl_fuse_node(ofs, parent), name, &e);
 
 	if (err == -ENOENT) {
 		/*
@@ -161,7 +146,7 @@ static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
 	struct ovl_fs *ofs = ofs_of(req);
 
-	ovl_node_forget(ofs, node_of(ofs, ino), nlookup);
+	ovl_node_forget(ofs, ovl_fuse_node(ofs, ino), nlookup);
 	fuse_reply_none(req);
 }
 
@@ -171,7 +156,7 @@ static void op_forget_multi(fuse_req_t req, size_t count,
 	struct ovl_fs *ofs = ofs_of(req);
 
 	for (size_t i = 0; i < count; i++)
-		ovl_node_forget(ofs, node_of(ofs, forgets[i].ino),
+		ovl_node_forget(ofs, ovl_fuse_node(ofs, forgets[i].ino),
 				forgets[i].nlookup);
 	ovl_nodes_trim(ofs);
 	fuse_reply_none(req);
@@ -181,7 +166,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
 	struct ovl_fs *ofs = ofs_of(req);
-	struct ovl_node *node = node_of(ofs, ino);
+	struct ovl_node *node = ovl_fuse_node(ofs, ino);
 	struct stat st;
 	int err = ovl_node_stat(ofs, node, &st);
 
@@ -215,19 +200,20 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
 		if (to_set & map[i].fuse)
 			valid |= map[i].ovl;
-	err = ovl_setattr(ofs, node_of(ofs, ino), attr, valid,
+	err = ovl_setattr(ofs, ovl_fuse_node(ofs, ino), attr, valid,
 			  fi ? fd_of(req, fi) : -1, &st);
 	if (err)
 		fuse_reply_err(req, -err);
 	else
-		fuse_reply_attr(req, &st, attr_timeout(node_of(ofs, ino), &st));
+		fuse_reply_attr(req, &st,
+				attr_timeout(ovl_fuse_node(ofs, ino), &st));
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 {
 	struct ovl_fs *ofs = ofs_of(req);
 	char buf[PATH_MAX + 1];
-	int err = ovl_readlink(ofs, node_of(ofs, ino), buf, sizeof(buf));
+	int err = ovl_readlink(ofs, ovl_fuse_node(ofs, ino), buf, sizeof(buf));
 
 	if (err)
 		fuse_reply_err(req, -err);
@@ -244,8 +230,8 @@ static void make_node(fuse_req_t req, fuse_ino_t parent, const char *name,
 	int err;
 
 	get_ctx(req, &ctx, false);
-	err = ovl_mknod(ofs, &ctx, node_of(ofs, parent), name, mode, rdev,
-			target, &e);
+	err = ovl_mknod(ofs, &ctx, ovl_fuse_node(ofs, parent), name, mode,
+			rdev, target, &e);
 	reply_entry(req, ofs, err, &e);
 }
 
@@ -272,8 +258,8 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 {
 	struct ovl_fs *ofs = ofs_of(req);
 	struct ovl_entry e;
-	int err = ovl_link(ofs, node_of(ofs, ino), node_of(ofs, newparent),
-			   newname, &e);
+	int err = ovl_link(ofs, ovl_fuse_node(ofs, ino),
+			   ovl_fuse_node(ofs, newparent), newname, &e);
 
 	reply_entry(req, ofs, err, &e);
 }
@@ -282,14 +268,14 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct ovl_fs *ofs = ofs_of(req);
 
-	fuse_reply_err(req, -ovl_unlink(ofs, node_of(ofs, parent), name));
+	fuse_reply_err(req, -ovl_unlink(ofs, ovl_fuse_node(ofs, parent), name));
 }
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct ovl_fs *ofs = ofs_of(req);
 
-	fuse_reply_err(req, -ovl_rmdir(ofs, node_of(ofs, parent), name));
+	fuse_reply_err(req, -ovl_rmdir(ofs, ovl_fuse_node(ofs, parent), name));
 }
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -298,8 +284,8 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 {
 	struct ovl_fs *ofs = ofs_of(req);
 
-	fuse_reply_err(req, -ovl_rename(ofs, node_of(ofs, parent), name,
-					node_of(ofs, newparent), newname,
+	fuse_reply_err(req, -ovl_rename(ofs, ovl_fuse_node(ofs, parent), name,
+					ovl_fuse_node(ofs, newparent), newname,
 					flags));
 }
 
@@ -335,10 +321,10 @@ static int reply_open(fuse_req_t req, struct ovl_fs *ofs, struct ovl_file *f,
 	/* The kernel refuses keep_cache with passthrough. */
 	fi->keep_cache = id ? 0 : keep_cache(ofs, f);
 	if (id)
-		pthread_setspecific(ofs->pt_key, (void *)(intptr_t)id);
+		pthread_setspecific(ofs->fuse.pt_key, (void *)(intptr_t)id);
 	r = fe ? fuse_reply_create(req, fe, fi) : fuse_reply_open(req, fi);
 	if (id)
-		pthread_setspecific(ofs->pt_key, NULL);
+		pthread_setspecific(ofs->fuse.pt_key, NULL);
 	return r;
 }
 
@@ -355,7 +341,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ovl_fs *ofs = ofs_of(req);
 	struct ovl_file *f;
-	int err = ovl_open(ofs, node_of(ofs, ino), open_flags(ofs, fi), &f);
+	int err = ovl_open(ofs, ovl_fuse_node(ofs, ino), open_flags(ofs, fi),
+			   &f);
 
 	if (err) {
 		fuse_reply_err(req, -err);
@@ -378,7 +365,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	int err;
 
 	get_ctx(req, &ctx, false);
-	err = ovl_create(ofs, &ctx, node_of(ofs, parent), name, mode,
+	err = ovl_create(ofs, &ctx, ovl_fuse_node(ofs, parent), name, mode,
 			 open_flags(ofs, fi), &e, &f);
 	if (err) {
 		fuse_reply_err(req, -err);
@@ -386,7 +373,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	f->sync_io = ofs->no_sync && (fi->flags & O_DSYNC);
 	memset(&fe, 0, sizeof(fe));
-	fe.ino = nodeid_of(ofs, e.node);
+	fe.ino = ovl_fuse_nodeid(ofs, e.node);
 	fe.generation = e.node->generation;
 	fe.attr = e.st;
 	fe.attr_timeout = attr_timeout(e.node, &e.st);
@@ -396,68 +383,6 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		ovl_release(ofs, f);
 		ovl_node_forget(ofs, e.node, 1);
 	}
-}
-
-/*
- * Reads: the data goes file -> pipe -> /dev/fuse by splice, never through
- * our memory. The pipe is ours (one per thread), not libfuse's: only then
- * does an error after part of the data is read come back as an error (in
- * libfuse's splice path it becomes a short read, which the kernel takes
- * for EOF). Files that cannot splice take the copy path.
- */
-struct read_pipe {
-	int r, w;
-	size_t cap;
-};
-
-static void read_pipe_free(void *p)
-{
-	struct read_pipe *rp = p;
-
-	if (!rp)
-		return;
-	close(rp->r);
-	close(rp->w);
-	free(rp);
-}
-
-/* This thread's pipe, holding at least SIZE bytes; NULL if none can be had. */
-static struct read_pipe *read_pipe(struct ovl_fs *ofs, size_t size)
-{
-	struct read_pipe *rp = pthread_getspecific(ofs->pipe_key);
-	int fds[2], cap;
-
-	if (rp && rp->cap >= size)
-		return rp;
-	if (rp) {
-		cap = fcntl(rp->w, F_SETPIPE_SZ, (int)size);
-		if (cap >= (int)size) {
-			rp->cap = cap;
-			return rp;
-		}
-		return NULL;
-	}
-	if (pipe2(fds, O_CLOEXEC) < 0)
-		return NULL;
-	rp = malloc(sizeof(*rp));
-	cap = fcntl(fds[1], F_SETPIPE_SZ, (int)(size > (1 << 20) ? size : 1 << 20));
-	if (!rp || cap < (int)size || pthread_setspecific(ofs->pipe_key, rp)) {
-		close(fds[0]);
-		close(fds[1]);
-		free(rp);
-		return NULL;
-	}
-	rp->r = fds[0];
-	rp->w = fds[1];
-	rp->cap = cap;
-	return rp;
-}
-
-/* Throw away this thread's pipe (it may hold stray data). */
-static void read_pipe_drop(struct ovl_fs *ofs, struct read_pipe *rp)
-{
-	pthread_setspecific(ofs->pipe_key, NULL);
-	read_pipe_free(rp);
 }
 
 /* The copy path: pread into memory, then reply. */
@@ -493,12 +418,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	struct ovl_fs *ofs = ofs_of(req);
 	int fd = fd_of(req, fi), left;
-	struct read_pipe *rp;
+	struct ovl_read_pipe *rp;
 	size_t got = 0;
 
 	(void)ino;
 	/* Small reads are cheaper copied than spliced. */
-	rp = size >= 16384 ? read_pipe(ofs, size) : NULL;
+	rp = size >= 16384 ? ovl_fuse_read_pipe(ofs, size) : NULL;
 	if (!rp) {
 		read_copy(req, fd, size, off);
 		return;
@@ -517,7 +442,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		if (n < 0) {
 			int err = errno;
 
-			read_pipe_drop(ofs, rp);
+			ovl_fuse_read_pipe_drop(ofs, rp);
 			fuse_reply_err(req, err);
 			return;
 		}
@@ -532,7 +457,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			if (r == 0)
 				break;
 			/* An error or more data: let read(2) answer. */
-			read_pipe_drop(ofs, rp);
+			ovl_fuse_read_pipe_drop(ofs, rp);
 			read_copy(req, fd, size, off);
 			return;
 		}
@@ -552,7 +477,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	/* Whatever libfuse did not take (a failed reply) must not leak into
 	   the next one. */
 	if (ioctl(rp->r, FIONREAD, &left) < 0 || left > 0)
-		read_pipe_drop(ofs, rp);
+		ovl_fuse_read_pipe_drop(ofs, rp);
 }
 
 static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
@@ -601,7 +526,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 {
 	struct ovl_fs *ofs = ofs_of(req);
 	struct ovl_dirhandle *dh;
-	int err = ovl_opendir(ofs, node_of(ofs, ino), &dh);
+	int err = ovl_opendir(ofs, ovl_fuse_node(ofs, ino), &dh);
 
 	if (err) {
 		fuse_reply_err(req, -err);
@@ -682,7 +607,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				}
 				if (ovl_lookup(ofs, dh->node, d->name, &e) < 0)
 					continue;	/* gone since the snapshot */
-				fe.ino = nodeid_of(ofs, e.node);
+				fe.ino = ovl_fuse_nodeid(ofs, e.node);
 				fe.generation = e.node->generation;
 				fe.attr = e.st;
 				fe.attr_timeout = attr_timeout(e.node, &e.st);
@@ -732,7 +657,7 @@ static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
 			struct fuse_file_info *fi)
 {
 	struct ovl_fs *ofs = ofs_of(req);
-	struct ovl_node *node = node_of(ofs, ino);
+	struct ovl_node *node = ovl_fuse_node(ofs, ino);
 	int fd, err = 0;
 
 	(void)fi;
@@ -768,8 +693,8 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 {
 	struct ovl_fs *ofs = ofs_of(req);
 
-	fuse_reply_err(req, -ovl_setxattr(ofs, node_of(ofs, ino), name, value,
-					  size, flags));
+	fuse_reply_err(req, -ovl_setxattr(ofs, ovl_fuse_node(ofs, ino), name,
+					  value, size, flags));
 }
 
 static void reply_xattr(fuse_req_t req, size_t size, const char *buf, int n)
@@ -804,7 +729,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		else if (size)
 			memcpy(buf, OVL_MOUNT_MARK, n);
 	} else {
-		n = ovl_getxattr(ofs, node_of(ofs, ino), name, buf, size);
+		n = ovl_getxattr(ofs, ovl_fuse_node(ofs, ino), name, buf, size);
 	}
 	reply_xattr(req, size, buf, n);
 	free(buf);
@@ -820,7 +745,7 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	n = ovl_listxattr(ofs, node_of(ofs, ino), buf, size);
+	n = ovl_listxattr(ofs, ovl_fuse_node(ofs, ino), buf, size);
 	reply_xattr(req, size, buf, n);
 	free(buf);
 }
@@ -829,7 +754,8 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
 	struct ovl_fs *ofs = ofs_of(req);
 
-	fuse_reply_err(req, -ovl_removexattr(ofs, node_of(ofs, ino), name));
+	fuse_reply_err(req,
+		       -ovl_removexattr(ofs, ovl_fuse_node(ofs, ino), name));
 }
 
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
@@ -838,7 +764,8 @@ static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 	struct ovl_ctx ctx;
 
 	get_ctx(req, &ctx, true);
-	fuse_reply_err(req, -ovl_access(ofs, &ctx, node_of(ofs, ino), mask));
+	fuse_reply_err(req,
+		       -ovl_access(ofs, &ctx, ovl_fuse_node(ofs, ino), mask));
 }
 
 static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
@@ -920,419 +847,7 @@ static const struct fuse_lowlevel_ops ovl_ops = {
 	.copy_file_range = op_copy_file_range,
 };
 
-static void notify_attr_changed(struct ovl_fs *ofs, struct ovl_node *node);
-
-/* What fs/ tells the kernel through us (struct ovl_fs_hooks). */
-static const struct ovl_fs_hooks fuse_hooks = {
-	.attr_changed = notify_attr_changed,
-	.file_released = ovl_pt_release,
-};
-
-void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv)
+const struct fuse_lowlevel_ops *ovl_fuse_ops(void)
 {
-	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct fuse_session *se;
-
-	if (!ofs->pipe_key_made) {
-		if (pthread_key_create(&ofs->pipe_key, read_pipe_free))
-			return NULL;
-		ofs->pipe_key_made = true;
-	}
-	ofs->hooks = &fuse_hooks;
-	se = fuse_session_new(&args, &ovl_ops, sizeof(ovl_ops), ofs);
-	fuse_opt_free_args(&args);
-	return se;
-}
-
-/*
- * Passthrough with libfuse 3.14, which has no API for it: the session's
- * reads and writes go through these hooks, which see the kernel's INIT
- * (does it offer passthrough?) and patch two kinds of replies on their
- * way out (libfuse writes each reply synchronously, in the thread that
- * answers, as header + argument): the INIT reply, to accept passthrough,
- * and the OPEN/CREATE replies that reply_open marked with a backing id.
- * docs/passthrough.md has the why; with libfuse >= 3.17 this becomes
- * FUSE_CAP_PASSTHROUGH and fi->backing_id.
- */
-#define OVL_FUSE_PASSTHROUGH_FLAGS2 (1U << 5)	/* FUSE_PASSTHROUGH >> 32 */
-#define OVL_FOPEN_PASSTHROUGH (1U << 7)
-
-static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
-{
-	struct ovl_fs *ofs = userdata;
-	ssize_t n = read(fd, buf, len);
-	const struct fuse_in_header *h = buf;
-
-	if (n >= (ssize_t)(sizeof(*h) + sizeof(struct fuse_init_in)) &&
-	    !atomic_load(&ofs->init_unique) && h->opcode == FUSE_INIT) {
-		const struct fuse_init_in *in = (const void *)(h + 1);
-
-		atomic_store(&ofs->pt_offered,
-			     (in->flags & FUSE_INIT_EXT) &&
-			     (in->flags2 & OVL_FUSE_PASSTHROUGH_FLAGS2));
-		atomic_store(&ofs->init_unique, h->unique);
-	}
-	return n;
-}
-
-static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
-{
-	struct ovl_fs *ofs = userdata;
-	const struct fuse_out_header *oh = iov[0].iov_base;
-	intptr_t id = (intptr_t)pthread_getspecific(ofs->pt_key);
-	struct iovec v[3];
-
-	if (count != 2 || iov[0].iov_len != sizeof(*oh) || oh->error)
-		return writev(fd, iov, count);
-	if (id > 0 && iov[1].iov_len >= sizeof(struct fuse_open_out)) {
-		/* fuse_open_out ends both the OPEN and the CREATE reply. */
-		struct fuse_open_out o;
-		size_t head = iov[1].iov_len - sizeof(o);
-
-		memcpy(&o, (char *)iov[1].iov_base + head, sizeof(o));
-		o.open_flags |= OVL_FOPEN_PASSTHROUGH;
-		o.padding = (uint32_t)id;	/* backing_id since 7.40 */
-		v[0] = iov[0];
-		v[1].iov_base = iov[1].iov_base;
-		v[1].iov_len = head;
-		v[2].iov_base = &o;
-		v[2].iov_len = sizeof(o);
-		return writev(fd, v, 3);
-	}
-	if (oh->unique && oh->unique == atomic_load(&ofs->init_unique) &&
-	    ofs->pt_want &&
-	    atomic_load(&ofs->pt_offered) &&
-	    iov[1].iov_len == sizeof(struct fuse_init_out)) {
-		struct fuse_init_out o;
-		ssize_t r;
-
-		memcpy(&o, iov[1].iov_base, sizeof(o));
-		/* The kernel will not combine it with the writeback cache. */
-		if (!(o.flags & FUSE_WRITEBACK_CACHE)) {
-			o.flags |= FUSE_INIT_EXT;
-			o.flags2 |= OVL_FUSE_PASSTHROUGH_FLAGS2;
-			o.unused[0] = ofs->pt_depth;	/* max_stack_depth */
-		}
-		v[0] = iov[0];
-		v[1].iov_base = &o;
-		v[1].iov_len = sizeof(o);
-		r = writev(fd, v, 2);
-		if (r > 0 && !(o.flags & FUSE_WRITEBACK_CACHE))
-			atomic_store(&ofs->pt_on, true);
-		return r;
-	}
-	return writev(fd, iov, count);
-}
-
-static ssize_t io_splice(int fdin, off_t *offin, int fdout, off_t *offout,
-			 size_t len, unsigned int flags, void *userdata)
-{
-	(void)userdata;
-	return splice(fdin, offin, fdout, offout, len, flags);
-}
-
-int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point)
-{
-	/*
-	 * No splice_receive: requests are read by io_read, which must see
-	 * the INIT. Writes to passthrough files never come here anyway.
-	 */
-	static const struct fuse_custom_io io = {
-		.read = io_read,
-		.writev = io_writev,
-		.splice_send = io_splice,
-	};
-
-	if (fuse_session_mount(ofs->se, mount_point) < 0)
-		return -EIO;
-	ofs->dev_fd = fuse_session_fd(ofs->se);
-	if (ofs->pt_want &&
-	    fuse_session_custom_io(ofs->se, &io, ofs->dev_fd) < 0) {
-		ofs->pt_want = false;
-		ovl_log(ofs->pub, OVLFS_LOG_WARNING,
-			"passthrough off: libfuse refused our session i/o hooks");
-	}
-	return 0;
-}
-
-/*
- * The request loop: leader/followers instead of libfuse's pool.
- *
- * With libfuse's multithreaded loop every worker sleeps in read() on
- * /dev/fuse and the kernel wakes the one that has waited longest, so a
- * program doing one thing after another (stat, open, read, close...)
- * has each request served by another, cold thread, most often on the
- * other CPU: a cross-CPU wakeup per request, which on a 2-CPU machine
- * cost more than the work itself (open+read+close of small files ran at
- * a third of the single-threaded speed). Here one thread at a time
- * holds the reader's turn. A quick request (see request_is_quick) is
- * served by the reader itself, which keeps the turn, so a sequential
- * client talks to one warm thread. Before anything that may take long
- * (copying data, fsync, big reads, listing a directory, anything that
- * may copy up a file) the reader passes the turn to an idle follower,
- * or starts one (up to OVL_MAX_THREADS), so slow requests still run in
- * parallel with everything else. A quick request that turns out slow all
- * the same (a lower on a stuck network filesystem) must not hold up the
- * mount: a monitor thread, waking every OVL_STUCK_MS, takes the turn
- * away from a reader stuck on one request for that long.
- */
-#define OVL_MAX_THREADS 16
-#define OVL_QUICK_READ (128 * 1024)
-#define OVL_STUCK_MS 50
-
-struct loop {
-	struct ovl_fs *ofs;
-	struct fuse_session *se;
-	pthread_mutex_t lock;
-	pthread_cond_t turn;		/* the reader's turn is free, or done */
-	pthread_cond_t stop;		/* wakes the monitor at the end */
-	bool reading;			/* lock: someone holds the turn */
-	bool done;			/* lock: the session ended */
-	bool busy;			/* lock: the turn's holder serves a
-					   quick request */
-	uint64_t turn_gen;		/* lock: bumped when the turn passes */
-	uint64_t served;		/* lock: quick requests begun */
-	uint64_t stuck;			/* lock: turns the monitor took */
-	int idle;			/* lock: followers waiting for the turn */
-	int nthreads;			/* lock: started besides the first */
-	pthread_t threads[OVL_MAX_THREADS];	/* lock */
-	int result;			/* lock */
-};
-
-/* Is the request in B cheap and sure not to wait on file data? */
-static bool request_is_quick(struct ovl_fs *ofs, const struct fuse_buf *b)
-{
-	const struct fuse_in_header *h = b->mem;
-	const void *arg = h + 1;
-
-	if ((b->flags & FUSE_BUF_IS_FD) || b->size < sizeof(*h))
-		return false;
-	switch (h->opcode) {
-	case FUSE_SETATTR:	/* no copy-up, no size change */
-		return b->size >= sizeof(*h) + sizeof(struct fuse_setattr_in) &&
-		       !(((const struct fuse_setattr_in *)arg)->valid &
-			 FATTR_SIZE) &&
-		       ovl_node_has_upper(node_of(ofs, h->nodeid));
-	case FUSE_SETXATTR:
-	case FUSE_REMOVEXATTR:
-		return ovl_node_has_upper(node_of(ofs, h->nodeid));
-	case FUSE_LOOKUP:
-	case FUSE_FORGET:
-	case FUSE_BATCH_FORGET:
-	case FUSE_GETATTR:
-	case FUSE_READLINK:
-	case FUSE_RELEASE:
-	case FUSE_RELEASEDIR:
-	case FUSE_OPENDIR:
-	case FUSE_STATFS:
-	case FUSE_GETXATTR:
-	case FUSE_LISTXATTR:
-	case FUSE_FLUSH:
-	case FUSE_ACCESS:
-	case FUSE_INTERRUPT:
-	case FUSE_CREATE:	/* parents' copy-up is metadata only */
-	case FUSE_MKDIR:
-	case FUSE_MKNOD:
-	case FUSE_SYMLINK:
-	case FUSE_UNLINK:
-		return true;
-	case FUSE_OPEN:		/* unless it copies up */
-		return b->size >= sizeof(*h) + sizeof(struct fuse_open_in) &&
-		       (((const struct fuse_open_in *)arg)->flags &
-			(O_ACCMODE | O_TRUNC)) == O_RDONLY;
-	case FUSE_READ:
-		return b->size >= sizeof(*h) + sizeof(struct fuse_read_in) &&
-		       ((const struct fuse_read_in *)arg)->size <=
-			       OVL_QUICK_READ;
-	default:
-		return false;
-	}
-}
-
-static void *loop_thread(void *arg);
-
-/* The session is over: wake everyone to leave. Caller holds L->lock. */
-static void loop_finish(struct loop *L, int res)
-{
-	if (!L->done && res < 0)
-		L->result = res;
-	L->done = true;
-	L->reading = false;
-	pthread_cond_broadcast(&L->turn);
-	pthread_cond_signal(&L->stop);
-}
-
-/* Someone else is to read: wake a follower or start one. L->lock held. */
-static void loop_pass_turn(struct loop *L)
-{
-	L->reading = false;
-	L->busy = false;
-	L->turn_gen++;
-	if (L->idle > 0) {
-		pthread_cond_signal(&L->turn);
-	} else if (L->nthreads < OVL_MAX_THREADS &&
-		   pthread_create(&L->threads[L->nthreads], NULL, loop_thread,
-				  L) == 0) {
-		L->nthreads++;
-	}
-	/* else: the next one to finish takes the turn */
-}
-
-static void *loop_monitor(void *arg)
-{
-	struct loop *L = arg;
-	uint64_t seen = 0, stuck;
-	struct timespec t;
-
-	pthread_mutex_lock(&L->lock);
-	while (!L->done) {
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		t.tv_nsec += OVL_STUCK_MS * 1000000L;
-		if (t.tv_nsec >= 1000000000L) {
-			t.tv_sec++;
-			t.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&L->stop, &L->lock, &t);
-		/* The same request in service since the last look: stuck. */
-		stuck = 0;
-		if (L->busy && L->served == seen && !L->done) {
-			loop_pass_turn(L);
-			stuck = ++L->stuck;
-		}
-		seen = L->served;
-		/*
-		 * A slow layer makes every request wait: worth a line, but
-		 * at the 1st, 2nd, 4th, 8th... time only, or it floods.
-		 */
-		if (stuck && !(stuck & (stuck - 1))) {
-			pthread_mutex_unlock(&L->lock);
-			ovl_log(L->ofs->pub, OVLFS_LOG_WARNING,
-				"a request took over %d ms (%" PRIu64
-				" so far): a layer is slow to answer",
-				OVL_STUCK_MS, stuck);
-			pthread_mutex_lock(&L->lock);
-		}
-	}
-	pthread_mutex_unlock(&L->lock);
-	return NULL;
-}
-
-static void *loop_thread(void *arg)
-{
-	struct loop *L = arg;
-	struct fuse_buf fbuf = { .mem = NULL };
-	uint64_t gen;
-	bool mine;
-	int res;
-
-	for (;;) {
-		pthread_mutex_lock(&L->lock);
-		while (L->reading && !L->done) {
-			L->idle++;
-			pthread_cond_wait(&L->turn, &L->lock);
-			L->idle--;
-		}
-		if (L->done) {
-			pthread_mutex_unlock(&L->lock);
-			break;
-		}
-		L->reading = true;
-		gen = L->turn_gen;
-		pthread_mutex_unlock(&L->lock);
-		/* Our turn: read and serve quick requests until a slow one. */
-		for (;;) {
-			res = fuse_session_receive_buf(L->se, &fbuf);
-			if (res == -EINTR || res == -EAGAIN)
-				continue;
-			pthread_mutex_lock(&L->lock);
-			if (res <= 0 || fuse_session_exited(L->se)) {
-				loop_finish(L, res);
-				pthread_mutex_unlock(&L->lock);
-				goto out;
-			}
-			if (!request_is_quick(L->ofs, &fbuf)) {
-				loop_pass_turn(L);
-				pthread_mutex_unlock(&L->lock);
-				break;
-			}
-			L->busy = true;
-			L->served++;
-			pthread_mutex_unlock(&L->lock);
-			fuse_session_process_buf(L->se, &fbuf);
-			pthread_mutex_lock(&L->lock);
-			/* The monitor may have passed the turn on meanwhile. */
-			mine = L->turn_gen == gen;
-			if (mine)
-				L->busy = false;
-			pthread_mutex_unlock(&L->lock);
-			if (!mine)
-				goto next;
-		}
-		fuse_session_process_buf(L->se, &fbuf);
-next:;
-	}
-out:
-	free(fbuf.mem);
-	return NULL;
-}
-
-int ovl_fuse_loop(struct ovl_fs *ofs)
-{
-	struct loop L = { .ofs = ofs, .se = ofs->se };
-	pthread_condattr_t ca;
-	pthread_t monitor;
-	bool monitoring;
-	int n;
-
-	pthread_mutex_init(&L.lock, NULL);
-	pthread_cond_init(&L.turn, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&L.stop, &ca);
-	pthread_condattr_destroy(&ca);
-	monitoring = pthread_create(&monitor, NULL, loop_monitor, &L) == 0;
-	loop_thread(&L);
-	if (monitoring)
-		pthread_join(monitor, NULL);
-	/* No thread starts once done is set: the count is final. */
-	pthread_mutex_lock(&L.lock);
-	n = L.nthreads;
-	pthread_mutex_unlock(&L.lock);
-	for (int i = 0; i < n; i++)
-		pthread_join(L.threads[i], NULL);
-	pthread_cond_destroy(&L.stop);
-	pthread_cond_destroy(&L.turn);
-	pthread_mutex_destroy(&L.lock);
-	return L.result;
-}
-
-void ovl_fuse_session_exit(void *se)
-{
-	fuse_session_exit(se);
-}
-
-void ovl_fuse_session_unmount(void *se)
-{
-	fuse_session_unmount(se);
-}
-
-static void notify_attr_changed(struct ovl_fs *ofs, struct ovl_node *node)
-{
-	/* Attributes only (offset < 0): takes no page lock, safe anywhere. */
-	pthread_rwlock_rdlock(&ofs->notify_lock);
-	if (!ofs->notify_off)
-		fuse_lowlevel_notify_inval_inode(ofs->se, nodeid_of(ofs, node),
-						 -1, 0);
-	pthread_rwlock_unlock(&ofs->notify_lock);
-}
-
-void ovl_fuse_session_destroy(struct ovl_fs *ofs)
-{
-	if (ofs->se)
-		fuse_session_destroy(ofs->se);
-	ofs->se = NULL;
-	if (ofs->pipe_key_made) {
-		pthread_key_delete(ofs->pipe_key);
-		ofs->pipe_key_made = false;
-	}
+	return &ovl_ops;
 }
