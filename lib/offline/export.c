@@ -403,7 +403,7 @@ int ovl_export_tar(struct ovlfs *fs, int fd, const char *upper,
 {
 	struct xport x = { .fs = fs };
 	struct stat ost;
-	int ufd = -1, err;
+	int ufd = -1, err = 0;
 
 	x.upper = upper;
 	ovl_tar_fd_name(fd, x.out, sizeof(x.out));
