@@ -158,9 +158,6 @@ int mount_foreground(const struct mount_opts *o);
 /* Mount O, serve it from a background process; the status once it is up. */
 int mount_daemon(const struct mount_opts *o);
 
-/* All of BUF to FD, across EINTR and short writes: 0, or -1 and errno. */
-int write_all(int fd, const void *buf, size_t len);
-
 /* ---------------------------------------------------------------------- */
 /* cmd-compat.c: the mount(8) / fuse-overlayfs syntax */
 
@@ -184,6 +181,9 @@ int log_attach(struct ovlfs *fs, const struct mount_opts *o);
 
 /* In the daemon once the mount is up: libfuse's lines to syslog too. */
 void log_daemon_started(const struct mount_opts *o);
+
+/* All of BUF to FD, across EINTR and short writes: 0, or -1 and errno. */
+int write_all(int fd, const void *buf, size_t len);
 
 /* ---------------------------------------------------------------------- */
 /* progress.c */

@@ -238,24 +238,6 @@ int mount_foreground(const struct mount_opts *o)
 	return serve(fs);
 }
 
-int write_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += n;
-		len -= n;
-	}
-	return 0;
-}
-
 /*
  * Daemon mode. The child starts a new session, mounts, and reports on a
  * pipe: one byte '0' for success, or '1' followed by the error message.

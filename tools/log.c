@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 /*
  * log.c: where the lines of a mount go (--log FILE, syslog for a daemon,
- * else stderr): the library's log hook and libfuse's.
+ * else stderr): the library's log hook and libfuse's. Also write_all,
+ * which the log file and the daemon's report pipe (cmd-mount.c) use.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -44,6 +45,25 @@ int log_open(const char *path)
 	if (log_fd >= 0)
 		close(log_fd);
 	log_fd = fd;
+	return 0;
+}
+
+/* All of BUF to FD, across EINTR and short writes: 0, or -1 and errno. */
+int write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += n;
+		len -= n;
+	}
 	return 0;
 }
 
