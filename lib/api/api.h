@@ -1,7 +1,8 @@
 /*
  * api/api.h: the public lifecycle, the top of libovlfs: struct ovlfs's
- * calls (ovlfs_new, the setters, mount and umount: lifecycle.c) and the
- * operations built of a mount (flatten.c). May use every folder below.
+ * calls (ovlfs_new, the setters, mount and umount: lifecycle.c), the
+ * operations built of a mount (flatten.c), and finishing and recovering a
+ * pair of layers (finish.c). May use every folder below.
  *
  * Defines no locks: a handle belongs to the thread that calls it.
  */
@@ -16,5 +17,13 @@
  * xattr left by the mount that did) and it is empty and unmounted.
  */
 void ovl_remove_mount_point(struct ovlfs *fs);
+
+/* ===== finish.c: finishing and recovering a pair of layers ===== */
+
+/*
+ * No private calls: ovlfs_finish, ovlfs_recover and ovlfs_set_progress are
+ * public (ovlfs.h), the handle's part (unmount, its paths, its mount
+ * point) around offline/'s ovl_finish() and ovl_recover_lower().
+ */
 
 #endif /* OVL_API_H */

@@ -1,7 +1,8 @@
 /*
  * offline/offline.h: operations on layers that are not mounted, above
  * format/: diff (diff.c), commit in place, atomic commit with its journal
- * and recovery, discard (finalize.c), convert (convert.c), and OCI tar
+ * and recovery, discard (finish.c, commit.c, journal.c, atomic.c),
+ * convert (convert.c), and OCI tar
  * export and apply (tar.c). They use format/ only: never the live
  * filesystem (fs/) nor FUSE. A layer they work on is locked against a
  * mount (flock on its root) for the whole operation.
@@ -13,7 +14,182 @@
 
 #include "format/format.h"
 
-/* ===== finalize.c ===== */
+/* ===== finish.c: commit and discard: shared state, locking, the entry ===== */
+
+/*
+ * The lower's work directory of an atomic commit (stage/, trash/, the
+ * journal: docs/commit.md), and the first line of a journal.
+ */
+#define OVL_COMMIT_WORKDIR ".wh..wh.ovlfs-commit"
+#define OVL_JOURNAL_MAGIC "ovlfs-journal 1"
+
+/* Where a hard-linked upper file went, so its other names follow it. */
+struct placed {
+	dev_t dev;
+	ino_t ino;
+	int fd;			/* O_PATH of the placed or staged object */
+};
+
+/* One commit, discard or recovery (finish.c, commit.c, journal.c, atomic.c). */
+struct fin {
+	struct ovlfs *fs;
+	bool is_root;		/* euid 0: metadata copies may chown */
+	_Atomic uint64_t tmp_counter;	/* ovl_tmp_name() in the lower */
+	struct ovl_fmt fmt;	/* the upper's markers */
+	const char *lower, *upper;	/* canonical paths, for messages */
+	int lower_fd, upper_fd;	/* O_RDONLY|O_DIRECTORY roots */
+	bool same_fs, atomic;
+	bool atomic_or_commit;	/* a commit, not a discard */
+	bool retry;		/* a killed plain commit may have left debris */
+	bool marked;		/* this run set XATTR_COMMITTING */
+	/* Upper files with several links: how many of their names it holds. */
+	struct ovl_linkmap names;
+
+	/* commit-atomic */
+	int work_fd, stage_fd, trash_fd;
+	char *journal;		/* operations so far, text */
+	size_t jlen, jcap;
+	unsigned long next_op;
+
+	struct placed *placed;
+	size_t nplaced;
+
+	/* the path being worked on, relative to the roots, for messages */
+	char path[PATH_MAX];
+	size_t plen;
+
+	struct ovlfs_progress prog;
+	struct timespec last_report;
+};
+
+/*
+ * Carry out ACTION (preserve, discard, commit, commit-atomic) on LOWER and
+ * UPPER, canonical and checked (ovl_pair_paths): locks both, recovers an
+ * interrupted atomic commit of LOWER first, reports progress to fs. 0 or
+ * -errno with a message in fs->err.
+ */
+int ovl_finish(struct ovlfs *fs, enum ovlfs_action action, const char *lower,
+	       const char *upper);
+
+/* F for FS: no fds, no state; clears fs->err. */
+void fin_init(struct fin *f, struct ovlfs *fs);
+/* Close F's fds and free what it holds (F's paths are the caller's). */
+void fin_done(struct fin *f);
+/* Set the error "WHAT: <lower>/<path>: <reason>"; returns ERR. */
+int fin_fail(struct fin *f, int err, const char *what);
+/* Append NAME to f->path (*SAVED: the length before); -ENAMETOOLONG. */
+int fin_path_push(struct fin *f, const char *name, size_t *saved);
+void fin_path_pop(struct fin *f, size_t saved);
+/* Progress to fs->progress: at most every 100 ms, unless FINAL. */
+void fin_report(struct fin *f, bool final);
+/* One entry (of BYTES bytes) done. */
+void fin_tick(struct fin *f, uint64_t bytes);
+/*
+ * Entries and file bytes under directory DFD, for progress totals; in NAMES
+ * (if given) the names of each multiply-linked file.
+ */
+void fin_count_tree(int dfd, uint64_t *entries, uint64_t *bytes,
+		    struct ovl_linkmap *names);
+/* Open directory DFD/NAME O_RDONLY, not following a symlink; fd or -errno. */
+int fin_open_dir_at(int dfd, const char *name);
+/* Remove ovlfs's private xattrs (the origin) from FD. */
+void fin_strip_private(int fd);
+/*
+ * Make DST (any fd) carry SRC's owner, mode, xattrs and times exactly; the
+ * times from TIMES instead when given (SRC's own changed since).
+ */
+int fin_sync_meta_times(struct fin *f, int srcfd, int dstfd,
+			const struct stat *times);
+int fin_sync_meta(struct fin *f, int srcfd, int dstfd);
+/* Open an existing layer root for finalizing; *FD is O_RDONLY|O_DIRECTORY. */
+int fin_open_root(struct fin *f, const char *what, const char *path,
+		  int *fdp);
+/* Remove the upper directory itself, making sure it is the one we hold. */
+int fin_remove_upper(struct fin *f);
+/* Open and lock the lower for F, recovering an interrupted commit. */
+int fin_take_lower(struct fin *f);
+/* Open and lock the upper; 1 if there is none (nothing to do). */
+int fin_take_upper(struct fin *f);
+
+/* ===== commit.c: the commit walk of the upper over the lower ===== */
+
+/*
+ * Build a copy of upper entry UD/NAME (stat ST, not a directory) as
+ * DSTDIR/DST: a hard link of the same upper inode's earlier copy, a hard
+ * link of the upper file itself (LINK_UPPER, same filesystem), or a copy
+ * with all its metadata.
+ */
+int fin_copy_object(struct fin *f, int ud, const char *name,
+		    const struct stat *st, int dstdir, const char *dst,
+		    bool link_upper);
+/*
+ * Commit upper directory UD into lower LD (f->path is theirs): in place,
+ * or into the stage and the journal if f->atomic.
+ */
+int fin_commit_dir(struct fin *f, int ud, int ld);
+/* Commit F's upper into its lower, in place or ATOMIC; 0 or -errno. */
+int fin_commit(struct fin *f, bool atomic);
+
+/* ===== journal.c: the journal of an atomic commit ===== */
+
+/* Append LEN bytes of S to the journal being built. */
+int fin_jput(struct fin *f, const char *s, size_t len);
+/* Append PATH, escaped (everything outside '!'..'~', and '%', as %XX). */
+int fin_jput_path(struct fin *f, const char *path);
+/* Append operation OP (R, D, M) number N on f->path. */
+int fin_jop(struct fin *f, char op, unsigned long n);
+/*
+ * A journal comes from the lower: it may be damaged or crafted. Check the
+ * whole of TEXT (SIZE bytes) before acting on any line, so a bad one stops
+ * recovery with nothing changed. 0, or -EUCLEAN with a message naming the
+ * line.
+ */
+int fin_check_journal(struct fin *f, const char *text, size_t size);
+/* Does DFD/NAME exist (not following a symlink)? */
+bool fin_exists_at(int dfd, const char *name);
+/*
+ * Roll back: the lower becomes the old one again and the work directory
+ * goes. The upper was never touched.
+ */
+int fin_roll_back(struct fin *f, const char *text);
+/*
+ * Apply journal TEXT (modified in place), or with !APPLY only check it;
+ * *UPPER points at the upper it names.
+ */
+int fin_apply_journal(struct fin *f, char *text, char **upper, bool apply);
+/* Write the journal, durably: the commit point of an atomic commit. */
+int fin_write_journal(struct fin *f);
+/*
+ * Files staged by link share their inode with the upper, private xattrs
+ * included; those go once every operation is in (a rollback before that
+ * must give back an untouched upper). Idempotent, like everything here.
+ */
+int fin_strip_applied(struct fin *f, const char *text);
+
+/* ===== atomic.c: the atomic commit (staging, apply) and recovery ===== */
+
+/* The next operation's number, also as a name (in stage/, trash/) in NAME. */
+unsigned long fin_new_op(struct fin *f, char name[32]);
+/* Stage directory UD/NAME and everything in it as DSTDIR/DST. */
+int fin_stage_tree(struct fin *f, int ud, const char *name, int dstdir,
+		   const char *dst);
+/*
+ * An M operation: carriers of the new metadata (of UD/NAME) and of the old
+ * (of LD/NAME), so a failed apply can be rolled back. NAME NULL: the roots.
+ */
+int fin_stage_meta(struct fin *f, int ud, int ld, const char *name,
+		   const struct stat *st);
+/*
+ * Atomic commit of F's locked layers: stage and journal, write the
+ * journal (the commit point), apply it, clean up; on failure, roll back
+ * or say how to finish. 0 or -errno with a message.
+ */
+int fin_commit_atomic(struct fin *f);
+/*
+ * Roll an interrupted atomic commit of F's (locked) lower forward or back.
+ * 1 if there was one, 0 if not, -errno with a message.
+ */
+int fin_recover_locked(struct fin *f);
 
 /*
  * Recover an interrupted atomic commit of LOWER (canonical) if there is

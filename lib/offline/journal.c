@@ -1,0 +1,565 @@
+/*
+ * journal.c: the journal of an atomic commit (docs/commit.md): building
+ * it, writing it (the commit point), checking one read back from the lower
+ * (which may be damaged or crafted), applying it and rolling it back. Its
+ * own file: the journal's format and its distrust of the lower are one
+ * concern, apart from the walk that fills it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "offline/offline.h"
+
+int fin_jput(struct fin *f, const char *s, size_t len)
+{
+	if (f->jlen + len + 1 > f->jcap) {
+		size_t cap = (f->jcap + len + 1) * 2;
+		char *p = realloc(f->journal, cap);
+
+		if (!p)
+			return -ENOMEM;
+		f->journal = p;
+		f->jcap = cap;
+	}
+	memcpy(f->journal + f->jlen, s, len);
+	f->jlen += len;
+	f->journal[f->jlen] = '\0';
+	return 0;
+}
+
+/* Paths are bytes: everything outside '!'..'~', and '%', as %XX. */
+int fin_jput_path(struct fin *f, const char *path)
+{
+	char buf[4];
+	int err = 0;
+
+	if (!*path)
+		return fin_jput(f, ".", 1);
+	for (const unsigned char *p = (const unsigned char *)path; *p && !err;
+	     p++) {
+		if (*p > ' ' && *p < 0x7f && *p != '%') {
+			err = fin_jput(f, (const char *)p, 1);
+		} else {
+			snprintf(buf, sizeof(buf), "%%%02X", *p);
+			err = fin_jput(f, buf, 3);
+		}
+	}
+	return err;
+}
+
+int fin_jop(struct fin *f, char op, unsigned long n)
+{
+	char buf[32];
+	int len = snprintf(buf, sizeof(buf), "%c %lu ", op, n);
+	int err = fin_jput(f, buf, len);
+
+	if (!err)
+		err = fin_jput_path(f, f->path);
+	if (!err)
+		err = fin_jput(f, "\n", 1);
+	return err;
+}
+
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Strictly %XX (sscanf would take signs and blanks); never a NUL byte. */
+static int decode_path(char *s)
+{
+	char *o = s;
+
+	for (; *s; s++) {
+		if (*s == '%') {
+			int hi = hex_digit(s[1]), lo = hi < 0 ? -1 : hex_digit(s[2]);
+
+			if (lo < 0 || (hi | lo) == 0)
+				return -EUCLEAN;
+			*o++ = (char)(hi << 4 | lo);
+			s += 2;
+		} else {
+			*o++ = *s;
+		}
+	}
+	*o = '\0';
+	return 0;
+}
+
+/*
+ * What is wrong with decoded journal path PATH, or NULL: it must stay in
+ * the lower (relative, no "", "." or ".." component) and out of the work
+ * directory. "." (the root) only for M.
+ */
+static const char *bad_path(const char *path, bool root_ok)
+{
+	const char *p = path;
+
+	if (!strcmp(path, "."))
+		return root_ok ? NULL : "the lower root itself";
+	for (;;) {
+		size_t len = strcspn(p, "/");
+
+		if (len == 0 || (len == 1 && p[0] == '.') ||
+		    (len == 2 && p[0] == '.' && p[1] == '.'))
+			return "a path that is absolute or has an empty, . or .. component";
+		if (p == path && len == strlen(OVL_COMMIT_WORKDIR) && !strncmp(p, OVL_COMMIT_WORKDIR, len))
+			return "a path inside the work directory";
+		if (!p[len])
+			return NULL;
+		p += len + 1;
+	}
+}
+
+/* What is wrong with operation line LINE (a copy, decoded here), or NULL. */
+static const char *bad_op(char *line)
+{
+	size_t nd;
+
+	if (!line[0] || !strchr("RDM", line[0]) || line[1] != ' ')
+		return "not an operation (R, D or M)";
+	nd = strspn(line + 2, "0123456789");
+	if (nd == 0 || nd > 20 || line[2 + nd] != ' ')
+		return "no operation number";
+	if (decode_path(line + 3 + nd))
+		return "a bad %XX escape in the path";
+	return bad_path(line + 3 + nd, line[0] == 'M');
+}
+
+/*
+ * A journal comes from the lower: it may be damaged or crafted. Check the
+ * whole of TEXT (SIZE bytes) before acting on any line, so a bad one stops
+ * recovery with nothing changed. 0, or -EUCLEAN with a message naming the
+ * line.
+ */
+int fin_check_journal(struct fin *f, const char *text, size_t size)
+{
+	char *copy = malloc(size + 1), *line, *next;
+	const char *why = NULL;
+	unsigned long nline = 0;
+	bool ended = false, upper = false;
+
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, text, size);
+	copy[size] = '\0';
+	for (line = copy; !why && line < copy + size; line = next) {
+		char *nl = memchr(line, '\n', copy + size - line);
+		bool last = !nl;
+
+		nline++;
+		if (last)
+			nl = copy + size;
+		*nl = '\0';
+		next = nl + 1;
+		if (strlen(line) != (size_t)(nl - line))
+			why = "a NUL byte";
+		else if (ended)
+			why = "text after \"end\"";
+		else if (nline == 1)
+			why = strcmp(line, OVL_JOURNAL_MAGIC) ?
+				      "not an ovlfs journal (no \"" OVL_JOURNAL_MAGIC "\")" :
+				      NULL;
+		else if (!strcmp(line, "end"))
+			ended = true;
+		else if (strncmp(line, "upper ", 6))
+			why = bad_op(line);
+		else if (upper || nline != 2)
+			why = "a misplaced upper line";
+		else if (decode_path(line + 6) || line[6] != '/')
+			why = "a bad upper path";
+		else
+			upper = true;
+		if (!why && last)
+			why = "the last line has no newline (truncated)";
+	}
+	if (!why && !ended) {
+		nline++;
+		why = "no \"end\" line (truncated)";
+	}
+	free(copy);
+	if (!why)
+		return 0;
+	return ovl_set_error(f->fs, -EUCLEAN,
+			     "cannot recover: %s/%s/journal, line %lu: %s; nothing was changed: inspect %s/%s by hand",
+			     f->lower, OVL_COMMIT_WORKDIR, nline, why, f->lower, OVL_COMMIT_WORKDIR);
+}
+
+/*
+ * Open the parent directory of relative PATH under the lower root and
+ * point *LAST at its final component. A journal comes from the lower, so
+ * it is not trusted: "..", "." and empty components are refused, and no
+ * symlink is followed.
+ */
+static int resolve_parent(struct fin *f, char *path, char **last)
+{
+	int dfd = dup(f->lower_fd), nfd;
+	char *slash;
+
+	if (dfd < 0)
+		return -errno;
+	for (;;) {
+		slash = strchr(path, '/');
+		if (!*path || !strcmp(path, ".") || !strcmp(path, "..") ||
+		    (slash && (slash == path || !strncmp(path, "./", 2) ||
+			       !strncmp(path, "../", 3)))) {
+			close(dfd);
+			return -EUCLEAN;
+		}
+		if (!slash)
+			break;
+		*slash = '\0';
+		nfd = fin_open_dir_at(dfd, path);
+		close(dfd);
+		if (nfd < 0)
+			return nfd;
+		dfd = nfd;
+		path = slash + 1;
+	}
+	*last = path;
+	return dfd;
+}
+
+/* Strip private xattrs from files staged by link, now in place. */
+static void strip_tree(int dfd, const char *name)
+{
+	struct ovl_dirlist dl;
+	struct stat st;
+	int fd;
+
+	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return;
+	if (S_ISREG(st.st_mode)) {
+		fd = ovl_open_child(dfd, name);
+		if (fd >= 0) {
+			fin_strip_private(fd);
+			close(fd);
+		}
+		return;
+	}
+	if (!S_ISDIR(st.st_mode))
+		return;
+	fd = fin_open_dir_at(dfd, name);
+	if (fd < 0)
+		return;
+	if (ovl_dirlist_read(fd, &dl) == 0) {
+		for (size_t i = 0; i < dl.n; i++)
+			strip_tree(fd, dl.ents[i].name);
+		ovl_dirlist_free(&dl);
+	}
+	close(fd);
+}
+
+bool fin_exists_at(int dfd, const char *name)
+{
+	struct stat st;
+
+	/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
+	return fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+/* Carry out one journal line; each is idempotent (docs/commit.md). */
+static int apply_op(struct fin *f, char op, const char *n, char *path)
+{
+	char *last = NULL;
+	int dfd, src, dst, err = 0;
+
+	if (op == 'M' && !strcmp(path, ".")) {
+		src = ovl_open_child(f->stage_fd, n);
+		if (src < 0)
+			return src;
+		err = fin_sync_meta(f, src, f->lower_fd);
+		close(src);
+		return err;
+	}
+	if (op == 'R' && !fin_exists_at(f->stage_fd, n))
+		return 0;	/* done before a crash */
+	dfd = resolve_parent(f, path, &last);
+	if (dfd < 0)
+		return dfd;
+	switch (op) {
+	case 'R':
+	case 'D':
+		if (fin_exists_at(dfd, last) &&
+		    renameat(dfd, last, f->trash_fd, n) < 0)
+			err = -errno;
+		if (!err && op == 'R' && renameat(f->stage_fd, n, dfd, last) < 0)
+			err = -errno;
+		break;
+	case 'M':
+		src = ovl_open_child(f->stage_fd, n);
+		dst = ovl_open_child(dfd, last);
+		err = src < 0 ? src : dst < 0 ? dst : fin_sync_meta(f, src, dst);
+		if (src >= 0)
+			close(src);
+		if (dst >= 0)
+			close(dst);
+		break;
+	default:
+		err = -EUCLEAN;
+	}
+	close(dfd);
+	return err;
+}
+
+/* Undo one journal line (rollback); as idempotent as apply_op. */
+static int undo_op(struct fin *f, char op, const char *n, char *path,
+		   bool meta_pass)
+{
+	char *last = NULL, old[40];
+	int dfd, src, dst, err = 0;
+
+	if ((op == 'M') != meta_pass)
+		return 0;
+	snprintf(old, sizeof(old), "%s.old", n);
+	if (op == 'M' && !strcmp(path, ".")) {
+		src = ovl_open_child(f->stage_fd, old);
+		if (src < 0)
+			return src == -ENOENT ? 0 : src;
+		err = fin_sync_meta(f, src, f->lower_fd);
+		close(src);
+		return err;
+	}
+	dfd = resolve_parent(f, path, &last);
+	if (dfd < 0)
+		return dfd;
+	switch (op) {
+	case 'R':
+		/* The new object back to stage/, then the old one back. */
+		if (!fin_exists_at(f->stage_fd, n) && fin_exists_at(dfd, last) &&
+		    renameat(dfd, last, f->stage_fd, n) < 0)
+			err = -errno;
+		/* fall through */
+	case 'D':
+		if (!err && fin_exists_at(f->trash_fd, n) &&
+		    renameat(f->trash_fd, n, dfd, last) < 0)
+			err = -errno;
+		break;
+	case 'M':
+		src = ovl_open_child(f->stage_fd, old);
+		dst = ovl_open_child(dfd, last);
+		if (src >= 0 && dst >= 0)
+			err = fin_sync_meta(f, src, dst);
+		if (src >= 0)
+			close(src);
+		if (dst >= 0)
+			close(dst);
+		break;
+	}
+	close(dfd);
+	return err;
+}
+
+/*
+ * Roll back an apply that failed (journal TEXT, pristine copy): renames in
+ * reverse order first, then the old metadata, which the renames would
+ * otherwise disturb again (a directory's mtime).
+ */
+static int rollback_journal(struct fin *f, const char *text)
+{
+	size_t nl = 0, cap = 0;
+	char **lines = NULL, *copy = strdup(text), *save = NULL, *line;
+	int err = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	for (line = strtok_r(copy, "\n", &save); line;
+	     line = strtok_r(NULL, "\n", &save)) {
+		if (nl == cap) {
+			char **p = realloc(lines, (cap = cap ? cap * 2 : 64) *
+					   sizeof(*lines));
+
+			if (!p) {
+				err = -ENOMEM;
+				goto out;
+			}
+			lines = p;
+		}
+		lines[nl++] = line;
+	}
+	for (int pass = 0; pass < 2 && !err; pass++) {
+		for (size_t i = nl; i-- > 0 && !err;) {
+			size_t k = pass ? nl - 1 - i : i;	/* M: post-order */
+			char op, n[32], *path;
+
+			if (sscanf(lines[k], "%c %31s", &op, n) != 2 ||
+			    !strchr("RDM", op) || lines[k][1] != ' ')
+				continue;	/* header, trailer */
+			path = strchr(lines[k] + 2, ' ');
+			if (!path)
+				continue;
+			path++;
+			err = decode_path(path);
+			if (!err)
+				err = undo_op(f, op, n, path, pass == 1);
+		}
+	}
+out:
+	free(lines);
+	free(copy);
+	return err;
+}
+
+/* Mark the commit as going back, durably, before undoing anything. */
+static int mark_rollback(struct fin *f)
+{
+	int fd = openat(f->work_fd, "rollback", O_WRONLY | O_CREAT | O_CLOEXEC,
+			0600);
+	int err = 0;
+
+	if (fd < 0 || fsync(fd) < 0 || fsync(f->work_fd) < 0)
+		err = -errno;
+	if (fd >= 0)
+		close(fd);
+	return err;
+}
+
+/*
+ * Roll back: the lower becomes the old one again and the work directory
+ * goes. The upper was never touched.
+ */
+int fin_roll_back(struct fin *f, const char *text)
+{
+	int err = mark_rollback(f);
+
+	if (!err)
+		err = rollback_journal(f, text);
+	if (!err && syncfs(f->lower_fd) < 0)
+		err = -errno;
+	if (!err)
+		err = ovl_remove_tree(f->lower_fd, OVL_COMMIT_WORKDIR);
+	if (!err && fsync(f->lower_fd) < 0)
+		err = -errno;
+	return err;
+}
+
+/*
+ * Apply journal TEXT (modified in place), or with !APPLY only check it;
+ * *UPPER points at the upper it names.
+ */
+int fin_apply_journal(struct fin *f, char *text, char **upper, bool apply)
+{
+	char *save = NULL, *line;
+	bool ended = false;
+	int err = 0, nline = 0;
+
+	*upper = NULL;
+	for (line = strtok_r(text, "\n", &save); line && !err;
+	     line = strtok_r(NULL, "\n", &save), nline++) {
+		char op, n[32], *path;
+
+		if (nline == 0) {
+			if (strcmp(line, OVL_JOURNAL_MAGIC))
+				return -EUCLEAN;
+			continue;
+		}
+		if (!strncmp(line, "upper ", 6)) {
+			*upper = line + 6;
+			err = decode_path(*upper);
+			continue;
+		}
+		if (!strcmp(line, "end")) {
+			ended = true;
+			break;
+		}
+		if (sscanf(line, "%c %31s", &op, n) != 2 || !strchr("RDM", op) ||
+		    strspn(n, "0123456789") != strlen(n))
+			return -EUCLEAN;
+		path = strchr(line + 2, ' ');
+		if (!path)
+			return -EUCLEAN;
+		path++;
+		err = decode_path(path);
+		if (!err && apply)
+			err = apply_op(f, op, n, path);
+		if (err) {
+			snprintf(f->path, sizeof(f->path), "%s", path);
+			f->plen = strlen(f->path);
+		}
+		f->prog.entries_done++;
+		fin_report(f, false);
+	}
+	if (!err && !ended)
+		err = -EUCLEAN;	/* a journal is only renamed in complete */
+	return err;
+}
+
+/* ---- writing it ---- */
+
+int fin_write_journal(struct fin *f)
+{
+	int fd = openat(f->work_fd, "journal.tmp", O_WRONLY | O_CREAT |
+			O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	size_t done = 0;
+	int err = 0;
+
+	if (fd < 0)
+		return -errno;
+	while (done < f->jlen && !err) {
+		ssize_t n = write(fd, f->journal + done, f->jlen - done);
+
+		if (n < 0 && errno != EINTR)
+			err = -errno;
+		else if (n > 0)
+			done += n;
+	}
+	if (!err && fsync(fd) < 0)
+		err = -errno;
+	close(fd);
+	/* The rename is the commit point; the fsync makes it durable. */
+	if (!err && renameat(f->work_fd, "journal.tmp", f->work_fd, "journal") < 0)
+		err = -errno;
+	if (!err && fsync(f->work_fd) < 0)
+		err = -errno;
+	return err;
+}
+
+/*
+ * Files staged by link share their inode with the upper, private xattrs
+ * included; those go once every operation is in (a rollback before that
+ * must give back an untouched upper). Idempotent, like everything here.
+ */
+int fin_strip_applied(struct fin *f, const char *text)
+{
+	char *copy = strdup(text), *save = NULL, *line, *last;
+	int err = 0, dfd;
+
+	if (!copy)
+		return -ENOMEM;
+	for (line = strtok_r(copy, "\n", &save); line && !err;
+	     line = strtok_r(NULL, "\n", &save)) {
+		char *path;
+
+		if (line[0] != 'R' || line[1] != ' ' ||
+		    !(path = strchr(line + 2, ' ')))
+			continue;
+		path++;
+		err = decode_path(path);
+		if (err)
+			break;
+		dfd = resolve_parent(f, path, &last);
+		if (dfd < 0) {
+			err = dfd;
+			break;
+		}
+		/* NOLINTNEXTLINE(clang-analyzer-core.CallAndMessage): assumes -errno >= 0 */
+		strip_tree(dfd, last);
+		close(dfd);
+	}
+	free(copy);
+	return err;
+}
