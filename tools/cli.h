@@ -24,7 +24,7 @@
 /* One subcommand: its cmd_* function gets the command's own argc/argv. */
 struct command {
 	const char *name;
-	int (*fn)(int argc, char **argv);
+	int (*fn)(const struct command *cmd, int argc, char **argv);
 	const char *summary;
 	const char *usage;
 };
@@ -33,17 +33,17 @@ struct command {
 const struct command *find_command(const char *name);
 
 /* The subcommands, each in the cmd-*.c file of its family. */
-int cmd_mount(int argc, char **argv);	/* cmd-mount.c */
-int cmd_umount(int argc, char **argv);	/* cmd-mount.c */
-int cmd_run(int argc, char **argv);	/* cmd-run.c */
-int cmd_diff(int argc, char **argv);	/* cmd-diff.c */
-int cmd_commit(int argc, char **argv);	/* cmd-finish.c */
-int cmd_discard(int argc, char **argv);	/* cmd-finish.c */
-int cmd_recover(int argc, char **argv);	/* cmd-finish.c */
-int cmd_flatten(int argc, char **argv);	/* cmd-layers.c */
-int cmd_convert(int argc, char **argv);	/* cmd-layers.c */
-int cmd_export(int argc, char **argv);	/* cmd-tar.c */
-int cmd_apply(int argc, char **argv);	/* cmd-tar.c */
+int cmd_mount(const struct command *cmd, int argc, char **argv);	/* cmd-mount.c */
+int cmd_umount(const struct command *cmd, int argc, char **argv);	/* cmd-mount.c */
+int cmd_run(const struct command *cmd, int argc, char **argv);	/* cmd-run.c */
+int cmd_diff(const struct command *cmd, int argc, char **argv);	/* cmd-diff.c */
+int cmd_commit(const struct command *cmd, int argc, char **argv);	/* cmd-finish.c */
+int cmd_discard(const struct command *cmd, int argc, char **argv);	/* cmd-finish.c */
+int cmd_recover(const struct command *cmd, int argc, char **argv);	/* cmd-finish.c */
+int cmd_flatten(const struct command *cmd, int argc, char **argv);	/* cmd-layers.c */
+int cmd_convert(const struct command *cmd, int argc, char **argv);	/* cmd-layers.c */
+int cmd_export(const struct command *cmd, int argc, char **argv);	/* cmd-tar.c */
+int cmd_apply(const struct command *cmd, int argc, char **argv);	/* cmd-tar.c */
 
 /* ---------------------------------------------------------------------- */
 /* options.c: messages */
@@ -111,6 +111,9 @@ struct mount_opts {
 	bool debug;
 	const char *log_path;		/* --log, or NULL */
 	const struct compat *compat;	/* the mount(8) syntax's extras */
+	/* Applies COMPAT's extra layers, read-only and format to the handle
+	   before it mounts (cmd-compat.c's compat_setup); 0 or -errno. */
+	int (*apply_compat)(struct ovlfs *fs, const struct compat *c);
 };
 
 /* A command's getopt loop when it takes only --help: -1, or the status. */
@@ -167,8 +170,6 @@ bool compat_invocation(int argc, char **argv);
 /* ovlfs in the mount(8) syntax (the whole argv); the exit status. */
 int compat_main(int argc, char **argv);
 
-/* Apply C's extra layers, read-only and format to FS; 0 or -errno. */
-int compat_setup(struct ovlfs *fs, const struct compat *c);
 
 /* ---------------------------------------------------------------------- */
 /* log.c: --log FILE, or syslog in the background */

@@ -490,7 +490,7 @@ static int compat_check(const struct mount_opts *o, const struct compat *c)
 	return ret;
 }
 
-int compat_setup(struct ovlfs *fs, const struct compat *c)
+static int compat_setup(struct ovlfs *fs, const struct compat *c)
 {
 	size_t i;
 	int ret = 0;
@@ -590,6 +590,7 @@ int compat_main(int argc, char **argv)
 	o.lower = c.lowers[0];
 	o.upper = c.upper;
 	o.compat = &c;
+	o.apply_compat = compat_setup;
 	ret = o.foreground ? mount_foreground(&o) : mount_daemon(&o);
 out:
 	compat_free(&c);

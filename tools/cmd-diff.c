@@ -261,9 +261,8 @@ void put_summary(FILE *out, const struct diff_state *d)
 		d->added, d->modified, d->deleted, d->bytes);
 }
 
-int cmd_diff(int argc, char **argv)
+int cmd_diff(const struct command *cmd, int argc, char **argv)
 {
-	const struct command *cmd = find_command("diff");
 	struct diff_state d = { 0 };
 	struct fin_opts o;
 	struct ovlfs *fs;

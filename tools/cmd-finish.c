@@ -195,9 +195,8 @@ static int finish_cmd(struct fin_opts *o, enum ovlfs_action action,
 /* ---------------------------------------------------------------------- */
 /* commit, discard, recover */
 
-int cmd_commit(int argc, char **argv)
+int cmd_commit(const struct command *cmd, int argc, char **argv)
 {
-	const struct command *cmd = find_command("commit");
 	struct fin_opts o;
 	int ret;
 
@@ -209,9 +208,8 @@ int cmd_commit(int argc, char **argv)
 			  "commit");
 }
 
-int cmd_discard(int argc, char **argv)
+int cmd_discard(const struct command *cmd, int argc, char **argv)
 {
-	const struct command *cmd = find_command("discard");
 	struct fin_opts o;
 	int ret;
 
@@ -221,9 +219,8 @@ int cmd_discard(int argc, char **argv)
 	return finish_cmd(&o, OVLFS_DISCARD, "discard");
 }
 
-int cmd_recover(int argc, char **argv)
+int cmd_recover(const struct command *cmd, int argc, char **argv)
 {
-	const struct command *cmd = find_command("recover");
 	struct fin_opts o;
 	struct ovlfs *fs;
 	int ret;

@@ -9,9 +9,8 @@
 /* ---------------------------------------------------------------------- */
 /* flatten, convert */
 
-int cmd_flatten(int argc, char **argv)
+int cmd_flatten(const struct command *cmd, int argc, char **argv)
 {
-	const struct command *cmd = find_command("flatten");
 	struct fin_opts o;
 	struct ovlfs *fs;
 	int ret;
@@ -32,9 +31,8 @@ int cmd_flatten(int argc, char **argv)
 	return ret < 0 ? 1 : 0;
 }
 
-int cmd_convert(int argc, char **argv)
+int cmd_convert(const struct command *cmd, int argc, char **argv)
 {
-	const struct command *cmd = find_command("convert");
 	struct fin_opts o;
 	struct ovlfs *fs;
 	int ret;

@@ -28,9 +28,8 @@
 /* ---------------------------------------------------------------------- */
 /* umount */
 
-int cmd_umount(int argc, char **argv)
+int cmd_umount(const struct command *cmd, int argc, char **argv)
 {
-	const struct command *cmd = find_command("umount");
 	char err[512] = "";
 	int ret;
 
@@ -179,7 +178,7 @@ struct ovlfs *do_mount(const struct mount_opts *o, char *err, size_t errlen)
 		goto fail;
 	if (o->into && (ret = ovlfs_set_commit_into(fs, o->into)) < 0)
 		goto fail;
-	if (o->compat && (ret = compat_setup(fs, o->compat)) < 0)
+	if (o->compat && (ret = o->apply_compat(fs, o->compat)) < 0)
 		goto fail;
 	/*
 	 * A log file in a layer or the mount point (also through a bind
@@ -339,7 +338,7 @@ int mount_daemon(const struct mount_opts *o)
 	}
 }
 
-int cmd_mount(int argc, char **argv)
+int cmd_mount(const struct command *cmd, int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "upper", required_argument, NULL, 'u' },
@@ -356,7 +355,6 @@ int cmd_mount(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const struct command *cmd = find_command("mount");
 	struct mount_opts o = { 0 };
 	char obuf[8];
 	int c, ret;

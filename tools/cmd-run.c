@@ -271,7 +271,7 @@ static void run_child(const char *dir, char **cmdv, const sigset_t *mask)
 	_exit(err == ENOENT ? 127 : 126);
 }
 
-int cmd_run(int argc, char **argv)
+int cmd_run(const struct command *cmd, int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "upper", required_argument, NULL, 'u' },
@@ -291,7 +291,6 @@ int cmd_run(int argc, char **argv)
 		[OVLFS_COMMIT] = "commit",
 		[OVLFS_COMMIT_ATOMIC] = "commit-atomic",
 	};
-	const struct command *cmd = find_command("run");
 	struct mount_opts o = { 0 };
 	int on_exit_action, dashes, c, i, status = 0, code, ret;
 	sigset_t block, oldmask;

@@ -216,9 +216,8 @@ static void report_export_failure(const struct ovlfs *fs, int err,
  * FILE (and a symlink at FILE, and its target) as it was. A device or a
  * fifo at FILE has no contents to keep: it is written to directly.
  */
-int cmd_export(int argc, char **argv)
+int cmd_export(const struct command *cmd, int argc, char **argv)
 {
-	const struct command *cmd = find_command("export");
 	struct sigaction sa = { .sa_handler = on_export_signal };
 	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP };
 	struct sigaction old[3];
@@ -310,9 +309,8 @@ out:
 	return ret < 0 ? 1 : 0;
 }
 
-int cmd_apply(int argc, char **argv)
+int cmd_apply(const struct command *cmd, int argc, char **argv)
 {
-	const struct command *cmd = find_command("apply");
 	struct tar_opts o;
 	struct ovlfs *fs;
 	bool from_stdin;

@@ -26,7 +26,7 @@
 #include "cli.h"
 
 /* The table's own command, below: it prints from the table. */
-static int cmd_help(int argc, char **argv);
+static int cmd_help(const struct command *self, int argc, char **argv);
 
 /* clang-format off */
 static const struct command commands[] = {
@@ -422,13 +422,13 @@ static void main_usage(FILE *out)
 /* ---------------------------------------------------------------------- */
 /* help */
 
-static int cmd_help(int argc, char **argv)
+static int cmd_help(const struct command *self, int argc, char **argv)
 {
 	const struct command *cmd;
 	int ret;
 
 	/* As every command: --help describes it, other options are errors. */
-	ret = parse_help_only(find_command("help"), argc, argv);
+	ret = parse_help_only(self, argc, argv);
 	if (ret >= 0)
 		return ret;
 	if (argc - optind < 1) {
@@ -436,7 +436,7 @@ static int cmd_help(int argc, char **argv)
 		return 0;
 	}
 	if (argc - optind > 1)
-		return usage_error(find_command("help"), "too many arguments");
+		return usage_error(self, "too many arguments");
 	cmd = find_command(argv[optind]);
 	if (!cmd)
 		return usage_error(NULL, "unknown command '%s'", argv[optind]);
@@ -484,5 +484,5 @@ int main(int argc, char **argv)
 	cmd = find_command(arg);
 	if (!cmd)
 		return usage_error(NULL, "unknown command '%s'", arg);
-	return cmd->fn(argc - 1, argv + 1);
+	return cmd->fn(cmd, argc - 1, argv + 1);
 }
