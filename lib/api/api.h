@@ -1,7 +1,8 @@
 /*
  * api/api.h: the public lifecycle, the top of libovlfs: struct ovlfs's
- * calls (ovlfs_new, the setters, mount and umount: lifecycle.c) and the
- * operations built of a mount (flatten.c). May use every folder below.
+ * calls (ovlfs_new, the setters: handle.c; mount and umount: mount.c),
+ * the operations built of a mount (flatten.c), and the public wrappers
+ * of offline/'s work (diff_convert.c). May use every folder below.
  *
  * Defines no locks: a handle belongs to the thread that calls it.
  */
@@ -10,6 +11,8 @@
 
 #include "fuse/fuse_side.h"
 #include "offline/offline.h"
+
+/* ===== mount.c: mounting and unmounting ===== */
 
 /*
  * Remove the mount point if ovlfs created it (this handle, or a marker
