@@ -1,8 +1,9 @@
 /*
  * api/api.h: the public lifecycle, the top of libovlfs: struct ovlfs's
- * calls (ovlfs_new, the setters, mount and umount: lifecycle.c), the
- * operations built of a mount (flatten.c), and finishing and recovering a
- * pair of layers (finish.c). May use every folder below.
+ * calls (ovlfs_new, the setters: handle.c; mount and umount: mount.c),
+ * the operations built of a mount (flatten.c), and the public wrappers
+ * of offline/'s work (finish.c, tar.c, diff_convert.c). May use every
+ * folder below.
  *
  * Defines no locks: a handle belongs to the thread that calls it.
  */
@@ -11,6 +12,8 @@
 
 #include "fuse/fuse_side.h"
 #include "offline/offline.h"
+
+/* ===== mount.c: mounting and unmounting ===== */
 
 /*
  * Remove the mount point if ovlfs created it (this handle, or a marker

@@ -3,10 +3,11 @@
  *
  * Owns what a layer looks like at rest and how ovlfs reaches it: layer
  * roots and fd helpers (layers.c), markers of both formats (whiteouts,
- * opaque directories, long names: whiteout.c), the upper's format checks
- * and stamp, ovlfs's private xattrs and the copying of an object's data
- * and metadata between layers (meta.c), path identity (paths.c), the
- * process's privileges (userns.c), and messages (log.c). It also defines
+ * opaque directories, long names: whiteout.c), the checks of a pair of
+ * layers and of an upper's format and stamp (upper.c), ovlfs's private
+ * xattrs and the copying of an object's data and metadata between layers
+ * (meta.c), path identity (paths.c), the process's privileges
+ * (userns.c), and messages (log.c). It also defines
  * the handle's settings (struct ovlfs), which every layer reads; only
  * api/ changes them.
  *
@@ -92,7 +93,9 @@ struct ovlfs {
 	bool created_upper, created_mount_point;
 };
 
-/* ===== upper checks (api/lifecycle.c for now) ===== */
+/* ===== upper.c: checks of a pair of layers and of an upper, before use ===== */
+
+struct ovl_place;
 
 /*
  * For calls on an unmounted pair (finish, recover, diff): the canonical
@@ -101,6 +104,8 @@ struct ovlfs {
  * false); one the caller named must exist. New strings, or -errno with a
  * message.
  */
+int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
+		   bool *upper_exists);
 /*
  * Refuse (-EUCLEAN, with a message saying why and what to do, WHAT naming
  * the operation) an upper that a volatile mount left marked: its daemon
@@ -110,10 +115,8 @@ struct ovlfs {
  */
 int ovl_refuse_volatile_dirty(struct ovlfs *fs, const char *what,
 			      const char *upper);
-int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
-		   bool *upper_exists);
-
-
+/* Does the upper's root (directory fd FD) carry the volatile mark? */
+bool ovl_volatile_marked(int fd);
 /*
  * The format of the upper at FD (*OUT): its stamp, or for an unstamped
  * one the markers found in it, or fs->format, or OCI. Refused (-EPROTO
@@ -123,6 +126,37 @@ int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
  */
 int ovl_check_upper_format(struct ovlfs *fs, int fd, const char *upper,
 			   bool stamp, struct ovl_fmt *out);
+
+/*
+ * The single checks the above are made of, which a mount (api/) makes of
+ * its directories too. Each returns 0 or -errno with a message naming
+ * WHAT ("lower", "upper", "mount point") and the path.
+ */
+/* A lower must exist, be a directory and be readable. */
+int ovl_check_lower_at(struct ovlfs *fs, const char *lower);
+/* Existing PATH must be a directory; a missing one is fine (created). */
+int ovl_check_dir_or_missing(struct ovlfs *fs, const char *what,
+			     const char *path, bool *exists);
+/*
+ * Refuse an upper named by a symlink: a discard or commit would remove
+ * the directory and leave the link dangling.
+ */
+int ovl_check_upper_not_link(struct ovlfs *fs);
+/* ovl_path_canonical() of PATH into *OUT (to free). */
+int ovl_canonical_of(struct ovlfs *fs, const char *what, const char *path,
+		     char **out);
+/* ovl_place_get() of PATH into *PL (to free with ovl_place_free()). */
+int ovl_place_of(struct ovlfs *fs, const char *what, const char *path,
+		 struct ovl_place *pl);
+/*
+ * Neither of A and B may be the other or lie inside it, by identity: no
+ * symlink, ".." or bind mount makes one pass for another (paths.c).
+ */
+int ovl_check_pair(struct ovlfs *fs, const char *what_a,
+		   const struct ovl_place *a, const char *what_b,
+		   const struct ovl_place *b);
+/* Are A and B the same directory? (No message.) */
+bool ovl_same_place(const struct ovl_place *a, const struct ovl_place *b);
 
 /* ===== paths.c: pure path logic (unit tested) ===== */
 

@@ -21,7 +21,6 @@
 #include <unistd.h>
 
 #include "offline/offline.h"
-#include "api/api.h"	/* until the public wrappers move to api/ */
 
 #define MAX_DEPTH 4096
 /* On the root while a conversion to OCI is under way. */
@@ -267,41 +266,20 @@ static int find_devices(struct conv *c, int dfd, int depth)
 	return err;
 }
 
-int ovlfs_convert(struct ovlfs *fs, enum ovlfs_format to)
+int ovl_convert(struct ovlfs *fs, const char *upper, enum ovlfs_format to)
 {
 	struct conv c = { .fs = fs };
 	enum ovlfs_format want = fs->format;
-	char *lower = NULL, *upper = NULL, stamp[32];
+	char stamp[32];
 	struct ovl_fmt had = { 0 };
-	bool exists, resume = false;
+	bool resume = false;
 	int fd, err, n;
 
-	fs->err[0] = '\0';
-	if (to != OVLFS_FORMAT_OCI && to != OVLFS_FORMAT_KERNEL)
-		return ovl_set_error(fs, -EINVAL, "convert: unknown format %d", to);
-	if (fs->mounted)
-		return ovl_set_error(fs, -EBUSY, "convert: unmount %s first",
-				     fs->mount_point);
-	err = ovl_pair_paths(fs, false, &lower, &upper, &exists);
-	if (err)
-		return err;
-	err = ovl_refuse_pending_commit(fs, "convert", lower, upper);
-	if (!err)
-		err = ovl_refuse_volatile_dirty(fs, "convert", upper);
-	if (err)
-		goto out_free;
-	if (!exists) {
-		err = ovl_set_error(fs, -ENOENT, "convert: upper %s: %s", upper,
-				    strerror(ENOENT));
-		goto out_free;
-	}
 	c.upper = upper;
 	fd = open(upper, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0) {
-		err = ovl_set_error(fs, -errno, "convert: upper %s: %s", upper,
-				    strerror(errno));
-		goto out_free;
-	}
+	if (fd < 0)
+		return ovl_set_error(fs, -errno, "convert: upper %s: %s", upper,
+				     strerror(errno));
 	/* The same lock as a mount: none may run meanwhile. */
 	err = ovl_flock_wait(fd, LOCK_EX);
 	if (err) {
@@ -355,9 +333,6 @@ int ovlfs_convert(struct ovlfs *fs, enum ovlfs_format to)
 	}
 out_close:
 	close(fd);
-out_free:
 	fs->format = want;
-	free(lower);
-	free(upper);
 	return err;
 }

@@ -22,7 +22,6 @@
 #include <unistd.h>
 
 #include "offline/offline.h"
-#include "api/api.h"	/* until the public wrappers move to api/ */
 
 #define DIFF_BUFSZ (64 * 1024)
 
@@ -562,28 +561,17 @@ static int open_root(const char *path, struct stat *st)
 	return err ? err : fd;
 }
 
-int ovlfs_diff(struct ovlfs *fs, ovlfs_diff_fn fn, void *arg)
+int ovl_diff(struct ovlfs *fs, const char *lower, const char *upper,
+	     bool upper_exists, ovlfs_diff_fn fn, void *arg)
 {
 	struct diff_ctx c = { .fs = fs, .fn = fn, .arg = arg };
-	char *lower, *upper;
 	struct stat ust, lst;
 	int ufd = -1, lfd, err, what;
-	bool upper_exists;
 
-	err = ovl_pair_paths(fs, true, &lower, &upper, &upper_exists);
-	if (err)
-		return err;
-	err = ovl_refuse_pending_commit(fs, "diff", lower, upper);
-	if (!err)
-		err = ovl_refuse_volatile_dirty(fs, "diff", upper);
-	if (err)
-		goto out_paths;
 	lfd = open_root(lower, &lst);
-	if (lfd < 0) {
-		err = ovl_set_error(fs, lfd, "lower %s: %s", lower,
-				    strerror(-lfd));
-		goto out_paths;
-	}
+	if (lfd < 0)
+		return ovl_set_error(fs, lfd, "lower %s: %s", lower,
+				     strerror(-lfd));
 	ufd = upper_exists ? open_root(upper, &ust) : -ENOENT;
 	if (ufd == -ENOENT) {
 		err = 0;	/* never mounted: nothing changed */
@@ -625,8 +613,5 @@ out_free:
 	close(ufd);
 out_close_lower:
 	close(lfd);
-out_paths:
-	free(lower);
-	free(upper);
 	return err;
 }

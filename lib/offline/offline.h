@@ -191,6 +191,30 @@ int fin_commit_atomic(struct fin *f);
  */
 int fin_recover_locked(struct fin *f);
 
+/* ===== convert.c: rewriting an upper's markers into another format ===== */
+
+/*
+ * Rewrite the markers of UPPER (an existing, canonical upper of an
+ * unmounted pair, checked by the caller) into format TO (OCI or kernel)
+ * and stamp it so, under the upper's lock; a run that was interrupted is
+ * finished. 0 or -errno with a message.
+ */
+int ovl_convert(struct ovlfs *fs, const char *upper, enum ovlfs_format to);
+
+/* ===== diff.c: what committing the upper would change in the lower ===== */
+
+/*
+ * Call FN (with ARG) for each change UPPER makes to LOWER (both
+ * canonical, a pair the caller checked; mounted or not), in bytewise
+ * path order, a directory before its contents. A missing upper
+ * (!UPPER_EXISTS) changes nothing. 0, FN's nonzero return, or -errno
+ * with a message.
+ */
+int ovl_diff(struct ovlfs *fs, const char *lower, const char *upper,
+	     bool upper_exists, ovlfs_diff_fn fn, void *arg);
+
+/* ===== finalize.c ===== */
+
 /*
  * Recover an interrupted atomic commit of LOWER (canonical) if there is
  * one; UPPER (may be NULL) is removed only if the journal names it.
