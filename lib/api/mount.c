@@ -546,7 +546,8 @@ static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
 		argv[argc++] = (char *)"-d";
 	argv[argc] = NULL;
 	raise_fd_limit();
-	ofs->fuse.se = ovl_fuse_session_new(ofs, argc, argv);
+	ofs->fuse.se = ovl_fuse_session_new(ofs, ovl_fuse_ops(), argc,
+					     argv);
 	free(opts);
 	if (!ofs->fuse.se)
 		return ovl_set_error(fs, -EINVAL,

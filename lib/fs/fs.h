@@ -180,7 +180,7 @@ struct ovl_node {
 
 /*
  * The FUSE side's state of a mount: owned by fuse/ (the session, the loop,
- * passthrough), which reads and changes it, and by api/lifecycle.c, which
+ * passthrough), which reads and changes it, and by api/mount.c, which
  * starts and stops the session. Defined here only so that struct ovl_fs
  * can hold it: fs/ never reads it, and tells fuse/ things through
  * struct ovl_fs_hooks instead. The locks are described in fuse/fuse_side.h.

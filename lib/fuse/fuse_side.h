@@ -17,7 +17,7 @@
  *    under it takes notify_lock.
  *  - notify_lock (ofs->fuse, rwlock, a leaf): held for reading around a
  *    notify or backing ioctl on the session fd by a worker, for writing
- *    by unmount (api/lifecycle.c) to set notify_off before libfuse closes
+ *    by unmount (api/mount.c) to set notify_off before libfuse closes
  *    that fd; so none lands on a closed (or reused) fd number.
  *  - the request loop's lock (struct loop in session.c, a leaf): never
  *    held while serving a request, nor while logging.
@@ -75,10 +75,14 @@ const struct fuse_lowlevel_ops *ovl_fuse_ops(void);
 /* ===== session.c: session, request loop, io hooks, notifications ===== */
 
 /*
- * Create the session for OFS with ARGV-style options, and fill in OFS's
- * hooks (struct ovl_fs_hooks); NULL on error.
+ * Create the session for OFS serving OPS (ovl_fuse_ops(): the caller
+ * joins the two, so the transport does not depend on the adapters) with
+ * ARGV-style options, and fill in OFS's hooks (struct ovl_fs_hooks);
+ * NULL on error.
  */
-void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv);
+void *ovl_fuse_session_new(struct ovl_fs *ofs,
+			   const struct fuse_lowlevel_ops *ops, int argc,
+			   char **argv);
 /* Mount OFS->fuse.se at MOUNT_POINT, with the passthrough hooks if wanted. */
 int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point);
 /* Run the multithreaded loop until unmounted; returns its result. */

@@ -81,10 +81,11 @@ static const struct ovl_fs_hooks fuse_hooks = {
 	.file_released = ovl_pt_release,
 };
 
-void *ovl_fuse_session_new(struct ovl_fs *ofs, int argc, char **argv)
+void *ovl_fuse_session_new(struct ovl_fs *ofs,
+			   const struct fuse_lowlevel_ops *ops, int argc,
+			   char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	const struct fuse_lowlevel_ops *ops = ovl_fuse_ops();
 	struct fuse_session *se;
 
 	if (!ofs->fuse.pipe_key_made) {
