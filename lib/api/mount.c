@@ -839,23 +839,6 @@ int ovlfs_umount(struct ovlfs *fs)
 
 /* ---- unmounting from outside ---- */
 
-/* Undo mountinfo's octal escapes (\040 for a space) in place. */
-static void unescape(char *s)
-{
-	char *o = s;
-
-	for (; *s; s++) {
-		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '7' && s[2] && s[3]) {
-			*o++ = (char)(((s[1] - '0') << 6) | ((s[2] - '0') << 3) |
-				      (s[3] - '0'));
-			s += 3;
-		} else {
-			*o++ = *s;
-		}
-	}
-	*o = '\0';
-}
-
 /*
  * Whether the FUSE mount on MP (the top one) is ovlfs's: fuse.ovlfs, or,
  * mounted with another subtype=, its root answers OVL_XATTR_MOUNT.
@@ -873,6 +856,31 @@ static bool ovlfs_fstype(const char *mp, const char *fstype)
 	       !memcmp(buf, OVL_MOUNT_MARK, sizeof(buf) - 1);
 }
 
+/* What find_ovlfs_mount looks for and finds. */
+struct mp_find {
+	const char *mp;
+	int found;
+	dev_t dev;
+	char fstype[256];
+	long owner;
+};
+
+static int mp_match(const struct ovl_mount_ent *m, void *arg)
+{
+	struct mp_find *mf = arg;
+	const char *uid;
+
+	if (strcmp(m->point, mf->mp))
+		return 0;
+	/* The last mount on MP is the one on top: keep going. */
+	mf->found = 1;
+	mf->dev = m->fs;
+	snprintf(mf->fstype, sizeof(mf->fstype), "%s", m->fstype);
+	uid = strstr(m->fsopts, ",user_id=");
+	mf->owner = uid ? strtol(uid + 9, NULL, 10) : -1;
+	return 0;
+}
+
 /*
  * Find MP in mountinfo: 1, its device and the uid that mounted it (-1 if
  * not shown) if found; *IS_OVLFS if it is an ovlfs mount.
@@ -880,36 +888,17 @@ static bool ovlfs_fstype(const char *mp, const char *fstype)
 static int find_ovlfs_mount(const char *mp, dev_t *dev, bool *is_ovlfs,
 			    long *owner)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char *line = NULL, fstype[256] = "";
-	size_t cap = 0;
-	int found = 0;
+	struct mp_find mf = { .mp = mp };
+	int err = ovl_mountinfo_walk(mp_match, &mf);
 
-	if (!f)
-		return -errno;
-	while (getline(&line, &cap, f) > 0) {
-		unsigned maj, mnr;
-		char point[4096], type[256], *uid;
-		char *sep = strstr(line, " - ");
-
-		if (!sep || sscanf(line, "%*u %*u %u:%u %*s %4095s", &maj, &mnr,
-				   point) != 3 ||
-		    sscanf(sep + 3, "%255s", type) != 1)
-			continue;
-		unescape(point);
-		if (strcmp(point, mp))
-			continue;
-		/* The last mount on MP is the one on top: keep going. */
-		found = 1;
-		*dev = makedev(maj, mnr);
-		snprintf(fstype, sizeof(fstype), "%s", type);
-		uid = strstr(sep, ",user_id=");
-		*owner = uid ? strtol(uid + 9, NULL, 10) : -1;
+	if (err < 0)
+		return err;
+	if (mf.found) {
+		*dev = mf.dev;
+		*owner = mf.owner;
 	}
-	free(line);
-	fclose(f);
-	*is_ovlfs = found && ovlfs_fstype(mp, fstype);
-	return found;
+	*is_ovlfs = mf.found && ovlfs_fstype(mp, mf.fstype);
+	return mf.found;
 }
 
 /* fusermount3 -u MP; its message (the reason it refused) into WHY. */

@@ -179,6 +179,8 @@ struct ovl_mount_ent {
 	dev_t fs;		/* the filesystem: its superblock's device */
 	char *root;		/* the directory of that filesystem shown */
 	char *point;		/* where it is mounted */
+	char *fstype;		/* "ext4", "fuse.ovlfs"; "" if not shown */
+	char *fsopts;		/* the rest: source, superblock options */
 };
 /*
  * Call FN for each mount until it returns nonzero. 0, or FN's negative

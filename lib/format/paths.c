@@ -305,9 +305,21 @@ int ovl_mountinfo_walk(int (*fn)(const struct ovl_mount_ent *m, void *arg),
 		unsigned maj, mnr;
 		int r0 = -1, r1 = -1, p0 = -1, p1 = -1;
 
+		int t0 = -1, t1 = -1;
+		char *sep;
+
 		if (sscanf(line, "%llu %*u %u:%u %n%*s%n %n%*s%n", &id, &maj,
 			   &mnr, &r0, &r1, &p0, &p1) != 3 || p1 < 0)
 			continue;
+		/* After the optional fields: " - TYPE SOURCE SUPER-OPTIONS". */
+		sep = strstr(line + p1, " - ");
+		if (sep && sscanf(sep + 3, "%n%*s%n", &t0, &t1) >= 0 && t1 > 0) {
+			m.fstype = sep + 3 + t0;
+			m.fsopts = sep + 3 + t1 + (sep[3 + t1] ? 1 : 0);
+			sep[3 + t1] = '\0';
+		} else {
+			m.fstype = m.fsopts = (char *)"";
+		}
 		line[r1] = line[p1] = '\0';
 		m.id = id;
 		m.fs = makedev(maj, mnr);
