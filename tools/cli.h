@@ -55,8 +55,11 @@ void err_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int usage_error(const struct command *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
-/* The text of the bad option getopt just rejected, for messages. */
-const char *bad_option(char **argv, char *buf, size_t len);
+/*
+ * The usage error for what getopt just rejected (C: ':' a missing
+ * argument, else an unknown option), for CMD (NULL: the compat syntax).
+ */
+int option_error(const struct command *cmd, int c, char **argv);
 
 /* The library's message for FS, or a generic one built from ERR. */
 const char *fs_error(const struct ovlfs *fs, int err, char *buf, size_t len);

@@ -528,7 +528,7 @@ int compat_main(int argc, char **argv)
 	};
 	struct mount_opts o = { 0 };
 	struct compat c = { 0 };
-	char *opts = NULL, obuf[8];
+	char *opts = NULL;
 	int nargs = 0, ch, ret = -1;
 
 	optind = 1;
@@ -562,12 +562,8 @@ int compat_main(int argc, char **argv)
 			ret = 0;
 			break;
 		case ':':
-			ret = usage_error(NULL, "option '%s' needs an argument",
-					  argv[optind - 1]);
-			break;
 		default:
-			ret = usage_error(NULL, "unknown option '%s'",
-					  bad_option(argv, obuf, sizeof(obuf)));
+			ret = option_error(NULL, ch, argv);
 		}
 	}
 	if (ret >= 0)

@@ -73,7 +73,6 @@ int parse_fin_opts(const struct command *cmd, unsigned allowed, int argc,
 	struct option longopts[sizeof(all) / sizeof(all[0]) + 2];
 	char shortopts[16] = ":h";
 	size_t i, n = 0;
-	char obuf[8];
 	int c, ret, want;
 
 	for (i = 0; i < sizeof(all) / sizeof(all[0]); i++)
@@ -135,12 +134,8 @@ int parse_fin_opts(const struct command *cmd, unsigned allowed, int argc,
 			fputs(cmd->usage, stdout);
 			return 0;
 		case ':':
-			return usage_error(cmd, "option '%s' needs an argument",
-					   argv[optind - 1]);
 		default:
-			return usage_error(cmd, "unknown option '%s'",
-					   bad_option(argv, obuf,
-						      sizeof(obuf)));
+			return option_error(cmd, c, argv);
 		}
 	}
 	want = (o->lowers.n ? 0 : 1) + !!(allowed & FIN_DEST);

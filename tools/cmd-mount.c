@@ -356,7 +356,6 @@ int cmd_mount(const struct command *cmd, int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	struct mount_opts o = { 0 };
-	char obuf[8];
 	int c, ret;
 
 	optind = 1;
@@ -393,14 +392,9 @@ int cmd_mount(const struct command *cmd, int argc, char **argv)
 			fputs(cmd->usage, stdout);
 			return 0;
 		case ':':
-			mount_opts_free(&o);
-			return usage_error(cmd, "option '%s' needs an argument",
-					   argv[optind - 1]);
 		default:
 			mount_opts_free(&o);
-			return usage_error(cmd, "unknown option '%s'",
-					   bad_option(argv, obuf,
-						      sizeof(obuf)));
+			return option_error(cmd, c, argv);
 		}
 	}
 

@@ -296,7 +296,7 @@ int cmd_run(const struct command *cmd, int argc, char **argv)
 	sigset_t block, oldmask;
 	struct sigaction ign, old_int, old_quit;
 	struct diff_state d = { 0 };
-	char err[1024], obuf[8];
+	char err[1024];
 	char *upper = NULL;
 	int forwarded = 0, wfd;
 	struct ovlfs *fs;
@@ -352,14 +352,9 @@ int cmd_run(const struct command *cmd, int argc, char **argv)
 			fputs(cmd->usage, stdout);
 			return 0;
 		case ':':
-			mount_opts_free(&o);
-			return usage_error(cmd, "option '%s' needs an argument",
-					   argv[optind - 1]);
 		default:
 			mount_opts_free(&o);
-			return usage_error(cmd, "unknown option '%s'",
-					   bad_option(argv, obuf,
-						      sizeof(obuf)));
+			return option_error(cmd, c, argv);
 		}
 	}
 	if (dashes - optind < (o.lowers.n ? 0 : 1)) {

@@ -46,7 +46,6 @@ static int parse_tar_opts(const struct command *cmd, bool allow_commit,
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	char obuf[8];
 	int c;
 
 	memset(o, 0, sizeof(*o));
@@ -71,12 +70,8 @@ static int parse_tar_opts(const struct command *cmd, bool allow_commit,
 			fputs(cmd->usage, stdout);
 			return 0;
 		case ':':
-			return usage_error(cmd, "option '%s' needs an argument",
-					   argv[optind - 1]);
 		default:
-			return usage_error(cmd, "unknown option '%s'",
-					   bad_option(argv, obuf,
-						      sizeof(obuf)));
+			return option_error(cmd, c, argv);
 		}
 	}
 	if (!*o->tar)

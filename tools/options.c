@@ -53,13 +53,24 @@ int usage_error(const struct command *cmd, const char *fmt, ...)
 }
 
 /* The text of the bad option getopt just rejected, for messages. */
-const char *bad_option(char **argv, char *buf, size_t len)
+static const char *bad_option(char **argv, char *buf, size_t len)
 {
 	if (optopt) {
 		snprintf(buf, len, "-%c", optopt);
 		return buf;
 	}
 	return argv[optind - 1];
+}
+
+int option_error(const struct command *cmd, int c, char **argv)
+{
+	char obuf[8];
+
+	if (c == ':')
+		return usage_error(cmd, "option '%s' needs an argument",
+				   argv[optind - 1]);
+	return usage_error(cmd, "unknown option '%s'",
+			   bad_option(argv, obuf, sizeof(obuf)));
 }
 
 /* The library's message for FS, or a generic one built from ERR. */
@@ -99,7 +110,6 @@ int parse_help_only(const struct command *cmd, int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	char obuf[8];
 	int c;
 
 	optind = 1;
@@ -110,9 +120,7 @@ int parse_help_only(const struct command *cmd, int argc, char **argv)
 			fputs(cmd->usage, stdout);
 			return 0;
 		default:
-			return usage_error(cmd, "unknown option '%s'",
-					   bad_option(argv, obuf,
-						      sizeof(obuf)));
+			return option_error(cmd, c, argv);
 		}
 	}
 	return -1;
