@@ -827,6 +827,22 @@ def run_threads(fn, n, timeout=100):
     return errors
 
 
+def kill_after(cmd, delay):
+    """Start CMD, SIGKILL it after DELAY seconds; True if it was killed.
+    A run that ended by itself first must have succeeded."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if delay > 0:
+        time.sleep(delay)
+    if p.poll() is None:
+        p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+    err = p.stderr.read().decode(errors="replace")
+    p.stderr.close()
+    if p.returncode != -signal.SIGKILL:
+        assert p.returncode == 0, "%s failed by itself: %s" % (cmd, err)
+    return p.returncode == -signal.SIGKILL
+
+
 def wait_for(pred, timeout=10.0, interval=0.05):
     end = time.monotonic() + timeout
     while time.monotonic() < end:

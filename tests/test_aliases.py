@@ -288,16 +288,23 @@ def test_legitimate_setups_pass(work, alt_work, mounts):
 
 # ------------------------------------------------- B: deleting across mounts
 
+def precious_mount(work, mounts, target):
+    """Bind WORK/other, filled by precious(), on directory TARGET; its
+    path. What a command must never touch through a layer."""
+    other = j(work, "other")
+    os.mkdir(other)
+    precious(other)
+    mounts.bind(other, target)
+    return other
+
+
 @pytest.mark.parametrize("cmd", ["discard", "commit", "commit-atomic"])
 def test_mount_point_inside_the_upper(work, mounts, cmd):
     """discard deleted the contents of a bind mount inside the upper (and
     commit copied them into the lower, then deleted them)."""
     lower, upper = make_pair(work)
-    other = j(work, "other")
-    os.mkdir(other)
-    precious(other)
     os.mkdir(j(upper, "m"))
-    mounts.bind(other, j(upper, "m"))
+    other = precious_mount(work, mounts, j(upper, "m"))
     before_other = listing(other)
     before = state(lower)
     args = cmd_args(cmd, lower)
@@ -328,10 +335,7 @@ def test_commit_does_not_delete_into_a_mount_in_the_lower(work, mounts, atomic):
     refused, naming it, and the mounted filesystem keeps its contents."""
     lower, _ = make_pair(work, with_change=False)
     os.makedirs(j(lower, "m", "inner"))
-    other = j(work, "other")
-    os.mkdir(other)
-    precious(other)
-    mounts.bind(other, j(lower, "m", "inner"))
+    other = precious_mount(work, mounts, j(lower, "m", "inner"))
     o = Overlay(lower)
     o.mount()
     subprocess.run(["rm", "-rf", j(o.mp, "m")], check=True)
@@ -351,10 +355,7 @@ def test_commit_opaque_dir_over_a_mount_in_the_lower(work, mounts):
     """The same through an opaque directory replacing lower/m."""
     lower, _ = make_pair(work, with_change=False)
     os.makedirs(j(lower, "m", "inner"))
-    other = j(work, "other")
-    os.mkdir(other)
-    precious(other)
-    mounts.bind(other, j(lower, "m", "inner"))
+    other = precious_mount(work, mounts, j(lower, "m", "inner"))
     o = Overlay(lower)
     o.mount()
     subprocess.run(["rm", "-rf", j(o.mp, "m")], check=True)
@@ -372,10 +373,7 @@ def test_apply_whiteout_over_a_mount_in_the_upper(work, mounts):
     tar whiteout of a directory of the upper)."""
     lower, upper = make_pair(work)
     os.makedirs(j(upper, "d", "mnt"))
-    other = j(work, "other")
-    os.mkdir(other)
-    precious(other)
-    mounts.bind(other, j(upper, "d", "mnt"))
+    other = precious_mount(work, mounts, j(upper, "d", "mnt"))
     src = j(work, "tarsrc")
     os.mkdir(src)
     open(j(src, ".wh.d"), "w").close()

@@ -17,7 +17,6 @@ placement; OVLFS_CRASH_SEED fixes the seed (printed on failure).
 import os
 import random
 import shutil
-import signal
 import stat
 import subprocess
 import time
@@ -25,7 +24,8 @@ import time
 import pytest
 
 from conftest import (OVLFS, Overlay, F, D, L, Fifo, HL, build, cp_a, snapshot,
-                      diff_snapshots, assert_same_tree, ovlfs, run, _outcome)
+                      diff_snapshots, assert_same_tree, ovlfs, run, _outcome,
+                      kill_after)
 
 WORKDIR = b".wh..wh.ovlfs-commit"
 TRIALS = int(os.environ.get("OVLFS_CRASH_TRIALS", "30"))
@@ -173,19 +173,8 @@ class Crash:
         return sorted(ts)[n // 2]
 
     def kill_after(self, delay):
-        p = subprocess.Popen(self.cmd(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
-        if delay > 0:
-            time.sleep(delay)
-        exited = p.poll() is not None
-        if not exited:
-            p.send_signal(signal.SIGKILL)
-        p.wait(timeout=60)
-        err = p.stderr.read().decode(errors="replace")
-        p.stderr.close()
-        if exited or p.returncode == 0:
-            assert p.returncode == 0, "commit failed by itself: %s" % err
-        return p.returncode
+        """Start a commit and SIGKILL it after DELAY; True if it was killed."""
+        return kill_after(self.cmd(), delay)
 
     def lower_now(self):
         return snapshot(self.lower, mtime=True)

@@ -17,34 +17,15 @@ import time
 
 import pytest
 
-from conftest import (IS_ROOT, OVLFS, Overlay, build, mount_entry, needs_root,
-                      pids_naming, traced,
-                      ovlfs, run, wait_for)
+from conftest import (IS_ROOT, Overlay, mount_entry, needs_root, pids_naming,
+                      traced, ovlfs, run, wait_for)
+from test_compat import CompatOverlay, layers
 
 MARK = "user.ovlfs.volatile"
 
 
 def j(*p):
     return os.path.join(*p)
-
-
-class CompatOverlay(Overlay):
-    """An Overlay mounted through the fuse-overlayfs syntax."""
-
-    def __init__(self, lower, upper, mp, args):
-        super().__init__(lower, upper=upper, mp=mp)
-        self.args = args
-
-    def mount_args(self, foreground=False):
-        return [OVLFS] + list(self.args)
-
-
-def layers(work):
-    lower, upper, wd, mp = (j(work, n) for n in ("lower", "upper", "work", "mnt"))
-    for d in (lower, upper, wd, mp):
-        os.mkdir(d)
-    build(lower, {"f": "lower f\n", "d": {"g": "g\n"}})
-    return lower, upper, wd, mp
 
 
 def make(kind, work, extra=(), source=None):

@@ -34,7 +34,8 @@ import time
 import pytest
 
 from conftest import (OVLFS, Overlay, build, cp_a, snapshot, diff_snapshots,
-                      ovlfs, run, mountinfo, is_fuse_mounted, needs_root)
+                      ovlfs, run, mountinfo, is_fuse_mounted, needs_root,
+                      kill_after)
 from test_commit_kill import lower_spec, changes
 from test_commit_crash import link_groups, strip_dir_mtimes
 
@@ -88,22 +89,6 @@ def view(lower, upper, mp, fmt=None):
         return snapshot(mp, mtime=True, hide_private=True, root_attrs=True)
     finally:
         ovl.umount()
-
-
-def kill_after(cmd, delay):
-    """Start CMD, SIGKILL it after DELAY; True if it was killed."""
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if delay > 0:
-        time.sleep(delay)
-    exited = p.poll() is not None
-    if not exited:
-        p.send_signal(signal.SIGKILL)
-    p.wait(timeout=60)
-    err = p.stderr.read().decode(errors="replace")
-    p.stderr.close()
-    if p.returncode != -signal.SIGKILL:
-        assert p.returncode == 0, "%s failed by itself: %s" % (cmd, err)
-    return p.returncode == -signal.SIGKILL
 
 
 def rm_rf(p):

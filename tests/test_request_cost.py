@@ -24,17 +24,23 @@ for i in range(5):
 
 
 
-def test_creates_do_not_read_the_callers_groups(work):
-    """CREATE, MKDIR, MKNOD and SYMLINK do not read the caller's
-    supplementary groups from /proc/PID/task/TID/status (libfuse's
-    fuse_req_getgroups: open, read, close and a procfs rendering per
-    request): nothing but ACCESS uses them."""
+def _mounted(work):
+    """A small lower (one file) mounted with its upper, both in WORK."""
     lower = os.path.join(work, "lower")
     os.mkdir(lower)
     build(lower, {"f": "lower\n"})
     o = Overlay(lower, upper=os.path.join(work, "upper"),
                 mp=os.path.join(work, "mnt"))
     o.mount()
+    return lower, o
+
+
+def test_creates_do_not_read_the_callers_groups(work):
+    """CREATE, MKDIR, MKNOD and SYMLINK do not read the caller's
+    supplementary groups from /proc/PID/task/TID/status (libfuse's
+    fuse_req_getgroups: open, read, close and a procfs rendering per
+    request): nothing but ACCESS uses them."""
+    lower, o = _mounted(work)
     pids = daemon_pids(lower)
     assert len(pids) == 1, pids
     lines = traced(pids[0], WORKLOAD, o.mp, "openat,open")
@@ -64,12 +70,7 @@ def test_setattr_opens_nothing(work):
     for (files are not pinned) do not open it (O_PATH open + close per
     SETATTR): they act on its name in the pinned parent, symlinks not
     followed. And they land on the right objects."""
-    lower = os.path.join(work, "lower")
-    os.mkdir(lower)
-    build(lower, {"f": "lower\n"})
-    o = Overlay(lower, upper=os.path.join(work, "upper"),
-                mp=os.path.join(work, "mnt"))
-    o.mount()
+    lower, o = _mounted(work)
     d = os.path.join(o.mp, "d")
     os.mkdir(d)
     for i in range(10):

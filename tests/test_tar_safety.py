@@ -159,13 +159,10 @@ def test_export_full_filesystem_keeps_file(work):
         subprocess.run(["umount", small], check=True)
 
 
-def test_export_killed_leaves_file(work):
-    """kill -9 midway (here: while export waits for the upper's lock): FILE
-    is as it was; the only debris is a temporary file named for it."""
-    lower, upper = _pair(work)
-    out = j(work, "out.tar")
-    _precious(out)
-    before = _state(out)
+def _signal_waiting_export(work, lower, upper, out, sig):
+    """Start `export --tar OUT LOWER` while the upper is locked, so it waits
+    with its temporary file beside OUT made (WORK then holds 4 entries),
+    and send it SIG; the process, ended."""
     ufd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(ufd, fcntl.LOCK_EX)
@@ -175,10 +172,21 @@ def test_export_killed_leaves_file(work):
         try:
             assert wait_for(lambda: len(os.listdir(work)) == 4, timeout=10)
         finally:
-            p.send_signal(signal.SIGKILL)
+            p.send_signal(sig)
             p.wait()
     finally:
         os.close(ufd)
+    return p
+
+
+def test_export_killed_leaves_file(work):
+    """kill -9 midway (here: while export waits for the upper's lock): FILE
+    is as it was; the only debris is a temporary file named for it."""
+    lower, upper = _pair(work)
+    out = j(work, "out.tar")
+    _precious(out)
+    before = _state(out)
+    _signal_waiting_export(work, lower, upper, out, signal.SIGKILL)
     assert _state(out) == before
     debris = [n for n in os.listdir(work)
               if n not in ("lower", "lower.upper", "out.tar")]
@@ -195,19 +203,7 @@ def test_export_sigterm_removes_temporary(work):
     out = j(work, "out.tar")
     _precious(out)
     before = _state(out)
-    ufd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(ufd, fcntl.LOCK_EX)
-        p = subprocess.Popen([OVLFS, "export", "--tar", out, lower],
-                             stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-        try:
-            assert wait_for(lambda: len(os.listdir(work)) == 4, timeout=10)
-        finally:
-            p.send_signal(signal.SIGTERM)
-            p.wait()
-    finally:
-        os.close(ufd)
+    p = _signal_waiting_export(work, lower, upper, out, signal.SIGTERM)
     assert p.returncode == -signal.SIGTERM
     assert _state(out) == before
     assert sorted(os.listdir(work)) == ["lower", "lower.upper", "out.tar"]
