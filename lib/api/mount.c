@@ -572,7 +572,6 @@ static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
 		return ovl_set_error(fs, -err, "cannot start worker thread: %s",
 				     strerror(err));
 	}
-	ofs->fuse.loop_running = true;
 	/* Answered only once the loop has taken the kernel's INIT. */
 	if (stat(d->mp, &st) < 0) {
 		err = -errno;
@@ -580,7 +579,6 @@ static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
 		ovl_fuse_session_exit(ofs->fuse.se);
 		ovl_fuse_session_unmount(ofs->fuse.se);
 		pthread_join(ofs->fuse.loop_thread, NULL);
-		ofs->fuse.loop_running = false;
 		return ovl_set_error(fs, err, "mount point %s: mount is not answering: %s",
 				     d->mp, strerror(-err));
 	}
@@ -790,7 +788,6 @@ int ovlfs_wait(struct ovlfs *fs)
 	if (!fs->mounted)
 		return -EINVAL;
 	pthread_join(fs->ofs->fuse.loop_thread, NULL);
-	fs->ofs->fuse.loop_running = false;
 	teardown(fs);
 	return 0;
 }
@@ -832,7 +829,6 @@ int ovlfs_umount(struct ovlfs *fs)
 	}
 	if (detached)
 		ovl_fuse_session_unmount(ofs->fuse.se);
-	ofs->fuse.loop_running = false;
 	teardown(fs);
 	return 0;
 }

@@ -193,7 +193,6 @@ struct ovl_fuse_state {
 	pthread_key_t pipe_key;		/* each thread's read pipe */
 	int loop_result;
 	bool notify_off;		/* notify_lock */
-	bool loop_running;
 	bool pipe_key_made;
 
 	/* passthrough.c */
