@@ -338,6 +338,11 @@ struct ovl_dirlist {
 	} *ents;
 	size_t n, cap;
 };
+/*
+ * Room in array *V (*CAP elements of SIZE bytes) for element N: *CAP
+ * doubles (from FIRST) until it holds N. 0, or -ENOMEM with *V as it was.
+ */
+int ovl_grow(void **v, size_t *cap, size_t n, size_t size, size_t first);
 int ovl_dirlist_read(int dirfd, struct ovl_dirlist *dl);
 void ovl_dirlist_free(struct ovl_dirlist *dl);
 /*

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -178,6 +179,26 @@ int ovl_flock_wait(int fd, int op)
 	return 0;
 }
 
+int ovl_grow(void **v, size_t *cap, size_t n, size_t size, size_t first)
+{
+	size_t ncap = *cap ? *cap : first;
+	void *nv;
+
+	if (n < *cap)
+		return 0;
+	while (ncap <= n) {
+		if (ncap > SIZE_MAX / 2 / size)
+			return -ENOMEM;
+		ncap *= 2;
+	}
+	nv = realloc(*v, ncap * size);
+	if (!nv)
+		return -ENOMEM;
+	*v = nv;
+	*cap = ncap;
+	return 0;
+}
+
 int ovl_dirlist_read(int dirfd, struct ovl_dirlist *dl)
 {
 	DIR *d;
@@ -205,17 +226,10 @@ int ovl_dirlist_read(int dirfd, struct ovl_dirlist *dl)
 		    (!de->d_name[1] ||
 		     (de->d_name[1] == '.' && !de->d_name[2])))
 			continue;
-		if (dl->n == dl->cap) {
-			size_t cap = dl->cap ? dl->cap * 2 : 32;
-			void *p = realloc(dl->ents, cap * sizeof(*dl->ents));
-
-			if (!p) {
-				err = -ENOMEM;
-				break;
-			}
-			dl->ents = p;
-			dl->cap = cap;
-		}
+		err = ovl_grow((void **)&dl->ents, &dl->cap, dl->n,
+			       sizeof(*dl->ents), 32);
+		if (err)
+			break;
 		dl->ents[dl->n].name = strdup(de->d_name);
 		if (!dl->ents[dl->n].name) {
 			err = -ENOMEM;

@@ -414,20 +414,6 @@ struct stage {
 	size_t ndirs, dcap;
 };
 
-static int grow(void **v, size_t *cap, size_t n, size_t size)
-{
-	void *nv;
-
-	if (n < *cap)
-		return 0;
-	nv = realloc(*v, (*cap ? *cap * 2 : 64) * size);
-	if (!nv)
-		return -ENOMEM;
-	*v = nv;
-	*cap = *cap ? *cap * 2 : 64;
-	return 0;
-}
-
 /*
  * Stage a copy of CHILD, a child of DIR (in the upper): 1 if staged, 0 if
  * CHILD takes a plain copy-up instead (not a lone regular file of the
@@ -442,7 +428,7 @@ static int stage_file(struct ovl_fs *ofs, struct ovl_node *dir,
 
 	if (child->type != S_IFREG || pufd < 0)
 		return 0;
-	err = grow((void **)&sg->v, &sg->cap, sg->n, sizeof(*sg->v));
+	err = ovl_grow((void **)&sg->v, &sg->cap, sg->n, sizeof(*sg->v), 64);
 	if (err)
 		return err;
 	s = &sg->v[sg->n];
@@ -630,8 +616,8 @@ static int copy_up_tree(struct ovl_fs *ofs, struct ovl_node *node,
 	ovl_dir_list_free(ents, n);
 	/* NOLINTBEGIN(bugprone-sizeof-expression): an array of pointers */
 	if (!err)
-		err = grow((void **)&sg->dirs, &sg->dcap, sg->ndirs,
-			   sizeof(*sg->dirs));
+		err = ovl_grow((void **)&sg->dirs, &sg->dcap, sg->ndirs,
+			       sizeof(*sg->dirs), 64);
 	/* NOLINTEND(bugprone-sizeof-expression) */
 	if (err)
 		return err;

@@ -86,15 +86,8 @@ static mode_t dtype_to_mode(unsigned char t)
 static int push(struct ovl_rdent **ents, size_t *n, size_t *cap,
 		const char *name, uint64_t ino, mode_t type)
 {
-	if (*n == *cap) {
-		size_t ncap = *cap ? *cap * 2 : 64;
-		void *p = realloc(*ents, ncap * sizeof(**ents));
-
-		if (!p)
-			return -ENOMEM;
-		*ents = p;
-		*cap = ncap;
-	}
+	if (ovl_grow((void **)ents, cap, *n, sizeof(**ents), 64))
+		return -ENOMEM;
 	(*ents)[*n].name = strdup(name);
 	if (!(*ents)[*n].name)
 		return -ENOMEM;

@@ -119,19 +119,17 @@ static struct placed *find_placed(struct fin *f, const struct stat *st)
 static int remember_placed(struct fin *f, const struct stat *st, int dirfd,
 			   const char *name)
 {
-	struct placed *p;
 	int fd;
 
 	if (S_ISDIR(st->st_mode) || st->st_nlink < 2)
 		return 0;
-	p = realloc(f->placed, (f->nplaced + 1) * sizeof(*p));
-	if (!p)
+	if (ovl_grow((void **)&f->placed, &f->placed_cap, f->nplaced,
+		     sizeof(*f->placed), 64))
 		return -ENOMEM;
-	f->placed = p;
 	fd = ovl_open_child(dirfd, name);
 	if (fd < 0)
 		return fd;
-	p[f->nplaced++] = (struct placed){ st->st_dev, st->st_ino, fd };
+	f->placed[f->nplaced++] = (struct placed){ st->st_dev, st->st_ino, fd };
 	return 0;
 }
 

@@ -57,20 +57,11 @@ static int fail(struct diff_ctx *c, int err, const char *layer,
 
 static int path_push(struct diff_ctx *c, const char *name)
 {
-	size_t nlen = strlen(name), need = c->len + nlen + 2;
+	size_t nlen = strlen(name);
 
-	if (need > c->cap) {
-		size_t ncap = c->cap ? c->cap : 256;
-		char *p;
-
-		while (ncap < need)
-			ncap *= 2;
-		p = realloc(c->path, ncap);
-		if (!p)
-			return ovl_set_error(c->fs, -ENOMEM, "diff: out of memory");
-		c->path = p;
-		c->cap = ncap;
-	}
+	/* Room for "/NAME" and the terminating NUL. */
+	if (ovl_grow((void **)&c->path, &c->cap, c->len + nlen + 1, 1, 256))
+		return ovl_set_error(c->fs, -ENOMEM, "diff: out of memory");
 	c->path[c->len++] = '/';
 	memcpy(c->path + c->len, name, nlen + 1);
 	c->len += nlen;

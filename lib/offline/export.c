@@ -67,21 +67,12 @@ static int xarchive_fail(struct xport *x, const char *name)
 static int xpath_push(struct xport *x, const char *name, bool dir,
 		      size_t *saved)
 {
-	size_t nlen = strlen(name), need = x->len + nlen + 2;
+	size_t nlen = strlen(name);
 
 	*saved = x->len;
-	if (need > x->cap) {
-		size_t ncap = x->cap ? x->cap : 256;
-		char *p;
-
-		while (ncap < need)
-			ncap *= 2;
-		p = realloc(x->path, ncap);
-		if (!p)
-			return -ENOMEM;
-		x->path = p;
-		x->cap = ncap;
-	}
+	/* Room for "NAME/" and the terminating NUL. */
+	if (ovl_grow((void **)&x->path, &x->cap, x->len + nlen + 1, 1, 256))
+		return -ENOMEM;
 	memcpy(x->path + x->len, name, nlen);
 	x->len += nlen;
 	if (dir)

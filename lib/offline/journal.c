@@ -20,15 +20,8 @@
 
 int fin_jput(struct fin *f, const char *s, size_t len)
 {
-	if (f->jlen + len + 1 > f->jcap) {
-		size_t cap = (f->jcap + len + 1) * 2;
-		char *p = realloc(f->journal, cap);
-
-		if (!p)
-			return -ENOMEM;
-		f->journal = p;
-		f->jcap = cap;
-	}
+	if (ovl_grow((void **)&f->journal, &f->jcap, f->jlen + len, 1, 256))
+		return -ENOMEM;
 	memcpy(f->journal + f->jlen, s, len);
 	f->jlen += len;
 	f->journal[f->jlen] = '\0';
@@ -379,16 +372,9 @@ static int rollback_journal(struct fin *f, const char *text)
 		return -ENOMEM;
 	for (line = strtok_r(copy, "\n", &save); line;
 	     line = strtok_r(NULL, "\n", &save)) {
-		if (nl == cap) {
-			char **p = realloc(lines, (cap = cap ? cap * 2 : 64) *
-					   sizeof(*lines));
-
-			if (!p) {
-				err = -ENOMEM;
-				goto out;
-			}
-			lines = p;
-		}
+		err = ovl_grow((void **)&lines, &cap, nl, sizeof(*lines), 64);
+		if (err)
+			goto out;
 		lines[nl++] = line;
 	}
 	for (int pass = 0; pass < 2 && !err; pass++) {

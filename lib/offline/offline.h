@@ -52,7 +52,7 @@ struct fin {
 	unsigned long next_op;
 
 	struct placed *placed;
-	size_t nplaced;
+	size_t nplaced, placed_cap;
 
 	/* the path being worked on, relative to the roots, for messages */
 	char path[PATH_MAX];
