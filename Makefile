@@ -31,7 +31,7 @@ DESTDIR    ?=
 DEB_PACKAGES = build-essential meson ninja-build pkg-config libfuse3-dev \
 	       fuse3 python3-pytest attr fuse-overlayfs \
 	       clang clang-tidy libclang-rt-14-dev cppcheck valgrind \
-	       bash-completion libarchive-dev nettle-dev groff-base man-db strace e2fsprogs \
+	       bash-completion libarchive-dev nettle-dev liburing-dev groff-base man-db strace e2fsprogs \
 	       $(CONTAINER_PACKAGES)
 
 # tests/test_podman.py and bench/containers.py: podman with ovlfs as
