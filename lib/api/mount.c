@@ -583,7 +583,7 @@ static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
 				     d->mp, strerror(-err));
 	}
 	ofs->fuse.conn_dev = st.st_dev;
-	err = ovl_uring_wait(ofs);
+	err = ovl_uring_wait(ofs, d->mp);
 	if (err) {
 		stop_notify(ofs);
 		ovl_fuse_session_exit(ofs->fuse.se);
@@ -728,7 +728,7 @@ int ovlfs_mount(struct ovlfs *fs)
 		err = ovl_set_error(fs, err, "cannot set up passthrough: %s",
 				    strerror(-err));
 	if (!err)
-		err = ovl_uring_init(ofs, fs->io_uring);
+		err = ovl_uring_init(ofs, fs->io_uring, d.mp);
 	if (!err)
 		err = make_root(fs, ofs);
 	if (!err)

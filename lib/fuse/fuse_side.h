@@ -72,10 +72,11 @@ static inline uint64_t ovl_fuse_nodeid(struct ovl_fs *ofs,
 
 /*
  * Before the session: take MODE (ovlfs_set_io_uring). ON fails (with the
- * handle's error set) when the kernel cannot do it; AUTO falls back to
+ * handle's error set, naming the mount point MP) when the kernel cannot do it; AUTO falls back to
  * /dev/fuse, saying so in the log.
  */
-int ovl_uring_init(struct ovl_fs *ofs, enum ovlfs_io_uring mode);
+int ovl_uring_init(struct ovl_fs *ofs, enum ovlfs_io_uring mode,
+		   const char *mp);
 bool ovl_uring_wanted(const struct ovl_fs *ofs);
 /* INIT reply: may it say FUSE_OVER_IO_URING (wanted and offered)? */
 bool ovl_uring_accept(struct ovl_fs *ofs);
@@ -91,7 +92,7 @@ void ovl_uring_start(struct ovl_fs *ofs, bool accepted, uint32_t max_write,
  * registered; log the transport in use. -EOPNOTSUPP (error set) if the
  * mode is ON and the rings did not start.
  */
-int ovl_uring_wait(struct ovl_fs *ofs);
+int ovl_uring_wait(struct ovl_fs *ofs, const char *mp);
 /*
  * The writev hook's first stop: if this thread is answering a ring
  * request and IOV is that reply, put it in the entry: bytes "written",

@@ -186,7 +186,8 @@ static int enable_uring_param(void)
 	return c == 'Y' || c == '1';
 }
 
-int ovl_uring_init(struct ovl_fs *ofs, enum ovlfs_io_uring mode)
+int ovl_uring_init(struct ovl_fs *ofs, enum ovlfs_io_uring mode,
+		   const char *mp)
 {
 	struct io_uring probe;
 	int on, err;
@@ -198,8 +199,8 @@ int ovl_uring_init(struct ovl_fs *ofs, enum ovlfs_io_uring mode)
 	if (on <= 0) {
 		if (mode == OVLFS_IO_URING_ON)
 			return ovl_set_error(ofs->pub, -EOPNOTSUPP,
-					     "io_uring transport unavailable: %s (as root: echo 1 > %s)",
-					     on == 0 ? "the fuse module's enable_uring parameter is off" :
+					     "mount point %s: io_uring transport unavailable: %s (as root: echo 1 > %s)",
+					     mp, on == 0 ? "the fuse module's enable_uring parameter is off" :
 					     "this kernel has no FUSE-over-io_uring (no " OVL_URING_ENABLE ")",
 					     OVL_URING_ENABLE);
 		ofs->fuse.uring_mode = OVLFS_IO_URING_OFF;
@@ -214,8 +215,8 @@ int ovl_uring_init(struct ovl_fs *ofs, enum ovlfs_io_uring mode)
 	if (err < 0) {
 		if (mode == OVLFS_IO_URING_ON)
 			return ovl_set_error(ofs->pub, err,
-					     "io_uring transport unavailable: cannot create a ring: %s (kernel.io_uring_disabled?)",
-					     strerror(-err));
+					     "mount point %s: io_uring transport unavailable: cannot create a ring: %s (kernel.io_uring_disabled?)",
+					     mp, strerror(-err));
 		ofs->fuse.uring_mode = OVLFS_IO_URING_OFF;
 		ovl_log(ofs->pub, OVLFS_LOG_INFO,
 			"transport: /dev/fuse (cannot create an io_uring: %s)",
@@ -825,7 +826,7 @@ void ovl_uring_start(struct ovl_fs *ofs, bool accepted, uint32_t max_write,
 	pthread_mutex_unlock(&u->lock);
 }
 
-int ovl_uring_wait(struct ovl_fs *ofs)
+int ovl_uring_wait(struct ovl_fs *ofs, const char *mp)
 {
 	struct ovl_uring *u = ofs->fuse.uring;
 	enum ovlfs_io_uring mode = ofs->fuse.uring_mode;
@@ -883,7 +884,8 @@ int ovl_uring_wait(struct ovl_fs *ofs)
 off:
 	if (mode == OVLFS_IO_URING_ON)
 		return ovl_set_error(ofs->pub, -EOPNOTSUPP,
-				     "io_uring transport unavailable: %s", why);
+				     "mount point %s: io_uring transport unavailable: %s",
+				     mp, why);
 	ovl_log(ofs->pub, OVLFS_LOG_INFO,
 		"transport: /dev/fuse (FUSE-over-io_uring did not start: %s)",
 		why);
