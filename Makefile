@@ -218,8 +218,9 @@ clean:
 # fuse-overlayfs and ovlfs (root: loop device and mounts); writes
 # bench/results/latest.{csv,md}; bench/containers.py: a container job on
 # podman's native overlay, fuse-overlayfs and ovlfs (containers.md).
-# bench-quick: smaller dataset, a few minutes.
-.PHONY: bench bench-quick
+# bench-quick: smaller dataset, a few minutes. bench-requests: FUSE requests
+# per operation (bench/requests.py), bench/results/requests.{md,json}.
+.PHONY: bench bench-quick bench-requests
 bench:
 	$(SUDO) $(PYTHON) bench/overlay.py --build $(abspath $(BUILD))
 	$(SUDO) $(PYTHON) bench/memory.py --build $(abspath $(BUILD))
@@ -227,3 +228,6 @@ bench:
 
 bench-quick:
 	$(SUDO) $(PYTHON) bench/overlay.py --quick --build $(abspath $(BUILD))
+
+bench-requests:
+	$(SUDO) $(PYTHON) bench/requests.py --reps 3 --build $(abspath $(BUILD))

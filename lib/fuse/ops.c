@@ -42,6 +42,22 @@ static double attr_timeout(const struct ovl_node *node, const struct stat *st)
 							       : OVL_TIMEOUT;
 }
 
+/*
+ * Directories report a 1 MiB block size: glibc's opendir sizes its
+ * getdents buffer from st_blksize (at least 32 KiB, at most 1 MiB), and
+ * since Linux 6.16 FUSE asks for as much per READDIR(PLUS), up to
+ * max_pages (1 MiB with libfuse's default max_write), so listing a big
+ * directory takes a few requests instead of one per 32 KiB. Only
+ * directories: for a file st_blksize is the I/O size hint of cp and stdio.
+ */
+#define OVL_DIR_BLKSIZE (1 << 20)
+
+static void dir_blksize(struct stat *st)
+{
+	if (S_ISDIR(st->st_mode))
+		st->st_blksize = OVL_DIR_BLKSIZE;
+}
+
 static struct ovl_fs *ofs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
@@ -90,6 +106,7 @@ static void reply_entry(fuse_req_t req, struct ovl_fs *ofs, int err,
 	fe.ino = ovl_fuse_nodeid(ofs, e->node);
 	fe.generation = e->node->generation;
 	fe.attr = e->st;
+	dir_blksize(&fe.attr);
 	fe.attr_timeout = attr_timeout(e->node, &e->st);
 	fe.entry_timeout = OVL_TIMEOUT;
 	if (fuse_reply_entry(req, &fe) == -ENOENT)
@@ -171,10 +188,12 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 	int err = ovl_node_stat(ofs, node, &st);
 
 	(void)fi;
-	if (err)
+	if (err) {
 		fuse_reply_err(req, -err);
-	else
-		fuse_reply_attr(req, &st, attr_timeout(node, &st));
+		return;
+	}
+	dir_blksize(&st);
+	fuse_reply_attr(req, &st, attr_timeout(node, &st));
 }
 
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
@@ -202,11 +221,12 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 			valid |= map[i].ovl;
 	err = ovl_setattr(ofs, ovl_fuse_node(ofs, ino), attr, valid,
 			  fi ? fd_of(req, fi) : -1, &st);
-	if (err)
+	if (err) {
 		fuse_reply_err(req, -err);
-	else
-		fuse_reply_attr(req, &st,
-				attr_timeout(ovl_fuse_node(ofs, ino), &st));
+		return;
+	}
+	dir_blksize(&st);
+	fuse_reply_attr(req, &st, attr_timeout(ovl_fuse_node(ofs, ino), &st));
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -320,6 +340,8 @@ static int reply_open(fuse_req_t req, struct ovl_fs *ofs, struct ovl_file *f,
 
 	/* The kernel refuses keep_cache with passthrough. */
 	fi->keep_cache = id ? 0 : keep_cache(ofs, f);
+	/* No FLUSH at close: there is no .flush (see ovl_ops). */
+	fi->noflush = 1;
 	if (id)
 		pthread_setspecific(ofs->fuse.pt_key, (void *)(intptr_t)id);
 	r = fe ? fuse_reply_create(req, fe, fi) : fuse_reply_open(req, fi);
@@ -621,6 +643,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				fe.ino = ovl_fuse_nodeid(ofs, e.node);
 				fe.generation = e.node->generation;
 				fe.attr = e.st;
+				dir_blksize(&fe.attr);
 				fe.attr_timeout = attr_timeout(e.node, &e.st);
 				fe.entry_timeout = OVL_TIMEOUT;
 				len = fuse_add_direntry_plus(req, p, rem, d->name,
@@ -837,8 +860,9 @@ static const struct fuse_lowlevel_ops ovl_ops = {
 	.write_buf = op_write_buf,
 	/*
 	 * No .flush: the backing files are local and written through, so a
-	 * FLUSH on every close would be a round trip for nothing; answered
-	 * ENOSYS once, the kernel stops sending them.
+	 * FLUSH on every close would be a round trip for nothing. Opens
+	 * answer FOPEN_NOFLUSH, so not even the first one is sent (before,
+	 * it was answered ENOSYS once, after which the kernel sent none).
 	 */
 	.release = op_release,
 	.fsync = op_fsync,
