@@ -432,6 +432,23 @@ static void hand_back(struct ovl_uring *u, struct ent *e)
 			q->qid, strerror(errno));
 }
 
+/*
+ * Served by the holder itself? What the classic loop serves on its reader
+ * (ovl_fuse_request_is_quick), and listings too: there the turn is passed
+ * so that other callers' requests go on meanwhile, but a ring only has
+ * the requests of callers on its own CPU, which cannot run while its
+ * holder works anyway; handing work to a thread of the same CPU only adds
+ * two wakeups, unless the work waits for a disk (copy-up, fsync, big
+ * reads), and a listing that does is what the monitor is for.
+ */
+static bool ring_quick(struct ovl_fs *ofs, const struct fuse_buf *b)
+{
+	const struct fuse_in_header *h = b->mem;
+
+	return ovl_fuse_request_is_quick(ofs, b) ||
+	       h->opcode == FUSE_READDIR || h->opcode == FUSE_READDIRPLUS;
+}
+
 /* The turn holder's loop for queue Q, entered with turn generation GEN. */
 static void hold(struct uq *q, uint64_t gen)
 {
@@ -498,7 +515,7 @@ static void hold(struct uq *q, uint64_t gen)
 				prep_cmd(e, OVL_URING_CMD_COMMIT_AND_FETCH);
 				continue;
 			}
-			quick = ovl_fuse_request_is_quick(u->ofs, &e->fbuf);
+			quick = ring_quick(u->ofs, &e->fbuf);
 			pthread_mutex_lock(&u->lock);
 			if (!quick) {
 				push_job(u, e);
