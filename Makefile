@@ -5,6 +5,10 @@
 #   make demo       deps + build + scripts/demo.sh
 #   make check      deps + build + C unit tests + pytest suite
 #   make check-asan the pytest suite against an ASan/UBSan build (build-asan/)
+#   make check-uring   the pytest suite again with every mount on the
+#                   FUSE-over-io_uring transport (scripts/with-uring.sh turns
+#                   the fuse module's enable_uring on for the run, then back);
+#                   URING=on does the same for check, check-asan, check-tsan
 #   make check-tsan the concurrency-heavy tests against a ThreadSanitizer
 #                   build (build-tsan/); suppressions in tsan.supp
 #   make check-valgrind  quickstart (on the static library) and the C unit
@@ -20,6 +24,9 @@
 # sanitizer instrumentation makes gcc warn spuriously).
 
 BUILD      ?= build
+# URING=on: the pytest runs go through scripts/with-uring.sh
+URING      ?=
+WITH_URING  = $(if $(filter on,$(URING)),scripts/with-uring.sh,)
 ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
 LINT_BUILD ?= build-lint
@@ -31,7 +38,7 @@ DESTDIR    ?=
 DEB_PACKAGES = build-essential meson ninja-build pkg-config libfuse3-dev \
 	       fuse3 python3-pytest attr fuse-overlayfs \
 	       clang clang-tidy libclang-rt-14-dev cppcheck valgrind \
-	       bash-completion libarchive-dev nettle-dev groff-base man-db strace e2fsprogs \
+	       bash-completion libarchive-dev nettle-dev liburing-dev groff-base man-db strace e2fsprogs \
 	       $(CONTAINER_PACKAGES)
 
 # tests/test_podman.py and bench/containers.py: podman with ovlfs as
@@ -79,7 +86,7 @@ CPPCHECK = cppcheck --enable=warning,performance,portability \
 	-I include -I lib -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -D__linux__ \
 	-D__x86_64__ -DFUSE_USE_VERSION=312 --suppress=readdirCalled
 
-.PHONY: all build deps demo check check-asan check-tsan check-valgrind lint \
+.PHONY: all build deps demo check check-uring check-asan check-tsan check-valgrind lint \
 	install clean
 
 all: build
@@ -115,7 +122,10 @@ demo: deps build
 
 check: deps build
 	meson test -C $(BUILD) --print-errorlogs
-	OVLFS_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+	OVLFS_BUILD=$(abspath $(BUILD)) $(WITH_URING) $(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+
+check-uring: deps build
+	OVLFS_BUILD=$(abspath $(BUILD)) scripts/with-uring.sh $(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
 
 check-asan: deps
 	@if [ ! -f $(ASAN_BUILD)/build.ninja ]; then \
@@ -133,7 +143,7 @@ check-asan: deps
 	$(ASAN_ENV) meson test -C $(ASAN_BUILD) --print-errorlogs || status=1; \
 	echo "OVLFS_BUILD=$(abspath $(ASAN_BUILD)) $(PYTHON) -m pytest -q $(PYTEST_ARGS) tests"; \
 	$(ASAN_ENV) OVLFS_BUILD=$(abspath $(ASAN_BUILD)) \
-		$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests || status=1; \
+		$(WITH_URING) $(PYTHON) -m pytest -q $(PYTEST_ARGS) tests || status=1; \
 	scripts/sanitizer-logs.sh "$(abspath $(ASAN_BUILD))/ovlfs" $(ASAN_LOGDIR) sanitizer || status=1; \
 	exit $$status
 
@@ -148,7 +158,7 @@ check-tsan: deps
 	@status=0; \
 	echo "OVLFS_BUILD=$(abspath $(TSAN_BUILD)) $(PYTHON) -m pytest -q $(PYTEST_ARGS) $(TSAN_TESTS)"; \
 	$(TSAN_ENV) OVLFS_BUILD=$(abspath $(TSAN_BUILD)) \
-		$(PYTHON) -m pytest -q $(PYTEST_ARGS) $(TSAN_TESTS) || status=1; \
+		$(WITH_URING) $(PYTHON) -m pytest -q $(PYTEST_ARGS) $(TSAN_TESTS) || status=1; \
 	scripts/sanitizer-logs.sh "$(abspath $(TSAN_BUILD))/ovlfs" $(TSAN_LOGDIR) ThreadSanitizer || status=1; \
 	exit $$status
 

@@ -53,7 +53,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
 MIB = 1 << 20
-SETUPS = ["plain", "kernel", "fuse-overlayfs", "ovlfs"]
+# ovlfs: the /dev/fuse transport; ovlfs-uring: FUSE-over-io_uring (the run
+# turns the fuse module's enable_uring on for itself and back after).
+SETUPS = ["plain", "kernel", "fuse-overlayfs", "ovlfs", "ovlfs-uring"]
+URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
 OVERLAYS = SETUPS[1:]
 
 # row key, label, unit ("s" or "MiB/s"), ovlfs/kernel target
@@ -230,7 +233,8 @@ class Bench:
                     "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, upper, work), mnt]
             fstype = "fuse"
         else:
-            args = [self.ovlfs, "mount", "--upper", upper, lower, mnt]
+            args = [self.ovlfs, "mount", "--io-uring",
+                    "on" if setup == "ovlfs-uring" else "off", "--upper", upper, lower, mnt]
             fstype = "fuse"
         self.mounts.append((mnt, setup))
         try:
@@ -660,6 +664,18 @@ def main():
         setups.remove("fuse-overlayfs")
         notes.append("fuse-overlayfs (or fusermount3) not installed: column skipped "
                      "(apt-get install fuse-overlayfs)")
+    uring_old = None
+    if "ovlfs-uring" in setups:
+        try:
+            with open(URING_PARAM) as f:
+                uring_old = f.read().strip()
+            with open(URING_PARAM, "w") as f:
+                f.write("Y")
+        except OSError as e:
+            setups.remove("ovlfs-uring")
+            uring_old = None
+            notes.append("ovlfs-uring column skipped: cannot turn on %s (%s)" % (
+                URING_PARAM, e.strerror))
     b.fio_bin = shutil.which("fio")
     for tool in ("cc", "mkfs.ext4", "losetup", "tar"):
         if not shutil.which(tool):
@@ -773,6 +789,9 @@ def main():
         log("!! " + interrupted)
     finally:
         b.cleanup()
+        if uring_old is not None:
+            with open(URING_PARAM, "w") as f:
+                f.write(uring_old)
 
     load_end = os.getloadavg()
     info = {
@@ -862,23 +881,24 @@ def summarize(cfg, setups, results):
                 return None
             return (k / v) if unit == "MiB/s" else (v / k)
         rat = {s: ratio(s) for s in SETUPS}
-        meets = None
-        if "ovlfs" in fails:
-            meets, verdict = False, "NO (failed)"
-        elif rat["ovlfs"] is not None:
-            meets = rat["ovlfs"] <= target
-            why = []
-            if not meets:
-                why.append("> %gx" % target)
-            if rat["fuse-overlayfs"] is not None and rat["ovlfs"] > rat["fuse-overlayfs"]:
-                meets = False
+
+        def judge(s):
+            if s in fails:
+                return False, "NO (failed)"
+            if rat[s] is None:
+                return None, "-"
+            ok = rat[s] <= target
+            why = [] if ok else ["> %gx" % target]
+            if rat["fuse-overlayfs"] is not None and rat[s] > rat["fuse-overlayfs"]:
+                ok = False
                 why.append("slower than fuse-overlayfs")
-            verdict = "yes" if meets else "NO (" + ", ".join(why) + ")"
-        else:
-            verdict = "-"
+            return ok, "yes" if ok else "NO (" + ", ".join(why) + ")"
+        meets, verdict = judge("ovlfs")
+        umeets, uverdict = judge("ovlfs-uring")
         out.append({"key": key, "unit": unit, "target": target, "med": med, "ratio": rat,
                     "failed": fails,
                     "meets": meets, "verdict": verdict,
+                    "umeets": umeets, "uverdict": uverdict,
                     "runs": {s: results[key].get(s, []) for s in SETUPS}})
     return out
 
@@ -896,21 +916,26 @@ def report(cfg, setups, results, info, notes):
                  "speed, higher = slower; for MiB/s rows kernel MiB/s / setup MiB/s)." % (
                      info["mode"], info["started"], info["reps"]))
     lines.append("")
-    lines.append("| workload | plain | kernel | fuse-overlayfs | ovlfs | plain/k | "
-                 "fuse-ovl/k | ovlfs/k | target | ovlfs meets |")
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    lines.append("| workload | plain | kernel | fuse-overlayfs | ovlfs | ovlfs io_uring | "
+                 "plain/k | fuse-ovl/k | ovlfs/k | uring/k | target | ovlfs meets | "
+                 "io_uring meets |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+                 "| --- | --- |")
     for r in rows:
-        lines.append("| %s | %s | %s | %s | %s | %s | %s | **%s** | %s | %s |" % (
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | **%s** | **%s** | %s | %s | %s |" % (
             labels[r["key"]],
             *["FAIL" if s in r["failed"] else fmt_val(r["med"][s], r["unit"]) for s in SETUPS],
             fmt_ratio(r["ratio"]["plain"]), fmt_ratio(r["ratio"]["fuse-overlayfs"]),
-            fmt_ratio(r["ratio"]["ovlfs"]), "≤%g" % r["target"], r["verdict"]))
-    judged = [r for r in rows if r["meets"] is not None]
-    if judged:
-        ok = sum(1 for r in judged if r["meets"])
-        lines.append("")
-        lines.append("ovlfs meets %d of %d targets (target: ovlfs/kernel at most the "
-                     "figure shown, and no slower than fuse-overlayfs)." % (ok, len(judged)))
+            fmt_ratio(r["ratio"]["ovlfs"]), fmt_ratio(r["ratio"]["ovlfs-uring"]),
+            "≤%g" % r["target"], r["verdict"], r["uverdict"]))
+    for key, name in (("meets", "ovlfs (/dev/fuse)"), ("umeets", "ovlfs over io_uring")):
+        judged = [r for r in rows if r[key] is not None]
+        if judged:
+            ok = sum(1 for r in judged if r[key])
+            lines.append("")
+            lines.append("%s meets %d of %d targets (target: ovlfs/kernel at most the "
+                         "figure shown, and no slower than fuse-overlayfs)." % (
+                             name, ok, len(judged)))
     lines.append("")
     lines.append("Machine: kernel %s, %d CPUs; ovlfs %s; %s; %s; %s; total %s." % (
         info["kernel"], info["cpus"], info["ovlfs"], info["fuse-overlayfs"], info["fio"],
@@ -927,13 +952,15 @@ def write_csv(path, cfg, setups, results, info):
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["row", "workload", "unit"] + SETUPS +
-                   ["plain/kernel", "fuse-overlayfs/kernel", "ovlfs/kernel", "target",
+                   ["plain/kernel", "fuse-overlayfs/kernel", "ovlfs/kernel",
+                    "ovlfs-uring/kernel", "target",
                     "ovlfs_meets", "runs", "mode", "started"] +
                    ["runs_" + s for s in SETUPS])
         for r in rows:
             w.writerow([r["key"], labels[r["key"]], r["unit"]] +
                        ["" if r["med"][s] is None else "%.6g" % r["med"][s] for s in SETUPS] +
-                       [fmt_ratio(r["ratio"][s]) for s in ("plain", "fuse-overlayfs", "ovlfs")] +
+                       [fmt_ratio(r["ratio"][s])
+                        for s in ("plain", "fuse-overlayfs", "ovlfs", "ovlfs-uring")] +
                        [r["target"], "" if r["meets"] is None else ("yes" if r["meets"] else "no"),
                         max(len(v) for v in r["runs"].values()), info["mode"], info["started"]] +
                        [";".join("%.6g" % v for v in r["runs"][s]) for s in SETUPS])

@@ -10,11 +10,11 @@ _ovlfs_opts()
 	case $1 in
 	mount)
 		echo "--upper= -u= --lower= --inode-mode= -i= -o= --format=" \
-			"--read-only --no-passthrough --log= --foreground -f" \
+			"--read-only --no-passthrough --io-uring= --log= --foreground -f" \
 			"--volatile --volatile-dirty= --debug -d --help -h" ;;
 	run)
 		echo "--upper= -u= --lower= --inode-mode= -i= -o= --format=" \
-			"--into= --log= --no-passthrough --on-exit= --help -h" ;;
+			"--into= --log= --no-passthrough --io-uring= --on-exit= --help -h" ;;
 	diff)
 		echo "--upper= -u= --lower= --into= --json --help -h" ;;
 	commit)
@@ -131,6 +131,8 @@ _ovlfs()
 		COMPREPLY=($(compgen -W "oci kernel" -- "$cur")) ;;
 	--volatile-dirty)
 		COMPREPLY=($(compgen -W "refuse discard keep" -- "$cur")) ;;
+	--io-uring)
+		COMPREPLY=($(compgen -W "auto on off" -- "$cur")) ;;
 	--on-exit)
 		COMPREPLY=($(compgen -W "ask preserve discard commit
 			commit-atomic" -- "$cur")) ;;

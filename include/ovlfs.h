@@ -89,6 +89,29 @@ int ovlfs_set_debug(struct ovlfs *fs, bool debug);
  * file takes the ordinary path. Same return values as the setters above.
  */
 int ovlfs_set_passthrough(struct ovlfs *fs, bool enable);
+
+/* How requests travel between the kernel and ovlfs. */
+enum ovlfs_io_uring {
+	/* FUSE-over-io_uring when the kernel offers it, else /dev/fuse. */
+	OVLFS_IO_URING_AUTO = 0,
+	/* FUSE-over-io_uring or no mount. */
+	OVLFS_IO_URING_ON,
+	/* /dev/fuse only. */
+	OVLFS_IO_URING_OFF,
+};
+/*
+ * The transport (default OVLFS_IO_URING_AUTO). FUSE-over-io_uring (Linux
+ * 6.14+) hands each request to a thread of the CPU that made it, through
+ * per-CPU rings, saving a system call and usually a cross-CPU wakeup per
+ * request (docs/performance.md). The kernel offers it only while the fuse
+ * module's parameter /sys/module/fuse/parameters/enable_uring is Y (off
+ * by default; ovlfs never changes it). With AUTO, ovlfs_mount() falls back
+ * to /dev/fuse when it is not available and says so in the log (level
+ * info, as it says which transport runs); with ON it fails instead
+ * (-EOPNOTSUPP, the error naming the reason). Same return values as the
+ * setters above; -EINVAL for an unknown MODE.
+ */
+int ovlfs_set_io_uring(struct ovlfs *fs, enum ovlfs_io_uring mode);
 /*
  * Volatile mount (the kernel overlayfs's `volatile`): fsync, fdatasync and
  * fsyncdir through the mount succeed without syncing anything, and

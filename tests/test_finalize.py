@@ -106,7 +106,7 @@ def helper(session_root):
     exe = j(session_root["root"], "finish_helper")
     with open(src, "w") as f:
         f.write(HELPER_C)
-    pc = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3", "libarchive", "nettle"],
+    pc = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3", "libarchive", "nettle", "liburing"],
                         stdout=subprocess.PIPE, check=True).stdout.decode().split()
     lib = j(BUILD, "libovlfs.a")
     # a sanitizer build's library needs the sanitizer runtimes linked in

@@ -81,6 +81,7 @@ enum {
 	OPT_LOG,
 	OPT_VOLATILE,
 	OPT_VOLATILE_DIRTY,
+	OPT_IO_URING,
 };
 
 /*
@@ -107,6 +108,8 @@ struct mount_opts {
 	enum ovlfs_format format;
 	char *fuse_options; /* joined -o values, NULL if none */
 	bool no_passthrough;
+	enum ovlfs_io_uring io_uring;	/* --io-uring, -o io_uring= */
+	bool io_uring_set;
 	bool read_only;
 	bool volatile_mount;	/* --volatile, -o volatile */
 	enum ovlfs_volatile_dirty volatile_dirty;
@@ -138,6 +141,8 @@ bool parse_format(const char *s, enum ovlfs_format *f);
 bool parse_inode_mode(const char *s, enum ovlfs_inode_mode *mode);
 
 /* "refuse", "discard" or "keep" into *W; false for anything else. */
+/* auto|on|off into *MODE; false if S is none of them. */
+bool parse_io_uring(const char *s, enum ovlfs_io_uring *mode);
 bool parse_volatile_dirty(const char *s, enum ovlfs_volatile_dirty *w);
 
 /* Append OPT to the comma separated *OPTS; false when out of memory. */

@@ -46,6 +46,8 @@ static const char compat_usage[] =
 "  volatile_dirty=refuse|discard|keep\n"
 "                   an upper a volatile mount left unclean: refused\n"
 "                   (default), emptied, or taken as it is\n"
+"  io_uring=auto|on|off\n"
+"                   the transport, as 'ovlfs mount --io-uring'\n"
 "\n"
 "FUSE options (allow_other, default_permissions, fsname=, ...) and the\n"
 "kernel's mount flags (nosuid, nodev, noexec, ...) are passed on; as\n"
@@ -72,7 +74,7 @@ struct compat {
 
 enum compat_kind {
 	CO_LOWER, CO_UPPER, CO_WORK, CO_RO, CO_INODE, CO_FORMAT, CO_LOG,
-	CO_DEBUG, CO_VOLATILE, CO_VOLATILE_DIRTY,
+	CO_DEBUG, CO_VOLATILE, CO_VOLATILE_DIRTY, CO_IO_URING,
 	CO_FUSE,	/* libfuse takes it: a FUSE option or a mount flag */
 	CO_DROP,	/* mount(8)'s own, or no meaning for a FUSE mount */
 	CO_IGNORE,	/* tuning of fuse-overlayfs: no effect on what is shown */
@@ -99,6 +101,7 @@ static const struct compat_opt {
 	{ "debug", CO_DEBUG, NULL },
 	{ "volatile", CO_VOLATILE, NULL },
 	{ "volatile_dirty=", CO_VOLATILE_DIRTY, NULL },
+	{ "io_uring=", CO_IO_URING, NULL },
 	/* What libfuse 3.14's fuse_session_new/mount accept. */
 	{ "rw", CO_FUSE, NULL },
 	{ "dev", CO_FUSE, NULL },
@@ -334,6 +337,13 @@ static int compat_option(char *opt, struct mount_opts *o, struct compat *c)
 		return -1;
 	case CO_VOLATILE:
 		o->volatile_mount = true;
+		return -1;
+	case CO_IO_URING:
+		if (!parse_io_uring(val, &o->io_uring))
+			return usage_error(NULL,
+					   "invalid io_uring '%s' (expected auto, on or off)",
+					   val);
+		o->io_uring_set = true;
 		return -1;
 	case CO_VOLATILE_DIRTY:
 		if (!parse_volatile_dirty(val, &o->volatile_dirty))

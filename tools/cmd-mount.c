@@ -138,8 +138,28 @@ static int serve(struct ovlfs *fs)
  * Create the handle from OPTS and mount it. On failure write the message
  * into ERR and return NULL.
  */
+/*
+ * The transport: --io-uring (or -o io_uring=), else $OVLFS_IO_URING, so a
+ * whole test suite or a container engine's mount_program can be switched
+ * without touching each command line; else the library's default (auto).
+ */
+static int set_io_uring(struct ovlfs *fs, const struct mount_opts *o,
+			enum ovlfs_io_uring *mode)
+{
+	const char *env = getenv("OVLFS_IO_URING");
+
+	if (o->io_uring_set)
+		return ovlfs_set_io_uring(fs, o->io_uring);
+	if (!env || !*env)
+		return 0;
+	if (!parse_io_uring(env, mode))
+		return 1;	/* the caller words it */
+	return ovlfs_set_io_uring(fs, *mode);
+}
+
 struct ovlfs *do_mount(const struct mount_opts *o, char *err, size_t errlen)
 {
+	enum ovlfs_io_uring mode;
 	struct ovlfs *fs;
 	const char *msg;
 	char buf[128];
@@ -165,6 +185,16 @@ struct ovlfs *do_mount(const struct mount_opts *o, char *err, size_t errlen)
 		goto fail;
 	if (o->no_passthrough && (ret = ovlfs_set_passthrough(fs, false)) < 0)
 		goto fail;
+	ret = set_io_uring(fs, o, &mode);
+	if (ret < 0)
+		goto fail;
+	if (ret > 0) {
+		snprintf(err, errlen,
+			 "invalid OVLFS_IO_URING '%s' in the environment (expected auto, on or off)",
+			 getenv("OVLFS_IO_URING"));
+		ovlfs_free(fs);
+		return NULL;
+	}
 	if ((ret = add_lowers(fs, &o->lowers)) < 0)
 		goto fail;
 	if (o->read_only && (ret = ovlfs_set_read_only(fs, true)) < 0)
@@ -344,6 +374,7 @@ int cmd_mount(const struct command *cmd, int argc, char **argv)
 		{ "upper", required_argument, NULL, 'u' },
 		{ "inode-mode", required_argument, NULL, 'i' },
 		{ "no-passthrough", no_argument, NULL, OPT_NO_PASSTHROUGH },
+		{ "io-uring", required_argument, NULL, OPT_IO_URING },
 		{ "lower", required_argument, NULL, OPT_LOWER },
 		{ "read-only", no_argument, NULL, OPT_READ_ONLY },
 		{ "format", required_argument, NULL, OPT_FORMAT },
@@ -369,6 +400,7 @@ int cmd_mount(const struct command *cmd, int argc, char **argv)
 		case 'i':
 		case 'o':
 		case OPT_NO_PASSTHROUGH:
+		case OPT_IO_URING:
 		case OPT_LOWER:
 		case OPT_READ_ONLY:
 		case OPT_FORMAT:

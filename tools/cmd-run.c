@@ -277,6 +277,7 @@ int cmd_run(const struct command *cmd, int argc, char **argv)
 		{ "upper", required_argument, NULL, 'u' },
 		{ "inode-mode", required_argument, NULL, 'i' },
 		{ "no-passthrough", no_argument, NULL, OPT_NO_PASSTHROUGH },
+		{ "io-uring", required_argument, NULL, OPT_IO_URING },
 		{ "log", required_argument, NULL, OPT_LOG },
 		{ "on-exit", required_argument, NULL, 'E' },
 		{ "lower", required_argument, NULL, OPT_LOWER },
@@ -320,6 +321,7 @@ int cmd_run(const struct command *cmd, int argc, char **argv)
 		case 'i':
 		case 'o':
 		case OPT_NO_PASSTHROUGH:
+		case OPT_IO_URING:
 		case OPT_LOWER:
 		case OPT_FORMAT:
 		case OPT_INTO:

@@ -189,6 +189,19 @@ int add_lowers(struct ovlfs *fs, const struct lowers *l)
 	return ret;
 }
 
+bool parse_io_uring(const char *s, enum ovlfs_io_uring *mode)
+{
+	if (strcmp(s, "auto") == 0)
+		*mode = OVLFS_IO_URING_AUTO;
+	else if (strcmp(s, "on") == 0)
+		*mode = OVLFS_IO_URING_ON;
+	else if (strcmp(s, "off") == 0)
+		*mode = OVLFS_IO_URING_OFF;
+	else
+		return false;
+	return true;
+}
+
 bool parse_volatile_dirty(const char *s, enum ovlfs_volatile_dirty *w)
 {
 	if (strcmp(s, "refuse") == 0)
@@ -261,6 +274,13 @@ int overlay_option(const struct command *cmd, int c, struct mount_opts *o)
 		return -1;
 	case OPT_NO_PASSTHROUGH:
 		o->no_passthrough = true;
+		return -1;
+	case OPT_IO_URING:
+		if (!parse_io_uring(optarg, &o->io_uring))
+			return usage_error(
+				cmd, "invalid --io-uring '%s' (expected auto, on or off)",
+				optarg);
+		o->io_uring_set = true;
 		return -1;
 	case OPT_LOWER:
 		switch (lowers_add(&o->lowers, optarg)) {

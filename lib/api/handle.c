@@ -94,6 +94,18 @@ int ovlfs_set_passthrough(struct ovlfs *fs, bool enable)
 	return 0;
 }
 
+int ovlfs_set_io_uring(struct ovlfs *fs, enum ovlfs_io_uring mode)
+{
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	if (mode != OVLFS_IO_URING_AUTO && mode != OVLFS_IO_URING_ON &&
+	    mode != OVLFS_IO_URING_OFF)
+		return ovl_set_error(fs, -EINVAL, "unknown io_uring mode %d",
+				     (int)mode);
+	fs->io_uring = mode;
+	return 0;
+}
+
 int ovlfs_set_volatile(struct ovlfs *fs, bool enable)
 {
 	if (fs->mounted)

@@ -583,6 +583,14 @@ static int start_fuse(struct ovlfs *fs, struct ovl_fs *ofs, struct dirs *d)
 				     d->mp, strerror(-err));
 	}
 	ofs->fuse.conn_dev = st.st_dev;
+	err = ovl_uring_wait(ofs, d->mp);
+	if (err) {
+		stop_notify(ofs);
+		ovl_fuse_session_exit(ofs->fuse.se);
+		ovl_fuse_session_unmount(ofs->fuse.se);
+		pthread_join(ofs->fuse.loop_thread, NULL);
+		return err;
+	}
 	return 0;
 }
 
@@ -719,6 +727,8 @@ int ovlfs_mount(struct ovlfs *fs)
 	if (err)
 		err = ovl_set_error(fs, err, "cannot set up passthrough: %s",
 				    strerror(-err));
+	if (!err)
+		err = ovl_uring_init(ofs, fs->io_uring, d.mp);
 	if (!err)
 		err = make_root(fs, ofs);
 	if (!err)

@@ -73,6 +73,7 @@ struct ovlfs {
 	enum ovlfs_inode_mode inode_mode;
 	bool debug;
 	bool no_passthrough;	/* ovlfs_set_passthrough(fs, false) */
+	enum ovlfs_io_uring io_uring;	/* ovlfs_set_io_uring */
 	bool read_only;		/* ovlfs_set_read_only: no upper */
 	bool no_sync;		/* ovlfs_set_volatile */
 	enum ovlfs_volatile_dirty volatile_dirty;

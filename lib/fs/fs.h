@@ -206,6 +206,11 @@ struct ovl_fuse_state {
 	_Atomic bool pt_offered;	/* the kernel's INIT offered it */
 	_Atomic bool pt_on;		/* negotiated, no failure since */
 	bool pt_key_made;
+
+	/* uring.c */
+	enum ovlfs_io_uring uring_mode;	/* as asked; OFF if unavailable */
+	_Atomic bool uring_offered;	/* the kernel's INIT offered it */
+	struct ovl_uring *uring;	/* the transport, once INIT accepted */
 };
 
 struct ovl_fs {

@@ -27,6 +27,8 @@
 #ifndef OVL_FUSE_SIDE_H
 #define OVL_FUSE_SIDE_H
 
+#include <sys/uio.h>
+
 #include "fs/fs.h"
 
 /* ===== passthrough.c: the kernel does the I/O of upper files ===== */
@@ -66,6 +68,46 @@ static inline uint64_t ovl_fuse_nodeid(struct ovl_fs *ofs,
 	return node == ofs->root ? 1 : (uint64_t)(uintptr_t)node;
 }
 
+/* ===== uring.c: the FUSE-over-io_uring transport ===== */
+
+/*
+ * Before the session: take MODE (ovlfs_set_io_uring). ON fails (with the
+ * handle's error set, naming the mount point MP) when the kernel cannot do it; AUTO falls back to
+ * /dev/fuse, saying so in the log.
+ */
+int ovl_uring_init(struct ovl_fs *ofs, enum ovlfs_io_uring mode,
+		   const char *mp);
+bool ovl_uring_wanted(const struct ovl_fs *ofs);
+/* INIT reply: may it say FUSE_OVER_IO_URING (wanted and offered)? */
+bool ovl_uring_accept(struct ovl_fs *ofs);
+/*
+ * The INIT reply went out, saying FUSE_OVER_IO_URING if ACCEPTED, with
+ * MAX_WRITE and MAX_PAGES (which size the payload buffers): start the
+ * queues. Called by the thread that answered INIT.
+ */
+void ovl_uring_start(struct ovl_fs *ofs, bool accepted, uint32_t max_write,
+		     uint32_t max_pages);
+/*
+ * After the mount answered its first request: wait until the queues are
+ * registered; log the transport in use. -EOPNOTSUPP (error set) if the
+ * mode is ON and the rings did not start.
+ */
+int ovl_uring_wait(struct ovl_fs *ofs, const char *mp);
+/*
+ * The writev hook's first stop: if this thread is answering a ring
+ * request and IOV is that reply, put it in the entry: bytes "written",
+ * or -1 and errno. 0: not for the ring, write it to /dev/fuse.
+ */
+ssize_t ovl_uring_reply(struct ovl_fs *ofs, const struct iovec *iov,
+			int count);
+/*
+ * The ring's payload buffer of the request this thread answers, if it
+ * holds SIZE bytes (a reply built there is not copied); NULL otherwise.
+ */
+void *ovl_uring_reply_buf(struct ovl_fs *ofs, size_t size);
+/* After the loop ended: stop and join the queues' threads, free all. */
+void ovl_uring_stop(struct ovl_fs *ofs);
+
 /* ===== ops.c: the FUSE adapters (request -> fs/ call -> reply) ===== */
 
 struct fuse_lowlevel_ops;
@@ -85,6 +127,12 @@ void *ovl_fuse_session_new(struct ovl_fs *ofs,
 			   char **argv);
 /* Mount OFS->fuse.se at MOUNT_POINT, with the passthrough hooks if wanted. */
 int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point);
+/*
+ * Is the request in B cheap and sure not to wait on file data (served by
+ * the thread that read it)? Both transports ask.
+ */
+struct fuse_buf;
+bool ovl_fuse_request_is_quick(struct ovl_fs *ofs, const struct fuse_buf *b);
 /* Run the multithreaded loop until unmounted; returns its result. */
 int ovl_fuse_loop(struct ovl_fs *ofs);
 void ovl_fuse_session_exit(void *se);

@@ -407,10 +407,15 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 }
 
-/* The copy path: pread into memory, then reply. */
+/*
+ * The copy path: pread into memory, then reply. Over io_uring that memory
+ * is the ring's own buffer (ovl_uring_reply_buf), so the data is read
+ * where the kernel takes it and never copied.
+ */
 static void read_copy(fuse_req_t req, int fd, size_t size, off_t off)
 {
-	char *buf = malloc(size ? size : 1);
+	char *ring = ovl_uring_reply_buf(ofs_of(req), size);
+	char *buf = ring ? ring : malloc(size ? size : 1);
 	size_t got = 0;
 
 	if (!buf) {
@@ -424,7 +429,8 @@ static void read_copy(fuse_req_t req, int fd, size_t size, off_t off)
 			continue;
 		if (n < 0) {
 			fuse_reply_err(req, errno);
-			free(buf);
+			if (!ring)
+				free(buf);
 			return;
 		}
 		if (n == 0)
@@ -432,7 +438,8 @@ static void read_copy(fuse_req_t req, int fd, size_t size, off_t off)
 		got += n;
 	}
 	fuse_reply_buf(req, buf, got);
-	free(buf);
+	if (!ring)
+		free(buf);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -444,8 +451,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	size_t got = 0;
 
 	(void)ino;
-	/* Small reads are cheaper copied than spliced. */
-	rp = size >= 16384 ? ovl_fuse_read_pipe(ofs, size) : NULL;
+	/*
+	 * Small reads are cheaper copied than spliced, and over io_uring the
+	 * copy goes straight into the ring's buffer.
+	 */
+	rp = size >= 16384 && !ovl_uring_reply_buf(ofs, size) ?
+		     ovl_fuse_read_pipe(ofs, size) : NULL;
 	if (!rp) {
 		read_copy(req, fd, size, off);
 		return;

@@ -111,6 +111,7 @@ void *ovl_fuse_session_new(struct ovl_fs *ofs,
  */
 #define OVL_FUSE_PASSTHROUGH_FLAGS2 (1U << 5)	/* FUSE_PASSTHROUGH >> 32 */
 #define OVL_FOPEN_PASSTHROUGH (1U << 7)
+#define OVL_FUSE_OVER_IO_URING_FLAGS2 (1U << 9) /* FUSE_OVER_IO_URING >> 32 */
 
 static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 {
@@ -121,13 +122,51 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 	if (n >= (ssize_t)(sizeof(*h) + sizeof(struct fuse_init_in)) &&
 	    !atomic_load(&ofs->fuse.init_unique) && h->opcode == FUSE_INIT) {
 		const struct fuse_init_in *in = (const void *)(h + 1);
+		bool ext = in->flags & FUSE_INIT_EXT;
 
 		atomic_store(&ofs->fuse.pt_offered,
-			     (in->flags & FUSE_INIT_EXT) &&
-			     (in->flags2 & OVL_FUSE_PASSTHROUGH_FLAGS2));
+			     ext && (in->flags2 & OVL_FUSE_PASSTHROUGH_FLAGS2));
+		atomic_store(&ofs->fuse.uring_offered,
+			     ext && (in->flags2 & OVL_FUSE_OVER_IO_URING_FLAGS2));
 		atomic_store(&ofs->fuse.init_unique, h->unique);
 	}
 	return n;
+}
+
+/*
+ * The INIT reply in IOV (header + fuse_init_out): accept passthrough and
+ * FUSE-over-io_uring where wanted and offered, send it, then start the
+ * rings (they can register only once the kernel has taken the reply).
+ */
+static ssize_t init_reply(struct ovl_fs *ofs, int fd, struct iovec *iov)
+{
+	struct fuse_init_out o;
+	struct iovec v[2];
+	bool pt = false, ring = ovl_uring_accept(ofs);
+	ssize_t r;
+
+	memcpy(&o, iov[1].iov_base, sizeof(o));
+	/* The kernel will not combine passthrough with the writeback cache. */
+	if (ofs->fuse.pt_want && atomic_load(&ofs->fuse.pt_offered) &&
+	    !(o.flags & FUSE_WRITEBACK_CACHE)) {
+		o.flags |= FUSE_INIT_EXT;
+		o.flags2 |= OVL_FUSE_PASSTHROUGH_FLAGS2;
+		o.unused[0] = ofs->fuse.pt_depth;	/* max_stack_depth */
+		pt = true;
+	}
+	if (ring) {
+		o.flags |= FUSE_INIT_EXT;
+		o.flags2 |= OVL_FUSE_OVER_IO_URING_FLAGS2;
+	}
+	v[0] = iov[0];
+	v[1].iov_base = &o;
+	v[1].iov_len = sizeof(o);
+	r = writev(fd, v, 2);
+	if (r > 0 && pt)
+		atomic_store(&ofs->fuse.pt_on, true);
+	ovl_uring_start(ofs, r > 0 && ring, o.max_write,
+			(o.flags & FUSE_MAX_PAGES) ? o.max_pages : 0);
+	return r;
 }
 
 static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
@@ -136,47 +175,32 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 	const struct fuse_out_header *oh = iov[0].iov_base;
 	intptr_t id = (intptr_t)pthread_getspecific(ofs->fuse.pt_key);
 	struct iovec v[3];
+	struct fuse_open_out o;
+	ssize_t r;
 
-	if (count != 2 || iov[0].iov_len != sizeof(*oh) || oh->error)
-		return writev(fd, iov, count);
-	if (id > 0 && iov[1].iov_len >= sizeof(struct fuse_open_out)) {
-		/* fuse_open_out ends both the OPEN and the CREATE reply. */
-		struct fuse_open_out o;
-		size_t head = iov[1].iov_len - sizeof(o);
+	if (count == 2 && iov[0].iov_len == sizeof(*oh) && !oh->error) {
+		if (id > 0 && iov[1].iov_len >= sizeof(o)) {
+			/* fuse_open_out ends both the OPEN and the CREATE reply. */
+			size_t head = iov[1].iov_len - sizeof(o);
 
-		memcpy(&o, (char *)iov[1].iov_base + head, sizeof(o));
-		o.open_flags |= OVL_FOPEN_PASSTHROUGH;
-		o.padding = (uint32_t)id;	/* backing_id since 7.40 */
-		v[0] = iov[0];
-		v[1].iov_base = iov[1].iov_base;
-		v[1].iov_len = head;
-		v[2].iov_base = &o;
-		v[2].iov_len = sizeof(o);
-		return writev(fd, v, 3);
-	}
-	if (oh->unique && oh->unique == atomic_load(&ofs->fuse.init_unique) &&
-	    ofs->fuse.pt_want &&
-	    atomic_load(&ofs->fuse.pt_offered) &&
-	    iov[1].iov_len == sizeof(struct fuse_init_out)) {
-		struct fuse_init_out o;
-		ssize_t r;
-
-		memcpy(&o, iov[1].iov_base, sizeof(o));
-		/* The kernel will not combine it with the writeback cache. */
-		if (!(o.flags & FUSE_WRITEBACK_CACHE)) {
-			o.flags |= FUSE_INIT_EXT;
-			o.flags2 |= OVL_FUSE_PASSTHROUGH_FLAGS2;
-			o.unused[0] = ofs->fuse.pt_depth;	/* max_stack_depth */
+			memcpy(&o, (char *)iov[1].iov_base + head, sizeof(o));
+			o.open_flags |= OVL_FOPEN_PASSTHROUGH;
+			o.padding = (uint32_t)id;	/* backing_id since 7.40 */
+			v[0] = iov[0];
+			v[1].iov_base = iov[1].iov_base;
+			v[1].iov_len = head;
+			v[2].iov_base = &o;
+			v[2].iov_len = sizeof(o);
+			iov = v;
+			count = 3;
+		} else if (oh->unique &&
+			   oh->unique == atomic_load(&ofs->fuse.init_unique) &&
+			   iov[1].iov_len == sizeof(struct fuse_init_out)) {
+			return init_reply(ofs, fd, iov);
 		}
-		v[0] = iov[0];
-		v[1].iov_base = &o;
-		v[1].iov_len = sizeof(o);
-		r = writev(fd, v, 2);
-		if (r > 0 && !(o.flags & FUSE_WRITEBACK_CACHE))
-			atomic_store(&ofs->fuse.pt_on, true);
-		return r;
 	}
-	return writev(fd, iov, count);
+	r = ovl_uring_reply(ofs, iov, count);
+	return r ? r : writev(fd, iov, count);
 }
 
 static ssize_t io_splice(int fdin, off_t *offin, int fdout, off_t *offout,
@@ -201,11 +225,12 @@ int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point)
 	if (fuse_session_mount(ofs->fuse.se, mount_point) < 0)
 		return -EIO;
 	ofs->fuse.dev_fd = fuse_session_fd(ofs->fuse.se);
-	if (ofs->fuse.pt_want &&
+	if ((ofs->fuse.pt_want || ovl_uring_wanted(ofs)) &&
 	    fuse_session_custom_io(ofs->fuse.se, &io, ofs->fuse.dev_fd) < 0) {
 		ofs->fuse.pt_want = false;
+		ofs->fuse.uring_mode = OVLFS_IO_URING_OFF;
 		ovl_log(ofs->pub, OVLFS_LOG_WARNING,
-			"passthrough off: libfuse refused our session i/o hooks");
+			"passthrough and io_uring off: libfuse refused our session i/o hooks");
 	}
 	return 0;
 }
@@ -220,7 +245,7 @@ int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point)
  * other CPU: a cross-CPU wakeup per request, which on a 2-CPU machine
  * cost more than the work itself (open+read+close of small files ran at
  * a third of the single-threaded speed). Here one thread at a time
- * holds the reader's turn. A quick request (see request_is_quick) is
+ * holds the reader's turn. A quick request (see ovl_fuse_request_is_quick) is
  * served by the reader itself, which keeps the turn, so a sequential
  * client talks to one warm thread. Before anything that may take long
  * (copying data, fsync, big reads, listing a directory, anything that
@@ -254,8 +279,7 @@ struct loop {
 	int result;			/* lock */
 };
 
-/* Is the request in B cheap and sure not to wait on file data? */
-static bool request_is_quick(struct ovl_fs *ofs, const struct fuse_buf *b)
+bool ovl_fuse_request_is_quick(struct ovl_fs *ofs, const struct fuse_buf *b)
 {
 	const struct fuse_in_header *h = b->mem;
 	const void *arg = h + 1;
@@ -405,7 +429,7 @@ static void *loop_thread(void *arg)
 				pthread_mutex_unlock(&L->lock);
 				goto out;
 			}
-			if (!request_is_quick(L->ofs, &fbuf)) {
+			if (!ovl_fuse_request_is_quick(L->ofs, &fbuf)) {
 				loop_pass_turn(L);
 				pthread_mutex_unlock(&L->lock);
 				break;
@@ -449,6 +473,7 @@ int ovl_fuse_loop(struct ovl_fs *ofs)
 	loop_thread(&L);
 	if (monitoring)
 		pthread_join(monitor, NULL);
+	ovl_uring_stop(ofs);
 	/* No thread starts once done is set: the count is final. */
 	pthread_mutex_lock(&L.lock);
 	n = L.nthreads;
