@@ -282,7 +282,8 @@ struct reader {
 	unsigned int since;		/* its requests since */
 	cpu_set_t want;			/* the CPUs of the callers so far */
 	uint64_t n;			/* quick requests served */
-	uint64_t mixed;			/* n when callers' CPUs last differed */
+	uint64_t changed;		/* n when the callers' CPUs last changed */
+	uint64_t mixed;			/* n when they changed twice in a row */
 };
 
 /* Is the request in B cheap and sure not to wait on file data? */
@@ -373,13 +374,17 @@ static void reader_follow(struct loop *L, struct reader *me,
 	if (CPU_COUNT(&set) == 0)
 		set = L->cpus;
 	/*
-	 * Callers on different CPUs at once: moving to each in turn cost
+	 * Callers on different CPUs taking turns (the CPUs change twice
+	 * within OVL_FOLLOW_EVERY requests): moving to each in turn cost
 	 * more than the cross-CPU wakeups it saves (twice as slow with two
 	 * callers pinned to two CPUs), so run anywhere until one kind of
 	 * caller has had the reader to itself for a while.
 	 */
-	if (me->n > 1 && !CPU_EQUAL(&set, &me->want))
-		me->mixed = me->n;
+	if (me->n > 1 && !CPU_EQUAL(&set, &me->want)) {
+		if (me->changed && me->n - me->changed < OVL_FOLLOW_EVERY)
+			me->mixed = me->n;
+		me->changed = me->n;
+	}
 	me->want = set;
 	if (CPU_EQUAL(&set, &L->cpus) ||
 	    (me->mixed && me->n - me->mixed < OVL_FOLLOW_EVERY))
