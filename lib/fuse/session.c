@@ -241,8 +241,9 @@ int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point)
  * on (its affinity mask, taken every OVL_FOLLOW_EVERY requests and for
  * every new caller), when that is a part of ours; a caller that may run
  * anywhere leaves the reader free, as following the CPU such a caller
- * last ran on measured no better: the caller, woken while the reader
- * still holds that CPU, moves to the idle one. Slow requests drop the
+ * last ran on measured no better with one caller and worse with two: the
+ * caller, woken while the reader still holds that CPU, moves to the idle
+ * one. Slow requests drop the
  * pin first, or they would queue behind the reader instead of running in
  * parallel. Per-CPU readers on cloned /dev/fuse fds would not do it: the
  * kernel hands a request to the reader that has waited longest, whatever
