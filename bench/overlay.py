@@ -17,6 +17,7 @@ Needs root (loop device, mounts). Usage:
                           [--strace ROW,...] [--strace-setups S,...]
                           [--files N] [--nofile N] [--results DIR]
                           [--build DIR] [--tmp DIR] [--timeout SECS]
+                          [--pin CPU,...]
 
 Rows (--only, --strace): lstat readdir read seqread write copyup create rm
 rename fio-rw fio-w.
@@ -29,6 +30,12 @@ directory; nothing is dropped), i.e. the overlay's own cost; "warm" = a
 second pass on the same mount. Every run starts from a new, empty upper
 (and workdir). For the plain directory the rows that change lower files
 work on a copy of them (made outside the timing).
+
+--pin 0,1 adds the lstat and read rows once more per CPU given, with the
+caller (fsops) pinned there by taskset (the FUSE servers are left free): a
+FUSE round trip costs several times more when the server's thread and the
+caller run on different CPUs (docs/performance.md, "CPU locality"). The
+plain rows are the unpinned caller.
 
 --strace ROWS runs those rows once more, after the measured runs, on ovlfs
 (and on fuse-overlayfs with --strace-setups ovlfs,fuse-overlayfs) with
@@ -118,7 +125,7 @@ class Config:
     def labels(self):
         """Row labels with this dataset's sizes."""
         c = self
-        return {
+        d = {
             "lstat": "lstat every file, %s (fresh)" % fmt_n(c.files + c.tops * c.dirs_per_top + c.big_n),
             "readdir": "recursive readdir, %s entries (fresh)" % fmt_n(
                 c.files + c.tops * c.dirs_per_top + c.big_n + 2),
@@ -136,6 +143,11 @@ class Config:
             "fio-w": "fio 4 KiB randwrite, 4 jobs x %d MiB new files, %ds (MiB/s)" % (
                 c.fio_w_mib, c.fio_secs),
         }
+        for key in ROW:
+            if "@" in key:
+                base, cpu = key.split("@")
+                d[key] = d[base].replace(" (", ", caller on CPU %s (" % cpu, 1)
+        return d
 
 
 def fmt_n(n):
@@ -156,6 +168,7 @@ class Bench:
         self.loopdev = None
         self.base = None
         self.loads = []
+        self.pin = None           # CPU the fsops caller is pinned to (--pin)
 
     # Run a command with a timeout; a FUSE mount that hangs is aborted so
     # the child can be killed.
@@ -186,7 +199,8 @@ class Bench:
         return p.returncode, out, err
 
     def fsops(self, *args, timeout=None):
-        _, out, err = self.run([self.fsops_bin] + [str(x) for x in args],
+        pin = ["taskset", "-c", self.pin] if self.pin else []
+        _, out, err = self.run(pin + [self.fsops_bin] + [str(x) for x in args],
                                timeout=timeout or self.a.timeout)
         m = dict(kv.split("=", 1) for kv in out.split())
         r = {"count": int(m["count"]), "bytes": int(m["bytes"]), "sum": m["sum"],
@@ -541,7 +555,20 @@ class Bench:
             ("rename", ["rename"], self.w_rename, ["small"]),
             ("fio-rw", ["fio-rw"], self.w_fio_rw, ["big/" + os.path.basename(self.big_files[0])]),
             ("fio-w", ["fio-w"], self.w_fio_w, []),
-        ]
+        ] + [(name + "@" + cpu, [r + "@" + cpu for r in rows], self.pinned(fn, cpu), None)
+             for cpu in self.a.pin
+             for name, rows, fn in (("lstat", ["lstat"], self.w_lstat),
+                                    ("read", ["read-fresh", "read-warm"], self.w_read))]
+
+    def pinned(self, fn, cpu):
+        """Workload FN with the caller on CPU; its rows get "@CPU"."""
+        def w(view, ctx):
+            self.pin = cpu
+            try:
+                return {k + "@" + cpu: v for k, v in fn(view, ctx).items()}
+            finally:
+                self.pin = None
+        return w
 
     # ------------------------------------------------------------ one run
 
@@ -628,6 +655,9 @@ def main():
     ap.add_argument("--timeout", type=int, default=300, help="seconds per step")
     ap.add_argument("--results", default=os.path.join(HERE, "results"),
                     help="directory for latest.csv and latest.md")
+    ap.add_argument("--pin", default="",
+                    help="comma-separated CPUs: the lstat and read rows again with the "
+                    "caller pinned to each")
     ap.add_argument("--strace", default=None,
                     help="comma-separated rows to run once more on ovlfs under strace -c")
     ap.add_argument("--strace-setups", default="ovlfs",
@@ -639,6 +669,17 @@ def main():
                     help="RLIMIT_NOFILE for the run and the FUSE servers it starts "
                     "(default: fs.nr_open; 0 keeps the inherited limit)")
     a = ap.parse_args()
+    a.pin = [c for c in a.pin.split(",") if c]
+    for c in a.pin:
+        if not c.isdigit() or int(c) not in os.sched_getaffinity(0):
+            sys.exit("--pin: %s is not a CPU this run may use (%s)" % (
+                c, ",".join(map(str, sorted(os.sched_getaffinity(0))))))
+    if a.pin and not shutil.which("taskset"):
+        sys.exit("--pin needs taskset (apt-get install util-linux)")
+    for c in a.pin:
+        for key in ("lstat", "read-fresh", "read-warm"):
+            ROWS.append((key + "@" + c,) + ROW[key][1:])
+            ROW[key + "@" + c] = ROWS[-1]
     if os.geteuid() != 0:
         sys.exit("bench/overlay.py needs root (loop device and mounts)")
     cfg = Config(a.quick)
@@ -730,7 +771,8 @@ def main():
             if bad:
                 sys.exit("unknown rows: %s" % ", ".join(sorted(bad)))
         for name, rows, fn, needs in wls:
-            if wanted and name not in wanted and not (set(rows) & wanted):
+            base = name.split("@")[0]
+            if wanted and base not in wanted and not ({r.split("@")[0] for r in rows} & wanted):
                 continue
             if name.startswith("fio") and not b.fio_bin:
                 notes.append("fio not installed: fio rows skipped (apt-get install fio)")

@@ -627,11 +627,28 @@ def test_sighup_and_sigint_daemon(work):
         assert open(j(o.mp, "x")).read() == "x"
 
 
-def test_stuck_lower_does_not_stall_the_mount(faulty):
+@pytest.mark.parametrize("pinned", [False, True], ids=["unpinned", "pinned"])
+def test_stuck_lower_does_not_stall_the_mount(faulty, pinned):
     """A lookup the lower takes 1.5 s to answer is served on the reader
     thread (lookups are quick, usually): the mount must not wait for it.
-    Requests that come meanwhile are answered before it finishes."""
+    Requests that come meanwhile are answered before it finishes. Also
+    with the callers pinned to one CPU, where the reader follows them."""
     o = faulty
+    if pinned:
+        mask = os.sched_getaffinity(0)
+        if len(mask) < 2:
+            pytest.skip("needs 2 CPUs")
+        # this thread only; the stall thread started below inherits it
+        os.sched_setaffinity(0, {min(mask)})
+        try:
+            _stuck_lookup(o)
+        finally:
+            os.sched_setaffinity(0, mask)
+    else:
+        _stuck_lookup(o)
+
+
+def _stuck_lookup(o):
     os.mkdir(j(o.mp, "updir"))
     p = j(o.mp, "updir", "f")
     with open(p, "w") as f:

@@ -14,6 +14,7 @@
 #include <fuse_lowlevel.h>
 #include <inttypes.h>
 #include <linux/fuse.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -255,10 +256,28 @@ int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point)
  * the same (a lower on a stuck network filesystem) must not hold up the
  * mount: a monitor thread, waking every OVL_STUCK_MS, takes the turn
  * away from a reader stuck on one request for that long.
+ *
+ * CPU locality: a warm thread is not enough when it runs on the other
+ * CPU. The scheduler puts a woken reader back on the CPU it last ran on
+ * if that one is idle, so on an idle machine the reader and a caller
+ * taskset to one CPU settle on different CPUs and every request costs
+ * two cross-CPU wakeups (3x a same-CPU round trip on a 2-CPU VM, see
+ * docs/performance.md). So the reader runs on the CPUs its caller may run
+ * on (its affinity mask, taken every OVL_FOLLOW_EVERY requests and for
+ * every new caller), when that is a part of ours; a caller that may run
+ * anywhere leaves the reader free, as following the CPU such a caller
+ * last ran on measured no better with one caller and worse with two: the
+ * caller, woken while the reader still holds that CPU, moves to the idle
+ * one. Slow requests drop the
+ * pin first, or they would queue behind the reader instead of running in
+ * parallel. Per-CPU readers on cloned /dev/fuse fds would not do it: the
+ * kernel hands a request to the reader that has waited longest, whatever
+ * CPU it is on.
  */
 #define OVL_MAX_THREADS 16
 #define OVL_QUICK_READ (128 * 1024)
 #define OVL_STUCK_MS 50
+#define OVL_FOLLOW_EVERY 64
 
 struct loop {
 	struct ovl_fs *ofs;
@@ -277,6 +296,20 @@ struct loop {
 	int nthreads;			/* lock: started besides the first */
 	pthread_t threads[OVL_MAX_THREADS];	/* lock */
 	int result;			/* lock */
+	cpu_set_t cpus;			/* the CPUs the loop may use */
+	int ncpus;			/* how many: with one, nothing to follow */
+};
+
+/* Where one loop thread runs and whose CPUs it follows. */
+struct reader {
+	cpu_set_t on;			/* pinned to these */
+	bool pinned;			/* else any of the loop's CPUs */
+	uint32_t pid;			/* the caller last looked at */
+	unsigned int since;		/* its requests since */
+	cpu_set_t want;			/* the CPUs of the callers so far */
+	uint64_t n;			/* quick requests served */
+	uint64_t changed;		/* n when the callers' CPUs last changed */
+	uint64_t mixed;			/* n when they changed twice in a row */
 };
 
 bool ovl_fuse_request_is_quick(struct ovl_fs *ofs, const struct fuse_buf *b)
@@ -329,6 +362,61 @@ bool ovl_fuse_request_is_quick(struct ovl_fs *ofs, const struct fuse_buf *b)
 }
 
 static void *loop_thread(void *arg);
+
+/* Run on the CPUs in SET, or anywhere the loop may if SET is NULL. */
+static void reader_pin(struct loop *L, struct reader *me, const cpu_set_t *set)
+{
+	if (L->ncpus < 2 || (!set && !me->pinned))
+		return;
+	if (set && me->pinned && CPU_EQUAL(set, &me->on))
+		return;
+	/* Failing (a cpuset changed under us) only costs speed. */
+	if (sched_setaffinity(0, sizeof(cpu_set_t), set ? set : &L->cpus) == 0) {
+		me->pinned = set != NULL;
+		if (set)
+			me->on = *set;
+	}
+}
+
+/* The reader is to serve the quick request in B: go where its caller runs. */
+static void reader_follow(struct loop *L, struct reader *me,
+			  const struct fuse_buf *b)
+{
+	const struct fuse_in_header *h = b->mem;
+	cpu_set_t set;
+
+	me->n++;
+	/* pid 0: the kernel's own (forgets) or a caller out of our sight. */
+	if (L->ncpus < 2 || !h->pid)
+		return;
+	if (h->pid == me->pid && ++me->since < OVL_FOLLOW_EVERY)
+		return;
+	me->pid = h->pid;
+	me->since = 0;
+	if (sched_getaffinity((pid_t)h->pid, sizeof(set), &set) < 0)
+		return;
+	CPU_AND(&set, &set, &L->cpus);
+	if (CPU_COUNT(&set) == 0)
+		set = L->cpus;
+	/*
+	 * Callers on different CPUs taking turns (the CPUs change twice
+	 * within OVL_FOLLOW_EVERY requests): moving to each in turn cost
+	 * more than the cross-CPU wakeups it saves (twice as slow with two
+	 * callers pinned to two CPUs), so run anywhere until one kind of
+	 * caller has had the reader to itself for a while.
+	 */
+	if (me->n > 1 && !CPU_EQUAL(&set, &me->want)) {
+		if (me->changed && me->n - me->changed < OVL_FOLLOW_EVERY)
+			me->mixed = me->n;
+		me->changed = me->n;
+	}
+	me->want = set;
+	if (CPU_EQUAL(&set, &L->cpus) ||
+	    (me->mixed && me->n - me->mixed < OVL_FOLLOW_EVERY))
+		reader_pin(L, me, NULL);
+	else
+		reader_pin(L, me, &set);
+}
 
 /* The session is over: wake everyone to leave. Caller holds L->lock. */
 static void loop_finish(struct loop *L, int res)
@@ -400,6 +488,8 @@ static void *loop_thread(void *arg)
 {
 	struct loop *L = arg;
 	struct fuse_buf fbuf = { .mem = NULL };
+	/* Pinned to nothing known: a thread inherits its creator's pin. */
+	struct reader me = { .pinned = true };
 	uint64_t gen;
 	bool mine;
 	int res;
@@ -437,6 +527,7 @@ static void *loop_thread(void *arg)
 			L->busy = true;
 			L->served++;
 			pthread_mutex_unlock(&L->lock);
+			reader_follow(L, &me, &fbuf);
 			fuse_session_process_buf(L->se, &fbuf);
 			pthread_mutex_lock(&L->lock);
 			/* The monitor may have passed the turn on meanwhile. */
@@ -447,6 +538,7 @@ static void *loop_thread(void *arg)
 			if (!mine)
 				goto next;
 		}
+		reader_pin(L, &me, NULL);
 		fuse_session_process_buf(L->se, &fbuf);
 next:;
 	}
@@ -469,6 +561,8 @@ int ovl_fuse_loop(struct ovl_fs *ofs)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&L.stop, &ca);
 	pthread_condattr_destroy(&ca);
+	if (sched_getaffinity(0, sizeof(L.cpus), &L.cpus) == 0)
+		L.ncpus = CPU_COUNT(&L.cpus);
 	monitoring = pthread_create(&monitor, NULL, loop_monitor, &L) == 0;
 	loop_thread(&L);
 	if (monitoring)

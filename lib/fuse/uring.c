@@ -816,7 +816,9 @@ void ovl_uring_start(struct ovl_fs *ofs, bool accepted, uint32_t max_write,
 	u->nq = possible_cpus();
 	u->qs = calloc(u->nq, sizeof(*u->qs));
 	u->threads = calloc(u->nq + OVL_URING_WORKERS + 1, sizeof(*u->threads));
-	sched_getaffinity(0, sizeof(u->cpus), &u->cpus);
+	/* The process's, not this thread's: the /dev/fuse reader follows
+	   its callers' CPUs (session.c) and may be pinned now. */
+	sched_getaffinity(getpid(), sizeof(u->cpus), &u->cpus);
 	if (!u->qs || !u->threads || pthread_key_create(&u->cur_key, NULL)) {
 		u->state = U_FAILED;
 		snprintf(u->why, sizeof(u->why), "out of memory");
