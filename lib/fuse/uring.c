@@ -32,9 +32,10 @@
  * pool (a thread that submitted commands must live as long as the ring:
  * the kernel runs the next request's copy in the submitter's context).
  *
- * Locks: u->lock (the pool, each queue's turn, done list and counters,
- * the state) is a leaf: never held while serving a request or in a ring
- * syscall.
+ * Locks: u->lock (the pool, the state, which queue needs a holder), then
+ * q->lock (a queue's turn, done list and counters; per queue, so that the
+ * holders of two CPUs do not share one): never held while serving a
+ * request or in a ring syscall.
  */
 #define FUSE_USE_VERSION 312
 
@@ -83,6 +84,7 @@ struct ovl_uring_cmd_req {
 #define OVL_URING_HEAD 4096		/* header page before each payload */
 #define OVL_URING_WORKERS 16
 #define OVL_URING_STUCK_MS 50
+#define OVL_URING_QUICK_IO (128 * 1024)	/* bigger writes go to a worker */
 #define OVL_URING_EFD_TAG 1		/* user_data of the eventfd read */
 #define OVL_URING_ENABLE "/sys/module/fuse/parameters/enable_uring"
 
@@ -98,7 +100,7 @@ struct ent {
 	uint64_t unique;		/* of the request being answered */
 	bool replied;			/* its reply is in the buffers */
 	bool dead;			/* the kernel let go of it */
-	struct ent *next;		/* u->lock: done list or job queue */
+	struct ent *next;		/* done list (q->lock), jobs (u->lock) */
 };
 
 struct uq {
@@ -109,17 +111,18 @@ struct uq {
 	int efd;			/* wakes the holder */
 	uint64_t efd_val;		/* the armed read's target */
 	struct ent ents[OVL_URING_MAX_ENTS];
-	int nents;			/* set up so far (holder; u->lock) */
-	/* u->lock: */
+	bool fixed;			/* /dev/fuse is the ring's file 0 */
+	pthread_mutex_t lock;		/* the fields below, but need_holder */
+	int nents;			/* set up so far */
 	uint64_t turn_gen;		/* bumped when the turn is taken */
 	bool serving;			/* the holder serves a request */
 	uint64_t served;		/* requests the holder began */
 	int away;			/* entries a worker will hand back */
 	struct ent *done;		/* handed back, to commit */
 	int live;			/* entries the kernel still holds */
-	bool need_holder;		/* the monitor took the turn */
-	bool registered;		/* REGISTER went in without error */
-	int reg_err;			/* or why not */
+	bool need_holder;		/* u->lock: the monitor took the turn */
+	bool registered;		/* u->lock: REGISTER went in */
+	int reg_err;			/* u->lock: or why not */
 };
 
 enum uring_state { U_PENDING, U_STARTING, U_READY, U_FAILED, U_UNUSED };
@@ -141,7 +144,7 @@ struct ovl_uring {
 	char why[160];			/* lock: why not READY */
 	struct ent *jobs, *jobs_tail;	/* lock */
 	int idle;			/* lock: workers waiting for a job */
-	bool stop;			/* lock */
+	_Atomic bool stop;		/* set under lock */
 	pthread_t *threads;		/* lock: nq + workers + monitor */
 	int nthreads;			/* lock */
 	int nworkers;			/* lock: pool threads started */
@@ -274,9 +277,9 @@ static int add_ents(struct uq *q, int n)
 		e->iov[0].iov_len = sizeof(*e->hdr);
 		e->iov[1].iov_base = e->payload;
 		e->iov[1].iov_len = u->payload;
-		pthread_mutex_lock(&u->lock);
+		pthread_mutex_lock(&q->lock);
 		q->nents++;
-		pthread_mutex_unlock(&u->lock);
+		pthread_mutex_unlock(&q->lock);
 		made++;
 	}
 	return made;
@@ -291,6 +294,8 @@ static int queue_setup(struct uq *q)
 	if (err < 0)
 		return err;
 	q->ring_made = true;
+	/* A registered file spares the kernel a reference per command. */
+	q->fixed = io_uring_register_files(&q->ring, &q->u->dev_fd, 1) == 0;
 	q->efd = eventfd(0, EFD_CLOEXEC);
 	if (q->efd < 0)
 		return -errno;
@@ -312,7 +317,12 @@ static int prep_cmd(struct ent *e, uint32_t op)
 	}
 	memset(sqe, 0, 128);
 	sqe->opcode = IORING_OP_URING_CMD;
-	sqe->fd = q->u->dev_fd;
+	if (q->fixed) {
+		sqe->flags = IOSQE_FIXED_FILE;
+		sqe->fd = 0;
+	} else {
+		sqe->fd = q->u->dev_fd;
+	}
 	sqe->addr = (uint64_t)(uintptr_t)e->iov;
 	sqe->len = 2;
 	sqe->cmd_op = op;
@@ -412,7 +422,9 @@ static void push_job(struct ovl_uring *u, struct ent *e)
 	else
 		u->jobs = e;
 	u->jobs_tail = e;
+	pthread_mutex_lock(&e->q->lock);
 	e->q->away++;
+	pthread_mutex_unlock(&e->q->lock);
 	start_worker(u);
 }
 
@@ -422,10 +434,10 @@ static void hand_back(struct ovl_uring *u, struct ent *e)
 	uint64_t one = 1;
 	struct uq *q = e->q;
 
-	pthread_mutex_lock(&u->lock);
+	pthread_mutex_lock(&q->lock);
 	e->next = q->done;
 	q->done = e;
-	pthread_mutex_unlock(&u->lock);
+	pthread_mutex_unlock(&q->lock);
 	if (write(q->efd, &one, sizeof(one)) < 0)
 		ovl_log(u->ofs->pub, OVLFS_LOG_WARNING,
 			"io_uring queue %d: cannot wake its thread: %s",
@@ -433,20 +445,43 @@ static void hand_back(struct ovl_uring *u, struct ent *e)
 }
 
 /*
- * Served by the holder itself? What the classic loop serves on its reader
- * (ovl_fuse_request_is_quick), and listings too: there the turn is passed
- * so that other callers' requests go on meanwhile, but a ring only has
- * the requests of callers on its own CPU, which cannot run while its
- * holder works anyway; handing work to a thread of the same CPU only adds
- * two wakeups, unless the work waits for a disk (copy-up, fsync, big
- * reads), and a listing that does is what the monitor is for.
+ * Served by the holder itself? The classic loop passes the turn before
+ * anything but its quick requests (ovl_fuse_request_is_quick) so that
+ * other callers' requests go on meanwhile. A ring only has the requests
+ * of callers on its own CPU, which cannot run while the holder works on
+ * that CPU anyway: handing a request to a worker only adds two wakeups on
+ * the caller's path (worker, then the holder to commit), unless the
+ * request waits for a disk, when the CPU could run other callers. So the
+ * holder serves everything except what may copy data up or sync: opens
+ * for writing and truncates of files not yet in the upper, fsync,
+ * fallocate, copy_file_range, renames and links (which may copy up a
+ * tree), big reads and writes. One that blocks all the same (a slow
+ * lower) is what the monitor is for.
  */
 static bool ring_quick(struct ovl_fs *ofs, const struct fuse_buf *b)
 {
 	const struct fuse_in_header *h = b->mem;
+	const void *arg = h + 1;
 
-	return ovl_fuse_request_is_quick(ofs, b) ||
-	       h->opcode == FUSE_READDIR || h->opcode == FUSE_READDIRPLUS;
+	if (ovl_fuse_request_is_quick(ofs, b))
+		return true;
+	switch (h->opcode) {
+	case FUSE_READDIR:
+	case FUSE_READDIRPLUS:
+	case FUSE_RMDIR:
+	case FUSE_LSEEK:
+	case FUSE_POLL:
+		return true;
+	case FUSE_WRITE:
+		return b->size >= sizeof(*h) + sizeof(struct fuse_write_in) &&
+		       ((const struct fuse_write_in *)arg)->size <=
+			       OVL_URING_QUICK_IO;
+	case FUSE_OPEN:		/* for writing: copies up unless upper */
+	case FUSE_SETATTR:	/* truncate: the same */
+		return ovl_node_has_upper(ovl_fuse_node(ofs, h->nodeid));
+	default:
+		return false;
+	}
 }
 
 /* The turn holder's loop for queue Q, entered with turn generation GEN. */
@@ -481,9 +516,9 @@ static void hold(struct uq *q, uint64_t gen)
 				if (cqe->res < 0) {
 					/* ENOTCONN: the connection ended */
 					e->dead = true;
-					pthread_mutex_lock(&u->lock);
+					pthread_mutex_lock(&q->lock);
 					q->live--;
-					pthread_mutex_unlock(&u->lock);
+					pthread_mutex_unlock(&q->lock);
 					continue;
 				}
 				if (n < OVL_URING_MAX_ENTS)
@@ -494,16 +529,17 @@ static void hold(struct uq *q, uint64_t gen)
 		if (efd) {
 			struct ent *d;
 
-			pthread_mutex_lock(&u->lock);
+			int k = 0;
+
+			pthread_mutex_lock(&q->lock);
 			d = q->done;
 			q->done = NULL;
-			pthread_mutex_unlock(&u->lock);
-			for (; d; d = d->next) {
-				pthread_mutex_lock(&u->lock);
-				q->away--;
-				pthread_mutex_unlock(&u->lock);
+			for (struct ent *x = d; x; x = x->next)
+				k++;
+			q->away -= k;
+			pthread_mutex_unlock(&q->lock);
+			for (; d; d = d->next)
 				prep_cmd(d, OVL_URING_CMD_COMMIT_AND_FETCH);
-			}
 			arm_efd(q);
 		}
 		for (int i = 0; i < n; i++) {
@@ -516,21 +552,22 @@ static void hold(struct uq *q, uint64_t gen)
 				continue;
 			}
 			quick = ring_quick(u->ofs, &e->fbuf);
-			pthread_mutex_lock(&u->lock);
 			if (!quick) {
+				pthread_mutex_lock(&u->lock);
 				push_job(u, e);
 				pthread_mutex_unlock(&u->lock);
 				continue;
 			}
+			pthread_mutex_lock(&q->lock);
 			q->serving = true;
 			q->served++;
-			pthread_mutex_unlock(&u->lock);
+			pthread_mutex_unlock(&q->lock);
 			serve(u, e);
-			pthread_mutex_lock(&u->lock);
+			pthread_mutex_lock(&q->lock);
 			mine = q->turn_gen == gen;
 			if (mine)
 				q->serving = false;
-			pthread_mutex_unlock(&u->lock);
+			pthread_mutex_unlock(&q->lock);
 			if (mine) {
 				prep_cmd(e, OVL_URING_CMD_COMMIT_AND_FETCH);
 				continue;
@@ -547,11 +584,13 @@ static void hold(struct uq *q, uint64_t gen)
 			pthread_mutex_unlock(&u->lock);
 			return;
 		}
-		pthread_mutex_lock(&u->lock);
-		stop = u->stop && q->away == 0;
-		pthread_mutex_unlock(&u->lock);
-		if (stop)
-			break;
+		if (atomic_load(&u->stop)) {
+			pthread_mutex_lock(&q->lock);
+			stop = q->away == 0;
+			pthread_mutex_unlock(&q->lock);
+			if (stop)
+				break;
+		}
 	}
 }
 
@@ -618,9 +657,9 @@ static void grow(struct uq *q)
 	for (int i = first; i < first + n; i++)
 		if (prep_cmd(&q->ents[i], OVL_URING_CMD_REGISTER) < 0)
 			break;
-	pthread_mutex_lock(&q->u->lock);
+	pthread_mutex_lock(&q->lock);
 	q->live += n;
-	pthread_mutex_unlock(&q->u->lock);
+	pthread_mutex_unlock(&q->lock);
 }
 
 /*
@@ -636,11 +675,13 @@ static void pool(struct ovl_uring *u, struct uq *q)
 	if (q) {
 		pin(u, q->qid);
 		err = queue_start(q);
+		pthread_mutex_lock(&q->lock);
+		q->live = err ? 0 : OVL_URING_DEPTH;
+		gen = q->turn_gen;
+		pthread_mutex_unlock(&q->lock);
 		pthread_mutex_lock(&u->lock);
 		q->registered = !err;
 		q->reg_err = err;
-		q->live = err ? 0 : OVL_URING_DEPTH;
-		gen = q->turn_gen;
 		pthread_cond_broadcast(&u->cond);
 		pthread_mutex_unlock(&u->lock);
 		if (!err)
@@ -657,7 +698,9 @@ static void pool(struct ovl_uring *u, struct uq *q)
 				want = &u->qs[i];
 		if (want) {
 			want->need_holder = false;
+			pthread_mutex_lock(&want->lock);
 			gen = want->turn_gen;
+			pthread_mutex_unlock(&want->lock);
 			pthread_mutex_unlock(&u->lock);
 			pin(u, want->qid);
 			grow(want);
@@ -722,16 +765,23 @@ static void *monitor_main(void *arg)
 		for (int i = 0; i < u->nq && !u->stop; i++) {
 			struct uq *q = &u->qs[i];
 
+			bool took = false;
+
+			pthread_mutex_lock(&q->lock);
 			/* The same request in service since the last look. */
 			if (q->serving && q->served == seen[i]) {
 				q->turn_gen++;
 				q->serving = false;
 				q->away++;	/* the old holder hands it back */
+				took = true;
+			}
+			seen[i] = q->served;
+			pthread_mutex_unlock(&q->lock);
+			if (took) {
 				q->need_holder = true;
 				start_worker(u);
 				stuck = ++u->stuck;
 			}
-			seen[i] = q->served;
 		}
 		if (stuck && !(stuck & (stuck - 1))) {
 			pthread_mutex_unlock(&u->lock);
@@ -763,6 +813,8 @@ static void uring_free(struct ovl_uring *u)
 			io_uring_queue_exit(&q->ring);
 		if (q->efd >= 0)
 			close(q->efd);
+		if (q->u)
+			pthread_mutex_destroy(&q->lock);
 		for (int k = 0; k < q->nents; k++)
 			if (q->ents[k].base)
 				munmap(q->ents[k].base, len);
@@ -827,12 +879,14 @@ void ovl_uring_start(struct ovl_fs *ofs, bool accepted, uint32_t max_write,
 	u->cur_key_made = true;
 	pthread_mutex_lock(&u->lock);
 	u->state = U_STARTING;
-	for (int i = 0; i < u->nq && !err; i++) {
+	for (int i = 0; i < u->nq; i++) {
 		u->qs[i].u = u;
 		u->qs[i].qid = i;
 		u->qs[i].efd = -1;
-		err = spawn(u, first_holder_main, &u->qs[i]);
+		pthread_mutex_init(&u->qs[i].lock, NULL);
 	}
+	for (int i = 0; i < u->nq && !err; i++)
+		err = spawn(u, first_holder_main, &u->qs[i]);
 	if (!err)
 		err = spawn(u, monitor_main, u);
 	if (err) {
