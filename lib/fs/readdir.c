@@ -479,10 +479,11 @@ int ovl_readdir_fill(struct ovl_fs *ofs, struct ovl_dirhandle *dh)
 		err = 0;
 	} else {
 		err = ovl_dir_list(ofs, dir, &merged, &nm, true);
-		if (!err)
+		if (!err) {
 			err = assign_offsets(ofs, dir, merged, nm);
-		if (err)
-			ovl_dir_list_free(merged, nm);
+			if (err)
+				ovl_dir_list_free(merged, nm);
+		}
 	}
 	pino = dir->parent ? dir->parent->ino : dir->ino;
 	pthread_rwlock_unlock(&ofs->ns_lock);
