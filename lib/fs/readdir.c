@@ -88,16 +88,18 @@ static bool strset_has(const struct strset *set, const char *s)
 
 /*
  * The offsets of one directory's names: V[i] is a name listed by the last
- * snapshot and its offset; IDX an open-addressing index of V (position +
- * 1, 0 free). Offsets 1 and 2 are "." and "..", NEXT is the next unused.
+ * snapshot and its offset, the names in one allocation (NAMES); IDX an
+ * open-addressing index of V (position + 1, 0 free). Offsets 1 and 2 are
+ * "." and "..", NEXT is the next unused.
  */
 struct ovl_dirslots {
 	struct ovl_dirslot {
-		char *name;
+		const char *name;
 		uint64_t off;
 	} *v;
 	size_t n;
-	size_t *idx;
+	char *names;
+	uint32_t *idx;
 	size_t isize;
 	uint64_t next;
 };
@@ -108,15 +110,14 @@ void ovl_dirslots_free(struct ovl_dirslots *s)
 {
 	if (!s)
 		return;
-	for (size_t i = 0; i < s->n; i++)
-		free(s->v[i].name);
 	free(s->v);
+	free(s->names);
 	free(s->idx);
 	free(s);
 }
 
-/* Position + 1 of NAME in S->v, or 0. */
-static size_t slot_find(const struct ovl_dirslots *s, const char *name)
+/* The offset of NAME in S, or 0. */
+static uint64_t slot_find(const struct ovl_dirslots *s, const char *name)
 {
 	size_t j;
 
@@ -125,7 +126,7 @@ static size_t slot_find(const struct ovl_dirslots *s, const char *name)
 	j = str_hash(name) & (s->isize - 1);
 	while (s->idx[j]) {
 		if (!strcmp(s->v[s->idx[j] - 1].name, name))
-			return s->idx[j];
+			return s->v[s->idx[j] - 1].off;
 		j = (j + 1) & (s->isize - 1);
 	}
 	return 0;
@@ -142,9 +143,14 @@ static int assign_offsets(struct ovl_fs *ofs, struct ovl_node *dir,
 			  struct ovl_rdent *ents, size_t n)
 {
 	struct ovl_dirslots *s, ns = { 0 };
-	bool *taken = NULL;
+	size_t total = 1;
+	char *p;
 	int err = 0;
 
+	if (n >= UINT32_MAX / 2)
+		return -EOVERFLOW;
+	for (size_t i = 0; i < n; i++)
+		total += strlen(ents[i].name) + 1;
 	pthread_mutex_lock(&ofs->slots_lock);
 	s = dir->slots;
 	if (!s) {
@@ -160,50 +166,36 @@ static int assign_offsets(struct ovl_fs *ofs, struct ovl_node *dir,
 	while (ns.isize < 2 * n)
 		ns.isize *= 2;
 	ns.v = malloc((n ? n : 1) * sizeof(*ns.v));
+	ns.names = malloc(total);
 	ns.idx = calloc(ns.isize, sizeof(*ns.idx));
-	taken = calloc(s->n ? s->n : 1, sizeof(*taken));
-	if (!ns.v || !ns.idx || !taken) {
+	if (!ns.v || !ns.names || !ns.idx) {
+		free(ns.v);
+		free(ns.names);
+		free(ns.idx);
 		err = -ENOMEM;
-		goto fail;
+		goto out;
 	}
 	ns.next = s->next;
+	p = ns.names;
 	for (size_t i = 0; i < n; i++) {
-		size_t k = slot_find(s, ents[i].name), j;
+		size_t len = strlen(ents[i].name) + 1, j;
+		uint64_t off = slot_find(s, ents[i].name);
 
-		if (k) {
-			ns.v[i] = s->v[k - 1];
-			taken[k - 1] = true;
-		} else {
-			ns.v[i].name = strdup(ents[i].name);
-			ns.v[i].off = ns.next++;
-			if (!ns.v[i].name) {
-				err = -ENOMEM;
-				/* what is not taken from S is new: free it */
-				while (i-- > 0)
-					if (!slot_find(s, ns.v[i].name))
-						free(ns.v[i].name);
-				goto fail;
-			}
-		}
-		ents[i].off = ns.v[i].off;
+		ents[i].off = off ? off : ns.next++;
+		ns.v[i].off = ents[i].off;
+		ns.v[i].name = memcpy(p, ents[i].name, len);
+		p += len;
 		j = str_hash(ents[i].name) & (ns.isize - 1);
 		while (ns.idx[j])
 			j = (j + 1) & (ns.isize - 1);
-		ns.idx[j] = i + 1;
+		ns.idx[j] = (uint32_t)(i + 1);
 	}
 	ns.n = n;
-	for (size_t i = 0; i < s->n; i++)
-		if (!taken[i])
-			free(s->v[i].name);
 	free(s->v);
+	free(s->names);
 	free(s->idx);
 	*s = ns;
-	goto out;
-fail:
-	free(ns.v);
-	free(ns.idx);
 out:
-	free(taken);
 	pthread_mutex_unlock(&ofs->slots_lock);
 	return err;
 }
