@@ -199,3 +199,72 @@ def test_offsets_stay_valid_across_changes(traced_mount):
         os.close(fd)
     assert name not in rest
     assert rest == rest_before
+
+
+@pytest.mark.skipif(SYS_GETDENTS64 is None, reason="getdents64 number unknown here")
+@pytest.mark.timeout(60)
+def test_small_buffer_listings_during_churn(traced_mount):
+    """Listers reading a few entries per getdents64 call while others create
+    and unlink names in the same directory: the kernel's cached listing is
+    dropped and refilled under them over and over. Every name that is there
+    all along is listed exactly once to every lister."""
+    import random
+    import threading
+    t = traced_mount(SPEC)
+    d = j(t.mp, "d")
+    for i in range(20):
+        with open(j(d, "u%02d" % i), "w") as f:
+            f.write("u\n")
+    stable = set(os.listdir(d))
+    churn = ["c%02d" % i for i in range(20)]
+    stop = threading.Event()
+    errors = []
+
+    def churner(k):
+        rng = random.Random(k)
+        while not stop.is_set():
+            n = rng.choice(churn)
+            try:
+                if rng.random() < 0.5:
+                    os.unlink(j(d, n))
+                else:
+                    with open(j(d, n), "x") as f:
+                        f.write("c\n")
+            except (FileNotFoundError, FileExistsError):
+                pass
+
+    def lister(k):
+        end = time.monotonic() + 3
+        try:
+            while time.monotonic() < end:
+                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    seen = []
+                    while True:
+                        more = getdents(fd, 400 + 100 * k)
+                        if not more:
+                            break
+                        seen += names(more)
+                finally:
+                    os.close(fd)
+                dups = sorted(n for n in stable if seen.count(n) > 1)
+                missing = sorted(stable - set(seen))
+                unknown = sorted(set(seen) - stable - set(churn))
+                if dups or missing or unknown:
+                    errors.append("twice %r, missing %r, unknown %r" % (
+                        dups[:3], missing[:3], unknown[:3]))
+                    return
+        except Exception as e:          # report, never hang
+            errors.append(repr(e))
+
+    ts = [threading.Thread(target=churner, args=(k,), daemon=True) for k in range(2)]
+    ls = [threading.Thread(target=lister, args=(k,), daemon=True) for k in range(2)]
+    for x in ts + ls:
+        x.start()
+    for x in ls:
+        x.join(30)
+    stop.set()
+    for x in ts:
+        x.join(30)
+    assert not any(x.is_alive() for x in ts + ls), "threads still running"
+    assert not errors, errors[:3]
