@@ -70,9 +70,11 @@ OVERLAYS = SETUPS[1:]
 ROWS = [
     ("lstat", "lstat every file (fresh)", "s", 2.5),
     ("readdir", "recursive readdir (fresh)", "s", 2.5),
+    ("readdir-warm", "recursive readdir (warm)", "s", 2.5),
     ("read-fresh", "open+read+close small files (fresh)", "s", 2.5),
     ("read-warm", "open+read+close small files (warm)", "s", 1.3),
     ("seqread", "sequential read of the large files, 1 MiB (fresh)", "s", 1.2),
+    ("seqread-warm", "sequential read of the large files, 1 MiB (warm)", "s", 1.2),
     ("write", "write a new file + fsync", "s", 1.3),
     ("copyup", "copy-up: append 1 byte to each large file + syncfs", "s", 1.2),
     ("create", "create small files (untar)", "s", 4.0),
@@ -129,9 +131,12 @@ class Config:
             "lstat": "lstat every file, %s (fresh)" % fmt_n(c.files + c.tops * c.dirs_per_top + c.big_n),
             "readdir": "recursive readdir, %s entries (fresh)" % fmt_n(
                 c.files + c.tops * c.dirs_per_top + c.big_n + 2),
+            "readdir-warm": "recursive readdir, %s entries (warm)" % fmt_n(
+                c.files + c.tops * c.dirs_per_top + c.big_n + 2),
             "read-fresh": "open+read+close %s small files (fresh)" % fmt_n(c.files),
             "read-warm": "open+read+close %s small files (warm)" % fmt_n(c.files),
             "seqread": "seq. read %d x %d MiB, 1 MiB reads (fresh)" % (c.big_n, c.big_mib),
+            "seqread-warm": "seq. read %d x %d MiB, 1 MiB reads (warm)" % (c.big_n, c.big_mib),
             "write": "write a new %d MiB file + fsync" % c.write_mib,
             "copyup": "copy-up: append 1 B to %d x %d MiB lower files + syncfs" % (
                 c.big_n, c.big_mib),
@@ -433,11 +438,14 @@ class Bench:
         return {"lstat": r["secs"]}
 
     def w_readdir(self, view, ctx):
-        r = self.fsops("readdir", view, ".")
-        # plain view of the lower: exactly the dataset; overlays: the same
-        self.expect(r["count"] == self.total_entries, "readdir saw %d entries, want %d" % (
-            r["count"], self.total_entries))
-        return {"readdir": r["secs"]}
+        res = {}
+        for key in ("readdir", "readdir-warm"):
+            r = self.fsops("readdir", view, ".")
+            # plain view of the lower: exactly the dataset; overlays: the same
+            self.expect(r["count"] == self.total_entries, "readdir saw %d entries, want %d" % (
+                r["count"], self.total_entries))
+            res[key] = r["secs"]
+        return res
 
     def w_read(self, view, ctx):
         res = {}
@@ -449,10 +457,13 @@ class Bench:
         return res
 
     def w_seqread(self, view, ctx):
-        r = self.fsops("seqread", view, self.list_path("big"))
-        self.expect(r["bytes"] == self.big_bytes and r["sum"] == self.ref_big["sum"],
-                    "large file data differs")
-        return {"seqread": r["secs"]}
+        res = {}
+        for key in ("seqread", "seqread-warm"):
+            r = self.fsops("seqread", view, self.list_path("big"))
+            self.expect(r["bytes"] == self.big_bytes and r["sum"] == self.ref_big["sum"],
+                        "large file data differs")
+            res[key] = r["secs"]
+        return res
 
     def w_write(self, view, ctx):
         r = self.fsops("write", view, "newfile", self.cfg.write_mib)
@@ -545,9 +556,9 @@ class Bench:
         None to use the lower itself read-only)."""
         return [
             ("lstat", ["lstat"], self.w_lstat, None),
-            ("readdir", ["readdir"], self.w_readdir, None),
+            ("readdir", ["readdir", "readdir-warm"], self.w_readdir, None),
             ("read", ["read-fresh", "read-warm"], self.w_read, None),
-            ("seqread", ["seqread"], self.w_seqread, None),
+            ("seqread", ["seqread", "seqread-warm"], self.w_seqread, None),
             ("write", ["write"], self.w_write, []),
             ("copyup", ["copyup"], self.w_copyup, ["big"]),
             ("create", ["create"], self.w_create, []),

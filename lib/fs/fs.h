@@ -14,7 +14,7 @@
  * says what it guards:
  *
  *	[fs/]    file copyup_lock  >  hardlink_lock  >  dir copyup_lock
- *	           >  handle locks  >  ns_lock  >  table_lock
+ *	           >  handle locks  >  ns_lock  >  table_lock, slots_lock
  *	[fuse/]  io_lock  >  notify_lock;  the request loop's lock
  *
  * The two rows meet in one place only: notify_lock, a leaf, is taken with
@@ -42,6 +42,8 @@
  *    rmdir, rename, the link-into-place step of copy-up, opaque marking);
  *    read by lookup and readdir, which must not see half a change.
  *  - table_lock (mutex): the node hash table and reference counts; a leaf.
+ *  - slots_lock (mutex): the directories' readdir offsets (node->slots,
+ *    readdir.c); a leaf, taken with ns_lock read held.
  * No lock is held across a FUSE reply (fuse/ops.c replies after the fs/
  * call returned and dropped its locks). read/write/fsync use the backing fd
  * of the file handle and take no lock at all.
@@ -176,6 +178,9 @@ struct ovl_node {
 	dev_t idev;
 	ino_t iino;
 	bool indexed;
+
+	/* slots_lock: a directory's readdir offsets, or NULL (readdir.c) */
+	struct ovl_dirslots *slots;
 };
 
 /*
@@ -240,6 +245,7 @@ struct ovl_fs {
 	pthread_mutex_t hardlink_lock;
 
 	pthread_mutex_t table_lock;
+	pthread_mutex_t slots_lock;
 	struct ovl_node **table;	/* table_lock */
 	size_t table_size, table_count;	/* table_lock */
 	struct ovl_node *root;
@@ -576,7 +582,8 @@ struct ovl_dirhandle {
 		char *name;
 		uint64_t ino;
 		mode_t type;
-	} *ents;
+		uint64_t off;		/* its readdir offset (readdir.c) */
+	} *ents;			/* in order of off */
 	size_t n;
 	bool valid;
 };
@@ -584,6 +591,9 @@ int ovl_opendir(struct ovl_fs *ofs, struct ovl_node *node,
 		struct ovl_dirhandle **out);
 /* (Re)build the merged listing of DH->node (offset 0 rebuilds). */
 int ovl_readdir_fill(struct ovl_fs *ofs, struct ovl_dirhandle *dh);
+/* The index in DH->ents of the first entry after readdir offset OFF. */
+size_t ovl_readdir_seek(const struct ovl_dirhandle *dh, uint64_t off);
+void ovl_dirslots_free(struct ovl_dirslots *s);
 void ovl_releasedir(struct ovl_fs *ofs, struct ovl_dirhandle *dh);
 /*
  * The merged listing of directory DIR (no "." or ".."), with inode numbers

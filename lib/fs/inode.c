@@ -288,6 +288,7 @@ int ovl_inode_table_init(struct ovl_fs *ofs)
 	ofs->next_overflow = 1;
 	ofs->handles.next = ofs->handles.prev = &ofs->handles;
 	pthread_mutex_init(&ofs->table_lock, NULL);
+	pthread_mutex_init(&ofs->slots_lock, NULL);
 	return 0;
 }
 
@@ -345,6 +346,7 @@ void ovl_inode_table_destroy(struct ovl_fs *ofs)
 		ofs->inomap = NULL;
 	}
 	pthread_mutex_destroy(&ofs->table_lock);
+	pthread_mutex_destroy(&ofs->slots_lock);
 }
 
 struct ovl_node *ovl_node_new(struct ovl_fs *ofs, struct ovl_node *parent,
@@ -437,6 +439,7 @@ static void node_free_locked(struct ovl_fs *ofs, struct ovl_node *node)
 		if (lfd >= 0)
 			close(lfd);
 		ovl_lstack_free(ofs, node->lstack);
+		ovl_dirslots_free(node->slots);
 		pthread_mutex_destroy(&node->copyup_lock);
 		free(node->name);
 		free(node);

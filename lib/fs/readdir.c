@@ -6,6 +6,14 @@
  * and none missing while others come and go. Upper entries come first;
  * lower entries follow unless hidden by an upper entry of the same name, a
  * whiteout, or an opaque upper directory.
+ *
+ * Offsets are stable across snapshots (struct ovl_dirslots): a name keeps
+ * the offset it was first listed at for as long as it stays in the
+ * directory, and a new name gets a higher one than any before, as tmpfs's
+ * stable offsets. The kernel's readdir cache (FOPEN_CACHE_DIR) needs it: it
+ * holds one listing per directory, filled by whichever open handle reads at
+ * its end, and a reader whose cache went stale finds its place again in a
+ * listing built by another handle, by offset (fs/fuse/readdir.c).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -78,6 +86,142 @@ static bool strset_has(const struct strset *set, const char *s)
 	return false;
 }
 
+/*
+ * The offsets of one directory's names: V[i] is a name listed by the last
+ * snapshot and its offset, the names in one allocation (NAMES); IDX an
+ * open-addressing index of V (position + 1, 0 free). Offsets 1 and 2 are
+ * "." and "..", NEXT is the next unused.
+ */
+struct ovl_dirslots {
+	struct ovl_dirslot {
+		const char *name;
+		uint64_t off;
+	} *v;
+	size_t n;
+	char *names;
+	uint32_t *idx;
+	size_t isize;
+	uint64_t next;
+};
+
+#define OVL_OFF_FIRST 3
+
+void ovl_dirslots_free(struct ovl_dirslots *s)
+{
+	if (!s)
+		return;
+	free(s->v);
+	free(s->names);
+	free(s->idx);
+	free(s);
+}
+
+/* The offset of NAME in S, or 0. */
+static uint64_t slot_find(const struct ovl_dirslots *s, const char *name)
+{
+	size_t j;
+
+	if (!s->isize)
+		return 0;
+	j = str_hash(name) & (s->isize - 1);
+	while (s->idx[j]) {
+		if (!strcmp(s->v[s->idx[j] - 1].name, name))
+			return s->v[s->idx[j] - 1].off;
+		j = (j + 1) & (s->isize - 1);
+	}
+	return 0;
+}
+
+/*
+ * Give each of the N entries of a new snapshot of DIR its offset, and make
+ * the snapshot's names DIR's names (a name gone from it gives its offset up
+ * for good). Called in the ns_lock read section that listed them: snapshots
+ * taken by concurrent fills are then of the same namespace, and those of
+ * later fills come after, so a name's offset never goes back.
+ */
+static int assign_offsets(struct ovl_fs *ofs, struct ovl_node *dir,
+			  struct ovl_rdent *ents, size_t n)
+{
+	struct ovl_dirslots *s, ns = { 0 };
+	size_t total = 1;
+	char *p;
+	int err = 0;
+
+	if (n >= UINT32_MAX / 2)
+		return -EOVERFLOW;
+	for (size_t i = 0; i < n; i++)
+		total += strlen(ents[i].name) + 1;
+	pthread_mutex_lock(&ofs->slots_lock);
+	s = dir->slots;
+	if (!s) {
+		s = calloc(1, sizeof(*s));
+		if (!s) {
+			err = -ENOMEM;
+			goto out;
+		}
+		s->next = OVL_OFF_FIRST;
+		dir->slots = s;
+	}
+	ns.isize = 16;
+	while (ns.isize < 2 * n)
+		ns.isize *= 2;
+	ns.v = malloc((n ? n : 1) * sizeof(*ns.v));
+	ns.names = malloc(total);
+	ns.idx = calloc(ns.isize, sizeof(*ns.idx));
+	if (!ns.v || !ns.names || !ns.idx) {
+		free(ns.v);
+		free(ns.names);
+		free(ns.idx);
+		err = -ENOMEM;
+		goto out;
+	}
+	ns.next = s->next;
+	p = ns.names;
+	for (size_t i = 0; i < n; i++) {
+		size_t len = strlen(ents[i].name) + 1, j;
+		uint64_t off = slot_find(s, ents[i].name);
+
+		ents[i].off = off ? off : ns.next++;
+		ns.v[i].off = ents[i].off;
+		ns.v[i].name = memcpy(p, ents[i].name, len);
+		p += len;
+		j = str_hash(ents[i].name) & (ns.isize - 1);
+		while (ns.idx[j])
+			j = (j + 1) & (ns.isize - 1);
+		ns.idx[j] = (uint32_t)(i + 1);
+	}
+	ns.n = n;
+	free(s->v);
+	free(s->names);
+	free(s->idx);
+	*s = ns;
+out:
+	pthread_mutex_unlock(&ofs->slots_lock);
+	return err;
+}
+
+static int by_off(const void *a, const void *b)
+{
+	const struct ovl_rdent *x = a, *y = b;
+
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+size_t ovl_readdir_seek(const struct ovl_dirhandle *dh, uint64_t off)
+{
+	size_t lo = 0, hi = dh->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (dh->ents[mid].off <= off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 static mode_t dtype_to_mode(unsigned char t)
 {
 	return t == DT_UNKNOWN ? 0 : (mode_t)DTTOIF(t);
@@ -93,6 +237,7 @@ static int push(struct ovl_rdent **ents, size_t *n, size_t *cap,
 		return -ENOMEM;
 	(*ents)[*n].ino = ino;
 	(*ents)[*n].type = type;
+	(*ents)[*n].off = 0;
 	(*n)++;
 	return 0;
 }
@@ -326,15 +471,26 @@ int ovl_readdir_fill(struct ovl_fs *ofs, struct ovl_dirhandle *dh)
 		err = 0;
 	} else {
 		err = ovl_dir_list(ofs, dir, &merged, &nm, true);
+		if (!err) {
+			err = assign_offsets(ofs, dir, merged, nm);
+			if (err)
+				ovl_dir_list_free(merged, nm);
+		}
 	}
 	pino = dir->parent ? dir->parent->ino : dir->ino;
 	pthread_rwlock_unlock(&ofs->ns_lock);
 	if (err)
 		return err;
+	if (nm)
+		qsort(merged, nm, sizeof(*merged), by_off);
 
 	err = push(&ents, &n, &cap, ".", dir->ino, S_IFDIR);
 	if (!err)
 		err = push(&ents, &n, &cap, "..", pino, S_IFDIR);
+	if (!err) {
+		ents[0].off = 1;
+		ents[1].off = 2;
+	}
 	if (err) {
 		ovl_dir_list_free(ents, n);
 		ovl_dir_list_free(merged, nm);

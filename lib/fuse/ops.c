@@ -567,11 +567,14 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 	}
 	fi->fh = (uint64_t)(uintptr_t)dh;
 	/*
-	 * No cache_readdir: when an entry comes or goes during a listing the
-	 * kernel drops its cache and reads again from offset 0, which takes
-	 * a new snapshot here and shows entries twice to a reader in the
-	 * middle (tests/test_concurrency.py).
+	 * Listings stay in the kernel's cache across opens. It drops one at
+	 * the next listing from offset 0 after an entry came or went through
+	 * the mount (the only way one can: the layers are ovlfs's alone); a
+	 * reader in the middle of it then finds its place in the new listing
+	 * by offset, which only stable offsets make right (readdir.c).
 	 */
+	fi->cache_readdir = 1;
+	fi->keep_cache = 1;
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		ovl_releasedir(ofs, dh);
 }
@@ -600,7 +603,8 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (off == 0 || !dh->valid)
 		err = ovl_readdir_fill(ofs, dh);
 	p = buf;
-	for (size_t i = off; !err && i < dh->n; i++) {
+	for (size_t i = err ? 0 : ovl_readdir_seek(dh, off); !err && i < dh->n;
+	     i++) {
 		struct ovl_rdent *d = &dh->ents[i];
 		size_t len;
 
@@ -614,7 +618,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				fe.attr.st_ino = d->ino;
 				fe.attr.st_mode = d->type;
 				len = fuse_add_direntry_plus(req, p, rem, d->name,
-							     &fe, i + 1);
+							     &fe, d->off);
 				if (len > rem)
 					break;
 			} else {
@@ -633,7 +637,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 					fe.attr.st_ino = d->ino;
 					fe.attr.st_mode = d->type;
 					len = fuse_add_direntry_plus(
-						req, p, rem, d->name, &fe, i + 1);
+						req, p, rem, d->name, &fe, d->off);
 					p += len;
 					rem -= len;
 					continue;
@@ -647,12 +651,13 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				fe.attr_timeout = attr_timeout(e.node, &e.st);
 				fe.entry_timeout = OVL_TIMEOUT;
 				len = fuse_add_direntry_plus(req, p, rem, d->name,
-							     &fe, i + 1);
+							     &fe, d->off);
 			}
 		} else {
 			struct stat st = { .st_ino = d->ino, .st_mode = d->type };
 
-			len = fuse_add_direntry(req, p, rem, d->name, &st, i + 1);
+			len = fuse_add_direntry(req, p, rem, d->name, &st,
+						d->off);
 			if (len > rem)
 				break;
 		}
