@@ -142,9 +142,8 @@ def test_privileges_killed_as_the_kernel_does(work, passthrough, who, op):
         assert want["c"][1] is False, want
 
 
-@pytest.mark.xfail(strict=True, reason="atomic O_TRUNC: the kernel sends "
-                   "no SETATTR to kill, and without KILLPRIV_V2 ovlfs is "
-                   "not told the opener lacks CAP_FSETID")
+# atomic O_TRUNC: the kernel sends no SETATTR to kill, so ovlfs kills
+# itself when the opener lacks CAP_FSETID (lib/fuse/ops.c kill_suid_on_trunc)
 @pt_ids
 @pytest.mark.parametrize("who", ["nobody", "root-no-fsetid"])
 def test_open_trunc_kills_suid(work, passthrough, who):

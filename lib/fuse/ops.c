@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -359,6 +360,65 @@ static int open_flags(const struct ovl_fs *ofs, const struct fuse_file_info *fi)
 	return ofs->no_sync ? fi->flags & ~(O_SYNC | O_DSYNC) : fi->flags;
 }
 
+/* Does the caller of REQ hold CAP_FSETID (its effective set)? */
+static bool caller_has_fsetid(fuse_req_t req)
+{
+	char path[64], line[128];
+	unsigned long long caps = 0;
+	bool found = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status",
+		 (int)fuse_req_ctx(req)->pid);
+	f = fopen(path, "re");
+	if (!f)
+		return false;	/* gone or hidden: kill, as for anyone */
+	while (!found && fgets(line, sizeof(line), f))
+		found = sscanf(line, "CapEff: %llx", &caps) == 1;
+	fclose(f);
+	return found && (caps & (1ULL << 4));	/* CAP_FSETID */
+}
+
+/*
+ * An O_TRUNC open by a caller without CAP_FSETID kills setuid, and setgid
+ * where the VFS would (group execute, or a caller outside the group): the
+ * kernel computes that, but with atomic O_TRUNC it sends no SETATTR (the
+ * OPEN truncated already), so the kill is lost unless we do it. Its
+ * cached mode is then stale: tell it.
+ */
+static void kill_suid_on_trunc(fuse_req_t req, struct ovl_fs *ofs,
+			       struct ovl_node *node, struct ovl_file *f)
+{
+	struct stat st, attr, out;
+	mode_t kill = 0;
+	struct ovl_ctx ctx;
+
+	if (fstat(atomic_load(&f->fd), &st) < 0 || !S_ISREG(st.st_mode) ||
+	    !(st.st_mode & (S_ISUID | S_ISGID)))
+		return;
+	if (st.st_mode & S_ISUID)
+		kill |= S_ISUID;
+	if ((st.st_mode & S_ISGID) && (st.st_mode & S_IXGRP))
+		kill |= S_ISGID;
+	else if (st.st_mode & S_ISGID) {
+		bool member;
+
+		get_ctx(req, &ctx, true);
+		member = ctx.gid == st.st_gid;
+		for (int i = 0; i < ctx.ngroups && !member; i++)
+			member = ctx.groups[i] == st.st_gid;
+		if (!member)
+			kill |= S_ISGID;
+	}
+	if (!kill || caller_has_fsetid(req))
+		return;
+	memset(&attr, 0, sizeof(attr));
+	attr.st_mode = st.st_mode & ~kill;
+	if (ovl_setattr(ofs, node, &attr, OVL_SET_MODE, atomic_load(&f->fd),
+			&out) == 0)
+		ovl_tell_attr_changed(ofs, node);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ovl_fs *ofs = ofs_of(req);
@@ -370,6 +430,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, -err);
 		return;
 	}
+	if (fi->flags & O_TRUNC)
+		kill_suid_on_trunc(req, ofs, ovl_fuse_node(ofs, ino), f);
 	f->sync_io = ofs->no_sync && (fi->flags & O_DSYNC);
 	fi->fh = (uint64_t)(uintptr_t)f;
 	if (reply_open(req, ofs, f, fi, NULL) == -ENOENT)
