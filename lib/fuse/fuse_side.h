@@ -133,6 +133,16 @@ int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point);
  */
 struct fuse_buf;
 bool ovl_fuse_request_is_quick(struct ovl_fs *ofs, const struct fuse_buf *b);
+/*
+ * The monitors of both transports: a request in service for OVL_STUCK_MS
+ * (a slow layer) loses its thread's turn to another thread.
+ * ovl_fuse_monitor_wait waits on COND (MUTEX held) that long, or until
+ * signalled; ovl_fuse_log_stuck logs the STUCK-th such request, at the
+ * 1st, 2nd, 4th, 8th... only.
+ */
+#define OVL_STUCK_MS 50
+void ovl_fuse_monitor_wait(pthread_cond_t *cond, pthread_mutex_t *mutex);
+void ovl_fuse_log_stuck(struct ovl_fs *ofs, uint64_t stuck);
 /* Run the multithreaded loop until unmounted; returns its result. */
 int ovl_fuse_loop(struct ovl_fs *ofs);
 void ovl_fuse_session_exit(void *se);

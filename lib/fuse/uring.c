@@ -27,7 +27,7 @@
  * a pool of workers, whose answers the turn holder commits (they hand the
  * entry back and wake it through an eventfd read armed in the ring). A
  * monitor takes the turn from a holder stuck on one request for
- * OVL_URING_STUCK_MS and starts a new holder; the old one, when its
+ * OVL_STUCK_MS and starts a new holder; the old one, when its
  * request ends, hands the entry back as a worker would and stays in the
  * pool (a thread that submitted commands must live as long as the ring:
  * the kernel runs the next request's copy in the submitter's context).
@@ -41,7 +41,6 @@
 
 #include <errno.h>
 #include <fuse_lowlevel.h>
-#include <inttypes.h>
 #include <liburing.h>
 #include <linux/fuse.h>
 #include <sched.h>
@@ -83,7 +82,6 @@ struct ovl_uring_cmd_req {
 #define OVL_URING_MAX_ENTS (4 * OVL_URING_DEPTH)	/* after steals */
 #define OVL_URING_HEAD 4096		/* header page before each payload */
 #define OVL_URING_WORKERS 16
-#define OVL_URING_STUCK_MS 50
 #define OVL_URING_QUICK_IO (128 * 1024)	/* bigger writes go to a worker */
 #define OVL_URING_EFD_TAG 1		/* user_data of the eventfd read */
 #define OVL_URING_ENABLE "/sys/module/fuse/parameters/enable_uring"
@@ -747,24 +745,16 @@ static void *monitor_main(void *arg)
 {
 	struct ovl_uring *u = arg;
 	uint64_t *seen = calloc(u->nq, sizeof(*seen)), stuck;
-	struct timespec t;
 
 	if (!seen)
 		return NULL;	/* no monitor: a stuck layer holds its queue */
 
 	pthread_mutex_lock(&u->lock);
 	while (!u->stop) {
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		t.tv_nsec += OVL_URING_STUCK_MS * 1000000L;
-		if (t.tv_nsec >= 1000000000L) {
-			t.tv_sec++;
-			t.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&u->mon_cond, &u->lock, &t);
+		ovl_fuse_monitor_wait(&u->mon_cond, &u->lock);
 		stuck = 0;
 		for (int i = 0; i < u->nq && !u->stop; i++) {
 			struct uq *q = &u->qs[i];
-
 			bool took = false;
 
 			pthread_mutex_lock(&q->lock);
@@ -783,12 +773,9 @@ static void *monitor_main(void *arg)
 				stuck = ++u->stuck;
 			}
 		}
-		if (stuck && !(stuck & (stuck - 1))) {
+		if (stuck) {
 			pthread_mutex_unlock(&u->lock);
-			ovl_log(u->ofs->pub, OVLFS_LOG_WARNING,
-				"a request took over %d ms (%" PRIu64
-				" so far): a layer is slow to answer",
-				OVL_URING_STUCK_MS, stuck);
+			ovl_fuse_log_stuck(u->ofs, stuck);
 			pthread_mutex_lock(&u->lock);
 		}
 	}
