@@ -189,8 +189,9 @@ static bool parse_choice(const char *s, const struct choice *c, size_t n,
 #define PARSE_CHOICE(s, table, out)                                         \
 	({                                                                  \
 		int v_;                                                     \
-		bool ok_ = parse_choice(s, table,                           \
-					sizeof(table) / sizeof(table[0]), &v_); \
+		bool ok_ = parse_choice((s), (table),                       \
+					sizeof(table) / sizeof((table)[0]),     \
+					&v_);                                   \
 		if (ok_)                                                    \
 			*(out) = v_;                                        \
 		ok_;                                                        \

@@ -103,24 +103,26 @@ struct ent {
 
 struct uq {
 	struct ovl_uring *u;
-	int qid;
-	struct io_uring ring;
-	bool ring_made;
-	int efd;			/* wakes the holder */
 	uint64_t efd_val;		/* the armed read's target */
+	struct io_uring ring;
 	struct ent ents[OVL_URING_MAX_ENTS];
+	int qid;
+	int efd;			/* wakes the holder */
+	bool ring_made;
 	bool fixed;			/* /dev/fuse is the ring's file 0 */
-	pthread_mutex_t lock;		/* the fields below, but need_holder */
-	int nents;			/* set up so far */
+	/* u->lock: */
+	bool need_holder;		/* the monitor took the turn */
+	bool registered;		/* REGISTER went in */
+	int reg_err;			/* or why not */
+	/* lock: */
+	pthread_mutex_t lock;
 	uint64_t turn_gen;		/* bumped when the turn is taken */
-	bool serving;			/* the holder serves a request */
 	uint64_t served;		/* requests the holder began */
-	int away;			/* entries a worker will hand back */
 	struct ent *done;		/* handed back, to commit */
+	int nents;			/* set up so far */
+	int away;			/* entries a worker will hand back */
 	int live;			/* entries the kernel still holds */
-	bool need_holder;		/* u->lock: the monitor took the turn */
-	bool registered;		/* u->lock: REGISTER went in */
-	int reg_err;			/* u->lock: or why not */
+	bool serving;			/* the holder serves a request */
 };
 
 enum uring_state { U_PENDING, U_STARTING, U_READY, U_FAILED, U_UNUSED };
