@@ -105,7 +105,15 @@ ssize_t ovl_uring_reply(struct ovl_fs *ofs, const struct iovec *iov,
  * holds SIZE bytes (a reply built there is not copied); NULL otherwise.
  */
 void *ovl_uring_reply_buf(struct ovl_fs *ofs, size_t size);
-/* After the loop ended: stop and join the queues' threads, free all. */
+/*
+ * The /dev/fuse reader got a request: what the ring threads answered
+ * before is ordered before it (for ThreadSanitizer; nothing otherwise).
+ */
+void ovl_uring_kernel_order(struct ovl_fs *ofs);
+/*
+ * After the loop ended (and again when the session is destroyed, for a
+ * mount that failed before): stop and join the queues' threads, free all.
+ */
 void ovl_uring_stop(struct ovl_fs *ofs);
 
 /* ===== ops.c: the FUSE adapters (request -> fs/ call -> reply) ===== */

@@ -120,6 +120,7 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 	ssize_t n = read(fd, buf, len);
 	const struct fuse_in_header *h = buf;
 
+	ovl_uring_kernel_order(ofs);
 	if (n >= (ssize_t)(sizeof(*h) + sizeof(struct fuse_init_in)) &&
 	    !atomic_load(&ofs->fuse.init_unique) && h->opcode == FUSE_INIT) {
 		const struct fuse_init_in *in = (const void *)(h + 1);
@@ -613,6 +614,7 @@ static void notify_attr_changed(struct ovl_fs *ofs, struct ovl_node *node)
 
 void ovl_fuse_session_destroy(struct ovl_fs *ofs)
 {
+	ovl_uring_stop(ofs);	/* if the loop never ran to stop it */
 	if (ofs->fuse.se)
 		fuse_session_destroy(ofs->fuse.se);
 	ofs->fuse.se = NULL;
