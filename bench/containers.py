@@ -312,6 +312,24 @@ def rootless_blocker():
     return None
 
 
+class UringParam:
+    """enable_uring on for the run. It is one switch for the whole machine,
+    and a test suite run meanwhile (scripts/with-uring.sh) turns it back
+    when it ends: on() sets it again before each job that needs it and
+    counts how often it had to."""
+
+    def __init__(self):
+        self.turned_off = 0
+
+    def on(self):
+        with open(URING_PARAM) as f:
+            if f.read().strip() == "Y":
+                return
+        with open(URING_PARAM, "w") as f:
+            f.write("Y")
+        self.turned_off += 1
+
+
 def load_requests_module():
     """bench/requests.py's request line pattern and opcode names."""
     import importlib.util
@@ -325,7 +343,7 @@ def load_requests_module():
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{3}) \S+ (.*)$")
 
 
-def count_requests(engines, files):
+def count_requests(engines, files, param):
     """Engine name -> phase -> opcode -> requests, from one COUNT_JOB each."""
     rq = load_requests_module()
     out = {}
@@ -333,6 +351,8 @@ def count_requests(engines, files):
         if not e.log:
             continue
         start = os.path.getsize(e.log) if os.path.exists(e.log) else 0
+        if e.uring == "on":
+            param.on()
         res = e.job(files, COUNT_JOB)
         e.check_transport()
         bounds = [(name, ns / 1e9) for name, ns in res["marks"]]
@@ -374,8 +394,9 @@ def write_requests(a, counted, files, notes):
     lines = ["# FUSE requests per phase of the container job (bench/containers.py --requests)",
              "", "%s, kernel %s, %d files; one job per setup with every request logged "
              "(`debug` in mountopt). Per file = requests / %d. Phase times are the medians "
-             "of the last timing run (containers.json); us/request = that time / requests, "
-             "native us/file = native's phase time / files." % (
+             "of the last timing run (containers.json); us/request = that time / requests; "
+             "extra us/request = (that time - native's) / requests, what each request "
+             "adds; native us/file = native's phase time / files." % (
                  rev, platform.release(), files, files), ""]
     for name, phases in counted.items():
         mode = name.split("/")[0]
@@ -383,17 +404,18 @@ def write_requests(a, counted, files, notes):
         nat = times.get(mode + "/native", {})
         lines += ["## %s" % name, "",
                   "| phase | requests | per file | by opcode (per file) | phase time | "
-                  "us/request | native us/file |",
-                  "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+                  "us/request | extra us/request | native us/file |",
+                  "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
         for p in PHASES:
             c = phases.get(p, {})
             n = sum(c.values())
             ops = ", ".join("%s %.2f" % (k, v / files) for k, v in
                             sorted(c.items(), key=lambda kv: -kv[1]) if v / files >= 0.005)
             pt = t.get(p)
-            lines.append("| %s | %d | %.2f | %s | %s | %s | %s |" % (
+            lines.append("| %s | %d | %.2f | %s | %s | %s | %s | %s |" % (
                 p, n, n / files, ops or "-", fmt(pt) if pt else "-",
                 "%.1f" % (pt / n * 1e6) if pt and n else "-",
+                "%.1f" % ((pt - nat[p]) / n * 1e6) if pt and n and p in nat else "-",
                 "%.1f" % (nat[p] / files * 1e6) if p in nat else "-"))
         lines.append("")
     if notes:
@@ -471,6 +493,7 @@ def main():
     img = os.path.join(tmp, "fs.img")
     engines = []
     mounted = False
+    param = UringParam()
     try:
         if uring_old is not None:
             # restored in the finally below, whatever happens
@@ -507,7 +530,7 @@ def main():
                 engines.append(e)
                 e.setup(image_tar)
         if a.requests:
-            counted = count_requests(engines, files)
+            counted = count_requests(engines, files, param)
         runs = {e.name: {r: [] for r in ROWS} for e in engines}
         failed = {}
         transport = {}
@@ -517,6 +540,8 @@ def main():
                 if e.name in failed:
                     continue
                 try:
+                    if e.uring == "on":
+                        param.on()
                     res = e.job(files)
                     if e.uring:
                         transport[e.name] = e.check_transport()
@@ -547,6 +572,10 @@ def main():
         if not mounts_under(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
 
+    if param.turned_off:
+        notes.append("%s was turned off by someone else %d times during the run "
+                     "(a test suite ending): set again before the next ovlfs-uring job"
+                     % (URING_PARAM, param.turned_off))
     if a.requests:
         return write_requests(a, counted, files, notes)
     names = [n for n, _, _ in setups]
