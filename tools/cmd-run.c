@@ -161,7 +161,7 @@ static enum ovlfs_action ask_action(void)
 /*
  * The watchdog of `ovlfs run` (see start_watchdog): told "MAJ:MIN MP" once
  * the mount is made, it waits for its parent to be gone (EOF), then
- * detaches the mount if it is still there, dead (ENOTCONN) or alive on
+ * detaches the mount if it is still there, dead (ENOTCONN, ECONNABORTED) or alive on
  * the same device. Never returns.
  */
 static void watchdog(int fd)
@@ -194,8 +194,12 @@ static void watchdog(int fd)
 	*strchr(mp, '\n') = '\0';
 	while ((r = read(fd, &c, 1)) != 0 && (r > 0 || errno == EINTR))
 		;
+	/*
+	 * Dead: ENOTCONN, or ECONNABORTED for a request the kernel had
+	 * handed to a FUSE-over-io_uring ring that died with us.
+	 */
 	if (stat(mp, &st) == 0 ? st.st_dev != makedev(maj, mnr) :
-				 errno != ENOTCONN)
+				 errno != ENOTCONN && errno != ECONNABORTED)
 		_exit(0);	/* unmounted by the parent (or not ours) */
 	if (geteuid() == 0)
 		umount2(mp, MNT_DETACH | UMOUNT_NOFOLLOW);
