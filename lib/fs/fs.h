@@ -440,6 +440,14 @@ bool ovl_node_lower_visible(struct ovl_node *node);
 /* Does the visible lower of PARENT have NAME? 1 (ST filled if given), 0. */
 int ovl_lower_has(struct ovl_fs *ofs, struct ovl_node *parent,
 		  const char *name, struct stat *st);
+/*
+ * Where the lower part of directory NODE stands in the lower, as "/a/b"
+ * from its root (its ancestors' redirects followed), into BUF (SIZE
+ * bytes): the kernel's absolute redirect. ns_lock held. -ENAMETOOLONG if
+ * it does not fit.
+ */
+int ovl_node_lower_path(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
+			size_t size);
 /* The root's lstack (NULL with one lower), or -errno. */
 int ovl_lower_root_stack(struct ovl_fs *ofs, int **out);
 /*

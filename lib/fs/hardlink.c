@@ -107,14 +107,51 @@ static void scan_dir(int dfd, char *path, size_t plen, struct alias_scan *sc,
 	ovl_dirlist_free(&dl);
 }
 
-/* The node at relative lower path PATH in the merged view (ref), or NULL. */
-static struct ovl_node *resolve(struct ovl_fs *ofs, char *path)
+/*
+ * Where a renamed directory took lower path PATH: the nearest ancestor A
+ * of NODE whose lower part is a prefix of PATH (a directory that moved
+ * by redirect shows its lower names under its new one), with *REST the
+ * remainder of PATH. The root (REST = PATH) if none. ns_lock held.
+ */
+static struct ovl_node *moved_prefix(struct ovl_fs *ofs,
+				     struct ovl_node *node, char *path,
+				     char **rest)
 {
-	struct ovl_node *dir = ofs->root, *child = NULL;
+	char *lp = malloc(PATH_MAX);
+	struct ovl_node *a;
+
+	*rest = path;
+	for (a = node ? node->parent : NULL; lp && a && a->parent;
+	     a = a->parent) {
+		size_t len;
+
+		if (!ovl_node_lower_visible(a) ||
+		    ovl_node_lower_path(ofs, a, lp, PATH_MAX))
+			continue;
+		len = strlen(lp + 1);
+		if (!strncmp(path, lp + 1, len) && path[len] == '/') {
+			*rest = path + len + 1;
+			break;
+		}
+	}
+	free(lp);
+	return a && a->parent ? a : ofs->root;
+}
+
+/*
+ * The node at relative lower path PATH in the merged view (ref), or NULL:
+ * looked up from the root, or under the directory that moved there
+ * (moved_prefix) if a lower alias of NODE's file is looked for.
+ */
+static struct ovl_node *resolve(struct ovl_fs *ofs, char *path,
+				struct ovl_node *node)
+{
+	struct ovl_node *dir, *child = NULL;
 	char *save = NULL, *comp;
 
-	ovl_node_get(ofs, dir);
 	pthread_rwlock_rdlock(&ofs->ns_lock);
+	dir = moved_prefix(ofs, node, path, &path);
+	ovl_node_get(ofs, dir);
 	for (comp = strtok_r(path, "/", &save); comp;
 	     comp = strtok_r(NULL, "/", &save)) {
 		int err = ovl_lookup_locked(ofs, dir, comp, &child);
@@ -197,7 +234,7 @@ int ovl_lower_alias_visible(struct ovl_fs *ofs, struct ovl_node *node,
 	if (err)
 		return err;
 	for (size_t i = 0; i < sc.n && !sc.err && !found; i++) {
-		struct ovl_node *alias = resolve(ofs, sc.paths[i]);
+		struct ovl_node *alias = resolve(ofs, sc.paths[i], node);
 
 		if (!alias)
 			continue;
@@ -219,7 +256,7 @@ int ovl_link_lower_aliases(struct ovl_fs *ofs, struct ovl_node *node,
 	if (err)
 		return err;
 	for (size_t i = 0; i < sc.n && !err && !sc.err; i++) {
-		struct ovl_node *alias = resolve(ofs, sc.paths[i]);
+		struct ovl_node *alias = resolve(ofs, sc.paths[i], node);
 
 		if (!alias)
 			continue;	/* hidden in the merged view */
