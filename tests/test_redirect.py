@@ -11,12 +11,15 @@ ovlfs as the kernel shows it.
 """
 
 import os
+import random
+import shutil
 import time
 
 import pytest
 
-from conftest import (Overlay, HL, build, cp_a, snapshot, assert_same_tree,
-                      run, renameat2, RENAME_EXCHANGE, IS_ROOT)
+from conftest import (OVLFS, Overlay, HL, build, cp_a, snapshot,
+                      assert_same_tree, run, ovlfs, kill_after, renameat2,
+                      RENAME_EXCHANGE, IS_ROOT)
 
 
 def j(*p):
@@ -284,3 +287,83 @@ def test_kernel_written_redirects_read_by_ovlfs(work):
     finally:
         if o.mounted:
             o.umount()
+
+
+# ---- offline operations on an upper holding redirects ----
+
+def renames(p):
+    """Renames of lower directories, nested, with changes inside."""
+    os.rename(j(p, "d"), j(p, "d2"))
+    os.unlink(j(p, "d2/gone"))
+    os.rename(j(p, "d2/y"), j(p, "e/y"))
+    open(j(p, "e/y/deep"), "a").write("more\n")
+    os.mkdir(j(p, "n"))
+    os.rename(j(p, "e"), j(p, "n/e"))
+    os.rename(j(p, "n/e/y/deeper"), j(p, "deeper"))
+    os.unlink(j(p, "f"))
+    os.rename(j(p, "other"), j(p, "f"))
+
+
+def lower_snap(root):
+    return snapshot(root, mtime=True)
+
+
+def strip_dir_mtimes(snap):
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "mtime"}
+                if v["type"] == "dir" else v) for k, v in snap.items()}
+
+
+@pytest.mark.parametrize("atomic", [False, True], ids=["plain", "atomic"])
+def test_commit_renamed_dirs(rd, atomic):
+    r = rd()
+    r.both(renames)
+    r.check()
+    want = snapshot(r.mnt, mtime=True)
+    r.ovl.umount()
+    args = ["commit"] + (["--atomic"] if atomic else []) + [
+        "--upper", r.upper, r.lower]
+    res = ovlfs(*args)
+    assert res.returncode == 0, res.err
+    assert not os.path.exists(r.upper)
+    assert_same_tree(lower_snap(r.lower), want, "lower after commit", "mount")
+    assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+
+
+def test_commit_atomic_killed_with_redirects(rd, work):
+    r = rd()
+    r.both(renames)
+    new = strip_dir_mtimes(snapshot(r.mnt, mtime=True))
+    r.ovl.umount()
+    old = strip_dir_mtimes(lower_snap(r.lower))
+    saved_l, saved_u = j(work, "saved-lower"), j(work, "saved-upper")
+    cp_a(r.lower, saved_l)
+    cp_a(r.upper, saved_u)
+    cmd = [OVLFS, "commit", "--atomic", "--quiet", "--upper", r.upper, r.lower]
+    t = time.monotonic()
+    res = run(cmd, timeout=60)
+    assert res.returncode == 0, res.err
+    took = time.monotonic() - t
+    rnd = random.Random(int(os.environ.get("OVLFS_CRASH_SEED", "15")))
+    for trial in range(12):
+        for p, s in ((r.lower, saved_l), (r.upper, saved_u)):
+            if os.path.lexists(p):
+                shutil.rmtree(p)
+            cp_a(s, p)
+        killed = kill_after(cmd, rnd.uniform(0, took * 1.5) if trial else 0)
+        rec = ovlfs("recover", "--upper", r.upper, r.lower)
+        assert rec.returncode == 0, rec.err
+        now = strip_dir_mtimes(lower_snap(r.lower))
+        assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-commit"))
+        if now == new:
+            continue
+        assert_same_tree(now, old, "lower after kill (trial %d, killed %s)"
+                         % (trial, killed), "old lower")
+        # Old lower: the upper still shows the new tree, and commits.
+        r.ovl.mount()
+        assert_same_tree(strip_dir_mtimes(snapshot(r.mnt, mtime=True)), new,
+                         "mount after kill", "new tree")
+        r.ovl.umount()
+        res = run(cmd, timeout=60)
+        assert res.returncode == 0, res.err
+        assert_same_tree(strip_dir_mtimes(lower_snap(r.lower)), new,
+                         "lower after a second commit", "new tree")

@@ -130,6 +130,17 @@ int fin_commit_dir(struct fin *f, int ud, int ld);
 /* Commit F's upper into its lower, in place or ATOMIC; 0 or -errno. */
 int fin_commit(struct fin *f, bool atomic);
 
+/* ===== redirect.c: renamed directories made plain before a commit ===== */
+
+/*
+ * Give every upper directory that shows lower entries from elsewhere (a
+ * renamed one, by its redirect, and the merged ones under it) copies of
+ * those entries, then make it opaque without a redirect: the same merged
+ * view, which the commit walk then reads path by path. 0 or -errno with
+ * a message.
+ */
+int fin_plain_redirects(struct fin *f);
+
 /* ===== journal.c: the journal of an atomic commit ===== */
 
 /* Append LEN bytes of S to the journal being built. */
