@@ -614,12 +614,11 @@ static int set_redirect(struct ovl_fs *ofs, struct ovl_node *node,
 	if (!err)
 		err = ovl_redirect_set(&ofs->fmt, ufd, path);
 	if (err) {
-		char where[256];
-
-		ovl_node_path(ofs, node, where, sizeof(where));
+		/* (ovl_node_path would take ns_lock, held here.) */
 		ovl_log(ofs->pub, OVLFS_LOG_DEBUG,
-			"rename: cannot record a redirect on %s (%s): copying "
-			"its tree up instead", where, strerror(-err));
+			"rename: cannot record a redirect on directory %s (%s): "
+			"copying its tree up instead", node->name,
+			strerror(-err));
 		return -EXDEV;
 	}
 	return 0;

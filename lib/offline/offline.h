@@ -302,10 +302,11 @@ int ovl_tar_norm_path(const char *in, char *out);
 
 /*
  * Write UPPER (canonical; UPPER_EXISTS false: an empty layer) as an OCI
- * layer tar to FD. The caller has made sure nothing has it mounted and
+ * layer tar to FD; a renamed directory's tree goes in whole, from LOWER. The caller has made sure nothing has it mounted and
  * no commit is pending. 0 or -errno with a message.
  */
-int ovl_export_tar(struct ovlfs *fs, int fd, const char *upper,
+int ovl_export_tar(struct ovlfs *fs, int fd, const char *lower,
+		   const char *upper,
 		   bool upper_exists);
 
 /* ===== apply.c: an OCI layer tar applied (libarchive read side) ===== */
