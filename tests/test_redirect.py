@@ -419,3 +419,44 @@ def test_redirect_too_long_copies_the_tree(rd):
     r.both(lambda p: os.rename(j(p, "B" * 200), j(p, "t", "C")))     # short one
     assert os.path.exists(j(r.upper, "t", "A" * 200, "s", "g"))
     r.check_all()
+
+
+def tree_paths(root):
+    """Every path under ROOT, "/a/b" style, without ovlfs's markers."""
+    out = set()
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            if n.startswith(".wh."):
+                continue
+            out.add("/" + os.path.relpath(j(d, n), root))
+    return out
+
+
+def test_diff_shows_renamed_trees(rd):
+    """`ovlfs diff` of an upper with renamed directories: everything the
+    merged view shows that the lower lacks is added (a renamed tree brings
+    its lower part along: it was missing before), everything the lower has
+    that the view lacks is deleted, and a path reported deleted while the
+    view still shows it is reported added again."""
+    import json
+    r = rd()
+    r.both(renames)
+    r.check()
+    merged = tree_paths(r.mnt)
+    r.ovl.umount()
+    lower = tree_paths(r.lower)
+    res = ovlfs("diff", "--json", "--upper", r.upper, r.lower)
+    assert res.returncode == 0, res.err
+    changes = json.loads(res.out)["changes"]
+    got = {}
+    for ch in changes:
+        got.setdefault(ch["path"], set()).add(ch["change"])
+    for p in merged - lower:
+        assert "A" in got.get(p, ()), "%s shows but is not reported added" % p
+    for p in lower - merged:
+        assert "D" in got.get(p, ()), "%s is gone but not reported deleted" % p
+    for p, kinds in got.items():
+        if "D" in kinds and p in merged:
+            assert "A" in kinds, "%s reported deleted though it shows" % p
+        if "A" in kinds:
+            assert p in merged, "%s reported added but does not show" % p

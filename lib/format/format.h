@@ -287,6 +287,11 @@ int ovl_redirect_get(const struct ovl_fmt *f, int dirfd, char *buf);
 int ovl_redirect_set(const struct ovl_fmt *f, int dirfd, const char *v);
 /* Remove DIRFD's redirect, if any. */
 int ovl_redirect_clear(const struct ovl_fmt *f, int dirfd);
+/*
+ * Open directory PATH ("/a/b", an absolute redirect) beneath layer root
+ * ROOT, one component at a time, following no symlink: fd or -errno.
+ */
+int ovl_open_dir_abs(int root, const char *path);
 /* Name of a long whiteout's target, read from its content; -errno. */
 int ovl_wh_long_target(int dirfd, const char *whname, char *buf);
 /*

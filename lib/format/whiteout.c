@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -398,4 +399,35 @@ int ovl_marker(const struct ovl_fmt *f, int dfd, const struct ovl_dirent *de,
 		return 0;
 	*target = de->name;
 	return 1;
+}
+
+int ovl_open_dir_abs(int root, const char *path)
+{
+	char comp[NAME_MAX + 1];
+	const char *s = path, *e;
+	int fd = dup(root), next;
+
+	if (fd < 0)
+		return -errno;
+	while (*s) {
+		while (*s == '/')
+			s++;
+		e = strchrnul(s, '/');
+		if (e == s)
+			break;
+		if ((size_t)(e - s) > NAME_MAX) {
+			close(fd);
+			return -ENOENT;
+		}
+		memcpy(comp, s, e - s);
+		comp[e - s] = '\0';
+		next = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			      O_CLOEXEC);
+		close(fd);
+		if (next < 0)
+			return -errno;
+		fd = next;
+		s = e;
+	}
+	return fd;
 }

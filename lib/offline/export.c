@@ -190,38 +190,6 @@ static int write_data(struct xport *x, int fd, const char *name, off_t size)
 
 static int export_dir(struct xport *x, int dfd, int ld, bool inside);
 
-/* Open lower directory PATH ("/a/b") from the lower's root; fd or -errno. */
-static int open_abs(int root, const char *path)
-{
-	char comp[NAME_MAX + 1];
-	const char *s = path, *e;
-	int fd = dup(root), next;
-
-	if (fd < 0)
-		return -errno;
-	while (*s) {
-		while (*s == '/')
-			s++;
-		e = strchrnul(s, '/');
-		if (e == s)
-			break;
-		if ((size_t)(e - s) > NAME_MAX) {
-			close(fd);
-			return -ENOENT;
-		}
-		memcpy(comp, s, e - s);
-		comp[e - s] = '\0';
-		next = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-			      O_CLOEXEC);
-		close(fd);
-		if (next < 0)
-			return -errno;
-		fd = next;
-		s = e;
-	}
-	return fd;
-}
-
 /*
  * The lower part of upper directory CFD, NAME in a directory whose lower
  * part is LD (-1: none): -1 if none, or an fd; *INSIDE set if it comes
@@ -239,7 +207,7 @@ static int lower_part(struct xport *x, int cfd, int ld, const char *name,
 	r = ovl_redirect_get(&x->mfmt, cfd, redir);
 	if (r > 0) {
 		*inside = true;
-		fd = redir[0] == '/' ? open_abs(x->lower_fd, redir) :
+		fd = redir[0] == '/' ? ovl_open_dir_abs(x->lower_fd, redir) :
 		     ld >= 0 ? openat(ld, redir, O_RDONLY | O_DIRECTORY |
 				      O_NOFOLLOW | O_CLOEXEC) : -1;
 	} else if (*inside && ld >= 0) {
