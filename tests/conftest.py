@@ -518,6 +518,24 @@ class HL:
         self.rel = rel
 
 
+def churn_names(d, names, stop, seed):
+    """Create and unlink NAMES in directory D at random (seeded by SEED)
+    until the event STOP is set: a directory changing under its listers."""
+    import random
+    rng = random.Random(seed)
+    names = sorted(names)
+    while not stop.is_set():
+        n = rng.choice(names)
+        try:
+            if rng.random() < 0.5:
+                os.unlink(os.path.join(d, n))
+            else:
+                with open(os.path.join(d, n), "x") as f:
+                    f.write("c\n")
+        except (FileNotFoundError, FileExistsError):
+            pass
+
+
 def build(root, spec, _top=None):
     """Create the tree SPEC under directory ROOT (which must exist).
 

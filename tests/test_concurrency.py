@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import F, RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2, snapshot, \
+from conftest import F, RENAME_EXCHANGE, churn_names, RENAME_NOREPLACE, renameat2, snapshot, \
     assert_same_tree, upper_listing
 
 KiB = 1 << 10
@@ -282,17 +282,7 @@ def test_readdir_during_churn(overlay):
     stop = threading.Event()
 
     def churner(k):
-        rng = random.Random(k)
-        while not stop.is_set():
-            n = rng.choice(sorted(churn))
-            try:
-                if rng.random() < 0.5:
-                    os.unlink(j(d, n))
-                else:
-                    with open(j(d, n), "x") as f:
-                        f.write("c\n")
-            except (FileNotFoundError, FileExistsError):
-                pass
+        churn_names(d, churn, stop, k)
 
     listings = [0]
 

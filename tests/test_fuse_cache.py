@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Overlay, build
+from conftest import Overlay, build, churn_names
 
 SYS_GETDENTS64 = {"x86_64": 217, "aarch64": 61, "riscv64": 61}.get(os.uname().machine)
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -161,6 +161,21 @@ def test_reader_in_the_middle_of_a_changed_listing(traced_mount, change):
     assert now == (before - gone) | ({"a-new-one"} if "create" in change else set())
 
 
+def names_from(d, off):
+    """The names a new open of D lists from offset OFF (seekdir) on."""
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.lseek(fd, off, os.SEEK_SET)
+        rest = []
+        while True:
+            more = getdents(fd, 4096)
+            if not more:
+                return rest
+            rest += names(more)
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.skipif(SYS_GETDENTS64 is None, reason="getdents64 number unknown here")
 def test_offsets_stay_valid_across_changes(traced_mount):
     """telldir/seekdir: an offset handed out before a change still resumes
@@ -173,30 +188,10 @@ def test_offsets_stay_valid_across_changes(traced_mount):
     finally:
         os.close(fd)
     name, off = got[-1]
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.lseek(fd, off, os.SEEK_SET)
-        rest_before = []
-        while True:
-            more = getdents(fd, 4096)
-            if not more:
-                break
-            rest_before += names(more)
-    finally:
-        os.close(fd)
+    rest_before = names_from(d, off)
     # an entry before the reader's place goes
     os.unlink(j(d, names(got)[0]))
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.lseek(fd, off, os.SEEK_SET)
-        rest = []
-        while True:
-            more = getdents(fd, 4096)
-            if not more:
-                break
-            rest += names(more)
-    finally:
-        os.close(fd)
+    rest = names_from(d, off)
     assert name not in rest
     assert rest == rest_before
 
@@ -208,7 +203,6 @@ def test_small_buffer_listings_during_churn(traced_mount):
     and unlink names in the same directory: the kernel's cached listing is
     dropped and refilled under them over and over. Every name that is there
     all along is listed exactly once to every lister."""
-    import random
     import threading
     t = traced_mount(SPEC)
     d = j(t.mp, "d")
@@ -221,17 +215,7 @@ def test_small_buffer_listings_during_churn(traced_mount):
     errors = []
 
     def churner(k):
-        rng = random.Random(k)
-        while not stop.is_set():
-            n = rng.choice(churn)
-            try:
-                if rng.random() < 0.5:
-                    os.unlink(j(d, n))
-                else:
-                    with open(j(d, n), "x") as f:
-                        f.write("c\n")
-            except (FileNotFoundError, FileExistsError):
-                pass
+        churn_names(d, churn, stop, k)
 
     def lister(k):
         end = time.monotonic() + 3

@@ -140,9 +140,10 @@ bool parse_format(const char *s, enum ovlfs_format *f);
 /* "virtual" or "persistent" into *MODE; false for anything else. */
 bool parse_inode_mode(const char *s, enum ovlfs_inode_mode *mode);
 
-/* "refuse", "discard" or "keep" into *W; false for anything else. */
-/* auto|on|off into *MODE; false if S is none of them. */
+/* "auto", "on" or "off" into *MODE; false for anything else. */
 bool parse_io_uring(const char *s, enum ovlfs_io_uring *mode);
+
+/* "refuse", "discard" or "keep" into *W; false for anything else. */
 bool parse_volatile_dirty(const char *s, enum ovlfs_volatile_dirty *w);
 
 /* Append OPT to the comma separated *OPTS; false when out of memory. */

@@ -168,15 +168,42 @@ int lowers_add(struct lowers *l, const char *spec)
 	}
 }
 
+/* A word of an option's value and the value it stands for. */
+struct choice {
+	const char *name;
+	int value;
+};
+
+/* The value of S among the N CHOICES into *V; false if S is none. */
+static bool parse_choice(const char *s, const struct choice *c, size_t n,
+			 int *v)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(s, c[i].name) == 0) {
+			*v = c[i].value;
+			return true;
+		}
+	return false;
+}
+
+#define PARSE_CHOICE(s, table, out)                                         \
+	({                                                                  \
+		int v_;                                                     \
+		bool ok_ = parse_choice((s), (table),                       \
+					sizeof(table) / sizeof((table)[0]),     \
+					&v_);                                   \
+		if (ok_)                                                    \
+			*(out) = v_;                                        \
+		ok_;                                                        \
+	})
+
 bool parse_format(const char *s, enum ovlfs_format *f)
 {
-	if (strcmp(s, "oci") == 0)
-		*f = OVLFS_FORMAT_OCI;
-	else if (strcmp(s, "kernel") == 0)
-		*f = OVLFS_FORMAT_KERNEL;
-	else
-		return false;
-	return true;
+	static const struct choice c[] = {
+		{ "oci", OVLFS_FORMAT_OCI }, { "kernel", OVLFS_FORMAT_KERNEL },
+	};
+
+	return PARSE_CHOICE(s, c, f);
 }
 
 /* Add the layers of L beneath FS's first (L->v[0]); 0 or -errno. */
@@ -191,39 +218,34 @@ int add_lowers(struct ovlfs *fs, const struct lowers *l)
 
 bool parse_io_uring(const char *s, enum ovlfs_io_uring *mode)
 {
-	if (strcmp(s, "auto") == 0)
-		*mode = OVLFS_IO_URING_AUTO;
-	else if (strcmp(s, "on") == 0)
-		*mode = OVLFS_IO_URING_ON;
-	else if (strcmp(s, "off") == 0)
-		*mode = OVLFS_IO_URING_OFF;
-	else
-		return false;
-	return true;
+	static const struct choice c[] = {
+		{ "auto", OVLFS_IO_URING_AUTO },
+		{ "on", OVLFS_IO_URING_ON },
+		{ "off", OVLFS_IO_URING_OFF },
+	};
+
+	return PARSE_CHOICE(s, c, mode);
 }
 
 bool parse_volatile_dirty(const char *s, enum ovlfs_volatile_dirty *w)
 {
-	if (strcmp(s, "refuse") == 0)
-		*w = OVLFS_VOLATILE_DIRTY_REFUSE;
-	else if (strcmp(s, "discard") == 0)
-		*w = OVLFS_VOLATILE_DIRTY_DISCARD;
-	else if (strcmp(s, "keep") == 0)
-		*w = OVLFS_VOLATILE_DIRTY_KEEP;
-	else
-		return false;
-	return true;
+	static const struct choice c[] = {
+		{ "refuse", OVLFS_VOLATILE_DIRTY_REFUSE },
+		{ "discard", OVLFS_VOLATILE_DIRTY_DISCARD },
+		{ "keep", OVLFS_VOLATILE_DIRTY_KEEP },
+	};
+
+	return PARSE_CHOICE(s, c, w);
 }
 
 bool parse_inode_mode(const char *s, enum ovlfs_inode_mode *mode)
 {
-	if (strcmp(s, "virtual") == 0)
-		*mode = OVLFS_INODE_VIRTUAL;
-	else if (strcmp(s, "persistent") == 0)
-		*mode = OVLFS_INODE_PERSISTENT;
-	else
-		return false;
-	return true;
+	static const struct choice c[] = {
+		{ "virtual", OVLFS_INODE_VIRTUAL },
+		{ "persistent", OVLFS_INODE_PERSISTENT },
+	};
+
+	return PARSE_CHOICE(s, c, mode);
 }
 
 /* Append OPT to the comma separated *OPTS; false when out of memory. */

@@ -105,7 +105,15 @@ ssize_t ovl_uring_reply(struct ovl_fs *ofs, const struct iovec *iov,
  * holds SIZE bytes (a reply built there is not copied); NULL otherwise.
  */
 void *ovl_uring_reply_buf(struct ovl_fs *ofs, size_t size);
-/* After the loop ended: stop and join the queues' threads, free all. */
+/*
+ * The /dev/fuse reader got a request: what the ring threads answered
+ * before is ordered before it (for ThreadSanitizer; nothing otherwise).
+ */
+void ovl_uring_kernel_order(struct ovl_fs *ofs);
+/*
+ * After the loop ended (and again when the session is destroyed, for a
+ * mount that failed before): stop and join the queues' threads, free all.
+ */
 void ovl_uring_stop(struct ovl_fs *ofs);
 
 /* ===== ops.c: the FUSE adapters (request -> fs/ call -> reply) ===== */
@@ -133,6 +141,16 @@ int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point);
  */
 struct fuse_buf;
 bool ovl_fuse_request_is_quick(struct ovl_fs *ofs, const struct fuse_buf *b);
+/*
+ * The monitors of both transports: a request in service for OVL_STUCK_MS
+ * (a slow layer) loses its thread's turn to another thread.
+ * ovl_fuse_monitor_wait waits on COND (MUTEX held) that long, or until
+ * signalled; ovl_fuse_log_stuck logs the STUCK-th such request, at the
+ * 1st, 2nd, 4th, 8th... only.
+ */
+#define OVL_STUCK_MS 50
+void ovl_fuse_monitor_wait(pthread_cond_t *cond, pthread_mutex_t *mutex);
+void ovl_fuse_log_stuck(struct ovl_fs *ofs, uint64_t stuck);
 /* Run the multithreaded loop until unmounted; returns its result. */
 int ovl_fuse_loop(struct ovl_fs *ofs);
 void ovl_fuse_session_exit(void *se);

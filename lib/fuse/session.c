@@ -120,6 +120,7 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 	ssize_t n = read(fd, buf, len);
 	const struct fuse_in_header *h = buf;
 
+	ovl_uring_kernel_order(ofs);
 	if (n >= (ssize_t)(sizeof(*h) + sizeof(struct fuse_init_in)) &&
 	    !atomic_load(&ofs->fuse.init_unique) && h->opcode == FUSE_INIT) {
 		const struct fuse_init_in *in = (const void *)(h + 1);
@@ -276,7 +277,6 @@ int ovl_fuse_session_mount(struct ovl_fs *ofs, const char *mount_point)
  */
 #define OVL_MAX_THREADS 16
 #define OVL_QUICK_READ (128 * 1024)
-#define OVL_STUCK_MS 50
 #define OVL_FOLLOW_EVERY 64
 
 struct loop {
@@ -445,21 +445,40 @@ static void loop_pass_turn(struct loop *L)
 	/* else: the next one to finish takes the turn */
 }
 
+void ovl_fuse_monitor_wait(pthread_cond_t *cond, pthread_mutex_t *mutex)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	t.tv_nsec += OVL_STUCK_MS * 1000000L;
+	if (t.tv_nsec >= 1000000000L) {
+		t.tv_sec++;
+		t.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(cond, mutex, &t);
+}
+
+void ovl_fuse_log_stuck(struct ovl_fs *ofs, uint64_t stuck)
+{
+	/*
+	 * A slow layer makes every request wait: worth a line, but at the
+	 * 1st, 2nd, 4th, 8th... time only, or it floods.
+	 */
+	if (stuck && !(stuck & (stuck - 1)))
+		ovl_log(ofs->pub, OVLFS_LOG_WARNING,
+			"a request took over %d ms (%" PRIu64
+			" so far): a layer is slow to answer",
+			OVL_STUCK_MS, stuck);
+}
+
 static void *loop_monitor(void *arg)
 {
 	struct loop *L = arg;
 	uint64_t seen = 0, stuck;
-	struct timespec t;
 
 	pthread_mutex_lock(&L->lock);
 	while (!L->done) {
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		t.tv_nsec += OVL_STUCK_MS * 1000000L;
-		if (t.tv_nsec >= 1000000000L) {
-			t.tv_sec++;
-			t.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&L->stop, &L->lock, &t);
+		ovl_fuse_monitor_wait(&L->stop, &L->lock);
 		/* The same request in service since the last look: stuck. */
 		stuck = 0;
 		if (L->busy && L->served == seen && !L->done) {
@@ -467,16 +486,9 @@ static void *loop_monitor(void *arg)
 			stuck = ++L->stuck;
 		}
 		seen = L->served;
-		/*
-		 * A slow layer makes every request wait: worth a line, but
-		 * at the 1st, 2nd, 4th, 8th... time only, or it floods.
-		 */
-		if (stuck && !(stuck & (stuck - 1))) {
+		if (stuck) {
 			pthread_mutex_unlock(&L->lock);
-			ovl_log(L->ofs->pub, OVLFS_LOG_WARNING,
-				"a request took over %d ms (%" PRIu64
-				" so far): a layer is slow to answer",
-				OVL_STUCK_MS, stuck);
+			ovl_fuse_log_stuck(L->ofs, stuck);
 			pthread_mutex_lock(&L->lock);
 		}
 	}
@@ -602,6 +614,7 @@ static void notify_attr_changed(struct ovl_fs *ofs, struct ovl_node *node)
 
 void ovl_fuse_session_destroy(struct ovl_fs *ofs)
 {
+	ovl_uring_stop(ofs);	/* if the loop never ran to stop it */
 	if (ofs->fuse.se)
 		fuse_session_destroy(ofs->fuse.se);
 	ofs->fuse.se = NULL;

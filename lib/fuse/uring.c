@@ -27,7 +27,7 @@
  * a pool of workers, whose answers the turn holder commits (they hand the
  * entry back and wake it through an eventfd read armed in the ring). A
  * monitor takes the turn from a holder stuck on one request for
- * OVL_URING_STUCK_MS and starts a new holder; the old one, when its
+ * OVL_STUCK_MS and starts a new holder; the old one, when its
  * request ends, hands the entry back as a worker would and stays in the
  * pool (a thread that submitted commands must live as long as the ring:
  * the kernel runs the next request's copy in the submitter's context).
@@ -41,7 +41,6 @@
 
 #include <errno.h>
 #include <fuse_lowlevel.h>
-#include <inttypes.h>
 #include <liburing.h>
 #include <linux/fuse.h>
 #include <sched.h>
@@ -83,12 +82,27 @@ struct ovl_uring_cmd_req {
 #define OVL_URING_MAX_ENTS (4 * OVL_URING_DEPTH)	/* after steals */
 #define OVL_URING_HEAD 4096		/* header page before each payload */
 #define OVL_URING_WORKERS 16
-#define OVL_URING_STUCK_MS 50
 #define OVL_URING_QUICK_IO (128 * 1024)	/* bigger writes go to a worker */
 #define OVL_URING_EFD_TAG 1		/* user_data of the eventfd read */
 #define OVL_URING_ENABLE "/sys/module/fuse/parameters/enable_uring"
 
 struct uq;
+
+/*
+ * ThreadSanitizer sees the order that read(2)/write(2) on /dev/fuse give
+ * (it models file descriptors), not the one the rings give: a node one
+ * ring thread made in a CREATE is used by the next request, on another
+ * thread, with the kernel between them. These say so.
+ */
+#if defined(__SANITIZE_THREAD__)
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define tsan_acquire(p) __tsan_acquire(p)
+#define tsan_release(p) __tsan_release(p)
+#else
+#define tsan_acquire(p) ((void)(p))
+#define tsan_release(p) ((void)(p))
+#endif
 
 struct ent {
 	struct uq *q;
@@ -105,24 +119,25 @@ struct ent {
 
 struct uq {
 	struct ovl_uring *u;
-	int qid;
-	struct io_uring ring;
-	bool ring_made;
-	int efd;			/* wakes the holder */
 	uint64_t efd_val;		/* the armed read's target */
+	struct io_uring ring;
 	struct ent ents[OVL_URING_MAX_ENTS];
+	int qid;
+	int efd;			/* wakes the holder */
+	bool ring_made;
 	bool fixed;			/* /dev/fuse is the ring's file 0 */
-	pthread_mutex_t lock;		/* the fields below, but need_holder */
-	int nents;			/* set up so far */
+	/* u->lock: (one int: a wider load would take in the fields above) */
+	int reg;			/* 0 registering, 1 done, or -errno */
+	bool need_holder;		/* the monitor took the turn */
+	/* lock: */
+	pthread_mutex_t lock;
 	uint64_t turn_gen;		/* bumped when the turn is taken */
-	bool serving;			/* the holder serves a request */
 	uint64_t served;		/* requests the holder began */
-	int away;			/* entries a worker will hand back */
 	struct ent *done;		/* handed back, to commit */
+	int nents;			/* set up so far */
+	int away;			/* entries a worker will hand back */
 	int live;			/* entries the kernel still holds */
-	bool need_holder;		/* u->lock: the monitor took the turn */
-	bool registered;		/* u->lock: REGISTER went in */
-	int reg_err;			/* u->lock: or why not */
+	bool serving;			/* the holder serves a request */
 };
 
 enum uring_state { U_PENDING, U_STARTING, U_READY, U_FAILED, U_UNUSED };
@@ -135,8 +150,8 @@ struct ovl_uring {
 	int nq;
 	struct uq *qs;
 	pthread_key_t cur_key;		/* the struct ent this thread answers */
+	char kernel_order;		/* tsan_acquire/release's address */
 	cpu_set_t cpus;			/* the mount's affinity at start */
-	bool cur_key_made;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;		/* state changes, jobs, stop */
 	pthread_cond_t mon_cond;	/* wakes the monitor at the end */
@@ -189,6 +204,33 @@ static int enable_uring_param(void)
 	return c == 'Y' || c == '1';
 }
 
+/*
+ * The transport's state, made before the session exists (so no thread
+ * ever sees ofs->fuse.uring change), PENDING until the INIT reply decides.
+ */
+static int uring_new(struct ovl_fs *ofs)
+{
+	struct ovl_uring *u = calloc(1, sizeof(*u));
+	pthread_condattr_t ca;
+
+	if (!u)
+		return -ENOMEM;
+	if (pthread_key_create(&u->cur_key, NULL)) {
+		free(u);
+		return -EAGAIN;
+	}
+	pthread_mutex_init(&u->lock, NULL);
+	pthread_cond_init(&u->cond, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&u->mon_cond, &ca);
+	pthread_condattr_destroy(&ca);
+	u->ofs = ofs;
+	u->state = U_PENDING;
+	ofs->fuse.uring = u;
+	return 0;
+}
+
 int ovl_uring_init(struct ovl_fs *ofs, enum ovlfs_io_uring mode,
 		   const char *mp)
 {
@@ -227,6 +269,13 @@ int ovl_uring_init(struct ovl_fs *ofs, enum ovlfs_io_uring mode,
 		return 0;
 	}
 	io_uring_queue_exit(&probe);
+	err = uring_new(ofs);
+	if (err && mode == OVLFS_IO_URING_ON)
+		return ovl_set_error(ofs->pub, err,
+				     "mount point %s: io_uring transport unavailable: %s",
+				     mp, strerror(-err));
+	if (err)
+		ofs->fuse.uring_mode = OVLFS_IO_URING_OFF;
 	return 0;
 }
 
@@ -496,7 +545,9 @@ static void hold(struct uq *q, uint64_t gen)
 		unsigned head, seen = 0;
 		bool efd = false, stop;
 
+		tsan_release(&u->kernel_order);
 		err = io_uring_submit_and_wait(&q->ring, 1);
+		tsan_acquire(&u->kernel_order);
 		if (err < 0 && err != -EINTR && err != -EAGAIN &&
 		    err != -EBUSY) {
 			ovl_log(u->ofs->pub, OVLFS_LOG_WARNING,
@@ -680,8 +731,7 @@ static void pool(struct ovl_uring *u, struct uq *q)
 		gen = q->turn_gen;
 		pthread_mutex_unlock(&q->lock);
 		pthread_mutex_lock(&u->lock);
-		q->registered = !err;
-		q->reg_err = err;
+		q->reg = err ? err : 1;
 		pthread_cond_broadcast(&u->cond);
 		pthread_mutex_unlock(&u->lock);
 		if (!err)
@@ -747,24 +797,16 @@ static void *monitor_main(void *arg)
 {
 	struct ovl_uring *u = arg;
 	uint64_t *seen = calloc(u->nq, sizeof(*seen)), stuck;
-	struct timespec t;
 
 	if (!seen)
 		return NULL;	/* no monitor: a stuck layer holds its queue */
 
 	pthread_mutex_lock(&u->lock);
 	while (!u->stop) {
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		t.tv_nsec += OVL_URING_STUCK_MS * 1000000L;
-		if (t.tv_nsec >= 1000000000L) {
-			t.tv_sec++;
-			t.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&u->mon_cond, &u->lock, &t);
+		ovl_fuse_monitor_wait(&u->mon_cond, &u->lock);
 		stuck = 0;
 		for (int i = 0; i < u->nq && !u->stop; i++) {
 			struct uq *q = &u->qs[i];
-
 			bool took = false;
 
 			pthread_mutex_lock(&q->lock);
@@ -783,12 +825,9 @@ static void *monitor_main(void *arg)
 				stuck = ++u->stuck;
 			}
 		}
-		if (stuck && !(stuck & (stuck - 1))) {
+		if (stuck) {
 			pthread_mutex_unlock(&u->lock);
-			ovl_log(u->ofs->pub, OVLFS_LOG_WARNING,
-				"a request took over %d ms (%" PRIu64
-				" so far): a layer is slow to answer",
-				OVL_URING_STUCK_MS, stuck);
+			ovl_fuse_log_stuck(u->ofs, stuck);
 			pthread_mutex_lock(&u->lock);
 		}
 	}
@@ -821,8 +860,7 @@ static void uring_free(struct ovl_uring *u)
 	}
 	free(u->qs);
 	free(u->threads);
-	if (u->cur_key_made)
-		pthread_key_delete(u->cur_key);
+	pthread_key_delete(u->cur_key);
 	pthread_cond_destroy(&u->mon_cond);
 	pthread_cond_destroy(&u->cond);
 	pthread_mutex_destroy(&u->lock);
@@ -832,34 +870,29 @@ static void uring_free(struct ovl_uring *u)
 void ovl_uring_start(struct ovl_fs *ofs, bool accepted, uint32_t max_write,
 		     uint32_t max_pages)
 {
-	struct ovl_uring *u;
-	pthread_condattr_t ca;
+	struct ovl_uring *u = ofs->fuse.uring;
 	size_t payload;
 	int err = 0;
 
-	if (!ovl_uring_wanted(ofs) || ofs->fuse.uring)
-		return;
-	u = calloc(1, sizeof(*u));
 	if (!u)
-		return;		/* ovl_uring_wait says why */
-	pthread_mutex_init(&u->lock, NULL);
-	pthread_cond_init(&u->cond, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&u->mon_cond, &ca);
-	pthread_condattr_destroy(&ca);
-	u->ofs = ofs;
-	u->se = ofs->fuse.se;
-	u->dev_fd = ofs->fuse.dev_fd;
-	ofs->fuse.uring = u;
+		return;
+	pthread_mutex_lock(&u->lock);
+	if (u->state != U_PENDING) {
+		pthread_mutex_unlock(&u->lock);
+		return;
+	}
 	if (!accepted) {
 		u->state = U_UNUSED;
 		snprintf(u->why, sizeof(u->why), "%s",
 			 ofs->fuse.uring_offered ?
 			 "the INIT reply could not be patched" :
 			 "the kernel did not offer it at INIT (enable_uring off?)");
+		pthread_cond_broadcast(&u->cond);
+		pthread_mutex_unlock(&u->lock);
 		return;
 	}
+	u->se = ofs->fuse.se;
+	u->dev_fd = ofs->fuse.dev_fd;
 	/* The kernel's own rule: max(8 KiB, max_write, max_pages pages). */
 	payload = max_write > 8192 ? max_write : 8192;
 	if ((size_t)max_pages * 4096 > payload)
@@ -871,13 +904,13 @@ void ovl_uring_start(struct ovl_fs *ofs, bool accepted, uint32_t max_write,
 	/* The process's, not this thread's: the /dev/fuse reader follows
 	   its callers' CPUs (session.c) and may be pinned now. */
 	sched_getaffinity(getpid(), sizeof(u->cpus), &u->cpus);
-	if (!u->qs || !u->threads || pthread_key_create(&u->cur_key, NULL)) {
+	if (!u->qs || !u->threads) {
 		u->state = U_FAILED;
 		snprintf(u->why, sizeof(u->why), "out of memory");
+		pthread_cond_broadcast(&u->cond);
+		pthread_mutex_unlock(&u->lock);
 		return;
 	}
-	u->cur_key_made = true;
-	pthread_mutex_lock(&u->lock);
 	u->state = U_STARTING;
 	for (int i = 0; i < u->nq; i++) {
 		u->qs[i].u = u;
@@ -910,26 +943,33 @@ int ovl_uring_wait(struct ovl_fs *ofs, const char *mp)
 	if (mode == OVLFS_IO_URING_OFF)
 		return 0;
 	if (!u) {
-		snprintf(why, sizeof(why), "%s",
-			 ofs->fuse.uring_offered ? "out of memory" :
-			 "the session did not see the kernel's INIT");
+		snprintf(why, sizeof(why), "not set up");
 		goto off;
 	}
 	clock_gettime(CLOCK_REALTIME, &t);
 	t.tv_sec += 10;
 	pthread_mutex_lock(&u->lock);
+	/* PENDING: the INIT reply is on its way (ovl_uring_start decides). */
+	while (u->state == U_PENDING) {
+		if (pthread_cond_timedwait(&u->cond, &u->lock, &t) == ETIMEDOUT &&
+		    u->state == U_PENDING) {
+			u->state = U_FAILED;
+			snprintf(u->why, sizeof(u->why),
+				 "the kernel's INIT was not answered within 10 s");
+		}
+	}
 	while (u->state == U_STARTING) {
 		done = 0;
 		for (int i = 0; i < u->nq; i++) {
 			struct uq *q = &u->qs[i];
 
-			if (q->registered || q->reg_err) {
+			if (q->reg) {
 				done++;
-				if (q->reg_err && u->state == U_STARTING) {
+				if (q->reg < 0 && u->state == U_STARTING) {
 					u->state = U_FAILED;
 					snprintf(u->why, sizeof(u->why),
 						 "registering queue %d: %s",
-						 i, strerror(-q->reg_err));
+						 i, strerror(-q->reg));
 				}
 			}
 		}
@@ -946,10 +986,14 @@ int ovl_uring_wait(struct ovl_fs *ofs, const char *mp)
 		}
 	}
 	if (u->state == U_READY) {
+		int nq = u->nq;
+		size_t kib = u->payload / 1024;
+
+		/* U is the loop's to free once unlocked (an unmount racing us). */
 		pthread_mutex_unlock(&u->lock);
 		ovl_log(ofs->pub, OVLFS_LOG_INFO,
 			"transport: FUSE-over-io_uring (%d queues of %d entries, %zu KiB each)",
-			u->nq, OVL_URING_DEPTH, u->payload / 1024);
+			nq, OVL_URING_DEPTH, kib);
 		return 0;
 	}
 	snprintf(why, sizeof(why), "%s", u->why);
@@ -973,13 +1017,13 @@ ssize_t ovl_uring_reply(struct ovl_fs *ofs, const struct iovec *iov,
 	struct ent *e;
 	size_t total = 0, len;
 
-	if (!u || !u->cur_key_made || count < 1 ||
-	    iov[0].iov_len != sizeof(oh))
+	/* Only ring threads have an entry: others read nothing more of U. */
+	e = u ? pthread_getspecific(u->cur_key) : NULL;
+	if (!e || count < 1 || iov[0].iov_len != sizeof(oh))
 		return 0;
-	e = pthread_getspecific(u->cur_key);
 	memcpy(&oh, iov[0].iov_base, sizeof(oh));
 	/* Notifications (unique 0) and the like still take /dev/fuse. */
-	if (!e || oh.unique != e->unique || e->replied)
+	if (oh.unique != e->unique || e->replied)
 		return 0;
 	for (int i = 1; i < count; i++)
 		total += iov[i].iov_len;
@@ -1006,10 +1050,16 @@ void *ovl_uring_reply_buf(struct ovl_fs *ofs, size_t size)
 	struct ovl_uring *u = ofs->fuse.uring;
 	struct ent *e;
 
-	if (!u || !u->cur_key_made || size > u->payload)
-		return NULL;
-	e = pthread_getspecific(u->cur_key);
-	return e ? e->payload : NULL;
+	e = u ? pthread_getspecific(u->cur_key) : NULL;
+	return e && size <= u->payload ? e->payload : NULL;
+}
+
+void ovl_uring_kernel_order(struct ovl_fs *ofs)
+{
+	struct ovl_uring *u = ofs->fuse.uring;
+
+	if (u)
+		tsan_acquire(&u->kernel_order);
 }
 
 void ovl_uring_stop(struct ovl_fs *ofs)
