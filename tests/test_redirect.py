@@ -460,3 +460,32 @@ def test_diff_shows_renamed_trees(rd):
             assert "A" in kinds, "%s reported deleted though it shows" % p
         if "A" in kinds:
             assert p in merged, "%s reported added but does not show" % p
+
+
+def test_redirect_dir_off_copies_the_tree(work):
+    """-o redirect_dir=off (the mount(8) syntax): a renamed lower directory
+    is copied up whole and no redirect is written; on/follow are accepted,
+    a bad value is refused."""
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    build(lower, {"d": {"a": "a\n", "s": {"b": "b\n"}}})
+    for val, whole in (("off", True), ("nofollow", True), ("on", False), ("follow", False)):
+        upper, wd, mp = (j(work, "%s-%s" % (n, val)) for n in ("u", "w", "m"))
+        for p in (upper, wd, mp):
+            os.mkdir(p)
+        r = run([OVLFS, "-o", "lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=%s"
+                 % (lower, upper, wd, val), mp])
+        assert r.returncode == 0, r.err
+        try:
+            os.rename(j(mp, "d"), j(mp, "d2"))
+            assert open(j(mp, "d2", "s", "b")).read() == "b\n"
+        finally:
+            assert ovlfs("umount", mp).returncode == 0
+        copied = os.path.exists(j(upper, "d2", "s", "b"))
+        assert copied == whole, (val, sorted(os.listdir(j(upper, "d2"))))
+        if whole:
+            names = [n for n in os.listxattr(j(upper, "d2")) if "redirect" in n]
+            assert names == [], names
+    r = run([OVLFS, "-o", "lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=sometimes"
+             % (lower, j(work, "u-off"), j(work, "w-off")), j(work, "m-off")])
+    assert r.returncode == 2 and "redirect_dir 'sometimes'" in r.err, r.err

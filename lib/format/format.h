@@ -79,6 +79,7 @@ struct ovlfs {
 	enum ovlfs_inode_mode inode_mode;
 	bool debug;
 	bool no_passthrough;	/* ovlfs_set_passthrough(fs, false) */
+	bool no_redirect;	/* ovlfs_set_redirect_dir(fs, false) */
 	enum ovlfs_io_uring io_uring;	/* ovlfs_set_io_uring */
 	bool read_only;		/* ovlfs_set_read_only: no upper */
 	bool no_sync;		/* ovlfs_set_volatile */

@@ -604,6 +604,8 @@ static int set_redirect(struct ovl_fs *ofs, struct ovl_node *node,
 		return err;
 	if (err && (samedir || cur[0] == '/'))
 		return 0;
+	if (ofs->no_redirect)
+		return -EXDEV;	/* redirect_dir=off: the caller copies */
 	if (samedir) {
 		err = strlen(node->name) <= OVL_REDIRECT_MAX ? 0 : -EXDEV;
 		if (!err)
@@ -789,7 +791,7 @@ int ovl_rename(struct ovl_fs *ofs, struct ovl_node *parent, const char *name,
 	       unsigned int flags)
 {
 	struct ovl_node *src = NULL, *dst = NULL, *s2 = NULL, *d2 = NULL;
-	bool exchange = flags & RENAME_EXCHANGE, whole = false;
+	bool exchange = flags & RENAME_EXCHANGE, whole = ofs->no_redirect;
 	int err, tries = 0;
 
 	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))

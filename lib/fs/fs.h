@@ -226,6 +226,7 @@ struct ovl_fs {
 	int nlower;
 	bool read_only;			/* no upper: every change is EROFS */
 	bool no_sync;			/* volatile: no fsync reaches a layer */
+	bool no_redirect;		/* directory renames copy the tree */
 	bool volatile_marked;		/* we set OVL_XATTR_VOLATILE: a clean
 					   end removes it */
 	int upper_lock_fd;		/* LOCK_EX for the mount's lifetime */

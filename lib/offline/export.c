@@ -210,11 +210,8 @@ static int lower_part(struct xport *x, int cfd, int ld, const char *name,
 		fd = redir[0] == '/' ? ovl_open_dir_abs(x->lower_fd, redir) :
 		     ld >= 0 ? openat(ld, redir, O_RDONLY | O_DIRECTORY |
 				      O_NOFOLLOW | O_CLOEXEC) : -1;
-	} else if (*inside && ld >= 0) {
-		fd = openat(ld, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-			    O_CLOEXEC);
 	} else if (ld >= 0) {
-		/* Outside a renamed tree the lower is not exported. */
+		/* (Outside a renamed tree the lower part is not exported.) */
 		fd = openat(ld, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
 			    O_CLOEXEC);
 	}

@@ -27,37 +27,6 @@
 
 #include "offline/offline.h"
 
-/* Open lower directory PATH ("/a/b") from the lower's root; fd or -errno. */
-static int open_abs(int root, const char *path)
-{
-	char comp[NAME_MAX + 1];
-	const char *s = path, *e;
-	int fd = dup(root), next;
-
-	if (fd < 0)
-		return -errno;
-	while (*s) {
-		while (*s == '/')
-			s++;
-		e = strchrnul(s, '/');
-		if (e == s)
-			break;
-		if ((size_t)(e - s) > NAME_MAX) {
-			close(fd);
-			return -ENOENT;
-		}
-		memcpy(comp, s, e - s);
-		comp[e - s] = '\0';
-		next = fin_open_dir_at(fd, comp);
-		close(fd);
-		if (next < 0)
-			return next;
-		fd = next;
-		s = e;
-	}
-	return fd;
-}
-
 static int copy_lower(struct fin *f, int ld, const char *name, int ud,
 		      const char *dst);
 
@@ -203,7 +172,7 @@ static int plain_dir(struct fin *f, int ud, int ld, bool inside)
 	for (size_t i = 0; !err && i < dl.n; i++) {
 		const char *name = dl.ents[i].name;
 		size_t saved;
-		int cud, cld = -1, r;
+		int cud, cld = -1, opq, red;
 		bool cin = inside;
 
 		if (ovl_is_wh_name(name) || (dl.ents[i].type != DT_DIR &&
@@ -216,16 +185,16 @@ static int plain_dir(struct fin *f, int ud, int ld, bool inside)
 			err = cud;
 			break;
 		}
-		r = ovl_opaque_get(&f->fmt, cud);
-		if (r == 0)
-			r = ovl_redirect_get(&f->fmt, cud, redir);
-		if (r < 0) {
-			err = r;
-		} else if (r && ovl_opaque_get(&f->fmt, cud) == 0) {
+		opq = ovl_opaque_get(&f->fmt, cud);
+		red = opq == 0 ? ovl_redirect_get(&f->fmt, cud, redir) : 0;
+		if (opq < 0 || red < 0) {
+			err = opq < 0 ? opq : red;
+		} else if (red > 0) {
 			cin = true;
-			cld = redir[0] == '/' ? open_abs(f->lower_fd, redir) :
+			cld = redir[0] == '/' ?
+				      ovl_open_dir_abs(f->lower_fd, redir) :
 			      ld >= 0 ? fin_open_dir_at(ld, redir) : -ENOENT;
-		} else if (!r && ld >= 0) {
+		} else if (opq == 0 && ld >= 0) {
 			cld = fin_open_dir_at(ld, name);
 		}
 		if (cld < 0 && cld != -ENOENT && cld != -ENOTDIR && cld != -1)
