@@ -89,6 +89,15 @@ int ovlfs_set_debug(struct ovlfs *fs, bool debug);
  * file takes the ordinary path. Same return values as the setters above.
  */
 int ovlfs_set_passthrough(struct ovlfs *fs, bool enable);
+/*
+ * Rename of directories with a lower part (on by default): by a redirect
+ * (the kernel overlayfs's redirect_dir=on, docs/format.md), in O(1). Off:
+ * their whole tree is copied into the upper first, so the upper holds no
+ * redirect (for readers that do not follow them: redirect_dir=off).
+ * Redirects already in the upper are followed either way. Same return
+ * values as the setters above.
+ */
+int ovlfs_set_redirect_dir(struct ovlfs *fs, bool enable);
 
 /* How requests travel between the kernel and ovlfs. */
 enum ovlfs_io_uring {

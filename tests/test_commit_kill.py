@@ -243,6 +243,10 @@ def test_retry_after_failure_in_opaque_dir(work, how, fmt):
     ovl.mount()
     if how == "rename":
         os.rename(j(ovl.mp, "dir"), j(ovl.mp, "renamed"))
+        # the rename writes a redirect, copying nothing: put the file the
+        # commit is to get stuck on into the upper
+        with open(j(ovl.mp, "renamed", "f10"), "a") as f:
+            f.write("more\n")
         name = "renamed"
     else:
         keep = {n: open(j(ovl.mp, "dir", n)).read() for n in os.listdir(j(ovl.mp, "dir"))}

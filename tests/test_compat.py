@@ -201,7 +201,7 @@ def test_missing_lowerdir_option(work):
     ("squash_to_root", 2, "mount option 'squash_to_root' is not supported"),
     ("static_nlink", 2, "mount option 'static_nlink' is not supported"),
     ("index=on", 2, "mount option 'index=on' is not supported"),
-    ("redirect_dir=on", 2, "mount option 'redirect_dir=on' is not supported"),
+    ("redirect_dir=bogus", 2, "invalid redirect_dir 'bogus'"),
     ("inode=sideways", 2, "invalid inode mode 'sideways'"),
     ("format=zip", 2, "invalid format 'zip'"),
 ])

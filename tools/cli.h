@@ -108,6 +108,7 @@ struct mount_opts {
 	enum ovlfs_format format;
 	char *fuse_options; /* joined -o values, NULL if none */
 	bool no_passthrough;
+	bool no_redirect;	/* -o redirect_dir=off|nofollow */
 	enum ovlfs_io_uring io_uring;	/* --io-uring, -o io_uring= */
 	bool io_uring_set;
 	bool read_only;

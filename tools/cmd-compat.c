@@ -79,6 +79,7 @@ enum compat_kind {
 	CO_DROP,	/* mount(8)'s own, or no meaning for a FUSE mount */
 	CO_IGNORE,	/* tuning of fuse-overlayfs: no effect on what is shown */
 	CO_OFF_ONLY,	/* a feature ovlfs lacks: only its "off" values */
+	CO_REDIRECT,	/* redirect_dir=: on|follow, or off|nofollow */
 	CO_REFUSE,	/* would change what the mount shows: not implemented */
 };
 
@@ -157,7 +158,7 @@ static const struct compat_opt {
 	{ "max_threads=", CO_IGNORE, NULL },
 	{ "max_idle_threads=", CO_IGNORE, NULL },
 	/* features of the kernel's or fuse-overlayfs, off: what ovlfs does */
-	{ "redirect_dir=", CO_OFF_ONLY, "off|nofollow" },
+	{ "redirect_dir=", CO_REDIRECT, NULL },
 	{ "index=", CO_OFF_ONLY, "off" },
 	{ "metacopy=", CO_OFF_ONLY, "off" },
 	{ "nfs_export=", CO_OFF_ONLY, "off" },
@@ -368,6 +369,15 @@ static int compat_option(char *opt, struct mount_opts *o, struct compat *c)
 		if (in_list(val, e->ok))
 			return -1;
 		break;
+	case CO_REDIRECT:
+		/* ovlfs always follows redirects; "off" stops writing them. */
+		if (in_list(val, "on|follow|off|nofollow")) {
+			o->no_redirect = in_list(val, "off|nofollow");
+			return -1;
+		}
+		return usage_error(NULL,
+				   "invalid redirect_dir '%s' (expected on, follow, off or nofollow)",
+				   val);
 	case CO_REFUSE:
 		break;
 	}

@@ -185,6 +185,8 @@ struct ovlfs *do_mount(const struct mount_opts *o, char *err, size_t errlen)
 		goto fail;
 	if (o->no_passthrough && (ret = ovlfs_set_passthrough(fs, false)) < 0)
 		goto fail;
+	if (o->no_redirect && (ret = ovlfs_set_redirect_dir(fs, false)) < 0)
+		goto fail;
 	ret = set_io_uring(fs, o, &mode);
 	if (ret < 0)
 		goto fail;

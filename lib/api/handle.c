@@ -106,6 +106,14 @@ int ovlfs_set_io_uring(struct ovlfs *fs, enum ovlfs_io_uring mode)
 	return 0;
 }
 
+int ovlfs_set_redirect_dir(struct ovlfs *fs, bool enable)
+{
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	fs->no_redirect = !enable;
+	return 0;
+}
+
 int ovlfs_set_volatile(struct ovlfs *fs, bool enable)
 {
 	if (fs->mounted)

@@ -642,6 +642,7 @@ int ovlfs_mount(struct ovlfs *fs)
 	ofs->upper.root_fd = ofs->upper_lock_fd = ofs->mp_lock_fd = -1;
 	ofs->read_only = fs->read_only;
 	ofs->no_sync = fs->no_sync && !fs->read_only;
+	ofs->no_redirect = fs->no_redirect;
 	ofs->lowers = calloc(d.nmore + 1, sizeof(*ofs->lowers));
 	if (!ofs->lowers) {
 		free(ofs);

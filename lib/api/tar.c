@@ -29,7 +29,7 @@ int ovlfs_export_tar(struct ovlfs *fs, int fd)
 	if (!err)
 		err = ovl_refuse_volatile_dirty(fs, "export", upper);
 	if (!err)
-		err = ovl_export_tar(fs, fd, upper, upper_exists);
+		err = ovl_export_tar(fs, fd, lower, upper, upper_exists);
 	free(lower);
 	free(upper);
 	return err;

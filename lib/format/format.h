@@ -51,6 +51,12 @@
 #define OVL_XATTR_VOLATILE "user.ovlfs.volatile"
 /* Answered "ovlfs" by a mount's root, whatever its subtype=: see umount. */
 #define OVL_XATTR_MOUNT "user.ovlfs.mount"
+/*
+ * A directory renamed in an OCI-format upper: where its lower part is
+ * (docs/format.md); the kernel format uses the kernel's overlay.redirect.
+ */
+#define OVL_XATTR_REDIRECT_TRUSTED "trusted.ovlfs.redirect"
+#define OVL_XATTR_REDIRECT_USER "user.ovlfs.redirect"
 /* A directory's times before an interrupted convert changed it. */
 #define OVL_XATTR_TIMES "user.ovlfs.times"
 #define OVL_MOUNT_MARK "ovlfs"
@@ -73,6 +79,7 @@ struct ovlfs {
 	enum ovlfs_inode_mode inode_mode;
 	bool debug;
 	bool no_passthrough;	/* ovlfs_set_passthrough(fs, false) */
+	bool no_redirect;	/* ovlfs_set_redirect_dir(fs, false) */
 	enum ovlfs_io_uring io_uring;	/* ovlfs_set_io_uring */
 	bool read_only;		/* ovlfs_set_read_only: no upper */
 	bool no_sync;		/* ovlfs_set_volatile */
@@ -233,6 +240,8 @@ static inline bool ovl_is_wh_name(const char *name)
 struct ovl_fmt {
 	bool kernel;			/* 0/0 devices, overlay.opaque xattr */
 	const char *opaque_xattr;	/* kernel: trusted. or user.overlay.opaque */
+	const char *redirect_xattr;	/* trusted. or user.overlay.redirect;
+					   OCI: trusted. or user.ovlfs.redirect */
 };
 /* The markers of the kernel format (KERNEL) or the OCI one, for this process. */
 struct ovl_fmt ovl_fmt_of(bool kernel);
@@ -262,6 +271,28 @@ int ovl_opaque_get(const struct ovl_fmt *f, int dirfd);
 int ovl_opaque_set(const struct ovl_fmt *f, int dirfd);
 /* Remove DIRFD's opaque marker, if any, keeping the directory's times. */
 int ovl_opaque_clear(const struct ovl_fmt *f, int dirfd);
+/*
+ * Redirects: a directory renamed away from its lower counterpart records
+ * where that is, as the kernel's overlayfs does with redirect_dir=on: the
+ * old name (relative: in the parent's lower) or "/path" from the lower's
+ * root. OVL_REDIRECT_MAX bytes at most (the kernel's redirect_max).
+ */
+#define OVL_REDIRECT_MAX 256
+/* Is V (NUL-terminated) a redirect the kernel would follow? */
+bool ovl_redirect_valid(const char *v);
+/*
+ * DIRFD's redirect into BUF (OVL_REDIRECT_MAX + 1 bytes): 1, or 0 if it
+ * has none or one that is not valid (ignored, as the kernel does); -errno.
+ */
+int ovl_redirect_get(const struct ovl_fmt *f, int dirfd, char *buf);
+int ovl_redirect_set(const struct ovl_fmt *f, int dirfd, const char *v);
+/* Remove DIRFD's redirect, if any. */
+int ovl_redirect_clear(const struct ovl_fmt *f, int dirfd);
+/*
+ * Open directory PATH ("/a/b", an absolute redirect) beneath layer root
+ * ROOT, one component at a time, following no symlink: fd or -errno.
+ */
+int ovl_open_dir_abs(int root, const char *path);
 /* Name of a long whiteout's target, read from its content; -errno. */
 int ovl_wh_long_target(int dirfd, const char *whname, char *buf);
 /*

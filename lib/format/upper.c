@@ -289,8 +289,8 @@ int ovl_refuse_volatile_dirty(struct ovlfs *fs, const char *what,
 
 /*
  * What the kernel's overlay.* xattrs on DFD/NAME mean to us: 0 none, 1
- * kernel-format markers we read (opaque) or may ignore (origin, impure,
- * nlink), 2 features ovlfs does not implement (redirect, metacopy), which
+ * kernel-format markers we read (opaque, redirect) or may ignore (origin,
+ * impure, nlink), 2 a feature ovlfs does not implement (metacopy), which
  * it would misread.
  */
 static int overlay_xattrs(int dfd, const char *name, const char **what)
@@ -311,10 +311,8 @@ static int overlay_xattrs(int dfd, const char *name, const char **what)
 
 		if (!o)
 			continue;
-		if (!strcmp(o, "redirect") || !strcmp(o, "metacopy")) {
-			*what = !strcmp(o, "redirect") ?
-				"a redirected directory (overlay.redirect)" :
-				"a metacopy-only file (overlay.metacopy)";
+		if (!strcmp(o, "metacopy")) {
+			*what = "a metacopy-only file (overlay.metacopy)";
 			found = 2;
 		} else {
 			found = 1;

@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -74,10 +75,16 @@ struct ovl_fmt ovl_fmt_of(bool kernel)
 	 * As the kernel does: trusted.* where it may be used (root, not in a
 	 * user namespace), else user.* (its userxattr mode).
 	 */
+	bool trusted = ovl_global_sys_admin();
+
 	return (struct ovl_fmt){
 		.kernel = kernel,
-		.opaque_xattr = ovl_global_sys_admin() ? "trusted.overlay.opaque" :
-							 "user.overlay.opaque",
+		.opaque_xattr = trusted ? "trusted.overlay.opaque" :
+					  "user.overlay.opaque",
+		.redirect_xattr = kernel ? (trusted ? "trusted.overlay.redirect" :
+						      "user.overlay.redirect") :
+				  trusted ? OVL_XATTR_REDIRECT_TRUSTED :
+					    OVL_XATTR_REDIRECT_USER,
 	};
 }
 
@@ -264,6 +271,74 @@ int ovl_opaque_clear(const struct ovl_fmt *f, int dirfd)
 	return 0;
 }
 
+bool ovl_redirect_valid(const char *v)
+{
+	const char *s = v, *next;
+
+	if (!v[0] || strlen(v) > OVL_REDIRECT_MAX)
+		return false;
+	if (v[0] != '/')
+		return !strchr(v, '/') && strcmp(v, ".") && strcmp(v, "..");
+	/*
+	 * Absolute: "/a/b", each component a name. The kernel refuses empty
+	 * ones; "." and ".." it could not look up, and they would leave the
+	 * layer.
+	 */
+	while (*s == '/') {
+		s++;
+		next = strchrnul(s, '/');
+		if (next == s || (next - s == 1 && s[0] == '.') ||
+		    (next - s == 2 && s[0] == '.' && s[1] == '.'))
+			return false;
+		s = next;
+	}
+	return true;
+}
+
+/* The xattr a redirect is written to: F's, or this process's OCI one. */
+static const char *redirect_xattr(const struct ovl_fmt *f)
+{
+	if (f && f->redirect_xattr)
+		return f->redirect_xattr;
+	return ovl_global_sys_admin() ? OVL_XATTR_REDIRECT_TRUSTED :
+					OVL_XATTR_REDIRECT_USER;
+}
+
+int ovl_redirect_get(const struct ovl_fmt *f, int dirfd, char *buf)
+{
+	const char *name = redirect_xattr(f);
+	ssize_t n = ovl_fd_getxattr(dirfd, name, buf, OVL_REDIRECT_MAX);
+
+	/*
+	 * An OCI upper written without privilege holds user.ovlfs.redirect,
+	 * which a privileged reader (commit as root) must see too.
+	 */
+	if (n == -ENODATA && !kernel_fmt(f) &&
+	    !strcmp(name, OVL_XATTR_REDIRECT_TRUSTED))
+		n = ovl_fd_getxattr(dirfd, OVL_XATTR_REDIRECT_USER, buf,
+				    OVL_REDIRECT_MAX);
+	if (n == -ENODATA || n == -EOPNOTSUPP || n == -ERANGE || n == 0)
+		return 0;
+	if (n < 0)
+		return (int)n;
+	buf[n] = '\0';
+	return ovl_redirect_valid(buf) && (size_t)n == strlen(buf);
+}
+
+int ovl_redirect_set(const struct ovl_fmt *f, int dirfd, const char *v)
+{
+	return ovl_fd_setxattr(dirfd, redirect_xattr(f), v, strlen(v), 0);
+}
+
+int ovl_redirect_clear(const struct ovl_fmt *f, int dirfd)
+{
+	int err = ovl_fd_removexattr(dirfd, redirect_xattr(f));
+
+	if (!kernel_fmt(f) && (!err || err == -ENODATA))
+		err = ovl_fd_removexattr(dirfd, OVL_XATTR_REDIRECT_USER);
+	return err == -ENODATA || err == -EOPNOTSUPP ? 0 : err;
+}
+
 /*
  * Is marker DE of upper directory DFD a whiteout lookup would honour? Then
  * the hidden name goes to *TARGET (pointing into DE or into BUF). A plain
@@ -324,4 +399,35 @@ int ovl_marker(const struct ovl_fmt *f, int dfd, const struct ovl_dirent *de,
 		return 0;
 	*target = de->name;
 	return 1;
+}
+
+int ovl_open_dir_abs(int root, const char *path)
+{
+	char comp[NAME_MAX + 1];
+	const char *s = path, *e;
+	int fd = dup(root), next;
+
+	if (fd < 0)
+		return -errno;
+	while (*s) {
+		while (*s == '/')
+			s++;
+		e = strchrnul(s, '/');
+		if (e == s)
+			break;
+		if ((size_t)(e - s) > NAME_MAX) {
+			close(fd);
+			return -ENOENT;
+		}
+		memcpy(comp, s, e - s);
+		comp[e - s] = '\0';
+		next = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			      O_CLOEXEC);
+		close(fd);
+		if (next < 0)
+			return -errno;
+		fd = next;
+		s = e;
+	}
+	return fd;
 }

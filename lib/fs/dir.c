@@ -572,24 +572,72 @@ out_unlock:
 	return err;
 }
 
-/* Bring a rename participant wholly into the upper. */
-static int copy_up_whole(struct ovl_fs *ofs, struct ovl_node *node)
+/*
+ * Bring a rename participant into the upper: a directory with a lower
+ * part alone (it moves with a redirect, below), or with its whole subtree
+ * if WHOLE (no redirect can be written).
+ */
+static int copy_up_mover(struct ovl_fs *ofs, struct ovl_node *node,
+			 bool whole)
 {
-	if (node->type == S_IFDIR)
+	if (node->type == S_IFDIR && whole)
 		return ovl_copy_up_tree(ofs, node);
 	return ovl_copy_up(ofs, node);
 }
 
 /*
+ * Directory NODE, with a lower part, is about to leave its name: record
+ * where that lower part is, as the kernel does (ovl_set_redirect): one it
+ * has already stays if it still holds (an absolute one, or a move within
+ * the directory); else its old name for a move within the directory, or
+ * its lower path from the root. -EXDEV if none can be written (the caller
+ * then copies the tree instead). ns_lock held for writing.
+ */
+static int set_redirect(struct ovl_fs *ofs, struct ovl_node *node,
+			bool samedir)
+{
+	char cur[OVL_REDIRECT_MAX + 1], path[OVL_REDIRECT_MAX + 1];
+	int ufd = atomic_load(&node->upper_fd);
+	int err = ovl_redirect_get(&ofs->fmt, ufd, cur);
+
+	if (err < 0)
+		return err;
+	if (err && (samedir || cur[0] == '/'))
+		return 0;
+	if (ofs->no_redirect)
+		return -EXDEV;	/* redirect_dir=off: the caller copies */
+	if (samedir) {
+		err = strlen(node->name) <= OVL_REDIRECT_MAX ? 0 : -EXDEV;
+		if (!err)
+			snprintf(path, sizeof(path), "%s", node->name);
+	} else {
+		err = ovl_node_lower_path(ofs, node, path, sizeof(path));
+	}
+	if (!err)
+		err = ovl_redirect_set(&ofs->fmt, ufd, path);
+	if (err) {
+		/* (ovl_node_path would take ns_lock, held here.) */
+		ovl_log(ofs->pub, OVLFS_LOG_DEBUG,
+			"rename: cannot record a redirect on directory %s (%s): "
+			"copying its tree up instead", node->name,
+			strerror(-err));
+		return -EXDEV;
+	}
+	return 0;
+}
+
+/*
  * Directory NODE now sits where the lower has an entry: make it opaque so
- * nothing of that lower entry shows through it.
+ * nothing of that lower entry shows through it. A redirected one takes its
+ * lower part from its redirect, whatever stands at its new name.
  */
 static int hide_lower_under(struct ovl_fs *ofs, struct ovl_node *node,
 			    struct ovl_node *parent, const char *name)
 {
 	int lower, err;
 
-	if (node->type != S_IFDIR || node->opaque)
+	if (node->type != S_IFDIR || node->opaque ||
+	    ovl_node_lower_visible(node))
 		return 0;
 	lower = ovl_lower_has(ofs, parent, name, NULL);
 	if (lower <= 0)
@@ -607,9 +655,15 @@ static int rename_exchange(struct ovl_fs *ofs, struct ovl_node *src,
 {
 	int opufd = atomic_load(&parent->upper_fd);
 	int npufd = atomic_load(&newparent->upper_fd);
-	int err;
+	bool samedir = parent == newparent;
+	int err = 0;
 
-	err = hide_lower_under(ofs, src, newparent, newname);
+	if (ovl_node_lower_visible(src))
+		err = set_redirect(ofs, src, samedir);
+	if (!err && ovl_node_lower_visible(dst))
+		err = set_redirect(ofs, dst, samedir);
+	if (!err)
+		err = hide_lower_under(ofs, src, newparent, newname);
 	if (!err)
 		err = hide_lower_under(ofs, dst, parent, name);
 	if (err)
@@ -643,7 +697,11 @@ static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 		if (err <= 0)
 			return err ? err : -ENOTEMPTY;
 	}
-	err = hide_lower_under(ofs, src, newparent, newname);
+	err = 0;
+	if (ovl_node_lower_visible(src))
+		err = set_redirect(ofs, src, parent == newparent);
+	if (!err)
+		err = hide_lower_under(ofs, src, newparent, newname);
 	if (!err && dst)
 		err = ovl_node_pin(dst);	/* if open, it lives on */
 	if (err)
@@ -733,7 +791,7 @@ int ovl_rename(struct ovl_fs *ofs, struct ovl_node *parent, const char *name,
 	       unsigned int flags)
 {
 	struct ovl_node *src = NULL, *dst = NULL, *s2 = NULL, *d2 = NULL;
-	bool exchange = flags & RENAME_EXCHANGE;
+	bool exchange = flags & RENAME_EXCHANGE, whole = ofs->no_redirect;
 	int err, tries = 0;
 
 	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
@@ -786,9 +844,9 @@ again:
 	if (!err)
 		err = ovl_copy_up(ofs, newparent);
 	if (!err)
-		err = copy_up_whole(ofs, src);
+		err = copy_up_mover(ofs, src, whole);
 	if (!err && exchange)
-		err = copy_up_whole(ofs, dst);
+		err = copy_up_mover(ofs, dst, whole);
 	else if (!err && dst)
 		err = copy_up_linked(ofs, dst);
 	if (err)
@@ -808,9 +866,10 @@ again:
 	if (!err && (s2 != src || d2 != dst)) {
 		err = -EAGAIN;
 	} else if (!err && (!ovl_node_has_upper(src) ||
-			    (src->type == S_IFDIR && ovl_node_lower_visible(src)) ||
+			    (whole && src->type == S_IFDIR &&
+			     ovl_node_lower_visible(src)) ||
 			    (exchange && (!ovl_node_has_upper(dst) ||
-					  (dst->type == S_IFDIR &&
+					  (whole && dst->type == S_IFDIR &&
 					   ovl_node_lower_visible(dst)))))) {
 		err = -EAGAIN;	/* a lower entry came back into view */
 	} else if (!err) {
@@ -825,6 +884,11 @@ again:
 	ovl_node_put(ofs, s2);
 	ovl_node_put(ofs, d2);
 	s2 = d2 = NULL;
+	if (err == -EXDEV && !whole) {
+		/* No redirect could be written: move a copy of the tree. */
+		whole = true;
+		err = -EAGAIN;
+	}
 	if (err == -EAGAIN && ++tries < 8) {
 		ovl_node_put(ofs, src);
 		ovl_node_put(ofs, dst);

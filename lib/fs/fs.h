@@ -226,6 +226,7 @@ struct ovl_fs {
 	int nlower;
 	bool read_only;			/* no upper: every change is EROFS */
 	bool no_sync;			/* volatile: no fsync reaches a layer */
+	bool no_redirect;		/* directory renames copy the tree */
 	bool volatile_marked;		/* we set OVL_XATTR_VOLATILE: a clean
 					   end removes it */
 	int upper_lock_fd;		/* LOCK_EX for the mount's lifetime */
@@ -440,6 +441,14 @@ bool ovl_node_lower_visible(struct ovl_node *node);
 /* Does the visible lower of PARENT have NAME? 1 (ST filled if given), 0. */
 int ovl_lower_has(struct ovl_fs *ofs, struct ovl_node *parent,
 		  const char *name, struct stat *st);
+/*
+ * Where the lower part of directory NODE stands in the lower, as "/a/b"
+ * from its root (its ancestors' redirects followed), into BUF (SIZE
+ * bytes): the kernel's absolute redirect. ns_lock held. -ENAMETOOLONG if
+ * it does not fit.
+ */
+int ovl_node_lower_path(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
+			size_t size);
 /* The root's lstack (NULL with one lower), or -errno. */
 int ovl_lower_root_stack(struct ovl_fs *ofs, int **out);
 /*

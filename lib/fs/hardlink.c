@@ -29,6 +29,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -107,12 +108,140 @@ static void scan_dir(int dfd, char *path, size_t plen, struct alias_scan *sc,
 	ovl_dirlist_free(&dl);
 }
 
-/* The node at relative lower path PATH in the merged view (ref), or NULL. */
-static struct ovl_node *resolve(struct ovl_fs *ofs, char *path)
+/*
+ * The renamed directories of the upper: the lower path each one's lower
+ * part has ("a/sub") and where the merged view shows it ("n/s2"), so a
+ * lower name under one is looked for where it shows now.
+ */
+struct moved {
+	struct moved_ent {
+		char *lower, *merged;
+	} *v;
+	size_t n, cap;
+	int err;
+};
+
+static char *join(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	char *s = malloc(la + lb + 2);
+
+	if (s)
+		snprintf(s, la + lb + 2, la ? "%s/%s" : "%s%s", a, b);
+	return s;
+}
+
+/*
+ * Upper directory UFD shows merged path MPATH, its lower part lower path
+ * LPATH (NULL: none); record the redirected directories under it.
+ */
+static void scan_moved(struct ovl_fs *ofs, int ufd, const char *lpath,
+		       const char *mpath, struct moved *mv, int depth)
+{
+	char redir[OVL_REDIRECT_MAX + 1];
+	struct ovl_dirlist dl;
+
+	if (depth > MAX_DEPTH || ovl_dirlist_read(ufd, &dl) < 0)
+		return;
+	for (size_t i = 0; i < dl.n && !mv->err; i++) {
+		const char *name = dl.ents[i].name;
+		char *clp = NULL, *cmp;
+		bool moved = false;
+		int cfd, r;
+
+		if (ovl_is_wh_name(name) || (dl.ents[i].type != DT_DIR &&
+					     dl.ents[i].type != DT_UNKNOWN))
+			continue;
+		cfd = ovl_open_child(ufd, name);
+		if (cfd < 0)
+			continue;
+		r = ovl_opaque_get(&ofs->fmt, cfd);
+		if (r == 0 && ovl_redirect_get(&ofs->fmt, cfd, redir) > 0) {
+			moved = true;
+			clp = redir[0] == '/' ? strdup(redir + 1) :
+			      lpath ? join(lpath, redir) : NULL;
+		} else if (r == 0 && lpath) {
+			clp = join(lpath, name);
+		}
+		cmp = join(mpath, name);
+		if (moved && clp && cmp) {
+			mv->err = ovl_grow((void **)&mv->v, &mv->cap, mv->n,
+					   sizeof(*mv->v), 8);
+			if (!mv->err) {
+				mv->v[mv->n].lower = strdup(clp);
+				mv->v[mv->n].merged = strdup(cmp);
+				mv->n++;
+			}
+		}
+		if (cmp)
+			scan_moved(ofs, cfd, clp, cmp, mv, depth + 1);
+		free(clp);
+		free(cmp);
+		close(cfd);
+	}
+	ovl_dirlist_free(&dl);
+}
+
+static void free_moved(struct moved *mv)
+{
+	for (size_t i = 0; i < mv->n; i++) {
+		free(mv->v[i].lower);
+		free(mv->v[i].merged);
+	}
+	free(mv->v);
+}
+
+/*
+ * Lower path PATH as the merged view shows it: under the renamed
+ * directory whose lower part holds it (the deepest), or where it is. A
+ * new string, or NULL (no memory).
+ */
+static char *moved_path(const struct moved *mv, const char *path)
+{
+	const struct moved_ent *best = NULL;
+	size_t blen = 0;
+
+	for (size_t i = 0; i < mv->n; i++) {
+		const char *l = mv->v[i].lower;
+		size_t len = l ? strlen(l) : 0;
+
+		if (l && mv->v[i].merged && len >= blen &&
+		    !strncmp(path, l, len) && (path[len] == '/' || !path[len])) {
+			best = &mv->v[i];
+			blen = len;
+		}
+	}
+	if (!best)
+		return strdup(path);
+	return path[blen] ? join(best->merged, path + blen + 1) :
+			    strdup(best->merged);
+}
+
+/* MV for OFS's upper, read under ns_lock. */
+static void find_moved(struct ovl_fs *ofs, struct moved *mv)
+{
+	int ufd = ofs->upper.root_fd;
+
+	memset(mv, 0, sizeof(*mv));
+	if (ufd < 0)
+		return;
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	scan_moved(ofs, ufd, "", "", mv, 0);
+	pthread_rwlock_unlock(&ofs->ns_lock);
+}
+
+/*
+ * The node at relative lower path LPATH in the merged view (ref), or
+ * NULL; through the renamed directories of MV.
+ */
+static struct ovl_node *resolve(struct ovl_fs *ofs, const char *lpath,
+				const struct moved *mv)
 {
 	struct ovl_node *dir = ofs->root, *child = NULL;
-	char *save = NULL, *comp;
+	char *save = NULL, *comp, *path = moved_path(mv, lpath), *p0 = path;
 
+	if (!path)
+		return NULL;
 	ovl_node_get(ofs, dir);
 	pthread_rwlock_rdlock(&ofs->ns_lock);
 	for (comp = strtok_r(path, "/", &save); comp;
@@ -127,6 +256,7 @@ static struct ovl_node *resolve(struct ovl_fs *ofs, char *path)
 		dir = child;
 	}
 	pthread_rwlock_unlock(&ofs->ns_lock);
+	free(p0);
 	return dir;
 }
 
@@ -192,12 +322,14 @@ int ovl_lower_alias_visible(struct ovl_fs *ofs, struct ovl_node *node,
 	struct alias_scan sc = { .dev = lst->st_dev, .ino = lst->st_ino,
 				 .want = lst->st_nlink };
 	int found = 0, err;
+	struct moved mv;
 
 	err = find_aliases(ofs, node->lidx, &sc);
 	if (err)
 		return err;
+	find_moved(ofs, &mv);
 	for (size_t i = 0; i < sc.n && !sc.err && !found; i++) {
-		struct ovl_node *alias = resolve(ofs, sc.paths[i]);
+		struct ovl_node *alias = resolve(ofs, sc.paths[i], &mv);
 
 		if (!alias)
 			continue;
@@ -206,6 +338,7 @@ int ovl_lower_alias_visible(struct ovl_fs *ofs, struct ovl_node *node,
 		ovl_node_put(ofs, alias);
 	}
 	free_aliases(&sc);
+	free_moved(&mv);
 	return sc.err ? sc.err : found;
 }
 
@@ -215,11 +348,13 @@ int ovl_link_lower_aliases(struct ovl_fs *ofs, struct ovl_node *node,
 	struct alias_scan sc = { .dev = lst->st_dev, .ino = lst->st_ino,
 				 .want = lst->st_nlink };
 	int err = find_aliases(ofs, node->lidx, &sc);
+	struct moved mv;
 
 	if (err)
 		return err;
+	find_moved(ofs, &mv);
 	for (size_t i = 0; i < sc.n && !err && !sc.err; i++) {
-		struct ovl_node *alias = resolve(ofs, sc.paths[i]);
+		struct ovl_node *alias = resolve(ofs, sc.paths[i], &mv);
 
 		if (!alias)
 			continue;	/* hidden in the merged view */
@@ -238,5 +373,6 @@ int ovl_link_lower_aliases(struct ovl_fs *ofs, struct ovl_node *node,
 		ovl_node_put(ofs, alias);
 	}
 	free_aliases(&sc);
+	free_moved(&mv);
 	return err ? err : sc.err;
 }

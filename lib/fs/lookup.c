@@ -75,22 +75,41 @@ int ovl_lower_root_stack(struct ovl_fs *ofs, int **out)
 }
 
 /*
- * Find NAME in the visible lowers of directory PARENT (ns_lock held): 1
- * with *LAYER and ST set, 0 if no layer shows it, or -errno. If FDS (one
- * slot per lower, -1 each) is given and the object is a directory, FDS[k]
- * gets an O_PATH fd of its part in every layer k that merges into it (the
+ * The lower part of a directory as lower_find needs it: its layer, its fd
+ * there and the fds beneath (ovl_dir_lfd). A node's, or one met on the
+ * way along an absolute redirect.
+ */
+struct lower_dir {
+	int lidx;
+	int fd;
+	const int *lstack;
+};
+
+static int ldir_fd(const struct lower_dir *d, int k)
+{
+	if (k < d->lidx)
+		return -1;
+	if (k == d->lidx)
+		return d->fd;
+	return d->lstack ? d->lstack[k] : -1;
+}
+
+/*
+ * Find NAME in the lower part D of a directory (ns_lock held): 1 with
+ * *LAYER and ST set, 0 if no layer shows it, or -errno. If FDS (one slot
+ * per lower, -1 each) is given and the object is a directory, FDS[k] gets
+ * an O_PATH fd of its part in every layer k that merges into it (the
  * caller owns them, also on error).
  */
-static int lower_find(struct ovl_fs *ofs, struct ovl_node *parent,
-		      const char *name, int *layer, struct stat *st, int *fds)
+static int lower_find_in(struct ovl_fs *ofs, const struct lower_dir *d,
+			 const char *name, int *layer, struct stat *st,
+			 int *fds)
 {
 	int n = ofs->nlower, k, j, dfd = -1, err;
 	struct stat tmp;
 
-	if (!ovl_node_lower_visible(parent))
-		return 0;
-	for (k = parent->lidx; k < n; k++) {
-		dfd = ovl_dir_lfd(parent, k);
+	for (k = d->lidx; k < n; k++) {
+		dfd = ldir_fd(d, k);
 		if (dfd < 0)
 			continue;
 		if (fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW) == 0) {
@@ -119,7 +138,7 @@ static int lower_find(struct ovl_fs *ofs, struct ovl_node *parent,
 		err = ovl_opaque_get(&ofs->fmt, fds[k]);
 		if (err)
 			return err < 0 ? err : 1;
-		dfd = ovl_dir_lfd(parent, j);
+		dfd = ldir_fd(d, j);
 		if (dfd < 0)
 			continue;
 		if (fstatat(dfd, name, &tmp, AT_SYMLINK_NOFOLLOW) < 0) {
@@ -140,6 +159,76 @@ static int lower_find(struct ovl_fs *ofs, struct ovl_node *parent,
 		k = j;
 	}
 	return 1;
+}
+
+/* The same in the visible lower of directory node PARENT. */
+static int lower_find(struct ovl_fs *ofs, struct ovl_node *parent,
+		      const char *name, int *layer, struct stat *st, int *fds)
+{
+	struct lower_dir d = { parent->lidx, atomic_load(&parent->lower_fd),
+			       parent->lstack };
+
+	if (!ovl_node_lower_visible(parent))
+		return 0;
+	return lower_find_in(ofs, &d, name, layer, st, fds);
+}
+
+/*
+ * lower_find for an absolute redirect PATH ("/a/b"): each component in
+ * the lower part of the one before, from the root's, as the lower would
+ * show the directory that stood at PATH.
+ */
+static int lower_find_abs(struct ovl_fs *ofs, const char *path, int *layer,
+			  struct stat *st, int *fds)
+{
+	int n = ofs->nlower, one = -1, *cur = NULL, *next, err = 0, k;
+	struct lower_dir d;
+	char comp[NAME_MAX + 1];
+	const char *s = path, *e;
+
+	if (!ovl_node_lower_visible(ofs->root))
+		return 0;
+	d = (struct lower_dir){ ofs->root->lidx,
+				atomic_load(&ofs->root->lower_fd),
+				ofs->root->lstack };
+	for (;;) {
+		while (*s == '/')
+			s++;
+		e = strchrnul(s, '/');
+		if ((size_t)(e - s) > NAME_MAX) {
+			err = 0;
+			break;
+		}
+		memcpy(comp, s, e - s);
+		comp[e - s] = '\0';
+		if (!*e) {
+			err = lower_find_in(ofs, &d, comp, layer, st, fds);
+			break;
+		}
+		next = n > 1 ? lstack_new(ofs) : &one;
+		if (!next) {
+			err = -ENOMEM;
+			break;
+		}
+		one = -1;
+		err = lower_find_in(ofs, &d, comp, &k, st, next);
+		if (err > 0 && !S_ISDIR(st->st_mode))
+			err = 0;
+		if (cur && cur != &one)
+			ovl_lstack_free(ofs, cur);
+		else if (cur && d.fd >= 0)
+			close(d.fd);
+		cur = next;
+		if (err <= 0)
+			break;
+		d = (struct lower_dir){ k, cur[k], n > 1 ? cur : NULL };
+		s = e;
+	}
+	if (cur && cur != &one)
+		ovl_lstack_free(ofs, cur);
+	else if (cur && one >= 0)
+		close(one);
+	return err;
 }
 
 int ovl_lower_has(struct ovl_fs *ofs, struct ovl_node *parent,
@@ -343,6 +432,60 @@ int ovl_node_stat(struct ovl_fs *ofs, struct ovl_node *node, struct stat *st)
 /* ---- lookup ---- */
 
 /*
+ * The lower part of upper directory UFD, NAME in PARENT: the lower's NAME
+ * beside it, or where its redirect says (a renamed directory). As
+ * lower_find.
+ */
+static int lower_of_dir(struct ovl_fs *ofs, struct ovl_node *parent,
+			const char *name, int ufd, int *layer, struct stat *st,
+			int *fds)
+{
+	char redir[OVL_REDIRECT_MAX + 1];
+	int err = ovl_redirect_get(&ofs->fmt, ufd, redir);
+
+	if (err < 0)
+		return err;
+	if (err && redir[0] == '/')
+		return lower_find_abs(ofs, redir, layer, st, fds);
+	return lower_find(ofs, parent, err ? redir : name, layer, st, fds);
+}
+
+int ovl_node_lower_path(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
+			size_t size)
+{
+	char redir[OVL_REDIRECT_MAX + 1];
+	size_t pos = size - 1;
+	struct ovl_node *d;
+
+	buf[pos] = '\0';
+	for (d = node; d && d->parent; d = d->parent) {
+		int ufd = atomic_load(&d->upper_fd), r = 0;
+		const char *name = d->name;
+		size_t len;
+
+		if (ufd >= 0 && d->type == S_IFDIR) {
+			r = ovl_redirect_get(&ofs->fmt, ufd, redir);
+			if (r < 0)
+				return r;
+			if (r)
+				name = redir;
+		}
+		len = strlen(name);
+		if (len + (name[0] != '/') > pos)
+			return -ENAMETOOLONG;
+		pos -= len;
+		memcpy(buf + pos, name, len);
+		if (name[0] == '/')
+			break;
+		buf[--pos] = '/';
+	}
+	if (pos == size - 1)
+		buf[--pos] = '/';	/* the root */
+	memmove(buf, buf + pos, size - pos);
+	return 0;
+}
+
+/*
  * Build a node for NAME from the layers; ns_lock held by the caller. ST
  * gets the object's stat (st_ino still the layer's) when not NULL.
  */
@@ -361,7 +504,8 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 
 	if (!st)
 		st = &tmp;
-	if (ofs->nlower > 1 && lower_ok) {
+	/* (An absolute redirect needs the stack without a lower parent.) */
+	if (ofs->nlower > 1) {
 		fds = lstack_new(ofs);
 		if (!fds)
 			return -ENOMEM;
@@ -389,9 +533,9 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 			if (err < 0)
 				goto out_close;
 			opaque = err;
-			if (lower_ok && !opaque) {
-				err = lower_find(ofs, parent, name, &k, &lst,
-						 fds);
+			if (!opaque) {
+				err = lower_of_dir(ofs, parent, name, ufd, &k,
+						   &lst, fds);
 				if (err < 0)
 					goto out_close;
 				if (err && S_ISDIR(lst.st_mode))

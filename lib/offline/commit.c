@@ -687,6 +687,9 @@ int fin_commit(struct fin *f, bool atomic)
 		return ovl_set_error(f->fs, -errno, "cannot stat layers: %s",
 				     strerror(errno));
 	f->same_fs = ls.st_dev == us.st_dev;
+	err = fin_plain_redirects(f);
+	if (err)
+		return err;
 	f->prog.phase = "commit";
 	fin_count_tree(f->upper_fd, &f->prog.entries_total,
 		       &f->prog.bytes_total, &f->names);

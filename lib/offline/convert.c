@@ -108,6 +108,43 @@ static int keep_times(int dfd, struct timespec ts[2])
 	return 0;
 }
 
+/* A redirect (a renamed directory) in any of its forms, either format. */
+static const char *const redirect_names[] = {
+	"trusted.overlay.redirect", "user.overlay.redirect",
+	OVL_XATTR_REDIRECT_TRUSTED, OVL_XATTR_REDIRECT_USER
+};
+
+/*
+ * Directory DFD's redirect into the new format's xattr: the new one
+ * first, the old ones removed after, so a killed run leaves both, which
+ * say the same.
+ */
+static int convert_redirect(struct conv *c, int dfd)
+{
+	char v[OVL_REDIRECT_MAX + 1];
+	ssize_t n = -ENODATA;
+	int err = 0;
+
+	for (size_t i = 0; i < 4 && n < 0; i++)
+		n = ovl_fd_getxattr(dfd, redirect_names[i], v, OVL_REDIRECT_MAX);
+	if (n == -ENODATA || n == -EOPNOTSUPP)
+		return 0;
+	if (n < 0)
+		return (int)n;
+	v[n] = '\0';
+	err = ovl_redirect_set(&c->to, dfd, v);
+	for (size_t i = 0; i < 4 && !err; i++) {
+		int r;
+
+		if (!strcmp(redirect_names[i], c->to.redirect_xattr))
+			continue;
+		r = ovl_fd_removexattr(dfd, redirect_names[i]);
+		if (r < 0 && r != -ENODATA && r != -EOPNOTSUPP)
+			err = r;
+	}
+	return err;
+}
+
 static int convert_dir(struct conv *c, int dfd, int depth)
 {
 	struct ovl_dirlist dl;
@@ -178,6 +215,11 @@ static int convert_dir(struct conv *c, int dfd, int depth)
 			if (r < 0 && r != -ENODATA && r != -EOPNOTSUPP)
 				err = r;
 		}
+		if (err)
+			err = conv_fail(c, err, "");
+	}
+	if (!err) {
+		err = convert_redirect(c, dfd);
 		if (err)
 			err = conv_fail(c, err, "");
 	}

@@ -8,7 +8,10 @@
  * one only if its content hashes to its name) hides a lower name, an upper
  * directory merges with a lower directory of the same name unless it is
  * opaque or its parent does not show its own lower, and ".wh.*" names are
- * never entries in either layer.
+ * never entries in either layer. A renamed directory (one with a redirect,
+ * docs/format.md) takes its lower part from where the redirect points, not
+ * from the lower's same name: it is reported as added with all it shows,
+ * and what the lower has at its path (if anything) as deleted.
  *
  * Both trees are walked only through directory fds with O_NOFOLLOW /
  * AT_SYMLINK_NOFOLLOW, so a symlink in a layer is an entry like any other
@@ -33,6 +36,7 @@ struct diff_ctx {
 	size_t len, cap;
 	char *buf[2];		/* content comparison, DIFF_BUFSZ each */
 	struct ovl_fmt fmt;	/* the upper's markers */
+	int lower_root;		/* for absolute redirects */
 };
 
 /* A directory's entries, sorted, with the layer's ".wh.*" names split off. */
@@ -427,13 +431,141 @@ static int compare(struct diff_ctx *c, int ufd, int lfd,
 }
 
 static int diff_dir(struct diff_ctx *c, int ufd, int lfd, bool lower_shows);
+static int diff_one(struct diff_ctx *c, int dfd, const char *name,
+		    const char *layer, enum ovlfs_change change);
+
+/*
+ * Where the merged view of upper directory UCFD takes its lower entries
+ * from, given that its parent takes them from PSFD (-1: nowhere) under
+ * NAME: its redirect's target if it has one (*REDIRECTED set), else
+ * PSFD's NAME, else nowhere (-1); none if it is opaque. An fd, -1, or
+ * -errno.
+ */
+static int lower_source(struct diff_ctx *c, int ucfd, int psfd,
+			const char *name, bool *redirected)
+{
+	char redir[OVL_REDIRECT_MAX + 1];
+	int r, fd;
+
+	*redirected = false;
+	r = ovl_opaque_get(&c->fmt, ucfd);
+	if (r)
+		return r < 0 ? fail(c, r, "upper", NULL) : -1;
+	r = ovl_redirect_get(&c->fmt, ucfd, redir);
+	if (r < 0)
+		return fail(c, r, "upper", NULL);
+	if (r) {
+		*redirected = true;
+		if (redir[0] == '/')
+			fd = ovl_open_dir_abs(c->lower_root, redir);
+		else
+			fd = psfd < 0 ? -ENOENT :
+			     openat(psfd, redir, O_RDONLY | O_DIRECTORY |
+				    O_NOFOLLOW | O_CLOEXEC);
+	} else {
+		fd = psfd < 0 ? -ENOENT :
+		     openat(psfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			    O_CLOEXEC);
+	}
+	/* A target gone from the lower shows nothing, as for lookup. */
+	return fd < 0 ? -1 : fd;
+}
+
+/*
+ * Report CHANGE for everything merged upper directory UFD shows: its own
+ * entries and, where SFD >= 0, the lower entries of SFD it does not hide
+ * (what a renamed directory brings to its new path).
+ */
+static int walk_merged(struct diff_ctx *c, int ufd, int sfd,
+		       enum ovlfs_change change)
+{
+	struct diff_list ul, sl;
+	size_t i = 0, j = 0, len = c->len;
+	int err;
+
+	/* Even with no lower part, a child may have one (a redirect). */
+	memset(&sl, 0, sizeof(sl));
+	err = list_read(c, ufd, "upper", sfd >= 0, &ul);
+	if (err)
+		goto out_free_upper;
+	if (sfd >= 0)
+		err = list_read(c, sfd, "lower", false, &sl);
+	while (!err && (i < ul.n || j < sl.n)) {
+		const char *name;
+		struct stat st;
+		int cmp, fd, csfd;
+		bool redirected;
+
+		if (i == ul.n)
+			cmp = 1;
+		else if (j == sl.n)
+			cmp = -1;
+		else
+			/* NOLINTNEXTLINE(clang-analyzer-core.NullDereference): assumes -errno >= 0 */
+			cmp = strcmp(ul.ents[i]->name, sl.ents[j]->name);
+		/* NOLINTNEXTLINE(clang-analyzer-core.NullDereference): assumes -errno >= 0 */
+		name = cmp <= 0 ? ul.ents[i]->name : sl.ents[j]->name;
+		if (cmp > 0 && list_whited_out(&ul, name)) {
+			j++;
+			continue;
+		}
+		err = path_push(c, name);
+		if (err)
+			break;
+		if (cmp > 0) {
+			err = diff_one(c, sfd, name, "lower", change);
+		} else {
+			fd = open_stat(c, ufd, name, "upper", &st);
+			err = fd < 0 ? fd : report(c, change, 0, &st);
+			if (!err && S_ISDIR(st.st_mode)) {
+				csfd = lower_source(c, fd, cmp == 0 ? sfd : -1,
+						    name, &redirected);
+				if (csfd < -1)
+					err = csfd;
+				else
+					err = walk_merged(c, fd, csfd, change);
+				if (csfd >= 0)
+					close(csfd);
+			}
+			if (fd >= 0)
+				close(fd);
+		}
+		path_pop(c, len);
+		if (cmp <= 0)
+			i++;
+		if (cmp >= 0)
+			j++;
+	}
+	list_free(&sl);
+out_free_upper:
+	list_free(&ul);
+	return err;
+}
+
+/*
+ * Upper directory UCFD at the current path is a renamed one (its lower
+ * part comes from SFD): all it shows is new here; what the lower has here
+ * (LCFD, -1 if nothing) is gone.
+ */
+static int diff_renamed(struct diff_ctx *c, int ucfd, int sfd, int lcfd,
+			const struct stat *ust)
+{
+	int err = report(c, lcfd >= 0 ? OVLFS_MODIFIED : OVLFS_ADDED, 0, ust);
+
+	if (!err && lcfd >= 0)
+		err = walk_all(c, lcfd, "lower", OVLFS_DELETED);
+	if (!err)
+		err = walk_merged(c, ucfd, sfd, OVLFS_ADDED);
+	return err;
+}
 
 /* NAME is in upper directory UFD and lower directory LFD: what changed? */
 static int diff_both(struct diff_ctx *c, int ufd, int lfd, const char *name,
 		     bool lower_shows)
 {
 	struct stat ust, lst;
-	int ucfd, lcfd, what, err;
+	int ucfd, lcfd, what, err, sfd = -1;
+	bool redirected = false;
 
 	ucfd = open_stat(c, ufd, name, "upper", &ust);
 	if (ucfd < 0)
@@ -443,14 +575,27 @@ static int diff_both(struct diff_ctx *c, int ufd, int lfd, const char *name,
 		err = lcfd;
 		goto out_close_upper;
 	}
+	/* A directory's lower part: the same name, or a redirect's target. */
+	/* NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult): assumes -errno >= 0 */
+	if (S_ISDIR(ust.st_mode)) {
+		sfd = lower_source(c, ucfd, lfd, name, &redirected);
+		if (sfd < -1) {
+			err = sfd;
+			goto out_close;
+		}
+	}
 	/* NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult): assumes -errno >= 0 */
 	if ((ust.st_mode ^ lst.st_mode) & S_IFMT) {
 		/* Only one side can be a directory: no interleaving. */
 		err = report(c, OVLFS_MODIFIED, OVLFS_DIFF_TYPE, &ust);
 		if (!err && S_ISDIR(ust.st_mode))
-			err = walk_all(c, ucfd, "upper", OVLFS_ADDED);
+			err = walk_merged(c, ucfd, sfd, OVLFS_ADDED);
 		if (!err && S_ISDIR(lst.st_mode))
 			err = walk_all(c, lcfd, "lower", OVLFS_DELETED);
+		goto out_close;
+	}
+	if (redirected) {
+		err = diff_renamed(c, ucfd, sfd, lcfd, &ust);
 		goto out_close;
 	}
 	err = what = compare(c, ucfd, lcfd, &ust, &lst, false);
@@ -465,6 +610,8 @@ static int diff_both(struct diff_ctx *c, int ufd, int lfd, const char *name,
 			err = diff_dir(c, ucfd, lcfd, lower_shows && !err);
 	}
 out_close:
+	if (sfd >= 0)
+		close(sfd);
 	close(lcfd);
 out_close_upper:
 	close(ucfd);
@@ -484,6 +631,40 @@ static int diff_one(struct diff_ctx *c, int dfd, const char *name,
 	err = report(c, change, 0, &st);
 	if (!err && S_ISDIR(st.st_mode))
 		err = walk_all(c, fd, layer, change);
+	close(fd);
+	return err;
+}
+
+/*
+ * NAME is only in upper directory UFD (the lower's LFD, merged if
+ * LOWER_SHOWS, lacks it): added, with what it shows (a renamed directory
+ * brings its lower part along).
+ */
+static int diff_added(struct diff_ctx *c, int ufd, int lfd, const char *name,
+		      bool lower_shows)
+{
+	struct stat st;
+	bool redirected;
+	int fd, sfd, err;
+
+	fd = open_stat(c, ufd, name, "upper", &st);
+	if (fd < 0)
+		return fd;
+	/* NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult): assumes -errno >= 0 */
+	if (!S_ISDIR(st.st_mode)) {
+		close(fd);
+		return diff_one(c, ufd, name, "upper", OVLFS_ADDED);
+	}
+	sfd = lower_source(c, fd, lower_shows ? lfd : -1, name, &redirected);
+	if (sfd < -1) {
+		err = sfd;
+	} else {
+		err = report(c, OVLFS_ADDED, 0, &st);
+		if (!err)
+			err = walk_merged(c, fd, sfd, OVLFS_ADDED);
+	}
+	if (sfd >= 0)
+		close(sfd);
 	close(fd);
 	return err;
 }
@@ -520,7 +701,7 @@ static int diff_dir(struct diff_ctx *c, int ufd, int lfd, bool lower_shows)
 		if (err)
 			break;
 		if (cmp < 0)
-			err = diff_one(c, ufd, name, "upper", OVLFS_ADDED);
+			err = diff_added(c, ufd, lfd, name, lower_shows);
 		else if (cmp == 0)
 			err = diff_both(c, ufd, lfd, name, lower_shows);
 		else if (!lower_shows || list_whited_out(&ul, name))
@@ -586,6 +767,7 @@ int ovl_diff(struct ovlfs *fs, const char *lower, const char *upper,
 	}
 	c.cap = 256;
 	c.path[0] = '\0';
+	c.lower_root = lfd;
 
 	err = what = compare(&c, ufd, lfd, &ust, &lst, true);
 	if (what > 0)

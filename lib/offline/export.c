@@ -35,6 +35,8 @@ struct xport {
 	char out[PATH_MAX];		/* what the tar goes to, for messages */
 	dev_t out_dev;			/* ... and what it is, if a file */
 	ino_t out_ino;
+	int lower_fd;			/* the lower's root, for renamed
+					   directories; -1 if unreadable */
 };
 
 /* What one directory holds, as it goes into the tar. */
@@ -186,10 +188,42 @@ static int write_data(struct xport *x, int fd, const char *name, off_t size)
 	return err;
 }
 
-static int export_dir(struct xport *x, int dfd);
+static int export_dir(struct xport *x, int dfd, int ld, bool inside);
 
-/* Upper object NAME of directory DFD as an entry, and its contents. */
-static int export_entry(struct xport *x, int dfd, const char *name)
+/*
+ * The lower part of upper directory CFD, NAME in a directory whose lower
+ * part is LD (-1: none): -1 if none, or an fd; *INSIDE set if it comes
+ * from a redirect (a renamed directory, whose tree the tar must hold in
+ * full: a layer has no renames).
+ */
+static int lower_part(struct xport *x, int cfd, int ld, const char *name,
+		      bool *inside)
+{
+	char redir[OVL_REDIRECT_MAX + 1];
+	int r, fd = -1;
+
+	if (x->lower_fd < 0 || ovl_opaque_get(&x->mfmt, cfd) != 0)
+		return -1;
+	r = ovl_redirect_get(&x->mfmt, cfd, redir);
+	if (r > 0) {
+		*inside = true;
+		fd = redir[0] == '/' ? ovl_open_dir_abs(x->lower_fd, redir) :
+		     ld >= 0 ? openat(ld, redir, O_RDONLY | O_DIRECTORY |
+				      O_NOFOLLOW | O_CLOEXEC) : -1;
+	} else if (ld >= 0) {
+		/* (Outside a renamed tree the lower part is not exported.) */
+		fd = openat(ld, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			    O_CLOEXEC);
+	}
+	return fd < 0 ? -1 : fd;
+}
+
+/*
+ * Object NAME of directory DFD as an entry, and its contents; LD is the
+ * lower part of DFD (-1: none), INSIDE whether DFD is in a renamed tree.
+ */
+static int export_entry_in(struct xport *x, int dfd, const char *name,
+			   int ld, bool inside)
 {
 	const char *first;
 	struct stat st;
@@ -251,13 +285,17 @@ static int export_entry(struct xport *x, int dfd, const char *name)
 		err = write_data(x, fd, NULL, st.st_size);
 	if (!err && S_ISDIR(st.st_mode)) {
 		int cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY |
-				 O_NOFOLLOW | O_CLOEXEC);
+				 O_NOFOLLOW | O_CLOEXEC), cld;
+		bool cin = inside;
 
 		if (cfd < 0) {
 			err = -errno;
 			goto pop;
 		}
-		err = export_dir(x, cfd);
+		cld = lower_part(x, cfd, ld, name, &cin);
+		err = export_dir(x, cfd, cld, cin);
+		if (cld >= 0)
+			close(cld);
 		close(cfd);
 	}
 pop:
@@ -273,6 +311,12 @@ static int cmp_item(const void *a, const void *b)
 {
 	return strcmp(((const struct xitem *)a)->tarname,
 		      ((const struct xitem *)b)->tarname);
+}
+
+static int cmp_dirent(const void *a, const void *b)
+{
+	return strcmp(((const struct ovl_dirent *)a)->name,
+		      ((const struct ovl_dirent *)b)->name);
 }
 
 static bool has_name(const struct ovl_dirlist *dl, const char *name)
@@ -357,7 +401,37 @@ static int list_items(struct xport *x, int dfd, const struct ovl_dirlist *dl,
 	return 0;
 }
 
-static int export_dir(struct xport *x, int dfd)
+/*
+ * The entries of lower directory LD that upper directory DFD (listed in
+ * DL) shows and does not hold, in full: a renamed tree's lower part.
+ */
+static int export_lower_part(struct xport *x, int dfd,
+			     const struct ovl_dirlist *dl, int ld)
+{
+	struct ovl_dirlist ll;
+	int err = ovl_dirlist_read(ld, &ll);
+
+	if (err)
+		return xfail(x, err, NULL);
+	qsort(ll.ents, ll.n, sizeof(*ll.ents), cmp_dirent);
+	for (size_t i = 0; i < ll.n && !err; i++) {
+		const char *name = ll.ents[i].name;
+
+		if (ovl_is_wh_name(name) || has_name(dl, name))
+			continue;
+		err = x->fmt == OVLFS_FORMAT_KERNEL ? 0 :
+		      ovl_wh_exists(&x->mfmt, dfd, name);
+		if (err) {
+			err = err < 0 ? xfail(x, err, name) : 0;
+			continue;
+		}
+		err = export_entry_in(x, ld, name, -1, false);
+	}
+	ovl_dirlist_free(&ll);
+	return err;
+}
+
+static int export_dir(struct xport *x, int dfd, int ld, bool inside)
 {
 	struct ovl_dirlist dl;
 	struct xitem *items = NULL;
@@ -373,15 +447,20 @@ static int export_dir(struct xport *x, int dfd)
 		ovl_dirlist_free(&dl);
 		return xfail(x, err, NULL);
 	}
+	/* A renamed tree replaces whatever stood at its name: opaque. */
+	if (inside && ld >= 0)
+		opaque = true;
 	/* Right after the directory's own entry, before any of its children. */
 	if (opaque)
 		err = write_marker(x, OVL_OPAQUE_NAME);
 	for (size_t i = 0; i < n && !err; i++) {
 		if (items[i].name)
-			err = export_entry(x, dfd, items[i].name);
-		else
+			err = export_entry_in(x, dfd, items[i].name, ld, inside);
+		else if (!(inside && ld >= 0))
 			err = write_marker(x, items[i].tarname);
 	}
+	if (!err && inside && ld >= 0)
+		err = export_lower_part(x, dfd, &dl, ld);
 	for (size_t i = 0; i < n; i++)
 		free(items[i].tarname);
 	free(items);
@@ -389,10 +468,10 @@ static int export_dir(struct xport *x, int dfd)
 	return err;
 }
 
-int ovl_export_tar(struct ovlfs *fs, int fd, const char *upper,
-		   bool upper_exists)
+int ovl_export_tar(struct ovlfs *fs, int fd, const char *lower,
+		   const char *upper, bool upper_exists)
 {
-	struct xport x = { .fs = fs };
+	struct xport x = { .fs = fs, .lower_fd = -1 };
 	struct stat ost;
 	int ufd = -1, err = 0;
 
@@ -425,8 +504,10 @@ int ovl_export_tar(struct ovlfs *fs, int fd, const char *upper,
 		err = xarchive_fail(&x, NULL);
 		goto out;
 	}
-	if (ufd >= 0)
-		err = export_dir(&x, ufd);
+	if (ufd >= 0) {
+		x.lower_fd = open(lower, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		err = export_dir(&x, ufd, x.lower_fd, false);
+	}
 	if (archive_write_close(x.a) != ARCHIVE_OK && !err)
 		err = xarchive_fail(&x, NULL);
 out:
@@ -439,5 +520,7 @@ out:
 	free(x.buf);
 	if (ufd >= 0)
 		close(ufd);
+	if (x.lower_fd >= 0)
+		close(x.lower_fd);
 	return err;
 }

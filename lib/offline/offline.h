@@ -130,6 +130,17 @@ int fin_commit_dir(struct fin *f, int ud, int ld);
 /* Commit F's upper into its lower, in place or ATOMIC; 0 or -errno. */
 int fin_commit(struct fin *f, bool atomic);
 
+/* ===== redirect.c: renamed directories made plain before a commit ===== */
+
+/*
+ * Give every upper directory that shows lower entries from elsewhere (a
+ * renamed one, by its redirect, and the merged ones under it) copies of
+ * those entries, then make it opaque without a redirect: the same merged
+ * view, which the commit walk then reads path by path. 0 or -errno with
+ * a message.
+ */
+int fin_plain_redirects(struct fin *f);
+
 /* ===== journal.c: the journal of an atomic commit ===== */
 
 /* Append LEN bytes of S to the journal being built. */
@@ -291,10 +302,11 @@ int ovl_tar_norm_path(const char *in, char *out);
 
 /*
  * Write UPPER (canonical; UPPER_EXISTS false: an empty layer) as an OCI
- * layer tar to FD. The caller has made sure nothing has it mounted and
+ * layer tar to FD; a renamed directory's tree goes in whole, from LOWER. The caller has made sure nothing has it mounted and
  * no commit is pending. 0 or -errno with a message.
  */
-int ovl_export_tar(struct ovlfs *fs, int fd, const char *upper,
+int ovl_export_tar(struct ovlfs *fs, int fd, const char *lower,
+		   const char *upper,
 		   bool upper_exists);
 
 /* ===== apply.c: an OCI layer tar applied (libarchive read side) ===== */
