@@ -377,6 +377,7 @@ int cmd_mount(const struct command *cmd, int argc, char **argv)
 		{ "inode-mode", required_argument, NULL, 'i' },
 		{ "no-passthrough", no_argument, NULL, OPT_NO_PASSTHROUGH },
 		{ "io-uring", required_argument, NULL, OPT_IO_URING },
+		{ "no-redirect-dir", no_argument, NULL, OPT_NO_REDIRECT_DIR },
 		{ "lower", required_argument, NULL, OPT_LOWER },
 		{ "read-only", no_argument, NULL, OPT_READ_ONLY },
 		{ "format", required_argument, NULL, OPT_FORMAT },
@@ -403,6 +404,7 @@ int cmd_mount(const struct command *cmd, int argc, char **argv)
 		case 'o':
 		case OPT_NO_PASSTHROUGH:
 		case OPT_IO_URING:
+		case OPT_NO_REDIRECT_DIR:
 		case OPT_LOWER:
 		case OPT_READ_ONLY:
 		case OPT_FORMAT:

@@ -604,8 +604,14 @@ static int set_redirect(struct ovl_fs *ofs, struct ovl_node *node,
 		return err;
 	if (err && (samedir || cur[0] == '/'))
 		return 0;
-	if (ofs->no_redirect)
-		return -EXDEV;	/* redirect_dir=off: the caller copies */
+	/*
+	 * redirect_dir=off: the caller copies. So too for a kernel-format
+	 * upper with user.overlay.* markers: the kernel's userxattr mode
+	 * does not follow redirects (it refuses the lookup, EPERM).
+	 */
+	if (ofs->no_redirect ||
+	    (ofs->fmt.kernel && !strncmp(ofs->fmt.redirect_xattr, "user.", 5)))
+		return -EXDEV;
 	if (samedir) {
 		err = strlen(node->name) <= OVL_REDIRECT_MAX ? 0 : -EXDEV;
 		if (!err)
