@@ -29,6 +29,22 @@
 static int cmd_help(const struct command *self, int argc, char **argv);
 
 /* clang-format off */
+/* The options mount and run share, as both their helps show them. */
+#define OVERLAY_OPTIONS_HELP \
+"  -o OPTS                  extra FUSE mount options, comma separated\n" \
+"                           (may be given several times)\n" \
+"      --no-passthrough     serve all file I/O through ovlfs (by default,\n" \
+"                           with CAP_SYS_ADMIN on Linux 6.9+, the kernel\n" \
+"                           reads and writes upper files directly)\n" \
+"      --no-redirect-dir    rename a directory with lower content by copying\n" \
+"                           its tree into the upper (by default: a redirect,\n" \
+"                           as the kernel's redirect_dir=on)\n" \
+"      --io-uring MODE      the transport: 'auto' (the default; taken from\n" \
+"                           $OVLFS_IO_URING when set) uses FUSE-over-io_uring\n" \
+"                           when the kernel offers it (fuse module parameter\n" \
+"                           enable_uring=Y, Linux 6.14+), else /dev/fuse;\n" \
+"                           'on' fails without it; 'off' uses /dev/fuse\n"
+
 static const struct command commands[] = {
 	{
 		.name = "mount",
@@ -59,19 +75,7 @@ static const struct command commands[] = {
 "                           new upper) or 'kernel' (0/0 character devices,\n"
 "                           overlay.opaque xattrs); default: the upper's own\n"
 "      --read-only          no upper at all: a read-only merged view\n"
-"  -o OPTS                  extra FUSE mount options, comma separated\n"
-"                           (may be given several times)\n"
-"      --no-passthrough     serve all file I/O through ovlfs (by default,\n"
-"                           with CAP_SYS_ADMIN on Linux 6.9+, the kernel\n"
-"                           reads and writes upper files directly)\n"
-"      --no-redirect-dir    rename a directory with lower content by copying\n"
-"                           its tree into the upper (by default: a redirect,\n"
-"                           as the kernel's redirect_dir=on)\n"
-"      --io-uring MODE      the transport: 'auto' (the default; taken from\n"
-"                           $OVLFS_IO_URING when set) uses FUSE-over-io_uring\n"
-"                           when the kernel offers it (fuse module parameter\n"
-"                           enable_uring=Y, Linux 6.14+), else /dev/fuse;\n"
-"                           'on' fails without it; 'off' uses /dev/fuse\n"
+OVERLAY_OPTIONS_HELP
 "      --volatile           no fsync reaches the layers (fast, but a crash\n"
 "                           may lose changes); an upper left by a volatile\n"
 "                           mount that was not cleanly unmounted is refused\n"
@@ -137,19 +141,7 @@ static const struct command commands[] = {
 "                           overlay.opaque xattrs); default: the upper's own\n"
 "      --into DIR           with several lowers, the one --on-exit commit\n"
 "                           merges the upper into\n"
-"  -o OPTS                  extra FUSE mount options, comma separated\n"
-"                           (may be given several times)\n"
-"      --no-passthrough     serve all file I/O through ovlfs (by default,\n"
-"                           with CAP_SYS_ADMIN on Linux 6.9+, the kernel\n"
-"                           reads and writes upper files directly)\n"
-"      --no-redirect-dir    rename a directory with lower content by copying\n"
-"                           its tree into the upper (by default: a redirect,\n"
-"                           as the kernel's redirect_dir=on)\n"
-"      --io-uring MODE      the transport: 'auto' (the default; taken from\n"
-"                           $OVLFS_IO_URING when set) uses FUSE-over-io_uring\n"
-"                           when the kernel offers it (fuse module parameter\n"
-"                           enable_uring=Y, Linux 6.14+), else /dev/fuse;\n"
-"                           'on' fails without it; 'off' uses /dev/fuse\n"
+OVERLAY_OPTIONS_HELP
 "      --log FILE           append what happens while mounted to FILE, as\n"
 "                           for 'ovlfs mount' (by default: stderr)\n"
 "  --on-exit ACTION         what to do with the changes once COMMAND ended:\n"
