@@ -231,3 +231,10 @@ bench-quick:
 
 bench-requests:
 	$(SUDO) $(PYTHON) bench/requests.py --reps 3 --build $(abspath $(BUILD))
+
+# unionmount-testsuite (not in Debian, never committed) against build/ovlfs
+# through mount -t fuse.ovlfs: --ov and --ov=10, --samefs --verify.
+# UNIONMOUNT_TESTSUITE=DIR names the suite; without one it is skipped (77).
+.PHONY: unionmount
+unionmount: build
+	$(SUDO) scripts/unionmount.sh
