@@ -142,6 +142,8 @@ fi
 ovlfs_bin=$(readlink -f "$ovlfs_bin")
 
 tmp=$(mktemp -d /tmp/unionmount.XXXXXX) || exit 1
+# the suite opens files as user bin too (impermissible): it must reach them
+chmod 0755 "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 mkdir "$tmp/suite" "$tmp/bin" "$tmp/base" "$tmp/logs"
 if [ -f "$suite/run" ]; then
