@@ -108,7 +108,7 @@ static int lower_find_in(struct ovl_fs *ofs, const struct lower_dir *d,
 			 const char *name, int *layer, struct stat *st,
 			 int *fds)
 {
-	int n = ofs->nlower, k, j, dfd = -1, err;
+	int n = ofs->nlower, k, j, dfd = -1, rk = -1, err;
 	char rname[OVL_REDIRECT_MAX + 1];
 	struct stat tmp;
 
@@ -147,7 +147,8 @@ static int lower_find_in(struct ovl_fs *ofs, const struct lower_dir *d,
 		 * may hold a renamed directory: as the kernel, its parts
 		 * beneath are where its redirect says, not at its name.
 		 */
-		err = ovl_redirect_get(&ofs->fmt, fds[k], rname);
+		err = rk == k ? 0 : ovl_redirect_get(&ofs->fmt, fds[k], rname);
+		rk = k;
 		if (err < 0)
 			return err;
 		if (err && rname[0] == '/') {
