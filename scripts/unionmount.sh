@@ -49,6 +49,7 @@ if [ "$inner" = 1 ]; then
     tmp=$1
     shift
     base=$tmp/base
+    # shellcheck disable=SC2317  # (run by the trap)
     cleanup_mounts() {
         # deepest first: the union mounts, then the tmpfs, then the bin dir
         awk -v t="$tmp" '$2 == t || index($2, t "/") == 1 { print $2 }' \
@@ -105,7 +106,7 @@ EOF
         else
             unset UNIONMOUNT_MNTOPTIONS
         fi
-        args="$sel --fuse=ovlfs --samefs --verify"
+        args=("$sel" --fuse=ovlfs --samefs --verify)
         passed=0
         total=0
         failed=""
@@ -113,7 +114,7 @@ EOF
             total=$((total + 1))
             log=$tmp/logs/$runname-$t.log
             (cd "$tmp/suite" && timeout "${UNIONMOUNT_TIMEOUT:-300}" \
-                python3 ./run $args "$t") >"$log" 2>&1
+                python3 ./run "${args[@]}" "$t") >"$log" 2>&1
             rc=$?
             if [ $rc = 0 ]; then
                 passed=$((passed + 1))
@@ -125,7 +126,7 @@ EOF
         done
         # ./run leaves the union mounted "for further playing": undo it
         (cd "$tmp/suite" && python3 ./run -c) >/dev/null 2>&1
-        echo "unionmount: ./run $args${opts:+ (UNIONMOUNT_MNTOPTIONS=$opts)}: $passed of $total passed${failed:+; failed:$failed}"
+        echo "unionmount: ./run ${args[*]}${opts:+ (UNIONMOUNT_MNTOPTIONS=$opts)}: $passed of $total passed${failed:+; failed:$failed}"
         [ -z "$failed" ] || status=1
     done
     exit $status
