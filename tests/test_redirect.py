@@ -303,6 +303,12 @@ def test_redirects_in_a_lower_layer(work, fmt):
     r.both(lambda p: open(j(p, "e/d2/x"), "a").write("mid\n"))
     r.check()
     r.ovl.umount()
+    if fmt == "kernel":
+        kup = j(work, "kupper")
+        os.mkdir(kup)
+        with KernelOverlay(work, "%s:%s" % (r.upper, r.lower), kup) as k:
+            assert_same_tree(snapshot(k.mnt, hide_private=True),
+                             snapshot(r.oracle), "kernel overlay", "model")
     extra = ["--format", "kernel"] if fmt == "kernel" else []
     upper2, mp2 = j(work, "upper2"), j(work, "mnt2")
     o = Overlay(r.upper, upper=upper2, mp=mp2, extra_args=extra + [
