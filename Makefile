@@ -216,14 +216,17 @@ clean:
 
 # bench/overlay.py: every workload on a plain directory, the kernel overlayfs,
 # fuse-overlayfs and ovlfs (root: loop device and mounts); writes
-# bench/results/latest.{csv,md}; bench/containers.py: a container job on
-# podman's native overlay, fuse-overlayfs and ovlfs (containers.md).
+# bench/results/latest.{csv,md}; bench/copyup.py: directory rename and
+# chmod/chown -R of large lower files (copyup.md); bench/containers.py: a
+# container job on podman's native overlay, fuse-overlayfs and ovlfs
+# (containers.md).
 # bench-quick: smaller dataset, a few minutes. bench-requests: FUSE requests
 # per operation (bench/requests.py), bench/results/requests.{md,json}.
 .PHONY: bench bench-quick bench-requests
 bench:
 	$(SUDO) $(PYTHON) bench/overlay.py --build $(abspath $(BUILD))
 	$(SUDO) $(PYTHON) bench/memory.py --build $(abspath $(BUILD))
+	$(SUDO) $(PYTHON) bench/copyup.py --build $(abspath $(BUILD))
 	$(SUDO) $(PYTHON) bench/containers.py --build $(abspath $(BUILD))
 
 bench-quick:
@@ -231,3 +234,10 @@ bench-quick:
 
 bench-requests:
 	$(SUDO) $(PYTHON) bench/requests.py --reps 3 --build $(abspath $(BUILD))
+
+# unionmount-testsuite (not in Debian, never committed) against build/ovlfs
+# through mount -t fuse.ovlfs: --ov and --ov=10, --samefs --verify.
+# UNIONMOUNT_TESTSUITE=DIR names the suite; without one it is skipped (77).
+.PHONY: unionmount
+unionmount: build
+	$(SUDO) scripts/unionmount.sh

@@ -289,6 +289,49 @@ def test_kernel_written_redirects_read_by_ovlfs(work):
             o.umount()
 
 
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_redirects_in_a_lower_layer(work, fmt):
+    """An upper with renamed directories stacked as a lower (lowerdir=
+    upper:lower, unionmount-testsuite's layer rotation): the renamed
+    directories show their lower parts, followed through the redirects of
+    the middle layer; and renamed again on top."""
+    r = Redirect(work, TREE, fmt)
+    r.both(lambda p: os.rename(j(p, "d"), j(p, "e/d2")))          # absolute
+    r.both(lambda p: os.rename(j(p, "other"), j(p, "other2")))    # relative
+    r.both(lambda p: os.rename(j(p, "e/d2/y"), j(p, "y2")))       # absolute, nested
+    r.both(lambda p: open(j(p, "e/d2/x"), "a").write("mid\n"))
+    r.check()
+    r.ovl.umount()
+    if fmt == "kernel":
+        kup = j(work, "kupper")
+        os.mkdir(kup)
+        with KernelOverlay(work, "%s:%s" % (r.upper, r.lower), kup) as k:
+            assert_same_tree(snapshot(k.mnt, hide_private=True),
+                             snapshot(r.oracle), "kernel overlay", "model")
+    extra = ["--format", "kernel"] if fmt == "kernel" else []
+    upper2, mp2 = j(work, "upper2"), j(work, "mnt2")
+    o = Overlay(r.upper, upper=upper2, mp=mp2, extra_args=extra + [
+        "--lower", "%s:%s" % (r.upper, r.lower)])
+    plain = o.mount_args
+    o.mount_args = lambda foreground=False: [
+        a for a in plain(foreground) if a != o.lower]
+    o.mount()
+    try:
+        assert_same_tree(snapshot(mp2), snapshot(r.oracle))
+        for p in (mp2, r.oracle):
+            os.rename(j(p, "e/d2"), j(p, "d3"))
+            os.rename(j(p, "y2/deeper"), j(p, "other2/deeper"))
+            open(j(p, "d3/w"), "a").write("top\n")
+        assert_same_tree(snapshot(mp2), snapshot(r.oracle))
+        o.umount()
+        o.mount()
+        assert_same_tree(snapshot(mp2), snapshot(r.oracle))
+    finally:
+        if o.mounted:
+            o.umount()
+
+
 # ---- offline operations on an upper holding redirects ----
 
 def renames(p):

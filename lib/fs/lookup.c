@@ -94,6 +94,9 @@ static int ldir_fd(const struct lower_dir *d, int k)
 	return d->lstack ? d->lstack[k] : -1;
 }
 
+static int lower_find_abs(struct ovl_fs *ofs, const char *path, int from,
+			  int *layer, struct stat *st, int *fds);
+
 /*
  * Find NAME in the lower part D of a directory (ns_lock held): 1 with
  * *LAYER and ST set, 0 if no layer shows it, or -errno. If FDS (one slot
@@ -105,7 +108,8 @@ static int lower_find_in(struct ovl_fs *ofs, const struct lower_dir *d,
 			 const char *name, int *layer, struct stat *st,
 			 int *fds)
 {
-	int n = ofs->nlower, k, j, dfd = -1, err;
+	int n = ofs->nlower, k, j, dfd = -1, rk = -1, err;
+	char rname[OVL_REDIRECT_MAX + 1];
 	struct stat tmp;
 
 	for (k = d->lidx; k < n; k++) {
@@ -138,6 +142,21 @@ static int lower_find_in(struct ovl_fs *ofs, const struct lower_dir *d,
 		err = ovl_opaque_get(&ofs->fmt, fds[k]);
 		if (err)
 			return err < 0 ? err : 1;
+		/*
+		 * A lower layer that was an upper once (lowerdir=upper:lower)
+		 * may hold a renamed directory: as the kernel, its parts
+		 * beneath are where its redirect says, not at its name.
+		 */
+		err = rk == k ? 0 : ovl_redirect_get(&ofs->fmt, fds[k], rname);
+		rk = k;
+		if (err < 0)
+			return err;
+		if (err && rname[0] == '/') {
+			err = lower_find_abs(ofs, rname, j, &k, &tmp, fds);
+			return err < 0 ? err : 1;
+		}
+		if (err)
+			name = rname;
 		dfd = ldir_fd(d, j);
 		if (dfd < 0)
 			continue;
@@ -176,10 +195,11 @@ static int lower_find(struct ovl_fs *ofs, struct ovl_node *parent,
 /*
  * lower_find for an absolute redirect PATH ("/a/b"): each component in
  * the lower part of the one before, from the root's, as the lower would
- * show the directory that stood at PATH.
+ * show the directory that stood at PATH; in the lowers from FROM down (a
+ * redirect in a lower layer points into the layers beneath it).
  */
-static int lower_find_abs(struct ovl_fs *ofs, const char *path, int *layer,
-			  struct stat *st, int *fds)
+static int lower_find_abs(struct ovl_fs *ofs, const char *path, int from,
+			  int *layer, struct stat *st, int *fds)
 {
 	int n = ofs->nlower, one = -1, *cur = NULL, *next, err = 0, k;
 	struct lower_dir d;
@@ -191,6 +211,8 @@ static int lower_find_abs(struct ovl_fs *ofs, const char *path, int *layer,
 	d = (struct lower_dir){ ofs->root->lidx,
 				atomic_load(&ofs->root->lower_fd),
 				ofs->root->lstack };
+	if (from > d.lidx)
+		d = (struct lower_dir){ from, ldir_fd(&d, from), d.lstack };
 	for (;;) {
 		while (*s == '/')
 			s++;
@@ -446,7 +468,7 @@ static int lower_of_dir(struct ovl_fs *ofs, struct ovl_node *parent,
 	if (err < 0)
 		return err;
 	if (err && redir[0] == '/')
-		return lower_find_abs(ofs, redir, layer, st, fds);
+		return lower_find_abs(ofs, redir, 0, layer, st, fds);
 	return lower_find(ofs, parent, err ? redir : name, layer, st, fds);
 }
 
