@@ -104,7 +104,16 @@ int fin_stage_meta(struct fin *f, int ud, int ld, const char *name,
 	fin_new_op(f, n);
 	snprintf(old, sizeof(old), "%s.old", n);
 	src = name ? ovl_open_child(ud, name) : dup(ud);
-	lsrc = name ? ovl_open_child(ld, name) : dup(ld);
+	/*
+	 * A renamed directory's old metadata is its source's; a directory
+	 * new to the lower has none (the carrier is never used, but made).
+	 */
+	lsrc = name ? fin_lower_child(f, ld, name) : dup(ld);
+	if (lsrc == -ENOENT && src >= 0) {
+		lsrc = dup(src);
+		if (lsrc < 0)
+			lsrc = -errno;
+	}
 	err = src < 0 ? src : lsrc < 0 ? lsrc : 0;
 	if (!err)
 		err = make_carrier(f, n, src, S_ISDIR(st->st_mode));
@@ -181,6 +190,8 @@ int fin_commit_atomic(struct fin *f)
 		err = fin_jput_path(f, f->upper);
 	if (!err)
 		err = fin_jput(f, "\n", 1);
+	if (!err)	/* first: the walk's paths are those after the renames */
+		err = fin_renames_journal(f);
 	if (!err)
 		err = fin_commit_dir(f, f->upper_fd, f->lower_fd);
 	if (!err)

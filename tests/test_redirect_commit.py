@@ -1,0 +1,297 @@
+"""Renamed directories (redirects) committed as renames in the lower.
+
+`ovlfs commit` and `commit --atomic` apply a directory renamed through the
+mount as one rename in the lower, not as a copy of its tree: the lower
+files of a renamed directory keep their inode numbers (the proof that
+nothing was copied). Each scenario runs on the mount and on a plain copy of
+the lower (the model); after the commit the lower must equal the model.
+A plain commit killed at any instant converges on a retry; an atomic one
+killed at any instant leaves the lower wholly old or wholly new after
+`ovlfs recover`.
+"""
+
+import os
+import random
+import shutil
+import time
+
+import pytest
+
+from conftest import (OVLFS, snapshot, assert_same_tree, run, ovlfs,
+                      kill_after, renameat2, RENAME_EXCHANGE, cp_a)
+from test_redirect import (Redirect, TREE, renames, lower_snap,
+                           strip_dir_mtimes)
+
+
+def j(*p):
+    return os.path.join(*p)
+
+
+FORMATS = ["oci", "kernel"]
+MODES = ["plain", "atomic"]
+
+
+def inodes(root):
+    """Regular file -> inode number, by path."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for n in files:
+            st = os.lstat(j(d, n))
+            out[os.path.relpath(j(d, n), root)] = st.st_ino
+    return out
+
+
+def commit(r, mode, check=True):
+    args = ["commit"] + (["--atomic"] if mode == "atomic" else []) + [
+        "--upper", r.upper, r.lower]
+    res = ovlfs(*args)
+    if check:
+        assert res.returncode == 0, res.err
+        assert not os.path.exists(r.upper)
+        assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-rename"))
+        assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-commit"))
+    return res
+
+
+@pytest.fixture(params=FORMATS)
+def fmt(request):
+    return request.param
+
+
+def nested(p):
+    os.rename(j(p, "d"), j(p, "d2"))
+    os.rename(j(p, "d2/y"), j(p, "d2/y2"))                 # inside
+    os.rename(j(p, "d2/y2/deeper"), j(p, "e/deeper"))      # out of
+    os.rename(j(p, "e"), j(p, "d2/y2/e"))                  # into
+    os.rename(j(p, "d2/y2"), j(p, "top"))
+    open(j(p, "top/e/deeper/z"), "a").write("more\n")
+
+
+def back_and_forth(p):
+    os.rename(j(p, "d"), j(p, "d2"))
+    os.rename(j(p, "d2"), j(p, "d"))
+    os.rename(j(p, "e"), j(p, "other/e"))
+    os.rename(j(p, "other/e"), j(p, "e"))
+
+
+def over_lower_entries(p):
+    os.unlink(j(p, "f"))
+    os.rename(j(p, "d"), j(p, "f"))                        # over a whiteout
+    for n in os.listdir(j(p, "other")):
+        os.unlink(j(p, "other", n))
+    os.rename(j(p, "e"), j(p, "other"))                    # over an empty dir
+
+
+def swap(p):
+    renameat2(j(p, "d"), j(p, "e"), RENAME_EXCHANGE)
+    renameat2(j(p, "d/ed"), j(p, "other"), RENAME_EXCHANGE)
+
+
+def chain(p):
+    os.rename(j(p, "other"), j(p, "o2"))
+    os.rename(j(p, "e"), j(p, "other"))
+    os.rename(j(p, "d"), j(p, "e"))
+
+
+def whiteouts_opaque(p):
+    os.unlink(j(p, "d/gone"))
+    os.unlink(j(p, "d/sub/s"))
+    os.rmdir(j(p, "d/sub"))
+    os.mkdir(j(p, "d/sub"))                                # opaque child
+    open(j(p, "d/sub/t"), "w").write("t")
+    open(j(p, "d/x"), "a").write("changed\n")
+    os.rename(j(p, "d"), j(p, "e/d"))
+    os.unlink(j(p, "e/d/w"))
+    os.rename(j(p, "e/d/y/deep"), j(p, "e/d/deep"))
+
+
+def hard_links(p):
+    os.rename(j(p, "d"), j(p, "d2"))
+    open(j(p, "d2/h1"), "a").write("through h1\n")
+
+
+def old_name_reused(p):
+    os.rename(j(p, "e"), j(p, "d3"))
+    os.mkdir(j(p, "e"))
+    open(j(p, "e/n"), "w").write("n")
+    os.rename(j(p, "d"), j(p, "e/d"))                      # into an opaque dir
+
+
+def into_new_dir(p):
+    os.mkdir(j(p, "n"))
+    os.rename(j(p, "d"), j(p, "n/d"))
+
+
+SCENARIOS = {
+    "renames": renames, "nested": nested, "back_and_forth": back_and_forth,
+    "over_lower_entries": over_lower_entries, "swap": swap, "chain": chain,
+    "whiteouts_opaque": whiteouts_opaque, "hard_links": hard_links,
+    "old_name_reused": old_name_reused, "into_new_dir": into_new_dir,
+}
+
+# Lower files that a rename carries (old path, new path): same inode after
+# the commit.
+KEPT = {
+    "renames": [("d/x", "d2/x"), ("d/sub/s", "d2/sub/s")],
+    "nested": [("d/x", "d2/x"), ("d/y/deep", "top/deep"),
+               ("e/ed/q", "top/e/ed/q")],
+    "back_and_forth": [("d/x", "d/x"), ("e/e1", "e/e1")],
+    "over_lower_entries": [("d/x", "f/x"), ("e/ed/q", "other/ed/q")],
+    "swap": [("d/x", "e/x"), ("e/e1", "d/e1"), ("e/ed/q", "other/q"),
+             ("other/o", "d/ed/o")],
+    "chain": [("other/o", "o2/o"), ("e/e1", "other/e1"), ("d/x", "e/x")],
+    "whiteouts_opaque": [("d/y/deeper/z", "e/d/y/deeper/z")],
+    "hard_links": [("d/x", "d2/x")],
+    "old_name_reused": [("e/e1", "d3/e1"), ("d/x", "e/d/x")],
+    "into_new_dir": [("d/x", "n/d/x")],
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_commit_renames_in_the_lower(work, fmt, mode, name):
+    r = Redirect(work, TREE, fmt)
+    r.both(SCENARIOS[name])
+    r.check()
+    want = snapshot(r.mnt, mtime=True)
+    r.ovl.umount()
+    before = inodes(r.lower)
+    commit(r, mode)
+    assert_same_tree(lower_snap(r.lower), want, "lower after commit", "mount")
+    assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+    after = inodes(r.lower)
+    for old, new in KEPT[name]:
+        assert after[new] == before[old], \
+            "%s (was %s) was copied, not renamed" % (new, old)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_commit_of_renamed_big_dir_copies_nothing(work, fmt, mode):
+    """10,000 files renamed: the commit renames the directory in the lower
+    (same directory inode, same file inodes) and is quick."""
+    spec = {"big": {"f%05d" % i: "data %d\n" % i for i in range(10000)},
+            "dst": {}}
+    r = Redirect(work, spec, fmt)
+    r.both(lambda p: os.rename(j(p, "big"), j(p, "dst/big2")))
+    r.ovl.umount()
+    dino = os.lstat(j(r.lower, "big")).st_ino
+    before = inodes(j(r.lower, "big"))
+    t = time.monotonic()
+    commit(r, mode)
+    took = time.monotonic() - t
+    assert os.lstat(j(r.lower, "dst/big2")).st_ino == dino
+    assert inodes(j(r.lower, "dst/big2")) == before
+    assert not os.path.exists(j(r.lower, "big"))
+    assert took < 5, "commit took %.2f s" % took
+
+
+def test_commit_refuses_a_redirect_to_nothing(work, fmt):
+    """A redirect naming no lower directory: the commit fails naming the
+    directory and the redirect, and changes nothing."""
+    r = Redirect(work, TREE, fmt)
+    r.both(lambda p: os.rename(j(p, "d"), j(p, "d2")))
+    r.ovl.umount()
+    shutil.rmtree(j(r.lower, "d"))
+    os.mkdir(j(r.lower, "d"))       # keep the whiteout's target a directory
+    os.rmdir(j(r.lower, "d"))
+    lower0, upper0 = lower_snap(r.lower), snapshot(r.upper, mtime=True)
+    for mode in MODES:
+        res = commit(r, mode, check=False)
+        assert res.returncode == 1, res.err
+        assert "d2" in res.err and "\"d\"" in res.err, res.err
+        assert lower_snap(r.lower) == lower0
+        assert snapshot(r.upper, mtime=True) == upper0
+
+
+def kill_scenario(p):
+    nested(p)
+    swap_free = j(p, "other")
+    os.rename(swap_free, j(p, "top/other"))
+    os.unlink(j(p, "d2/gone"))
+    os.mkdir(j(p, "n"))
+    os.rename(j(p, "d2"), j(p, "n/d2"))
+
+
+def test_plain_commit_killed_converges(work, fmt):
+    """A plain commit with renames killed at random instants (and its retry
+    killed too, sometimes): a retry always ends with the model's lower."""
+    r = Redirect(work, TREE, fmt)
+    r.both(kill_scenario)
+    r.ovl.umount()
+    saved_l, saved_u = j(work, "saved-lower"), j(work, "saved-upper")
+    cp_a(r.lower, saved_l)
+    cp_a(r.upper, saved_u)
+    cmd = [OVLFS, "commit", "--quiet", "--upper", r.upper, r.lower]
+    t = time.monotonic()
+    res = run(cmd, timeout=60)
+    assert res.returncode == 0, res.err
+    took = time.monotonic() - t
+    want = snapshot(r.oracle)
+    assert_same_tree(snapshot(r.lower), want, "lower", "model")
+    rnd = random.Random(int(os.environ.get("OVLFS_CRASH_SEED", "15")))
+    for trial in range(16):
+        for p, s in ((r.lower, saved_l), (r.upper, saved_u)):
+            if os.path.lexists(p):
+                shutil.rmtree(p)
+            cp_a(s, p)
+        killed = kill_after(cmd, rnd.uniform(0, took * 1.2))
+        if killed and trial % 3 == 0:
+            kill_after(cmd, rnd.uniform(0, took))
+        if os.path.exists(r.upper):
+            res = run(cmd, timeout=60)
+            assert res.returncode == 0, "trial %d: %s" % (trial, res.err)
+        assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-rename"))
+        assert_same_tree(snapshot(r.lower), want,
+                         "lower after retry (trial %d, killed %s)" % (trial, killed),
+                         "model")
+
+
+def test_atomic_commit_killed_is_all_or_nothing(work, fmt):
+    """An atomic commit with renames (sources nested, a swap, a target in a
+    renamed directory) killed at random instants: after `ovlfs recover` the
+    lower is wholly old or wholly new (file inodes included), and a second
+    commit then ends with the new one."""
+    def ops(p):
+        nested(p)
+        renameat2(j(p, "top"), j(p, "other"), RENAME_EXCHANGE)
+        os.unlink(j(p, "d2/gone"))
+        os.chmod(j(p, "d2/x"), 0o600)
+    r = Redirect(work, TREE, fmt)
+    r.both(ops)
+    r.ovl.umount()
+    old = strip_dir_mtimes(lower_snap(r.lower))
+    old_ino = inodes(r.lower)
+    saved_l, saved_u = j(work, "saved-lower"), j(work, "saved-upper")
+    cp_a(r.lower, saved_l)
+    cp_a(r.upper, saved_u)
+    cmd = [OVLFS, "commit", "--atomic", "--quiet", "--upper", r.upper, r.lower]
+    t = time.monotonic()
+    res = run(cmd, timeout=60)
+    assert res.returncode == 0, res.err
+    took = time.monotonic() - t
+    new = strip_dir_mtimes(lower_snap(r.lower))
+    assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+    rnd = random.Random(int(os.environ.get("OVLFS_CRASH_SEED", "15")))
+    outcomes = set()
+    for trial in range(24):
+        for p, s in ((r.lower, saved_l), (r.upper, saved_u)):
+            if os.path.lexists(p):
+                shutil.rmtree(p)
+            cp_a(s, p)
+        old_ino = inodes(r.lower)
+        killed = kill_after(cmd, rnd.uniform(0, took * 1.3))
+        rec = ovlfs("recover", "--upper", r.upper, r.lower)
+        assert rec.returncode == 0, rec.err
+        assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-commit"))
+        now = strip_dir_mtimes(lower_snap(r.lower))
+        if now == new:
+            outcomes.add("new")
+            continue
+        outcomes.add("old")
+        assert_same_tree(now, old, "lower after kill (trial %d, killed %s)"
+                         % (trial, killed), "old lower")
+        assert inodes(r.lower) == old_ino, "trial %d" % trial
+        res = run(cmd, timeout=60)
+        assert res.returncode == 0, res.err
+        assert_same_tree(strip_dir_mtimes(lower_snap(r.lower)), new,
+                         "lower after a second commit", "new tree")
