@@ -295,3 +295,144 @@ def test_atomic_commit_killed_is_all_or_nothing(work, fmt):
         assert res.returncode == 0, res.err
         assert_same_tree(strip_dir_mtimes(lower_snap(r.lower)), new,
                          "lower after a second commit", "new tree")
+
+
+# Calls that change a layer: a kill before each of them, in turn, is a
+# crash at every step of a commit (strace delivers the signal on entry).
+CHANGING = ("rename,renameat,renameat2,mkdir,mkdirat,unlink,unlinkat,rmdir,"
+            "link,linkat,symlinkat,mknodat,fsync,syncfs,setxattr,fsetxattr,"
+            "lsetxattr,removexattr,fremovexattr,lremovexattr")
+
+
+def killed_at(cmd, n):
+    """Run CMD, SIGKILLed just before its Nth layer-changing call; True if
+    it was (else it ran to its end, successfully)."""
+    res = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e",
+               "trace=" + CHANGING, "-e",
+               "inject=%s:signal=KILL:when=%d" % (CHANGING, n)] + cmd,
+              timeout=60)
+    if res.returncode == 0:
+        return False
+    assert res.returncode in (137, -9), res.err
+    return True
+
+
+def crash_pair(work, fmt):
+    def ops(p):
+        nested(p)
+        renameat2(j(p, "top"), j(p, "other"), RENAME_EXCHANGE)
+        os.unlink(j(p, "d2/gone"))
+        os.chmod(j(p, "d2/x"), 0o600)
+        os.mkdir(j(p, "n"))
+        os.rename(j(p, "d2"), j(p, "n/d2"))
+    r = Redirect(work, TREE, fmt)
+    r.both(ops)
+    r.ovl.umount()
+    saved_l, saved_u = j(work, "saved-lower"), j(work, "saved-upper")
+    cp_a(r.lower, saved_l)
+    cp_a(r.upper, saved_u)
+
+    def restore():
+        for p, s in ((r.lower, saved_l), (r.upper, saved_u)):
+            if os.path.lexists(p):
+                shutil.rmtree(p)
+            cp_a(s, p)
+    return r, restore
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
+def test_atomic_commit_crash_at_every_step(work, fmt):
+    """An atomic commit with renames killed before each of its changing
+    calls in turn: after `ovlfs recover` the lower is wholly old (its file
+    inodes too) or wholly new, and the new one keeps the renamed files'
+    inodes."""
+    r, restore = crash_pair(work, fmt)
+    old = strip_dir_mtimes(lower_snap(r.lower))
+    old_ino = inodes(r.lower)
+    cmd = [OVLFS, "commit", "--atomic", "--quiet", "--upper", r.upper, r.lower]
+    n, seen = 1, set()
+    while True:
+        restore()
+        old_ino = inodes(r.lower)
+        killed = killed_at(cmd, n)
+        rec = ovlfs("recover", "--upper", r.upper, r.lower)
+        assert rec.returncode == 0, rec.err
+        assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-commit"))
+        now = strip_dir_mtimes(lower_snap(r.lower))
+        if not killed or not os.path.exists(r.upper):
+            assert_same_tree(snapshot(r.lower), snapshot(r.oracle),
+                             "lower (killed at call %d)" % n, "model")
+            assert inodes(r.lower)["n/d2/x"] == old_ino["d/x"]
+            seen.add("new")
+        else:
+            assert_same_tree(now, old, "lower (killed at call %d)" % n, "old")
+            assert inodes(r.lower) == old_ino, "killed at call %d" % n
+            seen.add("old")
+        if not killed:
+            break
+        n += 1
+    assert seen == {"old", "new"} and n > 10, (seen, n)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
+def test_plain_commit_crash_at_every_step(work, fmt):
+    """A plain commit with renames killed before each of its changing calls
+    in turn, then run again (killed again at a later call, sometimes): it
+    ends with the model's lower, the renamed files' inodes kept."""
+    r, restore = crash_pair(work, fmt)
+    old_ino = inodes(r.lower)
+    cmd = [OVLFS, "commit", "--quiet", "--upper", r.upper, r.lower]
+    n = 1
+    while True:
+        restore()
+        old_ino = inodes(r.lower)
+        killed = killed_at(cmd, n)
+        if killed and n % 4 == 0 and os.path.exists(r.upper):
+            killed_at(cmd, n // 2)
+        if os.path.exists(r.upper):
+            res = run(cmd, timeout=60)
+            assert res.returncode == 0, "killed at call %d: %s" % (n, res.err)
+        assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-rename"))
+        assert_same_tree(snapshot(r.lower), snapshot(r.oracle),
+                         "lower (killed at call %d)" % n, "model")
+        assert inodes(r.lower)["n/d2/x"] == old_ino["d/x"], n
+        if not killed:
+            break
+        n += 1
+    assert n > 10, n
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
+def test_atomic_commit_failing_rename_rolls_back(work, fmt):
+    """The Nth rename of an atomic commit with renames fails (EIO), for each
+    N in turn: the commit fails with the lower wholly old and the upper kept
+    (rolled back: the renamed directories go back where they were), or, a
+    rename of the cleanup failing, says how to finish."""
+    r, restore = crash_pair(work, fmt)
+    old = strip_dir_mtimes(lower_snap(r.lower))
+    cmd = [OVLFS, "commit", "--atomic", "--quiet", "--upper", r.upper, r.lower]
+    calls = "rename,renameat,renameat2"
+    n, rolled = 1, 0
+    while True:
+        restore()
+        old_ino = inodes(r.lower)
+        res = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e",
+                   "trace=" + calls, "-e",
+                   "inject=%s:error=EIO:when=%d" % (calls, n)] + cmd, timeout=60)
+        if res.returncode == 0:
+            break
+        assert res.returncode == 1, res.err
+        if os.path.exists(j(r.lower, ".wh..wh.ovlfs-commit")):
+            rec = ovlfs("recover", "--upper", r.upper, r.lower)
+            assert rec.returncode == 0, rec.err
+        if "rolled back" in res.err or "unchanged" in res.err:
+            rolled += 1
+            assert_same_tree(strip_dir_mtimes(lower_snap(r.lower)), old,
+                             "lower (rename %d failed)" % n, "old")
+            assert inodes(r.lower) == old_ino, n
+            assert os.path.exists(r.upper)
+        else:
+            assert_same_tree(snapshot(r.lower), snapshot(r.oracle),
+                             "lower (rename %d failed)" % n, "model")
+        n += 1
+    assert rolled > 5, (rolled, n)

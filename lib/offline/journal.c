@@ -364,7 +364,13 @@ static int undo_op(struct fin *f, char op, const char *n, char *path,
 			err = -errno;
 		break;
 	case 'P':
-		if (fin_exists_at(f->stage_fd, back))
+		/*
+		 * Undone already (its V is), or never applied (its V was not:
+		 * stage/N is empty then too, and the target the old one).
+		 */
+		snprintf(old, sizeof(old), "%s.v", n);
+		if (fin_exists_at(f->stage_fd, back) ||
+		    !fin_exists_at(f->stage_fd, old))
 			break;
 		/* fall through */
 	case 'R':
