@@ -436,3 +436,102 @@ def test_atomic_commit_failing_rename_rolls_back(work, fmt):
                              "lower (rename %d failed)" % n, "model")
         n += 1
     assert rolled > 5, (rolled, n)
+
+
+# ---- diff: a renamed directory is one rename ----
+
+def tree_paths(root):
+    out = set()
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            if not n.startswith(".wh."):
+                out.add("/" + os.path.relpath(j(d, n), root))
+    return out
+
+
+def replay(lower_paths, changes):
+    """The lower's paths after CHANGES (diff --json). The renames happen
+    at once, as a commit does them (a swap, a chain): each "from" names the
+    lower as it was, so every renamed tree is taken out first (the deepest
+    first: a source inside another leaves it), then put in place where its
+    R comes."""
+    cur = {p: p for p in lower_paths}          # current path -> original
+    out = {}
+    for ch in sorted((c for c in changes if c["change"] == "R"),
+                     key=lambda c: -c["from"].count("/")):
+        src = ch["from"]
+        assert src in cur, "%s renamed from %s, which is gone" % (ch["path"], src)
+        out[src] = {c[len(src):]: o for c, o in cur.items()
+                    if c == src or c.startswith(src + "/")}
+        for c in out[src]:
+            del cur[src + c]
+    for ch in changes:
+        p, kind = ch["path"], ch["change"]
+        if kind == "D":
+            assert p in cur, "%s deleted but not there" % p
+            del cur[p]
+        elif kind == "A":
+            assert p not in cur, "%s added but there" % p
+            cur[p] = None
+        elif kind == "M":
+            assert p in cur, "%s modified but not there" % p
+        elif kind == "R":
+            assert p not in cur, "%s renamed over an entry" % p
+            for c, o in out.pop(ch["from"]).items():
+                cur[p + c] = o
+        else:
+            raise AssertionError("unknown change %r" % kind)
+    return set(cur)
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_diff_reports_renames(work, fmt, name):
+    """diff --json and text: the changes, replayed on the lower's paths
+    (renames as moves of the old path), give the merged view's paths; a
+    lower directory's rename is one R change, never its tree added."""
+    import json
+    r = Redirect(work, TREE, fmt)
+    r.both(SCENARIOS[name])
+    merged = tree_paths(r.mnt)
+    r.ovl.umount()
+    lower = tree_paths(r.lower)
+    res = ovlfs("diff", "--json", "--upper", r.upper, r.lower)
+    assert res.returncode == 0, res.err
+    doc = json.loads(res.out)
+    changes = doc["changes"]
+    assert replay(lower, changes) == merged
+    renamed = [c for c in changes if c["change"] == "R"]
+    for c in renamed:
+        assert c["type"] == "dir" and c["from"] != c["path"]
+    assert doc["summary"]["renamed"] == len(renamed)
+    for old, new in KEPT[name]:
+        if old != new:
+            assert not any(c["path"] == "/" + new and c["change"] == "A"
+                           for c in changes), "/%s reported added" % new
+    text = ovlfs("diff", "--upper", r.upper, r.lower)
+    assert text.returncode == 0, text.err
+    lines = text.out.splitlines()
+    assert len(lines) == len(changes) + 1
+    for line, c in zip(lines, changes):
+        assert line.startswith("%s %s" % (c["change"], c["path"])), line
+        if c["change"] == "R":
+            assert line.startswith("R %s (from %s" % (c["path"], c["from"]))
+
+
+def test_diff_rename_output(work):
+    r = Redirect(work, TREE, "oci")
+    r.both(renames)
+    r.ovl.umount()
+    res = ovlfs("diff", "--upper", r.upper, r.lower)
+    assert res.returncode == 0, res.err
+    assert res.out == (
+        "R /d2 (from /d; mtime)\n"
+        "D /d2/gone\n"
+        "R /deeper (from /d/y/deeper)\n"
+        "D /f\n"
+        "R /f (from /other)\n"
+        "A /n\n"
+        "R /n/e (from /e; mtime)\n"
+        "R /n/e/y (from /d/y; mtime)\n"
+        "M /n/e/y/deep (content, mtime)\n"
+        "1 added, 1 modified, 2 deleted, 5 renamed; 10 bytes added or changed\n")
