@@ -535,3 +535,27 @@ def test_diff_rename_output(work):
         "R /n/e/y (from /d/y; mtime)\n"
         "M /n/e/y/deep (content, mtime)\n"
         "1 added, 1 modified, 2 deleted, 5 renamed; 10 bytes added or changed\n")
+
+
+# ---- flatten and convert of nested renames ----
+
+@pytest.mark.parametrize("name", ["nested", "swap", "chain", "old_name_reused"])
+def test_flatten_and_convert_nested_renames(work, fmt, name):
+    """flatten writes the merged view of nested renames; convert to the
+    other format keeps every redirect, and a commit after it renames."""
+    r = Redirect(work, TREE, fmt)
+    r.both(SCENARIOS[name])
+    r.ovl.umount()
+    dest = j(work, "flat")
+    res = ovlfs("flatten", "--upper", r.upper, r.lower, dest)
+    assert res.returncode == 0, res.err
+    assert_same_tree(snapshot(dest), snapshot(r.oracle), "flattened", "model")
+    to = "oci" if fmt == "kernel" else "kernel"
+    res = ovlfs("convert", "--to", to, "--upper", r.upper, r.lower)
+    assert res.returncode == 0, res.err
+    before = inodes(r.lower)
+    res = commit(r, "plain")
+    assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+    after = inodes(r.lower)
+    for old, new in KEPT[name]:
+        assert after[new] == before[old], "%s copied" % new
