@@ -559,3 +559,37 @@ def test_flatten_and_convert_nested_renames(work, fmt, name):
     after = inodes(r.lower)
     for old, new in KEPT[name]:
         assert after[new] == before[old], "%s copied" % new
+
+
+def test_commit_into_one_of_several_lowers(work):
+    """Several lowers, commit --into one: a directory renamed within that
+    lower is renamed there; one whose lower part is in another lower is
+    refused, naming it, with nothing changed (the commit sees one lower: a
+    copy or a whiteout there would lose the other lower's tree)."""
+    from test_layers import lowers_overlay
+    top, bottom = j(work, "top"), j(work, "bottom")
+    os.mkdir(top)
+    os.mkdir(bottom)
+    os.makedirs(j(top, "t/sub"))
+    open(j(top, "t/sub/f"), "w").write("f")
+    os.makedirs(j(bottom, "b"))
+    open(j(bottom, "b/g"), "w").write("g")
+    upper = j(work, "upper")
+    o = lowers_overlay([top, bottom], upper, j(work, "mnt"))
+    o.mount()
+    os.rename(j(o.mp, "t"), j(o.mp, "t2"))
+    o.umount()
+    spec = top + ":" + bottom
+    ino = os.lstat(j(top, "t/sub/f")).st_ino
+    r = run([OVLFS, "commit", "--lower", spec, "-u", upper, "--into", top])
+    assert r.returncode == 0, r.err
+    assert os.lstat(j(top, "t2/sub/f")).st_ino == ino
+    assert not os.path.exists(j(top, "t"))
+    o.mount()
+    os.rename(j(o.mp, "b"), j(o.mp, "b2"))
+    o.umount()
+    before = snapshot(top, mtime=True), snapshot(upper, mtime=True)
+    r = run([OVLFS, "commit", "--lower", spec, "-u", upper, "--into", top])
+    assert r.returncode == 1, r.err
+    assert "b2" in r.err and "\"b\"" in r.err, r.err
+    assert (snapshot(top, mtime=True), snapshot(upper, mtime=True)) == before
