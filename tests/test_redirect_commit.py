@@ -234,6 +234,7 @@ def test_plain_commit_killed_converges(work, fmt):
             if os.path.lexists(p):
                 shutil.rmtree(p)
             cp_a(s, p)
+        ino = os.lstat(j(r.lower, "d/x")).st_ino
         killed = kill_after(cmd, rnd.uniform(0, took * 1.2))
         if killed and trial % 3 == 0:
             kill_after(cmd, rnd.uniform(0, took))
@@ -244,6 +245,7 @@ def test_plain_commit_killed_converges(work, fmt):
         assert_same_tree(snapshot(r.lower), want,
                          "lower after retry (trial %d, killed %s)" % (trial, killed),
                          "model")
+        assert os.lstat(j(r.lower, "n/d2/x")).st_ino == ino, "copied"
 
 
 def test_atomic_commit_killed_is_all_or_nothing(work, fmt):
@@ -286,6 +288,7 @@ def test_atomic_commit_killed_is_all_or_nothing(work, fmt):
         now = strip_dir_mtimes(lower_snap(r.lower))
         if now == new:
             outcomes.add("new")
+            assert inodes(r.lower)["d2/x"] == old_ino["d/x"], "copied"
             continue
         outcomes.add("old")
         assert_same_tree(now, old, "lower after kill (trial %d, killed %s)"
