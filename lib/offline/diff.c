@@ -210,6 +210,7 @@ static int open_stat(struct diff_ctx *c, int dfd, const char *name,
 static const struct diff_src *find_src(const struct diff_ctx *c,
 				       const struct stat *st)
 {
+	/* NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult): assumes -errno >= 0 */
 	if (!S_ISDIR(st->st_mode))
 		return NULL;
 	for (size_t i = 0; i < c->nsrc; i++)
@@ -558,6 +559,7 @@ static int walk_merged(struct diff_ctx *c, int ufd, int sfd,
 			csfd = -1;
 			redirected = false;
 			err = fd < 0 ? fd : 0;
+			/* NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult): assumes -errno >= 0 */
 			if (!err && S_ISDIR(st.st_mode)) {
 				csfd = lower_source(c, fd, cmp == 0 ? sfd : -1,
 						    name, &redirected);
@@ -632,7 +634,7 @@ static int collect_sources(struct diff_ctx *c, int ufd, int sfd, const char *lp)
 				err = ovl_set_error(c->fs, -ENOMEM, "diff: out of memory");
 			}
 		}
-		if (!err && csfd >= 0 && redirected && strcmp(clp, c->path) &&
+		if (!err && csfd >= 0 && redirected && clp && strcmp(clp, c->path) &&
 		    fstat(csfd, &st) == 0) {
 			if (ovl_grow((void **)&c->src, &c->srccap, c->nsrc + 1,
 				     sizeof(*c->src), 8))

@@ -342,6 +342,7 @@ static int open_parent(int root, char *p, char **last, bool create)
 	char *s = p, *e;
 	struct stat st;
 
+	*last = p;
 	if (fd < 0)
 		return -errno;
 	for (;;) {
@@ -438,9 +439,9 @@ static int read_plan(struct fin *f, int wfd)
 	    pread(fd, text, st.st_size, 0) != st.st_size)
 		err = errno ? -errno : -EIO;
 	close(fd);
-	if (err) {
+	if (err || !text) {
 		free(text);
-		return err;
+		return err ? err : -ENOMEM;
 	}
 	text[st.st_size] = '\0';
 	for (line = strtok_r(text, "\n", &save); line && !err && !ended;
@@ -563,7 +564,7 @@ out:
 	return err;
 }
 
-static int place_targets(struct fin *f, int wfd)
+static int place_targets(struct fin *f, int work)
 {
 	size_t *o = order(f, false);
 	char n[32], path[PATH_MAX], *last;
@@ -573,7 +574,7 @@ static int place_targets(struct fin *f, int wfd)
 		const struct fin_rename *r = &f->renames[o[i]];
 
 		snprintf(n, sizeof(n), "%lu", r->n);
-		if (!fin_exists_at(wfd, n))
+		if (!fin_exists_at(work, n))
 			continue;	/* placed before a kill */
 		snprintf(path, sizeof(path), "%s", r->dst);
 		pfd = open_parent(f->lower_fd, path, &last, true);
@@ -581,7 +582,7 @@ static int place_targets(struct fin *f, int wfd)
 		/* The renamed directory hid what the lower had here. */
 		if (!err && fin_exists_at(pfd, last))
 			err = ovl_remove_tree(pfd, last);
-		if (!err && renameat(wfd, n, pfd, last) < 0)
+		if (!err && renameat(work, n, pfd, last) < 0)
 			err = -errno;
 		if (pfd >= 0)
 			close(pfd);
