@@ -596,3 +596,31 @@ def test_commit_into_one_of_several_lowers(work):
     assert r.returncode == 1, r.err
     assert "b2" in r.err and "\"b\"" in r.err, r.err
     assert (snapshot(top, mtime=True), snapshot(upper, mtime=True)) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_rename_across_a_mount_in_the_lower_is_copied(work):
+    """A renamed directory whose lower part is on another filesystem
+    mounted inside the lower cannot be renamed (EXDEV): the plain commit
+    copies it (the fallback), and the lower ends as the merged view. (An
+    atomic commit cannot change anything inside such a mount at all: its
+    stage and trash are on the lower's own filesystem.)"""
+    mode = "plain"
+    r = Redirect(work, {"m": {}, "t": {"x": "x\\n"}}, "oci")
+    r.ovl.umount()
+    m = j(r.lower, "m")
+    run(["mount", "-t", "tmpfs", "-o", "size=16m", "ovlfs-test", m], check=True)
+    try:
+        os.makedirs(j(m, "dir/sub"))
+        open(j(m, "dir/sub/f"), "w").write("f\n")
+        shutil.rmtree(r.oracle)
+        cp_a(r.lower, r.oracle)
+        r.ovl.mount()
+        r.both(lambda p: os.rename(j(p, "m/dir"), j(p, "dir2")))
+        r.both(lambda p: os.rename(j(p, "t"), j(p, "m/t2")))
+        r.check()
+        r.ovl.umount()
+        commit(r, mode)
+        assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+    finally:
+        run(["umount", m], check=True)

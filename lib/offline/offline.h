@@ -149,7 +149,10 @@ int fin_commit_dir(struct fin *f, int ud, int ld);
 /* Commit F's upper into its lower, in place or ATOMIC; 0 or -errno. */
 int fin_commit(struct fin *f, bool atomic);
 
-/* ===== redirect.c: renamed directories made plain before a commit ===== */
+/*
+ * ===== redirect.c: renamed directories made plain before a commit =====
+ * (only where rename.c cannot rename: a source on another filesystem)
+ */
 
 /*
  * Give every upper directory that shows lower entries from elsewhere (a
