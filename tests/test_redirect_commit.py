@@ -624,3 +624,19 @@ def test_rename_across_a_mount_in_the_lower_is_copied(work):
         assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
     finally:
         run(["umount", m], check=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_persistent_inode_numbers_survive_the_commit(work, fmt, mode):
+    """With persistent inode numbers, a file of a renamed directory has the
+    same number through the mount before the rename, after it, and after
+    the commit (the lower file was renamed, not copied)."""
+    r = Redirect(work, TREE, fmt, inode_mode="persistent")
+    before = os.lstat(r.m("d/y/deep")).st_ino
+    os.rename(r.m("d"), r.m("e/moved"))
+    assert os.lstat(r.m("e/moved/y/deep")).st_ino == before
+    r.ovl.umount()
+    commit(r, mode)
+    r.ovl.mount()
+    assert os.lstat(r.m("e/moved/y/deep")).st_ino == before
+    r.ovl.umount()
