@@ -640,3 +640,35 @@ def test_persistent_inode_numbers_survive_the_commit(work, fmt, mode):
     r.ovl.mount()
     assert os.lstat(r.m("e/moved/y/deep")).st_ino == before
     r.ovl.umount()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
+def test_killed_renames_refuse_other_commands(work):
+    """A plain commit killed with renamed directories on their way (in its
+    work directory in the lower): mount, diff, discard and recover refuse,
+    saying to run the commit again, and change nothing; the commit run
+    again finishes."""
+    r, restore = crash_pair(work, "oci")
+    cmd = [OVLFS, "commit", "--quiet", "--upper", r.upper, r.lower]
+    wd = j(r.lower, ".wh..wh.ovlfs-rename")
+    for n in range(1, 200):
+        restore()
+        if not killed_at(cmd, n):
+            pytest.fail("no kill left the renames half done")
+        if os.path.isdir(wd) and len(os.listdir(wd)) > 2:
+            break
+    lower0, upper0 = lower_snap(r.lower), snapshot(r.upper, mtime=True)
+    for args in (["diff", "--upper", r.upper, r.lower],
+                 ["discard", "--upper", r.upper, r.lower],
+                 ["recover", "--upper", r.upper, r.lower]):
+        res = ovlfs(*args)
+        assert res.returncode == 1, (args, res.out, res.err)
+        assert "run `ovlfs commit --upper %s %s` again" % (r.upper, r.lower) \
+            in res.err, res.err
+    res = r.ovl.mount(check=False)
+    assert res.returncode != 0 and "ovlfs commit" in res.err, res.err
+    assert lower_snap(r.lower) == lower0
+    assert snapshot(r.upper, mtime=True) == upper0
+    res = run(cmd)
+    assert res.returncode == 0, res.err
+    assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")

@@ -320,6 +320,28 @@ out:
 }
 
 /*
+ * A plain commit killed while renaming directories in the lower (rename.c)
+ * has moved some of them into its work directory: the layers show a wrong
+ * tree, and only that commit, run again, puts them where they go (a
+ * discard would strand them). -EBUSY with a message saying so, or 0.
+ */
+static int refuse_pending_renames(struct ovlfs *fs, const char *what,
+				  int lower_fd, const char *lower,
+				  const char *upper)
+{
+	bool named = fs->upper_set && upper;
+	struct stat st;
+
+	if (fstatat(lower_fd, OVL_RENAME_WORKDIR, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return 0;
+	return ovl_set_error(fs, -EBUSY,
+			     "%s: interrupted commit in %s (%s/%s, renamed directories on their way): run `ovlfs commit %s%s%s%s` again first",
+			     what, lower, lower, OVL_RENAME_WORKDIR,
+			     named ? "--upper " : "", named ? upper : "",
+			     named ? " " : "", lower);
+}
+
+/*
  * Commands that read the layers or change only the upper (diff, export,
  * apply, convert, discard) would see, or make, a half-applied lower and a
  * committed or half-removed upper; only recovery writes the lower, and
@@ -343,6 +365,8 @@ int ovl_refuse_pending_commit(struct ovlfs *fs, const char *what,
 				    "%s: interrupted atomic commit in %s (%s/%s): run `%s` first",
 				    what, lower, lower, OVL_COMMIT_WORKDIR,
 				    recover_cmd(fs, lower, upper, cmd, sizeof(cmd)));
+	else if (errno == ENOENT)
+		err = refuse_pending_renames(fs, what, fd, lower, upper);
 	else if (errno != ENOENT)
 		err = ovl_set_error(fs, -errno, "%s: lower %s: %s/%s: %s", what,
 				    lower, lower, OVL_COMMIT_WORKDIR, strerror(errno));
@@ -357,6 +381,20 @@ int ovl_recover_lower(struct ovlfs *fs, const char *lower, const char *upper)
 	char p[PATH_MAX];
 	int err;
 
+	/* A killed plain commit's renames: only that commit can finish. */
+	if (snprintf(p, sizeof(p), "%s/%s", lower, OVL_RENAME_WORKDIR) >= (int)sizeof(p))
+		return ovl_set_error(fs, -ENAMETOOLONG, "lower %s: %s", lower,
+				     strerror(ENAMETOOLONG));
+	if (lstat(p, &st) == 0) {
+		int fd = open(lower, O_PATH | O_DIRECTORY | O_CLOEXEC);
+
+		err = fd < 0 ? ovl_set_error(fs, -errno, "lower %s: %s", lower,
+					     strerror(errno)) :
+			       refuse_pending_renames(fs, "lower", fd, lower, upper);
+		if (fd >= 0)
+			close(fd);
+		return err;
+	}
 	/* The common case, cheaply: no work directory, nothing to do. */
 	if (snprintf(p, sizeof(p), "%s/%s", lower, OVL_COMMIT_WORKDIR) >= (int)sizeof(p))
 		return ovl_set_error(fs, -ENAMETOOLONG, "lower %s: %s", lower,
