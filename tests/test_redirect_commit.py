@@ -320,7 +320,7 @@ def killed_at(cmd, n):
     return True
 
 
-def crash_pair(work, fmt):
+def crash_pair(work, fmt, scenario=None):
     def ops(p):
         nested(p)
         renameat2(j(p, "top"), j(p, "other"), RENAME_EXCHANGE)
@@ -329,7 +329,7 @@ def crash_pair(work, fmt):
         os.mkdir(j(p, "n"))
         os.rename(j(p, "d2"), j(p, "n/d2"))
     r = Redirect(work, TREE, fmt)
-    r.both(ops)
+    r.both(scenario or ops)
     r.ovl.umount()
     saved_l, saved_u = j(work, "saved-lower"), j(work, "saved-upper")
     cp_a(r.lower, saved_l)
@@ -343,16 +343,26 @@ def crash_pair(work, fmt):
     return r, restore
 
 
+def over_and_into(p):
+    over_lower_entries(p)
+    os.mkdir(j(p, "n"))
+    os.rename(j(p, "f"), j(p, "n/f"))
+    open(j(p, "n/f/x"), "a").write("more\n")
+
+
 @pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
-def test_atomic_commit_crash_at_every_step(work, fmt):
+@pytest.mark.parametrize("scenario", [None, over_and_into],
+                         ids=["nested-swap", "over-entries"])
+def test_atomic_commit_crash_at_every_step(work, fmt, scenario):
     """An atomic commit with renames killed before each of its changing
     calls in turn: after `ovlfs recover` the lower is wholly old (its file
     inodes too) or wholly new, and the new one keeps the renamed files'
     inodes."""
-    r, restore = crash_pair(work, fmt)
+    r, restore = crash_pair(work, fmt, scenario)
     old = strip_dir_mtimes(lower_snap(r.lower))
     old_ino = inodes(r.lower)
     cmd = [OVLFS, "commit", "--atomic", "--quiet", "--upper", r.upper, r.lower]
+    kept = ("n/d2/x", "d/x") if scenario is None else ("n/f/w", "d/w")
     n, seen = 1, set()
     while True:
         restore()
@@ -365,7 +375,7 @@ def test_atomic_commit_crash_at_every_step(work, fmt):
         if not killed or not os.path.exists(r.upper):
             assert_same_tree(snapshot(r.lower), snapshot(r.oracle),
                              "lower (killed at call %d)" % n, "model")
-            assert inodes(r.lower)["n/d2/x"] == old_ino["d/x"]
+            assert inodes(r.lower)[kept[0]] == old_ino[kept[1]]
             seen.add("new")
         else:
             assert_same_tree(now, old, "lower (killed at call %d)" % n, "old")
@@ -378,13 +388,15 @@ def test_atomic_commit_crash_at_every_step(work, fmt):
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
-def test_plain_commit_crash_at_every_step(work, fmt):
+@pytest.mark.parametrize("scenario", [None, over_and_into],
+                         ids=["nested-swap", "over-entries"])
+def test_plain_commit_crash_at_every_step(work, fmt, scenario):
     """A plain commit with renames killed before each of its changing calls
     in turn, then run again (killed again at a later call, sometimes): it
     ends with the model's lower, the renamed files' inodes kept."""
-    r, restore = crash_pair(work, fmt)
-    old_ino = inodes(r.lower)
+    r, restore = crash_pair(work, fmt, scenario)
     cmd = [OVLFS, "commit", "--quiet", "--upper", r.upper, r.lower]
+    kept = ("n/d2/x", "d/x") if scenario is None else ("n/f/w", "d/w")
     n = 1
     while True:
         restore()
@@ -398,7 +410,7 @@ def test_plain_commit_crash_at_every_step(work, fmt):
         assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-rename"))
         assert_same_tree(snapshot(r.lower), snapshot(r.oracle),
                          "lower (killed at call %d)" % n, "model")
-        assert inodes(r.lower)["n/d2/x"] == old_ino["d/x"], n
+        assert inodes(r.lower)[kept[0]] == old_ino[kept[1]], n
         if not killed:
             break
         n += 1
@@ -406,12 +418,14 @@ def test_plain_commit_crash_at_every_step(work, fmt):
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
-def test_atomic_commit_failing_rename_rolls_back(work, fmt):
+@pytest.mark.parametrize("scenario", [None, over_and_into],
+                         ids=["nested-swap", "over-entries"])
+def test_atomic_commit_failing_rename_rolls_back(work, fmt, scenario):
     """The Nth rename of an atomic commit with renames fails (EIO), for each
     N in turn: the commit fails with the lower wholly old and the upper kept
     (rolled back: the renamed directories go back where they were), or, a
     rename of the cleanup failing, says how to finish."""
-    r, restore = crash_pair(work, fmt)
+    r, restore = crash_pair(work, fmt, scenario)
     old = strip_dir_mtimes(lower_snap(r.lower))
     cmd = [OVLFS, "commit", "--atomic", "--quiet", "--upper", r.upper, r.lower]
     calls = "rename,renameat,renameat2"
