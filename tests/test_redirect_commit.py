@@ -686,3 +686,19 @@ def test_killed_renames_refuse_other_commands(work):
     res = run(cmd)
     assert res.returncode == 0, res.err
     assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+
+
+def test_damaged_rename_plan_is_refused(work):
+    """The plan of a killed plain commit comes from the lower: one with a
+    path leading out of the lower stops the commit with nothing changed."""
+    r = Redirect(work, TREE, "oci")
+    r.both(lambda p: os.rename(j(p, "d"), j(p, "d2")))
+    r.ovl.umount()
+    wd = j(r.lower, ".wh..wh.ovlfs-rename")
+    os.mkdir(wd)
+    with open(j(wd, "plan"), "w") as f:
+        f.write("1 ../../etc d2\nend\n")
+    before = lower_snap(r.lower), snapshot(r.upper, mtime=True)
+    res = commit(r, "plain", check=False)
+    assert res.returncode == 1 and "plan is damaged" in res.err, res.err
+    assert (lower_snap(r.lower), snapshot(r.upper, mtime=True)) == before

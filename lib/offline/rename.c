@@ -424,6 +424,26 @@ static int write_plan(struct fin *f, int wfd)
 	return err;
 }
 
+/*
+ * A path of a plan (from the lower, not trusted): relative, no empty, "."
+ * or ".." component, not into ovlfs's work directories.
+ */
+static bool plan_path_ok(const char *p)
+{
+	if (!strncmp(p, ".wh.", 4))
+		return false;
+	for (;;) {
+		size_t len = strcspn(p, "/");
+
+		if (len == 0 || (len == 1 && p[0] == '.') ||
+		    (len == 2 && p[0] == '.' && p[1] == '.'))
+			return false;
+		if (!p[len])
+			return true;
+		p += len + 1;
+	}
+}
+
 /* A killed run's plan (it comes from the lower: checked like a journal). */
 static int read_plan(struct fin *f, int wfd)
 {
@@ -464,8 +484,7 @@ static int read_plan(struct fin *f, int wfd)
 		err = fin_decode_path(src);
 		if (!err)
 			err = fin_decode_path(dst);
-		if (!err && (strstr(src, "..") || strstr(dst, "..") ||
-			     src[0] == '/' || dst[0] == '/' || !*src || !*dst))
+		if (!err && (!plan_path_ok(src) || !plan_path_ok(dst)))
 			err = -EUCLEAN;
 		if (!err)
 			err = add_rename(f, src, dst, -1);
