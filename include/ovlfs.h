@@ -410,6 +410,7 @@ enum ovlfs_change {
 	OVLFS_ADDED = 'A',
 	OVLFS_MODIFIED = 'M',
 	OVLFS_DELETED = 'D',
+	OVLFS_RENAMED = 'R',	/* a directory, from another path (a redirect) */
 };
 
 /* For OVLFS_MODIFIED: what differs (several bits may be set). */
@@ -423,15 +424,20 @@ enum ovlfs_change {
 struct ovlfs_diff_entry {
 	const char *path;	/* "/etc/hostname": bytes, may be non-UTF-8 */
 	enum ovlfs_change change;
-	unsigned what;		/* OVLFS_DIFF_* for OVLFS_MODIFIED, else 0 */
+	unsigned what;		/* OVLFS_DIFF_* for OVLFS_MODIFIED, _RENAMED */
 	mode_t mode;		/* new type and mode (old for deletions) */
 	uint64_t size;		/* new size (old for deletions) */
+	const char *from;	/* OVLFS_RENAMED: the old path, else NULL */
 };
 
 /*
  * Call FN for every path the commit would change, in path order (bytewise,
  * a directory before its contents). A deleted or added directory is
- * reported, and so is everything inside it. FN returns 0 to go on, or
+ * reported, and so is everything inside it. A directory renamed through
+ * the mount is one OVLFS_RENAMED (path: the new one, from: the old one;
+ * what: OVLFS_DIFF_* bits of what else differs), followed by the changes
+ * inside it relative to the old one; what it replaces at its new path, if
+ * anything, is reported deleted before it. FN returns 0 to go on, or
  * non-zero to stop (ovlfs_diff then returns that value). The entry and its
  * strings are valid only during the call. Works mounted or not.
  */

@@ -427,7 +427,7 @@ def test_diff_json(work):
     s = doc["summary"]
     n = {k: sum(1 for c in doc["changes"] if c["change"] == k) for k in "AMD"}
     assert s == {"added": n["A"], "modified": n["M"], "deleted": n["D"],
-                 "bytes": 33}, s
+                 "renamed": 0, "bytes": 33}, s
     assert (n["A"], n["D"]) == (3, 4), n
     assert n["M"] >= 2          # directories whose mtime changed may count too
     # the text form agrees
@@ -450,7 +450,7 @@ def test_diff_no_changes(work):
     r = ovlfs("diff", "--json", lower)
     assert r.returncode == 0, r.err
     assert json.loads(r.stdout) == {"changes": [], "summary": {
-        "added": 0, "modified": 0, "deleted": 0, "bytes": 0}}
+        "added": 0, "modified": 0, "deleted": 0, "renamed": 0, "bytes": 0}}
 
 
 def test_diff_while_mounted_with_upper(work):

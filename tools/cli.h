@@ -247,7 +247,7 @@ struct diff_state {
 	FILE *out;	/* NULL: only count */
 	bool json;
 	bool started;	/* JSON: the opening is written */
-	uint64_t added, modified, deleted, bytes;
+	uint64_t added, modified, deleted, renamed, bytes;
 };
 
 /* ovlfs_diff()'s callback: count E, print it to D->out as text or JSON. */

@@ -221,6 +221,9 @@ int diff_cb(const struct ovlfs_diff_entry *e, void *arg)
 	case OVLFS_DELETED:
 		d->deleted++;
 		break;
+	case OVLFS_RENAMED:
+		d->renamed++;
+		break;
 	}
 	if (!d->out)
 		return 0;
@@ -229,9 +232,15 @@ int diff_cb(const struct ovlfs_diff_entry *e, void *arg)
 		json_open(d);
 		fputs(first ? "\n{\"path\":" : ",\n{\"path\":", d->out);
 		put_json_string(d->out, e->path);
-		fprintf(d->out, ",\"change\":\"%c\",\"what\":[", (char)e->change);
+		fprintf(d->out, ",\"change\":\"%c\",", (char)e->change);
+		if (e->change == OVLFS_RENAMED && e->from) {
+			fputs("\"from\":", d->out);
+			put_json_string(d->out, e->from);
+			fputc(',', d->out);
+		}
+		fputs("\"what\":[", d->out);
 		for (i = 0; i < sizeof(diff_bits) / sizeof(diff_bits[0]); i++)
-			if (e->change == OVLFS_MODIFIED &&
+			if ((e->change == OVLFS_MODIFIED || e->change == OVLFS_RENAMED) &&
 			    (e->what & diff_bits[i].bit))
 				fprintf(d->out, "%s\"%s\"", nb++ ? "," : "",
 					diff_bits[i].name);
@@ -242,23 +251,33 @@ int diff_cb(const struct ovlfs_diff_entry *e, void *arg)
 
 	fprintf(d->out, "%c ", (char)e->change);
 	put_text_path(d->out, e->path);
-	if (e->change == OVLFS_MODIFIED && e->what) {
+	/* "R /new (from /old; mode)": what else differs after a ';'. */
+	if (e->change == OVLFS_RENAMED && e->from) {
+		fputs(" (from ", d->out);
+		put_text_path(d->out, e->from);
+	}
+	if (e->change == OVLFS_MODIFIED || e->change == OVLFS_RENAMED)
 		for (i = 0; i < sizeof(diff_bits) / sizeof(diff_bits[0]); i++)
 			if (e->what & diff_bits[i].bit)
-				fprintf(d->out, "%s%s", nb++ ? ", " : " (",
+				fprintf(d->out, "%s%s",
+					nb++ ? ", " :
+					e->change == OVLFS_RENAMED && e->from ? "; " :
+										" (",
 					diff_bits[i].name);
+	if ((e->change == OVLFS_RENAMED && e->from) || nb)
 		fputc(')', d->out);
-	}
 	fputc('\n', d->out);
 	return 0;
 }
 
 void put_summary(FILE *out, const struct diff_state *d)
 {
-	fprintf(out,
-		"%" PRIu64 " added, %" PRIu64 " modified, %" PRIu64
-		" deleted; %" PRIu64 " bytes added or changed\n",
-		d->added, d->modified, d->deleted, d->bytes);
+	fprintf(out, "%" PRIu64 " added, %" PRIu64 " modified, %" PRIu64 " deleted",
+		d->added, d->modified, d->deleted);
+	/* Only when there are any: the line stays as it was without. */
+	if (d->renamed)
+		fprintf(out, ", %" PRIu64 " renamed", d->renamed);
+	fprintf(out, "; %" PRIu64 " bytes added or changed\n", d->bytes);
 }
 
 int cmd_diff(const struct command *cmd, int argc, char **argv)
@@ -304,9 +323,9 @@ int cmd_diff(const struct command *cmd, int argc, char **argv)
 		json_open(&d);
 		fprintf(d.out, "%s],\"summary\":{\"added\":%" PRIu64
 			",\"modified\":%" PRIu64 ",\"deleted\":%" PRIu64
-			",\"bytes\":%" PRIu64 "}}\n",
-			d.added + d.modified + d.deleted ? "\n" : "", d.added,
-			d.modified, d.deleted, d.bytes);
+			",\"renamed\":%" PRIu64 ",\"bytes\":%" PRIu64 "}}\n",
+			d.added + d.modified + d.deleted + d.renamed ? "\n" : "",
+			d.added, d.modified, d.deleted, d.renamed, d.bytes);
 		if (fclose(d.out) != 0) {
 			free(json);
 			err_msg("diff: out of memory");

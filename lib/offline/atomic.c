@@ -104,7 +104,16 @@ int fin_stage_meta(struct fin *f, int ud, int ld, const char *name,
 	fin_new_op(f, n);
 	snprintf(old, sizeof(old), "%s.old", n);
 	src = name ? ovl_open_child(ud, name) : dup(ud);
-	lsrc = name ? ovl_open_child(ld, name) : dup(ld);
+	/*
+	 * A renamed directory's old metadata is its source's; a directory
+	 * new to the lower has none (the carrier is never used, but made).
+	 */
+	lsrc = name ? fin_lower_child(f, ld, name) : dup(ld);
+	if (lsrc == -ENOENT && src >= 0) {
+		lsrc = dup(src);
+		if (lsrc < 0)
+			lsrc = -errno;
+	}
 	err = src < 0 ? src : lsrc < 0 ? lsrc : 0;
 	if (!err)
 		err = make_carrier(f, n, src, S_ISDIR(st->st_mode));
@@ -181,6 +190,8 @@ int fin_commit_atomic(struct fin *f)
 		err = fin_jput_path(f, f->upper);
 	if (!err)
 		err = fin_jput(f, "\n", 1);
+	if (!err)	/* first: the walk's paths are those after the renames */
+		err = fin_renames_journal(f);
 	if (!err)
 		err = fin_commit_dir(f, f->upper_fd, f->lower_fd);
 	if (!err)
@@ -309,6 +320,28 @@ out:
 }
 
 /*
+ * A plain commit killed while renaming directories in the lower (rename.c)
+ * has moved some of them into its work directory: the layers show a wrong
+ * tree, and only that commit, run again, puts them where they go (a
+ * discard would strand them). -EBUSY with a message saying so, or 0.
+ */
+static int refuse_pending_renames(struct ovlfs *fs, const char *what,
+				  int lower_fd, const char *lower,
+				  const char *upper)
+{
+	bool named = fs->upper_set && upper;
+	struct stat st;
+
+	if (fstatat(lower_fd, OVL_RENAME_WORKDIR, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return 0;
+	return ovl_set_error(fs, -EBUSY,
+			     "%s: interrupted commit in %s (%s/%s, renamed directories on their way): run `ovlfs commit %s%s%s%s` again first",
+			     what, lower, lower, OVL_RENAME_WORKDIR,
+			     named ? "--upper " : "", named ? upper : "",
+			     named ? " " : "", lower);
+}
+
+/*
  * Commands that read the layers or change only the upper (diff, export,
  * apply, convert, discard) would see, or make, a half-applied lower and a
  * committed or half-removed upper; only recovery writes the lower, and
@@ -332,6 +365,8 @@ int ovl_refuse_pending_commit(struct ovlfs *fs, const char *what,
 				    "%s: interrupted atomic commit in %s (%s/%s): run `%s` first",
 				    what, lower, lower, OVL_COMMIT_WORKDIR,
 				    recover_cmd(fs, lower, upper, cmd, sizeof(cmd)));
+	else if (errno == ENOENT)
+		err = refuse_pending_renames(fs, what, fd, lower, upper);
 	else if (errno != ENOENT)
 		err = ovl_set_error(fs, -errno, "%s: lower %s: %s/%s: %s", what,
 				    lower, lower, OVL_COMMIT_WORKDIR, strerror(errno));
@@ -346,6 +381,20 @@ int ovl_recover_lower(struct ovlfs *fs, const char *lower, const char *upper)
 	char p[PATH_MAX];
 	int err;
 
+	/* A killed plain commit's renames: only that commit can finish. */
+	if (snprintf(p, sizeof(p), "%s/%s", lower, OVL_RENAME_WORKDIR) >= (int)sizeof(p))
+		return ovl_set_error(fs, -ENAMETOOLONG, "lower %s: %s", lower,
+				     strerror(ENAMETOOLONG));
+	if (lstat(p, &st) == 0) {
+		int fd = open(lower, O_PATH | O_DIRECTORY | O_CLOEXEC);
+
+		err = fd < 0 ? ovl_set_error(fs, -errno, "lower %s: %s", lower,
+					     strerror(errno)) :
+			       refuse_pending_renames(fs, "lower", fd, lower, upper);
+		if (fd >= 0)
+			close(fd);
+		return err;
+	}
 	/* The common case, cheaply: no work directory, nothing to do. */
 	if (snprintf(p, sizeof(p), "%s/%s", lower, OVL_COMMIT_WORKDIR) >= (int)sizeof(p))
 		return ovl_set_error(fs, -ENAMETOOLONG, "lower %s: %s", lower,

@@ -261,11 +261,14 @@ static int refuse_mounts_in(struct fin *f, int ld, const char *name)
 /* Lower entry LD/NAME goes (whiteout, opaque parent). Path pushed. */
 static int delete_lower(struct fin *f, int ld, const char *name)
 {
+	struct stat st;
 	char n[32];
 	int err;
 
-	if (!fin_exists_at(ld, name))
-		return 0;
+	/* An atomic commit's rename source is gone from here by then. */
+	err = fin_lower_at(f, ld, name, &st);
+	if (err <= 0)
+		return err;
 	err = refuse_mounts_in(f, ld, name);
 	if (err)
 		return err;
@@ -386,12 +389,38 @@ static int commit_subdir(struct fin *f, int ud, int ld, const char *name,
 	bool merge = ls && S_ISDIR(ls->st_mode);
 	int cu = -1, cl = -1, err = 0;
 
+	if (!merge && f->atomic && fin_renames_under(f)) {
+		char n[32];
+
+		/*
+		 * A new directory holding a renamed one: placed empty (R), then
+		 * filled by the walk as a merge with that empty directory, so
+		 * the renamed one can be placed in it (P, after the R).
+		 */
+		fin_new_op(f, n);
+		if (mkdirat(f->stage_fd, n, 0700) < 0)
+			return -errno;
+		err = fin_jop(f, 'R', f->next_op);
+		cl = err ? -1 : fin_open_dir_at(f->stage_fd, n);
+		cu = err ? -1 : fin_open_dir_at(ud, name);
+		err = err ? err : cl < 0 ? cl : cu < 0 ? cu : fin_commit_dir(f, cu, cl);
+		if (cu >= 0)
+			close(cu);
+		if (cl >= 0)
+			close(cl);
+		return err ? err : update_meta(f, ud, ld, name, us);
+	}
 	if (!merge && f->atomic) {
 		char n[32];
 
 		fin_new_op(f, n);
 		err = fin_stage_tree(f, ud, name, f->stage_fd, n);
 		return err ? err : fin_jop(f, 'R', f->next_op);
+	}
+	if (f->atomic) {
+		err = fin_rename_place(f);
+		if (err)
+			return err;
 	}
 	if (!merge) {
 		if (ls)
@@ -412,7 +441,7 @@ static int commit_subdir(struct fin *f, int ud, int ld, const char *name,
 	if (!err)
 		cu = err = fin_open_dir_at(ud, name);
 	if (err >= 0)
-		cl = err = fin_open_dir_at(ld, name);
+		cl = err = fin_lower_dir_at(f, ld, name);
 	if (err >= 0)
 		err = fin_commit_dir(f, cu, cl);
 	if (cu >= 0 && !f->atomic)
@@ -438,9 +467,10 @@ static int commit_entry(struct fin *f, int ud, int ld, const char *name)
 
 	if (fstatat(ud, name, &us, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
-	have_l = fstatat(ld, name, &ls, AT_SYMLINK_NOFOLLOW) == 0;
-	if (!have_l && errno != ENOENT)
-		return -errno;
+	err = fin_lower_at(f, ld, name, &ls);
+	if (err < 0)
+		return err;
+	have_l = err;
 	if (S_ISDIR(us.st_mode)) {
 		fin_tick(f, 0);
 		return commit_subdir(f, ud, ld, name, &us, have_l ? &ls : NULL);
@@ -522,6 +552,7 @@ static int unmark_opaque(struct fin *f, int ud, int ld, char **real,
 	int err = delete_hidden(f, ld, real, nreal, ll);
 
 	for (size_t i = 0; i < nreal && !err; i++) {
+		char redir[OVL_REDIRECT_MAX + 1];
 		struct stat us, ls;
 		int cu;
 
@@ -534,7 +565,12 @@ static int unmark_opaque(struct fin *f, int ud, int ld, char **real,
 		if (err)
 			return err;
 		cu = fin_open_dir_at(ud, real[i]);
-		err = cu < 0 ? cu : ovl_opaque_set(&f->fmt, cu);
+		/*
+		 * A renamed directory, now in the lower, has a redirect naming
+		 * its own path (rename.c): it shows that lower directory.
+		 */
+		err = cu < 0 ? cu : ovl_redirect_get(&f->fmt, cu, redir);
+		err = err < 0 ? err : err > 0 ? 0 : ovl_opaque_set(&f->fmt, cu);
 		if (cu >= 0)
 			close(cu);
 		if (err)
@@ -687,7 +723,22 @@ int fin_commit(struct fin *f, bool atomic)
 		return ovl_set_error(f->fs, -errno, "cannot stat layers: %s",
 				     strerror(errno));
 	f->same_fs = ls.st_dev == us.st_dev;
-	err = fin_plain_redirects(f);
+	/* A killed plain commit's renames are finished first, from its plan. */
+	if (fin_exists_at(f->lower_fd, OVL_RENAME_WORKDIR))
+		err = fin_renames_plain(f);
+	if (!err)
+		err = fin_renames_plan(f);
+	/*
+	 * A source on another filesystem mounted inside the lower cannot be
+	 * renamed: then the renamed trees are copied into the upper instead
+	 * (correct, not fast).
+	 */
+	if (!err && !fin_renames_placeable(f)) {
+		fin_renames_free(f);
+		err = fin_plain_redirects(f);
+	} else if (!err && !atomic) {
+		err = fin_renames_plain(f);
+	}
 	if (err)
 		return err;
 	f->prog.phase = "commit";

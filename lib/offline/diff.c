@@ -10,8 +10,12 @@
  * opaque or its parent does not show its own lower, and ".wh.*" names are
  * never entries in either layer. A renamed directory (one with a redirect,
  * docs/format.md) takes its lower part from where the redirect points, not
- * from the lower's same name: it is reported as added with all it shows,
- * and what the lower has at its path (if anything) as deleted.
+ * from the lower's same name: as a commit makes it one rename in the lower,
+ * it is reported as one OVLFS_RENAMED (with the old path), then compared
+ * with that source; what the lower has at its new path (if anything, and
+ * not itself a renamed directory's source) is deleted first. A source is
+ * not reported deleted where its old name is whited out or hidden: it was
+ * moved, not deleted.
  *
  * Both trees are walked only through directory fds with O_NOFOLLOW /
  * AT_SYMLINK_NOFOLLOW, so a symlink in a layer is an entry like any other
@@ -20,6 +24,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -37,6 +42,15 @@ struct diff_ctx {
 	char *buf[2];		/* content comparison, DIFF_BUFSZ each */
 	struct ovl_fmt fmt;	/* the upper's markers */
 	int lower_root;		/* for absolute redirects */
+	struct diff_src *src;	/* the renamed directories' sources */
+	size_t nsrc, srccap;
+};
+
+/* A renamed directory's source in the lower: its identity and path. */
+struct diff_src {
+	dev_t dev;
+	ino_t ino;
+	char *from;		/* "/a/b" */
 };
 
 /* A directory's entries, sorted, with the layer's ".wh.*" names split off. */
@@ -190,6 +204,28 @@ static int open_stat(struct diff_ctx *c, int dfd, const char *name,
 		return fail(c, err, layer, name);
 	}
 	return fd;
+}
+
+/* The source that lower directory ST is, or NULL. */
+static const struct diff_src *find_src(const struct diff_ctx *c,
+				       const struct stat *st)
+{
+	/* NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult): assumes -errno >= 0 */
+	if (!S_ISDIR(st->st_mode))
+		return NULL;
+	for (size_t i = 0; i < c->nsrc; i++)
+		if (c->src[i].dev == st->st_dev && c->src[i].ino == st->st_ino)
+			return &c->src[i];
+	return NULL;
+}
+
+/* Is lower entry NAME of DFD a renamed directory's source (moved away)? */
+static bool moved_away(const struct diff_ctx *c, int dfd, const char *name)
+{
+	struct stat st;
+
+	return c->nsrc && fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	       find_src(c, &st);
 }
 
 /*
@@ -431,6 +467,10 @@ static int compare(struct diff_ctx *c, int ufd, int lfd,
 }
 
 static int diff_dir(struct diff_ctx *c, int ufd, int lfd, bool lower_shows);
+static int diff_added(struct diff_ctx *c, int ufd, int lfd, const char *name,
+		      bool lower_shows);
+static int diff_renamed(struct diff_ctx *c, int ucfd, int sfd, int lcfd,
+			const struct stat *ust);
 static int diff_one(struct diff_ctx *c, int dfd, const char *name,
 		    const char *layer, enum ovlfs_change change);
 
@@ -516,17 +556,27 @@ static int walk_merged(struct diff_ctx *c, int ufd, int sfd,
 			err = diff_one(c, sfd, name, "lower", change);
 		} else {
 			fd = open_stat(c, ufd, name, "upper", &st);
-			err = fd < 0 ? fd : report(c, change, 0, &st);
+			csfd = -1;
+			redirected = false;
+			err = fd < 0 ? fd : 0;
+			/* NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult): assumes -errno >= 0 */
 			if (!err && S_ISDIR(st.st_mode)) {
 				csfd = lower_source(c, fd, cmp == 0 ? sfd : -1,
 						    name, &redirected);
-				if (csfd < -1)
-					err = csfd;
-				else
-					err = walk_merged(c, fd, csfd, change);
-				if (csfd >= 0)
-					close(csfd);
+				err = csfd < -1 ? csfd : 0;
 			}
+			/* A renamed directory in an added tree: a rename. */
+			if (!err && redirected)
+				err = diff_renamed(c, fd, csfd, -1, &st);
+			if (err > 0) {
+				err = 0;
+			} else if (!err) {
+				err = report(c, change, 0, &st);
+				if (!err && S_ISDIR(st.st_mode))
+					err = walk_merged(c, fd, csfd, change);
+			}
+			if (csfd >= 0)
+				close(csfd);
 			if (fd >= 0)
 				close(fd);
 		}
@@ -543,20 +593,106 @@ out_free_upper:
 }
 
 /*
- * Upper directory UCFD at the current path is a renamed one (its lower
- * part comes from SFD): all it shows is new here; what the lower has here
- * (LCFD, -1 if nothing) is gone.
+ * Upper directory UFD (at c->path) takes its lower entries from SFD (-1:
+ * none), lower path LP: record the sources of the renamed directories in
+ * it (a redirect naming a path other than the directory's own).
+ */
+static int collect_sources(struct diff_ctx *c, int ufd, int sfd, const char *lp)
+{
+	char redir[OVL_REDIRECT_MAX + 1];
+	struct ovl_dirlist dl;
+	size_t len = c->len;
+	int err;
+
+	err = ovl_dirlist_read(ufd, &dl);
+	if (err)
+		return fail(c, err, "upper", NULL);
+	for (size_t i = 0; !err && i < dl.n; i++) {
+		const char *name = dl.ents[i].name;
+		char *clp = NULL;
+		struct stat st;
+		bool redirected;
+		int cfd, csfd;
+
+		if (ovl_is_wh_name(name) || (dl.ents[i].type != DT_DIR &&
+					     dl.ents[i].type != DT_UNKNOWN))
+			continue;
+		cfd = openat(ufd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			     O_CLOEXEC);
+		if (cfd < 0)
+			continue;	/* not a directory */
+		err = path_push(c, name);
+		csfd = err ? -1 : lower_source(c, cfd, sfd, name, &redirected);
+		if (csfd < -1)
+			err = csfd;
+		if (!err && csfd >= 0) {
+			redirected = redirected && ovl_redirect_get(&c->fmt, cfd, redir) > 0;
+			if (asprintf(&clp, "%s%s%s", redirected && redir[0] == '/' ? "" : lp,
+				     redirected && redir[0] == '/' ? "" : "/",
+				     redirected ? redir : name) < 0) {
+				clp = NULL;
+				err = ovl_set_error(c->fs, -ENOMEM, "diff: out of memory");
+			}
+		}
+		if (!err && csfd >= 0 && redirected && clp && strcmp(clp, c->path) &&
+		    fstat(csfd, &st) == 0) {
+			if (ovl_grow((void **)&c->src, &c->srccap, c->nsrc + 1,
+				     sizeof(*c->src), 8))
+				err = ovl_set_error(c->fs, -ENOMEM, "diff: out of memory");
+			else
+				c->src[c->nsrc++] = (struct diff_src){
+					st.st_dev, st.st_ino, clp };
+			if (!err)
+				clp = NULL;
+		}
+		if (!err)
+			err = collect_sources(c, cfd, csfd, clp ? clp : "");
+		free(clp);
+		path_pop(c, len);
+		if (csfd >= 0)
+			close(csfd);
+		close(cfd);
+	}
+	ovl_dirlist_free(&dl);
+	return err;
+}
+
+/*
+ * Upper directory UCFD (stat UST) at the current path, whose lower part
+ * comes from SFD: if it is a renamed directory, report it renamed (what
+ * it replaces, LCFD unless -1 or itself a source, deleted first) and what
+ * changed in it since; 1 then, 0 if it is none, -errno.
  */
 static int diff_renamed(struct diff_ctx *c, int ucfd, int sfd, int lcfd,
 			const struct stat *ust)
 {
-	int err = report(c, lcfd >= 0 ? OVLFS_MODIFIED : OVLFS_ADDED, 0, ust);
+	struct ovlfs_diff_entry e = {
+		.path = c->len ? c->path : "/",
+		.change = OVLFS_RENAMED,
+		.mode = ust->st_mode,
+	};
+	const struct diff_src *src;
+	struct stat sst, lst;
+	int err = 0, what;
 
-	if (!err && lcfd >= 0)
-		err = walk_all(c, lcfd, "lower", OVLFS_DELETED);
-	if (!err)
-		err = walk_merged(c, ucfd, sfd, OVLFS_ADDED);
-	return err;
+	if (sfd < 0 || fstat(sfd, &sst) < 0 || !(src = find_src(c, &sst)))
+		return 0;
+	if (lcfd >= 0 && fstat(lcfd, &lst) == 0 && !find_src(c, &lst)) {
+		err = report(c, OVLFS_DELETED, 0, &lst);
+		if (!err && S_ISDIR(lst.st_mode))
+			err = walk_all(c, lcfd, "lower", OVLFS_DELETED);
+	}
+	what = err ? err : compare(c, ucfd, sfd, ust, &sst, false);
+	if (what < 0)
+		return what;
+	e.what = what;
+	e.from = src->from;
+	err = c->fn(&e, c->arg);
+	if (!err) {
+		/* As lookup: a renamed directory merges with its source. */
+		err = diff_dir(c, ucfd, sfd, true);
+	}
+	return err ? err : 1;
 }
 
 /* NAME is in upper directory UFD and lower directory LFD: what changed? */
@@ -575,12 +711,25 @@ static int diff_both(struct diff_ctx *c, int ufd, int lfd, const char *name,
 		err = lcfd;
 		goto out_close_upper;
 	}
+	if (find_src(c, &lst)) {
+		/* Moved away by a rename: nothing is there to compare with. */
+		close(lcfd);
+		close(ucfd);
+		return diff_added(c, ufd, lfd, name, lower_shows);
+	}
 	/* A directory's lower part: the same name, or a redirect's target. */
 	/* NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult): assumes -errno >= 0 */
 	if (S_ISDIR(ust.st_mode)) {
 		sfd = lower_source(c, ucfd, lfd, name, &redirected);
 		if (sfd < -1) {
 			err = sfd;
+			goto out_close;
+		}
+	}
+	if (redirected) {
+		err = diff_renamed(c, ucfd, sfd, lcfd, &ust);
+		if (err) {
+			err = err < 0 ? err : 0;
 			goto out_close;
 		}
 	}
@@ -594,8 +743,18 @@ static int diff_both(struct diff_ctx *c, int ufd, int lfd, const char *name,
 			err = walk_all(c, lcfd, "lower", OVLFS_DELETED);
 		goto out_close;
 	}
-	if (redirected) {
-		err = diff_renamed(c, ucfd, sfd, lcfd, &ust);
+	if (redirected && sfd >= 0) {
+		/* Its own path again (renamed back): merged as ever. */
+		close(lcfd);
+		lcfd = sfd;
+		sfd = -1;
+	} else if (redirected) {
+		/* A redirect to nothing: it shows its upper entries only. */
+		err = report(c, OVLFS_MODIFIED, 0, &ust);
+		if (!err)
+			err = walk_all(c, lcfd, "lower", OVLFS_DELETED);
+		if (!err)
+			err = walk_merged(c, ucfd, -1, OVLFS_ADDED);
 		goto out_close;
 	}
 	err = what = compare(c, ucfd, lcfd, &ust, &lst, false);
@@ -656,8 +815,9 @@ static int diff_added(struct diff_ctx *c, int ufd, int lfd, const char *name,
 		return diff_one(c, ufd, name, "upper", OVLFS_ADDED);
 	}
 	sfd = lower_source(c, fd, lower_shows ? lfd : -1, name, &redirected);
-	if (sfd < -1) {
-		err = sfd;
+	err = sfd < -1 ? sfd : redirected ? diff_renamed(c, fd, sfd, -1, &st) : 0;
+	if (err) {
+		err = err < 0 ? err : 0;
 	} else {
 		err = report(c, OVLFS_ADDED, 0, &st);
 		if (!err)
@@ -704,7 +864,8 @@ static int diff_dir(struct diff_ctx *c, int ufd, int lfd, bool lower_shows)
 			err = diff_added(c, ufd, lfd, name, lower_shows);
 		else if (cmp == 0)
 			err = diff_both(c, ufd, lfd, name, lower_shows);
-		else if (!lower_shows || list_whited_out(&ul, name))
+		else if ((!lower_shows || list_whited_out(&ul, name)) &&
+			 !moved_away(c, lfd, name))
 			err = diff_one(c, lfd, name, "lower", OVLFS_DELETED);
 		/* else: a lower entry showing as it is, unchanged */
 		path_pop(c, len);
@@ -768,6 +929,14 @@ int ovl_diff(struct ovlfs *fs, const char *lower, const char *upper,
 	c.cap = 256;
 	c.path[0] = '\0';
 	c.lower_root = lfd;
+	err = ovl_opaque_get(&c.fmt, ufd);
+	if (err < 0)
+		err = fail(&c, err, "upper", NULL);
+	else
+		err = collect_sources(&c, ufd, err ? -1 : lfd, "");
+	path_pop(&c, 0);
+	if (err)
+		goto out_free;
 
 	err = what = compare(&c, ufd, lfd, &ust, &lst, true);
 	if (what > 0)
@@ -780,6 +949,9 @@ int ovl_diff(struct ovlfs *fs, const char *lower, const char *upper,
 			err = diff_dir(&c, ufd, lfd, !err);
 	}
 out_free:
+	for (size_t i = 0; i < c.nsrc; i++)
+		free(c.src[i].from);
+	free(c.src);
 	free(c.buf[0]);
 	free(c.buf[1]);
 	free(c.path);

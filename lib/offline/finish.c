@@ -213,6 +213,7 @@ void fin_done(struct fin *f)
 		close(f->placed[i].fd);
 	free(f->placed);
 	free(f->journal);
+	fin_renames_free(f);
 	ovl_linkmap_free(&f->names);
 }
 

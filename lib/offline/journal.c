@@ -93,6 +93,11 @@ static int decode_path(char *s)
 	return 0;
 }
 
+int fin_decode_path(char *s)
+{
+	return decode_path(s);
+}
+
 /*
  * What is wrong with decoded journal path PATH, or NULL: it must stay in
  * the lower (relative, no "", "." or ".." component) and out of the work
@@ -123,8 +128,8 @@ static const char *bad_op(char *line)
 {
 	size_t nd;
 
-	if (!line[0] || !strchr("RDM", line[0]) || line[1] != ' ')
-		return "not an operation (R, D or M)";
+	if (!line[0] || !strchr("RDMVP", line[0]) || line[1] != ' ')
+		return "not an operation (R, D, M, V or P)";
 	nd = strspn(line + 2, "0123456789");
 	if (nd == 0 || nd > 20 || line[2 + nd] != ' ')
 		return "no operation number";
@@ -268,7 +273,7 @@ bool fin_exists_at(int dfd, const char *name)
 /* Carry out one journal line; each is idempotent (docs/commit.md). */
 static int apply_op(struct fin *f, char op, const char *n, char *path)
 {
-	char *last = NULL;
+	char *last = NULL, mark[40];
 	int dfd, src, dst, err = 0;
 
 	if (op == 'M' && !strcmp(path, ".")) {
@@ -279,18 +284,34 @@ static int apply_op(struct fin *f, char op, const char *n, char *path)
 		close(src);
 		return err;
 	}
-	if (op == 'R' && !fin_exists_at(f->stage_fd, n))
+	if ((op == 'R' || op == 'P') && !fin_exists_at(f->stage_fd, n))
 		return 0;	/* done before a crash */
+	/*
+	 * V moves a renamed directory's source to stage/N, where P takes it
+	 * to its target: V's own mark says it is done, as stage/N is empty
+	 * again once P is (and the source's path may hold a target then).
+	 */
+	snprintf(mark, sizeof(mark), "%s.v", n);
+	if (op == 'V' && fin_exists_at(f->stage_fd, mark))
+		return 0;
 	dfd = resolve_parent(f, path, &last);
 	if (dfd < 0)
 		return dfd;
 	switch (op) {
+	case 'V':
+		if (!fin_exists_at(f->stage_fd, n) &&
+		    renameat(dfd, last, f->stage_fd, n) < 0)
+			err = -errno;
+		if (!err && mkdirat(f->stage_fd, mark, 0700) < 0 && errno != EEXIST)
+			err = -errno;
+		break;
 	case 'R':
+	case 'P':
 	case 'D':
 		if (fin_exists_at(dfd, last) &&
 		    renameat(dfd, last, f->trash_fd, n) < 0)
 			err = -errno;
-		if (!err && op == 'R' && renameat(f->stage_fd, n, dfd, last) < 0)
+		if (!err && op != 'D' && renameat(f->stage_fd, n, dfd, last) < 0)
 			err = -errno;
 		break;
 	case 'M':
@@ -313,12 +334,13 @@ static int apply_op(struct fin *f, char op, const char *n, char *path)
 static int undo_op(struct fin *f, char op, const char *n, char *path,
 		   bool meta_pass)
 {
-	char *last = NULL, old[40];
+	char *last = NULL, old[40], back[40];
 	int dfd, src, dst, err = 0;
 
 	if ((op == 'M') != meta_pass)
 		return 0;
 	snprintf(old, sizeof(old), "%s.old", n);
+	snprintf(back, sizeof(back), "%s.back", n);
 	if (op == 'M' && !strcmp(path, ".")) {
 		src = ovl_open_child(f->stage_fd, old);
 		if (src < 0)
@@ -328,9 +350,29 @@ static int undo_op(struct fin *f, char op, const char *n, char *path,
 		return err;
 	}
 	dfd = resolve_parent(f, path, &last);
+	/* Under a renamed directory never placed: nothing was done there. */
+	if (dfd == -ENOENT || dfd == -ENOTDIR)
+		return 0;
 	if (dfd < 0)
 		return dfd;
 	switch (op) {
+	case 'V':
+		/* Marked first: the P of the same N is then undone for good. */
+		if (fin_exists_at(f->stage_fd, n) && !fin_exists_at(dfd, last) &&
+		    ((mkdirat(f->stage_fd, back, 0700) < 0 && errno != EEXIST) ||
+		     renameat(f->stage_fd, n, dfd, last) < 0))
+			err = -errno;
+		break;
+	case 'P':
+		/*
+		 * Undone already (its V is), or never applied (its V was not:
+		 * stage/N is empty then too, and the target the old one).
+		 */
+		snprintf(old, sizeof(old), "%s.v", n);
+		if (fin_exists_at(f->stage_fd, back) ||
+		    !fin_exists_at(f->stage_fd, old))
+			break;
+		/* fall through */
 	case 'R':
 		/* The new object back to stage/, then the old one back. */
 		if (!fin_exists_at(f->stage_fd, n) && fin_exists_at(dfd, last) &&
@@ -342,10 +384,15 @@ static int undo_op(struct fin *f, char op, const char *n, char *path,
 		    renameat(f->trash_fd, n, dfd, last) < 0)
 			err = -errno;
 		break;
-	case 'M':
+	case 'M': {
+		struct stat ss, ds;
+
 		src = ovl_open_child(f->stage_fd, old);
 		dst = ovl_open_child(dfd, last);
-		if (src >= 0 && dst >= 0)
+		/* Not what was there (a new directory over a file, undone). */
+		if (src >= 0 && dst >= 0 && ovl_fstat(src, &ss) == 0 &&
+		    ovl_fstat(dst, &ds) == 0 &&
+		    S_ISDIR(ss.st_mode) == S_ISDIR(ds.st_mode))
 			err = fin_sync_meta(f, src, dst);
 		if (src >= 0)
 			close(src);
@@ -353,49 +400,102 @@ static int undo_op(struct fin *f, char op, const char *n, char *path,
 			close(dst);
 		break;
 	}
+	}
 	close(dfd);
 	return err;
+}
+
+/* One operation of a journal being rolled back. */
+struct jline {
+	char op, n[32];
+	char *path;		/* decoded */
+};
+
+/* Is the renamed directory of P operation L at its target now? */
+static bool placed(struct fin *f, const struct jline *l)
+{
+	char v[40], back[40];
+
+	snprintf(v, sizeof(v), "%s.v", l->n);
+	snprintf(back, sizeof(back), "%s.back", l->n);
+	return fin_exists_at(f->stage_fd, v) && !fin_exists_at(f->stage_fd, l->n) &&
+	       !fin_exists_at(f->stage_fd, back);
+}
+
+/* The P operation with the longest path at or above L's, or -1. */
+static long deepest_p(const struct jline *v, size_t nv, const struct jline *l)
+{
+	size_t best = 0;
+	long at = -1;
+
+	for (size_t i = 0; i < nv; i++) {
+		size_t len = strlen(v[i].path);
+
+		if (v[i].op != 'P' || strncmp(l->path, v[i].path, len) ||
+		    (l->path[len] && l->path[len] != '/') || len < best)
+			continue;
+		best = len;
+		at = (long)i;
+	}
+	return at;
 }
 
 /*
  * Roll back an apply that failed (journal TEXT, pristine copy): renames in
  * reverse order first, then the old metadata, which the renames would
- * otherwise disturb again (a directory's mtime).
+ * otherwise disturb again (a directory's mtime). A renamed directory (V
+ * moved it to stage/, P placed it) gets the old metadata of what is in it
+ * just before P is undone, while its path still names it: after, the path
+ * names what it displaced, or nothing. What is under a P that is not
+ * placed was never applied, or was undone already.
  */
 static int rollback_journal(struct fin *f, const char *text)
 {
 	size_t nl = 0, cap = 0;
-	char **lines = NULL, *copy = strdup(text), *save = NULL, *line;
+	struct jline *v = NULL;
+	long *pof = NULL;
+	char *copy = strdup(text), *save = NULL, *line;
 	int err = 0;
 
 	if (!copy)
 		return -ENOMEM;
-	for (line = strtok_r(copy, "\n", &save); line;
+	for (line = strtok_r(copy, "\n", &save); line && !err;
 	     line = strtok_r(NULL, "\n", &save)) {
-		err = ovl_grow((void **)&lines, &cap, nl, sizeof(*lines), 64);
-		if (err)
-			goto out;
-		lines[nl++] = line;
-	}
-	for (int pass = 0; pass < 2 && !err; pass++) {
-		for (size_t i = nl; i-- > 0 && !err;) {
-			size_t k = pass ? nl - 1 - i : i;	/* M: post-order */
-			char op, n[32], *path;
+		struct jline l;
 
-			if (sscanf(lines[k], "%c %31s", &op, n) != 2 ||
-			    !strchr("RDM", op) || lines[k][1] != ' ')
-				continue;	/* header, trailer */
-			path = strchr(lines[k] + 2, ' ');
-			if (!path)
-				continue;
-			path++;
-			err = decode_path(path);
-			if (!err)
-				err = undo_op(f, op, n, path, pass == 1);
-		}
+		if (sscanf(line, "%c %31s", &l.op, l.n) != 2 ||
+		    !strchr("RDMVP", l.op) || line[1] != ' ')
+			continue;	/* header, trailer */
+		l.path = strchr(line + 2, ' ');
+		if (!l.path)
+			continue;
+		l.path++;
+		err = decode_path(l.path);
+		if (!err)
+			err = ovl_grow((void **)&v, &cap, nl, sizeof(*v), 64);
+		if (!err)
+			v[nl++] = l;
 	}
-out:
-	free(lines);
+	pof = err ? NULL : calloc(nl + 1, sizeof(*pof));
+	if (!err && !pof)
+		err = -ENOMEM;
+	for (size_t i = 0; !err && i < nl; i++)
+		pof[i] = v[i].op == 'P' || v[i].op == 'V' ? -1 : deepest_p(v, nl, &v[i]);
+	for (size_t i = nl; i-- > 0 && !err;) {
+		if (v[i].op == 'M' || (pof[i] >= 0 && !placed(f, &v[pof[i]])))
+			continue;
+		if (v[i].op == 'P' && placed(f, &v[i]))
+			for (size_t k = 0; k < nl && !err; k++)	/* post-order */
+				if (v[k].op == 'M' && pof[k] == (long)i)
+					err = undo_op(f, 'M', v[k].n, v[k].path, true);
+		if (!err)
+			err = undo_op(f, v[i].op, v[i].n, v[i].path, false);
+	}
+	for (size_t k = 0; k < nl && !err; k++)	/* M: post-order */
+		if (v[k].op == 'M' && pof[k] < 0)
+			err = undo_op(f, 'M', v[k].n, v[k].path, true);
+	free(pof);
+	free(v);
 	free(copy);
 	return err;
 }
@@ -462,7 +562,7 @@ int fin_apply_journal(struct fin *f, char *text, char **upper, bool apply)
 			ended = true;
 			break;
 		}
-		if (sscanf(line, "%c %31s", &op, n) != 2 || !strchr("RDM", op) ||
+		if (sscanf(line, "%c %31s", &op, n) != 2 || !strchr("RDMVP", op) ||
 		    strspn(n, "0123456789") != strlen(n))
 			return -EUCLEAN;
 		path = strchr(line + 2, ' ');

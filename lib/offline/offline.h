@@ -22,6 +22,20 @@
  */
 #define OVL_COMMIT_WORKDIR ".wh..wh.ovlfs-commit"
 #define OVL_JOURNAL_MAGIC "ovlfs-journal 1"
+/*
+ * The lower's work directory of a plain commit's renames (rename.c): the
+ * plan, and the renamed directories between their two places.
+ */
+#define OVL_RENAME_WORKDIR ".wh..wh.ovlfs-rename"
+
+/* A renamed directory, committed as one rename in the lower (rename.c). */
+struct fin_rename {
+	char *src, *dst;	/* lower paths before and after, relative */
+	int src_fd;		/* the source, O_RDONLY (-1: from a plan) */
+	dev_t dev;		/* its identity */
+	ino_t ino;
+	unsigned long n;	/* its name in stage/ or the work directory */
+};
 
 /* Where a hard-linked upper file went, so its other names follow it. */
 struct placed {
@@ -53,6 +67,11 @@ struct fin {
 
 	struct placed *placed;
 	size_t nplaced, placed_cap;
+
+	/* renamed directories; the walk maps them (atomic) while mapped */
+	struct fin_rename *renames;
+	size_t nrenames, renames_cap;
+	bool mapped;
 
 	/* the path being worked on, relative to the roots, for messages */
 	char path[PATH_MAX];
@@ -130,7 +149,10 @@ int fin_commit_dir(struct fin *f, int ud, int ld);
 /* Commit F's upper into its lower, in place or ATOMIC; 0 or -errno. */
 int fin_commit(struct fin *f, bool atomic);
 
-/* ===== redirect.c: renamed directories made plain before a commit ===== */
+/*
+ * ===== redirect.c: renamed directories made plain before a commit =====
+ * (only where rename.c cannot rename: a source on another filesystem)
+ */
 
 /*
  * Give every upper directory that shows lower entries from elsewhere (a
@@ -141,7 +163,45 @@ int fin_commit(struct fin *f, bool atomic);
  */
 int fin_plain_redirects(struct fin *f);
 
+/* ===== rename.c: renamed directories as renames in the lower ===== */
+
+/*
+ * Find the upper's renamed directories (redirects) and where their lower
+ * parts are, into f->renames. 0 or -errno with a message (a redirect
+ * whose lower part is missing is refused, naming it).
+ */
+int fin_renames_plan(struct fin *f);
+/* Can every rename of the plan be one rename (same filesystem)? */
+bool fin_renames_placeable(struct fin *f);
+/*
+ * Plain commit: carry out the renames in the lower (finishing a killed
+ * run's first, from its plan), and leave the upper's renamed directories
+ * merging with the lower at their own paths: after it the commit walk is
+ * an ordinary one. 0 or -errno with a message.
+ */
+int fin_renames_plain(struct fin *f);
+/* Atomic commit: the sources moved away (journal operations V). */
+int fin_renames_journal(struct fin *f);
+/* Atomic commit, the walk at a target (f->path): its P operation. */
+int fin_rename_place(struct fin *f);
+/* Atomic commit: is a target under f->path (a directory)? */
+bool fin_renames_under(struct fin *f);
+/*
+ * The lower entry LD/NAME (f->path) as the lower will be once the renames
+ * of an atomic commit are applied: a target is its source, a source has
+ * gone. 1 (*ST filled), 0 (none) or -errno.
+ */
+int fin_lower_at(struct fin *f, int ld, const char *name, struct stat *st);
+/* Open the lower directory LD/NAME (f->path) so mapped; fd or -errno. */
+int fin_lower_dir_at(struct fin *f, int ld, const char *name);
+/* Open the lower entry LD/NAME (f->path) so mapped, O_PATH; fd or -errno. */
+int fin_lower_child(struct fin *f, int ld, const char *name);
+void fin_renames_free(struct fin *f);
+
 /* ===== journal.c: the journal of an atomic commit ===== */
+
+/* Decode a path written by fin_jput_path, in place; -EUCLEAN. */
+int fin_decode_path(char *s);
 
 /* Append LEN bytes of S to the journal being built. */
 int fin_jput(struct fin *f, const char *s, size_t len);

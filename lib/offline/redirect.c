@@ -7,7 +7,9 @@
  * every directory that shows lower entries from somewhere else (a
  * redirected one, and the merged ones under it) gets those entries copied
  * in, and becomes opaque without a redirect. This is a copy of the renamed
- * trees, not one rename in the lower: correct, not fast.
+ * trees, not one rename in the lower: correct, not fast. A commit uses it
+ * only where rename.c cannot rename (a renamed directory on another
+ * filesystem mounted inside the lower: rename(2) cannot cross it).
  *
  * Every step keeps the merged view as it was, so a kill at any point
  * leaves an upper that shows the same tree (and a later commit finishes

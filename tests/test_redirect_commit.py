@@ -1,0 +1,704 @@
+"""Renamed directories (redirects) committed as renames in the lower.
+
+`ovlfs commit` and `commit --atomic` apply a directory renamed through the
+mount as one rename in the lower, not as a copy of its tree: the lower
+files of a renamed directory keep their inode numbers (the proof that
+nothing was copied). Each scenario runs on the mount and on a plain copy of
+the lower (the model); after the commit the lower must equal the model.
+A plain commit killed at any instant converges on a retry; an atomic one
+killed at any instant leaves the lower wholly old or wholly new after
+`ovlfs recover`.
+"""
+
+import os
+import random
+import shutil
+import time
+
+import pytest
+
+from conftest import (OVLFS, snapshot, assert_same_tree, run, ovlfs,
+                      kill_after, renameat2, RENAME_EXCHANGE, cp_a)
+from test_redirect import (Redirect, TREE, renames, lower_snap,
+                           strip_dir_mtimes)
+
+
+def j(*p):
+    return os.path.join(*p)
+
+
+FORMATS = ["oci", "kernel"]
+MODES = ["plain", "atomic"]
+
+
+def inodes(root):
+    """Regular file -> inode number, by path."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for n in files:
+            st = os.lstat(j(d, n))
+            out[os.path.relpath(j(d, n), root)] = st.st_ino
+    return out
+
+
+def commit(r, mode, check=True):
+    args = ["commit"] + (["--atomic"] if mode == "atomic" else []) + [
+        "--upper", r.upper, r.lower]
+    res = ovlfs(*args)
+    if check:
+        assert res.returncode == 0, res.err
+        assert not os.path.exists(r.upper)
+        assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-rename"))
+        assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-commit"))
+    return res
+
+
+@pytest.fixture(params=FORMATS)
+def fmt(request):
+    return request.param
+
+
+def nested(p):
+    os.rename(j(p, "d"), j(p, "d2"))
+    os.rename(j(p, "d2/y"), j(p, "d2/y2"))                 # inside
+    os.rename(j(p, "d2/y2/deeper"), j(p, "e/deeper"))      # out of
+    os.rename(j(p, "e"), j(p, "d2/y2/e"))                  # into
+    os.rename(j(p, "d2/y2"), j(p, "top"))
+    open(j(p, "top/e/deeper/z"), "a").write("more\n")
+
+
+def back_and_forth(p):
+    os.rename(j(p, "d"), j(p, "d2"))
+    os.rename(j(p, "d2"), j(p, "d"))
+    os.rename(j(p, "e"), j(p, "other/e"))
+    os.rename(j(p, "other/e"), j(p, "e"))
+
+
+def over_lower_entries(p):
+    os.unlink(j(p, "f"))
+    os.rename(j(p, "d"), j(p, "f"))                        # over a whiteout
+    for n in os.listdir(j(p, "other")):
+        os.unlink(j(p, "other", n))
+    os.rename(j(p, "e"), j(p, "other"))                    # over an empty dir
+
+
+def swap(p):
+    renameat2(j(p, "d"), j(p, "e"), RENAME_EXCHANGE)
+    renameat2(j(p, "d/ed"), j(p, "other"), RENAME_EXCHANGE)
+
+
+def chain(p):
+    os.rename(j(p, "other"), j(p, "o2"))
+    os.rename(j(p, "e"), j(p, "other"))
+    os.rename(j(p, "d"), j(p, "e"))
+
+
+def whiteouts_opaque(p):
+    os.unlink(j(p, "d/gone"))
+    os.unlink(j(p, "d/sub/s"))
+    os.rmdir(j(p, "d/sub"))
+    os.mkdir(j(p, "d/sub"))                                # opaque child
+    open(j(p, "d/sub/t"), "w").write("t")
+    open(j(p, "d/x"), "a").write("changed\n")
+    os.rename(j(p, "d"), j(p, "e/d"))
+    os.unlink(j(p, "e/d/w"))
+    os.rename(j(p, "e/d/y/deep"), j(p, "e/d/deep"))
+
+
+def hard_links(p):
+    os.rename(j(p, "d"), j(p, "d2"))
+    open(j(p, "d2/h1"), "a").write("through h1\n")
+
+
+def old_name_reused(p):
+    os.rename(j(p, "e"), j(p, "d3"))
+    os.mkdir(j(p, "e"))
+    open(j(p, "e/n"), "w").write("n")
+    os.rename(j(p, "d"), j(p, "e/d"))                      # into an opaque dir
+
+
+def into_new_dir(p):
+    os.mkdir(j(p, "n"))
+    os.rename(j(p, "d"), j(p, "n/d"))
+
+
+SCENARIOS = {
+    "renames": renames, "nested": nested, "back_and_forth": back_and_forth,
+    "over_lower_entries": over_lower_entries, "swap": swap, "chain": chain,
+    "whiteouts_opaque": whiteouts_opaque, "hard_links": hard_links,
+    "old_name_reused": old_name_reused, "into_new_dir": into_new_dir,
+}
+
+# Lower files that a rename carries (old path, new path): same inode after
+# the commit.
+KEPT = {
+    "renames": [("d/x", "d2/x"), ("d/sub/s", "d2/sub/s")],
+    "nested": [("d/x", "d2/x"), ("d/y/deep", "top/deep"),
+               ("e/ed/q", "top/e/ed/q")],
+    "back_and_forth": [("d/x", "d/x"), ("e/e1", "e/e1")],
+    "over_lower_entries": [("d/x", "f/x"), ("e/ed/q", "other/ed/q")],
+    "swap": [("d/x", "e/x"), ("e/e1", "d/e1"), ("e/ed/q", "other/q"),
+             ("other/o", "d/ed/o")],
+    "chain": [("other/o", "o2/o"), ("e/e1", "other/e1"), ("d/x", "e/x")],
+    "whiteouts_opaque": [("d/y/deeper/z", "e/d/y/deeper/z")],
+    "hard_links": [("d/x", "d2/x")],
+    "old_name_reused": [("e/e1", "d3/e1"), ("d/x", "e/d/x")],
+    "into_new_dir": [("d/x", "n/d/x")],
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_commit_renames_in_the_lower(work, fmt, mode, name):
+    r = Redirect(work, TREE, fmt)
+    r.both(SCENARIOS[name])
+    r.check()
+    want = snapshot(r.mnt, mtime=True)
+    r.ovl.umount()
+    before = inodes(r.lower)
+    commit(r, mode)
+    assert_same_tree(lower_snap(r.lower), want, "lower after commit", "mount")
+    assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+    after = inodes(r.lower)
+    for old, new in KEPT[name]:
+        assert after[new] == before[old], \
+            "%s (was %s) was copied, not renamed" % (new, old)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_commit_of_renamed_big_dir_copies_nothing(work, fmt, mode):
+    """10,000 files renamed: the commit renames the directory in the lower
+    (same directory inode, same file inodes) and is quick."""
+    spec = {"big": {"f%05d" % i: "data %d\n" % i for i in range(10000)},
+            "dst": {}}
+    r = Redirect(work, spec, fmt)
+    r.both(lambda p: os.rename(j(p, "big"), j(p, "dst/big2")))
+    r.ovl.umount()
+    dino = os.lstat(j(r.lower, "big")).st_ino
+    before = inodes(j(r.lower, "big"))
+    t = time.monotonic()
+    commit(r, mode)
+    took = time.monotonic() - t
+    assert os.lstat(j(r.lower, "dst/big2")).st_ino == dino
+    assert inodes(j(r.lower, "dst/big2")) == before
+    assert not os.path.exists(j(r.lower, "big"))
+    assert took < 5, "commit took %.2f s" % took
+
+
+def test_commit_refuses_a_redirect_to_nothing(work, fmt):
+    """A redirect naming no lower directory: the commit fails naming the
+    directory and the redirect, and changes nothing."""
+    r = Redirect(work, TREE, fmt)
+    r.both(lambda p: os.rename(j(p, "d"), j(p, "d2")))
+    r.ovl.umount()
+    shutil.rmtree(j(r.lower, "d"))
+    os.mkdir(j(r.lower, "d"))       # keep the whiteout's target a directory
+    os.rmdir(j(r.lower, "d"))
+    lower0, upper0 = lower_snap(r.lower), snapshot(r.upper, mtime=True)
+    for mode in MODES:
+        res = commit(r, mode, check=False)
+        assert res.returncode == 1, res.err
+        assert "d2" in res.err and "\"d\"" in res.err, res.err
+        assert lower_snap(r.lower) == lower0
+        assert snapshot(r.upper, mtime=True) == upper0
+
+
+def kill_scenario(p):
+    nested(p)
+    swap_free = j(p, "other")
+    os.rename(swap_free, j(p, "top/other"))
+    os.unlink(j(p, "d2/gone"))
+    os.mkdir(j(p, "n"))
+    os.rename(j(p, "d2"), j(p, "n/d2"))
+
+
+def test_plain_commit_killed_converges(work, fmt):
+    """A plain commit with renames killed at random instants (and its retry
+    killed too, sometimes): a retry always ends with the model's lower."""
+    r = Redirect(work, TREE, fmt)
+    r.both(kill_scenario)
+    r.ovl.umount()
+    saved_l, saved_u = j(work, "saved-lower"), j(work, "saved-upper")
+    cp_a(r.lower, saved_l)
+    cp_a(r.upper, saved_u)
+    cmd = [OVLFS, "commit", "--quiet", "--upper", r.upper, r.lower]
+    t = time.monotonic()
+    res = run(cmd, timeout=60)
+    assert res.returncode == 0, res.err
+    took = time.monotonic() - t
+    want = snapshot(r.oracle)
+    assert_same_tree(snapshot(r.lower), want, "lower", "model")
+    rnd = random.Random(int(os.environ.get("OVLFS_CRASH_SEED", "15")))
+    for trial in range(16):
+        for p, s in ((r.lower, saved_l), (r.upper, saved_u)):
+            if os.path.lexists(p):
+                shutil.rmtree(p)
+            cp_a(s, p)
+        ino = os.lstat(j(r.lower, "d/x")).st_ino
+        killed = kill_after(cmd, rnd.uniform(0, took * 1.2))
+        if killed and trial % 3 == 0 and os.path.exists(r.upper):
+            kill_after(cmd, rnd.uniform(0, took))
+        if os.path.exists(r.upper):
+            res = run(cmd, timeout=60)
+            assert res.returncode == 0, "trial %d: %s" % (trial, res.err)
+        assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-rename"))
+        assert_same_tree(snapshot(r.lower), want,
+                         "lower after retry (trial %d, killed %s)" % (trial, killed),
+                         "model")
+        assert os.lstat(j(r.lower, "n/d2/x")).st_ino == ino, "copied"
+
+
+def test_atomic_commit_killed_is_all_or_nothing(work, fmt):
+    """An atomic commit with renames (sources nested, a swap, a target in a
+    renamed directory) killed at random instants: after `ovlfs recover` the
+    lower is wholly old or wholly new (file inodes included), and a second
+    commit then ends with the new one."""
+    def ops(p):
+        nested(p)
+        renameat2(j(p, "top"), j(p, "other"), RENAME_EXCHANGE)
+        os.unlink(j(p, "d2/gone"))
+        os.chmod(j(p, "d2/x"), 0o600)
+    r = Redirect(work, TREE, fmt)
+    r.both(ops)
+    r.ovl.umount()
+    old = strip_dir_mtimes(lower_snap(r.lower))
+    old_ino = inodes(r.lower)
+    saved_l, saved_u = j(work, "saved-lower"), j(work, "saved-upper")
+    cp_a(r.lower, saved_l)
+    cp_a(r.upper, saved_u)
+    cmd = [OVLFS, "commit", "--atomic", "--quiet", "--upper", r.upper, r.lower]
+    t = time.monotonic()
+    res = run(cmd, timeout=60)
+    assert res.returncode == 0, res.err
+    took = time.monotonic() - t
+    new = strip_dir_mtimes(lower_snap(r.lower))
+    assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+    rnd = random.Random(int(os.environ.get("OVLFS_CRASH_SEED", "15")))
+    outcomes = set()
+    for trial in range(24):
+        for p, s in ((r.lower, saved_l), (r.upper, saved_u)):
+            if os.path.lexists(p):
+                shutil.rmtree(p)
+            cp_a(s, p)
+        old_ino = inodes(r.lower)
+        killed = kill_after(cmd, rnd.uniform(0, took * 1.3))
+        rec = ovlfs("recover", "--upper", r.upper, r.lower)
+        assert rec.returncode == 0, rec.err
+        assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-commit"))
+        now = strip_dir_mtimes(lower_snap(r.lower))
+        if now == new:
+            outcomes.add("new")
+            assert inodes(r.lower)["d2/x"] == old_ino["d/x"], "copied"
+            continue
+        outcomes.add("old")
+        assert_same_tree(now, old, "lower after kill (trial %d, killed %s)"
+                         % (trial, killed), "old lower")
+        assert inodes(r.lower) == old_ino, "trial %d" % trial
+        res = run(cmd, timeout=60)
+        assert res.returncode == 0, res.err
+        assert_same_tree(strip_dir_mtimes(lower_snap(r.lower)), new,
+                         "lower after a second commit", "new tree")
+
+
+# Calls that change a layer: a kill before each of them, in turn, is a
+# crash at every step of a commit (strace delivers the signal on entry).
+CHANGING = ("rename,renameat,renameat2,mkdir,mkdirat,unlink,unlinkat,rmdir,"
+            "link,linkat,symlinkat,mknodat,fsync,syncfs,setxattr,fsetxattr,"
+            "lsetxattr,removexattr,fremovexattr,lremovexattr")
+
+
+def killed_at(cmd, n):
+    """Run CMD, SIGKILLed just before its Nth layer-changing call; True if
+    it was (else it ran to its end, successfully)."""
+    res = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e",
+               "trace=" + CHANGING, "-e",
+               "inject=%s:signal=KILL:when=%d" % (CHANGING, n)] + cmd,
+              timeout=60)
+    if res.returncode == 0:
+        return False
+    assert res.returncode in (137, -9), res.err
+    return True
+
+
+def crash_pair(work, fmt, scenario=None):
+    def ops(p):
+        nested(p)
+        renameat2(j(p, "top"), j(p, "other"), RENAME_EXCHANGE)
+        os.unlink(j(p, "d2/gone"))
+        os.chmod(j(p, "d2/x"), 0o600)
+        os.mkdir(j(p, "n"))
+        os.rename(j(p, "d2"), j(p, "n/d2"))
+    r = Redirect(work, TREE, fmt)
+    r.both(scenario or ops)
+    r.ovl.umount()
+    saved_l, saved_u = j(work, "saved-lower"), j(work, "saved-upper")
+    cp_a(r.lower, saved_l)
+    cp_a(r.upper, saved_u)
+
+    def restore():
+        for p, s in ((r.lower, saved_l), (r.upper, saved_u)):
+            if os.path.lexists(p):
+                shutil.rmtree(p)
+            cp_a(s, p)
+    return r, restore
+
+
+def over_and_into(p):
+    over_lower_entries(p)
+    os.mkdir(j(p, "n"))
+    os.rename(j(p, "f"), j(p, "n/f"))
+    open(j(p, "n/f/x"), "a").write("more\n")
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
+@pytest.mark.parametrize("scenario", [None, over_and_into],
+                         ids=["nested-swap", "over-entries"])
+def test_atomic_commit_crash_at_every_step(work, fmt, scenario):
+    """An atomic commit with renames killed before each of its changing
+    calls in turn: after `ovlfs recover` the lower is wholly old (its file
+    inodes too) or wholly new, and the new one keeps the renamed files'
+    inodes."""
+    r, restore = crash_pair(work, fmt, scenario)
+    old = strip_dir_mtimes(lower_snap(r.lower))
+    old_ino = inodes(r.lower)
+    cmd = [OVLFS, "commit", "--atomic", "--quiet", "--upper", r.upper, r.lower]
+    kept = ("n/d2/x", "d/x") if scenario is None else ("n/f/w", "d/w")
+    n, seen = 1, set()
+    while True:
+        restore()
+        old_ino = inodes(r.lower)
+        killed = killed_at(cmd, n)
+        rec = ovlfs("recover", "--upper", r.upper, r.lower)
+        assert rec.returncode == 0, rec.err
+        assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-commit"))
+        now = strip_dir_mtimes(lower_snap(r.lower))
+        if not killed or not os.path.exists(r.upper):
+            assert_same_tree(snapshot(r.lower), snapshot(r.oracle),
+                             "lower (killed at call %d)" % n, "model")
+            assert inodes(r.lower)[kept[0]] == old_ino[kept[1]]
+            seen.add("new")
+        else:
+            assert_same_tree(now, old, "lower (killed at call %d)" % n, "old")
+            assert inodes(r.lower) == old_ino, "killed at call %d" % n
+            seen.add("old")
+        if not killed:
+            break
+        n += 1
+    assert seen == {"old", "new"} and n > 10, (seen, n)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
+@pytest.mark.parametrize("scenario", [None, over_and_into],
+                         ids=["nested-swap", "over-entries"])
+def test_plain_commit_crash_at_every_step(work, fmt, scenario):
+    """A plain commit with renames killed before each of its changing calls
+    in turn, then run again (killed again at a later call, sometimes): it
+    ends with the model's lower, the renamed files' inodes kept."""
+    r, restore = crash_pair(work, fmt, scenario)
+    cmd = [OVLFS, "commit", "--quiet", "--upper", r.upper, r.lower]
+    kept = ("n/d2/x", "d/x") if scenario is None else ("n/f/w", "d/w")
+    n = 1
+    while True:
+        restore()
+        old_ino = inodes(r.lower)
+        killed = killed_at(cmd, n)
+        if killed and n % 4 == 0 and os.path.exists(r.upper):
+            killed_at(cmd, n // 2)
+        if os.path.exists(r.upper):
+            res = run(cmd, timeout=60)
+            assert res.returncode == 0, "killed at call %d: %s" % (n, res.err)
+        assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-rename"))
+        assert_same_tree(snapshot(r.lower), snapshot(r.oracle),
+                         "lower (killed at call %d)" % n, "model")
+        assert inodes(r.lower)[kept[0]] == old_ino[kept[1]], n
+        if not killed:
+            break
+        n += 1
+    assert n > 10, n
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
+@pytest.mark.parametrize("scenario", [None, over_and_into],
+                         ids=["nested-swap", "over-entries"])
+def test_atomic_commit_failing_rename_rolls_back(work, fmt, scenario):
+    """The Nth rename of an atomic commit with renames fails (EIO), for each
+    N in turn: the commit fails with the lower wholly old and the upper kept
+    (rolled back: the renamed directories go back where they were), or, a
+    rename of the cleanup failing, says how to finish."""
+    r, restore = crash_pair(work, fmt, scenario)
+    old = strip_dir_mtimes(lower_snap(r.lower))
+    cmd = [OVLFS, "commit", "--atomic", "--quiet", "--upper", r.upper, r.lower]
+    calls = "rename,renameat,renameat2"
+    n, rolled = 1, 0
+    while True:
+        restore()
+        old_ino = inodes(r.lower)
+        res = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e",
+                   "trace=" + calls, "-e",
+                   "inject=%s:error=EIO:when=%d" % (calls, n)] + cmd, timeout=60)
+        if res.returncode == 0:
+            break
+        assert res.returncode == 1, res.err
+        if os.path.exists(j(r.lower, ".wh..wh.ovlfs-commit")):
+            rec = ovlfs("recover", "--upper", r.upper, r.lower)
+            assert rec.returncode == 0, rec.err
+        if "rolled back" in res.err or "unchanged" in res.err:
+            rolled += 1
+            assert_same_tree(strip_dir_mtimes(lower_snap(r.lower)), old,
+                             "lower (rename %d failed)" % n, "old")
+            assert inodes(r.lower) == old_ino, n
+            assert os.path.exists(r.upper)
+        else:
+            assert_same_tree(snapshot(r.lower), snapshot(r.oracle),
+                             "lower (rename %d failed)" % n, "model")
+        n += 1
+    assert rolled > 5, (rolled, n)
+
+
+# ---- diff: a renamed directory is one rename ----
+
+def tree_paths(root):
+    out = set()
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            if not n.startswith(".wh."):
+                out.add("/" + os.path.relpath(j(d, n), root))
+    return out
+
+
+def replay(lower_paths, changes):
+    """The lower's paths after CHANGES (diff --json). The renames happen
+    at once, as a commit does them (a swap, a chain): each "from" names the
+    lower as it was, so every renamed tree is taken out first (the deepest
+    first: a source inside another leaves it), then put in place where its
+    R comes."""
+    cur = {p: p for p in lower_paths}          # current path -> original
+    out = {}
+    for ch in sorted((c for c in changes if c["change"] == "R"),
+                     key=lambda c: -c["from"].count("/")):
+        src = ch["from"]
+        assert src in cur, "%s renamed from %s, which is gone" % (ch["path"], src)
+        out[src] = {c[len(src):]: o for c, o in cur.items()
+                    if c == src or c.startswith(src + "/")}
+        for c in out[src]:
+            del cur[src + c]
+    for ch in changes:
+        p, kind = ch["path"], ch["change"]
+        if kind == "D":
+            assert p in cur, "%s deleted but not there" % p
+            del cur[p]
+        elif kind == "A":
+            assert p not in cur, "%s added but there" % p
+            cur[p] = None
+        elif kind == "M":
+            assert p in cur, "%s modified but not there" % p
+        elif kind == "R":
+            assert p not in cur, "%s renamed over an entry" % p
+            for c, o in out.pop(ch["from"]).items():
+                cur[p + c] = o
+        else:
+            raise AssertionError("unknown change %r" % kind)
+    return set(cur)
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_diff_reports_renames(work, fmt, name):
+    """diff --json and text: the changes, replayed on the lower's paths
+    (renames as moves of the old path), give the merged view's paths; a
+    lower directory's rename is one R change, never its tree added."""
+    import json
+    r = Redirect(work, TREE, fmt)
+    r.both(SCENARIOS[name])
+    merged = tree_paths(r.mnt)
+    r.ovl.umount()
+    lower = tree_paths(r.lower)
+    res = ovlfs("diff", "--json", "--upper", r.upper, r.lower)
+    assert res.returncode == 0, res.err
+    doc = json.loads(res.out)
+    changes = doc["changes"]
+    assert replay(lower, changes) == merged
+    renamed = [c for c in changes if c["change"] == "R"]
+    for c in renamed:
+        assert c["type"] == "dir" and c["from"] != c["path"]
+    assert doc["summary"]["renamed"] == len(renamed)
+    for old, new in KEPT[name]:
+        if old != new:
+            assert not any(c["path"] == "/" + new and c["change"] == "A"
+                           for c in changes), "/%s reported added" % new
+    text = ovlfs("diff", "--upper", r.upper, r.lower)
+    assert text.returncode == 0, text.err
+    lines = text.out.splitlines()
+    assert len(lines) == len(changes) + 1
+    for line, c in zip(lines, changes):
+        assert line.startswith("%s %s" % (c["change"], c["path"])), line
+        if c["change"] == "R":
+            assert line.startswith("R %s (from %s" % (c["path"], c["from"]))
+
+
+def test_diff_rename_output(work):
+    r = Redirect(work, TREE, "oci")
+    r.both(renames)
+    r.ovl.umount()
+    res = ovlfs("diff", "--upper", r.upper, r.lower)
+    assert res.returncode == 0, res.err
+    assert res.out == (
+        "R /d2 (from /d; mtime)\n"
+        "D /d2/gone\n"
+        "R /deeper (from /d/y/deeper)\n"
+        "D /f\n"
+        "R /f (from /other)\n"
+        "A /n\n"
+        "R /n/e (from /e; mtime)\n"
+        "R /n/e/y (from /d/y; mtime)\n"
+        "M /n/e/y/deep (content, mtime)\n"
+        "1 added, 1 modified, 2 deleted, 5 renamed; 10 bytes added or changed\n")
+
+
+# ---- flatten and convert of nested renames ----
+
+@pytest.mark.parametrize("name", ["nested", "swap", "chain", "old_name_reused"])
+def test_flatten_and_convert_nested_renames(work, fmt, name):
+    """flatten writes the merged view of nested renames; convert to the
+    other format keeps every redirect, and a commit after it renames."""
+    r = Redirect(work, TREE, fmt)
+    r.both(SCENARIOS[name])
+    r.ovl.umount()
+    dest = j(work, "flat")
+    res = ovlfs("flatten", "--upper", r.upper, r.lower, dest)
+    assert res.returncode == 0, res.err
+    assert_same_tree(snapshot(dest), snapshot(r.oracle), "flattened", "model")
+    to = "oci" if fmt == "kernel" else "kernel"
+    res = ovlfs("convert", "--to", to, "--upper", r.upper, r.lower)
+    assert res.returncode == 0, res.err
+    before = inodes(r.lower)
+    res = commit(r, "plain")
+    assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+    after = inodes(r.lower)
+    for old, new in KEPT[name]:
+        assert after[new] == before[old], "%s copied" % new
+
+
+def test_commit_into_one_of_several_lowers(work):
+    """Several lowers, commit --into one: a directory renamed within that
+    lower is renamed there; one whose lower part is in another lower is
+    refused, naming it, with nothing changed (the commit sees one lower: a
+    copy or a whiteout there would lose the other lower's tree)."""
+    from test_layers import lowers_overlay
+    top, bottom = j(work, "top"), j(work, "bottom")
+    os.mkdir(top)
+    os.mkdir(bottom)
+    os.makedirs(j(top, "t/sub"))
+    open(j(top, "t/sub/f"), "w").write("f")
+    os.makedirs(j(bottom, "b"))
+    open(j(bottom, "b/g"), "w").write("g")
+    upper = j(work, "upper")
+    o = lowers_overlay([top, bottom], upper, j(work, "mnt"))
+    o.mount()
+    os.rename(j(o.mp, "t"), j(o.mp, "t2"))
+    o.umount()
+    spec = top + ":" + bottom
+    ino = os.lstat(j(top, "t/sub/f")).st_ino
+    r = run([OVLFS, "commit", "--lower", spec, "-u", upper, "--into", top])
+    assert r.returncode == 0, r.err
+    assert os.lstat(j(top, "t2/sub/f")).st_ino == ino
+    assert not os.path.exists(j(top, "t"))
+    o.mount()
+    os.rename(j(o.mp, "b"), j(o.mp, "b2"))
+    o.umount()
+    before = snapshot(top, mtime=True), snapshot(upper, mtime=True)
+    r = run([OVLFS, "commit", "--lower", spec, "-u", upper, "--into", top])
+    assert r.returncode == 1, r.err
+    assert "b2" in r.err and "\"b\"" in r.err, r.err
+    assert (snapshot(top, mtime=True), snapshot(upper, mtime=True)) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_rename_across_a_mount_in_the_lower_is_copied(work):
+    """A renamed directory whose lower part is on another filesystem
+    mounted inside the lower cannot be renamed (EXDEV): the plain commit
+    copies it (the fallback), and the lower ends as the merged view. (An
+    atomic commit cannot change anything inside such a mount at all: its
+    stage and trash are on the lower's own filesystem.)"""
+    mode = "plain"
+    r = Redirect(work, {"m": {}, "t": {"x": "x\\n"}}, "oci")
+    r.ovl.umount()
+    m = j(r.lower, "m")
+    run(["mount", "-t", "tmpfs", "-o", "size=16m", "ovlfs-test", m], check=True)
+    try:
+        os.makedirs(j(m, "dir/sub"))
+        open(j(m, "dir/sub/f"), "w").write("f\n")
+        shutil.rmtree(r.oracle)
+        cp_a(r.lower, r.oracle)
+        r.ovl.mount()
+        r.both(lambda p: os.rename(j(p, "m/dir"), j(p, "dir2")))
+        r.both(lambda p: os.rename(j(p, "t"), j(p, "m/t2")))
+        r.check()
+        r.ovl.umount()
+        commit(r, mode)
+        assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+    finally:
+        run(["umount", m], check=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_persistent_inode_numbers_survive_the_commit(work, fmt, mode):
+    """With persistent inode numbers, a file of a renamed directory has the
+    same number through the mount before the rename, after it, and after
+    the commit (the lower file was renamed, not copied)."""
+    r = Redirect(work, TREE, fmt, inode_mode="persistent")
+    before = os.lstat(r.m("d/y/deep")).st_ino
+    os.rename(r.m("d"), r.m("e/moved"))
+    assert os.lstat(r.m("e/moved/y/deep")).st_ino == before
+    r.ovl.umount()
+    commit(r, mode)
+    r.ovl.mount()
+    assert os.lstat(r.m("e/moved/y/deep")).st_ino == before
+    r.ovl.umount()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
+def test_killed_renames_refuse_other_commands(work):
+    """A plain commit killed with renamed directories on their way (in its
+    work directory in the lower): mount, diff, discard and recover refuse,
+    saying to run the commit again, and change nothing; the commit run
+    again finishes."""
+    r, restore = crash_pair(work, "oci")
+    cmd = [OVLFS, "commit", "--quiet", "--upper", r.upper, r.lower]
+    wd = j(r.lower, ".wh..wh.ovlfs-rename")
+    for n in range(1, 200):
+        restore()
+        if not killed_at(cmd, n):
+            pytest.fail("no kill left the renames half done")
+        if os.path.isdir(wd) and len(os.listdir(wd)) > 2:
+            break
+    lower0, upper0 = lower_snap(r.lower), snapshot(r.upper, mtime=True)
+    for args in (["diff", "--upper", r.upper, r.lower],
+                 ["discard", "--upper", r.upper, r.lower],
+                 ["recover", "--upper", r.upper, r.lower]):
+        res = ovlfs(*args)
+        assert res.returncode == 1, (args, res.out, res.err)
+        assert "run `ovlfs commit --upper %s %s` again" % (r.upper, r.lower) \
+            in res.err, res.err
+    res = r.ovl.mount(check=False)
+    assert res.returncode != 0 and "ovlfs commit" in res.err, res.err
+    assert lower_snap(r.lower) == lower0
+    assert snapshot(r.upper, mtime=True) == upper0
+    res = run(cmd)
+    assert res.returncode == 0, res.err
+    assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+
+
+def test_damaged_rename_plan_is_refused(work):
+    """The plan of a killed plain commit comes from the lower: one with a
+    path leading out of the lower stops the commit with nothing changed."""
+    r = Redirect(work, TREE, "oci")
+    r.both(lambda p: os.rename(j(p, "d"), j(p, "d2")))
+    r.ovl.umount()
+    wd = j(r.lower, ".wh..wh.ovlfs-rename")
+    os.mkdir(wd)
+    with open(j(wd, "plan"), "w") as f:
+        f.write("1 ../../etc d2\nend\n")
+    before = lower_snap(r.lower), snapshot(r.upper, mtime=True)
+    res = commit(r, "plain", check=False)
+    assert res.returncode == 1 and "plan is damaged" in res.err, res.err
+    assert (lower_snap(r.lower), snapshot(r.upper, mtime=True)) == before
