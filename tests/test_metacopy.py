@@ -143,6 +143,7 @@ def test_write_brings_data_in(mc):
     os.chown(big, 5, 6)
     os.chmod(big, 0o4755)
     os.setxattr(big, "user.k", b"x")
+    assert t.is_meta("big")
     ino_up = os.stat(t.u("big")).st_ino
     ino = os.stat(big).st_ino
     # A reader opened before the copy keeps reading the same bytes.
@@ -171,6 +172,7 @@ def test_truncate_and_o_trunc(mc):
     t = mc(size=4 * MiB)
     for n in ("big", "small"):
         os.chmod(t.m(n), 0o600)
+        assert t.is_meta(n)
     os.truncate(t.m("big"), 1000)
     assert not t.is_meta("big")
     with open(j(t.lower, "big"), "rb") as g:
@@ -189,6 +191,7 @@ def test_rename_and_link_bring_data(mc):
     want = open(j(t.lower, "big"), "rb").read()
     os.chmod(t.m("big"), 0o600)
     os.chmod(t.m("d", "f"), 0o600)
+    assert t.is_meta("big") and t.is_meta("d", "f")
     ino = os.stat(t.m("big")).st_ino
     os.rename(t.m("big"), t.m("d", "moved"))
     assert not t.is_meta("d", "moved")
@@ -207,6 +210,7 @@ def test_inode_numbers_stable(mc):
     big = t.m("big")
     ino = os.stat(big).st_ino
     os.chmod(big, 0o600)
+    assert t.is_meta("big")
     assert os.stat(big).st_ino == ino
     t.ovl.remount()
     assert os.stat(big).st_ino == ino
@@ -416,6 +420,7 @@ def test_export_writes_lower_data(mc, work):
     t = mc(size=4 * MiB)
     os.chmod(t.m("big"), 0o600)
     os.setxattr(t.m("small"), "user.z", b"9")
+    assert t.is_meta("big") and t.is_meta("small")
     t.ovl.umount()
     tar = j(work, "layer.tar")
     r = ovlfs("export", "--tar", tar, "--upper", t.upper, t.lower)
@@ -432,6 +437,7 @@ def test_diff_reports_metadata_only(mc):
     t = mc(size=4 * MiB)
     os.chmod(t.m("big"), 0o600)
     os.setxattr(t.m("small"), "user.z", b"9")
+    assert t.is_meta("big") and t.is_meta("small")
     t.ovl.umount()
     r = ovlfs("diff", "--json", "--upper", t.upper, t.lower)
     assert r.returncode == 0, r.err
@@ -450,6 +456,7 @@ def test_commit_applies_metadata_in_place(mc, atomic):
     os.utime(t.m("d", "f"), ns=(10**18, 10**18))
     with open(t.m("d", "f"), "a") as f:      # a full copy-up beside them
         f.write("more\n")
+    assert t.is_meta("big") and t.is_meta("small")
     t.ovl.umount()
     r = ovlfs("commit", *(["--atomic"] if atomic else []), "--upper", t.upper,
               t.lower)
