@@ -490,3 +490,30 @@ def test_convert_moves_marker(mc):
             assert digest(j(k, "big")) == t.want
         finally:
             run(["umount", k], check=True)
+
+
+@pytest.mark.parametrize("atomic", [False, True], ids=["plain", "atomic"])
+def test_commit_metacopy_in_renamed_dir(mc, work, atomic):
+    """A metacopy file inside a renamed (redirected) directory: its data is
+    where the directory's lower part is, not at its new path; export and
+    commit find it there."""
+    t = mc(size=4 * MiB)
+    os.rename(t.m("d"), t.m("d2"))
+    os.chmod(t.m("d2", "f"), 0o600)
+    os.rename(t.m("big"), t.m("d2", "big"))      # a file: its data comes up
+    os.chmod(t.m("small"), 0o640)
+    assert t.is_meta("d2", "f")
+    t.ovl.umount()
+    tar = j(work, "layer.tar")
+    r = ovlfs("export", "--tar", tar, "--upper", t.upper, t.lower)
+    assert r.returncode == 0, r.err
+    with tarfile.open(tar) as tf:
+        assert tf.extractfile("d2/f").read() == b"deep\n"
+    r = ovlfs("commit", *(["--atomic"] if atomic else []), "--upper", t.upper,
+              t.lower)
+    assert r.returncode == 0, r.err
+    assert open(j(t.lower, "d2", "f")).read() == "deep\n"
+    assert os.stat(j(t.lower, "d2", "f")).st_mode & 0o777 == 0o600
+    assert digest(j(t.lower, "d2", "big")) == t.want
+    assert not os.path.exists(j(t.lower, "d"))
+    assert open(j(t.lower, "small")).read() == "hello\n"

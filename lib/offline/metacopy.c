@@ -136,6 +136,34 @@ int fin_metacopy(struct fin *f, int ud, int ld, const char *name)
 	return err ? err : 2;
 }
 
+int fin_metacopy_fill_dir(struct fin *f, int ud, int ld)
+{
+	struct ovl_dirlist dl;
+	int err = ovl_dirlist_read(ud, &dl);
+
+	for (size_t i = 0; !err && i < dl.n; i++) {
+		const char *name = dl.ents[i].name;
+		bool same;
+		int data;
+
+		if (ovl_is_wh_name(name) || (dl.ents[i].type != DT_REG &&
+					     dl.ents[i].type != DT_UNKNOWN))
+			continue;
+		err = ovl_metacopy_lower(&f->fmt, f->lower_fd, ud, ld, name,
+					 &data, &same);
+		if (err == -EIO)
+			err = ovl_set_error(f->fs, err,
+					    "commit: %s: metacopy file %s has no data in the lower %s",
+					    f->upper, name, f->lower);
+		if (err <= 0)
+			continue;
+		err = metacopy_fill(&f->fmt, ud, name, data);
+		close(data);
+	}
+	ovl_dirlist_free(&dl);
+	return err;
+}
+
 int ovl_convert_metacopy(const struct ovl_fmt *from, const struct ovl_fmt *to,
 			 int ud, const char *name)
 {

@@ -111,6 +111,10 @@ static int make_plain(struct fin *f, int ud, int ld)
 	/* The copies are no change to the directory: its times stay. */
 	if (fstat(ud, &dst) < 0)
 		return -errno;
+	/* Metacopy files: their data is where LD is (metacopy.c). */
+	err = fin_metacopy_fill_dir(f, ud, ld);
+	if (err)
+		return err;
 	err = ovl_dirlist_read(ld, &dl);
 	for (size_t i = 0; !err && i < dl.n; i++) {
 		const char *name = dl.ents[i].name;
