@@ -517,3 +517,20 @@ def test_commit_metacopy_in_renamed_dir(mc, work, atomic):
     assert digest(j(t.lower, "d2", "big")) == t.want
     assert not os.path.exists(j(t.lower, "d"))
     assert open(j(t.lower, "small")).read() == "hello\n"
+
+
+def test_unlinked_while_open(mc):
+    """A metacopy file unlinked while open for reading still reads (its
+    lower is pinned), and fstat shows it."""
+    t = mc(size=4 * MiB)
+    os.chmod(t.m("big"), 0o600)
+    assert t.is_meta("big")
+    with open(t.m("big"), "rb") as f:
+        os.unlink(t.m("big"))
+        assert os.fstat(f.fileno()).st_size == 4 * MiB
+        f.seek(2 * MiB)
+        with open(j(t.lower, "big"), "rb") as g:
+            g.seek(2 * MiB)
+            assert f.read(MiB) == g.read(MiB)
+    assert not os.path.exists(t.m("big"))
+    assert os.path.exists(j(t.lower, "big"))
