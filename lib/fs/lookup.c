@@ -662,6 +662,21 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 			err = 0;
 			goto out_close;
 		} else if (st->st_nlink > 1) {
+			/*
+			 * ovlfs makes no hard-linked metacopy file; the
+			 * kernel does with index=on, whose index ovlfs does
+			 * not read: better an error than zeros for data.
+			 */
+			err = S_ISREG(st->st_mode) && st->st_size > 0 ?
+				      ovl_metacopy_get(&ofs->fmt, pufd, name) : 0;
+			if (err) {
+				if (err > 0)
+					ovl_log(ofs->pub, OVLFS_LOG_ERR,
+						"metacopy file %s has several links (the kernel's index=on), which ovlfs does not read: it reads as an I/O error",
+						name);
+				err = err > 0 ? -EIO : err;
+				goto out_close;
+			}
 			/* The index needs the inode held (ovl_node_index). */
 			ufd = ovl_open_child(pufd, name);
 			if (ufd < 0) {
