@@ -439,6 +439,16 @@ static int copy_up_data(struct ovl_fs *ofs, struct ovl_node *node,
 		}
 		err = ovl_copy_data(src, ufd, ust.st_size);
 		close(src);
+		/*
+		 * Failed (ENOSPC): give back what the partial copy took, the
+		 * size kept (the marker still stands), where the upper can.
+		 */
+		if (err && fallocate(ufd, FALLOC_FL_PUNCH_HOLE |
+				     FALLOC_FL_KEEP_SIZE, 0, ust.st_size) == 0) {
+			struct timespec ts[2] = { ust.st_atim, ust.st_mtim };
+
+			utimensat(ufd, "", ts, AT_EMPTY_PATH);
+		}
 	} else {
 		err = ftruncate(ufd, 0) < 0 ? -errno : 0;
 	}
