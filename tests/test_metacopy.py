@@ -14,16 +14,16 @@ import json
 import mmap
 import os
 import random
+import shutil
 import signal
-import subprocess
 import tarfile
 import threading
 import time
 
 import pytest
 
-from conftest import (OVLFS, Overlay, run, ovlfs, daemon_pids, IS_ROOT,
-                      needs_root, wait_for)
+from conftest import (OVLFS, Overlay, run, ovlfs, daemon_pids, needs_root,
+                      snapshot, assert_same_tree, cp_a, kill_after)
 
 MiB = 1 << 20
 BIG = 256 * MiB
@@ -543,3 +543,53 @@ def test_unlinked_while_open(mc):
             assert f.read(MiB) == g.read(MiB)
     assert not os.path.exists(t.m("big"))
     assert os.path.exists(j(t.lower, "big"))
+
+
+def test_commit_atomic_killed_with_metacopy(work):
+    """commit --atomic of metacopy files (one in a renamed directory) killed
+    at random points, then recovered: the lower is the old one or the new
+    one, never data lost; an old one commits again."""
+    t = MC(work, "oci", size=4 * MiB)
+    os.chmod(t.m("big"), 0o600)
+    os.chown(t.m("small"), 9, 9)
+    os.rename(t.m("d"), t.m("d2"))
+    os.chmod(t.m("d2", "f"), 0o700)
+
+    def snap(root):
+        s = snapshot(root, mtime=True)
+        return {k: ({kk: vv for kk, vv in v.items() if kk != "mtime"}
+                    if v["type"] == "dir" else v) for k, v in s.items()}
+
+    new = snap(t.mnt)
+    t.ovl.umount()
+    old = snap(t.lower)
+    saved_l, saved_u = j(work, "saved-lower"), j(work, "saved-upper")
+    cp_a(t.lower, saved_l)
+    cp_a(t.upper, saved_u)
+    cmd = [OVLFS, "commit", "--atomic", "--quiet", "--upper", t.upper, t.lower]
+    t0 = time.monotonic()
+    r = run(cmd, timeout=60)
+    assert r.returncode == 0, r.err
+    took = time.monotonic() - t0
+    assert snap(t.lower) == new
+    rnd = random.Random(15)
+    for trial in range(8):
+        for p, s in ((t.lower, saved_l), (t.upper, saved_u)):
+            if os.path.lexists(p):
+                shutil.rmtree(p)
+            cp_a(s, p)
+        killed = kill_after(cmd, rnd.uniform(0, took * 1.5) if trial else 0)
+        rec = ovlfs("recover", "--upper", t.upper, t.lower)
+        assert rec.returncode == 0, rec.err
+        now = snap(t.lower)
+        if now == new:
+            continue
+        assert_same_tree(now, old, "lower after kill (trial %d, killed %s)"
+                         % (trial, killed), "old lower")
+        t.ovl.mount()
+        assert_same_tree(snap(t.mnt), new, "mount after kill", "new tree")
+        t.ovl.umount()
+        r = run(cmd, timeout=60)
+        assert r.returncode == 0, r.err
+        assert_same_tree(snap(t.lower), new, "lower after a second commit",
+                         "new tree")
