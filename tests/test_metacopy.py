@@ -184,25 +184,103 @@ def test_truncate_and_o_trunc(mc):
     assert os.stat(t.m("small")).st_mode & 0o777 == 0o600
 
 
-def test_rename_and_link_bring_data(mc):
-    """A metacopy file renamed or hard-linked gets its data first (ovlfs
-    writes no redirect on files), and reads the same afterwards."""
+REDIR = {"oci": "trusted.ovlfs.redirect", "kernel": "trusted.overlay.redirect"}
+
+
+def test_rename_keeps_metacopy(mc, work):
+    """A metacopy file renamed stays metacopy (so does a lower file renamed:
+    it is copied up as metacopy) with the redirect the kernel writes for
+    it: its old name within its directory, else its lower path. It reads
+    the same, after a remount, through the kernel, after export and
+    commit; a write brings its data in and drops marker and redirect."""
     t = mc(size=4 * MiB)
     want = open(j(t.lower, "big"), "rb").read()
     os.chmod(t.m("big"), 0o600)
-    os.chmod(t.m("d", "f"), 0o600)
-    assert t.is_meta("big") and t.is_meta("d", "f")
     ino = os.stat(t.m("big")).st_ino
-    os.rename(t.m("big"), t.m("d", "moved"))
-    assert not t.is_meta("d", "moved")
-    assert open(t.m("d", "moved"), "rb").read() == want
-    assert os.stat(t.m("d", "moved")).st_ino == ino
+    os.rename(t.m("big"), t.m("big2"))                  # same directory
+    assert t.is_meta("big2")
+    assert os.getxattr(t.u("big2"), REDIR[t.fmt]) == b"big"
+    os.rename(t.m("small"), t.m("d", "small"))           # a lower file
+    assert t.is_meta("d", "small")
+    assert os.getxattr(t.u("d", "small"), REDIR[t.fmt]) == b"/small"
+    os.mkdir(t.m("new"))
+    os.rename(t.m("d", "f"), t.m("new", "f1"))
+    os.rename(t.m("new", "f1"), t.m("new", "f2"))         # twice
+    os.rename(t.m("d"), t.m("d2"))                        # its parent too
+    assert os.getxattr(t.u("new", "f2"), REDIR[t.fmt]) == b"/d/f"
+    assert os.stat(t.u("big2")).st_blocks == 0
+    assert os.stat(t.m("big2")).st_ino == ino
+    expect = {"big2": want, "d2/small": b"hello\n", "new/f2": b"deep\n"}
+
+    def check(root):
+        for n, d in expect.items():
+            assert open(j(root, n), "rb").read() == d, n
+        for n in ("big", "small", "d/f", "d2/f", "new/f1"):
+            assert not os.path.exists(j(root, n)), n
+    check(t.mnt)
+    assert os.stat(t.m("big2")).st_mode & 0o777 == 0o600
+    t.ovl.remount()
+    check(t.mnt)
+    assert os.stat(t.m("big2")).st_ino == ino
+    if t.fmt == "kernel":
+        t.ovl.umount()
+        k = kmount(work, t.lower, t.upper)
+        try:
+            check(k)
+        finally:
+            run(["umount", k], check=True)
+        t.ovl.mount()
+    t.ovl.umount()
+    tar = j(work, "layer.tar")
+    r = ovlfs("export", "--tar", tar, "--upper", t.upper, t.lower)
+    assert r.returncode == 0, r.err
+    with tarfile.open(tar) as tf:
+        for n, d in expect.items():
+            assert tf.extractfile(n).read() == d, n
+    t.ovl.mount()
+    with open(t.m("new", "f2"), "a") as f:
+        f.write("more\n")
+    expect["new/f2"] = b"deep\nmore\n"
+    assert not xattrs(t.u("new", "f2")) & {MARK[t.fmt], REDIR[t.fmt]}
+    check(t.mnt)
+    t.ovl.umount()
+    saved = j(work, "saved-upper")
+    cp_a(t.upper, saved)
+    saved_l = j(work, "saved-lower")
+    cp_a(t.lower, saved_l)
+    for atomic in (False, True):
+        r = ovlfs("commit", *(["--atomic"] if atomic else []), "--upper",
+                  t.upper, t.lower)
+        assert r.returncode == 0, r.err
+        check(t.lower)
+        if not atomic:
+            shutil.rmtree(t.lower)
+            cp_a(saved_l, t.lower)
+            cp_a(saved, t.upper)
+
+
+def test_rename_without_redirects_brings_data(work):
+    """--no-redirect-dir: no redirect on a file either; the rename of a
+    metacopy file copies its data up first."""
+    t = MC(work, "oci", size=4 * MiB, extra=["--no-redirect-dir"])
+    os.chmod(t.m("big"), 0o600)
+    assert t.is_meta("big")
+    os.rename(t.m("big"), t.m("d", "big"))
+    assert not xattrs(t.u("d", "big")) & {MARK["oci"], REDIR["oci"]}
+    assert digest(t.m("d", "big")) == t.want
+
+
+def test_link_brings_data(mc):
+    """A metacopy file hard-linked gets its data first."""
+    t = mc(size=4 * MiB)
+    os.chmod(t.m("d", "f"), 0o600)
+    assert t.is_meta("d", "f")
     os.link(t.m("d", "f"), t.m("f2"))
     assert not t.is_meta("d", "f")
     assert open(t.m("f2")).read() == "deep\n"
     t.ovl.remount()
-    assert open(t.m("d", "moved"), "rb").read() == want
-    assert os.stat(t.m("d", "moved")).st_ino == ino
+    assert open(t.m("f2")).read() == "deep\n"
+    assert os.stat(t.m("f2")).st_ino == os.stat(t.m("d", "f")).st_ino
 
 
 def test_inode_numbers_stable(mc):
@@ -509,7 +587,7 @@ def test_commit_metacopy_in_renamed_dir(mc, work, atomic):
     t = mc(size=4 * MiB)
     os.rename(t.m("d"), t.m("d2"))
     os.chmod(t.m("d2", "f"), 0o600)
-    os.rename(t.m("big"), t.m("d2", "big"))      # a file: its data comes up
+    os.rename(t.m("big"), t.m("d2", "big"))      # metacopy, redirected
     os.chmod(t.m("small"), 0o640)
     assert t.is_meta("d2", "f")
     t.ovl.umount()

@@ -469,15 +469,19 @@ static int copy_up_data(struct ovl_fs *ofs, struct ovl_node *node,
 			goto out_close;
 		}
 	}
-	/* A kernel-made metacopy file renamed: its redirect served the data. */
+	/*
+	 * A renamed one: its redirect served the data. Under ns_lock, so a
+	 * rename cannot write one after it went.
+	 */
+	pthread_rwlock_wrlock(&ofs->ns_lock);
 	err = ovl_redirect_clear(&ofs->fmt, ufd);
 	if (!err)
 		err = ovl_metacopy_clear(&ofs->fmt, ufd);
+	if (!err)
+		atomic_store(&node->metacopy, false);
+	pthread_rwlock_unlock(&ofs->ns_lock);
 	if (err)
 		goto out_close;
-	pthread_rwlock_wrlock(&ofs->ns_lock);
-	atomic_store(&node->metacopy, false);
-	pthread_rwlock_unlock(&ofs->ns_lock);
 	ovl_tell_attr_changed(ofs, node);
 out_close:
 	ovl_node_fd_put(node, lfd);

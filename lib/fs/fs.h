@@ -123,8 +123,9 @@ struct ovl_node {
 	/*
 	 * Metacopy (copyup.c): the upper object holds the metadata only and
 	 * the data is still the lower's, which such a node keeps reaching
-	 * (by name, as before copy-up, or pinned: a rename or link copies the
-	 * data up first). Set with has_upper, under ns_lock write; cleared,
+	 * (by name, as before copy-up, or pinned once a rename moved it away
+	 * from that name: dir.c set_file_redirect; a link copies the data up
+	 * first). Set with has_upper, under ns_lock write; cleared,
 	 * once the data is in, under copyup_lock and ns_lock write; never set
 	 * again. Readers load it without a lock.
 	 */
@@ -435,6 +436,8 @@ int ovl_node_open_locked(struct ovl_node *node, enum ovl_which which,
 int ovl_node_pin(struct ovl_node *node);
 /* Pin NODE's upper object (it is about to be indexed); ns_lock held. */
 int ovl_node_pin_upper(struct ovl_node *node);
+/* Pin metacopy NODE's lower object (it is about to move); ns_lock held. */
+int ovl_node_pin_lower(struct ovl_node *node);
 /* stat of NODE as shown through the mount (ino replaced). */
 int ovl_node_stat(struct ovl_fs *ofs, struct ovl_node *node, struct stat *st);
 int ovl_node_stat_locked(struct ovl_fs *ofs, struct ovl_node *node,

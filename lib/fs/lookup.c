@@ -354,6 +354,11 @@ int ovl_node_pin_upper(struct ovl_node *node)
 	return pin_layer(node, OVL_UPPER);
 }
 
+int ovl_node_pin_lower(struct ovl_node *node)
+{
+	return pin_layer(node, OVL_LOWER);
+}
+
 int ovl_node_pin(struct ovl_node *node)
 {
 	/*

@@ -136,7 +136,7 @@ int fin_metacopy(struct fin *f, int ud, int ld, const char *name)
 	return err ? err : 2;
 }
 
-int fin_metacopy_fill_dir(struct fin *f, int ud, int ld)
+int fin_metacopy_fill_dir(struct fin *f, int ud, int ld, bool all)
 {
 	struct ovl_dirlist dl;
 	int err = ovl_dirlist_read(ud, &dl);
@@ -157,7 +157,7 @@ int fin_metacopy_fill_dir(struct fin *f, int ud, int ld)
 					    f->upper, name, f->lower);
 		if (err <= 0)
 			continue;
-		err = metacopy_fill(&f->fmt, ud, name, data);
+		err = all || !same ? metacopy_fill(&f->fmt, ud, name, data) : 0;
 		close(data);
 	}
 	ovl_dirlist_free(&dl);

@@ -329,11 +329,12 @@ int ovl_metacopy_lower(const struct ovl_fmt *f, int lroot, int ud, int ld,
  */
 int fin_metacopy(struct fin *f, int ud, int ld, const char *name);
 /*
- * For redirect.c, before upper directory UD (whose lower part is LD) loses
- * its redirect: its metacopy files get their data, which the commit walk
- * would look for at their new path.
+ * For redirect.c, before the commit walk: the metacopy files of upper
+ * directory UD (whose lower part is LD) whose data is not where the walk
+ * will look (ALL: UD is inside a renamed directory, so none is; else the
+ * renamed ones) get their data, from a lower the walk may change first.
  */
-int fin_metacopy_fill_dir(struct fin *f, int ud, int ld);
+int fin_metacopy_fill_dir(struct fin *f, int ud, int ld, bool all);
 /*
  * Convert's: the metacopy marker of UD/NAME from format FROM to TO. 1 if
  * it had one (its redirect, if any, is the caller's), 0, or -errno.

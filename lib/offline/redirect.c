@@ -111,10 +111,6 @@ static int make_plain(struct fin *f, int ud, int ld)
 	/* The copies are no change to the directory: its times stay. */
 	if (fstat(ud, &dst) < 0)
 		return -errno;
-	/* Metacopy files: their data is where LD is (metacopy.c). */
-	err = fin_metacopy_fill_dir(f, ud, ld);
-	if (err)
-		return err;
 	err = ovl_dirlist_read(ld, &dl);
 	for (size_t i = 0; !err && i < dl.n; i++) {
 		const char *name = dl.ents[i].name;
@@ -172,7 +168,12 @@ static int plain_dir(struct fin *f, int ud, int ld, bool inside)
 	struct ovl_dirlist dl;
 	int err;
 
-	err = ovl_dirlist_read(ud, &dl);
+	/* Metacopy files whose data is elsewhere get it now (metacopy.c). */
+	err = fin_metacopy_fill_dir(f, ud, ld, inside);
+	if (!err)
+		err = ovl_dirlist_read(ud, &dl);
+	else
+		dl = (struct ovl_dirlist){ 0 };
 	for (size_t i = 0; !err && i < dl.n; i++) {
 		const char *name = dl.ents[i].name;
 		size_t saved;
