@@ -446,10 +446,15 @@ static int commit_entry(struct fin *f, int ud, int ld, const char *name)
 		return commit_subdir(f, ud, ld, name, &us, have_l ? &ls : NULL);
 	}
 	/* A metacopy file's bytes are the lower's own (offline/metacopy.c). */
-	err = S_ISREG(us.st_mode) ? fin_metacopy(f, ud, have_l ? ld : -1, name)
-				  : 0;
+	err = S_ISREG(us.st_mode) ?
+		      fin_metacopy(f, ud, ld, name,
+				   have_l && S_ISDIR(ls.st_mode)) : 0;
 	if (err < 0)
 		return err;
+	if (err == 3) {
+		fin_tick(f, us.st_size);
+		return 0;
+	}
 	if (err == 1) {
 		err = same_meta(f, ud, ld, name, &us, &ls)
 			      ? 0

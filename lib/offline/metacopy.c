@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -81,40 +82,117 @@ int ovl_metacopy_lower(const struct ovl_fmt *f, int lroot, int ud, int ld,
 	return 1;
 }
 
-/*
- * Bring DATA (an fd of the lower file) into metacopy file UD/NAME and
- * drop its marker and redirect, keeping its times: durable before the
- * marker goes, as a live copy-up does (fs/copyup.c).
- */
-static int metacopy_fill(const struct ovl_fmt *f, int ud, const char *name,
-			 int data)
+/* The private origin (inode number) of SRC onto DST, if it has one. */
+static void copy_origin(int src, int dst)
 {
-	int fd = openat(ud, name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC), err;
-	struct stat st;
+	static const char *const names[] = { OVL_XATTR_ORIGIN_TRUSTED,
+					     OVL_XATTR_ORIGIN_USER };
+	char v[64];
 
-	if (fd < 0)
-		return -errno;
-	err = ovl_fstat(fd, &st);
-	if (!err)
-		err = ovl_copy_data(data, fd, st.st_size);
-	if (!err && fdatasync(fd) < 0)
-		err = -errno;
-	if (!err) {
-		struct timespec ts[2] = { st.st_atim, st.st_mtim };
+	for (size_t i = 0; i < 2; i++) {
+		ssize_t n = ovl_fd_getxattr(src, names[i], v, sizeof(v));
 
-		if (st.st_mode & (S_ISUID | S_ISGID))
-			ovl_fchmod_any(fd, st.st_mode & 07777);
-		err = futimens(fd, ts) < 0 ? -errno : 0;
+		if (n >= 0)
+			ovl_fd_setxattr(dst, names[i], v, n, 0);
 	}
+}
+
+/*
+ * Replace metacopy file UD/NAME by a full copy: DATA (an fd of its lower
+ * file) with its metadata, built under a temporary name, made durable and
+ * renamed over it, so a kill at any point leaves the metacopy file as it
+ * was (times included) or the full copy.
+ */
+static int metacopy_fill(struct fin *f, int ud, const char *name, int data)
+{
+	int src = ovl_open_child(ud, name), fd = -1, err;
+	char tmp[64];
+	struct stat st, dst;
+
+	if (src < 0)
+		return src;
+	err = ovl_fstat(src, &st);
 	if (!err)
-		err = ovl_redirect_clear(f, fd);
+		err = ovl_fstat(ud, &dst);
+	if (err)
+		goto out;
+	ovl_tmp_name(&f->tmp_counter, tmp);
+	fd = openat(ud, tmp, O_CREAT | O_EXCL | O_RDWR | O_NOFOLLOW | O_CLOEXEC,
+		    0600);
+	if (fd < 0) {
+		err = -errno;
+		goto out;
+	}
+	err = ovl_copy_data(data, fd, st.st_size);
 	if (!err)
-		err = ovl_metacopy_clear(f, fd);
-	close(fd);
+		err = ovl_copy_meta(f->is_root, src, fd, &st, true);
+	if (!err) {
+		copy_origin(src, fd);
+		if (fsync(fd) < 0)
+			err = -errno;
+	}
+	if (!err && renameat(ud, tmp, ud, name) < 0)
+		err = -errno;
+	if (err)
+		unlinkat(ud, tmp, 0);
+	/* The swap is no change to the directory: its times stay. */
+	{
+		struct timespec ts[2] = { dst.st_atim, dst.st_mtim };
+
+		futimens(ud, ts);
+	}
+out:
+	if (fd >= 0)
+		close(fd);
+	close(src);
 	return err;
 }
 
-int fin_metacopy(struct fin *f, int ud, int ld, const char *name)
+/*
+ * An atomic commit's stage of metacopy file UD/NAME: a full copy, DATA
+ * with the upper file's metadata, staged and journalled as a replacement
+ * like any changed file (commit.c place_object), the upper untouched.
+ */
+static int metacopy_stage(struct fin *f, int ud, const char *name, int data)
+{
+	int src = ovl_open_child(ud, name), fd = -1, pfd = -1, err;
+	struct stat st;
+	char n[32];
+
+	if (src < 0)
+		return src;
+	err = ovl_fstat(src, &st);
+	if (err)
+		goto out;
+	fin_new_op(f, n);
+	fd = openat(f->stage_fd, n, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
+		    O_CLOEXEC, 0600);
+	if (fd < 0) {
+		err = -errno;
+		goto out;
+	}
+	err = ovl_copy_data(data, fd, st.st_size);
+	if (!err && fsync(fd) < 0)
+		err = -errno;
+	if (!err) {
+		pfd = ovl_open_child(f->stage_fd, n);
+		err = pfd < 0 ? pfd : fin_sync_meta(f, src, pfd);
+	}
+	if (err)
+		unlinkat(f->stage_fd, n, 0);
+	else
+		err = fin_jop(f, 'R', f->next_op);
+out:
+	if (pfd >= 0)
+		close(pfd);
+	if (fd >= 0)
+		close(fd);
+	close(src);
+	return err;
+}
+
+int fin_metacopy(struct fin *f, int ud, int ld, const char *name,
+		 bool lower_dir)
 {
 	bool same;
 	int data, err = ovl_metacopy_lower(&f->fmt, f->lower_fd, ud, ld, name,
@@ -128,19 +206,33 @@ int fin_metacopy(struct fin *f, int ud, int ld, const char *name)
 		return err;
 	/*
 	 * The lower file at the same name holds the data: only its
-	 * metadata changes. Elsewhere (a file the kernel renamed): the
-	 * upper file gets its data first, and is committed as any other.
+	 * metadata changes. Elsewhere (renamed), an atomic commit stages a
+	 * copy made from it (the lower is untouched until the journal is
+	 * applied, the upper throughout); a plain one, whose walk may have
+	 * changed the lower already, finds the data put into the upper
+	 * file before the walk (fin_metacopy_fill_dir), or puts it there.
 	 */
-	err = same ? 1 : metacopy_fill(&f->fmt, ud, name, data);
+	if (same)
+		err = 1;
+	else if (f->atomic && !lower_dir)
+		err = metacopy_stage(f, ud, name, data);
+	else
+		err = metacopy_fill(f, ud, name, data);
+	if (!err)
+		err = same ? 1 : f->atomic && !lower_dir ? 3 : 2;
 	close(data);
-	return err ? err : 2;
+	return err;
 }
 
 int fin_metacopy_fill_dir(struct fin *f, int ud, int ld, bool all)
 {
 	struct ovl_dirlist dl;
-	int err = ovl_dirlist_read(ud, &dl);
+	int err;
 
+	/* The atomic walk stages such files from the lower (fin_metacopy). */
+	if (!all && f->atomic)
+		return 0;
+	err = ovl_dirlist_read(ud, &dl);
 	for (size_t i = 0; !err && i < dl.n; i++) {
 		const char *name = dl.ents[i].name;
 		bool same;
@@ -157,7 +249,7 @@ int fin_metacopy_fill_dir(struct fin *f, int ud, int ld, bool all)
 					    f->upper, name, f->lower);
 		if (err <= 0)
 			continue;
-		err = all || !same ? metacopy_fill(&f->fmt, ud, name, data) : 0;
+		err = all || !same ? metacopy_fill(f, ud, name, data) : 0;
 		close(data);
 	}
 	ovl_dirlist_free(&dl);

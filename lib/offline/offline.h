@@ -321,13 +321,15 @@ int ovl_export_tar(struct ovlfs *fs, int fd, const char *lower,
 int ovl_metacopy_lower(const struct ovl_fmt *f, int lroot, int ud, int ld,
 		       const char *name, int *out, bool *same);
 /*
- * Commit's hook for UD/NAME (lower directory LD): 1 if it is a metacopy
- * file whose data is LD/NAME (only its metadata is to be committed); 0
- * if not a metacopy file; 2 if one whose data was elsewhere and has just
- * been copied into it (stat it again, commit it as any file); -errno with
- * a message.
+ * Commit's hook for UD/NAME (lower directory LD, holding a directory at
+ * NAME if LOWER_DIR): 1 if it is a metacopy file whose data is LD/NAME
+ * (only its metadata is to be committed); 0 if not a metacopy file; 2 if
+ * one whose data was elsewhere and has just been copied into it (stat it
+ * again, commit it as any file); 3 if such a one was staged in full (an
+ * atomic commit: done); -errno with a message.
  */
-int fin_metacopy(struct fin *f, int ud, int ld, const char *name);
+int fin_metacopy(struct fin *f, int ud, int ld, const char *name,
+		 bool lower_dir);
 /*
  * For redirect.c, before the commit walk: the metacopy files of upper
  * directory UD (whose lower part is LD) whose data is not where the walk
