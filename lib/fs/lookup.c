@@ -269,8 +269,9 @@ int ovl_node_at(struct ovl_node *node, enum ovl_which which, int *dirfd,
 	}
 	/*
 	 * A file's lower object is where its lookup found it only until
-	 * copy-up: a rename moves the upper copy alone. A metacopy file
-	 * keeps its name until its data is up (ovl_copy_up before rename).
+	 * copy-up: a rename moves the upper copy alone. A metacopy file's
+	 * data stays at that name (a rename pins it first: dir.c
+	 * set_file_redirect).
 	 */
 	if (l == OVL_UPPER ? !ovl_node_has_upper(node)
 			   : !node->has_lower || (ovl_node_has_upper(node) &&
