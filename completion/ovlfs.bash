@@ -10,11 +10,11 @@ _ovlfs_opts()
 	case $1 in
 	mount)
 		echo "--upper= -u= --lower= --inode-mode= -i= -o= --format=" \
-			"--read-only --no-passthrough --io-uring= --no-redirect-dir --log= --foreground -f" \
+			"--read-only --no-passthrough --io-uring= --no-redirect-dir --no-metacopy --log= --foreground -f" \
 			"--volatile --volatile-dirty= --debug -d --help -h" ;;
 	run)
 		echo "--upper= -u= --lower= --inode-mode= -i= -o= --format=" \
-			"--into= --log= --no-passthrough --io-uring= --no-redirect-dir --on-exit= --help -h" ;;
+			"--into= --log= --no-passthrough --io-uring= --no-redirect-dir --no-metacopy --on-exit= --help -h" ;;
 	diff)
 		echo "--upper= -u= --lower= --into= --json --help -h" ;;
 	commit)

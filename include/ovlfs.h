@@ -98,6 +98,18 @@ int ovlfs_set_passthrough(struct ovlfs *fs, bool enable);
  * values as the setters above.
  */
 int ovlfs_set_redirect_dir(struct ovlfs *fs, bool enable);
+/*
+ * Metadata-only copy-up (on by default; the kernel overlayfs's
+ * metacopy=on, docs/format.md): a chmod, chown, utimes or xattr change of
+ * a lower regular file with one link copies up its metadata alone, with a
+ * marker saying its data is still the lower's; the data follows on the
+ * first open for writing, truncate or fallocate. Off: such changes copy
+ * the whole file, as before. A kernel-format upper with user.overlay.*
+ * markers (rootless) never gets metacopy files, whatever this says: the
+ * kernel refuses metacopy with userxattr. Metacopy files already in an
+ * upper are read either way. Same return values as the setters above.
+ */
+int ovlfs_set_metacopy(struct ovlfs *fs, bool enable);
 
 /* How requests travel between the kernel and ovlfs. */
 enum ovlfs_io_uring {

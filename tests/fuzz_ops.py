@@ -205,6 +205,8 @@ def do_op(R, op, fds):
             os.close(fds.pop(slot))
         fds[slot] = os.open(P(path), OPEN_HOW[how] | NB)
         return None
+    if k == "mc":           # a metadata change, then a use of the file
+        return outcome(R, a[0], fds), outcome(R, a[1], fds)
     if k in ("fwrite", "fread", "ftrunc", "close"):
         fd = fds.get(a[0])
         if fd is None:
@@ -620,7 +622,7 @@ WEIGHTS = {
     "mkdir": 5, "rmdir": 4, "rename": 14, "link": 4, "symlink": 4, "mkfifo": 1,
     "chmod": 3, "chown": 2, "utime": 5, "setxattr": 4, "rmxattr": 2, "getxattrs": 2,
     "stat": 4, "readlink": 1, "readdir": 4, "ouw": 3, "open": 4, "fwrite": 3,
-    "fread": 3, "ftrunc": 1, "close": 1,
+    "fread": 3, "ftrunc": 1, "close": 1, "mc": 6,
 }
 _KINDS = sorted(WEIGHTS)
 _CUM = []
@@ -701,6 +703,27 @@ def gen_op(rng, R, i, without=()):
                 rng.choice(["", "", "create", "replace"]))
     if kind == "rmxattr":
         return ("rmxattr", any_path(), rng.choice(XNAMES))
+    if kind == "mc":
+        # A metadata-only copy-up (metacopy) of a file, most often one
+        # still in the lower, then what brings its data up, or reads it.
+        p = file_path()
+        first = rng.choice([
+            ("chmod", p, rng.choice(MODES_F)),
+            ("chown", p, rng.choice(UIDS), rng.choice(GIDS)),
+            ("utime", p, rng.choice(TIMES), rng.choice(TIMES), False),
+            ("setxattr", p, rng.choice(XNAMES), tag, rng.choice(XLENS), "")])
+        then = rng.choice([
+            ("write", p, rng.choice(OFFS), tag, rng.choice(LENS)),
+            ("append", p, tag, rng.choice(LENS)),
+            ("truncate", p, rng.choice(SIZES)),
+            ("create", p, rng.choice(MODES_F), "trunc", tag, rng.choice(LENS)),
+            ("rename", p, target_path(), "plain"),
+            ("link", p, target_path()),
+            ("read", p),
+            ("stat", p),
+            ("open", rng.randrange(3), p, rng.choice(["r", "rw"])),
+            ("ouw", p, rng.choice(OFFS), tag, rng.choice(LENS))])
+        return ("mc", first, then)
     if kind == "ouw":
         return ("ouw", file_path(), rng.choice(OFFS), tag, rng.choice(LENS))
     if kind == "open":

@@ -135,7 +135,9 @@ def test_enospc_copyup_leaves_nothing(work, small_upper):
     data = os.urandom(3 * MiB)
     build(lower, {"d": {"big": data, "other": "o"}})
     lower_before = snapshot(lower, mtime=True, ctime=True, ino=True)
-    o = Overlay(lower, upper=small_upper, mp=j(work, "mnt"))
+    # A chmod copies data only without metacopy (see the test below).
+    o = Overlay(lower, upper=small_upper, mp=j(work, "mnt"),
+                extra_args=["--no-metacopy"])
     o.mount()
     # fill the upper so the 3 MiB copy-up cannot fit
     write_file(j(o.mp, "filler"), b"f" * (2 * MiB))
@@ -170,6 +172,43 @@ def test_enospc_copyup_leaves_nothing(work, small_upper):
     assert not tmp_debris(small_upper)
     assert_same_tree(snapshot(lower, mtime=True, ctime=True, ino=True), lower_before,
                      "lower now", "lower before")
+
+
+def test_enospc_metacopy_data_copyup(work, small_upper):
+    """With metacopy a chmod needs no room for the data; the write after it
+    fails with ENOSPC, leaving the metacopy file as it was (its partial data
+    given back, still reading the lower), and succeeds once there is room."""
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    data = os.urandom(3 * MiB)
+    build(lower, {"d": {"big": data}})
+    o = Overlay(lower, upper=small_upper, mp=j(work, "mnt"))
+    o.mount()
+    write_file(j(o.mp, "filler"), b"f" * (2 * MiB))
+    os.chmod(j(o.mp, "d", "big"), 0o600)
+    up = j(small_upper, "d", "big")
+    assert "trusted.ovlfs.metacopy" in os.listxattr(up)
+    mtime = os.stat(up).st_mtime_ns
+
+    def append():
+        with open(j(o.mp, "d", "big"), "ab") as f:
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())
+
+    expect_errno(errno.ENOSPC, append)
+    st = os.stat(up)
+    assert "trusted.ovlfs.metacopy" in os.listxattr(up)
+    assert st.st_blocks == 0 and st.st_size == len(data), st
+    assert st.st_mtime_ns == mtime
+    assert not tmp_debris(small_upper), tmp_debris(small_upper)
+    assert open(j(o.mp, "d", "big"), "rb").read() == data
+    assert stat.S_IMODE(os.stat(j(o.mp, "d", "big")).st_mode) == 0o600
+    os.unlink(j(o.mp, "filler"))
+    append()
+    assert open(j(o.mp, "d", "big"), "rb").read() == data + b"x"
+    assert "trusted.ovlfs.metacopy" not in os.listxattr(up)
+    assert stat.S_IMODE(os.stat(up).st_mode) == 0o600
 
 
 def test_enospc_dir_rename_leaves_nothing(work, small_upper):

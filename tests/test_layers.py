@@ -89,7 +89,10 @@ class KernelOverlay:
             self.work = j(work, "kwork")
             os.makedirs(self.work, exist_ok=True)
             opts += ",upperdir=%s,workdir=%s" % (upper, self.work)
-        opts += ",redirect_dir=off,index=off,metacopy=off"
+        # ovlfs writes metacopy files (a chmod of a lower file copies its
+        # metadata only), which the kernel reads with metacopy=on alone;
+        # that takes redirect_dir=on.
+        opts += ",redirect_dir=on,index=off,metacopy=on"
         r = run(["mount", "-t", "overlay", "overlay", "-o", opts, self.mnt])
         if r.returncode != 0:
             pytest.skip("kernel overlayfs mount failed: " + r.err.strip())

@@ -91,8 +91,11 @@ class KernelOverlay:
         os.makedirs(self.mnt, exist_ok=True)
         kwork = j(work, "kwork")
         os.makedirs(kwork, exist_ok=True)
+        # metacopy=on: ovlfs writes metacopy files (not in userxattr
+        # mode, where the kernel refuses them).
         opts = ("lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=on,"
-                "index=off,metacopy=off" % (lower, upper, kwork))
+                "index=off,metacopy=%s" % (lower, upper, kwork,
+                                           "on" if IS_ROOT else "off"))
         if not IS_ROOT:
             opts += ",userxattr"
         r = run(["mount", "-t", "overlay", "overlay", "-o", opts, self.mnt])

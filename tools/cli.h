@@ -83,6 +83,7 @@ enum {
 	OPT_VOLATILE_DIRTY,
 	OPT_IO_URING,
 	OPT_NO_REDIRECT_DIR,
+	OPT_NO_METACOPY,
 };
 
 /*
@@ -110,6 +111,7 @@ struct mount_opts {
 	char *fuse_options; /* joined -o values, NULL if none */
 	bool no_passthrough;
 	bool no_redirect;	/* -o redirect_dir=off|nofollow */
+	bool no_metacopy;	/* --no-metacopy, -o metacopy=off */
 	enum ovlfs_io_uring io_uring;	/* --io-uring, -o io_uring= */
 	bool io_uring_set;
 	bool read_only;

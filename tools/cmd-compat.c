@@ -80,6 +80,7 @@ enum compat_kind {
 	CO_IGNORE,	/* tuning of fuse-overlayfs: no effect on what is shown */
 	CO_OFF_ONLY,	/* a feature ovlfs lacks: only its "off" values */
 	CO_REDIRECT,	/* redirect_dir=: on|follow, or off|nofollow */
+	CO_METACOPY,	/* metacopy=: on or off */
 	CO_REFUSE,	/* would change what the mount shows: not implemented */
 };
 
@@ -160,7 +161,7 @@ static const struct compat_opt {
 	/* features of the kernel's or fuse-overlayfs, off: what ovlfs does */
 	{ "redirect_dir=", CO_REDIRECT, NULL },
 	{ "index=", CO_OFF_ONLY, "off" },
-	{ "metacopy=", CO_OFF_ONLY, "off" },
+	{ "metacopy=", CO_METACOPY, NULL },
 	{ "nfs_export=", CO_OFF_ONLY, "off" },
 	{ "xino=", CO_OFF_ONLY, "off" },
 	{ "noxattrs=", CO_OFF_ONLY, "0" },
@@ -377,6 +378,14 @@ static int compat_option(char *opt, struct mount_opts *o, struct compat *c)
 		}
 		return usage_error(NULL,
 				   "invalid redirect_dir '%s' (expected on, follow, off or nofollow)",
+				   val);
+	case CO_METACOPY:
+		if (in_list(val, "on|off")) {
+			o->no_metacopy = in_list(val, "off");
+			return -1;
+		}
+		return usage_error(NULL,
+				   "invalid metacopy '%s' (expected on or off)",
 				   val);
 	case CO_REFUSE:
 		break;

@@ -185,6 +185,8 @@ struct ovlfs *do_mount(const struct mount_opts *o, char *err, size_t errlen)
 		goto fail;
 	if (o->no_passthrough && (ret = ovlfs_set_passthrough(fs, false)) < 0)
 		goto fail;
+	if (o->no_metacopy && (ret = ovlfs_set_metacopy(fs, false)) < 0)
+		goto fail;
 	if (o->no_redirect && (ret = ovlfs_set_redirect_dir(fs, false)) < 0)
 		goto fail;
 	ret = set_io_uring(fs, o, &mode);
@@ -378,6 +380,7 @@ int cmd_mount(const struct command *cmd, int argc, char **argv)
 		{ "no-passthrough", no_argument, NULL, OPT_NO_PASSTHROUGH },
 		{ "io-uring", required_argument, NULL, OPT_IO_URING },
 		{ "no-redirect-dir", no_argument, NULL, OPT_NO_REDIRECT_DIR },
+		{ "no-metacopy", no_argument, NULL, OPT_NO_METACOPY },
 		{ "lower", required_argument, NULL, OPT_LOWER },
 		{ "read-only", no_argument, NULL, OPT_READ_ONLY },
 		{ "format", required_argument, NULL, OPT_FORMAT },
@@ -405,6 +408,7 @@ int cmd_mount(const struct command *cmd, int argc, char **argv)
 		case OPT_NO_PASSTHROUGH:
 		case OPT_IO_URING:
 		case OPT_NO_REDIRECT_DIR:
+		case OPT_NO_METACOPY:
 		case OPT_LOWER:
 		case OPT_READ_ONLY:
 		case OPT_FORMAT:

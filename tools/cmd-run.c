@@ -283,6 +283,7 @@ int cmd_run(const struct command *cmd, int argc, char **argv)
 		{ "no-passthrough", no_argument, NULL, OPT_NO_PASSTHROUGH },
 		{ "io-uring", required_argument, NULL, OPT_IO_URING },
 		{ "no-redirect-dir", no_argument, NULL, OPT_NO_REDIRECT_DIR },
+		{ "no-metacopy", no_argument, NULL, OPT_NO_METACOPY },
 		{ "log", required_argument, NULL, OPT_LOG },
 		{ "on-exit", required_argument, NULL, 'E' },
 		{ "lower", required_argument, NULL, OPT_LOWER },
@@ -328,6 +329,7 @@ int cmd_run(const struct command *cmd, int argc, char **argv)
 		case OPT_NO_PASSTHROUGH:
 		case OPT_IO_URING:
 		case OPT_NO_REDIRECT_DIR:
+		case OPT_NO_METACOPY:
 		case OPT_LOWER:
 		case OPT_FORMAT:
 		case OPT_INTO:

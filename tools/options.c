@@ -300,6 +300,9 @@ int overlay_option(const struct command *cmd, int c, struct mount_opts *o)
 	case OPT_NO_REDIRECT_DIR:
 		o->no_redirect = true;
 		return -1;
+	case OPT_NO_METACOPY:
+		o->no_metacopy = true;
+		return -1;
 	case OPT_IO_URING:
 		if (!parse_io_uring(optarg, &o->io_uring))
 			return usage_error(

@@ -39,6 +39,9 @@ static int cmd_help(const struct command *self, int argc, char **argv);
 "      --no-redirect-dir    rename a directory with lower content by copying\n" \
 "                           its tree into the upper (by default: a redirect,\n" \
 "                           as the kernel's redirect_dir=on)\n" \
+"      --no-metacopy        chmod, chown, utimes and xattr changes of a lower\n" \
+"                           file copy its data too (by default: metadata\n" \
+"                           only, as the kernel's metacopy=on)\n" \
 "      --io-uring MODE      the transport: 'auto' (the default; taken from\n" \
 "                           $OVLFS_IO_URING when set) uses FUSE-over-io_uring\n" \
 "                           when the kernel offers it (fuse module parameter\n" \

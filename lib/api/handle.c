@@ -114,6 +114,14 @@ int ovlfs_set_redirect_dir(struct ovlfs *fs, bool enable)
 	return 0;
 }
 
+int ovlfs_set_metacopy(struct ovlfs *fs, bool enable)
+{
+	if (fs->mounted)
+		return ovl_set_error(fs, -EBUSY, "settings are fixed while mounted");
+	fs->no_metacopy = !enable;
+	return 0;
+}
+
 int ovlfs_set_volatile(struct ovlfs *fs, bool enable)
 {
 	if (fs->mounted)

@@ -693,6 +693,15 @@ int ovlfs_mount(struct ovlfs *fs)
 		ofs->fmt = ovl_fmt_of(fs->format == OVLFS_FORMAT_KERNEL);
 	if (err)
 		goto out_rmdirs;
+	/*
+	 * Not with user.overlay.* markers: the kernel refuses metacopy in
+	 * its userxattr mode ("conflicting options: userxattr,metacopy=on"),
+	 * so it could not read those files back.
+	 */
+	if (!err)
+		ofs->metacopy = !fs->no_metacopy && !ofs->read_only &&
+				!(ofs->fmt.kernel &&
+				  !strncmp(ofs->fmt.opaque_xattr, "user.", 5));
 	if (fs->created_upper)
 		init_upper_root(ofs);
 	if (!mp_exists) {

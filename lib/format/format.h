@@ -57,6 +57,13 @@
  */
 #define OVL_XATTR_REDIRECT_TRUSTED "trusted.ovlfs.redirect"
 #define OVL_XATTR_REDIRECT_USER "user.ovlfs.redirect"
+/*
+ * A regular file of an OCI-format upper whose data is still the lower's
+ * (metadata-only copy-up, docs/format.md); the kernel format uses the
+ * kernel's overlay.metacopy.
+ */
+#define OVL_XATTR_METACOPY_TRUSTED "trusted.ovlfs.metacopy"
+#define OVL_XATTR_METACOPY_USER "user.ovlfs.metacopy"
 /* A directory's times before an interrupted convert changed it. */
 #define OVL_XATTR_TIMES "user.ovlfs.times"
 #define OVL_MOUNT_MARK "ovlfs"
@@ -80,6 +87,7 @@ struct ovlfs {
 	bool debug;
 	bool no_passthrough;	/* ovlfs_set_passthrough(fs, false) */
 	bool no_redirect;	/* ovlfs_set_redirect_dir(fs, false) */
+	bool no_metacopy;	/* ovlfs_set_metacopy(fs, false) */
 	enum ovlfs_io_uring io_uring;	/* ovlfs_set_io_uring */
 	bool read_only;		/* ovlfs_set_read_only: no upper */
 	bool no_sync;		/* ovlfs_set_volatile */
@@ -242,6 +250,8 @@ struct ovl_fmt {
 	const char *opaque_xattr;	/* kernel: trusted. or user.overlay.opaque */
 	const char *redirect_xattr;	/* trusted. or user.overlay.redirect;
 					   OCI: trusted. or user.ovlfs.redirect */
+	const char *metacopy_xattr;	/* trusted. or user.overlay.metacopy;
+					   OCI: trusted. or user.ovlfs.metacopy */
 };
 /* The markers of the kernel format (KERNEL) or the OCI one, for this process. */
 struct ovl_fmt ovl_fmt_of(bool kernel);
@@ -288,6 +298,16 @@ int ovl_redirect_get(const struct ovl_fmt *f, int dirfd, char *buf);
 int ovl_redirect_set(const struct ovl_fmt *f, int dirfd, const char *v);
 /* Remove DIRFD's redirect, if any. */
 int ovl_redirect_clear(const struct ovl_fmt *f, int dirfd);
+/*
+ * Metacopy: a regular file copied up without its data, which is still the
+ * lower's (the kernel's metacopy=on; docs/format.md). Does the object NAME
+ * in DIRFD ("": DIRFD itself) carry the marker? 1, 0 or -errno. The kernel
+ * writes an empty value (or a digest, with verity): any value counts.
+ */
+int ovl_metacopy_get(const struct ovl_fmt *f, int dirfd, const char *name);
+int ovl_metacopy_set(const struct ovl_fmt *f, int fd);
+/* Remove FD's metacopy marker, if any. */
+int ovl_metacopy_clear(const struct ovl_fmt *f, int fd);
 /*
  * Open directory PATH ("/a/b", an absolute redirect) beneath layer root
  * ROOT, one component at a time, following no symlink: fd or -errno.

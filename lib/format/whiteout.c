@@ -85,6 +85,10 @@ struct ovl_fmt ovl_fmt_of(bool kernel)
 						      "user.overlay.redirect") :
 				  trusted ? OVL_XATTR_REDIRECT_TRUSTED :
 					    OVL_XATTR_REDIRECT_USER,
+		.metacopy_xattr = kernel ? (trusted ? "trusted.overlay.metacopy" :
+						      "user.overlay.metacopy") :
+				  trusted ? OVL_XATTR_METACOPY_TRUSTED :
+					    OVL_XATTR_METACOPY_USER,
 	};
 }
 
@@ -336,6 +340,52 @@ int ovl_redirect_clear(const struct ovl_fmt *f, int dirfd)
 
 	if (!kernel_fmt(f) && (!err || err == -ENODATA))
 		err = ovl_fd_removexattr(dirfd, OVL_XATTR_REDIRECT_USER);
+	return err == -ENODATA || err == -EOPNOTSUPP ? 0 : err;
+}
+
+/* The xattr a metacopy marker is written to, as redirect_xattr. */
+static const char *metacopy_xattr(const struct ovl_fmt *f)
+{
+	if (f && f->metacopy_xattr)
+		return f->metacopy_xattr;
+	return ovl_global_sys_admin() ? OVL_XATTR_METACOPY_TRUSTED :
+					OVL_XATTR_METACOPY_USER;
+}
+
+int ovl_metacopy_get(const struct ovl_fmt *f, int dirfd, const char *name)
+{
+	const char *x = metacopy_xattr(f);
+	/* A digest (verity) is 1 + 4 + 64 bytes at most; ERANGE is "set". */
+	char buf[128];
+	ssize_t n = name[0] ? ovl_at_getxattr(dirfd, name, x, buf, sizeof(buf))
+			    : ovl_fd_getxattr(dirfd, x, buf, sizeof(buf));
+
+	/* As for redirects: an OCI upper written without privilege. */
+	if (n == -ENODATA && !kernel_fmt(f) &&
+	    !strcmp(x, OVL_XATTR_METACOPY_TRUSTED))
+		n = name[0] ? ovl_at_getxattr(dirfd, name,
+					      OVL_XATTR_METACOPY_USER, buf,
+					      sizeof(buf))
+			    : ovl_fd_getxattr(dirfd, OVL_XATTR_METACOPY_USER,
+					      buf, sizeof(buf));
+	if (n == -ENODATA || n == -EOPNOTSUPP)
+		return 0;
+	if (n < 0 && n != -ERANGE)
+		return (int)n;
+	return 1;
+}
+
+int ovl_metacopy_set(const struct ovl_fmt *f, int fd)
+{
+	return ovl_fd_setxattr(fd, metacopy_xattr(f), "", 0, 0);
+}
+
+int ovl_metacopy_clear(const struct ovl_fmt *f, int fd)
+{
+	int err = ovl_fd_removexattr(fd, metacopy_xattr(f));
+
+	if (!kernel_fmt(f) && (!err || err == -ENODATA))
+		err = ovl_fd_removexattr(fd, OVL_XATTR_METACOPY_USER);
 	return err == -ENODATA || err == -EOPNOTSUPP ? 0 : err;
 }
 

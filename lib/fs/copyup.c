@@ -13,6 +13,15 @@
  * before it would bump mtime). The parent's times are put back after the
  * link, as the kernel's overlayfs does: a copy-up is not a change the user
  * made to the directory.
+ *
+ * Metacopy (the kernel's metacopy=on): a change of metadata alone to a
+ * lower regular file with one link copies up a sparse file of the same
+ * size with the lower's metadata and a marker (format/whiteout.c) saying
+ * the data is still the lower's; reads keep going to the lower. The first
+ * open for writing or truncate copies the data into that same upper file
+ * (so its inode, its open files and its number stay), makes it durable,
+ * and only then removes the marker: a crash leaves a file that still
+ * reads the lower, never one that claims data it does not have.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -43,6 +52,13 @@ static void set_origin(struct ovl_fs *ofs, int dstfd, const struct stat *st)
 		       ovl_key_for(ofs, 0, st->st_dev, st->st_ino));
 }
 
+/* What a copy-up brings of a regular file's data. */
+enum cu_data {
+	CU_DATA,	/* all of it */
+	CU_NODATA,	/* none: it is truncated to 0 next */
+	CU_META,	/* none, as a metacopy file, where allowed (else all) */
+};
+
 /*
  * Build the copy of lower object LFD (stat ST) in upper directory PUFD.
  * Regular files become an O_TMPFILE (*TMPNAME = "") when possible; others
@@ -50,7 +66,7 @@ static void set_origin(struct ovl_fs *ofs, int dstfd, const struct stat *st)
  * regular files, O_PATH otherwise).
  */
 static int build_copy(struct ovl_fs *ofs, int pufd, int lfd,
-		      const struct stat *st, char tmpname[64], bool data)
+		      const struct stat *st, char tmpname[64], enum cu_data how)
 {
 	int fd = -1, src = -1, err;
 
@@ -73,7 +89,13 @@ static int build_copy(struct ovl_fs *ofs, int pufd, int lfd,
 			if (fd < 0)
 				return -errno;
 		}
-		if (data) {
+		if (how == CU_META) {
+			/* Sparse: the size shows, the data stays below. */
+			if (ftruncate(fd, st->st_size) < 0) {
+				err = -errno;
+				goto out_err;
+			}
+		} else if (how == CU_DATA) {
 			/* Copy-up must not touch the lower, atime included. */
 			src = ovl_reopen(lfd, O_RDONLY | O_NOATIME);
 			if (src == -EPERM)
@@ -138,6 +160,11 @@ static int build_copy(struct ovl_fs *ofs, int pufd, int lfd,
 	if (err)
 		goto out_err;
 	set_origin(ofs, fd, st);
+	if (how == CU_META) {
+		err = ovl_metacopy_set(&ofs->fmt, fd);
+		if (err)
+			goto out_err;
+	}
 	{
 		struct timespec ts[2] = { st->st_atim, st->st_mtim };
 
@@ -218,8 +245,8 @@ installed:
 	return 0;
 }
 
-static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data,
-		       struct ovl_xchange *xc)
+static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node,
+		       enum cu_data how, struct ovl_xchange *xc)
 {
 	struct ovl_node *parent;
 	char tmpname[64] = "";
@@ -260,6 +287,16 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data,
 	 * at a time among those, and one of them may have done ours already.
 	 */
 	linked = S_ISREG(st.st_mode) && st.st_nlink > 1;
+	/*
+	 * Metacopy for a lone regular file only: the names of a hard-linked
+	 * one become one upper file linked at each (hardlink.c), which the
+	 * kernel makes metacopy only with index=on, and an empty file has no
+	 * data to spare. An unlinked, open one is copied for its writer.
+	 */
+	if (how == CU_META &&
+	    (!ofs->metacopy || !S_ISREG(st.st_mode) || linked || deleted ||
+	     st.st_size == 0))
+		how = CU_DATA;
 	if (linked) {
 		pthread_mutex_lock(&ofs->hardlink_lock);
 		if (ovl_node_has_upper(node)) {
@@ -276,7 +313,7 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data,
 		pthread_rwlock_wrlock(&ofs->ns_lock);
 	if (ovl_fstat(pufd, &pst0) < 0)
 		pst0.st_mtim.tv_nsec = UTIME_OMIT;
-	fd = build_copy(ofs, pufd, lfd, &st, tmpname, data);
+	fd = build_copy(ofs, pufd, lfd, &st, tmpname, how);
 	if (fd >= 0 && xc) {
 		/* Refused: the copy goes too, as nobody has seen it. */
 		xc->tried = true;
@@ -298,7 +335,12 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node, bool data,
 	}
 	if (slow)
 		pthread_rwlock_wrlock(&ofs->ns_lock);
+	/* Before has_upper: no moment where the node has neither data. */
+	if (how == CU_META)
+		atomic_store(&node->metacopy, true);
 	err = install_copy(ofs, node, pufd, fd, tmpname, &pst0, !slow, linked);
+	if (err)
+		atomic_store(&node->metacopy, false);
 	pthread_rwlock_unlock(&ofs->ns_lock);
 	if (!err && linked)
 		err = ovl_link_lower_aliases(ofs, node, &st, fd);
@@ -354,12 +396,106 @@ static void copy_up_failed(struct ovl_fs *ofs, struct ovl_node *node, int err)
 		strerror(-err));
 }
 
-static int copy_up(struct ovl_fs *ofs, struct ovl_node *node, bool data,
-		   struct ovl_xchange *xc)
+/*
+ * Bring the data of metacopy NODE into its upper file (HOW CU_NODATA: make
+ * it empty instead, the caller truncates it anyway) and drop the marker.
+ * Caller holds NODE's copyup_lock.
+ */
+static int copy_up_data(struct ovl_fs *ofs, struct ovl_node *node,
+			enum cu_data how)
+{
+	char cap[256];
+	struct stat ust;
+	ssize_t ncap;
+	int ufd, lfd = -1, src = -1, err;
+
+	pthread_rwlock_rdlock(&ofs->ns_lock);
+	ufd = ovl_node_open_locked(node, OVL_UPPER, O_WRONLY);
+	if (ufd >= 0 && how == CU_DATA)
+		lfd = ovl_node_fd_get_locked(node, OVL_LOWER);
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	if (ufd < 0)
+		return ufd;
+	if (lfd < 0 && how == CU_DATA) {
+		err = lfd;
+		goto out_close;
+	}
+	err = ovl_fstat(ufd, &ust);
+	if (err)
+		goto out_close;
+	/*
+	 * Writing data drops setuid/setgid and a file capability (the
+	 * kernel's file_remove_privs): the copy must keep what the metadata
+	 * copy-up gave the file.
+	 */
+	ncap = ovl_fd_getxattr(ufd, "security.capability", cap, sizeof(cap));
+	if (how == CU_DATA) {
+		src = ovl_reopen(lfd, O_RDONLY | O_NOATIME);
+		if (src == -EPERM)
+			src = ovl_reopen(lfd, O_RDONLY);
+		if (src < 0) {
+			err = src;
+			goto out_close;
+		}
+		err = ovl_copy_data(src, ufd, ust.st_size);
+		close(src);
+		/*
+		 * Failed (ENOSPC): give back what the partial copy took, the
+		 * size kept (the marker still stands), where the upper can.
+		 */
+		if (err && fallocate(ufd, FALLOC_FL_PUNCH_HOLE |
+				     FALLOC_FL_KEEP_SIZE, 0, ust.st_size) == 0) {
+			struct timespec ts[2] = { ust.st_atim, ust.st_mtim };
+
+			utimensat(ufd, "", ts, AT_EMPTY_PATH);
+		}
+	} else {
+		err = ftruncate(ufd, 0) < 0 ? -errno : 0;
+	}
+	/* The data must be on disk before the marker's removal can be. */
+	if (!err && !ofs->no_sync && fdatasync(ufd) < 0)
+		err = -errno;
+	if (err)
+		goto out_close;
+	if (ncap > 0)
+		ovl_fd_setxattr(ufd, "security.capability", cap, ncap, 0);
+	if (ust.st_mode & (S_ISUID | S_ISGID))
+		ovl_fchmod_any(ufd, ust.st_mode & 07777);
+	{
+		struct timespec ts[2] = { ust.st_atim, ust.st_mtim };
+
+		if (utimensat(ufd, "", ts, AT_EMPTY_PATH) < 0) {
+			err = -errno;
+			goto out_close;
+		}
+	}
+	/*
+	 * A renamed one: its redirect served the data. Under ns_lock, so a
+	 * rename cannot write one after it went.
+	 */
+	pthread_rwlock_wrlock(&ofs->ns_lock);
+	err = ovl_redirect_clear(&ofs->fmt, ufd);
+	if (!err)
+		err = ovl_metacopy_clear(&ofs->fmt, ufd);
+	if (!err)
+		atomic_store(&node->metacopy, false);
+	pthread_rwlock_unlock(&ofs->ns_lock);
+	if (err)
+		goto out_close;
+	ovl_tell_attr_changed(ofs, node);
+out_close:
+	ovl_node_fd_put(node, lfd);
+	close(ufd);
+	return err;
+}
+
+static int copy_up(struct ovl_fs *ofs, struct ovl_node *node,
+		   enum cu_data how, struct ovl_xchange *xc)
 {
 	int err = 0;
 
-	if (ovl_node_has_upper(node))
+	if (ovl_node_has_upper(node) &&
+	    (how == CU_META || !atomic_load(&node->metacopy)))
 		return 0;
 	if (ofs->read_only)
 		return -EROFS;
@@ -367,7 +503,9 @@ static int copy_up(struct ovl_fs *ofs, struct ovl_node *node, bool data,
 		return -EIO;	/* the root always has an upper */
 	pthread_mutex_lock(&node->copyup_lock);
 	if (!ovl_node_has_upper(node))
-		err = copy_up_one(ofs, node, data, xc);
+		err = copy_up_one(ofs, node, how, xc);
+	else if (how != CU_META && atomic_load(&node->metacopy))
+		err = copy_up_data(ofs, node, how);
 	pthread_mutex_unlock(&node->copyup_lock);
 	/* A refused xattr change is its caller's to report. */
 	if (err && !(xc && xc->tried))
@@ -377,19 +515,24 @@ static int copy_up(struct ovl_fs *ofs, struct ovl_node *node, bool data,
 
 int ovl_copy_up(struct ovl_fs *ofs, struct ovl_node *node)
 {
-	return copy_up(ofs, node, true, NULL);
+	return copy_up(ofs, node, CU_DATA, NULL);
+}
+
+int ovl_copy_up_meta(struct ovl_fs *ofs, struct ovl_node *node)
+{
+	return copy_up(ofs, node, CU_META, NULL);
 }
 
 int ovl_copy_up_xattr(struct ovl_fs *ofs, struct ovl_node *node,
 		      struct ovl_xchange *xc)
 {
 	xc->tried = false;
-	return copy_up(ofs, node, true, xc);
+	return copy_up(ofs, node, CU_META, xc);
 }
 
 int ovl_copy_up_nodata(struct ovl_fs *ofs, struct ovl_node *node)
 {
-	return copy_up(ofs, node, false, NULL);
+	return copy_up(ofs, node, CU_NODATA, NULL);
 }
 
 /*
@@ -443,7 +586,7 @@ static int stage_file(struct ovl_fs *ofs, struct ovl_node *dir,
 		ovl_node_fd_put(child, lfd);
 		return err;
 	}
-	fd = build_copy(ofs, pufd, lfd, &st, s->tmpname, true);
+	fd = build_copy(ofs, pufd, lfd, &st, s->tmpname, CU_DATA);
 	ovl_node_fd_put(child, lfd);
 	if (fd < 0)
 		return fd;

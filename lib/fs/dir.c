@@ -582,6 +582,9 @@ static int copy_up_mover(struct ovl_fs *ofs, struct ovl_node *node,
 {
 	if (node->type == S_IFDIR && whole)
 		return ovl_copy_up_tree(ofs, node);
+	/* A lone file moves as metacopy, with a redirect, where it may. */
+	if (node->type == S_IFREG && !whole)
+		return ovl_copy_up_meta(ofs, node);
 	return ovl_copy_up(ofs, node);
 }
 
@@ -633,6 +636,63 @@ static int set_redirect(struct ovl_fs *ofs, struct ovl_node *node,
 }
 
 /*
+ * Metacopy file NODE is about to leave its name: its data stays the lower
+ * file it came from, which the node pins from now on, and whose place the
+ * upper file records as the kernel does for a renamed metacopy file (an
+ * overlay.redirect, relative within the directory, else absolute), so a
+ * later lookup finds it. -EXDEV where none can be written (the caller
+ * then copies the data up first). ns_lock held for writing.
+ */
+static int set_file_redirect(struct ovl_fs *ofs, struct ovl_node *node,
+			     bool samedir)
+{
+	char cur[OVL_REDIRECT_MAX + 1], path[OVL_REDIRECT_MAX + 1];
+	const char *lname = node->name;
+	int ufd, r, err;
+
+	if (ofs->no_redirect)
+		return -EXDEV;
+	err = ovl_node_pin_lower(node);
+	if (err)
+		return err;
+	ufd = ovl_node_fd_get_locked(node, OVL_UPPER);
+	if (ufd < 0)
+		return ufd;
+	r = ovl_redirect_get(&ofs->fmt, ufd, cur);
+	err = r < 0 ? r : 0;
+	if (r > 0)
+		lname = cur;
+	if (!err && (r <= 0 || (!samedir && cur[0] != '/'))) {
+		if (samedir) {
+			snprintf(path, sizeof(path), "%s", lname);
+		} else {
+			err = ovl_node_lower_path(ofs, node->parent, path,
+						  sizeof(path));
+			if (!err && strlen(path) + strlen(lname) + 1 >=
+					    sizeof(path))
+				err = -ENAMETOOLONG;
+			if (!err)
+				snprintf(path + strlen(path),
+					 sizeof(path) - strlen(path), "%s%s",
+					 path[1] ? "/" : "", lname);
+		}
+		if (!err && !ovl_redirect_valid(path))
+			err = -ENAMETOOLONG;
+		if (!err)
+			err = ovl_redirect_set(&ofs->fmt, ufd, path);
+	}
+	ovl_node_fd_put(node, ufd);
+	if (err) {
+		ovl_log(ofs->pub, OVLFS_LOG_DEBUG,
+			"rename: cannot record a redirect on metacopy file %s (%s): "
+			"copying its data up instead", node->name,
+			strerror(-err));
+		return -EXDEV;
+	}
+	return 0;
+}
+
+/*
  * Directory NODE now sits where the lower has an entry: make it opaque so
  * nothing of that lower entry shows through it. A redirected one takes its
  * lower part from its redirect, whatever stands at its new name.
@@ -666,8 +726,12 @@ static int rename_exchange(struct ovl_fs *ofs, struct ovl_node *src,
 
 	if (ovl_node_lower_visible(src))
 		err = set_redirect(ofs, src, samedir);
+	else if (atomic_load(&src->metacopy))
+		err = set_file_redirect(ofs, src, samedir);
 	if (!err && ovl_node_lower_visible(dst))
 		err = set_redirect(ofs, dst, samedir);
+	else if (!err && atomic_load(&dst->metacopy))
+		err = set_file_redirect(ofs, dst, samedir);
 	if (!err)
 		err = hide_lower_under(ofs, src, newparent, newname);
 	if (!err)
@@ -706,6 +770,8 @@ static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 	err = 0;
 	if (ovl_node_lower_visible(src))
 		err = set_redirect(ofs, src, parent == newparent);
+	else if (atomic_load(&src->metacopy))
+		err = set_file_redirect(ofs, src, parent == newparent);
 	if (!err)
 		err = hide_lower_under(ofs, src, newparent, newname);
 	if (!err && dst)

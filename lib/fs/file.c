@@ -44,8 +44,12 @@ int ovl_file_fd(struct ovl_fs *ofs, struct ovl_file *f)
 {
 	int fd = atomic_load(&f->fd), nfd;
 
-	/* The common case: no copy-up since open, or already moved. */
-	if (!f->on_lower || f->old_fd >= 0 || !ovl_node_has_upper(f->node))
+	/*
+	 * The common case: no copy-up since open, or already moved. A
+	 * metacopy upper has no data yet: the lower is still the file.
+	 */
+	if (!f->on_lower || f->old_fd >= 0 || !ovl_node_has_upper(f->node) ||
+	    atomic_load(&f->node->metacopy))
 		return fd;
 	pthread_mutex_lock(&f->lock);
 	if (f->old_fd < 0) {
@@ -98,7 +102,8 @@ int ovl_open(struct ovl_fs *ofs, struct ovl_node *node, int flags,
 	 */
 	flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW | O_DIRECT);
 	pthread_rwlock_rdlock(&ofs->ns_lock);
-	on_lower = !ovl_node_has_upper(node);
+	/* A metacopy file's data is the lower's (not opened for writing). */
+	on_lower = !ovl_node_has_upper(node) || atomic_load(&node->metacopy);
 	if (on_lower) {
 		/* Reading through the overlay must not touch the lower. */
 		fd = ovl_node_open_locked(node, OVL_LOWER, flags | O_NOATIME);
@@ -231,11 +236,13 @@ int ovl_setattr(struct ovl_fs *ofs, struct ovl_node *node,
 	if (valid & (OVL_SET_MODE | OVL_SET_UID | OVL_SET_GID | OVL_SET_SIZE |
 		     OVL_SET_ATIME | OVL_SET_MTIME | OVL_SET_ATIME_NOW |
 		     OVL_SET_MTIME_NOW)) {
-		/* Truncating to zero needs no data copied. */
+		/* Truncating to zero needs no data copied; the rest none. */
 		if ((valid & OVL_SET_SIZE) && attr->st_size == 0)
 			err = ovl_copy_up_nodata(ofs, node);
-		else
+		else if (valid & OVL_SET_SIZE)
 			err = ovl_copy_up(ofs, node);
+		else
+			err = ovl_copy_up_meta(ofs, node);
 		if (err)
 			return err;
 	}

@@ -120,6 +120,16 @@ struct ovl_node {
 	 */
 	_Atomic bool has_upper;
 	bool has_lower;
+	/*
+	 * Metacopy (copyup.c): the upper object holds the metadata only and
+	 * the data is still the lower's, which such a node keeps reaching
+	 * (by name, as before copy-up, or pinned once a rename moved it away
+	 * from that name: dir.c set_file_redirect; a link copies the data up
+	 * first). Set with has_upper, under ns_lock write; cleared,
+	 * once the data is in, under copyup_lock and ns_lock write; never set
+	 * again. Readers load it without a lock.
+	 */
+	_Atomic bool metacopy;
 	/* immutable: lower layer (0 = topmost) of the lower object */
 	uint16_t lidx;
 	/*
@@ -227,6 +237,7 @@ struct ovl_fs {
 	bool read_only;			/* no upper: every change is EROFS */
 	bool no_sync;			/* volatile: no fsync reaches a layer */
 	bool no_redirect;		/* directory renames copy the tree */
+	bool metacopy;			/* metadata-only copy-up (copyup.c) */
 	bool volatile_marked;		/* we set OVL_XATTR_VOLATILE: a clean
 					   end removes it */
 	int upper_lock_fd;		/* LOCK_EX for the mount's lifetime */
@@ -425,6 +436,8 @@ int ovl_node_open_locked(struct ovl_node *node, enum ovl_which which,
 int ovl_node_pin(struct ovl_node *node);
 /* Pin NODE's upper object (it is about to be indexed); ns_lock held. */
 int ovl_node_pin_upper(struct ovl_node *node);
+/* Pin metacopy NODE's lower object (it is about to move); ns_lock held. */
+int ovl_node_pin_lower(struct ovl_node *node);
 /* stat of NODE as shown through the mount (ino replaced). */
 int ovl_node_stat(struct ovl_fs *ofs, struct ovl_node *node, struct stat *st);
 int ovl_node_stat_locked(struct ovl_fs *ofs, struct ovl_node *node,
@@ -466,10 +479,19 @@ static inline int ovl_dir_lfd(const struct ovl_node *dir, int k)
 
 /* ===== copyup.c ===== */
 
-/* Make NODE exist in the upper (parents first). Idempotent. */
+/*
+ * Make NODE exist in the upper (parents first), with its data: a metacopy
+ * upper gets its data now. Idempotent.
+ */
 int ovl_copy_up(struct ovl_fs *ofs, struct ovl_node *node);
-/* The same without the file data (the caller truncates it anyway). */
+/* The same without the file data (the caller truncates it to 0 anyway). */
 int ovl_copy_up_nodata(struct ovl_fs *ofs, struct ovl_node *node);
+/*
+ * For a change of metadata only (chmod, chown, utimes): a lower regular
+ * file with one link becomes a metacopy upper where the mount allows it
+ * (ofs->metacopy), anything else is copied up in full.
+ */
+int ovl_copy_up_meta(struct ovl_fs *ofs, struct ovl_node *node);
 /* An xattr change (xattr.c): set NAME to VALUE with FLAGS, or remove it. */
 struct ovl_xchange {
 	const char *name;
@@ -480,7 +502,8 @@ struct ovl_xchange {
 	bool tried;	/* out: made on a copy-up's copy (its result returned) */
 };
 /*
- * Copy NODE up with change XC made to the copy before it is put in place:
+ * Copy NODE up (metadata only where it may, as ovl_copy_up_meta) with
+ * change XC made to the copy before it is put in place:
  * a change the upper refuses leaves no copy behind. XC->tried false: NODE
  * was in the upper already (or its copy-up failed before the change).
  */

@@ -291,10 +291,13 @@ int ovl_node_at(struct ovl_node *node, enum ovl_which which, int *dirfd,
 	}
 	/*
 	 * A file's lower object is where its lookup found it only until
-	 * copy-up: a rename moves the upper copy alone.
+	 * copy-up: a rename moves the upper copy alone. A metacopy file's
+	 * data stays at that name (a rename pins it first: dir.c
+	 * set_file_redirect).
 	 */
 	if (l == OVL_UPPER ? !ovl_node_has_upper(node)
-			   : !node->has_lower || ovl_node_has_upper(node))
+			   : !node->has_lower || (ovl_node_has_upper(node) &&
+						  !atomic_load(&node->metacopy)))
 		return -ENOENT;
 	/* Directories are always pinned: from here on, a file by name. */
 	if (node->deleted || !node->parent)
@@ -374,6 +377,11 @@ int ovl_node_pin_upper(struct ovl_node *node)
 	return pin_layer(node, OVL_UPPER);
 }
 
+int ovl_node_pin_lower(struct ovl_node *node)
+{
+	return pin_layer(node, OVL_LOWER);
+}
+
 int ovl_node_pin(struct ovl_node *node)
 {
 	/*
@@ -383,6 +391,13 @@ int ovl_node_pin(struct ovl_node *node)
 	if (node->type == S_IFDIR || node->type == S_IFLNK ||
 	    (node->type == S_IFREG && atomic_load(&node->nopen) == 0))
 		return 0;
+	/* Its data, for its readers and for a copy-up by its writers. */
+	if (atomic_load(&node->metacopy)) {
+		int err = pin_layer(node, OVL_LOWER);
+
+		if (err)
+			return err;
+	}
 	return pin_layer(node, layer_of(node, OVL_TOP));
 }
 
@@ -415,12 +430,17 @@ int ovl_node_layer_stat(struct ovl_fs *ofs, struct ovl_node *node,
 int ovl_node_stat_locked(struct ovl_fs *ofs, struct ovl_node *node,
 			 struct stat *st)
 {
+	struct stat lst;
 	int err = layer_stat_locked(node, OVL_TOP, st);
 
 	(void)ofs;
 	if (err)
 		return err;
 	st->st_ino = node->ino;
+	/* As the kernel shows it: the space its data takes, below. */
+	if (atomic_load(&node->metacopy) &&
+	    layer_stat_locked(node, OVL_LOWER, &lst) == 0)
+		st->st_blocks = lst.st_blocks;
 	/*
 	 * A lower file that lost its name (open still) has no name left:
 	 * one shared with a visible name was copied up first (hardlink.c).
@@ -439,7 +459,8 @@ int ovl_node_stat(struct ovl_fs *ofs, struct ovl_node *node, struct stat *st)
 	 * Pinned: the fd names the object, no lock needed; but a pinned
 	 * lower file was (or is being) deleted, which only ns_lock tells.
 	 */
-	if (fd >= 0 && (l == OVL_UPPER || node->type == S_IFDIR)) {
+	if (fd >= 0 && (l == OVL_UPPER || node->type == S_IFDIR) &&
+	    !atomic_load(&node->metacopy)) {
 		err = ovl_fstat(fd, st);
 		if (!err)
 			st->st_ino = node->ino;
@@ -470,6 +491,99 @@ static int lower_of_dir(struct ovl_fs *ofs, struct ovl_node *parent,
 	if (err && redir[0] == '/')
 		return lower_find_abs(ofs, redir, 0, layer, st, fds);
 	return lower_find(ofs, parent, err ? redir : name, layer, st, fds);
+}
+
+/*
+ * The lower file NAME (a relative redirect or a name) in lower part D of a
+ * directory: 1 with *LAYER, ST and, if PIN, an O_PATH fd in *PIN; 0 if
+ * absent or not a regular file; -errno.
+ */
+static int lower_file_in(struct ovl_fs *ofs, const struct lower_dir *d,
+			 const char *name, int *layer, struct stat *st,
+			 int *pin)
+{
+	int err = lower_find_in(ofs, d, name, layer, st, NULL);
+
+	if (err <= 0)
+		return err;
+	if (!S_ISREG(st->st_mode))
+		return 0;
+	if (pin) {
+		*pin = ovl_open_child(ldir_fd(d, *layer), name);
+		if (*pin < 0)
+			return *pin;
+	}
+	return 1;
+}
+
+/*
+ * Is upper regular file NAME of PARENT (in PUFD) a metacopy file? Then
+ * find its data, the lower file beside it or where its redirect says (the
+ * kernel writes one when it renames a metacopy file): 1 with *LAYER and
+ * LST set, and *PIN an O_PATH fd of it when it is not at NAME (-1 else);
+ * 0 if not a metacopy file. A metacopy file whose data is nowhere to be
+ * found is -EIO, as with the kernel, which fails its lookup.
+ */
+static int metacopy_lower(struct ovl_fs *ofs, struct ovl_node *parent,
+			  int pufd, const char *name, int *layer,
+			  struct stat *lst, int *pin)
+{
+	char redir[OVL_REDIRECT_MAX + 1];
+	int fd, r, err = ovl_metacopy_get(&ofs->fmt, pufd, name);
+
+	*pin = -1;
+	if (err <= 0)
+		return err;
+	fd = ovl_open_child(pufd, name);
+	if (fd < 0)
+		return fd;
+	r = ovl_redirect_get(&ofs->fmt, fd, redir);
+	close(fd);
+	if (r < 0)
+		return r;
+	if (!r || redir[0] != '/') {
+		struct lower_dir d = { parent->lidx,
+				       atomic_load(&parent->lower_fd),
+				       parent->lstack };
+		bool moved = r && strcmp(redir, name);
+
+		err = !ovl_node_lower_visible(parent) ? 0 :
+		      lower_file_in(ofs, &d, r ? redir : name, layer, lst,
+				    moved ? pin : NULL);
+	} else {
+		char *slash = strrchr(redir, '/');
+		int n = ofs->nlower, one = -1, *fds = &one, k;
+		struct lower_dir d = { ofs->root->lidx,
+				       atomic_load(&ofs->root->lower_fd),
+				       ofs->root->lstack };
+		struct stat dst;
+
+		*slash = '\0';
+		err = ovl_node_lower_visible(ofs->root);
+		if (err && slash != redir) {
+			if (n > 1 && !(fds = lstack_new(ofs)))
+				return -ENOMEM;
+			err = lower_find_abs(ofs, redir, &k, &dst, fds);
+			if (err > 0 && !S_ISDIR(dst.st_mode))
+				err = 0;
+			if (err > 0)
+				d = (struct lower_dir){ k, fds[k],
+							n > 1 ? fds : NULL };
+		}
+		if (err > 0)
+			err = lower_file_in(ofs, &d, slash + 1, layer, lst,
+					    pin);
+		if (fds != &one)
+			ovl_lstack_free(ofs, fds);
+		else if (one >= 0)
+			close(one);
+	}
+	if (err)
+		return err;
+	ovl_log(ofs->pub, OVLFS_LOG_ERR,
+		"metacopy file %s (in an upper directory) has no lower data: "
+		"it reads as an I/O error", name);
+	return -EIO;
 }
 
 int ovl_node_lower_path(struct ovl_fs *ofs, struct ovl_node *node, char *buf,
@@ -521,6 +635,7 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 	unsigned int layers;
 	struct stat tmp, lst;
 	bool in_upper = false, opaque = false, indexed = false;
+	bool metacopy = false;
 	struct ovl_node *node;
 	uint64_t ino;
 
@@ -575,6 +690,21 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 			err = 0;
 			goto out_close;
 		} else if (st->st_nlink > 1) {
+			/*
+			 * ovlfs makes no hard-linked metacopy file; the
+			 * kernel does with index=on, whose index ovlfs does
+			 * not read: better an error than zeros for data.
+			 */
+			err = S_ISREG(st->st_mode) && st->st_size > 0 ?
+				      ovl_metacopy_get(&ofs->fmt, pufd, name) : 0;
+			if (err) {
+				if (err > 0)
+					ovl_log(ofs->pub, OVLFS_LOG_ERR,
+						"metacopy file %s has several links (the kernel's index=on), which ovlfs does not read: it reads as an I/O error",
+						name);
+				err = err > 0 ? -EIO : err;
+				goto out_close;
+			}
 			/* The index needs the inode held (ovl_node_index). */
 			ufd = ovl_open_child(pufd, name);
 			if (ufd < 0) {
@@ -585,6 +715,17 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 			ino = ovl_ino_upper(ofs, ufd, st);
 		} else {
 			ino = ovl_ino_upper_at(ofs, pufd, name, st);
+			/* An empty one has no data to look for. */
+			err = S_ISREG(st->st_mode) && st->st_size > 0 ?
+				      metacopy_lower(ofs, parent, pufd, name,
+						     &k, &lst, &lfd) : 0;
+			if (err < 0)
+				goto out_close;
+			if (err) {
+				layers |= OVL_IN_LOWER;
+				metacopy = true;
+				st->st_blocks = lst.st_blocks;
+			}
 		}
 	} else {
 		err = -ENOENT;
@@ -601,7 +742,7 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 		layers = OVL_IN_LOWER;
 		ino = ovl_ino_for(ofs, 0, st->st_dev, st->st_ino);
 	}
-	if (layers & OVL_IN_LOWER) {
+	if ((layers & OVL_IN_LOWER) && !metacopy) {
 		lfd = fds[k];
 		fds[k] = -1;
 	}
@@ -613,6 +754,7 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 	}
 	ufd = lfd = -1;
 	node->opaque = opaque;
+	atomic_store(&node->metacopy, metacopy);
 	node->lidx = (uint16_t)k;
 	if (fds != &one && node->type == S_IFDIR && node->has_lower) {
 		node->lstack = fds;

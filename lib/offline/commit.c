@@ -475,6 +475,25 @@ static int commit_entry(struct fin *f, int ud, int ld, const char *name)
 		fin_tick(f, 0);
 		return commit_subdir(f, ud, ld, name, &us, have_l ? &ls : NULL);
 	}
+	/* A metacopy file's bytes are the lower's own (offline/metacopy.c). */
+	err = S_ISREG(us.st_mode) ?
+		      fin_metacopy(f, ud, ld, name,
+				   have_l && S_ISDIR(ls.st_mode)) : 0;
+	if (err < 0)
+		return err;
+	if (err == 3) {
+		fin_tick(f, us.st_size);
+		return 0;
+	}
+	if (err == 1) {
+		err = same_meta(f, ud, ld, name, &us, &ls)
+			      ? 0
+			      : update_meta(f, ud, ld, name, &us);
+		fin_tick(f, us.st_size);
+		return err;
+	}
+	if (err == 2 && fstatat(ud, name, &us, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
 	/* Same bytes already there: keep the lower file, fix metadata. */
 	if (S_ISREG(us.st_mode) && have_l && S_ISREG(ls.st_mode) &&
 	    us.st_nlink == 1 && us.st_size == ls.st_size) {

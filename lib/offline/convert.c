@@ -223,6 +223,24 @@ static int convert_dir(struct conv *c, int dfd, int depth)
 		if (err)
 			err = conv_fail(c, err, "");
 	}
+	/* Metacopy files: the marker, and the redirect of a renamed one. */
+	for (size_t i = 0; i < dl.n && !err; i++) {
+		const char *name = dl.ents[i].name;
+		int r, fd;
+
+		if (ovl_is_wh_name(name) || (dl.ents[i].type != DT_REG &&
+					     dl.ents[i].type != DT_UNKNOWN))
+			continue;
+		r = ovl_convert_metacopy(&c->from, &c->to, dfd, name);
+		if (r > 0) {
+			fd = ovl_open_child(dfd, name);
+			r = fd < 0 ? fd : convert_redirect(c, fd);
+			if (fd >= 0)
+				close(fd);
+		}
+		if (r < 0)
+			err = conv_fail(c, r, name);
+	}
 	/* Then the real subdirectories, a name at a time. */
 	for (size_t i = 0; i < dl.n && !err; i++) {
 		const char *name = dl.ents[i].name;

@@ -432,8 +432,12 @@ static int compare(struct diff_ctx *c, int ufd, int lfd,
 		what |= OVLFS_DIFF_MTIME;
 
 	if (S_ISREG(ust->st_mode)) {
-		/* Equal size and mtime prove nothing: compare the bytes. */
-		err = ust->st_size != lst->st_size ? 1 :
+		/*
+		 * Equal size and mtime prove nothing: compare the bytes. A
+		 * metacopy file's are the lower's by definition.
+		 */
+		err = ovl_metacopy_get(&c->fmt, ufd, "");
+		err = err > 0 ? 0 : ust->st_size != lst->st_size ? 1 :
 		      content_differs(c, ufd, lfd, ust->st_size);
 		if (err < 0)
 			return err;

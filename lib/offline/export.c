@@ -228,7 +228,8 @@ static int export_entry_in(struct xport *x, int dfd, const char *name,
 	const char *first;
 	struct stat st;
 	size_t saved;
-	int fd, err;
+	int fd, data = -1, err;
+	bool same;
 
 	fd = ovl_open_child(dfd, name);
 	if (fd < 0)
@@ -276,13 +277,22 @@ static int export_entry_in(struct xport *x, int dfd, const char *name,
 		archive_entry_set_rdev(x->e, st.st_rdev);
 	} else if (S_ISREG(st.st_mode)) {
 		archive_entry_set_size(x->e, st.st_size);
+		/* A metacopy file: its data is the lower's (metacopy.c). */
+		err = ovl_metacopy_lower(&x->mfmt, x->lower_fd, dfd, ld, name,
+					 &data, &same);
+		if (err == -EIO)
+			ovl_set_error(x->fs, err,
+				      "export: %s/%s: metacopy file has no data in the lower",
+				      x->upper, x->path);
+		if (err < 0)
+			goto pop;
 	}
 	/* X->path names the entry now: no NAME for the messages. */
 	err = add_xattrs(x, fd, NULL);
 	if (!err)
 		err = write_header(x, NULL);
 	if (!err && S_ISREG(st.st_mode))
-		err = write_data(x, fd, NULL, st.st_size);
+		err = write_data(x, data >= 0 ? data : fd, NULL, st.st_size);
 	if (!err && S_ISDIR(st.st_mode)) {
 		int cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY |
 				 O_NOFOLLOW | O_CLOEXEC), cld;
@@ -300,6 +310,8 @@ static int export_entry_in(struct xport *x, int dfd, const char *name,
 	}
 pop:
 	xpath_pop(x, saved);
+	if (data >= 0)
+		close(data);
 out:
 	close(fd);
 	if (err && !x->fs->err[0])

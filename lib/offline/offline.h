@@ -369,6 +369,41 @@ int ovl_export_tar(struct ovlfs *fs, int fd, const char *lower,
 		   const char *upper,
 		   bool upper_exists);
 
+/* ===== metacopy.c: metacopy files of an upper, offline ===== */
+
+/*
+ * The lower data of upper file UD/NAME if it is a metacopy file: 1 and an
+ * O_RDONLY fd of it in *OUT, *SAME true if that is LD/NAME (LD: the lower
+ * directory at UD's path, -1 if none; LROOT: the lower's root, for an
+ * absolute redirect); 0 if not a metacopy file; -EIO if its data is
+ * nowhere (the kernel's answer too); -errno.
+ */
+int ovl_metacopy_lower(const struct ovl_fmt *f, int lroot, int ud, int ld,
+		       const char *name, int *out, bool *same);
+/*
+ * Commit's hook for UD/NAME (lower directory LD, holding a directory at
+ * NAME if LOWER_DIR): 1 if it is a metacopy file whose data is LD/NAME
+ * (only its metadata is to be committed); 0 if not a metacopy file; 2 if
+ * one whose data was elsewhere and has just been copied into it (stat it
+ * again, commit it as any file); 3 if such a one was staged in full (an
+ * atomic commit: done); -errno with a message.
+ */
+int fin_metacopy(struct fin *f, int ud, int ld, const char *name,
+		 bool lower_dir);
+/*
+ * For redirect.c, before the commit walk: the metacopy files of upper
+ * directory UD (whose lower part is LD) whose data is not where the walk
+ * will look (ALL: UD is inside a renamed directory, so none is; else the
+ * renamed ones) get their data, from a lower the walk may change first.
+ */
+int fin_metacopy_fill_dir(struct fin *f, int ud, int ld, bool all);
+/*
+ * Convert's: the metacopy marker of UD/NAME from format FROM to TO. 1 if
+ * it had one (its redirect, if any, is the caller's), 0, or -errno.
+ */
+int ovl_convert_metacopy(const struct ovl_fmt *from, const struct ovl_fmt *to,
+			 int ud, const char *name);
+
 /* ===== apply.c: an OCI layer tar applied (libarchive read side) ===== */
 
 /* One apply: shared by apply.c (the tar) and apply_entry.c (the upper). */

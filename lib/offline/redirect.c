@@ -170,7 +170,12 @@ static int plain_dir(struct fin *f, int ud, int ld, bool inside)
 	struct ovl_dirlist dl;
 	int err;
 
-	err = ovl_dirlist_read(ud, &dl);
+	/* Metacopy files whose data is elsewhere get it now (metacopy.c). */
+	err = fin_metacopy_fill_dir(f, ud, ld, inside);
+	if (!err)
+		err = ovl_dirlist_read(ud, &dl);
+	else
+		dl = (struct ovl_dirlist){ 0 };
 	for (size_t i = 0; !err && i < dl.n; i++) {
 		const char *name = dl.ents[i].name;
 		size_t saved;
