@@ -563,7 +563,7 @@ static int metacopy_lower(struct ovl_fs *ofs, struct ovl_node *parent,
 		if (err && slash != redir) {
 			if (n > 1 && !(fds = lstack_new(ofs)))
 				return -ENOMEM;
-			err = lower_find_abs(ofs, redir, &k, &dst, fds);
+			err = lower_find_abs(ofs, redir, 0, &k, &dst, fds);
 			if (err > 0 && !S_ISDIR(dst.st_mode))
 				err = 0;
 			if (err > 0)
