@@ -435,6 +435,14 @@ static int compat_options(char *opts, struct mount_opts *o, struct compat *c)
 	bool last = !p || !*p;
 	int ret;
 
+	/*
+	 * Metacopy is the kernel's opt-in here too: whoever mounts through
+	 * this syntax may read the upper itself (containers/storage takes a
+	 * mount program's upper as the layer's diff, which would hold a
+	 * metacopy file's holes for its data), and the kernel's overlayfs
+	 * with its default metacopy=off refuses metacopy files (EPERM).
+	 */
+	o->no_metacopy = true;
 	while (!last) {
 		/* A comma ends an option unless escaped ("\,"). */
 		for (q = p; *q && *q != ','; q++)
