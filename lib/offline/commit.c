@@ -459,6 +459,18 @@ static int commit_subdir(struct fin *f, int ud, int ld, const char *name,
 	return err;
 }
 
+/* The lower file stays (same bytes): only its metadata may change. */
+static int keep_lower(struct fin *f, int ud, int ld, const char *name,
+		      const struct stat *us, const struct stat *ls)
+{
+	int err = same_meta(f, ud, ld, name, us, ls)
+			  ? 0
+			  : update_meta(f, ud, ld, name, us);
+
+	fin_tick(f, us->st_size);
+	return err;
+}
+
 static int commit_entry(struct fin *f, int ud, int ld, const char *name)
 {
 	struct stat us, ls;
@@ -485,13 +497,8 @@ static int commit_entry(struct fin *f, int ud, int ld, const char *name)
 		fin_tick(f, us.st_size);
 		return 0;
 	}
-	if (err == 1) {
-		err = same_meta(f, ud, ld, name, &us, &ls)
-			      ? 0
-			      : update_meta(f, ud, ld, name, &us);
-		fin_tick(f, us.st_size);
-		return err;
-	}
+	if (err == 1)
+		return keep_lower(f, ud, ld, name, &us, &ls);
 	if (err == 2 && fstatat(ud, name, &us, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
 	/* Same bytes already there: keep the lower file, fix metadata. */
@@ -500,13 +507,8 @@ static int commit_entry(struct fin *f, int ud, int ld, const char *name)
 		err = same_content(ud, name, ld, us.st_size);
 		if (err < 0)
 			return err;
-		if (err == 1) {
-			err = same_meta(f, ud, ld, name, &us, &ls)
-				      ? 0
-				      : update_meta(f, ud, ld, name, &us);
-			fin_tick(f, us.st_size);
-			return err;
-		}
+		if (err == 1)
+			return keep_lower(f, ud, ld, name, &us, &ls);
 	}
 	err = place_object(f, ud, name, &us, ld, have_l ? &ls : NULL);
 	fin_tick(f, S_ISREG(us.st_mode) ? us.st_size : 0);
@@ -756,7 +758,16 @@ int fin_commit(struct fin *f, bool atomic)
 		fin_renames_free(f);
 		err = fin_plain_redirects(f);
 	} else if (!err && !atomic) {
-		err = fin_renames_plain(f);
+		/*
+		 * A renamed metacopy file's data is a lower file the walk
+		 * may delete (its old name's whiteout) or the renames move
+		 * before the walk reaches it: it comes in first. (An atomic
+		 * commit stages it from the lower, which stays as it is until
+		 * the journal is applied.)
+		 */
+		err = fin_metacopy_fill_moved(f, f->upper_fd, f->lower_fd);
+		if (!err)
+			err = fin_renames_plain(f);
 	}
 	if (err)
 		return err;

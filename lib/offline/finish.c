@@ -116,6 +116,18 @@ int fin_open_dir_at(int dfd, const char *name)
 	return fd < 0 ? -errno : fd;
 }
 
+int fin_open_subdir(int ud, const struct ovl_dirent *de)
+{
+	int fd;
+
+	if (ovl_is_wh_name(de->name) ||
+	    (de->type != DT_DIR && de->type != DT_UNKNOWN))
+		return -ENOTDIR;
+	fd = fin_open_dir_at(ud, de->name);
+	/* cppcheck-suppress resourceLeak */
+	return fd;
+}
+
 /* ---- metadata ---- */
 
 /* Remove xattrs of DST that SRC lacks (never ovlfs's private ones). */

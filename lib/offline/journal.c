@@ -586,10 +586,11 @@ int fin_apply_journal(struct fin *f, char *text, char **upper, bool apply)
 
 /* ---- writing it ---- */
 
-int fin_write_journal(struct fin *f)
+int fin_write_durable(struct fin *f, int dirfd, const char *tmp,
+		      const char *name)
 {
-	int fd = openat(f->work_fd, "journal.tmp", O_WRONLY | O_CREAT |
-			O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW |
+			O_CLOEXEC, 0600);
 	size_t done = 0;
 	int err = 0;
 
@@ -606,12 +607,18 @@ int fin_write_journal(struct fin *f)
 	if (!err && fsync(fd) < 0)
 		err = -errno;
 	close(fd);
-	/* The rename is the commit point; the fsync makes it durable. */
-	if (!err && renameat(f->work_fd, "journal.tmp", f->work_fd, "journal") < 0)
+	/* The rename makes it whole at once; the fsync makes that durable. */
+	if (!err && renameat(dirfd, tmp, dirfd, name) < 0)
 		err = -errno;
-	if (!err && fsync(f->work_fd) < 0)
+	if (!err && fsync(dirfd) < 0)
 		err = -errno;
 	return err;
+}
+
+int fin_write_journal(struct fin *f)
+{
+	/* The journal's rename is the commit point. */
+	return fin_write_durable(f, f->work_fd, "journal.tmp", "journal");
 }
 
 /*

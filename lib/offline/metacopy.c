@@ -6,8 +6,8 @@
  * content, convert moves the marker to the other format.
  *
  * The data of a metacopy file is the lower file at the same path, or
- * where its redirect says (the kernel writes one when it renames a
- * metacopy file; ovlfs copies the data up before a rename instead).
+ * where its redirect says (written when a metacopy file is renamed, by
+ * the kernel and by ovlfs alike).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -250,6 +250,76 @@ int fin_metacopy_fill_dir(struct fin *f, int ud, int ld, bool all)
 		if (err <= 0)
 			continue;
 		err = all || !same ? metacopy_fill(f, ud, name, data) : 0;
+		close(data);
+	}
+	ovl_dirlist_free(&dl);
+	return err;
+}
+
+/*
+ * The lower part of upper directory UD/NAME (whose parent's is LD, -1 for
+ * none): where its redirect says, else the lower's NAME beside it; -1 for
+ * none (opaque, or nothing there), or -errno.
+ */
+static int lower_part(struct fin *f, int ud, const char *name, int ld)
+{
+	char redir[OVL_REDIRECT_MAX + 1];
+	int fd = ovl_open_child(ud, name), r, o, lfd;
+
+	if (fd < 0)
+		return fd;
+	o = ovl_opaque_get(&f->fmt, fd);
+	r = o ? 0 : ovl_redirect_get(&f->fmt, fd, redir);
+	close(fd);
+	if (o || r < 0)
+		return o > 0 ? -1 : o < 0 ? o : r;
+	if (r && redir[0] == '/')
+		lfd = ovl_open_dir_abs(f->lower_fd, redir);
+	else
+		lfd = ld < 0 ? -1 : fin_open_dir_at(ld, r ? redir : name);
+	return lfd == -ENOENT || lfd == -ENOTDIR ? -1 : lfd;
+}
+
+int fin_metacopy_fill_moved(struct fin *f, int ud, int ld)
+{
+	struct ovl_dirlist dl;
+	int err;
+
+	err = ovl_dirlist_read(ud, &dl);
+	for (size_t i = 0; !err && i < dl.n; i++) {
+		const char *name = dl.ents[i].name;
+		bool same;
+		int fd, cld, data;
+
+		fd = fin_open_subdir(ud, &dl.ents[i]);
+		if (fd >= 0) {
+			cld = lower_part(f, ud, name, ld);
+			if (cld < -1)
+				err = cld;
+			else
+				err = fin_metacopy_fill_moved(f, fd, cld);
+			if (cld >= 0)
+				close(cld);
+			close(fd);
+			continue;
+		}
+		if (fd != -ENOTDIR) {
+			err = fd;
+			continue;
+		}
+		if (ovl_is_wh_name(name) || (dl.ents[i].type != DT_REG &&
+					     dl.ents[i].type != DT_UNKNOWN))
+			continue;
+		err = ovl_metacopy_lower(&f->fmt, f->lower_fd, ud, ld, name,
+					 &data, &same);
+		if (err == -EIO)
+			err = ovl_set_error(f->fs, err,
+					    "commit: %s: metacopy file %s has no data in the lower %s",
+					    f->upper, name, f->lower);
+		if (err <= 0)
+			continue;
+		/* Not renamed: its data stays where the walk finds it. */
+		err = same ? 0 : metacopy_fill(f, ud, name, data);
 		close(data);
 	}
 	ovl_dirlist_free(&dl);

@@ -111,6 +111,11 @@ void fin_count_tree(int dfd, uint64_t *entries, uint64_t *bytes,
 		    struct ovl_linkmap *names);
 /* Open directory DFD/NAME O_RDONLY, not following a symlink; fd or -errno. */
 int fin_open_dir_at(int dfd, const char *name);
+/*
+ * Entry DE of upper directory UD opened as fin_open_dir_at when it is a
+ * directory to walk into; -ENOTDIR for a marker or anything else.
+ */
+int fin_open_subdir(int ud, const struct ovl_dirent *de);
 /* Remove ovlfs's private xattrs (the origin) from FD. */
 void fin_strip_private(int fd);
 /*
@@ -229,6 +234,12 @@ int fin_roll_back(struct fin *f, const char *text);
  */
 int fin_apply_journal(struct fin *f, char *text, char **upper, bool apply);
 /* Write the journal, durably: the commit point of an atomic commit. */
+/*
+ * Write the buffered text (f->journal) to DIRFD/TMP, fsync it, rename it
+ * to NAME and fsync DIRFD: the file is there whole or not at all.
+ */
+int fin_write_durable(struct fin *f, int dirfd, const char *tmp,
+		      const char *name);
 int fin_write_journal(struct fin *f);
 /*
  * Files staged by link share their inode with the upper, private xattrs
@@ -397,6 +408,15 @@ int fin_metacopy(struct fin *f, int ud, int ld, const char *name,
  * renamed ones) get their data, from a lower the walk may change first.
  */
 int fin_metacopy_fill_dir(struct fin *f, int ud, int ld, bool all);
+/*
+ * For a plain commit, before it changes the lower: the renamed metacopy
+ * files under upper directory UD (whose lower part is LD, -1 for none:
+ * those not at their data's name) get their data,
+ * which is a lower file the commit may delete (the whiteout of their old
+ * name) or move (a renamed directory) before it reaches them. 0 or -errno
+ * with a message.
+ */
+int fin_metacopy_fill_moved(struct fin *f, int ud, int ld);
 /*
  * Convert's: the metacopy marker of UD/NAME from format FROM to TO. 1 if
  * it had one (its redirect, if any, is the caller's), 0, or -errno.

@@ -182,10 +182,7 @@ static int plain_dir(struct fin *f, int ud, int ld, bool inside)
 		int cud, cld = -1, opq, red;
 		bool cin = inside;
 
-		if (ovl_is_wh_name(name) || (dl.ents[i].type != DT_DIR &&
-					     dl.ents[i].type != DT_UNKNOWN))
-			continue;
-		cud = fin_open_dir_at(ud, name);
+		cud = fin_open_subdir(ud, &dl.ents[i]);
 		if (cud < 0) {
 			if (cud == -ENOTDIR)
 				continue;

@@ -105,10 +105,7 @@ static int plan_dir(struct fin *f, int ud, int ld, const char *lp)
 		size_t saved;
 		int cud, cld = -1, opq, red;
 
-		if (ovl_is_wh_name(name) || (dl.ents[i].type != DT_DIR &&
-					     dl.ents[i].type != DT_UNKNOWN))
-			continue;
-		cud = fin_open_dir_at(ud, name);
+		cud = fin_open_subdir(ud, &dl.ents[i]);
 		if (cud < 0) {
 			if (cud == -ENOTDIR)
 				continue;
@@ -380,8 +377,7 @@ static int open_parent(int root, char *p, char **last, bool create)
 static int write_plan(struct fin *f, int wfd)
 {
 	char num[32];
-	int fd, err = 0;
-	size_t done = 0;
+	int err = 0;
 
 	f->jlen = 0;
 	for (size_t i = 0; !err && i < f->nrenames; i++) {
@@ -400,27 +396,9 @@ static int write_plan(struct fin *f, int wfd)
 		err = fin_jput(f, "end\n", 4);
 	if (err)
 		return err;
-	fd = openat(wfd, "plan.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW |
-		    O_CLOEXEC, 0600);
-	if (fd < 0)
-		return -errno;
-	while (done < f->jlen && !err) {
-		ssize_t n = write(fd, f->journal + done, f->jlen - done);
-
-		if (n < 0 && errno != EINTR)
-			err = -errno;
-		else if (n > 0)
-			done += n;
-	}
-	if (!err && fsync(fd) < 0)
-		err = -errno;
-	close(fd);
-	f->jlen = 0;
 	/* Nothing moves before the plan is durable: it is how a retry knows. */
-	if (!err && renameat(wfd, "plan.tmp", wfd, "plan") < 0)
-		err = -errno;
-	if (!err && fsync(wfd) < 0)
-		err = -errno;
+	err = fin_write_durable(f, wfd, "plan.tmp", "plan");
+	f->jlen = 0;
 	return err;
 }
 
