@@ -40,10 +40,10 @@ def j(*p):
     return os.path.join(*p)
 
 
-def stack_overlay(lowers, upper, mp, fmt):
+def stack_overlay(lowers, upper, mp, fmt, inode_mode=None):
     """An Overlay of FMT mounting LOWERS (top first) with --lower."""
     extra = ["--format", "kernel"] if fmt == "kernel" else []
-    o = Overlay(lowers[0], upper=upper, mp=mp,
+    o = Overlay(lowers[0], upper=upper, mp=mp, inode_mode=inode_mode,
                 extra_args=extra + ["--lower",
                                     ":".join(escape(p) for p in lowers)])
     plain = o.mount_args
@@ -135,7 +135,8 @@ def test_rotated_metacopy(work, fmt):
     # u1 stacked as a lower: reads go beneath, metadata is u1's.
     lowers = [u1, lower]
     u2 = j(work, "u2")
-    o = stack_overlay(lowers, u2, mp, fmt)
+    # Persistent numbers: they must hold across copy-up and remount.
+    o = stack_overlay(lowers, u2, mp, fmt, inode_mode="persistent")
     o.mount()
     try:
         assert_same_tree(snapshot(o.mp), snapshot(model),
@@ -158,6 +159,9 @@ def test_rotated_metacopy(work, fmt):
     try:
         assert_same_tree(snapshot(o.mp), snapshot(model),
                          "ovlfs remounted", "model")
+        # Its number is the one the lower metacopy file showed.
+        assert os.lstat(j(o.mp, "other/x2")).st_ino == inos["other/x2"]
+        assert os.lstat(j(o.mp, "d/owned2")).st_ino == inos["owned"]
     finally:
         o.umount()
     if fmt == "kernel":
@@ -340,5 +344,43 @@ def test_lower_metacopy_mmap_and_stat(work):
                 assert m[:] == data
             finally:
                 m.close()
+    finally:
+        o.umount()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_rotated_no_redirect(work, fmt):
+    """--no-redirect-dir over a rotated stack: renames copy the data up,
+    a directory's tree included, from beneath the lower metacopy files."""
+    lower, model = j(work, "lower"), j(work, "model")
+    os.mkdir(lower)
+    build(lower, TREE)
+    cp_a(lower, model)
+    mp = j(work, "mnt")
+    u1 = j(work, "u1")
+    o = stack_overlay([lower], u1, mp, fmt)
+    o.mount()
+    try:
+        meta_step(o.mp)
+    finally:
+        o.umount()
+    meta_step(model)
+    o = stack_overlay([u1, lower], j(work, "u2"), mp, fmt)
+    o.extra_args += ["--no-redirect-dir"]
+    o.mount()
+    try:
+        for p in (o.mp, model):
+            os.rename(j(p, "d"), j(p, "d9"))
+            os.rename(j(p, "other/x2"), j(p, "x3"))
+            os.rename(j(p, "plain"), j(p, "other/plain"))
+        assert_same_tree(snapshot(o.mp), snapshot(model),
+                         "ovlfs after renames without redirects", "model")
+    finally:
+        o.umount()
+    assert not has_mark(j(work, "u2", "d9/r2"), fmt)
+    o.mount()
+    try:
+        assert_same_tree(snapshot(o.mp), snapshot(model),
+                         "ovlfs remounted", "model")
     finally:
         o.umount()

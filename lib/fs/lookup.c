@@ -444,7 +444,8 @@ int ovl_node_stat_locked(struct ovl_fs *ofs, struct ovl_node *node,
 		return err;
 	st->st_ino = node->ino;
 	/* As the kernel shows it: the space its data takes, below. */
-	if ((atomic_load(&node->metacopy) || node->data_fd >= 0) &&
+	if ((atomic_load(&node->metacopy) ||
+	     (node->data_fd >= 0 && !ovl_node_has_upper(node))) &&
 	    layer_stat_locked(node, OVL_DATA, &lst) == 0)
 		st->st_blocks = lst.st_blocks;
 	/*
