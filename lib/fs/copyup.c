@@ -60,12 +60,13 @@ enum cu_data {
 };
 
 /*
- * Build the copy of lower object LFD (stat ST) in upper directory PUFD.
- * Regular files become an O_TMPFILE (*TMPNAME = "") when possible; others
+ * Build the copy of lower object LFD (stat ST) in upper directory PUFD,
+ * a regular file's data read from DFD (LFD, unless LFD is a metacopy file
+ * of a lower layer: its data beneath). Regular files become an O_TMPFILE (*TMPNAME = "") when possible; others
  * get a temporary name in *TMPNAME. Returns an fd of the copy (O_RDWR for
  * regular files, O_PATH otherwise).
  */
-static int build_copy(struct ovl_fs *ofs, int pufd, int lfd,
+static int build_copy(struct ovl_fs *ofs, int pufd, int lfd, int dfd,
 		      const struct stat *st, char tmpname[64], enum cu_data how)
 {
 	int fd = -1, src = -1, err;
@@ -97,9 +98,9 @@ static int build_copy(struct ovl_fs *ofs, int pufd, int lfd,
 			}
 		} else if (how == CU_DATA) {
 			/* Copy-up must not touch the lower, atime included. */
-			src = ovl_reopen(lfd, O_RDONLY | O_NOATIME);
+			src = ovl_reopen(dfd, O_RDONLY | O_NOATIME);
 			if (src == -EPERM)
-				src = ovl_reopen(lfd, O_RDONLY);
+				src = ovl_reopen(dfd, O_RDONLY);
 			if (src < 0) {
 				err = src;
 				goto out_err;
@@ -313,7 +314,9 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node,
 		pthread_rwlock_wrlock(&ofs->ns_lock);
 	if (ovl_fstat(pufd, &pst0) < 0)
 		pst0.st_mtim.tv_nsec = UTIME_OMIT;
-	fd = build_copy(ofs, pufd, lfd, &st, tmpname, how);
+	/* (data_fd is the node's while it lives: no lock, nothing to put.) */
+	fd = build_copy(ofs, pufd, lfd, node->data_fd >= 0 ? node->data_fd : lfd,
+			&st, tmpname, how);
 	if (fd >= 0 && xc) {
 		/* Refused: the copy goes too, as nobody has seen it. */
 		xc->tried = true;
@@ -412,7 +415,7 @@ static int copy_up_data(struct ovl_fs *ofs, struct ovl_node *node,
 	pthread_rwlock_rdlock(&ofs->ns_lock);
 	ufd = ovl_node_open_locked(node, OVL_UPPER, O_WRONLY);
 	if (ufd >= 0 && how == CU_DATA)
-		lfd = ovl_node_fd_get_locked(node, OVL_LOWER);
+		lfd = ovl_node_fd_get_locked(node, OVL_DATA);
 	pthread_rwlock_unlock(&ofs->ns_lock);
 	if (ufd < 0)
 		return ufd;
@@ -586,7 +589,9 @@ static int stage_file(struct ovl_fs *ofs, struct ovl_node *dir,
 		ovl_node_fd_put(child, lfd);
 		return err;
 	}
-	fd = build_copy(ofs, pufd, lfd, &st, s->tmpname, CU_DATA);
+	fd = build_copy(ofs, pufd, lfd,
+			child->data_fd >= 0 ? child->data_fd : lfd, &st,
+			s->tmpname, CU_DATA);
 	ovl_node_fd_put(child, lfd);
 	if (fd < 0)
 		return fd;

@@ -106,9 +106,9 @@ int ovl_open(struct ovl_fs *ofs, struct ovl_node *node, int flags,
 	on_lower = !ovl_node_has_upper(node) || atomic_load(&node->metacopy);
 	if (on_lower) {
 		/* Reading through the overlay must not touch the lower. */
-		fd = ovl_node_open_locked(node, OVL_LOWER, flags | O_NOATIME);
+		fd = ovl_node_open_locked(node, OVL_DATA, flags | O_NOATIME);
 		if (fd == -EPERM)
-			fd = ovl_node_open_locked(node, OVL_LOWER, flags);
+			fd = ovl_node_open_locked(node, OVL_DATA, flags);
 	} else {
 		fd = ovl_node_open_locked(node, OVL_UPPER, flags);
 	}

@@ -141,6 +141,16 @@ struct ovl_node {
 	int *lstack;
 	_Atomic int upper_fd;		/* O_PATH, or -1 */
 	_Atomic int lower_fd;		/* O_PATH, or -1 */
+	/*
+	 * immutable (set before the node is inserted, closed when it is
+	 * freed): when the lower object in layer lidx is itself a metacopy
+	 * file (an upper of an earlier mount, stacked as a lower), an O_PATH
+	 * fd of its data, found in the layers beneath (lookup.c
+	 * lower_data_in); else -1. The lower object keeps the metadata (and
+	 * keys the inode number); reads and copy-ups take the data from here
+	 * (OVL_DATA).
+	 */
+	int data_fd;
 	/* open files of the node: changed under ns_lock read, read under
 	   ns_lock write (an unlink pins the node if any is open) */
 	_Atomic int nopen;
@@ -407,7 +417,12 @@ int ovl_lookup_stat_locked(struct ovl_fs *ofs, struct ovl_node *parent,
  * Reaching a node's layer objects (see struct ovl_node). WHICH is a layer,
  * or OVL_TOP: the upper object if there is one, else the lower.
  */
-enum ovl_which { OVL_LOWER = 0, OVL_UPPER = 1, OVL_TOP = 2 };
+enum ovl_which { OVL_LOWER = 0, OVL_UPPER = 1, OVL_TOP = 2, OVL_DATA = 3 };
+/*
+ * OVL_DATA is where a regular file's data is: the upper object once it has
+ * its data, else the lower's data (data_fd, or the lower object itself).
+ * OVL_LOWER is the lower object, which holds its metadata.
+ */
 /*
  * Where NODE's object in WHICH is, for *at() calls: in *DIRFD under *NAME,
  * or, with *NAME "", the pinned fd *DIRFD itself (use AT_EMPTY_PATH).

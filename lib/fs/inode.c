@@ -369,6 +369,7 @@ struct ovl_node *ovl_node_new(struct ovl_fs *ofs, struct ovl_node *parent,
 	n->has_lower = (layers & OVL_IN_LOWER) != 0;
 	atomic_init(&n->upper_fd, upper_fd);
 	atomic_init(&n->lower_fd, lower_fd);
+	n->data_fd = -1;
 	atomic_init(&n->nopen, 0);
 	n->type = type & S_IFMT;
 	n->ino = ino;
@@ -438,6 +439,8 @@ static void node_free_locked(struct ovl_fs *ofs, struct ovl_node *node)
 			close(ufd);
 		if (lfd >= 0)
 			close(lfd);
+		if (node->data_fd >= 0)
+			close(node->data_fd);
 		ovl_lstack_free(ofs, node->lstack);
 		ovl_dirslots_free(node->slots);
 		pthread_mutex_destroy(&node->copyup_lock);

@@ -267,6 +267,9 @@ int ovl_lower_has(struct ovl_fs *ofs, struct ovl_node *parent,
 /* WHICH with OVL_TOP resolved to the layer it stands for now. */
 static enum ovl_which layer_of(struct ovl_node *node, enum ovl_which which)
 {
+	if (which == OVL_DATA)
+		return ovl_node_has_upper(node) && !atomic_load(&node->metacopy)
+			       ? OVL_UPPER : OVL_LOWER;
 	if (which != OVL_TOP)
 		return which;
 	return ovl_node_has_upper(node) ? OVL_UPPER : OVL_LOWER;
@@ -284,6 +287,9 @@ int ovl_node_at(struct ovl_node *node, enum ovl_which which, int *dirfd,
 	enum ovl_which l = layer_of(node, which);
 	int fd = atomic_load(pin_slot(node, l)), pfd;
 
+	/* The lower object is a metacopy file: its data is beneath. */
+	if (which == OVL_DATA && l == OVL_LOWER && node->data_fd >= 0)
+		fd = node->data_fd;
 	if (fd >= 0) {
 		*dirfd = fd;
 		*name = "";
@@ -342,7 +348,7 @@ int ovl_node_fd_get(struct ovl_fs *ofs, struct ovl_node *node,
 	/* Pinned (every directory): no lock needed, nothing to open. */
 	int fd = atomic_load(pin_slot(node, layer_of(node, which)));
 
-	if (fd >= 0)
+	if (fd >= 0 && which != OVL_DATA)
 		return fd;
 	pthread_rwlock_rdlock(&ofs->ns_lock);
 	fd = ovl_node_fd_get_locked(node, which);
@@ -354,7 +360,7 @@ void ovl_node_fd_put(struct ovl_node *node, int fd)
 {
 	/* A pinned fd stays; one opened for the caller is a different fd. */
 	if (fd >= 0 && fd != atomic_load(&node->upper_fd) &&
-	    fd != atomic_load(&node->lower_fd))
+	    fd != atomic_load(&node->lower_fd) && fd != node->data_fd)
 		close(fd);
 }
 
@@ -438,8 +444,9 @@ int ovl_node_stat_locked(struct ovl_fs *ofs, struct ovl_node *node,
 		return err;
 	st->st_ino = node->ino;
 	/* As the kernel shows it: the space its data takes, below. */
-	if (atomic_load(&node->metacopy) &&
-	    layer_stat_locked(node, OVL_LOWER, &lst) == 0)
+	if ((atomic_load(&node->metacopy) ||
+	     (node->data_fd >= 0 && !ovl_node_has_upper(node))) &&
+	    layer_stat_locked(node, OVL_DATA, &lst) == 0)
 		st->st_blocks = lst.st_blocks;
 	/*
 	 * A lower file that lost its name (open still) has no name left:
@@ -493,27 +500,149 @@ static int lower_of_dir(struct ovl_fs *ofs, struct ovl_node *parent,
 	return lower_find(ofs, parent, err ? redir : name, layer, st, fds);
 }
 
+static int lower_data_in(struct ovl_fs *ofs, const struct lower_dir *d,
+			 const char *name, int k, const struct stat *st,
+			 int *layer, struct stat *dst, int *pin);
+
 /*
  * The lower file NAME (a relative redirect or a name) in lower part D of a
- * directory: 1 with *LAYER, ST and, if PIN, an O_PATH fd in *PIN; 0 if
- * absent or not a regular file; -errno.
+ * directory: 1 with *LAYER, ST and, if MOVED, an O_PATH fd in *PIN; 0 if
+ * absent or not a regular file; -errno. Where the file found is itself a
+ * metacopy file (a lower that was an upper once), the answer is its data
+ * beneath it, always pinned (it need not be at NAME in D's layer).
  */
 static int lower_file_in(struct ovl_fs *ofs, const struct lower_dir *d,
 			 const char *name, int *layer, struct stat *st,
-			 int *pin)
+			 int *pin, bool moved)
 {
-	int err = lower_find_in(ofs, d, name, layer, st, NULL);
+	struct stat dst;
+	int err = lower_find_in(ofs, d, name, layer, st, NULL), m;
 
+	*pin = -1;
 	if (err <= 0)
 		return err;
 	if (!S_ISREG(st->st_mode))
 		return 0;
-	if (pin) {
+	err = lower_data_in(ofs, d, name, *layer, st, &m, &dst, pin);
+	if (err < 0)
+		return err;
+	if (err) {
+		*layer = m;
+		*st = dst;
+		return 1;
+	}
+	if (moved) {
 		*pin = ovl_open_child(ldir_fd(d, *layer), name);
 		if (*pin < 0)
 			return *pin;
 	}
 	return 1;
+}
+
+/*
+ * The lower file at absolute redirect PATH ("/a/b/f"), in the lowers from
+ * FROM down: as lower_file_in, always pinned. PATH is changed meanwhile
+ * and put back.
+ */
+static int lower_file_abs(struct ovl_fs *ofs, char *path, int from,
+			  int *layer, struct stat *st, int *pin)
+{
+	char *slash = strrchr(path, '/');
+	int n = ofs->nlower, one = -1, *fds = &one, k, err;
+	struct lower_dir d = { ofs->root->lidx,
+			       atomic_load(&ofs->root->lower_fd),
+			       ofs->root->lstack };
+	struct stat dst;
+
+	*pin = -1;
+	if (!slash || !ovl_node_lower_visible(ofs->root))
+		return 0;
+	if (from > d.lidx)
+		d = (struct lower_dir){ from, ldir_fd(&d, from), d.lstack };
+	*slash = '\0';
+	err = 1;
+	if (slash != path) {
+		if (n > 1 && !(fds = lstack_new(ofs))) {
+			*slash = '/';
+			return -ENOMEM;
+		}
+		err = lower_find_abs(ofs, path, from, &k, &dst, fds);
+		if (err > 0 && !S_ISDIR(dst.st_mode))
+			err = 0;
+		if (err > 0)
+			d = (struct lower_dir){ k, fds[k], n > 1 ? fds : NULL };
+	}
+	*slash = '/';
+	if (err > 0)
+		err = lower_file_in(ofs, &d, slash + 1, layer, st, pin, true);
+	if (fds != &one)
+		ovl_lstack_free(ofs, fds);
+	else if (one >= 0)
+		close(one);
+	return err;
+}
+
+/*
+ * Regular file NAME, found in layer K of lower part D of a directory with
+ * stat ST: is it a metacopy file there (the upper of an earlier mount,
+ * stacked as a lower)? Then its data is in the layers beneath, as the
+ * kernel finds it: where its redirect says (relative to the directory's
+ * parts beneath, or absolute from their root), else at NAME, skipping
+ * further metacopy files. 1 with *LAYER, DST and *PIN (an O_PATH fd) of
+ * the data; 0 if not a metacopy file; -EIO (logged) if the data is
+ * nowhere; -errno.
+ *
+ * A file in the bottom layer is not asked: nothing can be beneath it, and
+ * a mount of one lower (the common case) then pays no xattr read per
+ * lookup. The kernel fails such a file; ovlfs shows its bytes.
+ */
+static int lower_data_in(struct ovl_fs *ofs, const struct lower_dir *d,
+			 const char *name, int k, const struct stat *st,
+			 int *layer, struct stat *dst, int *pin)
+{
+	char redir[OVL_REDIRECT_MAX + 1];
+	int dfd = ldir_fd(d, k), fd, r, err;
+
+	*pin = -1;
+	if (!S_ISREG(st->st_mode) || st->st_size == 0 ||
+	    k + 1 >= ofs->nlower || dfd < 0)
+		return 0;
+	err = ovl_metacopy_get(&ofs->fmt, dfd, name);
+	if (err <= 0)
+		return err;
+	fd = ovl_open_child(dfd, name);
+	if (fd < 0)
+		return fd;
+	r = ovl_redirect_get(&ofs->fmt, fd, redir);
+	close(fd);
+	if (r < 0)
+		return r;
+	if (r && redir[0] == '/') {
+		err = lower_file_abs(ofs, redir, k + 1, layer, dst, pin);
+	} else {
+		struct lower_dir below = { k + 1, ldir_fd(d, k + 1),
+					   d->lstack };
+
+		err = lower_file_in(ofs, &below, r ? redir : name, layer, dst,
+				    pin, true);
+	}
+	if (err)
+		return err;
+	ovl_log(ofs->pub, OVLFS_LOG_ERR,
+		"metacopy file %s in lower layer %d (1 = the top one) has no "
+		"data beneath it: it reads as an I/O error", name, k + 1);
+	return -EIO;
+}
+
+/* lower_data_in for NAME found in layer K of the visible lower of PARENT. */
+static int lower_data(struct ovl_fs *ofs, struct ovl_node *parent,
+		      const char *name, int k, const struct stat *st,
+		      int *layer, struct stat *dst, int *pin)
+{
+	struct lower_dir d = { parent->lidx, atomic_load(&parent->lower_fd),
+			       parent->lstack };
+
+	return lower_data_in(ofs, &d, name, k, st, layer, dst, pin);
 }
 
 /*
@@ -549,34 +678,9 @@ static int metacopy_lower(struct ovl_fs *ofs, struct ovl_node *parent,
 
 		err = !ovl_node_lower_visible(parent) ? 0 :
 		      lower_file_in(ofs, &d, r ? redir : name, layer, lst,
-				    moved ? pin : NULL);
+				    pin, moved);
 	} else {
-		char *slash = strrchr(redir, '/');
-		int n = ofs->nlower, one = -1, *fds = &one, k;
-		struct lower_dir d = { ofs->root->lidx,
-				       atomic_load(&ofs->root->lower_fd),
-				       ofs->root->lstack };
-		struct stat dst;
-
-		*slash = '\0';
-		err = ovl_node_lower_visible(ofs->root);
-		if (err && slash != redir) {
-			if (n > 1 && !(fds = lstack_new(ofs)))
-				return -ENOMEM;
-			err = lower_find_abs(ofs, redir, 0, &k, &dst, fds);
-			if (err > 0 && !S_ISDIR(dst.st_mode))
-				err = 0;
-			if (err > 0)
-				d = (struct lower_dir){ k, fds[k],
-							n > 1 ? fds : NULL };
-		}
-		if (err > 0)
-			err = lower_file_in(ofs, &d, slash + 1, layer, lst,
-					    pin);
-		if (fds != &one)
-			ovl_lstack_free(ofs, fds);
-		else if (one >= 0)
-			close(one);
+		err = lower_file_abs(ofs, redir, 0, layer, lst, pin);
 	}
 	if (err)
 		return err;
@@ -631,7 +735,8 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 {
 	int pufd = atomic_load(&parent->upper_fd);
 	bool lower_ok = ovl_node_lower_visible(parent);
-	int ufd = -1, lfd = -1, one = -1, *fds = &one, k = 0, err;
+	int ufd = -1, lfd = -1, dfd = -1, one = -1, *fds = &one, k = 0, m;
+	int err;
 	unsigned int layers;
 	struct stat tmp, lst;
 	bool in_upper = false, opaque = false, indexed = false;
@@ -740,7 +845,17 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 		if (err <= 0)
 			goto out_hidden;
 		layers = OVL_IN_LOWER;
+		/*
+		 * The object in layer k keys the number, also when it is a
+		 * metacopy file: it is the one a copy-up records as origin,
+		 * and the kernel too numbers it by its uppermost lower.
+		 */
 		ino = ovl_ino_for(ofs, 0, st->st_dev, st->st_ino);
+		err = lower_data(ofs, parent, name, k, st, &m, &lst, &dfd);
+		if (err < 0)
+			goto out_close;
+		if (err)
+			st->st_blocks = lst.st_blocks;
 	}
 	if ((layers & OVL_IN_LOWER) && !metacopy) {
 		lfd = fds[k];
@@ -752,7 +867,8 @@ static int lookup_layers(struct ovl_fs *ofs, struct ovl_node *parent,
 		err = -ENOMEM;
 		goto out_close;
 	}
-	ufd = lfd = -1;
+	node->data_fd = dfd;
+	ufd = lfd = dfd = -1;
 	node->opaque = opaque;
 	atomic_store(&node->metacopy, metacopy);
 	node->lidx = (uint16_t)k;
@@ -778,6 +894,8 @@ out_close:
 		close(ufd);
 	if (lfd >= 0)
 		close(lfd);
+	if (dfd >= 0)
+		close(dfd);
 	if (fds != &one)
 		ovl_lstack_free(ofs, fds);
 	return err;
