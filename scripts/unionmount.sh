@@ -21,6 +21,10 @@
 # extra mount options (the suite's variable) for both runs; unset, the
 # rotation run gets inode=persistent and the other none.
 #
+# The suite drops the page, dentry and inode caches of the whole machine at
+# every remount (echo 3 > /proc/sys/vm/drop_caches): do not run it beside
+# `make check`, whose tests of the kernel's caches then fail.
+#
 # mount(8) drops PATH before it runs mount.fuse3, whose shell finds `ovlfs`
 # only in the default directories (/usr/local/sbin first; docs/compat.md).
 # So everything runs in a private mount namespace (unshare --mount) where a
