@@ -641,6 +641,36 @@ def test_rename_across_a_mount_in_the_lower_is_copied(work):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_rename_over_a_mount_point_is_refused_first(work, mode):
+    """A renamed directory replacing what the lower has at its new name,
+    where that is a mount point: the commit refuses before anything moves
+    (naming the mount), the pair still shows the merged view, and once
+    the mount is gone the commit finishes."""
+    r = Redirect(work, {"d": {"x": "x\n"}, "t": {}}, "oci")
+    r.ovl.umount()
+    t = j(r.lower, "t")
+    run(["mount", "-t", "tmpfs", "-o", "size=16m", "ovlfs-test", t], check=True)
+    try:
+        r.ovl.mount()
+        r.both(lambda p: os.rename(j(p, "d"), j(p, "t")))
+        r.ovl.umount()
+        before = snapshot(r.lower)
+        res = commit(r, mode, check=False)
+        assert res.returncode == 1, res.err
+        assert "mount point" in res.err and t in res.err, res.err
+        assert "nothing was changed" in res.err, res.err
+        assert snapshot(r.lower) == before
+        assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-rename"))
+        r.ovl.mount()
+        r.check()
+        r.ovl.umount()
+    finally:
+        run(["umount", t], check=True)
+    commit(r, mode)
+    assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_persistent_inode_numbers_survive_the_commit(work, fmt, mode):
     """With persistent inode numbers, a file of a renamed directory has the
     same number through the mount before the rename, after it, and after

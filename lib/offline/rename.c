@@ -163,6 +163,48 @@ static int plan_dir(struct fin *f, int ud, int ld, const char *lp)
 	return err;
 }
 
+/*
+ * What the lower has at rename target DST is deleted when the renamed
+ * directory takes its place: refuse, before anything moves, when that is
+ * or holds a mount point (ovlfs deletes nothing across mounts, and a plan
+ * stopped halfway would leave the lower without a merged view).
+ */
+static bool is_source(const struct fin *f, const struct stat *st);
+
+static int refuse_mount_at(struct fin *f, const char *dst)
+{
+	struct stat st;
+	const char *slash = strrchr(dst, '/');
+	char *parent = NULL, *where = NULL;
+	int pfd, fd, r;
+
+	if (slash && asprintf(&parent, "/%.*s", (int)(slash - dst), dst) < 0)
+		return -ENOMEM;
+	pfd = parent ? ovl_open_dir_abs(f->lower_fd, parent) : dup(f->lower_fd);
+	free(parent);
+	if (pfd < 0)
+		return 0;	/* no parent there: nothing to delete */
+	fd = openat(pfd, slash ? slash + 1 : dst, O_PATH | O_NOFOLLOW |
+		    O_CLOEXEC);
+	close(pfd);
+	if (fd < 0)
+		return 0;
+	/* A source moving away (a swap) is not deleted. */
+	if (fstat(fd, &st) == 0 && is_source(f, &st)) {
+		close(fd);
+		return 0;
+	}
+	r = ovl_find_mount_under(fd, &where);
+	close(fd);
+	if (r <= 0)
+		return 0;	/* unknown: ovl_remove_tree() still stops */
+	r = ovl_set_error(f->fs, -EBUSY,
+			  "commit: %s/%s, which a renamed directory replaces, holds a mount point, %s, and ovlfs does not delete across mounts: unmount it first; nothing was changed",
+			  f->lower, dst, where);
+	free(where);
+	return r;
+}
+
 int fin_renames_plan(struct fin *f)
 {
 	size_t saved = f->plen;
@@ -177,6 +219,8 @@ int fin_renames_plan(struct fin *f)
 						    f->upper, f->renames[i].dst, f->upper,
 						    f->renames[k].dst, f->lower,
 						    f->renames[i].src);
+	for (size_t i = 0; !err && i < f->nrenames; i++)
+		err = refuse_mount_at(f, f->renames[i].dst);
 	if (err && !f->fs->err[0])
 		fin_fail(f, err, "commit: cannot read the renamed directories of the upper at");
 	fin_path_pop(f, saved);
