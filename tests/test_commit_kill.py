@@ -333,8 +333,10 @@ def test_flatten_killed_then_retried(work):
         while any(b".flatten-" in m["mp"] for m in mountinfo_under(work)):
             assert time.monotonic() < deadline, "the view is still mounted"
             time.sleep(0.05)
-        if os.path.lexists(dest):  # it finished before the kill
-            assert p.returncode == 0
+        if os.path.lexists(dest):
+            # DEST renamed into place before the kill (which may still
+            # have met the process on its way out: 0 or -9); whole below.
+            assert p.returncode in (0, -signal.SIGKILL), p.returncode
         else:
             r = ovlfs("flatten", lower, dest)
             assert r.returncode == 0, "retry after kill at %.3fs: %s" % (delay, r.err)
