@@ -175,6 +175,16 @@ def run(args, check=False, timeout=60, **kw):
     return r
 
 
+def traced_env():
+    """The environment for a command run under strace: LeakSanitizer
+    cannot work under ptrace (in a sanitizer build it fails the run at its
+    exit), so leak checking is off there; the rest of ASan stays on."""
+    env = dict(os.environ)
+    opts = env.get("ASAN_OPTIONS", "")
+    env["ASAN_OPTIONS"] = (opts + ":" if opts else "") + "detect_leaks=0"
+    return env
+
+
 def ovlfs(*args, **kw):
     return run([OVLFS] + list(args), **kw)
 

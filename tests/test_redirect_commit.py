@@ -18,7 +18,8 @@ import time
 import pytest
 
 from conftest import (OVLFS, snapshot, assert_same_tree, run, ovlfs,
-                      kill_after, renameat2, RENAME_EXCHANGE, cp_a)
+                      kill_after, renameat2, RENAME_EXCHANGE, cp_a,
+                      traced_env)
 from test_redirect import (Redirect, TREE, renames, lower_snap,
                            strip_dir_mtimes)
 
@@ -313,7 +314,7 @@ def killed_at(cmd, n):
     res = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e",
                "trace=" + CHANGING, "-e",
                "inject=%s:signal=KILL:when=%d" % (CHANGING, n)] + cmd,
-              timeout=60)
+              timeout=60, env=traced_env())
     if res.returncode == 0:
         return False
     assert res.returncode in (137, -9), res.err
@@ -365,6 +366,7 @@ def test_atomic_commit_crash_at_every_step(work, fmt, scenario):
     kept = ("n/d2/x", "d/x") if scenario is None else ("n/f/w", "d/w")
     n, seen = 1, set()
     while True:
+        assert n < 1000, "no end after %d injections" % n
         restore()
         old_ino = inodes(r.lower)
         killed = killed_at(cmd, n)
@@ -399,6 +401,7 @@ def test_plain_commit_crash_at_every_step(work, fmt, scenario):
     kept = ("n/d2/x", "d/x") if scenario is None else ("n/f/w", "d/w")
     n = 1
     while True:
+        assert n < 1000, "no end after %d injections" % n
         restore()
         old_ino = inodes(r.lower)
         killed = killed_at(cmd, n)
@@ -431,11 +434,13 @@ def test_atomic_commit_failing_rename_rolls_back(work, fmt, scenario):
     calls = "rename,renameat,renameat2"
     n, rolled = 1, 0
     while True:
+        assert n < 1000, "no end after %d injections" % n
         restore()
         old_ino = inodes(r.lower)
         res = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e",
                    "trace=" + calls, "-e",
-                   "inject=%s:error=EIO:when=%d" % (calls, n)] + cmd, timeout=60)
+                   "inject=%s:error=EIO:when=%d" % (calls, n)] + cmd, timeout=60,
+                  env=traced_env())
         if res.returncode == 0:
             break
         assert res.returncode == 1, res.err
