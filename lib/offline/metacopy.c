@@ -224,6 +224,34 @@ int fin_metacopy(struct fin *f, int ud, int ld, const char *name,
 	return err;
 }
 
+/*
+ * Entry DE of upper directory UD (lower part LD), if it is a metacopy file
+ * whose data is not at its own name (renamed), or any metacopy file if
+ * ALL: replaced by a full copy. 0 or -errno with a message.
+ */
+static int fill_entry(struct fin *f, int ud, int ld,
+		      const struct ovl_dirent *de, bool all)
+{
+	bool same;
+	int data, err;
+
+	if (ovl_is_wh_name(de->name) ||
+	    (de->type != DT_REG && de->type != DT_UNKNOWN))
+		return 0;
+	err = ovl_metacopy_lower(&f->fmt, f->lower_fd, ud, ld, de->name, &data,
+				 &same);
+	if (err == -EIO)
+		err = ovl_set_error(f->fs, err,
+				    "commit: %s: metacopy file %s has no data in the lower %s",
+				    f->upper, de->name, f->lower);
+	if (err <= 0)
+		return err;
+	/* Not renamed: its data stays where the walk finds it. */
+	err = all || !same ? metacopy_fill(f, ud, de->name, data) : 0;
+	close(data);
+	return err;
+}
+
 int fin_metacopy_fill_dir(struct fin *f, int ud, int ld, bool all)
 {
 	struct ovl_dirlist dl;
@@ -233,25 +261,8 @@ int fin_metacopy_fill_dir(struct fin *f, int ud, int ld, bool all)
 	if (!all && f->atomic)
 		return 0;
 	err = ovl_dirlist_read(ud, &dl);
-	for (size_t i = 0; !err && i < dl.n; i++) {
-		const char *name = dl.ents[i].name;
-		bool same;
-		int data;
-
-		if (ovl_is_wh_name(name) || (dl.ents[i].type != DT_REG &&
-					     dl.ents[i].type != DT_UNKNOWN))
-			continue;
-		err = ovl_metacopy_lower(&f->fmt, f->lower_fd, ud, ld, name,
-					 &data, &same);
-		if (err == -EIO)
-			err = ovl_set_error(f->fs, err,
-					    "commit: %s: metacopy file %s has no data in the lower %s",
-					    f->upper, name, f->lower);
-		if (err <= 0)
-			continue;
-		err = all || !same ? metacopy_fill(f, ud, name, data) : 0;
-		close(data);
-	}
+	for (size_t i = 0; !err && i < dl.n; i++)
+		err = fill_entry(f, ud, ld, &dl.ents[i], all);
 	ovl_dirlist_free(&dl);
 	return err;
 }
@@ -288,8 +299,7 @@ int fin_metacopy_fill_moved(struct fin *f, int ud, int ld)
 	err = ovl_dirlist_read(ud, &dl);
 	for (size_t i = 0; !err && i < dl.n; i++) {
 		const char *name = dl.ents[i].name;
-		bool same;
-		int fd, cld, data;
+		int fd, cld;
 
 		fd = fin_open_subdir(ud, &dl.ents[i]);
 		if (fd >= 0) {
@@ -307,20 +317,7 @@ int fin_metacopy_fill_moved(struct fin *f, int ud, int ld)
 			err = fd;
 			continue;
 		}
-		if (ovl_is_wh_name(name) || (dl.ents[i].type != DT_REG &&
-					     dl.ents[i].type != DT_UNKNOWN))
-			continue;
-		err = ovl_metacopy_lower(&f->fmt, f->lower_fd, ud, ld, name,
-					 &data, &same);
-		if (err == -EIO)
-			err = ovl_set_error(f->fs, err,
-					    "commit: %s: metacopy file %s has no data in the lower %s",
-					    f->upper, name, f->lower);
-		if (err <= 0)
-			continue;
-		/* Not renamed: its data stays where the walk finds it. */
-		err = same ? 0 : metacopy_fill(f, ud, name, data);
-		close(data);
+		err = fill_entry(f, ud, ld, &dl.ents[i], false);
 	}
 	ovl_dirlist_free(&dl);
 	return err;
