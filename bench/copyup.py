@@ -16,6 +16,17 @@ fuse-overlayfs.
 * chmod -R / chown -R over 4 lower files of 256 MiB (64 MiB with --quick):
   a metadata-only copy-up (ovlfs by default once metacopy is in, the
   kernel with metacopy=on) writes no data; the others copy 1 GiB.
+  These take a few milliseconds, most of it starting chmod: every setup
+  runs 11 times (--reps) and the median is shown. Where the kernel offers
+  FUSE-over-io_uring (/sys/module/fuse/parameters/enable_uring) ovlfs is
+  also run over the rings ("ovlfs io_uring": the parameter is set for that
+  row's mounts and put back after each). For each ovlfs row the FUSE
+  requests the command made are counted (one more run, mounted with -d),
+  and a request's round trip with nothing to do is timed on the same mount
+  (getxattr of a name no file has, 2,000 times, from this process):
+  "floor" = the plain directory's time + requests x that round trip, what
+  ovlfs would take with no work of its own in any request. A floor above
+  the kernel's time says the target is out of reach on this transport.
 
 Everything is on one tmpfs (size 8 GiB, the layers and the mount point's
 upper alike) so that the disk does not dominate: the figures are the
@@ -31,7 +42,8 @@ over 10 s is not repeated.
 Needs root (tmpfs, mounts). Prints Markdown tables and writes
 bench/results/copyup.{md,csv}.
 
-    sudo bench/copyup.py [--quick] [--reps N] [--files 1000,10000,100000]
+    sudo bench/copyup.py [--quick] [--reps N] [--meta-reps N]
+                         [--files 1000,10000,100000]
                          [--only rename,chmod,chown] [--build DIR] [--results DIR]
 """
 
@@ -54,6 +66,9 @@ MIB = 1 << 20
 TARGET_RENAME_S = 0.005
 SLOW_S = 10.0
 OWNER = 4242
+URING = "/sys/module/fuse/parameters/enable_uring"
+NOXATTR = "user.ovlfs-bench-none"
+RTT_CALLS = 2000
 
 
 def kparam(name):
@@ -79,13 +94,20 @@ def ovlfs_has(build, option):
 class Setup:
     """One way of serving the lower: NAME, how to mount, how to unmount."""
 
-    def __init__(self, name, kind, opts=(), note=""):
+    def __init__(self, name, kind, opts=(), note="", uring=False):
         self.name, self.kind, self.opts, self.note = name, kind, list(opts), note
+        self.uring = uring          # enable_uring set while mounted
+        self.uring_was = None
 
-    def mount(self, args, lower, upper, work, mnt):
+    def mount(self, args, lower, upper, work, mnt, extra=()):
+        if self.uring:
+            with open(URING) as f:
+                self.uring_was = f.read().strip()
+            with open(URING, "w") as f:
+                f.write("Y")
         if self.kind == "ovlfs":
             cmd = [os.path.join(args.build, "ovlfs"), "mount", "--upper", upper,
-                   *self.opts, lower, mnt]
+                   *self.opts, *extra, lower, mnt]
         elif self.kind == "kernel":
             o = "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, upper, work)
             cmd = ["mount", "-t", "overlay", "overlay", "-o",
@@ -101,15 +123,22 @@ class Setup:
                 " ".join(cmd), r.stderr.decode(errors="replace").strip()))
 
     def umount(self, mnt):
-        if self.kind == "plain" or not os.path.ismount(mnt):
-            return
-        r = sh(["umount", mnt], timeout=60)
-        if r.returncode != 0:
-            sh(["umount", "-l", mnt], timeout=60)
-        # A FUSE server may still be writing its last replies out.
-        end = time.monotonic() + 10
-        while os.path.ismount(mnt) and time.monotonic() < end:
-            time.sleep(0.05)
+        try:
+            if self.kind == "plain" or not os.path.ismount(mnt):
+                return
+            r = sh(["umount", mnt], timeout=60)
+            if r.returncode != 0:
+                sh(["umount", "-l", mnt], timeout=60)
+            # A FUSE server may still be writing its last replies out.
+            end = time.monotonic() + 10
+            while os.path.ismount(mnt) and time.monotonic() < end:
+                time.sleep(0.05)
+        finally:
+            # The parameter is the machine's: put back what it was.
+            if self.uring_was is not None:
+                with open(URING, "w") as f:
+                    f.write(self.uring_was)
+                self.uring_was = None
 
 
 def setups(args, which):
@@ -128,6 +157,9 @@ def setups(args, which):
             out.append(Setup("ovlfs --no-metacopy", "skip",
                              note="this build has no --no-metacopy (no metacopy "
                                   "yet: the ovlfs row copies data)"))
+        if os.path.exists(URING) and ovlfs_has(args.build, "--io-uring"):
+            out.append(Setup("ovlfs io_uring", "ovlfs", ["--io-uring", "on"],
+                             note="FUSE-over-io_uring", uring=True))
         out.append(Setup("kernel metacopy=on", "kernel",
                          ["metacopy=on", "redirect_dir=on"]))
     out.append(Setup("kernel default", "kernel", note=default))
@@ -189,6 +221,71 @@ def tree_sig(root):
     return h.hexdigest()
 
 
+# ---- what a request costs, and how many ----
+
+def null_rtt(path):
+    """Median round trip (s) of a request ovlfs answers with one fstat:
+    statx of PATH with AT_STATX_FORCE_SYNC, which FUSE always sends on
+    (GETATTR), from this process, in batches of 100."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)
+    p = os.fsencode(path)
+    flags = 0x100 | 0x2000          # AT_SYMLINK_NOFOLLOW | AT_STATX_FORCE_SYNC
+
+    def batch():
+        t = time.perf_counter()
+        for _ in range(100):
+            if libc.statx(-100, p, flags, 0x7ff, buf) != 0:
+                raise OSError(ctypes.get_errno(), "statx", path)
+        return (time.perf_counter() - t) / 100
+    batch()                         # warm-up: the first STATX is refused
+    return statistics.median(batch() for _ in range(RTT_CALLS // 100))
+
+
+def count_requests(args, base, lower, setup, cmd_of):
+    """Opcode -> FUSE requests of the command CMD_OF(mount point) on a fresh
+    mount of SETUP (ovlfs, with -d): those from its process and the
+    kernel's own (pid 0)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "ovlfs_bench_requests", os.path.join(HERE, "requests.py"))
+    rq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rq)
+    upper, work, mnt = (os.path.join(base, "run", "count" + s)
+                        for s in (".upper", ".work", ".mnt"))
+    log = os.path.join(base, "count.log")
+    for d in (upper, work, mnt):
+        os.makedirs(d)
+    counts = {}
+    try:
+        setup.mount(args, lower, upper, work, mnt, extra=("-d", "--log", log))
+        start = os.path.getsize(log)
+        proc = subprocess.Popen(cmd_of(mnt), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        proc.wait(timeout=600)
+        time.sleep(0.3)             # the kernel's RELEASEDIR comes after
+        with open(log, "rb") as f:
+            f.seek(start)
+            for line in f.read().decode(errors="replace").splitlines():
+                # --log lines: "TIME LEVEL unique: ..."
+                m = rq.LINE.match(line[max(line.find("unique: "), 0):])
+                if m and int(m.group(4)) in (proc.pid, 0):
+                    counts[m.group(2)] = counts.get(m.group(2), 0) + 1
+    finally:
+        setup.umount(mnt)
+        shutil.rmtree(os.path.join(base, "run"))
+        os.makedirs(os.path.join(base, "run"))
+        if os.path.exists(log):
+            os.unlink(log)
+    return counts
+
+
+def meta_cmd(op, target):
+    return (["chmod", "-R", "g+w", target] if op == "chmod" else
+            ["chown", "-R", "%d:%d" % (OWNER, OWNER), target])
+
+
 # ---- one measurement ----
 
 def one(args, base, lower, setup, op, param, idx):
@@ -231,8 +328,7 @@ def one(args, base, lower, setup, op, param, idx):
                 os.rename(dst, src)
         else:
             target = os.path.join(root, "big")
-            cmd = (["chmod", "-R", "g+w", target] if op == "chmod" else
-                   ["chown", "-R", "%d:%d" % (OWNER, OWNER), target])
+            cmd = meta_cmd(op, target)
             t = time.perf_counter()
             r = sh(cmd, timeout=3600)
             res["secs"] = time.perf_counter() - t
@@ -249,6 +345,8 @@ def one(args, base, lower, setup, op, param, idx):
             with open(os.path.join(target, "big0"), "rb") as a, \
                     open(os.path.join(lower, "big", "big0"), "rb") as b:
                 ok = ok and a.read(MIB) == b.read(MIB)
+            if setup.kind == "ovlfs":
+                res["rtt"] = null_rtt(root)
         res["ok"] = ok
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         res.update(ok=False, secs=None, error=str(e))
@@ -284,7 +382,7 @@ def run_rows(args, base, lower, op, params, label):
     for param in params:
         ss = setups(args, "rename" if op == "rename" else "meta")
         runs = {s.name: [] for s in ss}
-        for rep in range(args.reps):
+        for rep in range(args.reps if op == "rename" else args.meta_reps):
             for i, s in enumerate(ss):
                 if s.kind == "skip":
                     continue
@@ -295,10 +393,21 @@ def run_rows(args, base, lower, op, params, label):
                 print("  %s %s %s: %s" % (op, label(param), s.name,
                                           fmt_secs(done[-1]["secs"])),
                       file=sys.stderr, flush=True)
+        counted = {}
+        if op != "rename":
+            for s in ss:
+                if s.kind == "ovlfs" and runs[s.name] and runs[s.name][0]["ok"]:
+                    counted[s.name] = count_requests(
+                        args, base, lower, s,
+                        lambda mnt: meta_cmd(op, os.path.join(mnt, "big")))
         for s in ss:
             rs = runs[s.name]
             row = {"op": op, "param": label(param), "setup": s.name,
                    "note": s.note}
+            if s.name in counted:
+                row["requests"] = counted[s.name]
+                rtts = [r["rtt"] for r in rs if r.get("rtt")]
+                row["rtt"] = statistics.median(rtts) if rtts else None
             if s.kind == "skip":
                 row.update(secs=None, how="skipped", ok=None, runs=0,
                            upper_bytes=None, upper_entries=None, all_secs="")
@@ -335,6 +444,42 @@ def table(rows, title):
     return lines
 
 
+def floor_table(rows):
+    """Requests, round trip and floor of the ovlfs rows of one op, and the
+    target line."""
+    by = {r["setup"]: r for r in rows}
+    plain, kern = by.get("plain"), by.get("kernel metacopy=on")
+    lines = ["| setup | time | requests | by opcode | round trip | floor | "
+             "kernel metacopy=on |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    verdict = []
+    for r in rows:
+        if "requests" not in r:
+            continue
+        n = sum(r["requests"].values())
+        ops = ", ".join("%s %d" % kv for kv in sorted(
+            r["requests"].items(), key=lambda kv: (-kv[1], kv[0])))
+        floor = None
+        if plain and plain["secs"] is not None and r.get("rtt"):
+            floor = plain["secs"] + n * r["rtt"]
+        ks = kern["secs"] if kern else None
+        lines.append("| %s | %s | %d | %s | %s | %s | %s |" % (
+            r["setup"], fmt_secs(r["secs"]), n, ops,
+            "%.1f us" % (r["rtt"] * 1e6) if r.get("rtt") else "-",
+            fmt_secs(floor) if floor is not None else "-",
+            fmt_secs(ks) if ks is not None else "-"))
+        if r["secs"] is not None and ks is not None:
+            verdict.append("%s %s (%s)%s" % (
+                r["setup"], fmt_secs(r["secs"]),
+                "yes" if r["secs"] <= ks else "NO",
+                "; its floor is above the kernel's time" if floor is not None
+                and floor > ks else ""))
+    if kern and kern["secs"] is not None and verdict:
+        lines += ["", "ovlfs target, at most the kernel's time with metacopy=on "
+                  "(%s): %s." % (fmt_secs(kern["secs"]), "; ".join(verdict))]
+    return lines
+
+
 def fuse_overlayfs_version():
     if not shutil.which("fuse-overlayfs"):
         return "no fuse-overlayfs"
@@ -354,7 +499,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="1,000 and 10,000 files, 4 x 64 MiB, 3 runs")
-    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--reps", type=int, default=None,
+                    help="runs of each rename row (default 3)")
+    ap.add_argument("--meta-reps", type=int, default=11,
+                    help="runs of each chmod/chown row (default 11)")
     ap.add_argument("--files", default=None,
                     help="rename sizes, comma-separated (default 1000,10000,100000)")
     ap.add_argument("--only", default="rename,chmod,chown")
@@ -403,10 +551,12 @@ def main():
     load_end = os.getloadavg()
 
     head = ["# Copy-up avoided: directory rename and chmod/chown", "",
-            "ovlfs %s, kernel %s, %s; all layers on tmpfs; median of up to %d runs; "
+            "ovlfs %s, kernel %s, %s; all layers on tmpfs; median of up to %d runs "
+            "(rename) or %d (chmod, chown); "
             "1-minute load average %.1f at start, %.1f at end (2 CPUs shared)." % (
                 git_describe(), platform.release(),
-                fuse_overlayfs_version(), args.reps, load[0], load_end[0]), ""]
+                fuse_overlayfs_version(), args.reps, args.meta_reps, load[0],
+                load_end[0]), ""]
     body = []
     ren = [r for r in rows if r["op"] == "rename"]
     if ren:
@@ -423,13 +573,18 @@ def main():
         rs = [r for r in rows if r["op"] == op]
         if rs:
             body += table(rs, "%s -R over the large lower files" % op) + [""]
+            body += floor_table(rs) + [""]
     text = "\n".join(head + body)
     print(text)
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "copyup.md"), "w") as f:
         f.write(text)
+    for r in rows:
+        if "requests" in r:
+            r["requests"] = " ".join("%s=%d" % kv for kv in
+                                     sorted(r["requests"].items()))
     fields = ["op", "param", "setup", "secs", "how", "ok", "runs", "upper_bytes",
-              "upper_entries", "all_secs", "note", "error"]
+              "upper_entries", "all_secs", "requests", "rtt", "note", "error"]
     with open(os.path.join(args.results, "copyup.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()

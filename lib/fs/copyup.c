@@ -246,8 +246,14 @@ installed:
 	return 0;
 }
 
+/*
+ * Copy NODE up. REPLIED: the caller's reply carries NODE's new attributes
+ * (SETATTR), so the kernel is not told they changed: telling it would
+ * make it keep that reply's attributes for no time at all (fuse_do_setattr
+ * sees the attribute version moved), one more GETATTR for every file.
+ */
 static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node,
-		       enum cu_data how, struct ovl_xchange *xc)
+		       enum cu_data how, struct ovl_xchange *xc, bool replied)
 {
 	struct ovl_node *parent;
 	char tmpname[64] = "";
@@ -306,10 +312,10 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node,
 		}
 	}
 	/*
-	 * Only file data is slow to copy: everything else is built and
-	 * installed in one go under the namespace lock.
+	 * Only file data is slow to copy: everything else (a metacopy file
+	 * too) is built and installed in one go under the namespace lock.
 	 */
-	slow = S_ISREG(st.st_mode);
+	slow = S_ISREG(st.st_mode) && how != CU_META;
 	if (!slow)
 		pthread_rwlock_wrlock(&ofs->ns_lock);
 	if (ovl_fstat(pufd, &pst0) < 0)
@@ -361,8 +367,15 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node,
 		/*
 		 * The copy has its own ctime, and linking it in changed the
 		 * parent's: do not let the kernel's cache hold the old ones.
+		 * Even with the parent's times put back, its ctime moved: a
+		 * kernel cache left with the old one gives it up at some
+		 * later refresh (a READDIRPLUS of the grandparent), and tar
+		 * reading the tree meanwhile says "file changed as we read
+		 * it" (test_tar_roundtrip). That costs a GETATTR of the
+		 * parent at the next walk through it.
 		 */
-		ovl_tell_attr_changed(ofs, node);
+		if (!replied)
+			ovl_tell_attr_changed(ofs, node);
 		if (!deleted)
 			ovl_tell_attr_changed(ofs, parent);
 	}
@@ -493,7 +506,7 @@ out_close:
 }
 
 static int copy_up(struct ovl_fs *ofs, struct ovl_node *node,
-		   enum cu_data how, struct ovl_xchange *xc)
+		   enum cu_data how, struct ovl_xchange *xc, bool replied)
 {
 	int err = 0;
 
@@ -506,7 +519,7 @@ static int copy_up(struct ovl_fs *ofs, struct ovl_node *node,
 		return -EIO;	/* the root always has an upper */
 	pthread_mutex_lock(&node->copyup_lock);
 	if (!ovl_node_has_upper(node))
-		err = copy_up_one(ofs, node, how, xc);
+		err = copy_up_one(ofs, node, how, xc, replied);
 	else if (how != CU_META && atomic_load(&node->metacopy))
 		err = copy_up_data(ofs, node, how);
 	pthread_mutex_unlock(&node->copyup_lock);
@@ -518,24 +531,33 @@ static int copy_up(struct ovl_fs *ofs, struct ovl_node *node,
 
 int ovl_copy_up(struct ovl_fs *ofs, struct ovl_node *node)
 {
-	return copy_up(ofs, node, CU_DATA, NULL);
+	return copy_up(ofs, node, CU_DATA, NULL, false);
 }
 
 int ovl_copy_up_meta(struct ovl_fs *ofs, struct ovl_node *node)
 {
-	return copy_up(ofs, node, CU_META, NULL);
+	return copy_up(ofs, node, CU_META, NULL, false);
 }
 
 int ovl_copy_up_xattr(struct ovl_fs *ofs, struct ovl_node *node,
 		      struct ovl_xchange *xc)
 {
 	xc->tried = false;
-	return copy_up(ofs, node, CU_META, xc);
+	return copy_up(ofs, node, CU_META, xc, false);
 }
 
 int ovl_copy_up_nodata(struct ovl_fs *ofs, struct ovl_node *node)
 {
-	return copy_up(ofs, node, CU_NODATA, NULL);
+	return copy_up(ofs, node, CU_NODATA, NULL, false);
+}
+
+int ovl_copy_up_setattr(struct ovl_fs *ofs, struct ovl_node *node,
+			bool resize, off_t size)
+{
+	/* Truncating to zero needs no data copied; metadata alone none. */
+	return copy_up(ofs, node, !resize ? CU_META : size == 0 ? CU_NODATA
+							    : CU_DATA,
+		       NULL, true);
 }
 
 /*

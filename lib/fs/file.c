@@ -231,18 +231,15 @@ int ovl_setattr(struct ovl_fs *ofs, struct ovl_node *node,
 		const struct stat *attr, int valid, int fh, struct stat *out)
 {
 	const char *name;
+	bool had_upper = true;
 	int ufd, dfd, err;
 
 	if (valid & (OVL_SET_MODE | OVL_SET_UID | OVL_SET_GID | OVL_SET_SIZE |
 		     OVL_SET_ATIME | OVL_SET_MTIME | OVL_SET_ATIME_NOW |
 		     OVL_SET_MTIME_NOW)) {
-		/* Truncating to zero needs no data copied; the rest none. */
-		if ((valid & OVL_SET_SIZE) && attr->st_size == 0)
-			err = ovl_copy_up_nodata(ofs, node);
-		else if (valid & OVL_SET_SIZE)
-			err = ovl_copy_up(ofs, node);
-		else
-			err = ovl_copy_up_meta(ofs, node);
+		had_upper = ovl_node_has_upper(node);
+		err = ovl_copy_up_setattr(ofs, node, valid & OVL_SET_SIZE,
+					  attr->st_size);
 		if (err)
 			return err;
 	}
@@ -262,6 +259,9 @@ int ovl_setattr(struct ovl_fs *ofs, struct ovl_node *node,
 		err = set_attrs(ufd, node->type, attr, valid, fh);
 		ovl_node_fd_put(node, ufd);
 	}
+	/* No reply brings the copy's attributes (its ctime): tell. */
+	if (err && !had_upper)
+		ovl_tell_attr_changed(ofs, node);
 	if (err)
 		return err;
 	return ovl_node_stat(ofs, node, out);

@@ -464,6 +464,20 @@ static inline bool ovl_node_has_upper(struct ovl_node *node)
 {
 	return atomic_load(&node->has_upper);
 }
+/*
+ * Would a change of NODE's metadata copy no file data: NODE is in the
+ * upper already, or is not a regular file (a directory's copy-up is its
+ * metadata), or is a lone regular file that becomes a metacopy file
+ * (aliased is set at lookup for a lower file with several links)? A hint
+ * read without a lock, for the FUSE side to serve such a request on the
+ * thread that read it.
+ */
+static inline bool ovl_node_meta_change_is_cheap(const struct ovl_fs *ofs,
+						 struct ovl_node *node)
+{
+	return ovl_node_has_upper(node) || node->type != S_IFREG ||
+	       (ofs->metacopy && !atomic_load(&node->aliased));
+}
 /* Does directory NODE have a visible lower part (lower dir, not opaque)? */
 bool ovl_node_lower_visible(struct ovl_node *node);
 /* Does the visible lower of PARENT have NAME? 1 (ST filled if given), 0. */
@@ -507,6 +521,13 @@ int ovl_copy_up_nodata(struct ovl_fs *ofs, struct ovl_node *node);
  * (ofs->metacopy), anything else is copied up in full.
  */
 int ovl_copy_up_meta(struct ovl_fs *ofs, struct ovl_node *node);
+/*
+ * For a SETATTR (RESIZE: to SIZE): metadata only as ovl_copy_up_meta, no
+ * data for a truncation to 0, else all of it. The caller replies with
+ * NODE's new attributes, so the kernel is not told they changed.
+ */
+int ovl_copy_up_setattr(struct ovl_fs *ofs, struct ovl_node *node,
+			bool resize, off_t size);
 /* An xattr change (xattr.c): set NAME to VALUE with FLAGS, or remove it. */
 struct ovl_xchange {
 	const char *name;

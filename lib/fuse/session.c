@@ -320,14 +320,16 @@ bool ovl_fuse_request_is_quick(struct ovl_fs *ofs, const struct fuse_buf *b)
 	if ((b->flags & FUSE_BUF_IS_FD) || b->size < sizeof(*h))
 		return false;
 	switch (h->opcode) {
-	case FUSE_SETATTR:	/* no copy-up, no size change */
+	case FUSE_SETATTR:	/* no size change, no data copied up */
 		return b->size >= sizeof(*h) + sizeof(struct fuse_setattr_in) &&
 		       !(((const struct fuse_setattr_in *)arg)->valid &
 			 FATTR_SIZE) &&
-		       ovl_node_has_upper(ovl_fuse_node(ofs, h->nodeid));
+		       ovl_node_meta_change_is_cheap(
+			       ofs, ovl_fuse_node(ofs, h->nodeid));
 	case FUSE_SETXATTR:
 	case FUSE_REMOVEXATTR:
-		return ovl_node_has_upper(ovl_fuse_node(ofs, h->nodeid));
+		return ovl_node_meta_change_is_cheap(
+			ofs, ovl_fuse_node(ofs, h->nodeid));
 	case FUSE_LOOKUP:
 	case FUSE_FORGET:
 	case FUSE_BATCH_FORGET:
