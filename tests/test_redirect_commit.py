@@ -13,6 +13,7 @@ killed at any instant leaves the lower wholly old or wholly new after
 import os
 import random
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -737,3 +738,138 @@ def test_damaged_rename_plan_is_refused(work):
     res = commit(r, "plain", check=False)
     assert res.returncode == 1 and "plan is damaged" in res.err, res.err
     assert (lower_snap(r.lower), snapshot(r.upper, mtime=True)) == before
+
+
+# ---- failing midway: a full lower, a read-only lower, an immutable source ----
+
+def after_failure(r, mode, res, lower0):
+    """What a failed commit (RES) of renames must leave: atomic, the lower
+    wholly old (after `ovlfs recover` where the commit says to run it),
+    the upper kept; plain, the lower partly committed with the rest of the
+    plan pending, which mount refuses naming the command to rerun."""
+    print(res.err)
+    if mode == "atomic":
+        if os.path.exists(j(r.lower, ".wh..wh.ovlfs-commit")):
+            assert "ovlfs recover" in res.err, res.err
+            rec = ovlfs("recover", "--upper", r.upper, r.lower)
+            assert rec.returncode == 0, rec.err
+        assert_same_tree(strip_dir_mtimes(lower_snap(r.lower)),
+                         strip_dir_mtimes(lower0), "lower", "old")
+        assert os.path.isdir(r.upper)
+    elif os.path.exists(j(r.lower, ".wh..wh.ovlfs-rename")):
+        m = ovlfs("mount", "--upper", r.upper, r.lower, r.mnt)
+        assert m.returncode == 1 and "ovlfs commit" in m.err, m.err
+
+
+def retry_converges(r, mode):
+    """Once the cause is gone: a retry commits the model (for an atomic
+    commit the pair first shows it again)."""
+    if mode == "atomic":
+        r.ovl.mount()
+        r.check()
+        r.ovl.umount()
+    commit(r, mode)
+    assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("full", ["blocks", "inodes"])
+@pytest.mark.parametrize("spare", [0, 1, 2, 3])
+def test_commit_on_a_full_lower_then_retried(work, mode, full, spare):
+    """The lower's filesystem full but for SPARE blocks (pages) or inodes
+    when the commit of renamed directories with changes inside runs: it
+    commits, or fails naming where and why with nothing of the merged view
+    lost (a plain commit may have done part of it and left the rest
+    pending, an atomic one did none of it); with room again a retry gives
+    the model, renamed files keeping their inodes."""
+    fs = j(work, "fs")
+    os.mkdir(fs)
+    run(["mount", "-t", "tmpfs", "-o", "size=8m", "ovlfs-test-full", fs],
+        check=True)
+    filler = j(fs, "filler")
+    try:
+        r = Redirect(fs, TREE, "oci")
+        r.both(renames)
+        r.check()
+        r.ovl.umount()
+        before = inodes(r.lower)
+        lower0 = lower_snap(r.lower)
+        if full == "blocks":
+            with open(filler, "wb", buffering=0) as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 4096)
+                        f.flush()
+                except OSError:
+                    pass
+            os.truncate(filler, max(0, os.path.getsize(filler) - 4096 * spare))
+        else:
+            sv = os.statvfs(fs)
+            n = sv.f_files - sv.f_ffree + spare
+            # the fewest inodes tmpfs takes: full
+            while run(["mount", "-o", "remount,nr_inodes=%d" % n, fs]).returncode:
+                n += 1
+                assert n < 1000
+        res = commit(r, mode, check=False)
+        if res.returncode != 0:
+            assert res.returncode == 1, res.err
+            assert "No space left on device" in res.err and r.lower in res.err, \
+                res.err
+            after_failure(r, mode, res, lower0)
+            if full == "blocks":
+                os.unlink(filler)
+            else:
+                run(["mount", "-o", "remount,nr_inodes=100000", fs], check=True)
+            retry_converges(r, mode)
+        assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+        after = inodes(r.lower)
+        for old, new in KEPT["renames"]:
+            assert after[new] == before[old], "%s was copied" % new
+    finally:
+        run(["umount", "-l", fs])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts")
+@pytest.mark.parametrize("mode", MODES)
+def test_commit_on_a_read_only_lower_changes_nothing(work, mode):
+    """The lower mounted read-only: the commit fails naming the lower and
+    the reason, the lower and the upper stay as they were; made writable,
+    a retry commits."""
+    r = Redirect(work, TREE, "oci")
+    r.both(renames)
+    r.ovl.umount()
+    lower0, upper0 = lower_snap(r.lower), snapshot(r.upper, mtime=True)
+    run(["mount", "--bind", r.lower, r.lower], check=True)
+    try:
+        run(["mount", "-o", "remount,bind,ro", r.lower], check=True)
+        res = commit(r, mode, check=False)
+        assert res.returncode == 1, res.err
+        assert "Read-only file system" in res.err and r.lower in res.err, res.err
+        assert lower_snap(r.lower) == lower0
+        assert snapshot(r.upper, mtime=True) == upper0
+    finally:
+        run(["umount", r.lower], check=True)
+    retry_converges(r, mode)
+
+
+@pytest.mark.skipif(shutil.which("chattr") is None, reason="no chattr")
+@pytest.mark.parametrize("mode", MODES)
+def test_commit_with_an_immutable_renamed_dir(work, mode):
+    """The lower directory a rename moves is immutable (rename(2) fails
+    EPERM): the commit fails naming it; a plain one is retried once it is
+    mutable again, an atomic one left the lower wholly old."""
+    r = Redirect(work, TREE, "oci")
+    r.both(renames)
+    r.ovl.umount()
+    lower0 = lower_snap(r.lower)
+    stuck = j(r.lower, "e")         # moved to n/e by the rename
+    subprocess.run(["chattr", "+i", stuck], check=True)
+    try:
+        res = commit(r, mode, check=False)
+        assert res.returncode == 1, res.err
+        assert "Operation not permitted" in res.err and "e" in res.err, res.err
+        after_failure(r, mode, res, lower0)
+    finally:
+        subprocess.run(["chattr", "-i", stuck], check=True)
+    retry_converges(r, mode)

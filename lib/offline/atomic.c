@@ -128,12 +128,8 @@ int fin_stage_meta(struct fin *f, int ud, int ld, const char *name,
 	return err;
 }
 
-static int open_work(struct fin *f, bool create)
+static int open_work_dirs(struct fin *f, bool create)
 {
-	int err;
-
-	if (create && mkdirat(f->lower_fd, OVL_COMMIT_WORKDIR, 0700) < 0)
-		return -errno;
 	f->work_fd = fin_open_dir_at(f->lower_fd, OVL_COMMIT_WORKDIR);
 	if (f->work_fd < 0)
 		return f->work_fd;
@@ -142,7 +138,23 @@ static int open_work(struct fin *f, bool create)
 		return -errno;
 	f->stage_fd = fin_open_dir_at(f->work_fd, "stage");
 	f->trash_fd = fin_open_dir_at(f->work_fd, "trash");
-	err = f->stage_fd < 0 ? f->stage_fd : f->trash_fd < 0 ? f->trash_fd : 0;
+	return f->stage_fd < 0 ? f->stage_fd : f->trash_fd < 0 ? f->trash_fd : 0;
+}
+
+static int open_work(struct fin *f, bool create)
+{
+	int err;
+
+	if (create && mkdirat(f->lower_fd, OVL_COMMIT_WORKDIR, 0700) < 0)
+		return -errno;
+	err = open_work_dirs(f, create);
+	/*
+	 * Made by us a moment ago and holding no journal yet (a full
+	 * filesystem: the directory took the last inode): it goes, or
+	 * every later command would take it for an interrupted commit.
+	 */
+	if (err && create)
+		ovl_remove_tree(f->lower_fd, OVL_COMMIT_WORKDIR);
 	return err;
 }
 
@@ -183,8 +195,10 @@ int fin_commit_atomic(struct fin *f)
 
 	err = open_work(f, true);
 	if (err)
-		return ovl_set_error(f->fs, err, "commit: cannot create %s/%s: %s",
-				     f->lower, OVL_COMMIT_WORKDIR, strerror(-err));
+		return ovl_set_error(f->fs, err,
+				     "commit: cannot create %s/%s: %s; %s is unchanged",
+				     f->lower, OVL_COMMIT_WORKDIR, strerror(-err),
+				     f->lower);
 	err = fin_jput(f, OVL_JOURNAL_MAGIC "\nupper ", strlen(OVL_JOURNAL_MAGIC) + 7);
 	if (!err)
 		err = fin_jput_path(f, f->upper);
