@@ -306,7 +306,15 @@ static int remove_on(int dirfd, const char *name, const struct statx *mnt)
 			return -errno;
 		return 0;
 	}
-	if ((st.stx_mode & 0700) != 0700) {
+	/*
+	 * A directory the caller cannot read, write or search is opened up
+	 * first. Only then: a commit killed while removing the upper shows
+	 * what is left of it in the merged view, and a mode changed for
+	 * nothing would show there (a 0555 directory as 0700, as root).
+	 */
+	if ((st.stx_mode & 0700) != 0700 &&
+	    faccessat(dirfd, name, R_OK | W_OK | X_OK,
+		      AT_EACCESS | AT_SYMLINK_NOFOLLOW) != 0) {
 		/* Through an fd: a symlink swapped in meanwhile is refused. */
 		int pfd = openat(dirfd, name, O_PATH | O_DIRECTORY |
 				 O_NOFOLLOW | O_CLOEXEC);
