@@ -305,6 +305,16 @@ int ovl_redirect_clear(const struct ovl_fmt *f, int dirfd);
  * writes an empty value (or a digest, with verity): any value counts.
  */
 int ovl_metacopy_get(const struct ovl_fmt *f, int dirfd, const char *name);
+/*
+ * Is NAME in DIRFD a metacopy file, and where is its data? 1 with REDIR
+ * (OVL_REDIRECT_MAX + 1 bytes) its redirect, written when a metacopy file
+ * is renamed ("/path" from the lower's root, or a name in the lower of
+ * its directory), or "" when it has none or one not valid: the data is
+ * the lower file at the same path. 0: not a metacopy file; -errno. Read
+ * by name, with no fd of the file opened.
+ */
+int ovl_metacopy_redirect(const struct ovl_fmt *f, int dirfd, const char *name,
+			  char *redir);
 int ovl_metacopy_set(const struct ovl_fmt *f, int fd);
 /* Remove FD's metacopy marker, if any. */
 int ovl_metacopy_clear(const struct ovl_fmt *f, int fd);

@@ -308,25 +308,37 @@ static const char *redirect_xattr(const struct ovl_fmt *f)
 					OVL_XATTR_REDIRECT_USER;
 }
 
-int ovl_redirect_get(const struct ovl_fmt *f, int dirfd, char *buf)
+/* ovl_redirect_get of NAME in DIRFD ("": DIRFD itself). */
+static int redirect_read(const struct ovl_fmt *f, int dirfd, const char *name,
+			 char *buf)
 {
-	const char *name = redirect_xattr(f);
-	ssize_t n = ovl_fd_getxattr(dirfd, name, buf, OVL_REDIRECT_MAX);
+	const char *x = redirect_xattr(f);
+	ssize_t n = name[0] ? ovl_at_getxattr(dirfd, name, x, buf,
+					      OVL_REDIRECT_MAX)
+			    : ovl_fd_getxattr(dirfd, x, buf, OVL_REDIRECT_MAX);
 
 	/*
 	 * An OCI upper written without privilege holds user.ovlfs.redirect,
 	 * which a privileged reader (commit as root) must see too.
 	 */
 	if (n == -ENODATA && !kernel_fmt(f) &&
-	    !strcmp(name, OVL_XATTR_REDIRECT_TRUSTED))
-		n = ovl_fd_getxattr(dirfd, OVL_XATTR_REDIRECT_USER, buf,
-				    OVL_REDIRECT_MAX);
+	    !strcmp(x, OVL_XATTR_REDIRECT_TRUSTED))
+		n = name[0] ? ovl_at_getxattr(dirfd, name,
+					      OVL_XATTR_REDIRECT_USER, buf,
+					      OVL_REDIRECT_MAX)
+			    : ovl_fd_getxattr(dirfd, OVL_XATTR_REDIRECT_USER,
+					      buf, OVL_REDIRECT_MAX);
 	if (n == -ENODATA || n == -EOPNOTSUPP || n == -ERANGE || n == 0)
 		return 0;
 	if (n < 0)
 		return (int)n;
 	buf[n] = '\0';
 	return ovl_redirect_valid(buf) && (size_t)n == strlen(buf);
+}
+
+int ovl_redirect_get(const struct ovl_fmt *f, int dirfd, char *buf)
+{
+	return redirect_read(f, dirfd, "", buf);
 }
 
 int ovl_redirect_set(const struct ovl_fmt *f, int dirfd, const char *v)
@@ -372,6 +384,22 @@ int ovl_metacopy_get(const struct ovl_fmt *f, int dirfd, const char *name)
 		return 0;
 	if (n < 0 && n != -ERANGE)
 		return (int)n;
+	return 1;
+}
+
+int ovl_metacopy_redirect(const struct ovl_fmt *f, int dirfd, const char *name,
+			  char *redir)
+{
+	int r = ovl_metacopy_get(f, dirfd, name);
+
+	redir[0] = '\0';
+	if (r <= 0)
+		return r;
+	r = redirect_read(f, dirfd, name, redir);
+	if (r < 0)
+		return r;
+	if (!r)
+		redir[0] = '\0';	/* none, or one not valid: ignored */
 	return 1;
 }
 

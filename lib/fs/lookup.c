@@ -601,30 +601,23 @@ static int lower_data_in(struct ovl_fs *ofs, const struct lower_dir *d,
 			 int *layer, struct stat *dst, int *pin)
 {
 	char redir[OVL_REDIRECT_MAX + 1];
-	int dfd = ldir_fd(d, k), fd, r, err;
+	int dfd = ldir_fd(d, k), err;
 
 	*pin = -1;
 	if (!S_ISREG(st->st_mode) || st->st_size == 0 ||
 	    k + 1 >= ofs->nlower || dfd < 0)
 		return 0;
-	err = ovl_metacopy_get(&ofs->fmt, dfd, name);
+	err = ovl_metacopy_redirect(&ofs->fmt, dfd, name, redir);
 	if (err <= 0)
 		return err;
-	fd = ovl_open_child(dfd, name);
-	if (fd < 0)
-		return fd;
-	r = ovl_redirect_get(&ofs->fmt, fd, redir);
-	close(fd);
-	if (r < 0)
-		return r;
-	if (r && redir[0] == '/') {
+	if (redir[0] == '/') {
 		err = lower_file_abs(ofs, redir, k + 1, layer, dst, pin);
 	} else {
 		struct lower_dir below = { k + 1, ldir_fd(d, k + 1),
 					   d->lstack };
 
-		err = lower_file_in(ofs, &below, r ? redir : name, layer, dst,
-				    pin, true);
+		err = lower_file_in(ofs, &below, redir[0] ? redir : name, layer,
+				    dst, pin, true);
 	}
 	if (err)
 		return err;
@@ -658,27 +651,20 @@ static int metacopy_lower(struct ovl_fs *ofs, struct ovl_node *parent,
 			  struct stat *lst, int *pin)
 {
 	char redir[OVL_REDIRECT_MAX + 1];
-	int fd, r, err = ovl_metacopy_get(&ofs->fmt, pufd, name);
+	int err = ovl_metacopy_redirect(&ofs->fmt, pufd, name, redir);
 
 	*pin = -1;
 	if (err <= 0)
 		return err;
-	fd = ovl_open_child(pufd, name);
-	if (fd < 0)
-		return fd;
-	r = ovl_redirect_get(&ofs->fmt, fd, redir);
-	close(fd);
-	if (r < 0)
-		return r;
-	if (!r || redir[0] != '/') {
+	if (redir[0] != '/') {
 		struct lower_dir d = { parent->lidx,
 				       atomic_load(&parent->lower_fd),
 				       parent->lstack };
-		bool moved = r && strcmp(redir, name);
+		bool moved = redir[0] && strcmp(redir, name);
 
 		err = !ovl_node_lower_visible(parent) ? 0 :
-		      lower_file_in(ofs, &d, r ? redir : name, layer, lst,
-				    pin, moved);
+		      lower_file_in(ofs, &d, redir[0] ? redir : name, layer,
+				    lst, pin, moved);
 	} else {
 		err = lower_file_abs(ofs, redir, 0, layer, lst, pin);
 	}

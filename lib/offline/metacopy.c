@@ -28,17 +28,10 @@ int ovl_metacopy_lower(const struct ovl_fmt *f, int lroot, int ud, int ld,
 
 	*out = -1;
 	*same = false;
-	r = ovl_metacopy_get(f, ud, name);
+	r = ovl_metacopy_redirect(f, ud, name, redir);
 	if (r <= 0)
 		return r;
-	fd = ovl_open_child(ud, name);
-	if (fd < 0)
-		return fd;
-	r = ovl_redirect_get(f, fd, redir);
-	close(fd);
-	if (r < 0)
-		return r;
-	if (r && redir[0] == '/') {
+	if (redir[0] == '/') {
 		char *slash = strrchr(redir, '/');
 
 		*slash = '\0';
@@ -51,7 +44,7 @@ int ovl_metacopy_lower(const struct ovl_fmt *f, int lroot, int ud, int ld,
 			dfd = ovl_open_dir_abs(lroot, redir);
 		if (dfd < 0 && dfd != -1 && dfd != -ENOENT && dfd != -ENOTDIR)
 			return dfd;
-	} else if (r) {
+	} else if (redir[0]) {
 		lname = redir;
 	}
 	if (dfd >= 0) {
