@@ -26,6 +26,7 @@ OVLFS_PLAIN_CRASH_SEED fixes the seed (printed on failure).
 
 import os
 import random
+import shutil
 import signal
 import stat
 import subprocess
@@ -35,7 +36,7 @@ import pytest
 
 from conftest import (OVLFS, Overlay, build, cp_a, snapshot, diff_snapshots,
                       ovlfs, run, mountinfo, is_fuse_mounted, needs_root,
-                      kill_after)
+                      kill_after, traced_env, wait_for)
 from test_commit_kill import lower_spec, changes
 from test_commit_crash import link_groups, strip_dir_mtimes
 
@@ -384,6 +385,32 @@ def _recover_after_run(work, lower, expect, what):
         r = ovlfs("commit", "--quiet", lower)
         assert r.returncode == 0, "%s: commit: %s" % (what, r.err)
     check(snapshot(lower), expect, what + ": lower after the commit")
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
+def test_run_killed_before_each_word_to_its_watchdog(work):
+    """`ovlfs run` killed before each of its first writes: the second is
+    the one that tells its watchdog which mount it made. Killed there (the
+    mount made, the watchdog not yet told its device: CI29 hit that window
+    over io_uring, 1 run in 25), the mount stayed, dead, for good; the
+    watchdog now knows where the mount goes before it is made and detaches
+    a dead mount of ovlfs there. Nothing stays, whichever write it was."""
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    w(j(lower, "f"), "x")
+    for n in (1, 2, 3):
+        r = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=write",
+                 "-e", "inject=write:signal=SIGKILL:when=%d" % n, OVLFS, "run",
+                 "--on-exit", "commit", lower, "--", "true"],
+                timeout=60, env=traced_env(), cwd=work)
+        assert wait_for(lambda: not fuse_mounts_under(work), 10), \
+            "killed before write %d: the mount stays (%s)" % (n, r.err)
+        assert stat_returns(lower + ".mountpoint"), n
+        if os.path.isdir(lower + ".upper"):
+            res = ovlfs("commit", "--quiet", lower)
+            assert res.returncode == 0, res.err
+        assert sorted(os.listdir(lower)) == ["f"], n
 
 
 @needs_root

@@ -124,6 +124,10 @@ struct mount_opts {
 	/* Applies COMPAT's extra layers, read-only and format to the handle
 	   before it mounts (cmd-compat.c's compat_setup); 0 or -errno. */
 	int (*apply_compat)(struct ovlfs *fs, const struct compat *c);
+	/* Called by do_mount with the handle set up, just before it mounts
+	   (cmd-run.c: the watchdog learns the mount point); may be NULL. */
+	void (*before_mount)(struct ovlfs *fs, void *arg);
+	void *before_mount_arg;
 };
 
 /* A command's getopt loop when it takes only --help: -1, or the status. */

@@ -230,6 +230,8 @@ struct ovlfs *do_mount(const struct mount_opts *o, char *err, size_t errlen)
 	}
 	if ((ret = log_attach(fs, o)) < 0)
 		goto fail;
+	if (o->before_mount)
+		o->before_mount(fs, o->before_mount_arg);
 	ret = ovlfs_mount(fs);
 	if (ret < 0)
 		goto fail;

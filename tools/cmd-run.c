@@ -20,6 +20,7 @@
 #include <strings.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -159,15 +160,60 @@ static enum ovlfs_action ask_action(void)
 }
 
 /*
- * The watchdog of `ovlfs run` (see start_watchdog): told "MAJ:MIN MP" once
- * the mount is made, it waits for its parent to be gone (EOF), then
- * detaches the mount if it is still there, dead (ENOTCONN, ECONNABORTED) or alive on
- * the same device. Never returns.
+ * Is PATH (canonical) the mount point of a mount of ovlfs in this
+ * namespace (/proc/self/mountinfo: field 5 the mount point, octal escapes
+ * for blanks; the type after " - ")?
+ */
+static bool ovlfs_mount_at(const char *path)
+{
+	char line[PATH_MAX * 2 + 512], mp[PATH_MAX + 1];
+	bool found = false;
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		char *p = line, *sep = strstr(line, " - ");
+		size_t n = 0;
+
+		for (int field = 0; field < 4 && p; field++)
+			p = strchr(p, ' ') ? strchr(p, ' ') + 1 : NULL;
+		if (!p || !sep)
+			continue;
+		while (*p && *p != ' ' && n < PATH_MAX) {
+			if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' &&
+			    p[2] >= '0' && p[2] <= '7' && p[3] >= '0' &&
+			    p[3] <= '7') {
+				mp[n++] = (char)((p[1] - '0') * 64 +
+						 (p[2] - '0') * 8 + (p[3] - '0'));
+				p += 4;
+			} else {
+				mp[n++] = *p++;
+			}
+		}
+		mp[n] = '\0';
+		found = !strcmp(mp, path) && !strncmp(sep + 3, "fuse.ovlfs ", 11);
+	}
+	fclose(f);
+	return found;
+}
+
+/*
+ * The watchdog of `ovlfs run` (see start_watchdog): told "P MP" just
+ * before the mount is made and "MAJ:MIN MP" once it is, it waits for its
+ * parent to be gone (EOF), then detaches the mount if it is still there,
+ * dead (ENOTCONN, or ECONNABORTED for a request the kernel had handed to
+ * a FUSE-over-io_uring ring that died with us) or alive on the same
+ * device. Killed between the two lines, the parent leaves a mount the
+ * watchdog knows by place only: it goes if it is a dead mount of ovlfs
+ * at MP (a live one is not ours: ours died with the parent). Never
+ * returns.
  */
 static void watchdog(int fd)
 {
-	char buf[PATH_MAX + 64], *mp, c;
+	char buf[2 * PATH_MAX + 64], real[PATH_MAX], *mp = NULL, *line, *nl, c;
 	unsigned maj, mnr;
+	bool armed = false;
 	struct stat st;
 	size_t n = 0;
 	ssize_t r;
@@ -180,27 +226,47 @@ static void watchdog(int fd)
 		dup2(null, STDOUT_FILENO);
 		dup2(null, STDERR_FILENO);
 	}
-	while (n < sizeof(buf) - 1 && !memchr(buf, '\n', n)) {
+	while (n < sizeof(buf) - 1) {
 		r = read(fd, buf + n, sizeof(buf) - 1 - n);
 		if (r == 0 || (r < 0 && errno != EINTR))
-			_exit(0);	/* no mount was made */
+			break;
 		if (r > 0)
 			n += r;
 	}
 	buf[n] = '\0';
-	if (sscanf(buf, "%u:%u %n", &maj, &mnr, &len) != 2 || !len ||
-	    !(mp = buf + len) || !strchr(mp, '\n'))
-		_exit(0);
-	*strchr(mp, '\n') = '\0';
-	while ((r = read(fd, &c, 1)) != 0 && (r > 0 || errno == EINTR))
+	for (line = buf; (nl = strchr(line, '\n')); line = nl + 1) {
+		*nl = '\0';
+		if (!strncmp(line, "P ", 2)) {
+			mp = line + 2;
+		} else if (sscanf(line, "%u:%u %n", &maj, &mnr, &len) == 2 &&
+			   len) {
+			mp = line + len;
+			armed = true;
+		}
+	}
+	while (n == sizeof(buf) - 1 &&
+	       (r = read(fd, &c, 1)) != 0 && (r > 0 || errno == EINTR))
 		;
-	/*
-	 * Dead: ENOTCONN, or ECONNABORTED for a request the kernel had
-	 * handed to a FUSE-over-io_uring ring that died with us.
-	 */
-	if (stat(mp, &st) == 0 ? st.st_dev != makedev(maj, mnr) :
-				 errno != ENOTCONN && errno != ECONNABORTED)
+	if (!mp || !*mp)
+		_exit(0);	/* no mount was to be made */
+	if (armed && (stat(mp, &st) == 0 ? st.st_dev != makedev(maj, mnr) :
+			errno != ENOTCONN && errno != ECONNABORTED))
 		_exit(0);	/* unmounted by the parent (or not ours) */
+	if (!armed) {
+		/*
+		 * statfs always asks the server (stat may be answered from
+		 * the kernel's cache): it fails on a dead mount only. None
+		 * made (the directory's own filesystem answers), or a live
+		 * one: not ours.
+		 */
+		struct statfs sf;
+
+		if (statfs(mp, &sf) == 0 ||
+		    (errno != ENOTCONN && errno != ECONNABORTED) ||
+		    !realpath(mp, real) || !ovlfs_mount_at(real))
+			_exit(0);
+		mp = real;
+	}
 	if (geteuid() == 0)
 		umount2(mp, MNT_DETACH | UMOUNT_NOFOLLOW);
 	else
@@ -236,19 +302,35 @@ static int start_watchdog(void)
 	return p[1];
 }
 
+/* Write MSG (N bytes) to the watchdog WFD. */
+static void tell_watchdog(int wfd, const char *msg, int n)
+{
+	if (n > 0 && (size_t)n < PATH_MAX + 64 && write(wfd, msg, n) != n)
+		err_msg("warning: the unmount watchdog is not armed");
+}
+
+/* do_mount's before_mount: tell the watchdog where the mount goes. */
+static void prime_watchdog(struct ovlfs *fs, void *arg)
+{
+	char msg[PATH_MAX + 64];
+	int wfd = *(int *)arg;
+
+	if (wfd >= 0)
+		tell_watchdog(wfd, msg, snprintf(msg, sizeof(msg), "P %s\n",
+						 ovlfs_mount_point(fs)));
+}
+
 /* Tell the watchdog WFD which mount to watch. */
 static void arm_watchdog(int wfd, const char *mp)
 {
 	char msg[PATH_MAX + 64];
 	struct stat st;
-	int n;
 
 	if (wfd < 0 || stat(mp, &st) < 0)
 		return;
-	n = snprintf(msg, sizeof(msg), "%u:%u %s\n", major(st.st_dev),
-		     minor(st.st_dev), mp);
-	if (n > 0 && (size_t)n < sizeof(msg) && write(wfd, msg, n) != n)
-		err_msg("warning: the unmount watchdog is not armed");
+	tell_watchdog(wfd, msg, snprintf(msg, sizeof(msg), "%u:%u %s\n",
+					 major(st.st_dev), minor(st.st_dev),
+					 mp));
 }
 
 /* Child side of run: never returns. */
@@ -404,6 +486,8 @@ int cmd_run(const struct command *cmd, int argc, char **argv)
 
 	fflush(NULL);
 	wfd = start_watchdog();
+	o.before_mount = prime_watchdog;
+	o.before_mount_arg = &wfd;
 	fs = do_mount(&o, err, sizeof(err));
 	mount_opts_free(&o);
 	if (!fs) {
