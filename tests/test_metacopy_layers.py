@@ -17,8 +17,8 @@ import stat
 
 import pytest
 
-from conftest import (Overlay, build, cp_a, snapshot, assert_same_tree, run,
-                      needs_root)
+from conftest import (OVLFS, Overlay, build, cp_a, snapshot, assert_same_tree,
+                      run, needs_root)
 from test_layers import escape
 
 pytestmark = needs_root     # trusted.* markers, chown, the kernel's overlayfs
@@ -280,6 +280,44 @@ def test_lower_metacopy_without_data(work, fmt):
         o.umount()
     text = open(log).read()
     assert "metacopy file f" in text and "no data beneath" in text, text
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bottom_layer_metacopy_is_eio(work, fmt):
+    """A metacopy file in the bottom (here the only) lower layer, an upper
+    of an earlier mount stacked without the layers it was made over: its
+    lookup fails with EIO and the log names it, as the kernel fails it;
+    its holes are never read as its data, so flatten fails (DEST removed)
+    instead of writing zeros. The other files read as ever."""
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    build(lower, {"keep": "keep\n"})
+    for n in ("f", "holes"):        # holes: sparse, no marker: its zeros
+        with open(j(lower, n), "wb") as f:
+            f.truncate(4096)
+    os.setxattr(j(lower, "f"), MARK[fmt], b"")
+    log = j(work, "log")
+    o = stack_overlay([lower], j(work, "u"), j(work, "mnt"), fmt)
+    o.extra_args += ["--log", log]
+    o.mount()
+    try:
+        # Listed (READDIRPLUS gives it without attributes), failing on stat.
+        assert sorted(os.listdir(o.mp)) == ["f", "holes", "keep"]
+        assert open(j(o.mp, "holes"), "rb").read() == b"\0" * 4096
+        with pytest.raises(OSError) as e:
+            os.stat(j(o.mp, "f"))
+        assert e.value.errno == errno.EIO
+        assert open(j(o.mp, "keep")).read() == "keep\n"
+    finally:
+        o.umount()
+    text = open(log).read()
+    assert "metacopy file f" in text and "no data beneath" in text, text
+    dest = j(work, "flat")
+    r = run([OVLFS, "flatten"] + (["--format", "kernel"] if fmt == "kernel"
+                                   else []) +
+            ["--upper", j(work, "u"), "--lower", escape(lower), dest])
+    assert r.returncode != 0, r.out
+    assert not os.path.exists(dest)
 
 
 def test_ovlfs_reads_kernel_stack(work):

@@ -37,7 +37,7 @@ bool ovl_xattr_is_private(const char *name)
 /*
  * An fd opened for I/O takes the f*xattr calls straight; an O_PATH one
  * is refused them (EBADF) and named through /proc/self/fd/N, a walk
- * through procfs ten times the cost of the call (3 us against 0.3 here).
+ * through procfs: 3 us a call here against 0.55 on the fd.
  */
 static bool refused_on_path_fd(int fd, ssize_t n, char p[32])
 {

@@ -592,9 +592,15 @@ static int lower_file_abs(struct ovl_fs *ofs, char *path, int from,
  * the data; 0 if not a metacopy file; -EIO (logged) if the data is
  * nowhere; -errno.
  *
- * A file in the bottom layer is not asked: nothing can be beneath it, and
- * a mount of one lower (the common case) then pays no xattr read per
- * lookup. The kernel fails such a file; ovlfs shows its bytes.
+ * A metacopy file in the bottom layer (an upper of an earlier mount used
+ * as the only lower, without the layers it was made over) has nothing
+ * beneath it: -EIO, as the kernel fails it, never its holes read as its
+ * data (flatten or export would write those zeros). Only a file with
+ * holes is asked there (fewer blocks than its size): a metacopy file is
+ * made sparse and a killed data copy-up leaves it short, while one whose
+ * copy was whole reads right whatever its stale marker says. So the
+ * common mount of one lower pays no xattr read (two by name cost 2.5 us
+ * here, a sixth of a lookup) for its ordinary files.
  */
 static int lower_data_in(struct ovl_fs *ofs, const struct lower_dir *d,
 			 const char *name, int k, const struct stat *st,
@@ -604,13 +610,16 @@ static int lower_data_in(struct ovl_fs *ofs, const struct lower_dir *d,
 	int dfd = ldir_fd(d, k), err;
 
 	*pin = -1;
-	if (!S_ISREG(st->st_mode) || st->st_size == 0 ||
-	    k + 1 >= ofs->nlower || dfd < 0)
+	if (!S_ISREG(st->st_mode) || st->st_size == 0 || dfd < 0)
+		return 0;
+	if (k + 1 >= ofs->nlower && (off_t)st->st_blocks * 512 >= st->st_size)
 		return 0;
 	err = ovl_metacopy_redirect(&ofs->fmt, dfd, name, redir);
 	if (err <= 0)
 		return err;
-	if (redir[0] == '/') {
+	if (k + 1 >= ofs->nlower) {
+		err = 0;	/* the bottom layer: nothing beneath */
+	} else if (redir[0] == '/') {
 		err = lower_file_abs(ofs, redir, k + 1, layer, dst, pin);
 	} else {
 		struct lower_dir below = { k + 1, ldir_fd(d, k + 1),

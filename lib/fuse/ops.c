@@ -704,8 +704,31 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 					rem -= len;
 					continue;
 				}
-				if (ovl_lookup(ofs, dh->node, d->name, &e) < 0)
+				err = ovl_lookup(ofs, dh->node, d->name, &e);
+				if (err == -ENOENT) {
+					err = 0;
 					continue;	/* gone since the snapshot */
+				}
+				if (err < 0) {
+					/*
+					 * It is there but cannot be looked up
+					 * (EIO: a metacopy file with no data):
+					 * listed without attributes, so that the
+					 * kernel's own LOOKUP of it gives the
+					 * error to whoever stats it, as ls shows
+					 * it. Dropped, it vanished from listings,
+					 * and flatten and cp -a went on without
+					 * it as if all was copied.
+					 */
+					err = 0;
+					fe.attr.st_ino = d->ino;
+					fe.attr.st_mode = d->type;
+					len = fuse_add_direntry_plus(
+						req, p, rem, d->name, &fe, d->off);
+					p += len;
+					rem -= len;
+					continue;
+				}
 				fe.ino = ovl_fuse_nodeid(ofs, e.node);
 				fe.generation = e.node->generation;
 				fe.attr = e.st;
