@@ -251,6 +251,22 @@ def test_chained_metacopy(work, fmt):
         o.umount()
 
 
+def f_is_eio(o, log, access):
+    """Mount O logging to LOG: ACCESS(mount point) of its metacopy file f
+    fails with EIO, "keep" reads, and the log names f."""
+    o.extra_args += ["--log", log]
+    o.mount()
+    try:
+        with pytest.raises(OSError) as e:
+            access(o.mp)
+        assert e.value.errno == errno.EIO
+        assert open(j(o.mp, "keep")).read() == "keep\n"
+    finally:
+        o.umount()
+    text = open(log).read()
+    assert "metacopy file f" in text and "no data beneath" in text, text
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_lower_metacopy_without_data(work, fmt):
     """No data beneath a lower metacopy file: EIO, and the log names it."""
@@ -267,19 +283,9 @@ def test_lower_metacopy_without_data(work, fmt):
         o.umount()
     cp_a(lower, lower2)
     os.unlink(j(lower2, "f"))
-    log = j(work, "log")
     o = stack_overlay([u1, lower2], j(work, "u2"), mp, fmt)
-    o.extra_args += ["--log", log]
-    o.mount()
-    try:
-        with pytest.raises(OSError) as e:
-            open(j(o.mp, "f"), "rb").read()
-        assert e.value.errno == errno.EIO
-        assert open(j(o.mp, "keep")).read() == "keep\n"
-    finally:
-        o.umount()
-    text = open(log).read()
-    assert "metacopy file f" in text and "no data beneath" in text, text
+    f_is_eio(o, j(work, "log"),
+             lambda mp: open(j(mp, "f"), "rb").read())
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -296,22 +302,14 @@ def test_bottom_layer_metacopy_is_eio(work, fmt):
         with open(j(lower, n), "wb") as f:
             f.truncate(4096)
     os.setxattr(j(lower, "f"), MARK[fmt], b"")
-    log = j(work, "log")
     o = stack_overlay([lower], j(work, "u"), j(work, "mnt"), fmt)
-    o.extra_args += ["--log", log]
-    o.mount()
-    try:
+
+    def listed_then_stat(mp):
         # Listed (READDIRPLUS gives it without attributes), failing on stat.
-        assert sorted(os.listdir(o.mp)) == ["f", "holes", "keep"]
-        assert open(j(o.mp, "holes"), "rb").read() == b"\0" * 4096
-        with pytest.raises(OSError) as e:
-            os.stat(j(o.mp, "f"))
-        assert e.value.errno == errno.EIO
-        assert open(j(o.mp, "keep")).read() == "keep\n"
-    finally:
-        o.umount()
-    text = open(log).read()
-    assert "metacopy file f" in text and "no data beneath" in text, text
+        assert sorted(os.listdir(mp)) == ["f", "holes", "keep"]
+        assert open(j(mp, "holes"), "rb").read() == b"\0" * 4096
+        os.stat(j(mp, "f"))
+    f_is_eio(o, j(work, "log"), listed_then_stat)
     dest = j(work, "flat")
     r = run([OVLFS, "flatten"] + (["--format", "kernel"] if fmt == "kernel"
                                    else []) +

@@ -673,6 +673,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		if (plus) {
 			struct fuse_entry_param fe;
 			struct ovl_entry e;
+			bool bare;
 
 			memset(&fe, 0, sizeof(fe));
 			if (is_dot(d->name)) {
@@ -694,33 +695,27 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				 * per entry on every listing of a warm tree
 				 * (its cached attributes are kept right by
 				 * timeouts and our invalidations anyway).
+				 * So is an entry that is there but cannot be
+				 * looked up (EIO: a metacopy file with no
+				 * data): the kernel's own LOOKUP of it gives
+				 * the error to whoever stats it, as ls shows
+				 * it. Dropped, it vanished from listings, and
+				 * flatten and cp -a went on without it as if
+				 * all was copied.
 				 */
-				if (ovl_node_known(ofs, dh->node, d->name)) {
-					fe.attr.st_ino = d->ino;
-					fe.attr.st_mode = d->type;
-					len = fuse_add_direntry_plus(
-						req, p, rem, d->name, &fe, d->off);
-					p += len;
-					rem -= len;
-					continue;
-				}
-				err = ovl_lookup(ofs, dh->node, d->name, &e);
-				if (err == -ENOENT) {
+				bare = ovl_node_known(ofs, dh->node, d->name);
+				if (!bare) {
+					err = ovl_lookup(ofs, dh->node, d->name,
+							 &e);
+					if (err == -ENOENT) {
+						err = 0;
+						continue;	/* gone since the
+								   snapshot */
+					}
+					bare = err < 0;
 					err = 0;
-					continue;	/* gone since the snapshot */
 				}
-				if (err < 0) {
-					/*
-					 * It is there but cannot be looked up
-					 * (EIO: a metacopy file with no data):
-					 * listed without attributes, so that the
-					 * kernel's own LOOKUP of it gives the
-					 * error to whoever stats it, as ls shows
-					 * it. Dropped, it vanished from listings,
-					 * and flatten and cp -a went on without
-					 * it as if all was copied.
-					 */
-					err = 0;
+				if (bare) {
 					fe.attr.st_ino = d->ino;
 					fe.attr.st_mode = d->type;
 					len = fuse_add_direntry_plus(
