@@ -13,6 +13,7 @@ import ctypes.util
 import errno
 import hashlib
 import os
+import re
 import shutil
 import signal
 import stat
@@ -183,6 +184,51 @@ def traced_env():
     opts = env.get("ASAN_OPTIONS", "")
     env["ASAN_OPTIONS"] = (opts + ":" if opts else "") + "detect_leaks=0"
     return env
+
+
+def strace_steps(cmd, calls, env=None):
+    """The calls among CALLS (strace's trace= list) that CMD makes, run to
+    its end once, in order: each as (name, k), its kth call of that name.
+    strace counts an injection's when= per syscall, so `inject=A,B:when=N`
+    stops at whichever of A and B first reaches its Nth call, and a crash
+    test stepping N over a set skips most of the steps (one found by CI
+    only, at random: a plain commit killed between the unlinks of its work
+    directory). Killing at step (name, k) is `inject=name:when=k`."""
+    fd, log = tempfile.mkstemp(prefix="ovlfs-strace-")
+    os.close(fd)
+    try:
+        res = run(["strace", "-f", "-qq", "-o", log, "-e", "trace=" + calls]
+                  + cmd, timeout=120, env=env or traced_env())
+        assert res.returncode == 0, res.err
+        steps, seen, pids = [], {}, set()
+        wanted = set(calls.split(","))
+        with open(log) as f:
+            for line in f:
+                m = re.match(r"(\d+)\s+([a-z0-9_]+)\(", line)
+                if not m or m.group(2) not in wanted:
+                    continue        # "<... resumed>", exits, signals,
+                                    # calls strace has no name for
+                pids.add(m.group(1))
+                seen[m.group(2)] = seen.get(m.group(2), 0) + 1
+                steps.append((m.group(2), seen[m.group(2)]))
+    finally:
+        os.unlink(log)
+    # strace counts per process: one process, or the steps would mislead.
+    assert len(pids) <= 1, "%s ran %d processes" % (cmd[0], len(pids))
+    return steps
+
+
+def killed_at_step(cmd, step, env=None):
+    """Run CMD, SIGKILLed just before STEP (see strace_steps); True if it
+    was, False if it ran to its end (successfully: else the test fails)."""
+    name, k = step
+    res = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=" + name,
+               "-e", "inject=%s:signal=KILL:when=%d" % (name, k)] + cmd,
+              timeout=60, env=env or traced_env())
+    if res.returncode == 0:
+        return False
+    assert res.returncode in (137, -9), res.err
+    return True
 
 
 def ovlfs(*args, **kw):

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import (OVLFS, snapshot, assert_same_tree, run, ovlfs,
                       kill_after, renameat2, RENAME_EXCHANGE, cp_a,
-                      traced_env)
+                      traced_env, strace_steps, killed_at_step)
 from test_redirect import (Redirect, TREE, renames, lower_snap,
                            strip_dir_mtimes)
 
@@ -303,22 +303,31 @@ def test_atomic_commit_killed_is_all_or_nothing(work, fmt):
 
 
 # Calls that change a layer: a kill before each of them, in turn, is a
-# crash at every step of a commit (strace delivers the signal on entry).
+# crash at every step of a commit (strace delivers the signal on entry;
+# conftest.strace_steps numbers them).
 CHANGING = ("rename,renameat,renameat2,mkdir,mkdirat,unlink,unlinkat,rmdir,"
             "link,linkat,symlinkat,mknodat,fsync,syncfs,setxattr,fsetxattr,"
             "lsetxattr,removexattr,fremovexattr,lremovexattr")
 
 
-def killed_at(cmd, n):
-    """Run CMD, SIGKILLed just before its Nth layer-changing call; True if
-    it was (else it ran to its end, successfully)."""
-    res = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e",
-               "trace=" + CHANGING, "-e",
-               "inject=%s:signal=KILL:when=%d" % (CHANGING, n)] + cmd,
-              timeout=60, env=traced_env())
-    if res.returncode == 0:
+def steps_of(cmd, restore):
+    """CMD's layer-changing calls from the state RESTORE makes, which each
+    trial starts from: recorded on a second run, as the first one also
+    removes the default mount point's directory, which no later run finds."""
+    restore()
+    run(cmd, timeout=60)
+    restore()
+    return strace_steps(cmd, CHANGING)
+
+
+def killed_at(cmd, steps, n):
+    """Run CMD killed before its Nth step (of STEPS, steps_of), or, N past
+    them, to its end (it must succeed). True if it was killed."""
+    if n == len(steps):
+        res = run(cmd, timeout=60)
+        assert res.returncode == 0, res.err
         return False
-    assert res.returncode in (137, -9), res.err
+    assert killed_at_step(cmd, steps[n]), "no kill at step %d: %s" % (n, steps[n])
     return True
 
 
@@ -365,12 +374,12 @@ def test_atomic_commit_crash_at_every_step(work, fmt, scenario):
     old_ino = inodes(r.lower)
     cmd = [OVLFS, "commit", "--atomic", "--quiet", "--upper", r.upper, r.lower]
     kept = ("n/d2/x", "d/x") if scenario is None else ("n/f/w", "d/w")
-    n, seen = 1, set()
-    while True:
-        assert n < 1000, "no end after %d injections" % n
+    steps = steps_of(cmd, restore)
+    seen = set()
+    for n in range(len(steps) + 1):
         restore()
         old_ino = inodes(r.lower)
-        killed = killed_at(cmd, n)
+        killed = killed_at(cmd, steps, n)
         rec = ovlfs("recover", "--upper", r.upper, r.lower)
         assert rec.returncode == 0, rec.err
         assert not os.path.exists(j(r.lower, ".wh..wh.ovlfs-commit"))
@@ -384,30 +393,29 @@ def test_atomic_commit_crash_at_every_step(work, fmt, scenario):
             assert_same_tree(now, old, "lower (killed at call %d)" % n, "old")
             assert inodes(r.lower) == old_ino, "killed at call %d" % n
             seen.add("old")
-        if not killed:
-            break
-        n += 1
-    assert seen == {"old", "new"} and n > 10, (seen, n)
+    assert seen == {"old", "new"} and len(steps) > 50, (seen, len(steps))
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
-@pytest.mark.parametrize("scenario", [None, over_and_into],
-                         ids=["nested-swap", "over-entries"])
+@pytest.mark.parametrize("scenario", [None, over_and_into, kill_scenario],
+                         ids=["nested-swap", "over-entries", "kill-scenario"])
 def test_plain_commit_crash_at_every_step(work, fmt, scenario):
     """A plain commit with renames killed before each of its changing calls
-    in turn, then run again (killed again at a later call, sometimes): it
-    ends with the model's lower, the renamed files' inodes kept."""
+    in turn, then run again (killed again at an earlier call, sometimes):
+    it ends with the model's lower, the renamed files' inodes kept. (Not
+    every step was tried before strace_steps: a run killed between the
+    unlinks of its work directory, "placing" gone and the plan left, made
+    the retry move placed sources again and fail with ENOENT.)"""
     r, restore = crash_pair(work, fmt, scenario)
     cmd = [OVLFS, "commit", "--quiet", "--upper", r.upper, r.lower]
-    kept = ("n/d2/x", "d/x") if scenario is None else ("n/f/w", "d/w")
-    n = 1
-    while True:
-        assert n < 1000, "no end after %d injections" % n
+    kept = ("n/f/w", "d/w") if scenario is over_and_into else ("n/d2/x", "d/x")
+    steps = steps_of(cmd, restore)
+    for n in range(len(steps) + 1):
         restore()
         old_ino = inodes(r.lower)
-        killed = killed_at(cmd, n)
+        killed = killed_at(cmd, steps, n)
         if killed and n % 4 == 0 and os.path.exists(r.upper):
-            killed_at(cmd, n // 2)
+            killed_at_step(cmd, steps[n // 2])
         if os.path.exists(r.upper):
             res = run(cmd, timeout=60)
             assert res.returncode == 0, "killed at call %d: %s" % (n, res.err)
@@ -415,10 +423,7 @@ def test_plain_commit_crash_at_every_step(work, fmt, scenario):
         assert_same_tree(snapshot(r.lower), snapshot(r.oracle),
                          "lower (killed at call %d)" % n, "model")
         assert inodes(r.lower)[kept[0]] == old_ino[kept[1]], n
-        if not killed:
-            break
-        n += 1
-    assert n > 10, n
+    assert len(steps) > 40, len(steps)
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
@@ -701,12 +706,14 @@ def test_killed_renames_refuse_other_commands(work):
     r, restore = crash_pair(work, "oci")
     cmd = [OVLFS, "commit", "--quiet", "--upper", r.upper, r.lower]
     wd = j(r.lower, ".wh..wh.ovlfs-rename")
-    for n in range(1, 200):
+    steps = steps_of(cmd, restore)
+    for step in steps:
         restore()
-        if not killed_at(cmd, n):
-            pytest.fail("no kill left the renames half done")
+        assert killed_at_step(cmd, step), step
         if os.path.isdir(wd) and len(os.listdir(wd)) > 2:
             break
+    else:
+        pytest.fail("no kill left the renames half done")
     lower0, upper0 = lower_snap(r.lower), snapshot(r.upper, mtime=True)
     for args in (["diff", "--upper", r.upper, r.lower],
                  ["discard", "--upper", r.upper, r.lower],
@@ -738,6 +745,23 @@ def test_damaged_rename_plan_is_refused(work):
     res = commit(r, "plain", check=False)
     assert res.returncode == 1 and "plan is damaged" in res.err, res.err
     assert (lower_snap(r.lower), snapshot(r.upper, mtime=True)) == before
+
+
+def test_planless_rename_workdir_keeps_what_it_holds(work):
+    """A rename work directory with no plan but a directory in it (damaged
+    by hand: a run never leaves one so) is not removed: the commit stops
+    naming it, and what it holds is kept."""
+    r = Redirect(work, TREE, "oci")
+    r.both(lambda p: os.rename(j(p, "d"), j(p, "d2")))
+    r.ovl.umount()
+    wd = j(r.lower, ".wh..wh.ovlfs-rename")
+    os.makedirs(j(wd, "1"))
+    open(j(wd, "1", "kept"), "w").write("data")
+    res = commit(r, "plain", check=False)
+    assert res.returncode == 1, res.err
+    assert "has no plan but holds 1" in res.err and wd in res.err, res.err
+    assert open(j(wd, "1", "kept")).read() == "data"
+    assert os.path.isdir(r.upper)
 
 
 # ---- failing midway: a full lower, a read-only lower, an immutable source ----

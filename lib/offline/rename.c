@@ -642,16 +642,38 @@ static int place_targets(struct fin *f, int work)
 	return err;
 }
 
+/*
+ * A work directory without a plan: its run was killed before the plan was
+ * in (nothing had moved), or after every rename was placed and settled
+ * (the plan goes first, below). Either way it holds no renamed directory:
+ * anything else there (a moved source) is not deleted but named.
+ */
+static int remove_planless(struct fin *f, int wfd)
+{
+	struct ovl_dirlist dl;
+	int err = ovl_dirlist_read(wfd, &dl);
+
+	for (size_t i = 0; !err && i < dl.n; i++)
+		if (strcmp(dl.ents[i].name, "plan.tmp") &&
+		    strcmp(dl.ents[i].name, "placing"))
+			err = ovl_set_error(f->fs, -EUCLEAN,
+					    "commit: %s/%s has no plan but holds %s; nothing more was changed: inspect %s/%s by hand",
+					    f->lower, OVL_RENAME_WORKDIR,
+					    dl.ents[i].name, f->lower,
+					    OVL_RENAME_WORKDIR);
+	ovl_dirlist_free(&dl);
+	return err ? err : ovl_remove_tree(f->lower_fd, OVL_RENAME_WORKDIR);
+}
+
 int fin_renames_plain(struct fin *f)
 {
 	int wfd, err = 0;
 
 	wfd = fin_open_dir_at(f->lower_fd, OVL_RENAME_WORKDIR);
 	if (wfd >= 0 && !fin_exists_at(wfd, "plan")) {
-		/* Killed before its plan was in: nothing had moved. */
+		err = remove_planless(f, wfd);
 		close(wfd);
 		wfd = -ENOENT;
-		err = ovl_remove_tree(f->lower_fd, OVL_RENAME_WORKDIR);
 	}
 	if (wfd >= 0) {
 		fin_renames_free(f);
@@ -672,6 +694,13 @@ int fin_renames_plain(struct fin *f)
 		err = place_targets(f, wfd);
 	/* The upper's new redirects are durable before the plan goes. */
 	if (!err && (syncfs(f->lower_fd) < 0 || syncfs(f->upper_fd) < 0))
+		err = -errno;
+	/*
+	 * The plan goes first, durably: a run killed while the rest goes
+	 * must not find the plan without "placing" and move sources again
+	 * (they are placed: it failed with ENOENT).
+	 */
+	if (!err && (unlinkat(wfd, "plan", 0) < 0 || fsync(wfd) < 0))
 		err = -errno;
 	if (wfd >= 0)
 		close(wfd);
