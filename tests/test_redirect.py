@@ -543,3 +543,46 @@ def test_redirect_dir_off_copies_the_tree(work):
     r = run([OVLFS, "-o", "lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=sometimes"
              % (lower, j(work, "u-off"), j(work, "w-off")), j(work, "m-off")])
     assert r.returncode == 2 and "redirect_dir 'sometimes'" in r.err, r.err
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root (a user namespace, then root's view)")
+@pytest.mark.parametrize("finish", ["mount", "commit", "atomic"])
+def test_upper_written_without_privilege_read_as_root(work, finish):
+    """An OCI upper written in a user namespace (no privilege in the
+    initial one: its markers are user.ovlfs.redirect and
+    user.ovlfs.metacopy, not trusted.*) read by root: the renamed directory
+    shows its lower part and a metadata-only copy-up its lower data, on a
+    mount and through a commit (one rename: the file keeps its inode)."""
+    lower, upper, mnt = j(work, "lower"), j(work, "upper"), j(work, "mnt")
+    os.mkdir(lower)
+    build(lower, TREE)
+    with open(j(lower, "big"), "wb") as f:
+        f.write(os.urandom(200000))
+    os.mkdir(mnt)
+    oracle = j(work, "oracle")
+    cp_a(lower, oracle)
+    script = ("%s mount --upper %s %s %s && mv %s/d %s/d2 && chmod 600 %s/big"
+              " && umount %s" % (OVLFS, upper, lower, mnt, mnt, mnt, mnt, mnt))
+    res = run(["unshare", "-Urm", "sh", "-c", script], timeout=60)
+    if res.returncode != 0 and "unshare" in res.err:
+        pytest.skip("no user namespaces: %s" % res.err)
+    assert res.returncode == 0, res.err
+    os.rename(j(oracle, "d"), j(oracle, "d2"))
+    os.chmod(j(oracle, "big"), 0o600)
+    names = os.listxattr(j(upper, "d2")) + os.listxattr(j(upper, "big"))
+    assert "user.ovlfs.redirect" in names and "user.ovlfs.metacopy" in names, names
+    assert os.lstat(j(upper, "big")).st_blocks == 0     # no data copied
+    ino = os.lstat(j(lower, "d/x")).st_ino
+    if finish == "mount":
+        o = Overlay(lower, upper=upper, mp=mnt)
+        o.mount()
+        try:
+            assert_same_tree(snapshot(mnt), snapshot(oracle), "mount", "model")
+        finally:
+            o.umount()
+        return
+    res = ovlfs("commit", *(["--atomic"] if finish == "atomic" else []),
+                "--upper", upper, lower)
+    assert res.returncode == 0, res.err
+    assert_same_tree(snapshot(lower), snapshot(oracle), "lower", "model")
+    assert os.lstat(j(lower, "d2/x")).st_ino == ino, "copied"

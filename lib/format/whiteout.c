@@ -309,25 +309,31 @@ static const char *redirect_xattr(const struct ovl_fmt *f)
 }
 
 /* ovl_redirect_get of NAME in DIRFD ("": DIRFD itself). */
+/*
+ * Xattr X of DIRFD's child NAME (or of DIRFD itself, NAME ""), into BUF of
+ * SIZE bytes. An OCI upper written without privilege holds USER instead of
+ * the trusted one, which a privileged reader (commit as root) must see too.
+ */
+static ssize_t marker_read(const struct ovl_fmt *f, int dirfd, const char *name,
+			   const char *x, const char *trusted, const char *user,
+			   char *buf, size_t size)
+{
+	ssize_t n = name[0] ? ovl_at_getxattr(dirfd, name, x, buf, size)
+			    : ovl_fd_getxattr(dirfd, x, buf, size);
+
+	if (n == -ENODATA && !kernel_fmt(f) && !strcmp(x, trusted))
+		n = name[0] ? ovl_at_getxattr(dirfd, name, user, buf, size)
+			    : ovl_fd_getxattr(dirfd, user, buf, size);
+	return n;
+}
+
 static int redirect_read(const struct ovl_fmt *f, int dirfd, const char *name,
 			 char *buf)
 {
-	const char *x = redirect_xattr(f);
-	ssize_t n = name[0] ? ovl_at_getxattr(dirfd, name, x, buf,
-					      OVL_REDIRECT_MAX)
-			    : ovl_fd_getxattr(dirfd, x, buf, OVL_REDIRECT_MAX);
+	ssize_t n = marker_read(f, dirfd, name, redirect_xattr(f),
+				OVL_XATTR_REDIRECT_TRUSTED,
+				OVL_XATTR_REDIRECT_USER, buf, OVL_REDIRECT_MAX);
 
-	/*
-	 * An OCI upper written without privilege holds user.ovlfs.redirect,
-	 * which a privileged reader (commit as root) must see too.
-	 */
-	if (n == -ENODATA && !kernel_fmt(f) &&
-	    !strcmp(x, OVL_XATTR_REDIRECT_TRUSTED))
-		n = name[0] ? ovl_at_getxattr(dirfd, name,
-					      OVL_XATTR_REDIRECT_USER, buf,
-					      OVL_REDIRECT_MAX)
-			    : ovl_fd_getxattr(dirfd, OVL_XATTR_REDIRECT_USER,
-					      buf, OVL_REDIRECT_MAX);
 	if (n == -ENODATA || n == -EOPNOTSUPP || n == -ERANGE || n == 0)
 		return 0;
 	if (n < 0)
@@ -366,20 +372,12 @@ static const char *metacopy_xattr(const struct ovl_fmt *f)
 
 int ovl_metacopy_get(const struct ovl_fmt *f, int dirfd, const char *name)
 {
-	const char *x = metacopy_xattr(f);
 	/* A digest (verity) is 1 + 4 + 64 bytes at most; ERANGE is "set". */
 	char buf[128];
-	ssize_t n = name[0] ? ovl_at_getxattr(dirfd, name, x, buf, sizeof(buf))
-			    : ovl_fd_getxattr(dirfd, x, buf, sizeof(buf));
+	ssize_t n = marker_read(f, dirfd, name, metacopy_xattr(f),
+				OVL_XATTR_METACOPY_TRUSTED,
+				OVL_XATTR_METACOPY_USER, buf, sizeof(buf));
 
-	/* As for redirects: an OCI upper written without privilege. */
-	if (n == -ENODATA && !kernel_fmt(f) &&
-	    !strcmp(x, OVL_XATTR_METACOPY_TRUSTED))
-		n = name[0] ? ovl_at_getxattr(dirfd, name,
-					      OVL_XATTR_METACOPY_USER, buf,
-					      sizeof(buf))
-			    : ovl_fd_getxattr(dirfd, OVL_XATTR_METACOPY_USER,
-					      buf, sizeof(buf));
 	if (n == -ENODATA || n == -EOPNOTSUPP)
 		return 0;
 	if (n < 0 && n != -ERANGE)
