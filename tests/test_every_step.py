@@ -34,7 +34,7 @@ import pytest
 
 from conftest import (OVLFS, HL, L, F, D, Fifo, snapshot, assert_same_tree,
                       run, ovlfs, cp_a, strace_steps, killed_at_step,
-                      diff_snapshots, mountinfo, Overlay)
+                      diff_snapshots, mountinfo, Overlay, wait_for)
 from test_redirect import Redirect, lower_snap, strip_dir_mtimes
 from test_redirect_commit import CHANGING, killed_at
 from test_kill_more import markers
@@ -281,8 +281,17 @@ def test_flatten_every_step(work, fmt):
     def trial(n, what):
         clean()
         killed = killed_at(cmd, steps, n)
-        assert not fuse_under(work), "%s: %s" % (what, fuse_under(work))
+        # the child serving the view dies with flatten (PR_SET_PDEATHSIG)
+        assert wait_for(lambda: not fuse_under(work), 10), \
+            "%s: %s" % (what, fuse_under(work))
         left = debris(work, "flat.")
+        # man/ovlfs.1: at most DEST.partial-XXXXXX and an empty
+        # DEST.flatten-XXXXXX to delete
+        assert all(x.startswith(("flat.partial-", "flat.flatten-")) and
+                   len(x) == len("flat.partial-XXXXXX") for x in left) and \
+            len(left) <= 2, (what, left)
+        assert all(not os.listdir(j(work, x)) for x in left
+                   if x.startswith("flat.flatten-")), (what, left)
         if os.path.lexists(dest):
             # renamed into place: whole
             assert_same_tree(snapshot(dest, mtime=True), p.view,
@@ -304,6 +313,7 @@ def test_flatten_every_step(work, fmt):
 
 # What apply writes: besides CHANGING, file data and metadata.
 APPLY_CALLS = CHANGING + ",write,utimensat,fchownat,fchown,fchmod,ftruncate"
+
 
 def layer_ops(p):
     """The layer applied: over what the target upper did (changes) too."""
