@@ -50,14 +50,6 @@ SAN = 3 if os.environ.get("ASAN_OPTIONS") else 1
 
 # Known bugs (see the minimal reproductions below); strict, so that the
 # fix turns them into failures to remove the marks for.
-CONVERT_METACOPY_REDIRECT = (
-    "convert killed after the marker of a renamed metacopy file was "
-    "converted, before its redirect was: the retry skips the redirect, the "
-    "view of the file is EIO")
-APPLY_COMMIT_DEBRIS = (
-    "apply --commit killed before a .wh..wh.tmp.* it made in LOWER was "
-    "renamed into place: the retry (a fresh temporary upper, no "
-    "user.ovlfs.commit mark) does not remove it")
 
 
 def j(*p):
@@ -408,7 +400,6 @@ def test_apply_into_upper_every_step(work, fmt):
     print("apply %s: %d steps" % (fmt, len(steps)))
 
 
-@pytest.mark.xfail(strict=True, reason=APPLY_COMMIT_DEBRIS)
 def test_apply_commit_every_step(work):
     """apply --tar --commit killed before each changing call, then run
     again: the lower of one run. (A killed run leaves its temporary upper,
@@ -451,7 +442,6 @@ def test_apply_commit_every_step(work):
 # ---- convert ----
 
 @pytest.mark.parametrize("to", FORMATS)
-@pytest.mark.xfail(strict=True, reason=CONVERT_METACOPY_REDIRECT)
 def test_convert_every_step(work, to):
     """convert killed before each changing call, then run again: the view
     as before, markers of the target format only."""
@@ -565,17 +555,16 @@ def test_discard_every_step(work, fmt):
 # ---- minimal reproductions of what the sweeps found ----
 
 @pytest.mark.parametrize("to", FORMATS)
-@pytest.mark.xfail(strict=True, reason=CONVERT_METACOPY_REDIRECT)
 def test_convert_of_a_renamed_metacopy_file_every_step(work, to):
     """One lower file renamed through the mount (in the upper: a metacopy
     file with a redirect to it), converted, killed before each step. Killed
     after the old-format metacopy marker went and before the new-format
     redirect was set (oci -> kernel: before fremovexattr#3, removexattr#2,
     fsetxattr#3 or setxattr#2; the file then holds trusted.overlay.metacopy
-    and trusted.ovlfs.redirect only), the retry exits 0 but leaves the
-    file so: convert_dir converts a file's redirect only when
-    ovl_convert_metacopy found the old-format marker, and a mount in the
-    new format shows the file as EIO (a metacopy file with no redirect,
+    and trusted.ovlfs.redirect only), the retry exited 0 but left the
+    file so (convert_dir converted a file's redirect only when
+    ovl_convert_metacopy found the old-format marker), and a mount in the
+    new format showed the file as EIO (a metacopy file with no redirect,
     looked up by its own name)."""
     frm = "oci" if to == "kernel" else "kernel"
     p = Pair(work, frm, {"x": "x\n"},
@@ -593,15 +582,15 @@ def test_convert_of_a_renamed_metacopy_file_every_step(work, to):
     each_step(steps, 1, trial)
 
 
-@pytest.mark.xfail(strict=True, reason=APPLY_COMMIT_DEBRIS)
 def test_apply_commit_of_a_hard_link_every_step(work):
     """`apply --commit` of a tar holding d/, d/t and d/t2 (a hard link to
     d/t) into a lower without d, killed before each step. Killed before
     its second renameat (d/.wh..wh.tmp.PID.0, a link to d/t made in the
     lower, to d/t2), it leaves the temporary name in LOWER; the retry
-    applies to a fresh temporary upper, whose commit is no retry (no
-    user.ovlfs.commit mark on it), so remove_debris does not run and
-    LOWER/d keeps .wh..wh.tmp.PID.0, a third link of t, for good."""
+    applied to a fresh temporary upper, whose commit was no retry (no
+    user.ovlfs.commit mark on it), so remove_debris did not run and
+    LOWER/d kept .wh..wh.tmp.PID.0, a third link of t, for good. The
+    temporary upper of apply --commit is now marked so."""
     lower = j(work, "lower")
     os.mkdir(lower)
     src = j(work, "src")

@@ -476,6 +476,17 @@ static void remove_dir(const char *path)
 	free(copy);
 }
 
+static void mark_retry(const char *upper)
+{
+	int fd = open(upper, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+	/* Unmarkable (no user xattrs): the debris stays, as before. */
+	if (fd >= 0) {
+		ovl_fd_setxattr(fd, XATTR_COMMITTING, "1", 1, 0);
+		close(fd);
+	}
+}
+
 int ovl_apply_tar_next_to(struct ovlfs *fs, int fd, const char *lower,
 			  char **upper)
 {
@@ -512,6 +523,14 @@ int ovl_apply_tar_next_to(struct ovlfs *fs, int fd, const char *lower,
 	/* Unchecked: a refused tar only ever reaches this upper, removed. */
 	if (!err)
 		err = ovl_apply_tar(fs, fd, lower, tmp, false, false);
+	/*
+	 * A killed apply --commit may have left temporary copies in the
+	 * lower, and its retry commits a fresh upper, which would not know:
+	 * marked as a plain commit's retry, the commit removes them from the
+	 * directories it walks (the same ones: the layer is the same).
+	 */
+	if (!err)
+		mark_retry(tmp);
 	if (err) {
 		char why[OVL_ERRLEN];
 

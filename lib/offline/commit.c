@@ -19,12 +19,6 @@
 
 #include "offline/offline.h"
 
-/*
- * On the upper's root while a plain commit has temporary copies in the
- * lower: a run that finds it knows a killed one may have left some.
- */
-#define XATTR_COMMITTING "user.ovlfs.commit"
-
 static int same_content(int ud, const char *name, int ld, off_t size)
 {
 	int a = openat(ud, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);

@@ -321,7 +321,14 @@ int ovl_convert_metacopy(const struct ovl_fmt *from, const struct ovl_fmt *to,
 {
 	int fd, err = ovl_metacopy_get(from, ud, name);
 
-	if (err <= 0)
+	/*
+	 * Only the new marker: a killed run converted it, and maybe not yet
+	 * the redirect of a renamed file, which the caller converts on 1 (a
+	 * retry that skipped it left the file unreadable: EIO).
+	 */
+	if (err == 0)
+		return ovl_metacopy_get(to, ud, name);
+	if (err < 0)
 		return err;
 	fd = ovl_open_child(ud, name);
 	if (fd < 0)

@@ -44,6 +44,13 @@ struct placed {
 	int fd;			/* O_PATH of the placed or staged object */
 };
 
+/*
+ * On the upper's root while a plain commit has temporary copies in the
+ * lower: a run that finds it knows a killed one may have left some (and
+ * removes them from the lower directories it walks).
+ */
+#define XATTR_COMMITTING "user.ovlfs.commit"
+
 /* One commit, discard or recovery (finish.c, commit.c, journal.c, atomic.c). */
 struct fin {
 	struct ovlfs *fs;
@@ -419,7 +426,8 @@ int fin_metacopy_fill_dir(struct fin *f, int ud, int ld, bool all);
 int fin_metacopy_fill_moved(struct fin *f, int ud, int ld);
 /*
  * Convert's: the metacopy marker of UD/NAME from format FROM to TO. 1 if
- * it had one (its redirect, if any, is the caller's), 0, or -errno.
+ * it has one in either (its redirect, if any, is the caller's), 0, or
+ * -errno.
  */
 int ovl_convert_metacopy(const struct ovl_fmt *from, const struct ovl_fmt *to,
 			 int ud, const char *name);
