@@ -506,6 +506,38 @@ def test_apply_gnu_tar_layer(work):
         assert os.readlink(j(a, "bin", "sh")) == "/bin/busybox"
 
 
+@pytest.mark.parametrize("commit", [False, True], ids=["upper", "commit"])
+def test_apply_file_listed_twice(work, commit):
+    """GNU tar lists a file named twice on its command line (`tar -cf T d
+    d/t`) the second time as a hard link to itself; GNU tar extracts that
+    as nothing to do. apply removed the file, then failed to link it to
+    itself ('entry "d/t": No such file or directory') with the upper left
+    without d/t. Same as GNU tar's extraction now, both ways."""
+    src = j(work, "src")
+    os.mkdir(src)
+    build(src, {"d": {"t": "t\n", "u": "u\n"}, "e": "e\n"})
+    t = j(work, "twice.tar")
+    run(["tar", "-C", src, "-cf", t, "d", "d/t", "e", "d/u"], check=True)
+    kinds = [(m.name, m.islnk() and m.linkname) for m in members(t)]
+    assert ("d/t", "d/t") in kinds, kinds          # the self link
+    lower, model = j(work, "lower"), j(work, "model")
+    os.mkdir(lower)
+    build(lower, {"d": {"t": "old\n", "x": "x\n"}})
+    cp_a(lower, model)
+    run(["tar", "-C", model, "-xf", t], check=True)
+    apply(lower, t, commit=commit)
+    if commit:
+        got = snapshot(lower)
+    else:
+        o = Overlay(lower)
+        o.mount()
+        try:
+            got = snapshot(o.mp)
+        finally:
+            o.umount()
+    assert_same_tree(got, snapshot(model), "applied", "GNU tar -x")
+
+
 # ------------------------------------------------------------ security
 
 def _malicious(work, kind):

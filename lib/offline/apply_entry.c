@@ -520,7 +520,7 @@ static int new_opaque_dir(struct ovl_apply *ap, int dfd, const char *name,
 int ovl_apply_entry(struct ovl_apply *ap, struct archive *a, int dfd,
 		    const char *rel, const char *name, struct archive_entry *e)
 {
-	char key[PATH_MAX];
+	char key[PATH_MAX], self[PATH_MAX];
 	const char *hardlink = archive_entry_hardlink(e);
 	mode_t type = archive_entry_filetype(e);
 	bool is_dir = !hardlink && type == AE_IFDIR;
@@ -534,6 +534,17 @@ int ovl_apply_entry(struct ovl_apply *ap, struct archive *a, int dfd,
 		err = touch_dir(ap, dfd, rel);
 	if (err)
 		return err;
+	/*
+	 * A file listed twice (`tar -cf T d d/t`): GNU tar writes the second
+	 * as a hard link to itself and extracts it as nothing to do. Here it
+	 * removed the file, then failed to link it to itself.
+	 */
+	if (hardlink && ovl_tar_norm_path(hardlink, self) == 0 &&
+	    !strcmp(self, key)) {
+		r = ovl_tmap_find(&ap->recs, key);
+		if (r && (r->flags & OVL_R_ENTRY) && !(r->flags & OVL_R_DIR))
+			return 0;
+	}
 	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
 		if (is_dir && S_ISDIR(st.st_mode)) {
 			merged = true;
