@@ -159,10 +159,27 @@ def test_export_full_filesystem_keeps_file(work):
         subprocess.run(["umount", small], check=True)
 
 
+def _tmpfile_open(pid, work):
+    """Does process PID hold its unnamed temporary file (O_TMPFILE, which
+    /proc names "WORK/#INO (deleted)") or a named one in WORK?"""
+    try:
+        fds = os.listdir("/proc/%d/fd" % pid)
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            t = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if t.startswith(work + "/#") or t.startswith(work + "/.out.tar.export-"):
+            return True
+    return False
+
+
 def _signal_waiting_export(work, lower, upper, out, sig):
     """Start `export --tar OUT LOWER` while the upper is locked, so it waits
-    with its temporary file beside OUT made (WORK then holds 4 entries),
-    and send it SIG; the process, ended."""
+    with its temporary file beside OUT open, and send it SIG; the process,
+    ended."""
     ufd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(ufd, fcntl.LOCK_EX)
@@ -170,7 +187,7 @@ def _signal_waiting_export(work, lower, upper, out, sig):
                              stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         try:
-            assert wait_for(lambda: len(os.listdir(work)) == 4, timeout=10)
+            assert wait_for(lambda: _tmpfile_open(p.pid, work), timeout=10)
         finally:
             p.send_signal(sig)
             p.wait()
@@ -181,7 +198,8 @@ def _signal_waiting_export(work, lower, upper, out, sig):
 
 def test_export_killed_leaves_file(work):
     """kill -9 midway (here: while export waits for the upper's lock): FILE
-    is as it was; the only debris is a temporary file named for it."""
+    is as it was, and no debris: the tarball is written to an unnamed file
+    (O_TMPFILE; it was a named .out.tar.export-XXXXXX, left behind)."""
     lower, upper = _pair(work)
     out = j(work, "out.tar")
     _precious(out)
@@ -190,12 +208,44 @@ def test_export_killed_leaves_file(work):
     assert _state(out) == before
     debris = [n for n in os.listdir(work)
               if n not in ("lower", "lower.upper", "out.tar")]
-    assert len(debris) == 1 and debris[0].startswith(".out.tar.export-"), debris
+    assert debris == [], debris
     # the next export replaces FILE as usual
     r = ovlfs("export", "--tar", out, lower)
     assert r.returncode == 0, r.err
     with tarfile.open(out) as t:
         assert t.getnames() == ["f"]
+
+
+def test_export_where_no_unnamed_files(work):
+    """FILE on a filesystem without O_TMPFILE (FUSE, here another ovlfs
+    mount): the tarball goes to a named .FILE.export-XXXXXX, renamed over
+    FILE once complete; killed while writing, that file is the debris and
+    FILE as it was; a retry replaces FILE."""
+    lower, upper = _pair(work)
+    other = j(work, "other")
+    os.mkdir(other)
+    o = Overlay(other, upper=j(work, "other.upper"), mp=j(work, "otherm"))
+    o.mount()
+    try:
+        dest = o.mp
+        out = j(dest, "out.tar")
+        _precious(out)
+        with pytest.raises(OSError):
+            os.close(os.open(dest, os.O_TMPFILE | os.O_WRONLY, 0o600))
+        before = _state(out)
+        _signal_waiting_export(dest, lower, upper, out, signal.SIGKILL)
+        assert _state(out) == before
+        left = [n for n in os.listdir(dest) if n != "out.tar"]
+        assert len(left) == 1 and left[0].startswith(".out.tar.export-"), left
+        os.unlink(j(dest, left[0]))
+        r = ovlfs("export", "--tar", out, lower)
+        assert r.returncode == 0, r.err
+        with tarfile.open(out) as t:
+            assert t.getnames() == ["f"]
+        assert os.listdir(dest) == ["out.tar"]
+        assert stat.S_IMODE(os.lstat(out).st_mode) == 0o600
+    finally:
+        o.umount()
 
 
 def test_export_sigterm_removes_temporary(work):

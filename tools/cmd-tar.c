@@ -136,57 +136,117 @@ static void on_export_signal(int sig)
 	raise(sig);
 }
 
+/* What /proc calls FD ("/dir/#123 (deleted)" for an unnamed file). */
+static void fd_name(int fd, char *buf, size_t len)
+{
+	char p[64];
+	ssize_t n;
+
+	snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
+	n = readlink(p, buf, len - 1);
+	buf[n > 0 ? n : 0] = '\0';
+}
+
+/* Owner and mode of the new FILE: TARGET's (OLD) if it exists, else `> TARGET`'s. */
+static int export_mode(int fd, const struct stat *old)
+{
+	mode_t um;
+
+	if (old) {
+		if (geteuid() == 0 && fchown(fd, old->st_uid, old->st_gid) < 0)
+			return -errno;
+		return fchmod(fd, old->st_mode & 07777) < 0 ? -errno : 0;
+	}
+	um = umask(022);
+	umask(um);
+	return fchmod(fd, 0644 & ~um) < 0 ? -errno : 0;
+}
+
 /*
- * A new file beside TARGET to write the tarball to, named so that debris
- * (a kill -9) says what it is: with the mode (and, as root, the owner) of
- * TARGET if it exists, else what `> TARGET` would give. -errno.
+ * A new file beside TARGET to write the tarball to: an unnamed one
+ * (O_TMPFILE: a kill -9 while writing leaves nothing) where the
+ * filesystem makes them, *TMP NULL and *ANON the name /proc gives it (for
+ * messages); else a named one, *TMP, named so that debris says what it
+ * is. *DIR is TARGET's directory, canonical. The fd, or -errno.
  */
 static int export_tmpfile(const char *target, const struct stat *old,
-			  char **tmp)
+			  char **dir, char **tmp, char **anon)
 {
 	const char *slash = strrchr(target, '/');
-	char *dir = slash ? strndup(target, slash - target + 1) : strdup("."),
-	     *real = dir ? realpath(dir, NULL) : NULL, *t;
+	char *d = slash ? strndup(target, slash - target + 1) : strdup("."),
+	     *real = d ? realpath(d, NULL) : NULL, *t, name[PATH_MAX];
 	const char *base = slash ? slash + 1 : target;
-	mode_t um;
-	int fd;
+	int fd, err;
 
 	/* Canonical, so the library's messages name it as we do. */
-	free(dir);
+	free(d);
 	if (!real)
 		return -errno;
+	fd = open(real, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+	if (fd >= 0) {
+		err = export_mode(fd, old);
+		if (err) {
+			close(fd);
+			free(real);
+			return err;
+		}
+		fd_name(fd, name, sizeof(name));
+		*anon = strdup(name);
+		*dir = real;
+		return fd;
+	}
 	t = malloc(strlen(real) + strlen(base) + 32);
 	if (!t) {
 		free(real);
 		return -ENOMEM;
 	}
 	sprintf(t, "%s/.%s.export-XXXXXX", strcmp(real, "/") ? real : "", base);
-	free(real);
+	*dir = real;
 	fd = mkostemp(t, O_CLOEXEC);
 	if (fd < 0) {
-		int err = -errno;
-
+		err = -errno;
 		free(t);
 		return err;
 	}
-	if (old) {
-		if (geteuid() == 0 && fchown(fd, old->st_uid, old->st_gid) < 0)
-			goto fail;
-		if (fchmod(fd, old->st_mode & 07777) < 0)
-			goto fail;
-	} else {
-		um = umask(022);
-		umask(um);
-		if (fchmod(fd, 0644 & ~um) < 0)
-			goto fail;
+	err = export_mode(fd, old);
+	if (err) {
+		close(fd);
+		unlink(t);
+		free(t);
+		return err;
 	}
 	*tmp = t;
 	return fd;
-fail:
-	fd = -errno;
-	unlink(t);
+}
+
+/*
+ * The finished unnamed file FD gets a name beside TARGET (in DIR, the
+ * canonical directory), *TMP, to be renamed over TARGET: a kill between
+ * the two leaves that name, the one instant debris can come from. Linked
+ * by fd where the caller may (CAP_DAC_READ_SEARCH), else through /proc.
+ */
+static int export_link(int fd, const char *dir, const char *target, char **tmp)
+{
+	const char *slash = strrchr(target, '/'), *base = slash ? slash + 1 : target;
+	char proc[64], *t = malloc(strlen(dir) + strlen(base) + 48);
+
+	if (!t)
+		return -ENOMEM;
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	for (unsigned i = 0; i < 100; i++) {
+		sprintf(t, "%s/.%s.export-%d.%u", strcmp(dir, "/") ? dir : "", base,
+			(int)getpid(), i);
+		if (linkat(fd, "", AT_FDCWD, t, AT_EMPTY_PATH) == 0 ||
+		    (errno != EEXIST &&
+		     linkat(AT_FDCWD, proc, AT_FDCWD, t, AT_SYMLINK_FOLLOW) == 0)) {
+			*tmp = t;
+			return 0;
+		}
+		if (errno != EEXIST)
+			break;
+	}
 	free(t);
-	return fd;
+	return -errno;
 }
 
 /* The library's message, the temporary file's name replaced by FILE. */
@@ -216,7 +276,7 @@ int cmd_export(const struct command *cmd, int argc, char **argv)
 	struct sigaction sa = { .sa_handler = on_export_signal };
 	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP };
 	struct sigaction old[3];
-	char *target = NULL, *tmp = NULL;
+	char *target = NULL, *tmp = NULL, *dir = NULL, *anon = NULL;
 	struct tar_opts o;
 	struct ovlfs *fs;
 	struct stat st;
@@ -270,7 +330,8 @@ int cmd_export(const struct command *cmd, int argc, char **argv)
 		for (size_t i = 0; i < 3; i++)
 			sigaction(sigs[i], &sa, &old[i]);
 		handlers = true;
-		fd = export_tmpfile(target, exists ? &st : NULL, &tmp);
+		fd = export_tmpfile(target, exists ? &st : NULL, &dir, &tmp,
+				    &anon);
 		export_tmp = tmp;
 	}
 	if (fd < 0) {
@@ -280,12 +341,16 @@ int cmd_export(const struct command *cmd, int argc, char **argv)
 	}
 	ret = ovlfs_export_tar(fs, fd);
 	if (ret < 0) {
-		report_export_failure(fs, ret, tmp, o.tar);
+		report_export_failure(fs, ret, anon ? anon : tmp, o.tar);
 		reported = true;
 	}
 	/* Durable before it replaces FILE: a crash must not leave it empty. */
-	if (!ret && tmp && fsync(fd) < 0)
+	if (!ret && (tmp || anon) && fsync(fd) < 0)
 		ret = -errno;
+	if (!ret && anon) {
+		ret = export_link(fd, dir, target, &tmp);
+		export_tmp = tmp;
+	}
 	if (!to_stdout && close(fd) < 0 && !ret)
 		ret = -errno;
 	if (!ret && tmp && rename(tmp, target) < 0)
@@ -299,6 +364,8 @@ out:
 	for (size_t i = 0; handlers && i < 3; i++)
 		sigaction(sigs[i], &old[i], NULL);
 	free(tmp);
+	free(anon);
+	free(dir);
 	free(target);
 	ovlfs_free(fs);
 	return ret < 0 ? 1 : 0;

@@ -310,20 +310,21 @@ static const char *redirect_xattr(const struct ovl_fmt *f)
 
 /* ovl_redirect_get of NAME in DIRFD ("": DIRFD itself). */
 /*
- * Xattr X of DIRFD's child NAME (or of DIRFD itself, NAME ""), into BUF of
- * SIZE bytes. An OCI upper written without privilege holds USER instead of
- * the trusted one, which a privileged reader (commit as root) must see too.
+ * Xattr NAME of DIRFD's child CHILD (or of DIRFD itself, CHILD ""), into
+ * BUF of SIZE bytes. An OCI upper written without privilege holds USER
+ * instead of the trusted one, which a privileged reader (commit as root)
+ * must see too.
  */
-static ssize_t marker_read(const struct ovl_fmt *f, int dirfd, const char *name,
-			   const char *x, const char *trusted, const char *user,
-			   char *buf, size_t size)
+static ssize_t marker_read(const struct ovl_fmt *f, int dirfd, const char *child,
+			   const char *name, const char *trusted,
+			   const char *user, char *buf, size_t size)
 {
-	ssize_t n = name[0] ? ovl_at_getxattr(dirfd, name, x, buf, size)
-			    : ovl_fd_getxattr(dirfd, x, buf, size);
+	ssize_t n = child[0] ? ovl_at_getxattr(dirfd, child, name, buf, size)
+			     : ovl_fd_getxattr(dirfd, name, buf, size);
 
-	if (n == -ENODATA && !kernel_fmt(f) && !strcmp(x, trusted))
-		n = name[0] ? ovl_at_getxattr(dirfd, name, user, buf, size)
-			    : ovl_fd_getxattr(dirfd, user, buf, size);
+	if (n == -ENODATA && !kernel_fmt(f) && !strcmp(name, trusted))
+		n = child[0] ? ovl_at_getxattr(dirfd, child, user, buf, size)
+			     : ovl_fd_getxattr(dirfd, user, buf, size);
 	return n;
 }
 
