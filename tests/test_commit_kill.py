@@ -31,7 +31,7 @@ import pytest
 
 from conftest import (OVLFS, Overlay, F, D, L, HL, build, snapshot,
                       diff_snapshots, assert_same_tree, ovlfs, run,
-                      mountinfo)
+                      mountinfo, wait_for)
 from test_commit_crash import Crash, strip_dir_mtimes, link_groups
 
 TRIALS = int(os.environ.get("OVLFS_PLAIN_CRASH_TRIALS", "6"))
@@ -345,6 +345,50 @@ def test_flatten_killed_then_retried(work):
         for n in os.listdir(work):  # what a kill leaves: named beside DEST
             if n.startswith(("dest.partial-", "dest.flatten-")):
                 shutil.rmtree(j(work, n))
+
+
+def test_flatten_removes_only_dead_runs_debris(work):
+    """A retried flatten removes what killed runs to the same DEST left
+    beside it (DEST.partial-XXXXXX, a half copy, and the empty mount point
+    DEST.flatten-XXXXXX: they stayed for good), but never a live run's:
+    each run locks its own while it lives. Here one run is stopped midway
+    (SIGSTOP) while another to the same DEST runs whole: the stopped run's
+    half copy stays; continued, it fails (DEST is there) and removes it."""
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    build(lower, {"d%02d" % d: {"f%02d" % i: "%d %d" % (d, i) for i in range(40)}
+                  for d in range(20)})
+    with open(j(lower, "big"), "wb") as f:
+        f.write(b"\0" * (128 << 20))
+    dest = j(work, "dest")
+    # debris of dead runs, as kills leave it (their locks died with them)
+    os.makedirs(j(work, "dest.partial-AbC123", "d00"))
+    open(j(work, "dest.partial-AbC123", "d00", "f"), "w").write("half")
+    os.mkdir(j(work, "dest.flatten-XyZ789"))
+    os.mkdir(j(work, "dest.partial-toolong7"))         # not flatten's: stays
+    p = subprocess.Popen([OVLFS, "flatten", lower, dest],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        def mine():
+            return [n for n in os.listdir(work) if n.startswith("dest.partial-")
+                    and n not in ("dest.partial-AbC123", "dest.partial-toolong7")]
+        assert wait_for(lambda: mine() and os.path.exists(
+            j(work, mine()[0], "big")), timeout=20)
+        os.kill(p.pid, signal.SIGSTOP)
+        live = mine()
+        r = ovlfs("flatten", lower, dest)
+        assert r.returncode == 0, r.err
+        left = sorted(n for n in os.listdir(work) if n.startswith("dest."))
+        assert "dest.partial-AbC123" not in left and \
+            "dest.flatten-XyZ789" not in left, left
+        assert live[0] in left and "dest.partial-toolong7" in left, left
+        assert_same_tree(snapshot(dest), snapshot(lower), "flattened", "lower")
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+        err = p.communicate(timeout=60)[1].decode()
+    assert p.returncode == 1 and "File exists" in err, (p.returncode, err)
+    left = sorted(n for n in os.listdir(work) if n.startswith("dest."))
+    assert left == ["dest.partial-toolong7"], left
 
 
 @pytest.mark.parametrize("fmt", ["oci", "kernel"])

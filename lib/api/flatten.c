@@ -19,6 +19,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -174,6 +175,102 @@ static int copy_dir(struct flat *f, int sfd, int dfd, int depth)
 	return err;
 }
 
+/* DEST's directory (O_PATH), and in *BASE its last component (in *COPY). */
+static int parent_of(const char *dest, char **copy, const char **base)
+{
+	char *slash;
+	int pfd;
+
+	*copy = strdup(dest);
+	if (!*copy)
+		return -ENOMEM;
+	slash = strrchr(*copy, '/');
+	*base = slash ? slash + 1 : *copy;
+	if (slash && slash != *copy)
+		*slash = '\0';
+	pfd = open(!slash ? "." : slash == *copy ? "/" : *copy,
+		   O_PATH | O_DIRECTORY | O_CLOEXEC);
+	return pfd < 0 ? -errno : pfd;
+}
+
+/* Is NAME BASE + SUFFIX + six characters of mkdtemp()'s? */
+static bool is_temp_of(const char *name, const char *base, const char *suffix)
+{
+	size_t b = strlen(base), s = strlen(suffix);
+
+	if (strncmp(name, base, b) || strncmp(name + b, suffix, s) ||
+	    strlen(name + b + s) != 6)
+		return false;
+	for (const char *c = name + b + s; *c; c++)
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+		      (*c >= '0' && *c <= '9')))
+			return false;
+	return true;
+}
+
+/*
+ * Take the lock a running flatten holds on each directory it made beside
+ * DEST (see flatten_from, ovlfs_flatten): the fd of PFD/NAME, locked, or
+ * -errno (-EWOULDBLOCK: a live run's).
+ */
+static int lock_temp(int pfd, const char *name)
+{
+	int fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int err = -errno;
+
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+/*
+ * What killed flattens to DEST left beside it: DEST.partial-XXXXXX (a half
+ * copy, maybe large) and DEST.flatten-XXXXXX (an empty mount point). Each
+ * run holds a lock on its own while it lives, so one that can be locked is
+ * a dead run's: removed (never across a mount: ovl_remove_tree). Best
+ * effort: what cannot go stays, as before.
+ */
+static void remove_debris(const char *dest)
+{
+	struct ovl_dirlist dl;
+	const char *base;
+	char *copy;
+	int pfd = parent_of(dest, &copy, &base), dfd, fd;
+
+	if (pfd >= 0) {
+		/* An O_PATH fd cannot be listed: the directory itself. */
+		dfd = ovl_reopen(pfd, O_RDONLY | O_DIRECTORY);
+		if (dfd >= 0 && ovl_dirlist_read(dfd, &dl) == 0) {
+			for (size_t i = 0; i < dl.n; i++) {
+				const char *n = dl.ents[i].name;
+				bool partial = is_temp_of(n, base, ".partial-");
+
+				if (!partial && !is_temp_of(n, base, ".flatten-"))
+					continue;
+				fd = lock_temp(dfd, n);
+				if (fd < 0)
+					continue;
+				if (partial)
+					ovl_remove_tree(dfd, n);
+				else
+					unlinkat(dfd, n, AT_REMOVEDIR);
+				close(fd);
+			}
+			ovl_dirlist_free(&dl);
+		}
+		if (dfd >= 0)
+			close(dfd);
+		close(pfd);
+	}
+	free(copy);
+}
+
 /*
  * Copy the tree at SRC (a mounted view) to the new directory DEST. It is
  * written under a temporary name beside DEST and renamed to DEST once
@@ -184,28 +281,17 @@ static int flatten_from(struct flat *f, const char *src)
 {
 	int sfd, pfd = -1, dfd = -1, err;
 	struct stat st;
-	char *parent, *base, *slash, *tmp = NULL, *tbase = NULL;
+	char *parent = NULL, *tmp = NULL, *tbase = NULL;
+	const char *base;
 
 	sfd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (sfd < 0 || fstat(sfd, &st) < 0)
 		return ovl_set_error(f->fs, -errno, "flatten: %s: %s", src,
 				     strerror(errno));
-	parent = strdup(f->dest);
-	if (!parent) {
-		close(sfd);
-		return -ENOMEM;
-	}
-	slash = strrchr(parent, '/');
-	base = slash ? slash + 1 : parent;
-	if (slash == parent)
-		pfd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
-	else if (slash)
-		*slash = '\0';
-	if (pfd < 0)
-		pfd = open(slash ? parent : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	pfd = parent_of(f->dest, &parent, &base);
 	if (pfd < 0) {
-		err = ovl_set_error(f->fs, -errno, "flatten: %s: %s", f->dest,
-				    strerror(errno));
+		err = ovl_set_error(f->fs, pfd, "flatten: %s: %s", f->dest,
+				    strerror(-pfd));
 		goto out;
 	}
 	tmp = ovl_path_with_suffix(f->dest, ".partial-XXXXXX");
@@ -218,7 +304,11 @@ static int flatten_from(struct flat *f, const char *src)
 	tbase = strrchr(tmp, '/') ? strrchr(tmp, '/') + 1 : tmp;
 	dfd = openat(pfd, tbase, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	f->dest_fd = dfd < 0 ? -1 : ovl_reopen(dfd, O_PATH | O_DIRECTORY);
-	if (dfd < 0 || f->dest_fd < 0)
+	/* Held while we live: a later run removes it only once we are dead. */
+	err = 0;
+	if (dfd >= 0 && flock(dfd, LOCK_EX | LOCK_NB) < 0)
+		err = -errno;
+	if (dfd < 0 || f->dest_fd < 0 || err)
 		err = ovl_set_error(f->fs, -errno, "flatten: %s: %s", f->dest,
 				    strerror(errno));
 	else
@@ -427,7 +517,7 @@ int ovlfs_flatten(struct ovlfs *fs, const char *dest)
 {
 	struct flat f = { .fs = fs, .dest = dest, .dest_fd = -1 };
 	char *mp = NULL, *abs = NULL, *src = NULL;
-	int err, sock = -1;
+	int err, sock = -1, mpfd = -1;
 	struct stat st;
 	pid_t pid = -1;
 
@@ -449,6 +539,7 @@ int ovlfs_flatten(struct ovlfs *fs, const char *dest)
 		if (err)
 			return err;
 	}
+	remove_debris(dest);
 	if (!fs->mounted) {
 		mp = ovl_path_with_suffix(dest, ".flatten-XXXXXX");
 		if (!mp || !mkdtemp(mp)) {
@@ -458,6 +549,10 @@ int ovlfs_flatten(struct ovlfs *fs, const char *dest)
 			free(mp);
 			return err;
 		}
+		/* Held while we live, as the copy's (remove_debris). */
+		mpfd = open(mp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (mpfd >= 0)
+			flock(mpfd, LOCK_EX | LOCK_NB);
 		err = ovl_path_canonical(mp, &abs);
 		if (err)
 			ovl_set_error(fs, err, "flatten: %s: %s", mp, strerror(-err));
@@ -465,6 +560,8 @@ int ovlfs_flatten(struct ovlfs *fs, const char *dest)
 			err = start_view(fs, abs, &src, &pid, &sock);
 		if (err) {
 			rmdir(mp);
+			if (mpfd >= 0)
+				close(mpfd);
 			free(mp);
 			free(abs);
 			return err;
@@ -475,6 +572,8 @@ int ovlfs_flatten(struct ovlfs *fs, const char *dest)
 		stop_view(pid, sock);
 		rmdir(mp);
 	}
+	if (mpfd >= 0)
+		close(mpfd);
 	free(mp);
 	free(abs);
 	free(src);
