@@ -218,6 +218,25 @@ def strace_steps(cmd, calls, env=None):
     return steps
 
 
+# Kill-before-every-step sweeps test the offline commands' own logic,
+# which is the same on every transport: every step in `make check`; under
+# a sanitizer (slower runs) every 3rd, and in the io_uring passes
+# (OVLFS_IO_URING=on: only the mounts that set a sweep up differ) every 4th.
+STEP_STRIDE = (3 if os.environ.get("ASAN_OPTIONS") else 1) * \
+    (4 if os.environ.get("OVLFS_IO_URING") == "on" else 1)
+
+
+def sweep_steps(n_steps, stride=1):
+    """The step numbers a sweep over N_STEPS steps tries: every
+    STRIDE * STEP_STRIDE-th (the first and the last always), then N_STEPS:
+    the run that is not killed."""
+    stride *= STEP_STRIDE
+    ns = list(range(0, n_steps, stride))
+    if n_steps and ns[-1] != n_steps - 1:
+        ns.append(n_steps - 1)
+    return ns + [n_steps]
+
+
 def killed_at_step(cmd, step, env=None):
     """Run CMD, SIGKILLed just before STEP (see strace_steps); True if it
     was, False if it ran to its end (successfully: else the test fails)."""

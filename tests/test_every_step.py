@@ -34,7 +34,7 @@ import pytest
 
 from conftest import (OVLFS, HL, L, F, D, Fifo, snapshot, assert_same_tree,
                       run, ovlfs, cp_a, strace_steps, killed_at_step,
-                      diff_snapshots, mountinfo, Overlay, wait_for)
+                      diff_snapshots, mountinfo, Overlay, wait_for, sweep_steps)
 from test_redirect import Redirect, lower_snap, strip_dir_mtimes
 from test_redirect_commit import CHANGING, killed_at
 from test_kill_more import markers
@@ -43,9 +43,6 @@ pytestmark = pytest.mark.skipif(shutil.which("strace") is None,
                                 reason="no strace")
 
 FORMATS = ["oci", "kernel"]
-
-# Under a sanitizer every run is slower: every 3rd step there.
-SAN = 3 if os.environ.get("ASAN_OPTIONS") else 1
 
 
 # Known bugs (see the minimal reproductions below); strict, so that the
@@ -147,13 +144,8 @@ def steps_of(cmd, restore, calls=CHANGING):
 
 
 def sweep(steps, stride=1):
-    """The step numbers a sweep tries: all (or every STRIDE-th, the first
-    and the last always), and len(steps): the run that is not killed."""
-    stride *= SAN
-    ns = list(range(0, len(steps), stride))
-    if ns[-1] != len(steps) - 1:
-        ns.append(len(steps) - 1)
-    return ns + [len(steps)]
+    """The step numbers a sweep tries (conftest.sweep_steps)."""
+    return sweep_steps(len(steps), stride)
 
 
 def where(steps, n):

@@ -20,7 +20,8 @@ import pytest
 
 from conftest import (OVLFS, snapshot, assert_same_tree, run, ovlfs,
                       kill_after, renameat2, RENAME_EXCHANGE, cp_a,
-                      traced_env, strace_steps, killed_at_step)
+                      traced_env, strace_steps, killed_at_step,
+                      sweep_steps)
 from test_redirect import (Redirect, TREE, renames, lower_snap,
                            strip_dir_mtimes)
 
@@ -376,7 +377,7 @@ def test_atomic_commit_crash_at_every_step(work, fmt, scenario):
     kept = ("n/d2/x", "d/x") if scenario is None else ("n/f/w", "d/w")
     steps = steps_of(cmd, restore)
     seen = set()
-    for n in range(len(steps) + 1):
+    for n in sweep_steps(len(steps)):
         restore()
         old_ino = inodes(r.lower)
         killed = killed_at(cmd, steps, n)
@@ -410,7 +411,7 @@ def test_plain_commit_crash_at_every_step(work, fmt, scenario):
     cmd = [OVLFS, "commit", "--quiet", "--upper", r.upper, r.lower]
     kept = ("n/f/w", "d/w") if scenario is over_and_into else ("n/d2/x", "d/x")
     steps = steps_of(cmd, restore)
-    for n in range(len(steps) + 1):
+    for n in sweep_steps(len(steps)):
         restore()
         old_ino = inodes(r.lower)
         killed = killed_at(cmd, steps, n)
