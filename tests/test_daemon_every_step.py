@@ -22,6 +22,7 @@ inodes, times), and from the old view the operation runs again to the new.
 
 import os
 import shutil
+import sys
 
 import pytest
 
@@ -69,6 +70,7 @@ SPEC = {
     "o": {"o1": "o1\n", "od": {"o2": "o2\n"}},
     "h": "link me\n",
     "pub": D({"p": "p\n"}, mode=0o777),
+    "ed": {},
 }
 
 USER = 4242             # the caller of the "-user" operations
@@ -96,6 +98,25 @@ def gone(root):
     os.unlink(j(root, "gone"))
 
 
+def copied(*names):
+    """Copy-ups (of data) ahead of the operation."""
+    def prep(root):
+        for n in names:
+            with open(j(root, n), "a") as f:
+                f.write("copied\n")
+    return prep
+
+
+EXCHANGE = ("import ctypes, os, sys; c = ctypes.CDLL(None, use_errno=True); "
+            "r = c.renameat2(-100, os.fsencode(sys.argv[1]), -100, "
+            "os.fsencode(sys.argv[2]), 2); "
+            "sys.exit(0 if r == 0 else os.strerror(ctypes.get_errno()))")
+
+
+def exchange(a, b):
+    return lambda root: [sys.executable, "-S", "-c", EXCHANGE, j(root, a), j(root, b)]
+
+
 # name: (argv of the operation given the root, files whose mtime is "now"
 # after it, preparation done through a plain mount first or None, and the
 # argv of a state between: an operation of two system calls, a file's
@@ -112,9 +133,14 @@ OPS = {
     "setxattr": (sh('setfattr -n user.x -v 1 "$1/m"'), set(), None),
     "chmod-dir": (sh('chmod 700 "$1/dm"'), set(), None),
     "rename-dir": (sh('mv -T "$1/d" "$1/d2"'), set(), None),
+    "rename-dir-across": (sh('mv -T "$1/d/sub" "$1/dm/sub2"'), set(), None),
+    "rename-dir-over-empty": (sh('mv -T "$1/d" "$1/ed"'), set(), None),
     "rename-file": (sh('mv -T "$1/r" "$1/r2"'), set(), None),
+    "rename-copied": (sh('mv -T "$1/r" "$1/r2"'), set(), copied("r")),
+    "exchange": (exchange("r", "h"), set(), None),
     "rename-over": (sh('mv -T "$1/over" "$1/victim"'), set(), None),
     "unlink": (sh('rm "$1/gone"'), set(), None),
+    "unlink-copied": (sh('rm "$1/gone"'), set(), copied("gone")),
     "rmdir": (sh('rmdir "$1/e"'), set(), emptied),
     "mkdir-opaque": (sh('mkdir "$1/o"'), set(), deleted),
     "link": (sh('ln "$1/h" "$1/h2"'), set(), None),
