@@ -117,41 +117,65 @@ def exchange(a, b):
     return lambda root: [sys.executable, "-S", "-c", EXCHANGE, j(root, a), j(root, b)]
 
 
-# name: (argv of the operation given the root, files whose mtime is "now"
-# after it, preparation done through a plain mount first or None, and the
-# argv of a state between: an operation of two system calls, a file's
-# creation and its data, may end between them on any filesystem)
+def operation(argv, fresh=(), prep=None, mid=None, args=()):
+    """ARGV(root): the operation on the tree at root; FRESH: the files
+    whose mtime is "now" after it; PREP(root): done first, through a plain
+    mount; MID(root): the argv of a state between, for an operation of two
+    system calls (a file's creation, then its data: on any filesystem it
+    may end between them); ARGS: more options of the mount."""
+    return {"argv": argv, "fresh": set(fresh), "prep": prep, "mid": mid,
+            "args": list(args)}
+
+
+def renamed(a, b):
+    return lambda root: os.rename(j(root, a), j(root, b))
+
+
+def linked(a, b):
+    return lambda root: os.link(j(root, a), j(root, b))
+
+
 CREATED = 'printf "" > "$1/%s"'
+NOPT = ["--no-passthrough"]     # data writes through the daemon: steps
 OPS = {
-    "append": (sh('echo more >> "$1/f"'), {"f"}, None),
-    "write-middle": (sh('dd if=/dev/zero of="$1/big" bs=4096 seek=128 '
-                        'count=1 conv=notrunc status=none'), {"big"}, None),
-    "truncate": (sh('truncate -s 5 "$1/t"'), {"t"}, None),
-    "chmod": (sh('chmod 600 "$1/m"'), set(), None),
-    "chown": (sh('chown 1234:4321 "$1/m"'), set(), None),
-    "touch-m": (sh('touch -m -d @1500000000 "$1/m"'), set(), None),
-    "setxattr": (sh('setfattr -n user.x -v 1 "$1/m"'), set(), None),
-    "chmod-dir": (sh('chmod 700 "$1/dm"'), set(), None),
-    "rename-dir": (sh('mv -T "$1/d" "$1/d2"'), set(), None),
-    "rename-dir-across": (sh('mv -T "$1/d/sub" "$1/dm/sub2"'), set(), None),
-    "rename-dir-over-empty": (sh('mv -T "$1/d" "$1/ed"'), set(), None),
-    "rename-file": (sh('mv -T "$1/r" "$1/r2"'), set(), None),
-    "rename-copied": (sh('mv -T "$1/r" "$1/r2"'), set(), copied("r")),
-    "exchange": (exchange("r", "h"), set(), None),
-    "rename-over": (sh('mv -T "$1/over" "$1/victim"'), set(), None),
-    "unlink": (sh('rm "$1/gone"'), set(), None),
-    "unlink-copied": (sh('rm "$1/gone"'), set(), copied("gone")),
-    "rmdir": (sh('rmdir "$1/e"'), set(), emptied),
-    "mkdir-opaque": (sh('mkdir "$1/o"'), set(), deleted),
-    "link": (sh('ln "$1/h" "$1/h2"'), set(), None),
-    "create": (sh('printf "new data\\n" > "$1/new"'), {"new"}, None,
-               sh(CREATED % "new")),
-    "create-user": (as_user('printf "new data\\n" > "$1/pub/new"'),
-                    {"pub/new"}, None, as_user(CREATED % "pub/new")),
-    "recreate": (sh('printf "again\\n" > "$1/gone"'), {"gone"}, gone,
-                 sh(CREATED % "gone")),
-    "mkdir-user": (as_user('mkdir "$1/pub/nd"'), set(), None),
-    "symlink": (sh('ln -s f "$1/sl"'), {"sl"}, None),
+    "append": operation(sh('echo more >> "$1/f"'), {"f"}),
+    "append-nopt": operation(sh('echo more >> "$1/f"'), {"f"}, args=NOPT),
+    "write-middle": operation(sh('dd if=/dev/zero of="$1/big" bs=4096 seek=128 '
+                          'count=1 conv=notrunc status=none'), {"big"}),
+    "write-middle-nopt": operation(sh('dd if=/dev/zero of="$1/big" bs=4096 '
+                               'seek=128 count=1 conv=notrunc status=none'),
+                            {"big"}, args=NOPT),
+    "truncate": operation(sh('truncate -s 5 "$1/t"'), {"t"}),
+    "open-trunc": operation(sh(': > "$1/t"'), {"t"}),
+    "chmod": operation(sh('chmod 600 "$1/m"')),
+    "chown": operation(sh('chown 1234:4321 "$1/m"')),
+    "touch-m": operation(sh('touch -m -d @1500000000 "$1/m"')),
+    "setxattr": operation(sh('setfattr -n user.x -v 1 "$1/m"')),
+    "removexattr": operation(sh('setfattr -x user.keep "$1/m"')),
+    "chmod-dir": operation(sh('chmod 700 "$1/dm"')),
+    "rename-dir": operation(sh('mv -T "$1/d" "$1/d2"')),
+    "rename-renamed-dir": operation(sh('mv -T "$1/d2" "$1/d3"'),
+                             prep=renamed("d", "d2")),
+    "rename-dir-across": operation(sh('mv -T "$1/d/sub" "$1/dm/sub2"')),
+    "rename-dir-over-empty": operation(sh('mv -T "$1/d" "$1/ed"')),
+    "rename-file": operation(sh('mv -T "$1/r" "$1/r2"')),
+    "rename-copied": operation(sh('mv -T "$1/r" "$1/r2"'), prep=copied("r")),
+    "exchange": operation(exchange("r", "h")),
+    "rename-over": operation(sh('mv -T "$1/over" "$1/victim"')),
+    "unlink": operation(sh('rm "$1/gone"')),
+    "unlink-copied": operation(sh('rm "$1/gone"'), prep=copied("gone")),
+    "rmdir": operation(sh('rmdir "$1/e"'), prep=emptied),
+    "mkdir-opaque": operation(sh('mkdir "$1/o"'), prep=deleted),
+    "link": operation(sh('ln "$1/h" "$1/h2"')),
+    "link-again": operation(sh('ln "$1/h" "$1/h3"'), prep=linked("h", "h2")),
+    "create": operation(sh('printf "new data\\n" > "$1/new"'), {"new"},
+                 mid=sh(CREATED % "new")),
+    "create-user": operation(as_user('printf "new data\\n" > "$1/pub/new"'),
+                      {"pub/new"}, mid=as_user(CREATED % "pub/new")),
+    "recreate": operation(sh('printf "again\\n" > "$1/gone"'), {"gone"}, prep=gone,
+                   mid=sh(CREATED % "gone")),
+    "mkdir-user": operation(as_user('mkdir "$1/pub/nd"')),
+    "symlink": operation(sh('ln -s f "$1/sl"'), {"sl"}),
 }
 
 FORMATS = ["oci", "kernel"]
@@ -209,8 +233,9 @@ def lower_state(lower):
 class Sweep:
     def __init__(self, work, op, fmt):
         self.work = work
-        self.argv, self.fresh, prep = OPS[op][:3]
-        mid = OPS[op][3] if len(OPS[op]) > 3 else None
+        o = OPS[op]
+        self.argv, self.fresh, prep, mid = (o["argv"], o["fresh"], o["prep"],
+                                            o["mid"])
         self.lower = j(work, "lower")
         os.mkdir(self.lower)
         build(self.lower, SPEC)
@@ -220,7 +245,7 @@ class Sweep:
         self.saved = j(work, "saved-upper")
         self.arm = j(work, "arm")
         self.log = j(work, "steps.log")
-        extra = ["--format", "kernel"] if fmt == "kernel" else []
+        extra = (["--format", "kernel"] if fmt == "kernel" else []) + o["args"]
         self.ovl = Overlay(self.lower, upper=self.upper, opts="allow_other",
                            extra_args=extra)
         self.lower_before = lower_state(self.lower)
