@@ -36,6 +36,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import time
 
 import pytest
 
@@ -452,10 +453,20 @@ def check_commit(pm):
     pm("run", "--name", "c1", IMAGE, "/bin/sh", "-c",
        "echo c > /data/committed && rm /data/a.txt && rm -rf /data/sub && "
        "mkdir /data/sub && echo s > /data/sub/s && mv /etc/motd /etc/motd2")
-    # `podman run` returns before conmon's exit command unmounts the
-    # container's storage; a diff meanwhile may walk the old mount while it
-    # goes away (CI25: only {'/data', '/data/sub'} seen). The cleanup is
-    # idempotent and makes that point certain.
+    # `podman run` returns before conmon's exit command (`podman container
+    # cleanup`, run by conmon in the background) unmounts the container's
+    # storage; a diff meanwhile may walk its mount while that cleanup
+    # detaches it, and sees part of the tree (CI25: only {'/data',
+    # '/data/sub'}) or none of it (CI33: the whole image listed). Calling
+    # the cleanup ourselves first was not enough: conmon's may come later,
+    # in the middle of the diff's own mount. So conmon and its cleanup are
+    # waited for (no process names the container any more), then ours.
+    cid = pm("inspect", "--format", "{{.Id}}", "c1").out.strip()
+    assert cid, "no id for c1"
+    deadline = time.monotonic() + 60
+    while pids_naming(cid, (b"conmon", b"podman")):
+        assert time.monotonic() < deadline, "conmon of c1 still there"
+        time.sleep(0.05)
     pm("container", "cleanup", "c1")
     diff = set(sum(json.loads(pm("diff", "--format", "json", "c1").out).values(), []))
     assert {"/data/committed", "/data/a.txt", "/etc/motd", "/etc/motd2"} <= diff, diff

@@ -130,41 +130,73 @@ static int prepare_create(struct ovl_fs *ofs, struct ovl_node *parent,
 			return err;
 		*wh = err;
 	}
-	/*
-	 * A kernel-format whiteout holds the name itself: it makes way (and
-	 * comes back if the new entry cannot be made, see settle_wh).
-	 */
-	if (*wh && ofs->fmt.kernel && unlinkat(pufd, name, 0) < 0 &&
-	    errno != ENOENT)
-		return -errno;
 	return pufd;
 }
 
 /*
+ * Must the new object be made under a hidden name and put in place once
+ * whole (place_new)? Where a kernel-format whiteout holds NAME (KWH): it
+ * may go only in the step that puts the new object there, or a kill in
+ * between shows the deleted lower entry again. And where the caller's
+ * identity is not the one the object is made with (set_new_owner): killed
+ * before the chown, it would stay root's.
+ */
+static bool made_hidden(const struct ovl_fs *ofs, const struct ovl_ctx *ctx,
+			bool kwh)
+{
+	return kwh || (ofs->is_root && (ctx->uid != 0 || ctx->gid != 0));
+}
+
+/*
+ * Put the new object made under the hidden name TMP at NAME in PUFD. A
+ * kernel-format whiteout at NAME (KWH) is replaced in the same step: a
+ * non-directory is renamed over it, a directory exchanged with it
+ * (rename(2) puts no directory over a non-directory) and the whiteout,
+ * now at TMP, removed (killed before, it is debris: a .wh..wh.tmp name).
+ * Anything else at NAME: EEXIST.
+ */
+static int place_new(const struct ovl_fs *ofs, int pufd, const char *tmp,
+		     const char *name, bool kwh, bool is_dir)
+{
+	unsigned int how = RENAME_NOREPLACE;
+
+	if (kwh) {
+		int r = ovl_wh_exists(&ofs->fmt, pufd, name);
+
+		if (r < 0)
+			return r;
+		if (r)
+			how = is_dir ? RENAME_EXCHANGE : 0;
+	}
+	if (renameat2(pufd, tmp, pufd, name, how) < 0)
+		return -errno;
+	if (how == RENAME_EXCHANGE)
+		unlinkat(pufd, tmp, 0);
+	return 0;
+}
+
+/*
  * After making NAME where a whiteout stood (WH): once the entry is MADE,
- * an OCI marker beside it is stale (the entry beats it) and goes; if it
- * could not be made, the kernel-format whiteout prepare_create removed
- * comes back.
+ * an OCI marker beside it is stale (the entry beats it) and goes. (A
+ * kernel-format one went with place_new's rename.)
  */
 static void settle_wh(struct ovl_fs *ofs, int pufd, const char *name,
 		      bool wh, bool made)
 {
 	if (wh && made && !ofs->fmt.kernel)
 		ovl_wh_remove(&ofs->fmt, pufd, name);
-	else if (wh && !made && ofs->fmt.kernel)
-		ovl_wh_create(&ofs->fmt, pufd, name);
 }
 
 static int make_dir(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 		    struct ovl_node *parent, int pufd,
 		    const char *name, mode_t mode, bool opaque, int *fdp)
 {
+	bool kwh = opaque && ofs->fmt.kernel, acl;
 	char tmp[64];
 	int fd, err;
-	bool acl;
 
 	mode = create_mode(ctx, parent, mode, &acl);
-	if (!opaque) {
+	if (!opaque && !made_hidden(ofs, ctx, kwh)) {
 		if (mkdirat(pufd, name, mode & 07777) < 0)
 			return -errno;
 		fd = ovl_open_child(pufd, name);
@@ -181,7 +213,8 @@ static int make_dir(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	}
 	/*
 	 * Replacing a deleted lower directory: build it opaque under a hidden
-	 * name, so no lower child can show through for even an instant.
+	 * name, so no lower child can show through for even an instant (and
+	 * so for a caller's directory that needs its owner set).
 	 */
 	ovl_tmp_name(&ofs->tmp_counter, tmp);
 	if (mkdirat(pufd, tmp, acl ? mode & 07777 : 0700) < 0)
@@ -191,11 +224,11 @@ static int make_dir(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 		err = fd;
 		goto out_rmdir;
 	}
-	err = ovl_opaque_set(&ofs->fmt, fd);
+	err = opaque ? ovl_opaque_set(&ofs->fmt, fd) : 0;
 	if (!err)
 		err = set_new_owner(ofs, ctx, pufd, fd, S_IFDIR | mode, acl);
-	if (!err && renameat2(pufd, tmp, pufd, name, RENAME_NOREPLACE) < 0)
-		err = -errno;
+	if (!err)
+		err = place_new(ofs, pufd, tmp, name, kwh, true);
 	if (err) {
 		close(fd);
 		goto out_rmdir;
@@ -212,7 +245,9 @@ int ovl_mknod(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	      dev_t rdev, const char *link_target, struct ovl_entry *e)
 {
 	int pufd, fd = -1, err;
-	bool wh = false, acl = false;
+	bool wh = false, acl = false, kwh;
+	char tmp[64];
+	const char *at;
 	struct stat st;
 
 	err = ovl_check_name(name);
@@ -231,31 +266,33 @@ int ovl_mknod(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	}
 	if (!S_ISDIR(mode) && !S_ISLNK(mode))
 		mode = create_mode(ctx, parent, mode, &acl);
+	kwh = wh && ofs->fmt.kernel;
+	ovl_tmp_name(&ofs->tmp_counter, tmp);
+	at = made_hidden(ofs, ctx, kwh) ? tmp : name;
 	switch (mode & S_IFMT) {
 	case S_IFDIR:
 		err = make_dir(ofs, ctx, parent, pufd, name, mode, wh, &fd);
 		break;
 	case S_IFLNK:
-		if (symlinkat(link_target, pufd, name) < 0) {
+		if (symlinkat(link_target, pufd, at) < 0) {
 			err = -errno;
 			break;
 		}
 		goto made;
 	default:
-		if (mknodat(pufd, name, mode, rdev) < 0) {
+		if (mknodat(pufd, at, mode, rdev) < 0) {
 			err = -errno;
 			break;
 		}
 made:
-		fd = ovl_open_child(pufd, name);
-		if (fd < 0) {
-			err = fd;
-		} else {
-			err = set_new_owner(ofs, ctx, pufd, fd, mode, acl);
-			if (err) {
+		fd = ovl_open_child(pufd, at);
+		err = fd < 0 ? fd : set_new_owner(ofs, ctx, pufd, fd, mode, acl);
+		if (!err && at == tmp)
+			err = place_new(ofs, pufd, tmp, name, kwh, false);
+		if (err) {
+			if (fd >= 0)
 				close(fd);
-				unlinkat(pufd, name, 0);
-			}
+			unlinkat(pufd, at, 0);
 		}
 		break;
 	}
@@ -280,7 +317,9 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	       int flags, struct ovl_entry *e, struct ovl_file **out)
 {
 	int pufd, fd, err;
-	bool wh = false, acl;
+	bool wh = false, acl, kwh;
+	char tmp[64];
+	const char *at;
 	struct stat st;
 
 	err = ovl_check_name(name);
@@ -306,22 +345,25 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 		goto out_unlock;
 	}
 	mode = create_mode(ctx, parent, mode, &acl);
-	fd = openat(pufd, name,
+	kwh = wh && ofs->fmt.kernel;
+	ovl_tmp_name(&ofs->tmp_counter, tmp);
+	at = made_hidden(ofs, ctx, kwh) ? tmp : name;
+	fd = openat(pufd, at,
 		    (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_DIRECT)) |
 			    O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 		    mode & 07777);
 	if (fd < 0) {
 		err = -errno;
-		settle_wh(ofs, pufd, name, wh, false);
 		goto out_unlock;
 	}
 	err = set_new_owner(ofs, ctx, pufd, fd, S_IFREG | mode, acl);
 	if (!err)
 		err = ovl_fstat(fd, &st);
+	if (!err && at == tmp)
+		err = place_new(ofs, pufd, tmp, name, kwh, false);
 	if (err) {
 		close(fd);
-		unlinkat(pufd, name, 0);
-		settle_wh(ofs, pufd, name, wh, false);
+		unlinkat(pufd, at, 0);
 		goto out_unlock;
 	}
 	settle_wh(ofs, pufd, name, wh, true);
@@ -356,6 +398,7 @@ int ovl_link(struct ovl_fs *ofs, struct ovl_node *node,
 {
 	int pufd, err;
 	bool wh = false;
+	char tmp[64];
 
 	if (node->type == S_IFDIR)
 		return -EPERM;
@@ -377,8 +420,17 @@ int ovl_link(struct ovl_fs *ofs, struct ovl_node *node,
 	 * so it must hold the object, not just one name of it.
 	 */
 	err = ovl_node_pin_upper(node);
-	if (!err)
+	if (!err && wh && ofs->fmt.kernel) {
+		/* Linked beside, then renamed over the whiteout (place_new). */
+		ovl_tmp_name(&ofs->tmp_counter, tmp);
+		err = ovl_link_fd(atomic_load(&node->upper_fd), pufd, tmp);
+		if (!err)
+			err = place_new(ofs, pufd, tmp, newname, true, false);
+		if (err)
+			unlinkat(pufd, tmp, 0);
+	} else if (!err) {
 		err = ovl_link_fd(atomic_load(&node->upper_fd), pufd, newname);
+	}
 	settle_wh(ofs, pufd, newname, wh, !err);
 	if (err)
 		goto out_unlock;
@@ -747,6 +799,42 @@ static int rename_exchange(struct ovl_fs *ofs, struct ovl_node *src,
 	return err;
 }
 
+/*
+ * Kernel format: exchange the upper directory at NAME with a new empty
+ * opaque one, the old one going to TMP (its removal is the caller's).
+ */
+static int empty_opaque_at(struct ovl_fs *ofs, int pufd, const char *name,
+			   const char *tmp)
+{
+	struct timespec ts[2];
+	struct stat st;
+	int fd, err;
+
+	/* It shows for an instant: with the owner, mode and times of NAME. */
+	if (fstatat(pufd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	if (mkdirat(pufd, tmp, 0700) < 0)
+		return -errno;
+	fd = ovl_open_child(pufd, tmp);
+	err = fd < 0 ? fd : ovl_opaque_set(&ofs->fmt, fd);
+	if (!err && ofs->is_root &&
+	    fchownat(fd, "", st.st_uid, st.st_gid, AT_EMPTY_PATH) < 0)
+		err = -errno;
+	if (!err)
+		err = ovl_fchmod_any(fd, st.st_mode & 07777);
+	ts[0] = st.st_atim;
+	ts[1] = st.st_mtim;
+	if (!err && utimensat(fd, "", ts, AT_EMPTY_PATH) < 0)
+		err = -errno;
+	if (fd >= 0)
+		close(fd);
+	if (!err && renameat2(pufd, tmp, pufd, name, RENAME_EXCHANGE) < 0)
+		err = -errno;
+	if (err)
+		unlinkat(pufd, tmp, AT_REMOVEDIR);
+	return err;
+}
+
 static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 			struct ovl_node *parent, const char *name,
 			struct ovl_node *dst, struct ovl_node *newparent,
@@ -790,27 +878,50 @@ static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 		if (err)
 			return err;
 	}
-	/* A directory cannot replace a kernel whiteout: that goes first. */
+	/*
+	 * A directory cannot replace a kernel whiteout (rename(2) puts no
+	 * directory over a non-directory): it is exchanged with it, in one
+	 * step, so no instant shows the deleted lower entry at NEWNAME; the
+	 * whiteout lands at the old name, which needs one iff LOWER_OLD.
+	 */
 	if (kernel && !dst && src->type == S_IFDIR &&
 	    ovl_node_lower_visible(newparent)) {
 		err = ovl_wh_exists(&ofs->fmt, npufd, newname);
-		if (err > 0) {
-			dst_wh = true;
-			err = ovl_wh_remove(&ofs->fmt, npufd, newname);
-		}
 		if (err < 0)
-			return err;
+			goto out_wh;
+		dst_wh = err > 0;
 	}
-	/* An upper dir being replaced holds markers: move it out of the way. */
+	/*
+	 * An upper dir being replaced holds markers. Kernel format: an empty
+	 * opaque directory is exchanged with it first (the view is the same:
+	 * an empty directory), which the rename then replaces; moved out of
+	 * the way instead, a kill in between showed its lower entries again.
+	 * OCI (opaque is a file inside, so never empty): moved out of the way
+	 * (that window remains).
+	 */
 	if (dst && dst->type == S_IFDIR && ovl_node_has_upper(dst)) {
 		ovl_tmp_name(&ofs->tmp_counter, dsttmp);
-		if (renameat2(npufd, newname, npufd, dsttmp,
-			      RENAME_NOREPLACE) < 0) {
-			err = -errno;
+		err = kernel ? empty_opaque_at(ofs, npufd, newname, dsttmp) :
+		      renameat2(npufd, newname, npufd, dsttmp,
+				RENAME_NOREPLACE) < 0 ? -errno : 0;
+		if (err) {
+			dsttmp[0] = '\0';
 			goto out_wh;
 		}
 	}
-	err = renameat2(opufd, name, npufd, newname, flags) < 0 ? -errno : 0;
+	if (dst_wh) {
+		err = renameat2(opufd, name, npufd, newname, RENAME_EXCHANGE) < 0 ?
+		      -errno : 0;
+		if (!err && !lower_old)
+			unlinkat(opufd, name, 0);
+		/* No RENAME_EXCHANGE in the upper: the old way, with its window. */
+		if (err == -EINVAL) {
+			dst_wh = false;
+			err = ovl_wh_remove(&ofs->fmt, npufd, newname);
+		}
+	}
+	if (!dst_wh && !err)
+		err = renameat2(opufd, name, npufd, newname, flags) < 0 ? -errno : 0;
 	if (err == -EINVAL && flags) {
 		/* No RENAME_WHITEOUT here: rename, then make the whiteout. */
 		err = renameat2(opufd, name, npufd, newname, 0) < 0 ? -errno : 0;
@@ -820,9 +931,12 @@ static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 			err = 0;
 	}
 	if (err) {
+		/* Back where it was (kernel: in place of the empty one). */
 		if (dsttmp[0])
 			renameat2(npufd, dsttmp, npufd, newname,
-				  RENAME_NOREPLACE);
+				  kernel ? RENAME_EXCHANGE : RENAME_NOREPLACE);
+		if (dsttmp[0] && kernel)
+			ovl_remove_tree(npufd, dsttmp);
 		goto out_wh;
 	}
 	if (dsttmp[0])
@@ -836,8 +950,6 @@ static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 out_wh:
 	if (lower_old && !kernel)
 		ovl_wh_remove(&ofs->fmt, opufd, name);
-	if (dst_wh)
-		ovl_wh_create(&ofs->fmt, npufd, newname);
 	return err;
 }
 
