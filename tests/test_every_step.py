@@ -34,10 +34,10 @@ import pytest
 
 from conftest import (OVLFS, HL, L, F, D, Fifo, snapshot, assert_same_tree,
                       run, ovlfs, cp_a, strace_steps, killed_at_step,
-                      diff_snapshots, mountinfo, Overlay, wait_for, sweep_steps)
+                      mountinfo, Overlay, wait_for, sweep_steps)
 from test_redirect import Redirect, lower_snap, strip_dir_mtimes
 from test_redirect_commit import CHANGING, killed_at
-from test_kill_more import markers
+from test_kill_more import markers, check
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None,
                                 reason="no strace")
@@ -362,17 +362,6 @@ def merged(p, fmt=None):
         o.umount()
 
 
-def check(got, want, what, root_mtime=False):
-    if not root_mtime:
-        # docs/tar.md: the times of the directories the tar changes but
-        # does not list (the root, always) are those a killed run left
-        got, want = dict(got), dict(want)
-        got[b""] = {k: v for k, v in got[b""].items() if k != "mtime"}
-        want[b""] = {k: v for k, v in want[b""].items() if k != "mtime"}
-    d = diff_snapshots(got, want, "got", "expected")
-    assert not d, "%s:\n  %s" % (what, "\n  ".join(d))
-
-
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_apply_into_upper_every_step(work, fmt):
     """apply --tar into the upper killed before each changing call, then
@@ -395,7 +384,7 @@ def test_apply_into_upper_every_step(work, fmt):
             merged(p)           # a valid upper between kill and retry
             res = run(cmd, timeout=60)
             assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
-        check(merged(p), want, "view (%s)" % what)
+        check(merged(p), want, "view (%s)" % what, root_mtime=False)
     each_step(steps, 2, trial)
     assert len(steps) > 40, len(steps)
     print("apply %s: %d steps" % (fmt, len(steps)))
@@ -433,7 +422,7 @@ def test_apply_commit_every_step(work):
             res = run(cmd, timeout=60)
             assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
         check(snapshot(p.lower, mtime=True, root_attrs=True), want,
-              "lower (%s)" % what)
+              "lower (%s)" % what, root_mtime=False)
         assert debris(work, ".lower.apply-") == left, what
     each_step(steps, 1, trial)
     assert len(steps) > 40, len(steps)
@@ -446,8 +435,12 @@ def test_apply_commit_every_step(work):
 def test_convert_every_step(work, to):
     """convert killed before each changing call, then run again: the view
     as before, markers of the target format only."""
-    frm = "oci" if to == "kernel" else "kernel"
-    p = Pair(work, frm)
+    convert_sweep(Pair(work, "oci" if to == "kernel" else "kernel"), to, 2)
+
+
+def convert_sweep(p, to, stride):
+    """convert P's upper to TO, killed before every STRIDE-th step, then
+    run again: the view as before, only markers of TO."""
     before = merged(p)
     cmd = [OVLFS, "convert", "--to", to, "--upper", p.upper, p.lower]
     steps = steps_of(cmd, p.restore)
@@ -462,7 +455,7 @@ def test_convert_every_step(work, to):
         assert os.getxattr(p.upper, "user.ovlfs.format") == \
             (b"1 kernel" if to == "kernel" else b"1"), what
         check(merged(p, to), before, "view (%s)" % what, root_mtime=True)
-    each_step(steps, 2, trial)
+    each_step(steps, stride, trial)
     assert len(steps) > 10, len(steps)
     print("convert to %s: %d steps" % (to, len(steps)))
 
@@ -573,19 +566,8 @@ def test_convert_of_a_renamed_metacopy_file_every_step(work, to):
     new format showed the file as EIO (a metacopy file with no redirect,
     looked up by its own name)."""
     frm = "oci" if to == "kernel" else "kernel"
-    p = Pair(work, frm, {"x": "x\n"},
-             lambda r: os.rename(j(r, "x"), j(r, "x2")))
-    before = merged(p)
-    cmd = [OVLFS, "convert", "--to", to, "--upper", p.upper, p.lower]
-    steps = steps_of(cmd, p.restore)
-
-    def trial(n, what):
-        p.restore()
-        if killed_at(cmd, steps, n):
-            res = run(cmd, timeout=60)
-            assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
-        check(merged(p, to), before, "view (%s)" % what, root_mtime=True)
-    each_step(steps, 1, trial)
+    convert_sweep(Pair(work, frm, {"x": "x\n"},
+                       lambda r: os.rename(j(r, "x"), j(r, "x2"))), to, 1)
 
 
 def test_apply_commit_of_a_hard_link_every_step(work):

@@ -110,6 +110,16 @@ def apply(lower, tar, commit=False, upper=None, check=True):
     return r
 
 
+def merged(lower):
+    """The merged view of LOWER and its default upper, snapshot."""
+    o = Overlay(lower)
+    o.mount()
+    try:
+        return snapshot(o.mp)
+    finally:
+        o.umount()
+
+
 def members(path):
     with tarfile.open(path) as t:
         return list(t)
@@ -434,12 +444,7 @@ def test_apply_layers_on_existing_upper(work):
     apply(a, t, commit=True)
     # the same, onto the upper itself
     apply(lower, t)
-    o = Overlay(lower)
-    o.mount()
-    try:
-        got = snapshot(o.mp)
-    finally:
-        o.umount()
+    got = merged(lower)
     want = snapshot(a)
     assert_same_tree(got, want, "upper + layer", "commit, then layer")
     assert sorted(os.listdir(j(a, "merge"))) == [
@@ -526,15 +531,7 @@ def test_apply_file_listed_twice(work, commit):
     cp_a(lower, model)
     run(["tar", "-C", model, "-xf", t], check=True)
     apply(lower, t, commit=commit)
-    if commit:
-        got = snapshot(lower)
-    else:
-        o = Overlay(lower)
-        o.mount()
-        try:
-            got = snapshot(o.mp)
-        finally:
-            o.umount()
+    got = snapshot(lower) if commit else merged(lower)
     assert_same_tree(got, snapshot(model), "applied", "GNU tar -x")
 
 
