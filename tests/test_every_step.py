@@ -148,6 +148,16 @@ def sweep(steps, stride=1):
     return sweep_steps(len(steps), stride)
 
 
+def killed_then_retried(cmd, steps, n, what):
+    """CMD killed before step N (or run whole), and if it was, run again to
+    its end: True if it was killed."""
+    if not killed_at(cmd, steps, n):
+        return False
+    res = run(cmd, timeout=60)
+    assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
+    return True
+
+
 def where(steps, n):
     return "killed before step %d %s" % (n, steps[n] if n < len(steps) else "(none)")
 
@@ -447,9 +457,7 @@ def convert_sweep(p, to, stride):
 
     def trial(n, what):
         p.restore()
-        if killed_at(cmd, steps, n):
-            res = run(cmd, timeout=60)
-            assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
+        killed_then_retried(cmd, steps, n, what)
         oci, kern = markers(p.upper)
         assert not (kern if to == "oci" else oci), (what, oci, kern)
         assert os.getxattr(p.upper, "user.ovlfs.format") == \
@@ -539,9 +547,7 @@ def test_discard_every_step(work, fmt):
 
     def trial(n, what):
         restore()
-        if killed_at(cmd, steps, n):
-            res = run(cmd, timeout=60)
-            assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
+        killed_then_retried(cmd, steps, n, what)
         assert not os.path.lexists(p.upper), what
         assert_same_tree(snapshot(p.lower, mtime=True, ctime=True, ino=True,
                                   root_attrs=True), lower0, "lower (%s)" % what,
@@ -600,9 +606,7 @@ def test_apply_commit_of_a_hard_link_every_step(work):
 
     def trial(n, what):
         restore()
-        if killed_at(cmd, steps, n):
-            res = run(cmd, timeout=60)
-            assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
+        killed_then_retried(cmd, steps, n, what)
         assert sorted(os.listdir(j(lower, "d"))) == ["t", "t2"], what
         assert os.lstat(j(lower, "d/t")).st_nlink == 2, what
     each_step(steps, 1, trial)
