@@ -1,0 +1,243 @@
+"""test_every_step's kill before every step, with every ovlfs command run
+by a user without privilege (uid 4242), as in a rootless container or
+under `ovlfs run`: no chown, no trusted.* xattrs (the upper's markers are
+user.ovlfs.*), no CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH: a read-only
+(0555) lower directory that a commit writes into is opened up (u+w) and
+its mode put back, a 0555 directory of the upper is opened up to be
+emptied.
+
+strace runs as root and traces the user's command: ["strace", ...,
+"setpriv", ..., OVLFS, ...] (setpriv execs ovlfs in the same process;
+its own calls are counted too, the same in the recording and the killed
+runs). The upper is written through a mount in a user namespace (`unshare
+-Urm`: no privilege in the initial one, so user.ovlfs.* markers), then the
+layers are given to the user. The model is a plain copy of the lower with
+the same changes. Besides each command's own end state, nothing outside
+the layers may change (the directory holding them, the model).
+"""
+
+import os
+import shutil
+import stat
+import sys
+
+import pytest
+
+from conftest import (OVLFS, HL, L, F, D, snapshot, assert_same_tree, run,
+                      build, cp_a, Overlay, diff_snapshots, strace_steps,
+                      killed_at_step)
+from test_redirect import lower_snap, strip_dir_mtimes
+from test_redirect_commit import CHANGING, killed_at
+from test_every_step import (COMMIT_CALLS, steps_of, each_step, debris,
+                             check, j)
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("strace") is None or shutil.which("setpriv") is None or
+    os.geteuid() != 0, reason="needs root, strace and setpriv")
+
+UID = GID = 4242
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def as_user(cmd):
+    """CMD run as UID/GID, no supplementary groups, nothing else changed."""
+    return ["setpriv", "--reuid=%d" % UID, "--regid=%d" % GID,
+            "--clear-groups"] + [os.fspath(c) for c in cmd]
+
+
+def give(path):
+    """PATH and all under it to the user (symlinks themselves)."""
+    run(["chown", "-R", "-h", "%d:%d" % (UID, GID), path], check=True)
+
+
+SPEC = {
+    "ro": D({"r": "r\n", "gone": "gone\n", "keep": "keep\n"}, mode=0o555),
+    "locked": D({"l": "l\n", "in": D({"i": "i\n"}, mode=0o500)}, mode=0o500),
+    "meta": F("metadata only\n", mode=0o644),
+    "xa": F("xattrs\n", xattrs={"user.a": "1", "user.c": "3"}),
+    "d": {"h1": "linked\n", "h2": HL("d/h1"), "gone": "gone\n",
+          "lnk": L("h1"), "keep": "keep\n", "sub": {"s": "s\n"}},
+    "repl": {"old": "old\n", "olddir": {"o": "o\n"}},
+    "f": "f\n",
+}
+
+
+def changes(p):
+    """What the upper holds: one of each kind of change a user makes."""
+    changes_but_new_in_ro(p)
+    new_in_ro(p)
+
+
+def new_in_ro(p):
+    """A file new in a read-only lower directory (in the upper, its copy
+    0555 too); a new read-only directory holding files."""
+    with open(j(p, "ro/new"), "w") as f:
+        f.write("new\n")
+    os.mkdir(j(p, "newro"))
+    with open(j(p, "newro/z"), "w") as f:
+        f.write("z\n")
+    os.mkdir(j(p, "newro/zd"))
+    with open(j(p, "newro/zd/y"), "w") as f:
+        f.write("y\n")
+    os.chmod(j(p, "newro"), 0o555)
+
+
+def changes_but_new_in_ro(p):
+    """CHANGES but NEW_IN_RO, which no commit as the user gets through
+    (test_commit_into_a_read_only_directory): only a deletion in the
+    0555 lower directory."""
+    os.unlink(j(p, "ro/gone"))                          # whiteout in 0555
+    os.chmod(j(p, "locked"), 0o755)                     # 0500 -> 0755
+    os.chmod(j(p, "meta"), 0o600)                       # metacopy
+    os.setxattr(j(p, "xa"), "user.b", b"2")
+    os.removexattr(j(p, "xa"), "user.a")
+    os.unlink(j(p, "d/gone"))                           # whiteout
+    with open(j(p, "d/h1"), "a") as f:                  # a linked
+        f.write("more\n")                               # copy-up
+    os.link(j(p, "d/h1"), j(p, "d/h3"))
+    shutil.rmtree(j(p, "d/sub"))                        # dir gone
+    shutil.rmtree(j(p, "repl"))                         # replaced
+    os.mkdir(j(p, "repl"))                              # (opaque)
+    with open(j(p, "repl/n"), "w") as f:
+        f.write("n\n")
+    os.unlink(j(p, "f"))
+    os.symlink("d/keep", j(p, "f"))                     # a symlink
+    os.mkdir(j(p, "new"))
+    with open(j(p, "new/a"), "w") as f:
+        f.write("a\n" * 100)
+    os.link(j(p, "new/a"), j(p, "new/b"))               # hard links
+    os.symlink("a", j(p, "new/ln"))
+    os.setxattr(j(p, "new/a"), "user.n", b"n")
+
+
+# Run in `unshare -Urm` (root of a user namespace: no privilege in the
+# initial one): mount, the changes named by argv[6], unmount.
+MAKE_UPPER = r'''
+import os, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+import test_every_step_rootless as t
+ovlfs, lower, upper, mnt, ops = sys.argv[2:7]
+subprocess.run([ovlfs, "mount", "--upper", upper, lower, mnt], check=True)
+try:
+    getattr(t, ops)(mnt)
+finally:
+    subprocess.run([ovlfs, "umount", mnt], check=True)
+'''
+
+
+def stat_of(p):
+    st = os.lstat(p)
+    return (oct(st.st_mode), st.st_uid, st.st_gid)
+
+
+class Pair:
+    """test_every_step.Pair as the user: in HOME (the user's, 0755) the
+    LOWER, an OCI upper of OPS made through a mount without privilege,
+    the MODEL (a copy of the lower with OPS done); all the user's. The
+    merged VIEW's snapshot, the saved layers each trial starts from."""
+
+    def __init__(self, work, spec=SPEC, ops="changes"):
+        self.work = work
+        self.home = j(work, "home")
+        os.mkdir(self.home)
+        os.chmod(self.home, 0o755)
+        self.lower, self.upper = j(self.home, "lower"), j(self.home, "upper")
+        self.model = j(self.home, "model")
+        self.mp = j(work, "mnt")
+        os.mkdir(self.mp)
+        os.mkdir(self.lower)
+        build(self.lower, spec)
+        cp_a(self.lower, self.model)
+        res = run(["unshare", "-Urm", sys.executable, "-c", MAKE_UPPER, HERE,
+                   OVLFS, self.lower, self.upper, self.mp, ops], timeout=60)
+        if res.returncode != 0 and "unshare" in res.err:
+            pytest.skip("no user namespaces: %s" % res.err)
+        assert res.returncode == 0, res.err
+        getattr(sys.modules[__name__], ops)(self.model)
+        for p in (self.home, self.lower, self.upper, self.model):
+            give(p)
+        names = [n for dp, ds, fs in os.walk(self.upper)
+                 for n in [dp] + [j(dp, x) for x in ds + fs]
+                 if not os.path.islink(n) for n in os.listxattr(n)]
+        assert os.getxattr(self.upper, "user.ovlfs.format") == b"1"
+        assert not [n for n in names if n.startswith("trusted.")], names
+        assert "user.ovlfs.metacopy" in names, names
+        self.saved_l, self.saved_u = j(work, "saved-lower"), j(work, "saved-upper")
+        cp_a(self.lower, self.saved_l)
+        cp_a(self.upper, self.saved_u)
+        self.view = self.merged()
+        assert_same_tree(strip_mtimes(self.view), snapshot(self.model),
+                         "view", "model")
+        self.restore()
+        self.outside0 = self.outside()
+
+    def merged(self):
+        """The merged view (mounted by root: the view is the same, but the
+        layers are restored afterwards)."""
+        o = Overlay(self.lower, upper=self.upper, mp=self.mp)
+        o.mount()
+        try:
+            return snapshot(self.mp, mtime=True, hide_private=True)
+        finally:
+            o.umount()
+            self.restore()
+
+    def restore(self):
+        for p, s in ((self.lower, self.saved_l), (self.upper, self.saved_u)):
+            if os.path.lexists(p):
+                shutil.rmtree(p)
+            cp_a(s, p)
+
+    def outside(self):
+        """What a command must leave alone: the directories holding the
+        layers, the model."""
+        return ([stat_of(p) for p in (self.work, self.home)],
+                snapshot(self.model, mtime=True, ctime=True, root_attrs=True))
+
+    def check_outside(self, what):
+        now = self.outside()
+        assert now[0] == self.outside0[0], "%s: %r, was %r" % (
+            what, now[0], self.outside0[0])
+        d = diff_snapshots(now[1], self.outside0[1], "model now", "before")
+        assert not d, "%s: %s" % (what, d)
+
+
+def strip_mtimes(snap):
+    return {k: {kk: vv for kk, vv in v.items() if kk != "mtime"}
+            for k, v in snap.items()}
+
+
+# ---- commit, plain and atomic ----
+
+RO_BUG = ("commit as a user: a 0555 directory of the upper is not opened "
+          "up, its entries cannot be renamed out of it: EACCES "
+          "(test_commit_into_a_read_only_directory)")
+
+
+@pytest.mark.parametrize("ops", [
+    "changes_but_new_in_ro",
+    pytest.param("changes", marks=pytest.mark.xfail(strict=True,
+                                                    reason=RO_BUG))])
+def test_plain_commit_every_step(work, ops):
+    """A plain commit as the user killed before each changing call (every
+    4th time its retry too, before an earlier one), then run again: the
+    model's lower, modes included."""
+    p = Pair(work, ops=ops)
+    cmd = as_user([OVLFS, "commit", "--quiet", "--upper", p.upper, p.lower])
+    want = snapshot(p.model)
+    steps = steps_of(cmd, p.restore, COMMIT_CALLS)
+
+    def trial(n, what):
+        p.restore()
+        killed = killed_at(cmd, steps, n)
+        if killed and n % 4 == 0 and os.path.exists(p.upper):
+            killed_at_step(cmd, steps[n // 2])
+        if os.path.exists(p.upper):
+            res = run(cmd, timeout=60)
+            assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
+        assert not os.path.exists(p.upper), what
+        assert_same_tree(snapshot(p.lower), want, "lower (%s)" % what, "model")
+        p.check_outside(what)
+    each_step(steps, 1, trial)
+    assert len(steps) > 40, len(steps)
+    print("plain commit as the user: %d steps" % len(steps))
