@@ -87,6 +87,13 @@ def changes_but_new_in_ro(p):
     (test_commit_into_a_read_only_directory): only a deletion in the
     0555 lower directory."""
     os.unlink(j(p, "ro/gone"))                          # whiteout in 0555
+    changes_but_ro(p)
+
+
+def changes_but_ro(p):
+    """CHANGES but those in the 0555 lower directory, which no atomic
+    commit as the user gets through (test_atomic_commit_in_a_read_only_
+    directory)."""
     os.chmod(j(p, "locked"), 0o755)                     # 0500 -> 0755
     os.chmod(j(p, "meta"), 0o600)                       # metacopy
     os.setxattr(j(p, "xa"), "user.b", b"2")
@@ -259,6 +266,188 @@ def test_plain_commit_every_step(work, ops):
         len(steps), len(known)))
 
 
+ATOMIC_RO_BUG = ("commit --atomic as a user: a 0555 lower directory is "
+                 "not opened up: EACCES, rolled back "
+                 "(test_atomic_commit_in_a_read_only_directory)")
+
+
+@pytest.mark.parametrize("ops", [
+    "changes_but_ro",
+    pytest.param("changes_but_new_in_ro", marks=pytest.mark.xfail(
+        strict=True, reason=ATOMIC_RO_BUG))])
+def test_atomic_commit_every_step(work, ops):
+    """An atomic commit as the user killed before each changing call, then
+    `ovlfs recover` as the user: the lower wholly old with the upper as it
+    was (and a commit then gives the new lower), or wholly new with the
+    upper gone."""
+    p = Pair(work, ops=ops)
+    old = strip_dir_mtimes(lower_snap(p.lower))
+    upper0 = snapshot(p.upper)
+    want = snapshot(p.model)
+    cmd = as_user([OVLFS, "commit", "--atomic", "--quiet", "--upper",
+                   p.upper, p.lower])
+    recover = as_user([OVLFS, "recover", "--upper", p.upper, p.lower])
+    steps = steps_of(cmd, p.restore, COMMIT_CALLS)
+    seen = set()
+
+    def trial(n, what):
+        p.restore()
+        killed = killed_at(cmd, steps, n)
+        rec = run(recover)
+        assert rec.returncode == 0, "%s: recover: %s" % (what, rec.err)
+        assert not os.path.exists(j(p.lower, ".wh..wh.ovlfs-commit")), what
+        p.check_outside(what)
+        if not killed or not os.path.exists(p.upper):
+            assert_same_tree(snapshot(p.lower), want, "lower (%s)" % what, "model")
+            seen.add("new")
+            return
+        seen.add("old")
+        assert_same_tree(strip_dir_mtimes(lower_snap(p.lower)), old,
+                         "lower (%s)" % what, "old lower")
+        assert_same_tree(snapshot(p.upper), upper0, "upper (%s)" % what,
+                         "upper before")
+        res = run(cmd, timeout=60)
+        assert res.returncode == 0, "%s: commit after recover: %s" % (what, res.err)
+        assert_same_tree(snapshot(p.lower), want, "lower (%s, committed)" % what,
+                         "model")
+        p.check_outside(what)
+    each_step(steps, 2, trial)
+    assert seen == {"old", "new"} and len(steps) > 40, (seen, len(steps))
+    print("atomic commit as the user: %d steps" % len(steps))
+
+
+# ---- discard ----
+
+def test_discard_every_step(work):
+    """discard as the user killed before each changing call (the upper's
+    0555 directories opened up to be emptied), then run again: the upper
+    gone, the lower untouched (inode numbers and ctimes too)."""
+    p = Pair(work)
+    lower0 = snapshot(p.lower, mtime=True, ctime=True, ino=True, root_attrs=True)
+    cmd = as_user([OVLFS, "discard", "--quiet", "--upper", p.upper, p.lower])
+
+    def restore():
+        if os.path.lexists(p.upper):
+            shutil.rmtree(p.upper)
+        cp_a(p.saved_u, p.upper)
+    steps = steps_of(cmd, restore)
+
+    def trial(n, what):
+        restore()
+        if killed_at(cmd, steps, n):
+            res = run(cmd, timeout=60)
+            assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
+        assert not os.path.lexists(p.upper), what
+        assert_same_tree(snapshot(p.lower, mtime=True, ctime=True, ino=True,
+                                  root_attrs=True), lower0, "lower (%s)" % what,
+                         "lower before")
+        p.check_outside(what)
+    each_step(steps, 1, trial)
+    assert len(steps) > 20, len(steps)
+    print("discard as the user: %d steps" % len(steps))
+
+
+# ---- apply --tar --commit ----
+
+def layer_ops(p):
+    """Another upper's changes to the lower, exported: the tar applied."""
+    with open(j(p, "ro/fromtar"), "w") as f:        # into a 0555 dir
+        f.write("fromtar\n")
+    os.mkdir(j(p, "tdir"))                          # new, read-only
+    with open(j(p, "tdir/q"), "w") as f:
+        f.write("q\n")
+    os.chmod(j(p, "tdir"), 0o555)
+    layer_ops_but_ro(p)
+
+
+def layer_ops_but_ro(p):
+    """LAYER_OPS but the new files in 0555 directories (RO_BUG again,
+    in the commit of the temporary upper)."""
+    os.unlink(j(p, "ro/r"))                         # a whiteout in 0555
+    os.chmod(j(p, "locked"), 0o750)                 # 0500 -> 0750
+    os.chmod(j(p, "locked/in"), 0o700)
+    os.chmod(j(p, "meta"), 0o640)                   # metacopy in the source
+    os.setxattr(j(p, "xa"), "user.t", b"t")
+    shutil.rmtree(j(p, "d/sub"))                    # back, opaque
+    os.mkdir(j(p, "d/sub"))
+    with open(j(p, "d/sub/n"), "w") as f:
+        f.write("n\n")
+    os.unlink(j(p, "d/keep"))
+    os.link(j(p, "d/h1"), j(p, "d/h4"))             # a third link
+    os.mkdir(j(p, "new"))
+    with open(j(p, "new/t"), "w") as f:
+        f.write("t\n" * 50)
+    os.link(j(p, "new/t"), j(p, "new/t2"))
+    os.symlink("t", j(p, "new/tl"))
+    os.setxattr(j(p, "new/t"), "user.n", b"n")
+
+
+def make_layer(work, p, ops):
+    """OPS through a mount of P's lower made by the user (in a user
+    namespace), given to the user, exported: the tarball."""
+    mp, up = j(work, "src-mp"), j(work, "src-upper")
+    lo = j(work, "src-lower")
+    os.mkdir(mp)
+    # the user's files are no one's in a namespace mapping root only
+    cp_a(p.saved_l, lo)
+    run(["chown", "-R", "-h", "0:0", lo], check=True)
+    res = run(["unshare", "-Urm", sys.executable, "-c", MAKE_UPPER, HERE,
+               OVLFS, lo, up, mp, ops], timeout=60)
+    assert res.returncode == 0, res.err
+    give(up)
+    give(lo)
+    tar = j(work, "layer.tar")
+    res = run([OVLFS, "export", "--tar", tar, "--upper", up, lo])
+    assert res.returncode == 0, res.err
+    shutil.rmtree(up)
+    shutil.rmtree(lo)
+    os.chmod(tar, 0o644)
+    return tar
+
+
+@pytest.mark.parametrize("ops", [
+    "layer_ops_but_ro",
+    pytest.param("layer_ops", marks=pytest.mark.xfail(strict=True,
+                                                      reason=RO_BUG))])
+def test_apply_commit_every_step(work, ops):
+    """apply --tar --commit as the user killed before each changing call,
+    then run again: the lower of one run."""
+    p = Pair(work, ops="changes_but_new_in_ro")
+    shutil.rmtree(p.upper)
+    shutil.rmtree(p.saved_u)
+    tar = make_layer(work, p, ops)
+    cmd = as_user([OVLFS, "apply", "--tar", tar, "--commit", p.lower])
+
+    def restore():
+        for n in debris(p.home, ".lower.apply-"):
+            shutil.rmtree(j(p.home, n))
+        if os.path.lexists(p.lower):
+            shutil.rmtree(p.lower)
+        cp_a(p.saved_l, p.lower)
+    restore()
+    res = run(cmd, timeout=60)
+    assert res.returncode == 0, res.err
+    want = snapshot(p.lower, mtime=True, root_attrs=True)
+    assert want[b"d/sub"]["names"] == [b"n"], want[b"d/sub"]
+    assert want[b"ro"]["mode"] == "0o555", want[b"ro"]
+    steps = steps_of(cmd, restore)
+
+    def trial(n, what):
+        restore()
+        killed = killed_at(cmd, steps, n)
+        left = debris(p.home, ".lower.apply-")
+        if killed:
+            res = run(cmd, timeout=60)
+            assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
+        check(snapshot(p.lower, mtime=True, root_attrs=True), want,
+              "lower (%s)" % what)
+        assert debris(p.home, ".lower.apply-") == left, what
+        p.check_outside(what)
+    each_step(steps, 1, trial)
+    assert len(steps) > 40, len(steps)
+    print("apply --commit as the user: %d steps" % len(steps))
+
+
 # ---- minimal reproductions of what the sweeps found ----
 
 def small_pair(work, spec, ops):
@@ -299,6 +488,20 @@ def test_commit_into_a_read_only_directory(work, ops, atomic):
     res = run(as_user([OVLFS, "commit", "--quiet"] +
                       (["--atomic"] if atomic else []) +
                       ["--upper", p.upper, p.lower]))
+    assert res.returncode == 0, res.err
+    assert_same_tree(snapshot(p.lower), snapshot(p.model), "lower", "model")
+
+
+@pytest.mark.xfail(strict=True, reason=ATOMIC_RO_BUG)
+def test_atomic_commit_in_a_read_only_directory(work):
+    """The user deleted a file in a 0555 lower directory (the upper: ro,
+    0555, holding .wh.gone). `commit --atomic` as the user, not killed,
+    fails: `ovlfs: commit: LOWER/ro: Permission denied; rolled back: LOWER
+    is unchanged` (a plain commit opens a 0555 lower directory up to
+    write into it, an atomic one does not)."""
+    p = Pair(work, RO, "delete_in_ro")
+    res = run(as_user([OVLFS, "commit", "--atomic", "--quiet", "--upper",
+                       p.upper, p.lower]))
     assert res.returncode == 0, res.err
     assert_same_tree(snapshot(p.lower), snapshot(p.model), "lower", "model")
 
