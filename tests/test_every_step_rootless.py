@@ -17,19 +17,21 @@ the layers may change (the directory holding them, the model).
 """
 
 import os
+import re
 import shutil
 import stat
 import sys
+import tempfile
 
 import pytest
 
 from conftest import (OVLFS, HL, L, F, D, snapshot, assert_same_tree, run,
                       build, cp_a, Overlay, diff_snapshots, strace_steps,
-                      killed_at_step)
+                      killed_at_step, traced_env)
 from test_redirect import lower_snap, strip_dir_mtimes
 from test_redirect_commit import CHANGING, killed_at
-from test_every_step import (COMMIT_CALLS, steps_of, each_step, debris,
-                             check, j)
+from test_every_step import (COMMIT_CALLS, FLATTEN_CALLS, steps_of, each_step,
+                             debris, check, j)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("strace") is None or shutil.which("setpriv") is None or
@@ -446,6 +448,117 @@ def test_apply_commit_every_step(work, ops):
     each_step(steps, 1, trial)
     assert len(steps) > 40, len(steps)
     print("apply --commit as the user: %d steps" % len(steps))
+
+
+# ---- flatten ----
+
+# Runs as root in `unshare -m` (a private mount namespace, gone with its
+# last process, and with it a killed run's FUSE mount): a 0666 node of
+# /dev/fuse bound over it and a passwd naming the user (for fusermount3),
+# as test_rootless.WRAPPER; then execs argv[2:] (strace, as root).
+FUSE_NS = r'''
+import os, subprocess, sys
+top, cmd = sys.argv[1], sys.argv[2:]
+node = os.path.join(top, "fuse")
+if not os.path.exists(node):
+    os.mknod(node, 0o20666, os.makedev(10, 229))
+    os.chmod(node, 0o666)
+subprocess.run(["mount", "--bind", node, "/dev/fuse"], check=True)
+for name, line in (("passwd", "ovlfsrl:x:4242:4242::/nonexistent:/bin/false\n"),
+                   ("group", "ovlfsrl:x:4242:\n")):
+    copy = os.path.join(top, name)
+    if not os.path.exists(copy):
+        with open("/etc/" + name) as f, open(copy, "w") as g:
+            g.write(f.read() + line)
+        os.chmod(copy, 0o644)
+    subprocess.run(["mount", "--bind", copy, "/etc/" + name], check=True)
+os.execvp(cmd[0], cmd)
+'''
+
+
+def in_fuse_ns(top, cmd):
+    return ["unshare", "-m", "--propagation", "private", sys.executable,
+            "-c", FUSE_NS, top] + cmd
+
+
+def ns_steps(top, cmd, calls):
+    """conftest.strace_steps of CMD (the user's) with strace run in
+    in_fuse_ns: the same parsing of its log."""
+    fd, log = tempfile.mkstemp(prefix="ovlfs-strace-")
+    os.close(fd)
+    try:
+        res = run(in_fuse_ns(top, ["strace", "-f", "-qq", "-o", log, "-e",
+                                   "trace=" + calls] + cmd), timeout=120,
+                  env=traced_env())
+        assert res.returncode == 0, res.err
+        steps, seen, pids = [], {}, set()
+        with open(log) as f:
+            for line in f:
+                m = re.match(r"(\d+)\s+([a-z0-9_]+)\(", line)
+                if not m or m.group(2) not in calls.split(","):
+                    continue
+                pids.add(m.group(1))
+                seen[m.group(2)] = seen.get(m.group(2), 0) + 1
+                steps.append((m.group(2), seen[m.group(2)]))
+    finally:
+        os.unlink(log)
+    assert len(pids) <= 1, "%s ran %d processes" % (cmd, len(pids))
+    return steps
+
+
+def ns_killed_at(top, cmd, steps, n):
+    """test_redirect_commit.killed_at in in_fuse_ns."""
+    if n == len(steps):
+        res = run(in_fuse_ns(top, cmd), timeout=60)
+        assert res.returncode == 0, res.err
+        return False
+    name, k = steps[n]
+    res = run(in_fuse_ns(top, [
+        "strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=" + name,
+        "-e", "inject=%s:signal=KILL:when=%d" % (name, k)] + cmd),
+        timeout=60, env=traced_env())
+    assert res.returncode in (137, -9), "%s: %s" % (steps[n], res.err)
+    return True
+
+
+def test_flatten_every_step(work):
+    """flatten as the user (its view mounted through fusermount3) killed
+    before each call that writes DEST: DEST is there only when whole, and
+    a retry writes the merged view and removes what the killed run left
+    beside DEST (DEST.partial-*, the mount point DEST.flatten-*)."""
+    p = Pair(work)
+    dest = j(p.home, "flat")
+    cmd = as_user([OVLFS, "flatten", "--upper", p.upper, p.lower, dest])
+
+    def clean():
+        for n in debris(p.home, "flat"):
+            run(["rm", "-rf", j(p.home, n)], check=True)
+    res = run(in_fuse_ns(work, cmd), timeout=60)
+    assert res.returncode == 0, res.err
+    assert_same_tree(snapshot(dest, mtime=True), p.view, "flattened", "view")
+    clean()
+    steps = ns_steps(work, cmd, FLATTEN_CALLS)
+
+    def trial(n, what):
+        clean()
+        killed = ns_killed_at(work, cmd, steps, n)
+        left = debris(p.home, "flat.")
+        assert all(x.startswith(("flat.partial-", "flat.flatten-")) for x in
+                   left) and len(left) <= 2, (what, left)
+        if os.path.lexists(dest):
+            assert_same_tree(snapshot(dest, mtime=True), p.view,
+                             "DEST (%s)" % what, "view")
+        else:
+            assert killed, what
+            res = run(in_fuse_ns(work, cmd), timeout=60)
+            assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
+            assert debris(p.home, "flat.") == [], (what, left)
+        assert_same_tree(snapshot(dest, mtime=True), p.view,
+                         "DEST (%s, retried)" % what, "view")
+        p.check_outside(what)
+    each_step(steps, 3, trial)
+    assert len(steps) > 40, len(steps)
+    print("flatten as the user: %d steps" % len(steps))
 
 
 # ---- minimal reproductions of what the sweeps found ----
