@@ -64,6 +64,21 @@ SPEC = {
 }
 
 
+class opened:
+    """chmod u+w PATH for the block, then its mode back: what the user
+    does to change a read-only directory or file of theirs."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.mode = stat.S_IMODE(os.lstat(self.path).st_mode)
+        os.chmod(self.path, self.mode | 0o200)
+
+    def __exit__(self, *exc):
+        os.chmod(self.path, self.mode)
+
+
 def changes(p):
     """What the upper holds: one of each kind of change a user makes."""
     changes_but_new_in_ro(p)
@@ -73,7 +88,7 @@ def changes(p):
 def new_in_ro(p):
     """A file new in a read-only lower directory (in the upper, its copy
     0555 too); a new read-only directory holding files."""
-    with open(j(p, "ro/new"), "w") as f:
+    with opened(j(p, "ro")), open(j(p, "ro/new"), "w") as f:
         f.write("new\n")
     os.mkdir(j(p, "newro"))
     with open(j(p, "newro/z"), "w") as f:
@@ -88,7 +103,8 @@ def changes_but_new_in_ro(p):
     """CHANGES but NEW_IN_RO, which no commit as the user gets through
     (test_commit_into_a_read_only_directory): only a deletion in the
     0555 lower directory."""
-    os.unlink(j(p, "ro/gone"))                          # whiteout in 0555
+    with opened(j(p, "ro")):
+        os.unlink(j(p, "ro/gone"))                      # whiteout in 0555
     changes_but_ro(p)
 
 
@@ -134,6 +150,17 @@ finally:
 '''
 
 
+# Run as the user: the changes named by argv[2] to the model argv[3].
+MODEL = r'''
+import os, sys
+sys.dont_write_bytecode = True
+sys.path.insert(0, sys.argv[1])
+import test_every_step_rootless as t
+os.umask(0o022)
+getattr(t, sys.argv[2])(sys.argv[3])
+'''
+
+
 def stat_of(p):
     st = os.lstat(p)
     return (oct(st.st_mode), st.st_uid, st.st_gid)
@@ -162,9 +189,10 @@ class Pair:
         if res.returncode != 0 and "unshare" in res.err:
             pytest.skip("no user namespaces: %s" % res.err)
         assert res.returncode == 0, res.err
-        getattr(sys.modules[__name__], ops)(self.model)
         for p in (self.home, self.lower, self.upper, self.model):
             give(p)
+        run(as_user([sys.executable, "-c", MODEL, HERE, ops, self.model]),
+            check=True)
         names = [n for dp, ds, fs in os.walk(self.upper)
                  for n in [dp] + [j(dp, x) for x in ds + fs]
                  if not os.path.islink(n) for n in os.listxattr(n)]
@@ -568,11 +596,12 @@ def small_pair(work, spec, ops):
 
 
 def delete_in_ro(p):
-    os.unlink(j(p, "ro/gone"))
+    with opened(j(p, "ro")):
+        os.unlink(j(p, "ro/gone"))
 
 
 def add_in_ro(p):
-    with open(j(p, "ro/w"), "w") as f:
+    with opened(j(p, "ro")), open(j(p, "ro/w"), "w") as f:
         f.write("w\n")
 
 
