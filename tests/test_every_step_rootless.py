@@ -57,6 +57,7 @@ SPEC = {
     "locked": D({"l": "l\n", "in": D({"i": "i\n"}, mode=0o500)}, mode=0o500),
     "meta": F("metadata only\n", mode=0o644),
     "xa": F("xattrs\n", xattrs={"user.a": "1", "user.c": "3"}),
+    "xro": F("read-only\n", mode=0o444, xattrs={"user.a": "1"}),
     "d": {"h1": "linked\n", "h2": HL("d/h1"), "gone": "gone\n",
           "lnk": L("h1"), "keep": "keep\n", "sub": {"s": "s\n"}},
     "repl": {"old": "old\n", "olddir": {"o": "o\n"}},
@@ -83,6 +84,14 @@ def changes(p):
     """What the upper holds: one of each kind of change a user makes."""
     changes_but_new_in_ro(p)
     new_in_ro(p)
+    xattr_on_ro_file(p)
+
+
+def xattr_on_ro_file(p):
+    """An xattr set on a read-only file of the user's (user.* xattrs
+    need write permission: opened up for it)."""
+    with opened(j(p, "xro")):
+        os.setxattr(j(p, "xro"), "user.b", b"2")
 
 
 def new_in_ro(p):
@@ -106,12 +115,14 @@ def changes_but_new_in_ro(p):
     with opened(j(p, "ro")):
         os.unlink(j(p, "ro/gone"))                      # whiteout in 0555
     changes_but_ro(p)
+    with open(j(p, "locked/added"), "w") as f:         # in a 0500 lower
+        f.write("added\n")                             # dir, now 0755
 
 
 def changes_but_ro(p):
-    """CHANGES but those in the 0555 lower directory, which no atomic
-    commit as the user gets through (test_atomic_commit_in_a_read_only_
-    directory)."""
+    """CHANGES but those in lower directories without u+w (ro, locked),
+    which no atomic commit as the user gets through
+    (test_atomic_commit_in_a_read_only_directory)."""
     os.chmod(j(p, "locked"), 0o755)                     # 0500 -> 0755
     os.chmod(j(p, "meta"), 0o600)                       # metacopy
     os.setxattr(j(p, "xa"), "user.b", b"2")
@@ -258,12 +269,15 @@ def strip_mtimes(snap):
 RO_BUG = ("commit as a user: a 0555 directory of the upper is not opened "
           "up, its entries cannot be renamed out of it: EACCES "
           "(test_commit_into_a_read_only_directory)")
+XRO_BUG = ("commit as a user: a read-only file of the user's whose xattrs "
+           "changed is not opened up: cannot set user.b: EACCES "
+           "(test_commit_of_an_xattr_on_a_read_only_file)")
 
 
 @pytest.mark.parametrize("ops", [
     "changes_but_new_in_ro",
-    pytest.param("changes", marks=pytest.mark.xfail(strict=True,
-                                                    reason=RO_BUG))])
+    pytest.param("changes", marks=pytest.mark.xfail(
+        strict=True, reason=RO_BUG + "; " + XRO_BUG))])
 def test_plain_commit_every_step(work, ops):
     """A plain commit as the user killed before each changing call (every
     4th time its retry too, before an earlier one), then run again: the
@@ -296,8 +310,8 @@ def test_plain_commit_every_step(work, ops):
         len(steps), len(known)))
 
 
-ATOMIC_RO_BUG = ("commit --atomic as a user: a 0555 lower directory is "
-                 "not opened up: EACCES, rolled back "
+ATOMIC_RO_BUG = ("commit --atomic as a user: a lower directory without "
+                 "u+w (0555, 0500) is not opened up: EACCES, rolled back "
                  "(test_atomic_commit_in_a_read_only_directory)")
 
 
@@ -634,16 +648,42 @@ def test_commit_into_a_read_only_directory(work, ops, atomic):
     assert_same_tree(snapshot(p.lower), snapshot(p.model), "lower", "model")
 
 
+def add_in_locked(p):
+    os.chmod(j(p, "locked"), 0o755)
+    with open(j(p, "locked/added"), "w") as f:
+        f.write("a\n")
+
+
 @pytest.mark.xfail(strict=True, reason=ATOMIC_RO_BUG)
-def test_atomic_commit_in_a_read_only_directory(work):
+@pytest.mark.parametrize("ops", ["delete_in_ro", "add_in_locked"])
+def test_atomic_commit_in_a_read_only_directory(work, ops):
     """The user deleted a file in a 0555 lower directory (the upper: ro,
-    0555, holding .wh.gone). `commit --atomic` as the user, not killed,
-    fails: `ovlfs: commit: LOWER/ro: Permission denied; rolled back: LOWER
-    is unchanged` (a plain commit opens a 0555 lower directory up to
-    write into it, an atomic one does not)."""
-    p = Pair(work, RO, "delete_in_ro")
+    0555, holding .wh.gone), or made a 0500 one 0755 and added a file.
+    `commit --atomic` as the user, not killed, fails: `ovlfs: commit:
+    LOWER/ro: Permission denied; rolled back: LOWER is unchanged` (a plain
+    commit opens such a lower directory up to write into it, an atomic
+    one does not)."""
+    p = Pair(work, dict(RO, locked=D({"l": "l\n"}, mode=0o500)), ops)
     res = run(as_user([OVLFS, "commit", "--atomic", "--quiet", "--upper",
                        p.upper, p.lower]))
+    assert res.returncode == 0, res.err
+    assert_same_tree(snapshot(p.lower), snapshot(p.model), "lower", "model")
+
+
+@pytest.mark.xfail(strict=True, reason=XRO_BUG)
+@pytest.mark.parametrize("atomic", [False, True], ids=["plain", "atomic"])
+def test_commit_of_an_xattr_on_a_read_only_file(work, atomic):
+    """The user set user.b on a 0444 file of theirs (chmod u+w, setxattr,
+    chmod u-w: in the upper a metadata-only copy, 0444). A commit as the
+    user, not killed, fails: `ovlfs: commit: LOWER/xro: cannot set
+    user.b: Permission denied` (setting a user.* xattr needs write
+    permission on the file; the commit does not open it up), plain and
+    atomic alike."""
+    p = Pair(work, {"xro": F("x\n", mode=0o444, xattrs={"user.a": "1"})},
+             "xattr_on_ro_file")
+    res = run(as_user([OVLFS, "commit", "--quiet"] +
+                      (["--atomic"] if atomic else []) +
+                      ["--upper", p.upper, p.lower]))
     assert res.returncode == 0, res.err
     assert_same_tree(snapshot(p.lower), snapshot(p.model), "lower", "model")
 
@@ -670,3 +710,4 @@ def test_plain_commit_after_the_upper_opened_up(work):
             assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
         assert_same_tree(snapshot(p.lower), want, "lower (%s)" % what, "model")
     each_step(steps, 1, trial)
+
