@@ -29,7 +29,8 @@ from conftest import (OVLFS, HL, L, F, D, snapshot, assert_same_tree, run,
                       build, cp_a, Overlay, diff_snapshots, strace_steps,
                       killed_at_step, traced_env)
 from test_redirect import lower_snap, strip_dir_mtimes
-from test_redirect_commit import CHANGING, killed_at
+from test_redirect_commit import killed_at
+from test_rootless import fuse_ok
 from test_every_step import (COMMIT_CALLS, FLATTEN_CALLS, steps_of, each_step,
                              debris, check, j)
 
@@ -293,7 +294,7 @@ def test_plain_commit_every_step(work, ops):
     model's lower, modes included."""
     p = Pair(work, ops=ops)
     cmd = as_user([OVLFS, "commit", "--quiet", "--upper", p.upper, p.lower])
-    want = snapshot(p.model)
+    want = snapshot(p.model, root_attrs=True)
     steps = steps_of(cmd, p.restore, COMMIT_CALLS)
 
     known = []
@@ -311,7 +312,8 @@ def test_plain_commit_every_step(work, ops):
             res = run(cmd, timeout=60)
             assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
         assert not os.path.exists(p.upper), what
-        assert_same_tree(snapshot(p.lower), want, "lower (%s)" % what, "model")
+        assert_same_tree(snapshot(p.lower, root_attrs=True), want,
+                         "lower (%s)" % what, "model")
         p.check_outside(what)
     each_step(steps, 1, trial)
     assert len(steps) > 40, len(steps)
@@ -335,8 +337,8 @@ def test_atomic_commit_every_step(work, ops):
     upper gone."""
     p = Pair(work, ops=ops)
     old = strip_dir_mtimes(lower_snap(p.lower))
-    upper0 = snapshot(p.upper)
-    want = snapshot(p.model)
+    upper0 = snapshot(p.upper, root_attrs=True)
+    want = snapshot(p.model, root_attrs=True)
     cmd = as_user([OVLFS, "commit", "--atomic", "--quiet", "--upper",
                    p.upper, p.lower])
     recover = as_user([OVLFS, "recover", "--upper", p.upper, p.lower])
@@ -351,17 +353,19 @@ def test_atomic_commit_every_step(work, ops):
         assert not os.path.exists(j(p.lower, ".wh..wh.ovlfs-commit")), what
         p.check_outside(what)
         if not killed or not os.path.exists(p.upper):
-            assert_same_tree(snapshot(p.lower), want, "lower (%s)" % what, "model")
+            assert_same_tree(snapshot(p.lower, root_attrs=True), want,
+                             "lower (%s)" % what, "model")
             seen.add("new")
             return
         seen.add("old")
         assert_same_tree(strip_dir_mtimes(lower_snap(p.lower)), old,
                          "lower (%s)" % what, "old lower")
-        assert_same_tree(snapshot(p.upper), upper0, "upper (%s)" % what,
+        assert_same_tree(snapshot(p.upper, root_attrs=True), upper0, "upper (%s)" % what,
                          "upper before")
         res = run(cmd, timeout=60)
         assert res.returncode == 0, "%s: commit after recover: %s" % (what, res.err)
-        assert_same_tree(snapshot(p.lower), want, "lower (%s, committed)" % what,
+        assert_same_tree(snapshot(p.lower, root_attrs=True), want,
+                         "lower (%s, committed)" % what,
                          "model")
         p.check_outside(what)
     each_step(steps, 2, trial)
@@ -402,6 +406,11 @@ def test_discard_every_step(work):
 
 # ---- apply --tar --commit ----
 
+APPLY_XRO_BUG = ("apply as a user: a read-only file (0444) with user.* "
+                 "xattrs in the tar: entry \"tro\": EACCES; --commit of a "
+                 "read-only directory (0555) with them: cannot set user.y: "
+                 "EACCES (test_apply_of_read_only_files_with_xattrs)")
+
 def layer_ops(p):
     """Another upper's changes to the lower, exported: the tar applied."""
     with open(j(p, "ro/fromtar"), "w") as f:        # into a 0555 dir
@@ -410,12 +419,15 @@ def layer_ops(p):
     with open(j(p, "tdir/q"), "w") as f:
         f.write("q\n")
     os.chmod(j(p, "tdir"), 0o555)
+    layer_xro_file(p)
+    layer_xro_dir(p)
     layer_ops_but_ro(p)
 
 
 def layer_ops_but_ro(p):
     """LAYER_OPS but the new files in 0555 directories (RO_BUG again,
-    in the commit of the temporary upper)."""
+    in the commit of the temporary upper) and the read-only ones with
+    xattrs (APPLY_XRO_BUG)."""
     os.unlink(j(p, "ro/r"))                         # a whiteout in 0555
     os.chmod(j(p, "locked"), 0o750)                 # 0500 -> 0750
     os.chmod(j(p, "locked/in"), 0o700)
@@ -460,8 +472,8 @@ def make_layer(work, p, ops):
 
 @pytest.mark.parametrize("ops", [
     "layer_ops_but_ro",
-    pytest.param("layer_ops", marks=pytest.mark.xfail(strict=True,
-                                                      reason=RO_BUG))])
+    pytest.param("layer_ops", marks=pytest.mark.xfail(
+        strict=True, reason=RO_BUG + "; " + APPLY_XRO_BUG))])
 def test_apply_commit_every_step(work, ops):
     """apply --tar --commit as the user killed before each changing call,
     then run again: the lower of one run."""
@@ -528,6 +540,9 @@ os.execvp(cmd[0], cmd)
 
 
 def in_fuse_ns(top, cmd):
+    why = fuse_ok()
+    if why:
+        pytest.skip(why)
     return ["unshare", "-m", "--propagation", "private", sys.executable,
             "-c", FUSE_NS, top] + cmd
 
@@ -727,6 +742,52 @@ def test_flatten_of_read_only_files_with_xattrs(work, spec):
     assert_same_tree(snapshot(dest, mtime=True), p.view, "flattened", "view")
 
 
+def layer_xro_file(p):
+    with open(j(p, "tro"), "w") as f:
+        f.write("tro\n")
+    os.setxattr(j(p, "tro"), "user.x", b"x")
+    os.chmod(j(p, "tro"), 0o444)
+
+
+def layer_xro_dir(p):
+    os.mkdir(j(p, "trod"))
+    os.setxattr(j(p, "trod"), "user.y", b"y")
+    os.chmod(j(p, "trod"), 0o555)
+
+
+@pytest.mark.parametrize("ops,into", [
+    pytest.param("layer_xro_file", "upper", marks=pytest.mark.xfail(
+        strict=True, reason=APPLY_XRO_BUG)),
+    pytest.param("layer_xro_file", "commit", marks=pytest.mark.xfail(
+        strict=True, reason=APPLY_XRO_BUG)),
+    ("layer_xro_dir", "upper"),
+    pytest.param("layer_xro_dir", "commit", marks=pytest.mark.xfail(
+        strict=True, reason=APPLY_XRO_BUG))])
+def test_apply_of_read_only_files_with_xattrs(work, ops, into):
+    """A tar (exported from another upper) of one new file, mode 0444,
+    with user.x (or a directory, 0555, with user.y), applied by the user,
+    not killed: the file fails in apply itself, into the upper and with
+    --commit alike (`ovlfs: apply to UPPER: entry "tro": Permission
+    denied`); the directory goes into the upper, but --commit fails in its
+    commit (`ovlfs: commit: LOWER/trod: cannot set user.y: Permission
+    denied; the layer stays applied in HOME/.lower.apply-XXXXXX`)."""
+    p = Pair(work, {"a": "a\n"}, "nothing")
+    shutil.rmtree(p.upper)
+    tar = make_layer(work, p, ops)
+    if into == "upper":
+        res = run(as_user([OVLFS, "apply", "--tar", tar, "--upper", p.upper,
+                           p.lower]))
+        assert res.returncode == 0, res.err
+        got = p.merged()
+    else:
+        res = run(as_user([OVLFS, "apply", "--tar", tar, "--commit", p.lower]))
+        assert res.returncode == 0, res.err
+        got = snapshot(p.lower, mtime=True)
+    run(as_user([sys.executable, "-c", MODEL, HERE, ops, p.model]),
+        check=True)
+    assert_same_tree(strip_mtimes(got), snapshot(p.model), "result", "model")
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "a killed commit's removal of the upper opened up a 0555 directory; "
     "the retry commits that mode to the lower"))
@@ -749,4 +810,5 @@ def test_plain_commit_after_the_upper_opened_up(work):
             assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
         assert_same_tree(snapshot(p.lower), want, "lower (%s)" % what, "model")
     each_step(steps, 1, trial)
+
 
