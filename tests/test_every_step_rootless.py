@@ -12,8 +12,17 @@ its own calls are counted too, the same in the recording and the killed
 runs). The upper is written through a mount in a user namespace (`unshare
 -Urm`: no privilege in the initial one, so user.ovlfs.* markers), then the
 layers are given to the user. The model is a plain copy of the lower with
-the same changes. Besides each command's own end state, nothing outside
-the layers may change (the directory holding them, the model).
+the same changes made by the user. Besides each command's own end state,
+nothing outside the layers may change (the directory holding them, the
+model). flatten mounts its view through fusermount3: it runs in a private
+mount namespace with a 0666 /dev/fuse (as test_rootless does).
+
+Sweeps: plain commit, commit --atomic + recover, discard, flatten and
+apply --tar --commit. What no run as the user gets through even when not
+killed is left out of the sweep that passes and swept in a second one,
+xfail(strict) with a minimal reproduction below; so is the one state a
+kill leaves that the retry gets wrong (test_plain_commit_after_the_upper_
+opened_up).
 """
 
 import os
@@ -26,8 +35,9 @@ import tempfile
 import pytest
 
 from conftest import (OVLFS, HL, L, F, D, snapshot, assert_same_tree, run,
-                      build, cp_a, Overlay, diff_snapshots, strace_steps,
-                      killed_at_step, traced_env)
+                      build, cp_a, Overlay, diff_snapshots,
+                      killed_at_step, traced_env, wait_for,
+                      pids_naming)
 from test_redirect import lower_snap, strip_dir_mtimes
 from test_redirect_commit import killed_at
 from test_rootless import fuse_ok
@@ -219,7 +229,8 @@ class Pair:
                  if not os.path.islink(n) for n in os.listxattr(n)]
         assert os.getxattr(self.upper, "user.ovlfs.format") == b"1"
         assert not [n for n in names if n.startswith("trusted.")], names
-        assert "user.ovlfs.metacopy" in names or spec is not SPEC, names
+        assert "user.ovlfs.metacopy" in names or ops == "nothing" or \
+            spec is RO, names
         self.saved_l, self.saved_u = j(work, "saved-lower"), j(work, "saved-upper")
         cp_a(self.lower, self.saved_l)
         cp_a(self.upper, self.saved_u)
@@ -632,16 +643,15 @@ def test_flatten_every_step(work, spec, ops):
         assert_same_tree(snapshot(dest, mtime=True), p.view,
                          "DEST (%s, retried)" % what, "view")
         p.check_outside(what)
-    each_step(steps, 3, trial)
+        # the view's server died with flatten, its mount with the namespace
+        assert wait_for(lambda: not pids_naming(work), 10), \
+            (what, pids_naming(work))
+    each_step(steps, 2, trial)
     assert len(steps) > 40, len(steps)
     print("flatten as the user: %d steps" % len(steps))
 
 
 # ---- minimal reproductions of what the sweeps found ----
-
-def small_pair(work, spec, ops):
-    return Pair(work, spec, ops)
-
 
 def delete_in_ro(p):
     with opened(j(p, "ro")):
