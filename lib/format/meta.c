@@ -319,14 +319,26 @@ int ovl_copy_meta_strict(bool is_root, int srcfd, int dstfd,
 		     AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0 &&
 	    (is_root || errno != EPERM))
 		return -errno;
-	if (!S_ISLNK(st->st_mode)) {
-		err = ovl_fchmod_any(dstfd, st->st_mode & 07777);
+	/*
+	 * Without privilege, user.* xattrs need write permission: a read-only
+	 * object (a 0444 file, a 0555 directory: ours, so we may chmod it)
+	 * is written first, then gets its mode. A kill in between leaves u+w
+	 * more, which a retry puts right.
+	 */
+	if (!is_root && !S_ISLNK(st->st_mode) && !(st->st_mode & S_IWUSR)) {
+		err = ovl_fchmod_any(dstfd, (st->st_mode & 07777) | S_IWUSR);
 		if (err)
 			return err;
 	}
 	err = copy_xattrs(is_root, srcfd, dstfd, failed);
 	if (err)
 		return err;
+	/* After the chown, which clears set-id bits. */
+	if (!S_ISLNK(st->st_mode)) {
+		err = ovl_fchmod_any(dstfd, st->st_mode & 07777);
+		if (err)
+			return err;
+	}
 	if (times) {
 		struct timespec ts[2] = { st->st_atim, st->st_mtim };
 

@@ -342,12 +342,6 @@ static int set_meta(struct ovl_apply *ap, int fd, struct archive_entry *e,
 	    fchownat(fd, "", archive_entry_uid(e), archive_entry_gid(e),
 		     AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
-	/* After the chown, which clears set-id bits. */
-	if (!is_dir && type != AE_IFLNK) {
-		err = ovl_fchmod_any(fd, archive_entry_perm(e));
-		if (err)
-			return err;
-	}
 	if (merged) {
 		err = drop_xattrs(fd, e);
 		if (err)
@@ -360,6 +354,13 @@ static int set_meta(struct ovl_apply *ap, int fd, struct archive_entry *e,
 			continue;
 		err = ovl_fd_setxattr(fd, n, v, sz, 0);
 	}
+	/*
+	 * After the chown, which clears set-id bits, and after the xattrs:
+	 * without privilege, user.* xattrs need write permission, which a
+	 * read-only mode would take away (a 0444 file with one failed).
+	 */
+	if (!err && !is_dir && type != AE_IFLNK)
+		err = ovl_fchmod_any(fd, archive_entry_perm(e));
 	if (!err && !is_dir) {
 		struct timespec ts[2] = {
 			{ archive_entry_mtime(e), archive_entry_mtime_nsec(e) },

@@ -343,7 +343,14 @@ static int place_object(struct fin *f, int ud, const char *name,
 		}
 		if (renameat(ud, name, ld, name) == 0)
 			return remember_placed(f, us, ld, name);
-		if (errno != EXDEV)
+		/*
+		 * A read-only upper directory (0555) of a caller without
+		 * privilege: nothing may leave it, so the file is copied (it
+		 * failed with EACCES; opened up instead, a kill would leave
+		 * the opened mode for a retry to commit).
+		 */
+		if (errno != EXDEV &&
+		    (f->is_root || (errno != EACCES && errno != EPERM)))
 			return -errno;
 	}
 	if (!f->marked && !f->retry) {
