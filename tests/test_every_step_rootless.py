@@ -796,16 +796,15 @@ def test_apply_of_read_only_files_with_xattrs(work, ops, into):
     assert_same_tree(strip_mtimes(got), snapshot(p.model), "result", "model")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a killed commit's removal of the upper opened up a 0555 directory; "
-    "the retry commits that mode to the lower"))
 def test_plain_commit_after_the_upper_opened_up(work):
     """A 0555 lower directory ro whose file gone the user deleted (the
     upper: ro, 0555, holding the whiteout .wh.gone). A plain commit as the
-    user, killed as it removes the upper (before its unlinkat of
-    upper/ro/.wh.gone, after remove_on made upper/ro 0700 to empty it),
-    then run again: the retry exits 0, but the lower's ro is 0700 (the
-    mode of the upper's opened-up copy), not 0555."""
+    user, killed as it removes the upper, then run again. The removal
+    opens up a 0555 directory (0700) to empty it; done in place, a kill
+    left that mode in what was left of the upper, and the retry committed
+    it: the lower's ro was 0700, not 0555. The finished upper is now
+    renamed away first (.upper.removed-XXXXXX) and deleted there: a retry
+    finds the upper gone, and removes that trash."""
     p = Pair(work, RO, "delete_in_ro")
     cmd = as_user([OVLFS, "commit", "--quiet", "--upper", p.upper, p.lower])
     want = snapshot(p.model)
@@ -813,10 +812,14 @@ def test_plain_commit_after_the_upper_opened_up(work):
 
     def trial(n, what):
         p.restore()
-        if killed_at(cmd, steps, n) and os.path.exists(p.upper):
+        killed_at(cmd, steps, n)
+        if os.path.exists(p.upper) or debris(os.path.dirname(p.upper),
+                                             ".upper.removed-"):
             res = run(cmd, timeout=60)
             assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
         assert_same_tree(snapshot(p.lower), want, "lower (%s)" % what, "model")
+        assert not os.path.exists(p.upper), what
+        assert not debris(os.path.dirname(p.upper), ".upper.removed-"), what
     each_step(steps, 1, trial)
 
 

@@ -223,7 +223,10 @@ def test_recover_named_upper_after_kill_during_upper_removal(work):
              OVLFS, "commit", "--atomic", "-q", "-u", up, it.lower], timeout=60)
     assert r.returncode != 0
     assert os.path.exists(j(it.lower, WORKDIR, "done")), "killed too early"
-    shutil.rmtree(up)
+    # the finished upper is renamed away first (.named.removed-NNNNNN),
+    # then deleted: killed there, the named upper is gone, its trash left
+    trash = [n for n in os.listdir(work) if n.startswith(".named.removed-")]
+    assert not os.path.lexists(up) and len(trash) == 1, os.listdir(work)
     r = ovlfs("recover", "-u", up, it.lower)
     assert r.returncode == 0, r.err
     it.upper = up

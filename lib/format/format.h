@@ -120,6 +120,12 @@ struct ovl_place;
  * false); one the caller named must exist. New strings, or -errno with a
  * message.
  */
+/*
+ * Is NAME the trash of the upper BASE (".BASE.removed-" and six
+ * characters): a finished upper renamed away to be deleted (offline's
+ * remove_whole); left by a run killed while deleting it.
+ */
+bool ovl_is_upper_trash(const char *name, const char *base);
 int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
 		   bool *upper_exists);
 /*

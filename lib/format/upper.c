@@ -215,6 +215,36 @@ static int target_lower(struct ovlfs *fs, bool target, char **out)
 	return err;
 }
 
+bool ovl_is_upper_trash(const char *name, const char *base)
+{
+	size_t b = strlen(base);
+
+	return name[0] == '.' && !strncmp(name + 1, base, b) &&
+	       !strncmp(name + 1 + b, ".removed-", 9) &&
+	       strlen(name + 1 + b + 9) == 6;
+}
+
+/* Is there trash of the upper UPPER (canonical) beside it? */
+static bool trash_beside(const char *upper)
+{
+	const char *slash = strrchr(upper, '/');
+	char *dir = slash ? strndup(upper, slash - upper + 1) : NULL;
+	struct ovl_dirlist dl;
+	bool found = false;
+	int dfd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+
+	free(dir);
+	if (dfd < 0)
+		return false;
+	if (ovl_dirlist_read(dfd, &dl) == 0) {
+		for (size_t i = 0; i < dl.n && !found; i++)
+			found = ovl_is_upper_trash(dl.ents[i].name, slash + 1);
+		ovl_dirlist_free(&dl);
+	}
+	close(dfd);
+	return found;
+}
+
 int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
 		   bool *upper_exists)
 {
@@ -241,8 +271,11 @@ int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
 	ovl_place_free(&pu);
 	if (!err)
 		err = ovl_check_dir_or_missing(fs, "upper", *upper, upper_exists);
-	/* A default upper never made means no changes; a named one, a typo. */
-	if (!err && !*upper_exists && fs->upper_set)
+	/*
+	 * A default upper never made means no changes; a named one, a typo,
+	 * unless a run was killed removing it when done (its trash beside).
+	 */
+	if (!err && !*upper_exists && fs->upper_set && !trash_beside(*upper))
 		err = ovl_set_error(fs, -ENOENT, "upper %s: %s", *upper,
 				    strerror(ENOENT));
 	if (err) {

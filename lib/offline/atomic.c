@@ -180,6 +180,8 @@ static int finish_applied(struct fin *f, const char *text, const char *upper)
 		err = fin_remove_upper(f);
 		if (err)
 			return err;
+	} else if (upper && f->upper && !strcmp(upper, f->upper)) {
+		fin_sweep_trash(f->upper);	/* killed while it went */
 	}
 	err = ovl_remove_tree(f->lower_fd, OVL_COMMIT_WORKDIR);
 	if (!err && fsync(f->lower_fd) < 0)

@@ -244,6 +244,86 @@ int fin_open_root(struct fin *f, const char *what, const char *path,
 }
 
 /* Remove the upper directory itself, making sure it is the one we hold. */
+/* The trash of dead runs (each locks its own) beside the upper BASE, in DFD. */
+static void sweep_trash(int dfd, const char *base)
+{
+	struct ovl_dirlist dl;
+	int fd;
+
+	if (ovl_dirlist_read(dfd, &dl))
+		return;
+	for (size_t i = 0; i < dl.n; i++) {
+		if (!ovl_is_upper_trash(dl.ents[i].name, base))
+			continue;
+		fd = openat(dfd, dl.ents[i].name, O_RDONLY | O_DIRECTORY |
+			    O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
+			ovl_remove_tree(dfd, dl.ents[i].name);
+		if (fd >= 0)
+			close(fd);
+	}
+	ovl_dirlist_free(&dl);
+}
+
+void fin_sweep_trash(const char *upper)
+{
+	const char *slash = strrchr(upper, '/');
+	char *dir = slash ? strndup(upper, slash - upper + 1) : NULL;
+	int dfd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+
+	if (dfd >= 0) {
+		sweep_trash(dfd, slash + 1);
+		close(dfd);
+	}
+	free(dir);
+}
+
+/*
+ * Remove the finished upper PFD/BASE as one step: renamed to a trash name
+ * beside it first (.BASE.removed-XXXXXX), then deleted. Killed while it
+ * went in place, what was left of it was still an upper, which a retry
+ * committed again; its directories opened up for the removal (a 0555 one
+ * of a caller without privilege became 0700) were committed with those
+ * modes. Trash of dead runs (each locks its own) goes first. Where the
+ * rename cannot be made (a mount point, no write access to the parent):
+ * in place, as before.
+ */
+static int remove_whole(int pfd, const char *base)
+{
+	char trash[NAME_MAX + 1];
+	int dfd, fd, err;
+
+	dfd = ovl_reopen(pfd, O_RDONLY | O_DIRECTORY);
+	if (dfd >= 0)
+		sweep_trash(dfd, base);
+	if (dfd < 0 || strlen(base) + 17 > NAME_MAX)
+		goto in_place;
+	for (unsigned i = 0; i < 100; i++) {
+		snprintf(trash, sizeof(trash), ".%s.removed-%06u", base,
+			 (unsigned)((getpid() * 100U + i) % 1000000U));
+		if (renameat2(dfd, base, dfd, trash, RENAME_NOREPLACE) == 0) {
+			fd = openat(dfd, trash, O_RDONLY | O_DIRECTORY |
+				    O_NOFOLLOW | O_CLOEXEC);
+			if (fd >= 0)
+				flock(fd, LOCK_EX | LOCK_NB);
+			err = ovl_remove_tree(dfd, trash);
+			/* Failing (an immutable file): back under its name. */
+			if (err)
+				renameat2(dfd, trash, dfd, base, RENAME_NOREPLACE);
+			if (fd >= 0)
+				close(fd);
+			close(dfd);
+			return err;
+		}
+		if (errno != EEXIST)
+			break;
+	}
+in_place:
+	if (dfd >= 0)
+		close(dfd);
+	return ovl_remove_tree(pfd, base);
+}
+
 int fin_remove_upper(struct fin *f)
 {
 	char *dup_path = strdup(f->upper), *slash;
@@ -267,7 +347,7 @@ int fin_remove_upper(struct fin *f)
 		     a.st_dev != b.st_dev || a.st_ino != b.st_ino))
 		err = -ESTALE;	/* replaced meanwhile: not ours to delete */
 	if (!err)
-		err = ovl_remove_tree(pfd, slash + 1);
+		err = remove_whole(pfd, slash + 1);
 	if (pfd >= 0)
 		close(pfd);
 	free(dup_path);
@@ -353,8 +433,11 @@ int fin_take_upper(struct fin *f)
 	int err;
 
 	/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
-	if (stat(f->upper, &st) < 0 && errno == ENOENT)
+	if (stat(f->upper, &st) < 0 && errno == ENOENT) {
+		/* Gone: maybe a run was killed removing it (remove_whole). */
+		fin_sweep_trash(f->upper);
 		return 1;
+	}
 	err = fin_open_root(f, "upper", f->upper, &f->upper_fd);
 	if (!err)
 		err = ovl_flock_wait(f->upper_fd, LOCK_EX);

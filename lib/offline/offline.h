@@ -137,6 +137,9 @@ int fin_open_root(struct fin *f, const char *what, const char *path,
 		  int *fdp);
 /* Remove the upper directory itself, making sure it is the one we hold. */
 int fin_remove_upper(struct fin *f);
+/* Remove what dead runs left of the upper UPPER (canonical) when they
+ * were killed deleting it (.UPPER.removed-NNNNNN beside it). */
+void fin_sweep_trash(const char *upper);
 /* Open and lock the lower for F, recovering an interrupted commit. */
 int fin_take_lower(struct fin *f);
 /* Open and lock the upper; 1 if there is none (nothing to do). */
