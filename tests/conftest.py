@@ -227,15 +227,16 @@ STEP_STRIDE = 25 if (os.environ.get("ASAN_OPTIONS") or
                      os.environ.get("OVLFS_IO_URING") == "on") else 1
 
 
-def sweep_steps(n_steps, stride=1):
+def sweep_steps(n_steps, stride=1, offset=0):
     """The step numbers a sweep over N_STEPS steps tries: every
-    STRIDE * STEP_STRIDE-th (the first and the last always), then N_STEPS:
-    the run that is not killed."""
+    STRIDE * STEP_STRIDE-th from OFFSET (the first and the last always),
+    then N_STEPS: the run that is not killed. (Two sweeps of one command,
+    stride 2, offsets 0 and 1: together every step.)"""
     stride *= STEP_STRIDE
-    ns = list(range(0, n_steps, stride))
+    ns = sorted({0} | set(range(offset % stride, n_steps, stride)))
     if n_steps and ns[-1] != n_steps - 1:
         ns.append(n_steps - 1)
-    return ns + [n_steps]
+    return [n for n in ns if n < n_steps] + [n_steps]
 
 
 def killed_at_step(cmd, step, env=None):

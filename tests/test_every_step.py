@@ -143,9 +143,9 @@ def steps_of(cmd, restore, calls=CHANGING):
     return strace_steps(cmd, calls)
 
 
-def sweep(steps, stride=1):
+def sweep(steps, stride=1, offset=0):
     """The step numbers a sweep tries (conftest.sweep_steps)."""
-    return sweep_steps(len(steps), stride)
+    return sweep_steps(len(steps), stride, offset)
 
 
 def killed_then_retried(cmd, steps, n, what):
@@ -162,11 +162,11 @@ def where(steps, n):
     return "killed before step %d %s" % (n, steps[n] if n < len(steps) else "(none)")
 
 
-def each_step(steps, stride, trial):
-    """TRIAL(n, what) for the steps of sweep(STEPS, STRIDE), each one run
-    even after another failed: the failure names every bad step (what a
-    bug report needs), not just the first."""
-    bad, ns = [], sweep(steps, stride)
+def each_step(steps, stride, trial, offset=0):
+    """TRIAL(n, what) for the steps of sweep(STEPS, STRIDE, OFFSET), each
+    one run even after another failed: the failure names every bad step
+    (what a bug report needs), not just the first."""
+    bad, ns = [], sweep(steps, stride, offset)
     for n in ns:
         what = where(steps, n)
         try:
@@ -240,9 +240,20 @@ def test_atomic_commit_every_step(work, fmt):
         assert res.returncode == 0, "%s: commit after recover: %s" % (what, res.err)
         assert_same_tree(snapshot(p.lower), want, "lower (%s, committed)" % what,
                          "model")
-    each_step(steps, 1, trial)
+    # the two formats' sweeps take every other step, together every one
+    each_step(steps, 2, trial, offset=FORMATS.index(fmt))
     assert seen == {"old", "new"} and len(steps) > 40, (seen, len(steps))
     print("atomic commit %s: %d steps" % (fmt, len(steps)))
+
+
+def fresh_lower(home, lower, saved):
+    """LOWER as SAVED again, and no temporary upper of apply --commit
+    (.lower.apply-*) left in HOME."""
+    for n in debris(home, ".lower.apply-"):
+        shutil.rmtree(j(home, n))
+    if os.path.lexists(lower):
+        shutil.rmtree(lower)
+    cp_a(saved, lower)
 
 
 def debris(work, prefix):
@@ -415,11 +426,7 @@ def test_apply_commit_every_step(work):
     cmd = [OVLFS, "apply", "--tar", tar, "--commit", p.lower]
 
     def restore():
-        for n in debris(work, ".lower.apply-"):
-            shutil.rmtree(j(work, n))
-        if os.path.lexists(p.lower):
-            shutil.rmtree(p.lower)
-        cp_a(p.saved_l, p.lower)
+        fresh_lower(work, p.lower, p.saved_l)
     restore()
     res = run(cmd, timeout=60)
     assert res.returncode == 0, res.err
@@ -539,8 +546,16 @@ def test_discard_every_step(work, fmt):
     """discard killed before each changing call, then run again: the upper
     is gone, the lower untouched (inode numbers and ctimes too)."""
     p = Pair(work, fmt)
+    discard_sweep(p, [OVLFS, "discard", "--quiet", "--upper", p.upper,
+                      p.lower], 2)
+
+
+def discard_sweep(p, cmd, stride, outside=lambda what: None):
+    """Discard P's upper with CMD, killed before every STRIDE-th step and
+    run again: the upper gone (its trash too, .upper.removed-*), the lower
+    untouched (inode numbers and ctimes too); OUTSIDE(what) checks more."""
     lower0 = snapshot(p.lower, mtime=True, ctime=True, ino=True, root_attrs=True)
-    cmd = [OVLFS, "discard", "--quiet", "--upper", p.upper, p.lower]
+    home = os.path.dirname(p.upper)
 
     def restore():
         if os.path.lexists(p.upper):
@@ -552,12 +567,14 @@ def test_discard_every_step(work, fmt):
         restore()
         killed_then_retried(cmd, steps, n, what)
         assert not os.path.lexists(p.upper), what
+        assert not debris(home, ".upper.removed-"), what
         assert_same_tree(snapshot(p.lower, mtime=True, ctime=True, ino=True,
                                   root_attrs=True), lower0, "lower (%s)" % what,
                          "lower before")
-    each_step(steps, 2, trial)
+        outside(what)
+    each_step(steps, stride, trial)
     assert len(steps) > 20, len(steps)
-    print("discard %s: %d steps" % (fmt, len(steps)))
+    print("discard: %d steps" % len(steps))
 
 
 # ---- minimal reproductions of what the sweeps found ----

@@ -42,7 +42,7 @@ from test_redirect import lower_snap, strip_dir_mtimes
 from test_redirect_commit import killed_at
 from test_rootless import fuse_ok
 from test_every_step import (COMMIT_CALLS, FLATTEN_CALLS, steps_of, each_step,
-                             debris, check, j)
+                             debris, check, j, fresh_lower, discard_sweep)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("strace") is None or shutil.which("setpriv") is None or
@@ -393,28 +393,8 @@ def test_discard_every_step(work):
     0555 directories opened up to be emptied), then run again: the upper
     gone, the lower untouched (inode numbers and ctimes too)."""
     p = Pair(work)
-    lower0 = snapshot(p.lower, mtime=True, ctime=True, ino=True, root_attrs=True)
-    cmd = as_user([OVLFS, "discard", "--quiet", "--upper", p.upper, p.lower])
-
-    def restore():
-        if os.path.lexists(p.upper):
-            shutil.rmtree(p.upper)
-        cp_a(p.saved_u, p.upper)
-    steps = steps_of(cmd, restore)
-
-    def trial(n, what):
-        restore()
-        if killed_at(cmd, steps, n):
-            res = run(cmd, timeout=60)
-            assert res.returncode == 0, "%s: retry: %s" % (what, res.err)
-        assert not os.path.lexists(p.upper), what
-        assert_same_tree(snapshot(p.lower, mtime=True, ctime=True, ino=True,
-                                  root_attrs=True), lower0, "lower (%s)" % what,
-                         "lower before")
-        p.check_outside(what)
-    each_step(steps, 1, trial)
-    assert len(steps) > 20, len(steps)
-    print("discard as the user: %d steps" % len(steps))
+    discard_sweep(p, as_user([OVLFS, "discard", "--quiet", "--upper",
+                              p.upper, p.lower]), 1, p.check_outside)
 
 
 # ---- apply --tar --commit ----
@@ -496,11 +476,7 @@ def test_apply_commit_every_step(work, ops):
     cmd = as_user([OVLFS, "apply", "--tar", tar, "--commit", p.lower])
 
     def restore():
-        for n in debris(p.home, ".lower.apply-"):
-            shutil.rmtree(j(p.home, n))
-        if os.path.lexists(p.lower):
-            shutil.rmtree(p.lower)
-        cp_a(p.saved_l, p.lower)
+        fresh_lower(p.home, p.lower, p.saved_l)
     restore()
     res = run(cmd, timeout=60)
     assert res.returncode == 0, res.err
