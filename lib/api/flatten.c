@@ -175,24 +175,6 @@ static int copy_dir(struct flat *f, int sfd, int dfd, int depth)
 	return err;
 }
 
-/* DEST's directory (O_PATH), and in *BASE its last component (in *COPY). */
-static int parent_of(const char *dest, char **copy, const char **base)
-{
-	char *slash;
-	int pfd;
-
-	*copy = strdup(dest);
-	if (!*copy)
-		return -ENOMEM;
-	slash = strrchr(*copy, '/');
-	*base = slash ? slash + 1 : *copy;
-	if (slash && slash != *copy)
-		*slash = '\0';
-	pfd = open(!slash ? "." : slash == *copy ? "/" : *copy,
-		   O_PATH | O_DIRECTORY | O_CLOEXEC);
-	return pfd < 0 ? -errno : pfd;
-}
-
 /* Is NAME BASE + SUFFIX + six characters of mkdtemp()'s? */
 static bool is_temp_of(const char *name, const char *base, const char *suffix)
 {
@@ -208,67 +190,28 @@ static bool is_temp_of(const char *name, const char *base, const char *suffix)
 	return true;
 }
 
-/*
- * Take the lock a running flatten holds on each directory it made beside
- * DEST (see flatten_from, ovlfs_flatten): the fd of PFD/NAME, locked, or
- * -errno (-EWOULDBLOCK: a live run's).
- */
-static int lock_temp(int pfd, const char *name)
+/* Is NAME one of flatten's temporaries beside DEST (its last component BASE)? */
+static bool is_flatten_temp(const char *name, const char *base)
 {
-	int fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-			O_CLOEXEC);
-
-	if (fd < 0)
-		return -errno;
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-		int err = -errno;
-
-		close(fd);
-		return err;
-	}
-	return fd;
+	return is_temp_of(name, base, ".partial-") ||
+	       is_temp_of(name, base, ".flatten-");
 }
 
 /*
  * What killed flattens to DEST left beside it: DEST.partial-XXXXXX (a half
  * copy, maybe large) and DEST.flatten-XXXXXX (an empty mount point). Each
- * run holds a lock on its own while it lives, so one that can be locked is
- * a dead run's: removed (never across a mount: ovl_remove_tree). Best
- * effort: what cannot go stays, as before.
+ * run holds a lock on its own while it lives (flatten_from,
+ * ovlfs_flatten), so a dead run's go (ovl_dead_runs).
  */
 static void remove_debris(const char *dest)
 {
-	struct ovl_dirlist dl;
 	const char *base;
-	char *copy;
-	int pfd = parent_of(dest, &copy, &base), dfd, fd;
+	int dfd = ovl_open_parent(dest, O_RDONLY, &base);
 
-	if (pfd >= 0) {
-		/* An O_PATH fd cannot be listed: the directory itself. */
-		dfd = ovl_reopen(pfd, O_RDONLY | O_DIRECTORY);
-		if (dfd >= 0 && ovl_dirlist_read(dfd, &dl) == 0) {
-			for (size_t i = 0; i < dl.n; i++) {
-				const char *n = dl.ents[i].name;
-				bool partial = is_temp_of(n, base, ".partial-");
-
-				if (!partial && !is_temp_of(n, base, ".flatten-"))
-					continue;
-				fd = lock_temp(dfd, n);
-				if (fd < 0)
-					continue;
-				if (partial)
-					ovl_remove_tree(dfd, n);
-				else
-					unlinkat(dfd, n, AT_REMOVEDIR);
-				close(fd);
-			}
-			ovl_dirlist_free(&dl);
-		}
-		if (dfd >= 0)
-			close(dfd);
-		close(pfd);
+	if (dfd >= 0) {
+		ovl_dead_runs(dfd, is_flatten_temp, base, true);
+		close(dfd);
 	}
-	free(copy);
 }
 
 /*
@@ -281,14 +224,14 @@ static int flatten_from(struct flat *f, const char *src)
 {
 	int sfd, pfd = -1, dfd = -1, err;
 	struct stat st;
-	char *parent = NULL, *tmp = NULL, *tbase = NULL;
+	char *tmp = NULL, *tbase = NULL;
 	const char *base;
 
 	sfd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (sfd < 0 || fstat(sfd, &st) < 0)
 		return ovl_set_error(f->fs, -errno, "flatten: %s: %s", src,
 				     strerror(errno));
-	pfd = parent_of(f->dest, &parent, &base);
+	pfd = ovl_open_parent(f->dest, O_PATH, &base);
 	if (pfd < 0) {
 		err = ovl_set_error(f->fs, pfd, "flatten: %s: %s", f->dest,
 				    strerror(-pfd));
@@ -333,7 +276,6 @@ out:
 	if (pfd >= 0)
 		close(pfd);
 	close(sfd);
-	free(parent);
 	free(tmp);
 	return err;
 }

@@ -393,6 +393,22 @@ int ovl_flock_wait(int fd, int op);
  */
 int ovl_remove_tree(int dirfd, const char *name);
 /*
+ * The directory holding PATH, opened with FLAGS | O_DIRECTORY | O_CLOEXEC,
+ * and in *BASE PATH's last component (pointing into PATH; "" if PATH ends
+ * in '/'). The fd, or -errno.
+ */
+int ovl_open_parent(const char *path, int flags, const char **base);
+/*
+ * What killed runs left beside a path (flatten's DEST.partial-XXXXXX, a
+ * finished upper's .UPPER.removed-NNNNNN): the entries of directory DFD
+ * that MATCH(name, BASE) takes. Each run holds an flock on its own while
+ * it lives, so with SWEEP each one that can be locked is a dead run's and
+ * is removed (ovl_remove_tree: never across a mount). Best effort: what
+ * cannot go stays. Returns how many matched.
+ */
+size_t ovl_dead_runs(int dfd, bool (*match)(const char *name, const char *base),
+		     const char *base, bool sweep);
+/*
  * Is directory FD, or anything under it, a mount point (in this mount
  * namespace)? 1 with its path in *WHERE (to free), 0, or -errno.
  */

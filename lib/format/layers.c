@@ -355,6 +355,54 @@ int ovl_remove_tree(int dirfd, const char *name)
 	return remove_on(dirfd, name, &mnt);
 }
 
+int ovl_open_parent(const char *path, int flags, const char **base)
+{
+	const char *slash = strrchr(path, '/');
+	char *dir = NULL;
+	int fd;
+
+	*base = slash ? slash + 1 : path;
+	if (slash && slash != path) {
+		dir = strndup(path, slash - path);
+		if (!dir)
+			return -ENOMEM;
+	}
+	fd = open(!slash ? "." : dir ? dir : "/", flags | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		fd = -errno;
+	free(dir);
+	return fd;
+}
+
+size_t ovl_dead_runs(int dfd, bool (*match)(const char *name, const char *base),
+		     const char *base, bool sweep)
+{
+	struct ovl_dirlist dl;
+	size_t found = 0;
+	int fd;
+
+	if (ovl_dirlist_read(dfd, &dl))
+		return 0;
+	for (size_t i = 0; i < dl.n; i++) {
+		const char *n = dl.ents[i].name;
+
+		if (!match(n, base))
+			continue;
+		found++;
+		if (!sweep)
+			continue;
+		fd = openat(dfd, n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			    O_CLOEXEC);
+		/* Locked: a live run's. */
+		if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
+			ovl_remove_tree(dfd, n);
+		if (fd >= 0)
+			close(fd);
+	}
+	ovl_dirlist_free(&dl);
+	return found;
+}
+
 struct under {
 	const char *dir;	/* the directory's path */
 	size_t len;

@@ -227,22 +227,15 @@ bool ovl_is_upper_trash(const char *name, const char *base)
 /* Is there trash of the upper UPPER (canonical) beside it? */
 static bool trash_beside(const char *upper)
 {
-	const char *slash = strrchr(upper, '/');
-	char *dir = slash ? strndup(upper, slash - upper + 1) : NULL;
-	struct ovl_dirlist dl;
-	bool found = false;
-	int dfd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	const char *base;
+	int dfd = ovl_open_parent(upper, O_RDONLY, &base);
+	size_t found = 0;
 
-	free(dir);
-	if (dfd < 0)
-		return false;
-	if (ovl_dirlist_read(dfd, &dl) == 0) {
-		for (size_t i = 0; i < dl.n && !found; i++)
-			found = ovl_is_upper_trash(dl.ents[i].name, slash + 1);
-		ovl_dirlist_free(&dl);
+	if (dfd >= 0) {
+		found = ovl_dead_runs(dfd, ovl_is_upper_trash, base, false);
+		close(dfd);
 	}
-	close(dfd);
-	return found;
+	return found > 0;
 }
 
 int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,

@@ -267,8 +267,11 @@ int ovl_mknod(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	if (!S_ISDIR(mode) && !S_ISLNK(mode))
 		mode = create_mode(ctx, parent, mode, &acl);
 	kwh = wh && ofs->fmt.kernel;
-	ovl_tmp_name(&ofs->tmp_counter, tmp);
-	at = made_hidden(ofs, ctx, kwh) ? tmp : name;
+	at = name;
+	if (made_hidden(ofs, ctx, kwh)) {
+		ovl_tmp_name(&ofs->tmp_counter, tmp);
+		at = tmp;
+	}
 	switch (mode & S_IFMT) {
 	case S_IFDIR:
 		err = make_dir(ofs, ctx, parent, pufd, name, mode, wh, &fd);
@@ -346,8 +349,11 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	}
 	mode = create_mode(ctx, parent, mode, &acl);
 	kwh = wh && ofs->fmt.kernel;
-	ovl_tmp_name(&ofs->tmp_counter, tmp);
-	at = made_hidden(ofs, ctx, kwh) ? tmp : name;
+	at = name;
+	if (made_hidden(ofs, ctx, kwh)) {
+		ovl_tmp_name(&ofs->tmp_counter, tmp);
+		at = tmp;
+	}
 	fd = openat(pufd, at,
 		    (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_DIRECT)) |
 			    O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,

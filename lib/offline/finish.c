@@ -244,38 +244,15 @@ int fin_open_root(struct fin *f, const char *what, const char *path,
 }
 
 /* Remove the upper directory itself, making sure it is the one we hold. */
-/* The trash of dead runs (each locks its own) beside the upper BASE, in DFD. */
-static void sweep_trash(int dfd, const char *base)
-{
-	struct ovl_dirlist dl;
-	int fd;
-
-	if (ovl_dirlist_read(dfd, &dl))
-		return;
-	for (size_t i = 0; i < dl.n; i++) {
-		if (!ovl_is_upper_trash(dl.ents[i].name, base))
-			continue;
-		fd = openat(dfd, dl.ents[i].name, O_RDONLY | O_DIRECTORY |
-			    O_NOFOLLOW | O_CLOEXEC);
-		if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
-			ovl_remove_tree(dfd, dl.ents[i].name);
-		if (fd >= 0)
-			close(fd);
-	}
-	ovl_dirlist_free(&dl);
-}
-
 void fin_sweep_trash(const char *upper)
 {
-	const char *slash = strrchr(upper, '/');
-	char *dir = slash ? strndup(upper, slash - upper + 1) : NULL;
-	int dfd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	const char *base;
+	int dfd = ovl_open_parent(upper, O_RDONLY, &base);
 
 	if (dfd >= 0) {
-		sweep_trash(dfd, slash + 1);
+		ovl_dead_runs(dfd, ovl_is_upper_trash, base, true);
 		close(dfd);
 	}
-	free(dir);
 }
 
 /*
@@ -295,7 +272,7 @@ static int remove_whole(int pfd, const char *base)
 
 	dfd = ovl_reopen(pfd, O_RDONLY | O_DIRECTORY);
 	if (dfd >= 0)
-		sweep_trash(dfd, base);
+		ovl_dead_runs(dfd, ovl_is_upper_trash, base, true);
 	if (dfd < 0 || strlen(base) + 17 > NAME_MAX)
 		goto in_place;
 	for (unsigned i = 0; i < 100; i++) {
@@ -326,31 +303,23 @@ in_place:
 
 int fin_remove_upper(struct fin *f)
 {
-	char *dup_path = strdup(f->upper), *slash;
+	const char *base;
 	struct stat a, b;
 	int pfd, err;
 
-	if (!dup_path)
-		return -ENOMEM;
-	slash = strrchr(dup_path, '/');
-	if (!slash || !slash[1]) {
-		free(dup_path);
+	if (f->upper[0] != '/' || !strrchr(f->upper, '/')[1])
 		return ovl_set_error(f->fs, -EINVAL, "refusing to remove upper %s",
 				     f->upper);
-	}
-	*slash = '\0';
-	pfd = open(slash == dup_path ? "/" : dup_path,
-		   O_PATH | O_DIRECTORY | O_CLOEXEC);
-	err = pfd < 0 ? -errno : 0;
+	pfd = ovl_open_parent(f->upper, O_PATH, &base);
+	err = pfd < 0 ? pfd : 0;
 	if (!err && (fstat(f->upper_fd, &a) < 0 ||
-		     fstatat(pfd, slash + 1, &b, AT_SYMLINK_NOFOLLOW) < 0 ||
+		     fstatat(pfd, base, &b, AT_SYMLINK_NOFOLLOW) < 0 ||
 		     a.st_dev != b.st_dev || a.st_ino != b.st_ino))
 		err = -ESTALE;	/* replaced meanwhile: not ours to delete */
 	if (!err)
-		err = remove_whole(pfd, slash + 1);
+		err = remove_whole(pfd, base);
 	if (pfd >= 0)
 		close(pfd);
-	free(dup_path);
 	if (err)
 		return ovl_set_error(f->fs, err, "cannot remove upper %s: %s",
 				     f->upper, strerror(-err));
