@@ -395,7 +395,11 @@ def test_run_killed_before_each_word_to_its_watchdog(work):
     mount made, the watchdog not yet told its device: CI29 hit that window
     over io_uring, 1 run in 25), the mount stayed, dead, for good; the
     watchdog now knows where the mount goes before it is made and detaches
-    a dead mount of ovlfs there. Nothing stays, whichever write it was."""
+    a dead mount of ovlfs there. Nothing stays, whichever write it was.
+    (strace -f counts writes per thread: the kill comes at the first
+    thread's Nth write, an io_uring queue's eventfd as well; CI35 left a
+    dead mount for good once, the watchdog then asked stat, not the mount
+    table, whether the mount was still there.)"""
     lower = j(work, "lower")
     os.mkdir(lower)
     w(j(lower, "f"), "x")

@@ -161,10 +161,13 @@ static enum ovlfs_action ask_action(void)
 
 /*
  * Is PATH (canonical) the mount point of a mount of ovlfs in this
- * namespace (/proc/self/mountinfo: field 5 the mount point, octal escapes
- * for blanks; the type after " - ")?
+ * namespace? Its device in *DEV (the topmost one's, the last listed).
+ * From /proc/self/mountinfo (field 3 the device, 5 the mount point with
+ * octal escapes for blanks, the type after " - "): no filesystem is
+ * asked, so a dead mount, whose requests may wait for a ring the kernel
+ * tears down in the background, cannot hang it.
  */
-static bool ovlfs_mount_at(const char *path)
+static bool ovlfs_mount_at(const char *path, dev_t *dev)
 {
 	char line[PATH_MAX * 2 + 512], mp[PATH_MAX + 1];
 	bool found = false;
@@ -172,13 +175,18 @@ static bool ovlfs_mount_at(const char *path)
 
 	if (!f)
 		return false;
-	while (!found && fgets(line, sizeof(line), f)) {
+	while (fgets(line, sizeof(line), f)) {
 		char *p = line, *sep = strstr(line, " - ");
+		unsigned maj, mnr;
 		size_t n = 0;
 
-		for (int field = 0; field < 4 && p; field++)
+		for (int field = 0; field < 2 && p; field++)
 			p = strchr(p, ' ') ? strchr(p, ' ') + 1 : NULL;
-		if (!p || !sep)
+		if (!p || !sep || sscanf(p, "%u:%u ", &maj, &mnr) != 2)
+			continue;
+		for (int field = 2; field < 4 && p; field++)
+			p = strchr(p, ' ') ? strchr(p, ' ') + 1 : NULL;
+		if (!p)
 			continue;
 		while (*p && *p != ' ' && n < PATH_MAX) {
 			if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' &&
@@ -192,7 +200,10 @@ static bool ovlfs_mount_at(const char *path)
 			}
 		}
 		mp[n] = '\0';
-		found = !strcmp(mp, path) && !strncmp(sep + 3, "fuse.ovlfs ", 11);
+		if (!strcmp(mp, path) && !strncmp(sep + 3, "fuse.ovlfs ", 11)) {
+			*dev = makedev(maj, mnr);
+			found = true;
+		}
 	}
 	fclose(f);
 	return found;
@@ -201,20 +212,20 @@ static bool ovlfs_mount_at(const char *path)
 /*
  * The watchdog of `ovlfs run` (see start_watchdog): told "P MP" just
  * before the mount is made and "MAJ:MIN MP" once it is, it waits for its
- * parent to be gone (EOF), then detaches the mount if it is still there,
- * dead (ENOTCONN, or ECONNABORTED for a request the kernel had handed to
- * a FUSE-over-io_uring ring that died with us) or alive on the same
- * device. Killed between the two lines, the parent leaves a mount the
- * watchdog knows by place only: it goes if it is a dead mount of ovlfs
- * at MP (a live one is not ours: ours died with the parent). Never
- * returns.
+ * parent to be gone (EOF), then detaches the mount of ovlfs at MP if the
+ * mount table still shows it on that device. Killed between the two
+ * lines, the parent leaves a mount the watchdog knows by place only: it
+ * goes if it is dead (ENOTCONN, or ECONNABORTED for a request the kernel
+ * had handed to a FUSE-over-io_uring ring that died with us); a live one
+ * is not ours: ours died with the parent. Never returns.
  */
 static void watchdog(int fd)
 {
 	char buf[2 * PATH_MAX + 64], real[PATH_MAX], *mp = NULL, *line, *nl, c;
-	unsigned maj, mnr;
+	unsigned maj = 0, mnr = 0;
+	struct statfs sf;
+	dev_t dev;
 	bool armed = false;
-	struct stat st;
 	size_t n = 0;
 	ssize_t r;
 	int null = open("/dev/null", O_RDWR | O_CLOEXEC), len = 0;
@@ -247,26 +258,24 @@ static void watchdog(int fd)
 	while (n == sizeof(buf) - 1 &&
 	       (r = read(fd, &c, 1)) != 0 && (r > 0 || errno == EINTR))
 		;
-	if (!mp || !*mp)
-		_exit(0);	/* no mount was to be made */
-	if (armed && (stat(mp, &st) == 0 ? st.st_dev != makedev(maj, mnr) :
-			errno != ENOTCONN && errno != ECONNABORTED))
-		_exit(0);	/* unmounted by the parent (or not ours) */
-	if (!armed) {
-		/*
-		 * statfs always asks the server (stat may be answered from
-		 * the kernel's cache): it fails on a dead mount only. None
-		 * made (the directory's own filesystem answers), or a live
-		 * one: not ours.
-		 */
-		struct statfs sf;
-
-		if (statfs(mp, &sf) == 0 ||
-		    (errno != ENOTCONN && errno != ECONNABORTED) ||
-		    !realpath(mp, real) || !ovlfs_mount_at(real))
-			_exit(0);
-		mp = real;
-	}
+	/*
+	 * No mount of ovlfs there: none was made, or the parent unmounted
+	 * it. Known by the mount table, not by stat: a dead mount may fail
+	 * stat with other errors than ENOTCONN, or hang it (CI35 left one).
+	 */
+	if (!mp || !*mp || !realpath(mp, real) || !ovlfs_mount_at(real, &dev))
+		_exit(0);
+	mp = real;
+	/*
+	 * Armed, it is ours by its device (dead or not: the parent that
+	 * served it is gone). Else only a dead one is: statfs always asks the
+	 * server (stat may be answered from the kernel's cache), and a live
+	 * mount there is someone else's.
+	 */
+	if (armed ? dev != makedev(maj, mnr) :
+		    statfs(mp, &sf) == 0 ||
+		    (errno != ENOTCONN && errno != ECONNABORTED))
+		_exit(0);
 	if (geteuid() == 0)
 		umount2(mp, MNT_DETACH | UMOUNT_NOFOLLOW);
 	else
