@@ -186,20 +186,21 @@ def traced_env():
     return env
 
 
-def strace_steps(cmd, calls, env=None):
+def strace_steps(cmd, calls, env=None, fails=False):
     """The calls among CALLS (strace's trace= list) that CMD makes, run to
     its end once, in order: each as (name, k), its kth call of that name.
     strace counts an injection's when= per syscall, so `inject=A,B:when=N`
     stops at whichever of A and B first reaches its Nth call, and a crash
     test stepping N over a set skips most of the steps (one found by CI
     only, at random: a plain commit killed between the unlinks of its work
-    directory). Killing at step (name, k) is `inject=name:when=k`."""
+    directory). Killing at step (name, k) is `inject=name:when=k`. With
+    FAILS, CMD must fail (a sweep of a rollback)."""
     fd, log = tempfile.mkstemp(prefix="ovlfs-strace-")
     os.close(fd)
     try:
         res = run(["strace", "-f", "-qq", "-o", log, "-e", "trace=" + calls]
                   + cmd, timeout=120, env=env or traced_env())
-        assert res.returncode == 0, res.err
+        assert (res.returncode != 0) == fails, res.err
         steps, seen, pids = [], {}, set()
         wanted = set(calls.split(","))
         with open(log) as f:

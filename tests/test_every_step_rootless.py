@@ -35,6 +35,7 @@ import tempfile
 import pytest
 
 from conftest import (OVLFS, HL, L, F, D, snapshot, assert_same_tree, run,
+                      strace_steps,
                       build, cp_a, Overlay, diff_snapshots,
                       killed_at_step, traced_env, wait_for,
                       pids_naming)
@@ -230,7 +231,7 @@ class Pair:
         assert os.getxattr(self.upper, "user.ovlfs.format") == b"1"
         assert not [n for n in names if n.startswith("trusted.")], names
         assert "user.ovlfs.metacopy" in names or ops == "nothing" or \
-            spec is RO, names
+            "ro" in spec, names
         self.saved_l, self.saved_u = j(work, "saved-lower"), j(work, "saved-upper")
         cp_a(self.lower, self.saved_l)
         cp_a(self.upper, self.saved_u)
@@ -289,7 +290,7 @@ def strip_mtimes(snap):
 
 # Found by these sweeps; RO_BUG (plain), XRO_BUG, APPLY_XRO_BUG and
 # FLATTEN_XRO_BUG are fixed (the tests that named them now pass); kept
-# to say what failed. ATOMIC_RO_BUG and the opened-up mode remain.
+# to say what failed, and so is ATOMIC_RO_BUG.
 RO_BUG = ("commit as a user: a 0555 directory of the upper is not opened "
           "up, its entries cannot be renamed out of it: EACCES "
           "(test_commit_into_a_read_only_directory)")
@@ -298,27 +299,21 @@ XRO_BUG = ("commit as a user: a read-only file of the user's whose xattrs "
            "(test_commit_of_an_xattr_on_a_read_only_file)")
 
 
-@pytest.mark.parametrize("ops", [
-    "changes_but_new_in_ro",
-    "changes"])
+@pytest.mark.parametrize("ops", ["changes", "ro_dirs"])
 def test_plain_commit_every_step(work, ops):
     """A plain commit as the user killed before each changing call (every
     4th time its retry too, before an earlier one), then run again: the
-    model's lower, modes included."""
-    p = Pair(work, ops=ops)
+    model's lower, modes included. ro_dirs: read-only directories
+    renamed, deleted, written into (their opaque upper copies frozen,
+    renamed ones opened up with their modes recorded)."""
+    p = Pair(work, RO if ops == "ro_dirs" else SPEC, ops=ops)
     cmd = as_user([OVLFS, "commit", "--quiet", "--upper", p.upper, p.lower])
     want = snapshot(p.model, root_attrs=True)
     steps = steps_of(cmd, p.restore, COMMIT_CALLS)
 
-    known = []
-
     def trial(n, what):
         p.restore()
         killed = killed_at(cmd, steps, n)
-        if os.path.exists(p.upper) and opened_up(p):
-            # test_plain_commit_after_the_upper_opened_up (known bug)
-            known.append(n)
-            return
         if killed and n % 4 == 0 and os.path.exists(p.upper):
             killed_at_step(cmd, steps[n // 2])
         if os.path.exists(p.upper):
@@ -330,25 +325,23 @@ def test_plain_commit_every_step(work, ops):
         p.check_outside(what)
     each_step(steps, 1, trial)
     assert len(steps) > 40, len(steps)
-    print("plain commit as the user: %d steps (%d left to a known bug)" % (
-        len(steps), len(known)))
+    print("plain commit as the user: %d steps" % len(steps))
 
 
 ATOMIC_RO_BUG = ("commit --atomic as a user: a lower directory without "
                  "u+w (0555, 0500) is not opened up: EACCES, rolled back "
-                 "(test_atomic_commit_in_a_read_only_directory)")
+                 "(test_commit_into_a_read_only_directory; fixed: W "
+                 "operations)")
 
 
-@pytest.mark.parametrize("ops", [
-    "changes_but_ro",
-    pytest.param("changes_but_new_in_ro", marks=pytest.mark.xfail(
-        strict=True, reason=ATOMIC_RO_BUG))])
+@pytest.mark.parametrize("ops", ["changes", "ro_dirs"])
 def test_atomic_commit_every_step(work, ops):
     """An atomic commit as the user killed before each changing call, then
     `ovlfs recover` as the user: the lower wholly old with the upper as it
     was (and a commit then gives the new lower), or wholly new with the
-    upper gone."""
-    p = Pair(work, ops=ops)
+    upper gone; modes included (read-only directories are opened up by W
+    operations, ro_dirs)."""
+    p = Pair(work, RO if ops == "ro_dirs" else SPEC, ops=ops)
     old = strip_dir_mtimes(lower_snap(p.lower))
     upper0 = snapshot(p.upper, root_attrs=True)
     want = snapshot(p.model, root_attrs=True)
@@ -646,50 +639,162 @@ def add_in_newro(p):
     os.chmod(j(p, "newro"), 0o555)
 
 
-RO = {"ro": D({"r": "r\n", "gone": "gone\n"}, mode=0o555)}
-
-
-@pytest.mark.parametrize("ops", ["add_in_ro", "add_in_newro"])
-@pytest.mark.parametrize("atomic", [
-    False, pytest.param(True, marks=pytest.mark.xfail(
-        strict=True, reason=ATOMIC_RO_BUG))], ids=["plain", "atomic"])
-def test_commit_into_a_read_only_directory(work, ops, atomic):
-    """The user's upper holds a new file in a 0555 directory: a copy-up
-    of a 0555 lower one (add_in_ro), or one new in the upper
-    (add_in_newro). A commit as the user, not killed, fails: `ovlfs:
-    commit: LOWER/ro/w: Permission denied` (renameat(upper/ro, "w",
-    lower/ro, "w"): EACCES, the upper's 0555 directory is not opened up
-    as the lower's is); the file stays in the upper. (Plain: the lower's
-    ro is left opened up, 0755.) Fixed for the plain commit: such a file
-    is copied, not moved; --atomic still fails (ATOMIC_RO_BUG)."""
-    p = Pair(work, RO, ops)
-    res = run(as_user([OVLFS, "commit", "--quiet"] +
-                      (["--atomic"] if atomic else []) +
-                      ["--upper", p.upper, p.lower]))
-    assert res.returncode == 0, res.err
-    assert_same_tree(snapshot(p.lower), snapshot(p.model), "lower", "model")
-
-
 def add_in_locked(p):
     os.chmod(j(p, "locked"), 0o755)
     with open(j(p, "locked/added"), "w") as f:
         f.write("a\n")
 
 
-@pytest.mark.xfail(strict=True, reason=ATOMIC_RO_BUG)
-@pytest.mark.parametrize("ops", ["delete_in_ro", "add_in_locked"])
-def test_atomic_commit_in_a_read_only_directory(work, ops):
-    """The user deleted a file in a 0555 lower directory (the upper: ro,
-    0555, holding .wh.gone), or made a 0500 one 0755 and added a file.
-    `commit --atomic` as the user, not killed, fails: `ovlfs: commit:
-    LOWER/ro: Permission denied; rolled back: LOWER is unchanged` (a plain
-    commit opens such a lower directory up to write into it, an atomic
-    one does not)."""
-    p = Pair(work, dict(RO, locked=D({"l": "l\n"}, mode=0o500)), ops)
-    res = run(as_user([OVLFS, "commit", "--atomic", "--quiet", "--upper",
-                       p.upper, p.lower]))
+def opened_all(p, *names):
+    for n in names:
+        os.chmod(j(p, n), stat.S_IMODE(os.lstat(j(p, n)).st_mode) | 0o700)
+
+
+def delete_ro_dir(p):
+    """A read-only directory holding another deleted from a read-only
+    one: each moves to the trash (its "..") only opened up."""
+    opened_all(p, "ro", "ro/sub", "ro/sub/in")
+    shutil.rmtree(j(p, "ro/sub"))
+    os.chmod(j(p, "ro"), 0o555)
+
+
+def rename_ro_dir(p):
+    """A read-only directory renamed out of a read-only one (a redirect:
+    one rename in the lower), and its old name made a file."""
+    opened_all(p, "ro", "ro/sub")
+    os.rename(j(p, "ro/sub"), j(p, "moved"))
+    os.chmod(j(p, "moved"), 0o555)
+    with open(j(p, "ro/sub"), "w") as f:
+        f.write("now a file\n")
+    os.chmod(j(p, "ro"), 0o555)
+
+
+def replace_ro_dir(p):
+    """A read-only directory replaced by a new read-only one (opaque)."""
+    opened_all(p, "ro", "ro/sub", "ro/sub/in")
+    shutil.rmtree(j(p, "ro/sub"))
+    os.mkdir(j(p, "ro/sub"))
+    with open(j(p, "ro/sub/n"), "w") as f:
+        f.write("n\n")
+    os.chmod(j(p, "ro/sub"), 0o500)
+    os.chmod(j(p, "ro"), 0o555)
+
+
+def ro_dirs(p):
+    """All of the read-only directory changes at once."""
+    rename_ro_dir(p)
+    add_in_locked(p)
+    opened_all(p, "ro")
+    with open(j(p, "ro/w"), "w") as f:
+        f.write("w\n")
+    os.unlink(j(p, "ro/gone"))
+    opened_all(p, "ro/other", "ro/other/in")
+    shutil.rmtree(j(p, "ro/other"))
+    os.chmod(j(p, "ro"), 0o555)
+    add_in_newro(p)
+
+
+RO = {"ro": D({"r": "r\n", "gone": "gone\n",
+               "sub": D({"s": "s\n", "in": D({"i": "i\n"}, mode=0o555)},
+                        mode=0o555),
+               "other": D({"o": "o\n", "in": D({}, mode=0o500)}, mode=0o555)},
+              mode=0o555),
+      "locked": D({"l": "l\n"}, mode=0o500)}
+
+
+@pytest.mark.parametrize("ops", ["add_in_ro", "add_in_newro", "delete_in_ro",
+                                 "add_in_locked", "delete_ro_dir",
+                                 "rename_ro_dir", "replace_ro_dir"])
+@pytest.mark.parametrize("atomic", [False, True], ids=["plain", "atomic"])
+def test_commit_into_a_read_only_directory(work, ops, atomic):
+    """The user's upper holds changes in lower directories without u+w
+    (0555, 0500; the upper's copies read-only too): a file new in one
+    (add_in_ro) or in a new one (add_in_newro), a deletion, a read-only
+    directory deleted, renamed or replaced. A commit as the user failed
+    with EACCES: plain, a file could not be moved out of the upper's
+    read-only directory (now copied); atomic, no read-only lower
+    directory was opened up (rolled back; now a W operation opens it up
+    before what writes into it or moves it, docs/commit.md)."""
+    p = Pair(work, RO, ops)
+    res = run(as_user([OVLFS, "commit", "--quiet"] +
+                      (["--atomic"] if atomic else []) +
+                      ["--upper", p.upper, p.lower]))
     assert res.returncode == 0, res.err
-    assert_same_tree(snapshot(p.lower), snapshot(p.model), "lower", "model")
+    assert_same_tree(snapshot(p.lower, root_attrs=True),
+                     snapshot(p.model, root_attrs=True), "lower", "model")
+
+
+def test_atomic_commit_rolled_back_gives_back_read_only_modes(work):
+    """An atomic commit as the user of RO_DIRS whose apply fails midway
+    (ro/gone made immutable: its D cannot move it) rolls back: the
+    directories its W operations opened up (the root's ro, the renamed
+    ro/sub, ro/other going to the trash) get their old modes back, the
+    lower is the old one and the upper untouched; made mutable, a commit
+    gives the model."""
+    p = Pair(work, RO, "ro_dirs")
+    old = lower_snap(p.lower)
+    upper0 = snapshot(p.upper, root_attrs=True)
+    cmd = as_user([OVLFS, "commit", "--atomic", "--quiet", "--upper",
+                   p.upper, p.lower])
+    stuck = j(p.lower, "ro/gone")
+    if run(["chattr", "+i", stuck]).returncode != 0:
+        pytest.skip("no immutable files here")
+    try:
+        res = run(cmd, timeout=60)
+        assert res.returncode != 0 and "rolled back" in res.err, res.err
+        assert_same_tree(lower_snap(p.lower), old, "lower", "old lower")
+        assert stat.S_IMODE(os.lstat(j(p.lower, "ro/sub")).st_mode) == 0o555
+        assert_same_tree(snapshot(p.upper, root_attrs=True), upper0, "upper",
+                         "upper before")
+    finally:
+        run(["chattr", "-i", stuck])
+    res = run(cmd, timeout=60)
+    assert res.returncode == 0, res.err
+    assert_same_tree(snapshot(p.lower, root_attrs=True),
+                     snapshot(p.model, root_attrs=True), "lower", "model")
+
+
+def test_atomic_rollback_every_step(work):
+    """The same failing commit killed before each changing call of its
+    apply and rollback, then `ovlfs recover` (ro/gone still immutable:
+    it rolls back too): the old lower, read-only modes included, and the
+    upper as it was."""
+    p = Pair(work, RO, "ro_dirs")
+    old = lower_snap(p.lower)
+    upper0 = snapshot(p.upper, root_attrs=True)
+    cmd = as_user([OVLFS, "commit", "--atomic", "--quiet", "--upper",
+                   p.upper, p.lower])
+    recover = as_user([OVLFS, "recover", "--upper", p.upper, p.lower])
+    stuck = j(p.lower, "ro/gone")
+    if run(["chattr", "+i", stuck]).returncode != 0:
+        pytest.skip("no immutable files here")
+    def restore():
+        run(["chattr", "-i", stuck])
+        p.restore()
+        run(["chattr", "+i", stuck], check=True)
+
+    try:
+        restore()
+        steps = strace_steps(cmd, COMMIT_CALLS, fails=True)
+
+        def trial(n, what):
+            restore()
+            if n < len(steps):
+                assert killed_at_step(cmd, steps[n]), what
+            else:
+                run(cmd, timeout=60)
+            rec = run(recover)
+            assert rec.returncode in (0, 1), "%s: recover: %s" % (what, rec.err)
+            assert not os.path.exists(j(p.lower, ".wh..wh.ovlfs-commit")), \
+                (what, rec.err)
+            assert_same_tree(lower_snap(p.lower), old, "lower (%s)" % what,
+                             "old lower")
+            assert_same_tree(snapshot(p.upper, root_attrs=True), upper0,
+                             "upper (%s)" % what, "upper before")
+        each_step(steps, 1, trial)
+        assert len(steps) > 20, steps
+    finally:
+        run(["chattr", "-i", stuck])
 
 
 @pytest.mark.parametrize("atomic", [False, True], ids=["plain", "atomic"])

@@ -273,6 +273,8 @@ BAD_JOURNALS = {
     "nul-byte": (HEAD + b"M 1 a\0b\nend\n", 3),
     "op-number": (HEAD + b"R ../../../outside/f a\nend\n", 3),
     "unknown-op": (HEAD + b"X 1 a\nend\n", 3),
+    "open-up-dotdot": (HEAD + b"W 1 sub/../../outside\nend\n", 3),
+    "open-up-workdir": (HEAD + b"W 1 " + WORKDIR.encode() + b"\nend\n", 3),
     "workdir": (HEAD + b"D 1 " + WORKDIR.encode() + b"/journal\nend\n", 3),
     "after-end": (HEAD + b"end\nD 1 a\n", 4),
     "second-upper": (HEAD + b"upper /x\nend\n", 3),
@@ -302,8 +304,9 @@ def test_bad_journal_changes_nothing(work, case, rollback):
 def test_journal_through_a_symlink_stays_inside(work):
     """A well-formed journal naming a path through a symlink of the lower:
     nothing outside the lower is touched, whatever recovery then does."""
-    lower, outside = _journal_state(work, HEAD + b"R 1 link/f\nD 2 link/x\nend\n",
-                                    stage=("1",))
+    lower, outside = _journal_state(work, HEAD + b"W 3 link\nW 4 link/x\n"
+                                    b"R 1 link/f\nD 2 link/x\nend\n",
+                                    stage=("1", "3", "4"))
     before = snapshot(outside, mtime=True, ctime=True, ino=True)
     ovlfs("recover", lower)
     assert_same_tree(snapshot(outside, mtime=True, ctime=True, ino=True), before,

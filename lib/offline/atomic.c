@@ -128,6 +128,53 @@ int fin_stage_meta(struct fin *f, int ud, int ld, const char *name,
 	return err;
 }
 
+int fin_stage_open_up(struct fin *f, int fd, const char *path)
+{
+	char n[32], old[40];
+	struct stat st;
+	int err;
+
+	if (f->is_root)
+		return 0;
+	err = ovl_fstat(fd, &st);
+	if (err || !S_ISDIR(st.st_mode) || (st.st_mode & 0700) == 0700)
+		return err;
+	fin_new_op(f, n);
+	snprintf(old, sizeof(old), "%s.old", n);
+	err = make_carrier(f, n, fd, true);
+	/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
+	if (!err && fchmodat(f->stage_fd, n, (st.st_mode | 0700) & 07777, 0) < 0)
+		err = -errno;
+	if (!err)
+		err = make_carrier(f, old, fd, true);
+	if (!err)
+		err = fin_jop_path(f, 'W', f->next_op, path ? path : f->path);
+	return err;
+}
+
+int fin_stage_open_up_at(struct fin *f, const char *path)
+{
+	char *copy, *last;
+	int dfd, fd, err;
+
+	if (f->is_root)
+		return 0;
+	if (!*path)
+		return fin_stage_open_up(f, f->lower_fd, path);
+	copy = strdup(path);
+	if (!copy)
+		return -ENOMEM;
+	dfd = fin_resolve_parent(f, copy, &last);
+	fd = dfd < 0 ? dfd : ovl_open_child(dfd, last);
+	err = fd == -ENOENT ? 0 : fd < 0 ? fd : fin_stage_open_up(f, fd, path);
+	if (fd >= 0)
+		close(fd);
+	if (dfd >= 0)
+		close(dfd);
+	free(copy);
+	return err;
+}
+
 static int open_work_dirs(struct fin *f, bool create)
 {
 	f->work_fd = fin_open_dir_at(f->lower_fd, OVL_COMMIT_WORKDIR);
@@ -206,6 +253,8 @@ int fin_commit_atomic(struct fin *f)
 		err = fin_jput_path(f, f->upper);
 	if (!err)
 		err = fin_jput(f, "\n", 1);
+	if (!err)	/* the root, if it must be opened up: before all */
+		err = fin_stage_open_up(f, f->lower_fd, "");
 	if (!err)	/* first: the walk's paths are those after the renames */
 		err = fin_renames_journal(f);
 	if (!err)

@@ -252,6 +252,22 @@ static int refuse_mounts_in(struct fin *f, int ld, const char *name)
 	return r;
 }
 
+/* Atomic, without privilege: lower directory LD/NAME (f->path) to be
+ * written into or moved opened up first (fin_stage_open_up). */
+static int open_up_lower(struct fin *f, int ld, const char *name)
+{
+	int fd, err;
+
+	if (f->is_root)
+		return 0;
+	fd = fin_lower_child(f, ld, name);
+	if (fd < 0)
+		return fd == -ENOENT ? 0 : fd;
+	err = fin_stage_open_up(f, fd, NULL);
+	close(fd);
+	return err;
+}
+
 /* Lower entry LD/NAME goes (whiteout, opaque parent). Path pushed. */
 static int delete_lower(struct fin *f, int ld, const char *name)
 {
@@ -268,7 +284,10 @@ static int delete_lower(struct fin *f, int ld, const char *name)
 		return err;
 	if (!f->atomic)
 		return ovl_remove_tree(ld, name);
-	return fin_jop(f, 'D', fin_new_op(f, n));
+	/* A read-only directory moves to trash/ only opened up. */
+	if (S_ISDIR(st.st_mode) && !f->is_root)
+		err = open_up_lower(f, ld, name);
+	return err ? err : fin_jop(f, 'D', fin_new_op(f, n));
 }
 
 /* Metadata of the existing lower LD/NAME becomes that of UD/NAME. */
@@ -320,11 +339,14 @@ static int place_object(struct fin *f, int ud, const char *name,
 	if (f->atomic) {
 		char n[32];
 
+		err = ls && S_ISDIR(ls->st_mode) ? open_up_lower(f, ld, name) : 0;
+		if (err)
+			return err;
 		fin_new_op(f, n);
 		err = fin_copy_object(f, ud, name, us, f->stage_fd, n, f->same_fs);
 		return err ? err : fin_jop(f, 'R', f->next_op);
 	}
-	if (S_ISREG(us->st_mode) && f->same_fs && !pl &&
+	if (S_ISREG(us->st_mode) && f->same_fs && !pl && !f->frozen &&
 	    may_take(f, ud, name, us)) {
 		/* Moving beats copying; rename replaces a non-directory. */
 		if (ls && S_ISDIR(ls->st_mode)) {
@@ -416,10 +438,23 @@ static int commit_subdir(struct fin *f, int ud, int ld, const char *name,
 
 		fin_new_op(f, n);
 		err = fin_stage_tree(f, ud, name, f->stage_fd, n);
-		return err ? err : fin_jop(f, 'R', f->next_op);
+		if (err || f->is_root || (us->st_mode & 0700) == 0700)
+			return err ? err : fin_jop(f, 'R', f->next_op);
+		/*
+		 * Without privilege a read-only directory moves from stage/
+		 * to another directory (its "..") only opened up; its M then
+		 * gives it its mode.
+		 */
+		/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
+		if (fchmodat(f->stage_fd, n, (us->st_mode | 0700) & 07777, 0) < 0)
+			return -errno;
+		err = fin_jop(f, 'R', f->next_op);
+		return err ? err : update_meta(f, ud, ld, name, us);
 	}
 	if (f->atomic) {
 		err = fin_rename_place(f);
+		if (!err && merge)
+			err = open_up_lower(f, ld, name);
 		if (err)
 			return err;
 	}
@@ -605,6 +640,19 @@ static int unmark_opaque(struct fin *f, int ud, int ld, char **real,
 	return err ? fin_fail(f, err, "cannot remove opaque marker") : 0;
 }
 
+/*
+ * Can a plain commit change upper directory UD (its markers: user.*
+ * xattrs need write permission)? A read-only one of a caller without
+ * privilege it could only open up, and a kill meanwhile would leave the
+ * opened mode for a retry to commit: it leaves it as it is (freeze).
+ */
+static bool upper_writable(struct fin *f, int ud)
+{
+	struct stat st;
+
+	return f->is_root || (fstat(ud, &st) == 0 && (st.st_mode & 0700) == 0700);
+}
+
 /* Debris of a killed plain commit: its temporary copies in LD. */
 static int remove_debris(struct fin *f, int ld, const struct ovl_dirlist *ll)
 {
@@ -632,6 +680,7 @@ int fin_commit_dir(struct fin *f, int ud, int ld)
 	char **real = NULL;
 	int *marker = NULL;	/* per upper entry: ovl_marker's answer */
 	size_t nreal = 0, saved;
+	bool freeze = false;
 	int err, opaque;
 
 	err = ovl_dirlist_read(ud, &ul);
@@ -643,6 +692,16 @@ int fin_commit_dir(struct fin *f, int ud, int ld)
 		err = opaque;
 		fin_fail(f, err, "cannot read opaque marker");
 		goto out;
+	}
+	/*
+	 * Under a frozen opaque directory nothing was marked opaque: a
+	 * directory there shows nothing of the lower's (but a renamed one,
+	 * whose redirect names its own lower directory).
+	 */
+	if (!opaque && f->frozen && !f->atomic) {
+		char redir[OVL_REDIRECT_MAX + 1];
+
+		opaque = ovl_redirect_get(&f->fmt, ud, redir) > 0 ? 0 : 1;
 	}
 	real = calloc(ul.n + 1, sizeof(*real));
 	marker = calloc(ul.n + 1, sizeof(*marker));
@@ -681,9 +740,13 @@ int fin_commit_dir(struct fin *f, int ud, int ld)
 	 * plain commit changes the upper as it goes, so that the two show
 	 * the same at every step: a commit stopped anywhere can be retried.
 	 */
+	if (opaque > 0 && !f->atomic && (f->frozen || !upper_writable(f, ud))) {
+		freeze = true;
+		f->frozen++;
+	}
 	if (opaque > 0) {
-		err = f->atomic ? delete_hidden(f, ld, real, nreal, &ll)
-				: unmark_opaque(f, ud, ld, real, nreal, &ll);
+		err = f->atomic || freeze ? delete_hidden(f, ld, real, nreal, &ll)
+					  : unmark_opaque(f, ud, ld, real, nreal, &ll);
 		if (err)
 			goto out_fail;
 	}
@@ -722,6 +785,7 @@ out_fail:
 	if (!f->fs->err[0])
 		fin_fail(f, err, "commit");
 out:
+	f->frozen -= freeze;
 	free(real);
 	free(marker);
 	ovl_dirlist_free(&ul);

@@ -18,6 +18,9 @@
 
 #include "offline/offline.h"
 
+/* The operations a journal line may name (docs/commit.md). */
+#define OPS "RDMWVP"
+
 int fin_jput(struct fin *f, const char *s, size_t len)
 {
 	if (ovl_grow((void **)&f->journal, &f->jcap, f->jlen + len, 1, 256))
@@ -48,17 +51,28 @@ int fin_jput_path(struct fin *f, const char *path)
 	return err;
 }
 
-int fin_jop(struct fin *f, char op, unsigned long n)
+int fin_jop_path(struct fin *f, char op, unsigned long n, const char *path)
 {
 	char buf[32];
 	int len = snprintf(buf, sizeof(buf), "%c %lu ", op, n);
 	int err = fin_jput(f, buf, len);
 
 	if (!err)
-		err = fin_jput_path(f, f->path);
+		err = fin_jput_path(f, path);
 	if (!err)
 		err = fin_jput(f, "\n", 1);
 	return err;
+}
+
+int fin_jop(struct fin *f, char op, unsigned long n)
+{
+	return fin_jop_path(f, op, n, f->path);
+}
+
+/* Operations that carry metadata (stage/N, and the old in stage/N.old). */
+static bool is_meta(char op)
+{
+	return op == 'M' || op == 'W';
 }
 
 static int hex_digit(char c)
@@ -101,7 +115,7 @@ int fin_decode_path(char *s)
 /*
  * What is wrong with decoded journal path PATH, or NULL: it must stay in
  * the lower (relative, no "", "." or ".." component) and out of the work
- * directory. "." (the root) only for M.
+ * directory. "." (the root) only for M and W.
  */
 static const char *bad_path(const char *path, bool root_ok)
 {
@@ -128,14 +142,14 @@ static const char *bad_op(char *line)
 {
 	size_t nd;
 
-	if (!line[0] || !strchr("RDMVP", line[0]) || line[1] != ' ')
-		return "not an operation (R, D, M, V or P)";
+	if (!line[0] || !strchr(OPS, line[0]) || line[1] != ' ')
+		return "not an operation (R, D, M, W, V or P)";
 	nd = strspn(line + 2, "0123456789");
 	if (nd == 0 || nd > 20 || line[2 + nd] != ' ')
 		return "no operation number";
 	if (decode_path(line + 3 + nd))
 		return "a bad %XX escape in the path";
-	return bad_path(line + 3 + nd, line[0] == 'M');
+	return bad_path(line + 3 + nd, is_meta(line[0]));
 }
 
 /*
@@ -199,11 +213,12 @@ int fin_check_journal(struct fin *f, const char *text, size_t size)
 
 /*
  * Open the parent directory of relative PATH under the lower root and
- * point *LAST at its final component. A journal comes from the lower, so
+ * point *LAST at its final component (in PATH, which is modified only
+ * meanwhile). A journal comes from the lower, so
  * it is not trusted: "..", "." and empty components are refused, and no
  * symlink is followed.
  */
-static int resolve_parent(struct fin *f, char *path, char **last)
+int fin_resolve_parent(struct fin *f, char *path, char **last)
 {
 	int dfd = dup(f->lower_fd), nfd;
 	char *slash;
@@ -222,6 +237,7 @@ static int resolve_parent(struct fin *f, char *path, char **last)
 			break;
 		*slash = '\0';
 		nfd = fin_open_dir_at(dfd, path);
+		*slash = '/';	/* PATH stays whole, for messages */
 		close(dfd);
 		if (nfd < 0)
 			return nfd;
@@ -270,11 +286,79 @@ bool fin_exists_at(int dfd, const char *name)
 	return fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
 }
 
+/*
+ * Open up (u+rwx) directory DFD, or its entry NAME, if it is a directory
+ * without u+w or u+x.
+ */
+static void open_up(int dfd, const char *name)
+{
+	int fd = name ? openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC) : dfd;
+	struct stat st;
+
+	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) &&
+	    (st.st_mode & 0700) != 0700)
+		ovl_fchmod_any(fd, (st.st_mode | 0700) & 07777);
+	if (fd >= 0 && name)
+		close(fd);
+}
+
+int fin_rename_opened(struct fin *f, int od, const char *on, int nd,
+		      const char *nn)
+{
+	if (renameat(od, on, nd, nn) == 0)
+		return 0;
+	if (f->is_root || errno != EACCES)
+		return -errno;
+	open_up(od, NULL);
+	open_up(nd, NULL);
+	open_up(od, on);
+	return renameat(od, on, nd, nn) < 0 ? -errno : 0;
+}
+
+/*
+ * W: the directory at PATH opened up, once: a later operation may put
+ * another object at PATH, which W applied again after a crash must leave
+ * alone (the mark stage/N.w says it was done).
+ */
+static int apply_open_up(struct fin *f, const char *n, char *path)
+{
+	char *last = NULL, mark[40];
+	int dfd, src, dst, err;
+	struct stat st;
+
+	snprintf(mark, sizeof(mark), "%s.w", n);
+	if (fin_exists_at(f->stage_fd, mark))
+		return 0;
+	if (!strcmp(path, ".")) {
+		dst = dup(f->lower_fd);
+		dst = dst < 0 ? -errno : dst;
+	} else {
+		dfd = fin_resolve_parent(f, path, &last);
+		dst = dfd < 0 ? dfd : ovl_open_child(dfd, last);
+		if (dfd >= 0)
+			close(dfd);
+	}
+	src = ovl_open_child(f->stage_fd, n);
+	err = src < 0 ? src : dst < 0 ? dst : ovl_fstat(dst, &st);
+	if (!err && S_ISDIR(st.st_mode))
+		err = fin_sync_meta(f, src, dst);
+	if (src >= 0)
+		close(src);
+	if (dst >= 0)
+		close(dst);
+	if (!err && mkdirat(f->stage_fd, mark, 0700) < 0 && errno != EEXIST)
+		err = -errno;
+	return err;
+}
+
 /* Carry out one journal line; each is idempotent (docs/commit.md). */
 static int apply_op(struct fin *f, char op, const char *n, char *path)
 {
 	char *last = NULL, mark[40];
 	int dfd, src, dst, err = 0;
+
+	if (op == 'W')
+		return apply_open_up(f, n, path);
 
 	if (op == 'M' && !strcmp(path, ".")) {
 		src = ovl_open_child(f->stage_fd, n);
@@ -294,7 +378,7 @@ static int apply_op(struct fin *f, char op, const char *n, char *path)
 	snprintf(mark, sizeof(mark), "%s.v", n);
 	if (op == 'V' && fin_exists_at(f->stage_fd, mark))
 		return 0;
-	dfd = resolve_parent(f, path, &last);
+	dfd = fin_resolve_parent(f, path, &last);
 	if (dfd < 0)
 		return dfd;
 	switch (op) {
@@ -337,11 +421,11 @@ static int undo_op(struct fin *f, char op, const char *n, char *path,
 	char *last = NULL, old[40], back[40];
 	int dfd, src, dst, err = 0;
 
-	if ((op == 'M') != meta_pass)
+	if (is_meta(op) != meta_pass)
 		return 0;
 	snprintf(old, sizeof(old), "%s.old", n);
 	snprintf(back, sizeof(back), "%s.back", n);
-	if (op == 'M' && !strcmp(path, ".")) {
+	if (is_meta(op) && !strcmp(path, ".")) {
 		src = ovl_open_child(f->stage_fd, old);
 		if (src < 0)
 			return src == -ENOENT ? 0 : src;
@@ -349,7 +433,7 @@ static int undo_op(struct fin *f, char op, const char *n, char *path,
 		close(src);
 		return err;
 	}
-	dfd = resolve_parent(f, path, &last);
+	dfd = fin_resolve_parent(f, path, &last);
 	/* Under a renamed directory never placed: nothing was done there. */
 	if (dfd == -ENOENT || dfd == -ENOTDIR)
 		return 0;
@@ -358,10 +442,12 @@ static int undo_op(struct fin *f, char op, const char *n, char *path,
 	switch (op) {
 	case 'V':
 		/* Marked first: the P of the same N is then undone for good. */
-		if (fin_exists_at(f->stage_fd, n) && !fin_exists_at(dfd, last) &&
-		    ((mkdirat(f->stage_fd, back, 0700) < 0 && errno != EEXIST) ||
-		     renameat(f->stage_fd, n, dfd, last) < 0))
-			err = -errno;
+		if (fin_exists_at(f->stage_fd, n) && !fin_exists_at(dfd, last)) {
+			if (mkdirat(f->stage_fd, back, 0700) < 0 && errno != EEXIST)
+				err = -errno;
+			if (!err)
+				err = fin_rename_opened(f, f->stage_fd, n, dfd, last);
+		}
 		break;
 	case 'P':
 		/*
@@ -375,16 +461,15 @@ static int undo_op(struct fin *f, char op, const char *n, char *path,
 		/* fall through */
 	case 'R':
 		/* The new object back to stage/, then the old one back. */
-		if (!fin_exists_at(f->stage_fd, n) && fin_exists_at(dfd, last) &&
-		    renameat(dfd, last, f->stage_fd, n) < 0)
-			err = -errno;
+		if (!fin_exists_at(f->stage_fd, n) && fin_exists_at(dfd, last))
+			err = fin_rename_opened(f, dfd, last, f->stage_fd, n);
 		/* fall through */
 	case 'D':
-		if (!err && fin_exists_at(f->trash_fd, n) &&
-		    renameat(f->trash_fd, n, dfd, last) < 0)
-			err = -errno;
+		if (!err && fin_exists_at(f->trash_fd, n))
+			err = fin_rename_opened(f, f->trash_fd, n, dfd, last);
 		break;
-	case 'M': {
+	case 'M':
+	case 'W': {
 		struct stat ss, ds;
 
 		src = ovl_open_child(f->stage_fd, old);
@@ -464,7 +549,7 @@ static int rollback_journal(struct fin *f, const char *text)
 		struct jline l;
 
 		if (sscanf(line, "%c %31s", &l.op, l.n) != 2 ||
-		    !strchr("RDMVP", l.op) || line[1] != ' ')
+		    !strchr(OPS, l.op) || line[1] != ' ')
 			continue;	/* header, trailer */
 		l.path = strchr(line + 2, ' ');
 		if (!l.path)
@@ -482,18 +567,18 @@ static int rollback_journal(struct fin *f, const char *text)
 	for (size_t i = 0; !err && i < nl; i++)
 		pof[i] = v[i].op == 'P' || v[i].op == 'V' ? -1 : deepest_p(v, nl, &v[i]);
 	for (size_t i = nl; i-- > 0 && !err;) {
-		if (v[i].op == 'M' || (pof[i] >= 0 && !placed(f, &v[pof[i]])))
+		if (is_meta(v[i].op) || (pof[i] >= 0 && !placed(f, &v[pof[i]])))
 			continue;
 		if (v[i].op == 'P' && placed(f, &v[i]))
 			for (size_t k = 0; k < nl && !err; k++)	/* post-order */
-				if (v[k].op == 'M' && pof[k] == (long)i)
-					err = undo_op(f, 'M', v[k].n, v[k].path, true);
+				if (is_meta(v[k].op) && pof[k] == (long)i)
+					err = undo_op(f, v[k].op, v[k].n, v[k].path, true);
 		if (!err)
 			err = undo_op(f, v[i].op, v[i].n, v[i].path, false);
 	}
 	for (size_t k = 0; k < nl && !err; k++)	/* M: post-order */
-		if (v[k].op == 'M' && pof[k] < 0)
-			err = undo_op(f, 'M', v[k].n, v[k].path, true);
+		if (is_meta(v[k].op) && pof[k] < 0)
+			err = undo_op(f, v[k].op, v[k].n, v[k].path, true);
 	free(pof);
 	free(v);
 	free(copy);
@@ -562,7 +647,7 @@ int fin_apply_journal(struct fin *f, char *text, char **upper, bool apply)
 			ended = true;
 			break;
 		}
-		if (sscanf(line, "%c %31s", &op, n) != 2 || !strchr("RDMVP", op) ||
+		if (sscanf(line, "%c %31s", &op, n) != 2 || !strchr(OPS, op) ||
 		    strspn(n, "0123456789") != strlen(n))
 			return -EUCLEAN;
 		path = strchr(line + 2, ' ');
@@ -644,7 +729,7 @@ int fin_strip_applied(struct fin *f, const char *text)
 		err = decode_path(path);
 		if (err)
 			break;
-		dfd = resolve_parent(f, path, &last);
+		dfd = fin_resolve_parent(f, path, &last);
 		if (dfd < 0) {
 			err = dfd;
 			break;

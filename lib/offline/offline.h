@@ -63,6 +63,12 @@ struct fin {
 	bool atomic_or_commit;	/* a commit, not a discard */
 	bool retry;		/* a killed plain commit may have left debris */
 	bool marked;		/* this run set XATTR_COMMITTING */
+	/*
+	 * Plain commit: how many opaque upper directories above the walk's
+	 * place it could not unmark (read-only, no privilege): it moves
+	 * nothing out of the upper there and shows nothing of the lower's.
+	 */
+	unsigned frozen;
 	/* Upper files with several links: how many of their names it holds. */
 	struct ovl_linkmap names;
 
@@ -222,8 +228,26 @@ int fin_decode_path(char *s);
 int fin_jput(struct fin *f, const char *s, size_t len);
 /* Append PATH, escaped (everything outside '!'..'~', and '%', as %XX). */
 int fin_jput_path(struct fin *f, const char *path);
-/* Append operation OP (R, D, M) number N on f->path. */
+/* Append operation OP (R, D, M, W, V, P) number N on PATH. */
+int fin_jop_path(struct fin *f, char op, unsigned long n, const char *path);
+/* The same on f->path. */
 int fin_jop(struct fin *f, char op, unsigned long n);
+/*
+ * Open the parent directory of relative PATH (journal syntax, untrusted)
+ * under the lower root, never following a symlink, and point *LAST at its
+ * final component. The fd or -errno (-EUCLEAN: a bad path).
+ */
+int fin_resolve_parent(struct fin *f, char *path, char **last);
+/*
+ * renameat OD/ON to ND/NN. Without privilege, a directory without u+w
+ * moves out of or into a directory without u+w (and at all, to another
+ * parent: its "..") only opened up: on EACCES all three are opened up
+ * (u+rwx) and it is tried again. The caller sees that each gets its mode
+ * back: a plain commit's walk (each is a directory of the upper too), an
+ * atomic one's rollback (each has an M or W operation). 0 or -errno.
+ */
+int fin_rename_opened(struct fin *f, int od, const char *on, int nd,
+		      const char *nn);
 /*
  * A journal comes from the lower: it may be damaged or crafted. Check the
  * whole of TEXT (SIZE bytes) before acting on any line, so a bad one stops
@@ -271,6 +295,17 @@ int fin_stage_tree(struct fin *f, int ud, const char *name, int dstdir,
  */
 int fin_stage_meta(struct fin *f, int ud, int ld, const char *name,
 		   const struct stat *st);
+/*
+ * A W operation, for a caller without privilege: lower directory FD (at
+ * PATH; NULL: f->path, "": the root) lacks u+w or u+x, which writing into
+ * it and moving it to another directory (its "..") need, so the apply
+ * opens it up (u+rwx) before the operations that need it. Its own M,
+ * later in the journal, sets its new mode; a rollback its old one. 0
+ * (nothing to do as root, or for a directory already open) or -errno.
+ */
+int fin_stage_open_up(struct fin *f, int fd, const char *path);
+/* The same for the lower entry at PATH as it is now (none: nothing). */
+int fin_stage_open_up_at(struct fin *f, const char *path);
 /*
  * Atomic commit of F's locked layers: stage and journal, write the
  * journal (the commit point), apply it, clean up; on failure, roll back

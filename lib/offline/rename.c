@@ -296,19 +296,6 @@ bool fin_renames_placeable(struct fin *f)
 
 /* ---- the atomic commit: journal operations, and the walk's view ---- */
 
-static int jop_path(struct fin *f, char op, unsigned long n, const char *path)
-{
-	char buf[32];
-	int len = snprintf(buf, sizeof(buf), "%c %lu ", op, n);
-	int err = fin_jput(f, buf, len);
-
-	if (!err)
-		err = fin_jput_path(f, path);
-	if (!err)
-		err = fin_jput(f, "\n", 1);
-	return err;
-}
-
 int fin_renames_journal(struct fin *f)
 {
 	size_t *os = order(f, true);
@@ -316,8 +303,25 @@ int fin_renames_journal(struct fin *f)
 	char n[32];
 
 	for (size_t i = 0; !err && i < f->nrenames; i++) {
+		const char *src = f->renames[os[i]].src, *slash;
+
+		/*
+		 * Without privilege, a read-only directory moves out of a
+		 * read-only parent only opened up (both, just before).
+		 */
+		slash = strrchr(src, '/');
+		if (!f->is_root && slash) {
+			char *parent = strndup(src, slash - src);
+
+			err = parent ? fin_stage_open_up_at(f, parent) : -ENOMEM;
+			free(parent);
+		}
+		if (!err)
+			err = fin_stage_open_up_at(f, src);
+		if (err)
+			break;
 		f->renames[os[i]].n = fin_new_op(f, n);
-		err = jop_path(f, 'V', f->renames[os[i]].n, f->renames[os[i]].src);
+		err = fin_jop_path(f, 'V', f->renames[os[i]].n, src);
 	}
 	free(os);
 	if (!err)
@@ -329,7 +333,7 @@ int fin_rename_place(struct fin *f)
 {
 	const struct fin_rename *r = f->mapped ? find_dst(f, f->path) : NULL;
 
-	return r ? jop_path(f, 'P', r->n, r->dst) : 0;
+	return r ? fin_jop_path(f, 'P', r->n, r->dst) : 0;
 }
 
 bool fin_renames_under(struct fin *f)
@@ -524,16 +528,17 @@ static int read_plan(struct fin *f, int wfd)
 }
 
 /*
- * The renamed upper directory at DST now merges with the lower at its own
- * path: its redirect goes, or, under an opaque upper directory (which has
- * no lower part for a relative lookup), names its own path.
+ * The upper directory at DST (fd, or -errno), and in *UNDER_OPAQUE whether
+ * an opaque upper directory lies above it.
  */
-static int settle_upper(struct fin *f, const char *dst)
+static int open_upper_at(struct fin *f, const char *dst, bool *under_opaque)
 {
-	char buf[PATH_MAX], *s = buf, *e, own[OVL_REDIRECT_MAX + 2];
-	bool under_opaque = false;
-	int fd = dup(f->upper_fd), next, err = 0, opq;
+	char buf[PATH_MAX], *s = buf, *e;
+	int fd = dup(f->upper_fd), next, opq;
 
+	*under_opaque = false;
+	if (fd < 0)
+		return -errno;
 	snprintf(buf, sizeof(buf), "%s", dst);
 	while (fd >= 0 && *s) {
 		e = strchrnul(s, '/');
@@ -550,20 +555,91 @@ static int settle_upper(struct fin *f, const char *dst)
 				close(fd);
 				fd = opq;
 			}
-			under_opaque |= opq > 0;
+			*under_opaque |= opq > 0;
 		}
 		s = c ? e + 1 : e;
 	}
+	return fd;
+}
+
+static int settle_redirect(struct fin *f, int fd, const char *dst,
+			   bool under_opaque)
+{
+	char own[OVL_REDIRECT_MAX + 2];
+
+	if (!under_opaque)
+		return ovl_redirect_clear(&f->fmt, fd);
+	if (snprintf(own, sizeof(own), "/%s", dst) > OVL_REDIRECT_MAX)
+		return -ENAMETOOLONG;
+	return ovl_redirect_set(&f->fmt, fd, own);
+}
+
+/*
+ * The renamed upper directory of R now merges with the lower at its own
+ * path: its redirect goes, or, under an opaque upper directory (which has
+ * no lower part for a relative lookup), names its own path. A read-only
+ * one of a caller without privilege (its user.* xattrs need write
+ * permission) is opened up meanwhile, its mode recorded first in the work
+ * directory WFD as "open-N-MODE": killed while it is open, the next run
+ * puts the mode back (restore_opened) before the walk could commit it.
+ */
+static int settle_upper(struct fin *f, int wfd, const struct fin_rename *r)
+{
+	char rec[64];
+	bool under_opaque;
+	struct stat st;
+	int fd = open_upper_at(f, r->dst, &under_opaque), err;
+
 	if (fd < 0)
 		return fd == -ENOENT ? 0 : fd;	/* a killed walk moved it */
-	if (!under_opaque) {
-		err = ovl_redirect_clear(&f->fmt, fd);
-	} else if (snprintf(own, sizeof(own), "/%s", dst) > OVL_REDIRECT_MAX) {
-		err = -ENAMETOOLONG;
-	} else {
-		err = ovl_redirect_set(&f->fmt, fd, own);
+	err = settle_redirect(f, fd, r->dst, under_opaque);
+	if (err == -EACCES && !f->is_root && fstat(fd, &st) == 0 &&
+	    (st.st_mode & 0700) != 0700) {
+		snprintf(rec, sizeof(rec), "open-%lu-%o", r->n,
+			 (unsigned)(st.st_mode & 07777));
+		/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker): assumes -errno >= 0 */
+		err = mknodat(wfd, rec, S_IFREG | 0600, 0) < 0 && errno != EEXIST ?
+			      -errno : 0;
+		if (!err && fsync(wfd) < 0)
+			err = -errno;
+		if (!err)
+			err = ovl_fchmod_any(fd, st.st_mode | 0700);
+		if (!err) {
+			err = settle_redirect(f, fd, r->dst, under_opaque);
+			ovl_fchmod_any(fd, st.st_mode & 07777);
+		}
 	}
 	close(fd);
+	return err;
+}
+
+/* What a killed run left opened up by settle_upper: modes put back. */
+static int restore_opened(struct fin *f, int wfd)
+{
+	struct ovl_dirlist dl;
+	int err = ovl_dirlist_read(wfd, &dl);
+
+	for (size_t i = 0; !err && i < dl.n; i++) {
+		unsigned long n;
+		unsigned mode;
+		bool under_opaque;
+		int fd;
+
+		if (sscanf(dl.ents[i].name, "open-%lu-%o", &n, &mode) != 2)
+			continue;
+		for (size_t k = 0; k < f->nrenames; k++) {
+			if (f->renames[k].n != n)
+				continue;
+			fd = open_upper_at(f, f->renames[k].dst, &under_opaque);
+			if (fd >= 0) {
+				err = ovl_fchmod_any(fd, mode & 07777);
+				close(fd);
+			}
+		}
+		if (!err && unlinkat(wfd, dl.ents[i].name, 0) < 0)
+			err = -errno;
+	}
+	ovl_dirlist_free(&dl);
 	return err;
 }
 
@@ -584,8 +660,8 @@ static int move_sources(struct fin *f, int wfd)
 		snprintf(path, sizeof(path), "%s", r->src);
 		pfd = open_parent(f->lower_fd, path, &last, false);
 		err = pfd < 0 ? pfd : 0;
-		if (!err && renameat(pfd, last, wfd, n) < 0)
-			err = -errno;
+		if (!err)
+			err = fin_rename_opened(f, pfd, last, wfd, n);
 		if (pfd >= 0)
 			close(pfd);
 		if (err)
@@ -623,8 +699,8 @@ static int place_targets(struct fin *f, int work)
 		/* The renamed directory hid what the lower had here. */
 		if (!err && fin_exists_at(pfd, last))
 			err = ovl_remove_tree(pfd, last);
-		if (!err && renameat(work, n, pfd, last) < 0)
-			err = -errno;
+		if (!err)
+			err = fin_rename_opened(f, work, n, pfd, last);
 		if (pfd >= 0)
 			close(pfd);
 		if (err)
@@ -633,7 +709,7 @@ static int place_targets(struct fin *f, int work)
 				      strerror(-err));
 	}
 	for (size_t i = 0; !err && i < f->nrenames; i++) {
-		err = settle_upper(f, f->renames[i].dst);
+		err = settle_upper(f, work, &f->renames[i]);
 		if (err)
 			ovl_set_error(f->fs, err, "commit: %s/%s: cannot update its redirect: %s",
 				      f->upper, f->renames[i].dst, strerror(-err));
@@ -655,7 +731,8 @@ static int remove_planless(struct fin *f, int wfd)
 
 	for (size_t i = 0; !err && i < dl.n; i++)
 		if (strcmp(dl.ents[i].name, "plan.tmp") &&
-		    strcmp(dl.ents[i].name, "placing"))
+		    strcmp(dl.ents[i].name, "placing") &&
+		    strncmp(dl.ents[i].name, "open-", 5))
 			err = ovl_set_error(f->fs, -EUCLEAN,
 					    "commit: %s/%s has no plan but holds %s; nothing more was changed: inspect %s/%s by hand",
 					    f->lower, OVL_RENAME_WORKDIR,
@@ -678,6 +755,8 @@ int fin_renames_plain(struct fin *f)
 	if (wfd >= 0) {
 		fin_renames_free(f);
 		err = read_plan(f, wfd);
+		if (!err)
+			err = restore_opened(f, wfd);
 	} else if (!err && wfd == -ENOENT) {
 		if (!f->nrenames)
 			return 0;
