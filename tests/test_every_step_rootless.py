@@ -299,14 +299,14 @@ XRO_BUG = ("commit as a user: a read-only file of the user's whose xattrs "
            "(test_commit_of_an_xattr_on_a_read_only_file)")
 
 
-@pytest.mark.parametrize("ops", ["changes", "ro_dirs"])
+@pytest.mark.parametrize("ops", ["changes", "ro_dirs", "replace_ro_dir"])
 def test_plain_commit_every_step(work, ops):
     """A plain commit as the user killed before each changing call (every
     4th time its retry too, before an earlier one), then run again: the
     model's lower, modes included. ro_dirs: read-only directories
     renamed, deleted, written into (their opaque upper copies frozen,
     renamed ones opened up with their modes recorded)."""
-    p = Pair(work, RO if ops == "ro_dirs" else SPEC, ops=ops)
+    p = Pair(work, SPEC if ops == "changes" else RO, ops=ops)
     cmd = as_user([OVLFS, "commit", "--quiet", "--upper", p.upper, p.lower])
     want = snapshot(p.model, root_attrs=True)
     steps = steps_of(cmd, p.restore, COMMIT_CALLS)
@@ -670,12 +670,18 @@ def rename_ro_dir(p):
 
 
 def replace_ro_dir(p):
-    """A read-only directory replaced by a new read-only one (opaque)."""
+    """A read-only directory replaced by a new read-only one (opaque),
+    holding a writable one where the old had one too (none of the old
+    one's entries may come back: the plain commit cannot unmark the
+    opaque directory, so it freezes it)."""
     opened_all(p, "ro", "ro/sub", "ro/sub/in")
     shutil.rmtree(j(p, "ro/sub"))
     os.mkdir(j(p, "ro/sub"))
     with open(j(p, "ro/sub/n"), "w") as f:
         f.write("n\n")
+    os.mkdir(j(p, "ro/sub/in"))
+    with open(j(p, "ro/sub/in/j"), "w") as f:
+        f.write("j\n")
     os.chmod(j(p, "ro/sub"), 0o500)
     os.chmod(j(p, "ro"), 0o555)
 

@@ -747,6 +747,24 @@ def test_recover_nothing(work):
     assert not os.path.exists(lower + ".upper")
 
 
+@pytest.mark.parametrize("atomic", [False, True], ids=["commit", "atomic"])
+def test_dir_under_opaque_dir_keeps_none_of_the_lowers(work, atomic):
+    """rm -rf d/sub, then mkdir -p d/sub/in/deep: d/sub is opaque in the
+    upper, its in/ and in/deep/ are not (a mount looks nothing up in the
+    lower under an opaque directory). commit --atomic merged in/ with the
+    lower's in/, and in/i and in/deep/d came back."""
+    pair = Pair(work, {"d": {"sub": {"s": "s", "in": {"i": "i", "deep": {"d": "d"}}}}})
+
+    def fn(r):
+        shutil.rmtree(j(r, "d/sub"))
+        os.makedirs(j(r, "d/sub/in/deep"))
+        w(j(r, "d/sub/in/j"), "j")
+    pair.change(fn)
+    ok(pair.commit(atomic=atomic))
+    pair.check_committed()
+    assert not os.path.exists(j(pair.lower, "d/sub/in/i"))
+
+
 # --------------------------------------------------------------------------
 # symlinks in the lower are never followed
 # --------------------------------------------------------------------------

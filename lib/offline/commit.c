@@ -346,7 +346,7 @@ static int place_object(struct fin *f, int ud, const char *name,
 		err = fin_copy_object(f, ud, name, us, f->stage_fd, n, f->same_fs);
 		return err ? err : fin_jop(f, 'R', f->next_op);
 	}
-	if (S_ISREG(us->st_mode) && f->same_fs && !pl && !f->frozen &&
+	if (S_ISREG(us->st_mode) && f->same_fs && !pl && !f->opaque_above &&
 	    may_take(f, ud, name, us)) {
 		/* Moving beats copying; rename replaces a non-directory. */
 		if (ls && S_ISDIR(ls->st_mode)) {
@@ -680,7 +680,7 @@ int fin_commit_dir(struct fin *f, int ud, int ld)
 	char **real = NULL;
 	int *marker = NULL;	/* per upper entry: ovl_marker's answer */
 	size_t nreal = 0, saved;
-	bool freeze = false;
+	bool above = f->opaque_above;	/* the parent's, given back at the end */
 	int err, opaque;
 
 	err = ovl_dirlist_read(ud, &ul);
@@ -694,15 +694,17 @@ int fin_commit_dir(struct fin *f, int ud, int ld)
 		goto out;
 	}
 	/*
-	 * Under a frozen opaque directory nothing was marked opaque: a
-	 * directory there shows nothing of the lower's (but a renamed one,
-	 * whose redirect names its own lower directory).
+	 * Under an opaque directory whose marker stays, nothing below is
+	 * marked opaque (a mount looks nothing up in the lower there): a
+	 * directory shows nothing of the lower's, but a renamed one, whose
+	 * redirect names its own lower directory, and what is in it.
 	 */
-	if (!opaque && f->frozen && !f->atomic) {
+	if (!opaque && above) {
 		char redir[OVL_REDIRECT_MAX + 1];
 
 		opaque = ovl_redirect_get(&f->fmt, ud, redir) > 0 ? 0 : 1;
 	}
+	f->opaque_above = false;
 	real = calloc(ul.n + 1, sizeof(*real));
 	marker = calloc(ul.n + 1, sizeof(*marker));
 	if (!real || !marker) {
@@ -740,13 +742,11 @@ int fin_commit_dir(struct fin *f, int ud, int ld)
 	 * plain commit changes the upper as it goes, so that the two show
 	 * the same at every step: a commit stopped anywhere can be retried.
 	 */
-	if (opaque > 0 && !f->atomic && (f->frozen || !upper_writable(f, ud))) {
-		freeze = true;
-		f->frozen++;
-	}
+	if (opaque > 0 && (f->atomic || above || !upper_writable(f, ud)))
+		f->opaque_above = true;
 	if (opaque > 0) {
-		err = f->atomic || freeze ? delete_hidden(f, ld, real, nreal, &ll)
-					  : unmark_opaque(f, ud, ld, real, nreal, &ll);
+		err = f->opaque_above ? delete_hidden(f, ld, real, nreal, &ll)
+				      : unmark_opaque(f, ud, ld, real, nreal, &ll);
 		if (err)
 			goto out_fail;
 	}
@@ -785,7 +785,7 @@ out_fail:
 	if (!f->fs->err[0])
 		fin_fail(f, err, "commit");
 out:
-	f->frozen -= freeze;
+	f->opaque_above = above;
 	free(real);
 	free(marker);
 	ovl_dirlist_free(&ul);

@@ -64,11 +64,12 @@ struct fin {
 	bool retry;		/* a killed plain commit may have left debris */
 	bool marked;		/* this run set XATTR_COMMITTING */
 	/*
-	 * Plain commit: how many opaque upper directories above the walk's
-	 * place it could not unmark (read-only, no privilege): it moves
-	 * nothing out of the upper there and shows nothing of the lower's.
+	 * The walk is under an opaque upper directory whose marker stays
+	 * (atomic; plain: frozen, one it could not unmark, read-only without
+	 * privilege): a directory there shows nothing of the lower's, but a
+	 * renamed one, and a plain commit moves nothing out of the upper.
 	 */
-	unsigned frozen;
+	bool opaque_above;
 	/* Upper files with several links: how many of their names it holds. */
 	struct ovl_linkmap names;
 
