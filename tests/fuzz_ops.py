@@ -207,6 +207,16 @@ def do_op(R, op, fds):
         return None
     if k == "mc":           # a metadata change, then a use of the file
         return outcome(R, a[0], fds), outcome(R, a[1], fds)
+    if k == "redo":         # several operations in a row
+        return tuple(outcome(R, o, fds) for o in a[0])
+    if k == "rmtree":       # rm -rf, children in name order, depth first
+        def rm(p):
+            if not stat.S_ISDIR(os.lstat(p).st_mode):
+                return os.unlink(p)
+            for n in sorted(os.listdir(p)):
+                rm(os.path.join(p, n))
+            return os.rmdir(p)
+        return rm(P(a[0]))
     if k in ("fwrite", "fread", "ftrunc", "close"):
         fd = fds.get(a[0])
         if fd is None:
@@ -622,7 +632,7 @@ WEIGHTS = {
     "mkdir": 5, "rmdir": 4, "rename": 14, "link": 4, "symlink": 4, "mkfifo": 1,
     "chmod": 3, "chown": 2, "utime": 5, "setxattr": 4, "rmxattr": 2, "getxattrs": 2,
     "stat": 4, "readlink": 1, "readdir": 4, "ouw": 3, "open": 4, "fwrite": 3,
-    "fread": 3, "ftrunc": 1, "close": 1, "mc": 6,
+    "fread": 3, "ftrunc": 1, "close": 1, "mc": 6, "redo": 3,
 }
 _KINDS = sorted(WEIGHTS)
 _CUM = []
@@ -724,6 +734,27 @@ def gen_op(rng, R, i, without=()):
             ("open", rng.randrange(3), p, rng.choice(["r", "rw"])),
             ("ouw", p, rng.choice(OFFS), tag, rng.choice(LENS))])
         return ("mc", first, then)
+    if kind == "redo":
+        # A directory deleted whole and made again with some of the
+        # subdirectories it had (rm -rf d; mkdir -p d/c/g): d opaque in
+        # the upper, c and g under it not, though the lower has them.
+        subdirs = [d for d, _ in dirs if d]
+        if not subdirs:
+            return ("stat", any_path())
+        d = rng.choice(subdirs)
+        ops = [("rmtree", d), ("mkdir", d, rng.choice(MODES_D))]
+        parent = d
+        for _ in range(rng.randrange(1, 3)):
+            olds = [n for n in sorted(os.listdir(os.path.join(R, parent)))
+                    if stat.S_ISDIR(os.lstat(os.path.join(R, parent, n)).st_mode)] \
+                if os.path.isdir(os.path.join(R, parent)) else []
+            if not olds:
+                break
+            parent = os.path.join(parent, rng.choice(olds))
+            ops.append(("mkdir", parent, 0o755))
+        ops.append(("create", os.path.join(parent, rng.choice(NAMES)),
+                    rng.choice(MODES_F), "", tag, rng.choice(LENS)))
+        return ("redo", ops)
     if kind == "ouw":
         return ("ouw", file_path(), rng.choice(OFFS), tag, rng.choice(LENS))
     if kind == "open":

@@ -438,3 +438,26 @@ def test_o_direct_read_and_write(scenario):
         return n, m, bytes(buf[:4])
     sc.both(fn)
     sc.check()
+
+
+@pytest.mark.parametrize("where", ["lower", "upper"])
+def test_truncate_to_the_same_size_changes_the_times_as_the_fs_does(scenario, where):
+    """truncate(2) to the size a file has: whether the times change is the
+    filesystem's to say (tmpfs: not for 0 to 0, yes for 5 to 5), while
+    ftruncate(2) always sets them. ovlfs served a truncate(2) with an
+    ftruncate of a reopened fd, so an empty file's mtime became now (the
+    fuzzer's seeds 177, 287, 297); it now passes a truncate(2) on."""
+    old = 1_000_000_000
+    sc = scenario({"f": F("data\n", mtime=old), "e": F("", mtime=old)})
+    for root in (sc.mnt, sc.oracle):
+        if where == "upper":
+            for n in ("f", "e"):
+                os.chmod(j(root, n), 0o600)     # copied up, times kept
+                os.utime(j(root, n), (old, old))
+        os.truncate(j(root, "f"), 5)
+        os.truncate(j(root, "e"), 0)
+    for n in ("f", "e"):
+        assert (os.lstat(j(sc.mnt, n)).st_mtime == old) == \
+            (os.lstat(j(sc.oracle, n)).st_mtime == old), n
+    assert os.lstat(j(sc.oracle, "e")).st_mtime == old     # tmpfs, 0 to 0
+    sc.check()

@@ -169,6 +169,32 @@ def test_commit_renames_in_the_lower(work, fmt, mode, name):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_commit_of_a_rename_into_a_long_opaque_path(work, fmt, mode):
+    """A directory renamed into an opaque one whose path is longer than a
+    redirect may be (the fuzzer's seed 86: rm -rf e/d; mkdir e/d; mv e
+    M*252; mv d M*252/d/b): a plain commit leaves such a renamed directory
+    a redirect naming its own path, which cannot be written. It stopped
+    there ("cannot update its redirect: File name too long"), the renames
+    made, and every retry did the same; such renames are now copied into
+    the upper first (as across a mount), atomic ones stay renames."""
+    r = Redirect(work, TREE, fmt)
+    long = "M" * 252
+
+    def ops(p):
+        shutil.rmtree(j(p, "e/ed"))
+        os.mkdir(j(p, "e/ed"))                          # opaque
+        os.rename(j(p, "e"), j(p, long))
+        os.rename(j(p, "d"), j(p, long, "ed", "d"))
+    r.both(ops)
+    r.check()
+    want = snapshot(r.mnt, mtime=True)
+    r.ovl.umount()
+    commit(r, mode)
+    assert_same_tree(lower_snap(r.lower), want, "lower after commit", "mount")
+    assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_commit_of_renamed_big_dir_copies_nothing(work, fmt, mode):
     """10,000 files renamed: the commit renames the directory in the lower
     (same directory inode, same file inodes) and is quick."""

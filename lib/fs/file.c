@@ -174,14 +174,17 @@ static int set_attrs(int ufd, mode_t type, const struct stat *attr, int valid,
 			if (ftruncate(fh, attr->st_size) < 0)
 				return -errno;
 		} else {
-			int fd = ovl_reopen(ufd, O_WRONLY);
+			/*
+			 * truncate(2), not an ftruncate of a reopened fd:
+			 * the caller's truncate(2) changes the times only if
+			 * the size changes, ftruncate always (tmpfs, ext4).
+			 * The magic link leads to the object itself.
+			 */
+			char p[32];
 
-			if (fd < 0)
-				return fd;
-			err = ftruncate(fd, attr->st_size) < 0 ? -errno : 0;
-			close(fd);
-			if (err)
-				return err;
+			ovl_proc_path(ufd, p);
+			if (truncate(p, attr->st_size) < 0)
+				return -errno;
 		}
 	}
 	if (setattr_times(attr, valid, ts)) {

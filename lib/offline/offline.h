@@ -193,7 +193,10 @@ int fin_plain_redirects(struct fin *f);
  * whose lower part is missing is refused, naming it).
  */
 int fin_renames_plan(struct fin *f);
-/* Can every rename of the plan be one rename (same filesystem)? */
+/*
+ * Can every rename of the plan be one rename (same filesystem; plain: its
+ * upper directory's redirect can name its path, where it must)?
+ */
 bool fin_renames_placeable(struct fin *f);
 /*
  * Plain commit: carry out the renames in the lower (finishing a killed

@@ -277,9 +277,13 @@ static bool is_source(const struct fin *f, const struct stat *st)
 	return false;
 }
 
+static int open_upper_at(struct fin *f, const char *dst, bool *under_opaque);
+
 bool fin_renames_placeable(struct fin *f)
 {
 	struct stat st;
+	bool under_opaque;
+	int fd;
 
 	/*
 	 * A rename stays within one filesystem: a source on another one
@@ -291,6 +295,21 @@ bool fin_renames_placeable(struct fin *f)
 	for (size_t i = 0; i < f->nrenames; i++)
 		if (f->renames[i].dev != st.st_dev)
 			return false;
+	/*
+	 * A plain commit leaves a renamed upper directory under an opaque
+	 * one with a redirect naming its own path (settle_upper): one longer
+	 * than a redirect may be cannot be written, and the commit would
+	 * stop there, the renames made, for good.
+	 */
+	for (size_t i = 0; !f->atomic && i < f->nrenames; i++) {
+		if (strlen(f->renames[i].dst) + 1 <= OVL_REDIRECT_MAX)
+			continue;
+		fd = open_upper_at(f, f->renames[i].dst, &under_opaque);
+		if (fd >= 0)
+			close(fd);
+		if (fd < 0 || under_opaque)
+			return false;
+	}
 	return true;
 }
 
