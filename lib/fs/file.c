@@ -145,9 +145,12 @@ static bool setattr_times(const struct stat *attr, int valid,
 			OVL_SET_MTIME_NOW);
 }
 
-/* Apply the changes VALID asks for to object UFD (type TYPE). */
+/*
+ * Apply the changes VALID asks for to object UFD (type TYPE). SAME_SIZE:
+ * a size change asks for the size the file had before (copy-up aside).
+ */
 static int set_attrs(int ufd, mode_t type, const struct stat *attr, int valid,
-		     int fh)
+		     int fh, bool same_size)
 {
 	struct timespec ts[2];
 	int err;
@@ -173,18 +176,30 @@ static int set_attrs(int ufd, mode_t type, const struct stat *attr, int valid,
 		if (fh >= 0) {
 			if (ftruncate(fh, attr->st_size) < 0)
 				return -errno;
-		} else {
+		} else if (same_size) {
 			/*
-			 * truncate(2), not an ftruncate of a reopened fd:
-			 * the caller's truncate(2) changes the times only if
-			 * the size changes, ftruncate always (tmpfs, ext4).
-			 * The magic link leads to the object itself.
+			 * The caller's truncate(2) to the size the file has:
+			 * whether its times change is the filesystem's to say
+			 * (tmpfs: not from 0 to 0), and an ftruncate would
+			 * always set them. truncate(2) of the magic link, which
+			 * leads to the object itself, asks the same. (A copy-up
+			 * for a truncate to 0 copies no data: the size the
+			 * upper file has then is no guide.)
 			 */
 			char p[32];
 
 			ovl_proc_path(ufd, p);
 			if (truncate(p, attr->st_size) < 0)
 				return -errno;
+		} else {
+			int fd = ovl_reopen(ufd, O_WRONLY);
+
+			if (fd < 0)
+				return fd;
+			err = ftruncate(fd, attr->st_size) < 0 ? -errno : 0;
+			close(fd);
+			if (err)
+				return err;
 		}
 	}
 	if (setattr_times(attr, valid, ts)) {
@@ -234,9 +249,14 @@ int ovl_setattr(struct ovl_fs *ofs, struct ovl_node *node,
 		const struct stat *attr, int valid, int fh, struct stat *out)
 {
 	const char *name;
-	bool had_upper = true;
+	bool had_upper = true, same_size = false;
+	struct stat before;
 	int ufd, dfd, err;
 
+	/* A truncate(2) to the size the file has (see set_attrs). */
+	if ((valid & OVL_SET_SIZE) && fh < 0 &&
+	    ovl_node_stat(ofs, node, &before) == 0)
+		same_size = before.st_size == attr->st_size;
 	if (valid & (OVL_SET_MODE | OVL_SET_UID | OVL_SET_GID | OVL_SET_SIZE |
 		     OVL_SET_ATIME | OVL_SET_MTIME | OVL_SET_ATIME_NOW |
 		     OVL_SET_MTIME_NOW)) {
@@ -259,7 +279,7 @@ int ovl_setattr(struct ovl_fs *ofs, struct ovl_node *node,
 		ufd = ovl_node_fd_get(ofs, node, OVL_TOP);
 		if (ufd < 0)
 			return ufd;
-		err = set_attrs(ufd, node->type, attr, valid, fh);
+		err = set_attrs(ufd, node->type, attr, valid, fh, same_size);
 		ovl_node_fd_put(node, ufd);
 	}
 	/* No reply brings the copy's attributes (its ctime): tell. */
