@@ -461,3 +461,25 @@ def test_truncate_to_the_same_size_changes_the_times_as_the_fs_does(scenario, wh
             (os.lstat(j(sc.oracle, n)).st_mtime == old), n
     assert os.lstat(j(sc.oracle, "e")).st_mtime == old     # tmpfs, 0 to 0
     sc.check()
+
+
+def test_refused_xattr_create_or_replace_changes_nothing(scenario):
+    """setxattr XATTR_REPLACE of an attribute a lower file lacks (ENODATA),
+    XATTR_CREATE of one it has (EEXIST): nothing changes, the parent's
+    times included. The file was copied up to try, the copy thrown away,
+    and its directory's mtime became now (the fuzzer's seed 1164)."""
+    old = 1_000_000_000
+    # a directory (and an empty file) is copied under a temporary name
+    sc = scenario({"d": D({"f": F("", xattrs={"user.a": "1"}),
+                           "s": D({}, xattrs={"user.a": "1"})}, mtime=old)})
+    for root in (sc.mnt, sc.oracle):
+        for n in ("d/f", "d/s"):
+            with pytest.raises(OSError) as e:
+                os.setxattr(j(root, n), "user.b", b"2", os.XATTR_REPLACE)
+            assert e.value.errno == errno.ENODATA
+            with pytest.raises(OSError) as e:
+                os.setxattr(j(root, n), "user.a", b"2", os.XATTR_CREATE)
+            assert e.value.errno == errno.EEXIST
+    sc.remount()        # the kernel may hold d's old attributes
+    assert os.lstat(j(sc.mnt, "d")).st_mtime == old
+    sc.check()

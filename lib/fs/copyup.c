@@ -331,8 +331,10 @@ static int copy_up_one(struct ovl_fs *ofs, struct ovl_node *node,
 						   xc->size, xc->flags);
 		if (err) {
 			close(fd);
-			if (tmpname[0])
-				ovl_remove_tree(pufd, tmpname);
+			/* Nobody saw it: the parent gets its times back. */
+			if (tmpname[0] && ovl_remove_tree(pufd, tmpname) == 0 &&
+			    !slow && pst0.st_mtim.tv_nsec != UTIME_OMIT)
+				restore_times(pufd, &pst0);
 			fd = err;
 		}
 	}

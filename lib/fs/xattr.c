@@ -106,7 +106,21 @@ static int change_upper(struct ovl_fs *ofs, struct ovl_node *node,
 	struct ovl_xchange xc = { .name = name, .value = value, .size = size,
 				  .flags = flags, .remove = remove };
 	char path[1024];
-	int fd, err = ovl_copy_up_xattr(ofs, node, &xc);
+	int fd, err;
+
+	/*
+	 * What XATTR_CREATE and XATTR_REPLACE refuse needs no copy-up to
+	 * know: one made and thrown away changed the parent's mtime.
+	 */
+	if (!remove && (flags & (XATTR_CREATE | XATTR_REPLACE)) &&
+	    !ovl_node_has_upper(node)) {
+		err = ovl_getxattr(ofs, node, name, NULL, 0);
+		if ((flags & XATTR_REPLACE) && err == -ENODATA)
+			return err;
+		if ((flags & XATTR_CREATE) && err >= 0)
+			return -EEXIST;
+	}
+	err = ovl_copy_up_xattr(ofs, node, &xc);
 
 	if (err && !xc.tried)
 		return err;
