@@ -16,6 +16,9 @@ explicitly, hard-link groups).  Then the overlay is remounted and compared
 once more, unmounted, committed (`ovlfs commit`, `--atomic` for odd seeds)
 and the lower must equal the oracle.
 
+OVLFS_FUZZ_MOUNT_ARGS in the environment adds options to every mount
+(`--format kernel`: the kernel's whiteouts and xattrs in the upper).
+
 With --procs K the lower has K subtrees p0..p{K-1}; K processes work at the
 same time, each in its own subtree, with the same checks per subtree.
 
@@ -379,6 +382,8 @@ class Harness:
         args = ["mount", "--upper", self.upper]
         if self.inode_mode:
             args += ["--inode-mode", self.inode_mode]
+        # e.g. OVLFS_FUZZ_MOUNT_ARGS="--format kernel" (reproducers too)
+        args += os.environ.get("OVLFS_FUZZ_MOUNT_ARGS", "").split()
         r = self._run(args + [self.lower, self.mp])
         if r.returncode != 0:
             raise RuntimeError("ovlfs mount failed: %s" % r.stderr.decode(errors="replace"))

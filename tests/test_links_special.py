@@ -408,3 +408,23 @@ def test_open_deleted_lower_file_counts_zero(scenario):
             os.close(fd)
     sc.both(fn2)
     sc.check(nlink=True)
+
+
+def test_rename_onto_another_link_of_the_file(scenario):
+    """rename(2) of a name onto another name of the same file does nothing
+    (both stay), but the kernel moves its dentry all the same: moved on,
+    the file must stay reachable after its first name is unlinked (it gave
+    ENOENT: the node kept the old name, and its unlink marked it deleted;
+    the fuzzer's seed 2115)."""
+    sc = scenario({"f": "f\n", "x": {"u": HL("f")}, "b": HL("f"), "a": {}})
+    for root in (sc.mnt, sc.oracle):
+        os.rename(j(root, "x/u"), j(root, "b"))
+        assert sorted(os.listdir(j(root, "x"))) == ["u"]
+        os.rename(j(root, "b"), j(root, "a/b"))
+        os.unlink(j(root, "x/u"))
+        with open(j(root, "a/b")) as fh:
+            assert fh.read() == "f\n"
+        assert os.lstat(j(root, "a/b")).st_nlink == 2
+    sc.check()
+    sc.remount()
+    sc.check()

@@ -1027,9 +1027,30 @@ again:
 			goto out;
 		}
 	}
-	/* Hard links to one file: rename(2) says do nothing. */
-	if (dst && !exchange && src->type != S_IFDIR && same_file(ofs, src, dst))
+	/*
+	 * Hard links to one file: rename(2) says do nothing, and both names
+	 * stay. The kernel moves SRC's dentry to the new name and drops
+	 * DST's all the same (it cannot tell: two nodes), so the nodes follow
+	 * it: else SRC's node would keep its old name while the kernel shows
+	 * it at the new one, and unlinking the old name marked it deleted
+	 * (the new name then gave ENOENT). The old name is looked up afresh.
+	 */
+	if (dst && !exchange && src->type != S_IFDIR && same_file(ofs, src, dst)) {
+		pthread_rwlock_wrlock(&ofs->ns_lock);
+		err = ovl_lookup_locked(ofs, parent, name, &s2);
+		if (!err)
+			err = ovl_lookup_locked(ofs, newparent, newname, &d2);
+		if (!err && s2 == src && d2 == dst) {
+			ovl_node_unhash(ofs, dst);
+			err = ovl_node_move(ofs, src, newparent, newname);
+		}
+		pthread_rwlock_unlock(&ofs->ns_lock);
+		ovl_node_put(ofs, s2);
+		ovl_node_put(ofs, d2);
+		s2 = d2 = NULL;
+		err = err == -ENOENT ? 0 : err;
 		goto out;
+	}
 	err = ovl_copy_up(ofs, parent);
 	if (!err)
 		err = ovl_copy_up(ofs, newparent);
