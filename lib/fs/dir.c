@@ -519,6 +519,7 @@ static int copy_up_linked_at(struct ovl_fs *ofs, struct ovl_node *parent,
 int ovl_unlink(struct ovl_fs *ofs, struct ovl_node *parent, const char *name)
 {
 	struct ovl_node *node;
+	struct stat st;
 	int pufd, lower, err;
 
 	err = ovl_copy_up(ofs, parent);
@@ -542,6 +543,15 @@ int ovl_unlink(struct ovl_fs *ofs, struct ovl_node *parent, const char *name)
 	}
 	/* Files still open on it keep working on the object itself. */
 	err = ovl_node_pin(node);
+	/*
+	 * So does a file with other names: the kernel may know this node by
+	 * one of them (a rename onto another name of the same file does
+	 * nothing, but moves the dentry: the node is the new name's then).
+	 */
+	if (!err && node->type == S_IFREG && ovl_node_has_upper(node) &&
+	    ovl_node_stat_locked(ofs, node, &st) == 0 &&
+	    st.st_nlink > 1)
+		err = ovl_node_pin_upper(node);
 	if (err)
 		goto out_put;
 	/* In the kernel format the whiteout replaces the upper entry. */
@@ -1027,30 +1037,9 @@ again:
 			goto out;
 		}
 	}
-	/*
-	 * Hard links to one file: rename(2) says do nothing, and both names
-	 * stay. The kernel moves SRC's dentry to the new name and drops
-	 * DST's all the same (it cannot tell: two nodes), so the nodes follow
-	 * it: else SRC's node would keep its old name while the kernel shows
-	 * it at the new one, and unlinking the old name marked it deleted
-	 * (the new name then gave ENOENT). The old name is looked up afresh.
-	 */
-	if (dst && !exchange && src->type != S_IFDIR && same_file(ofs, src, dst)) {
-		pthread_rwlock_wrlock(&ofs->ns_lock);
-		err = ovl_lookup_locked(ofs, parent, name, &s2);
-		if (!err)
-			err = ovl_lookup_locked(ofs, newparent, newname, &d2);
-		if (!err && s2 == src && d2 == dst) {
-			ovl_node_unhash(ofs, dst);
-			err = ovl_node_move(ofs, src, newparent, newname);
-		}
-		pthread_rwlock_unlock(&ofs->ns_lock);
-		ovl_node_put(ofs, s2);
-		ovl_node_put(ofs, d2);
-		s2 = d2 = NULL;
-		err = err == -ENOENT ? 0 : err;
+	/* Hard links to one file: rename(2) says do nothing. */
+	if (dst && !exchange && src->type != S_IFDIR && same_file(ofs, src, dst))
 		goto out;
-	}
 	err = ovl_copy_up(ofs, parent);
 	if (!err)
 		err = ovl_copy_up(ofs, newparent);

@@ -328,12 +328,6 @@ void ovl_nodes_trim(struct ovl_fs *ofs);
 int ovl_node_move(struct ovl_fs *ofs, struct ovl_node *node,
 		  struct ovl_node *newparent, const char *newname);
 /*
- * NODE no longer answers for its name (the file lives on: its name went
- * to another node); a lookup of the name makes a node afresh. Caller
- * holds ns_lock for write.
- */
-void ovl_node_unhash(struct ovl_fs *ofs, struct ovl_node *node);
-/*
  * NAME in PARENT went away: if that is NODE's own name, unhash NODE and
  * mark it deleted (an indexed node reached through another of its names
  * keeps its own). Caller holds ns_lock for write.

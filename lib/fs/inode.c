@@ -632,13 +632,6 @@ void ovl_node_unlink(struct ovl_fs *ofs, struct ovl_node *node,
 	pthread_mutex_unlock(&ofs->table_lock);
 }
 
-void ovl_node_unhash(struct ovl_fs *ofs, struct ovl_node *node)
-{
-	pthread_mutex_lock(&ofs->table_lock);
-	unhash_locked(ofs, node);
-	pthread_mutex_unlock(&ofs->table_lock);
-}
-
 struct ovl_node *ovl_node_by_inode(struct ovl_fs *ofs, dev_t dev, ino_t ino)
 {
 	struct ovl_node *n;
