@@ -194,6 +194,35 @@ def test_commit_of_a_rename_into_a_long_opaque_path(work, fmt, mode):
     assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
 
 
+def test_names_deleted_in_a_dir_renamed_as_a_copy(work, fmt):
+    """A directory whose redirect would be too long to write (its old path
+    is) is renamed as a copy of its tree (opaque): in the kernel format it
+    kept the whiteouts it held, so creating a file, a directory or a link,
+    or renaming a directory, at a deleted name failed (EEXIST, ENOTDIR:
+    the kernel-format fuzzer's seeds 101, 151, 208)."""
+    long = "N" * 255
+    r = Redirect(work, {long: {"d": {"x": "x\n", "w": "w\n", "keep": "k\n",
+                                     "sub": {"s": "s\n"}, "y": {}}},
+                        "e": {}}, fmt)
+
+    def ops(p):
+        d = j(p, long, "d")
+        os.unlink(j(d, "x"))
+        os.unlink(j(d, "w"))
+        shutil.rmtree(j(d, "sub"))
+        os.rmdir(j(d, "y"))
+        os.rename(d, j(p, "e/d"))                       # "/N...N/d": too long
+        open(j(p, "e/d/x"), "w").write("new x\n")
+        os.mkdir(j(p, "e/d/sub"))
+        os.link(j(p, "e/d/keep"), j(p, "e/d/w"))
+        os.mkdir(j(p, "moved"))
+        os.rename(j(p, "moved"), j(p, "e/d/y"))
+    r.both(ops)
+    r.check()
+    r.ovl.remount()
+    r.check()
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_commit_of_renamed_big_dir_copies_nothing(work, fmt, mode):
     """10,000 files renamed: the commit renames the directory in the lower

@@ -130,6 +130,18 @@ static int prepare_create(struct ovl_fs *ofs, struct ovl_node *parent,
 			return err;
 		*wh = err;
 	}
+	/*
+	 * A kernel-format whiteout may stand where the lower has nothing to
+	 * hide: a directory renamed as a copy of its tree (its redirect too
+	 * long to write) is opaque but keeps the whiteouts it held. It is
+	 * replaced as any whiteout is; created over, it was EEXIST.
+	 */
+	if (!*wh && ofs->fmt.kernel) {
+		struct stat st;
+
+		*wh = fstatat(pufd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		      ovl_is_kernel_wh(&st);
+	}
 	return pufd;
 }
 
@@ -900,8 +912,8 @@ static int rename_plain(struct ovl_fs *ofs, struct ovl_node *src,
 	 * step, so no instant shows the deleted lower entry at NEWNAME; the
 	 * whiteout lands at the old name, which needs one iff LOWER_OLD.
 	 */
-	if (kernel && !dst && src->type == S_IFDIR &&
-	    ovl_node_lower_visible(newparent)) {
+	if (kernel && !dst && src->type == S_IFDIR) {
+		/* (Also where the lower shows nothing: see prepare_create.) */
 		err = ovl_wh_exists(&ofs->fmt, npufd, newname);
 		if (err < 0)
 			goto out_wh;
