@@ -194,7 +194,8 @@ def test_commit_of_a_rename_into_a_long_opaque_path(work, fmt, mode):
     assert_same_tree(snapshot(r.lower), snapshot(r.oracle), "lower", "model")
 
 
-def test_names_deleted_in_a_dir_renamed_as_a_copy(work, fmt):
+@pytest.mark.parametrize("mode", MODES)
+def test_names_deleted_in_a_dir_renamed_as_a_copy(work, fmt, mode):
     """A directory whose redirect would be too long to write (its old path
     is) is renamed as a copy of its tree (opaque): in the kernel format it
     kept the whiteouts it held, so creating a file, a directory or a link,
@@ -202,7 +203,8 @@ def test_names_deleted_in_a_dir_renamed_as_a_copy(work, fmt):
     the kernel-format fuzzer's seeds 101, 151, 208)."""
     long = "N" * 255
     r = Redirect(work, {long: {"d": {"x": "x\n", "w": "w\n", "keep": "k\n",
-                                     "sub": {"s": "s\n"}, "y": {}}},
+                                     "sub": {"s": "s\n"}, "y": {},
+                                     "gone": "g\n"}},
                         "e": {}}, fmt)
 
     def ops(p):
@@ -211,6 +213,7 @@ def test_names_deleted_in_a_dir_renamed_as_a_copy(work, fmt):
         os.unlink(j(d, "w"))
         shutil.rmtree(j(d, "sub"))
         os.rmdir(j(d, "y"))
+        os.rename(j(d, "gone"), j(p, "e/gone"))         # its whiteout stays
         os.rename(d, j(p, "e/d"))                       # "/N...N/d": too long
         open(j(p, "e/d/x"), "w").write("new x\n")
         os.mkdir(j(p, "e/d/sub"))
@@ -221,6 +224,12 @@ def test_names_deleted_in_a_dir_renamed_as_a_copy(work, fmt):
     r.check()
     r.ovl.remount()
     r.check()
+    # commit --atomic staged the copied tree with its whiteouts, as 0/0
+    # devices (kernel-format fuzzer seed 457)
+    want = snapshot(r.mnt, mtime=True)
+    r.ovl.umount()
+    commit(r, mode)
+    assert_same_tree(lower_snap(r.lower), want, "lower after commit", "mount")
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -57,6 +57,13 @@ int fin_stage_tree(struct fin *f, int ud, const char *name, int dstdir,
 			err = -errno;
 			break;
 		}
+		/*
+		 * The kernel format's whiteouts too: a directory renamed as
+		 * a copy of its tree keeps those it held (kernel-format
+		 * fuzzer seed 457: one was committed as a 0/0 device).
+		 */
+		if (f->fmt.kernel && ovl_is_kernel_wh(&st))
+			continue;
 		if (S_ISDIR(st.st_mode))
 			err = fin_stage_tree(f, cu, e, cd, e);
 		else
