@@ -261,7 +261,8 @@ static void watchdog(int fd)
 	/*
 	 * No mount of ovlfs there: none was made, or the parent unmounted
 	 * it. Known by the mount table, not by stat: a dead mount may fail
-	 * stat with other errors than ENOTCONN, or hang it (CI35 left one).
+	 * stat with other errors than ENOTCONN, or hang it (suspected, not
+	 * shown, in CI35, which left a dead mount for good).
 	 */
 	if (!mp || !*mp || !realpath(mp, real) || !ovlfs_mount_at(real, &dev))
 		_exit(0);

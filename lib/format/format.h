@@ -114,18 +114,18 @@ struct ovlfs {
 struct ovl_place;
 
 /*
+ * Is NAME the trash of the upper BASE (".BASE.removed-" and six
+ * characters): a finished upper renamed away to be deleted (offline's
+ * remove_whole); left by a run killed while deleting it.
+ */
+bool ovl_is_upper_trash(const char *name, const char *base);
+/*
  * For calls on an unmounted pair (finish, recover, diff): the canonical
  * lower (an existing, readable directory) and upper, neither the same as
  * nor inside the other. A default upper may be missing (*UPPER_EXISTS
  * false); one the caller named must exist. New strings, or -errno with a
  * message.
  */
-/*
- * Is NAME the trash of the upper BASE (".BASE.removed-" and six
- * characters): a finished upper renamed away to be deleted (offline's
- * remove_whole); left by a run killed while deleting it.
- */
-bool ovl_is_upper_trash(const char *name, const char *base);
 int ovl_pair_paths(struct ovlfs *fs, bool target, char **lower, char **upper,
 		   bool *upper_exists);
 /*

@@ -243,7 +243,6 @@ int fin_open_root(struct fin *f, const char *what, const char *path,
 	return 0;
 }
 
-/* Remove the upper directory itself, making sure it is the one we hold. */
 void fin_sweep_trash(const char *upper)
 {
 	const char *base;
@@ -301,6 +300,7 @@ in_place:
 	return ovl_remove_tree(pfd, base);
 }
 
+/* Remove the upper directory itself, making sure it is the one we hold. */
 int fin_remove_upper(struct fin *f)
 {
 	const char *base;
