@@ -124,23 +124,23 @@ static int prepare_create(struct ovl_fs *ofs, struct ovl_node *parent,
 	if (pufd < 0)
 		return -EIO;
 	*wh = false;
-	if (ovl_node_lower_visible(parent)) {
-		err = ovl_lower_has(ofs, parent, name, NULL);
-		if (err < 0)
-			return err;
-		*wh = err;
-	}
-	/*
-	 * A kernel-format whiteout may stand where the lower has nothing to
-	 * hide: a directory renamed as a copy of its tree (its redirect too
-	 * long to write) is opaque but keeps the whiteouts it held. It is
-	 * replaced as any whiteout is; created over, it was EEXIST.
-	 */
-	if (!*wh && ofs->fmt.kernel) {
+	if (ofs->fmt.kernel) {
+		/*
+		 * The whiteout is the upper entry at NAME, and it is what
+		 * the new entry replaces, wherever it stands: also where the
+		 * lower has nothing to hide (a directory renamed as a copy of
+		 * its tree, its redirect too long to write, is opaque but
+		 * keeps the whiteouts it held).
+		 */
 		struct stat st;
 
 		*wh = fstatat(pufd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
 		      ovl_is_kernel_wh(&st);
+	} else if (ovl_node_lower_visible(parent)) {
+		err = ovl_lower_has(ofs, parent, name, NULL);
+		if (err < 0)
+			return err;
+		*wh = err;
 	}
 	return pufd;
 }
@@ -160,26 +160,19 @@ static bool made_hidden(const struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 }
 
 /*
- * Put the new object made under the hidden name TMP at NAME in PUFD. A
- * kernel-format whiteout at NAME (KWH) is replaced in the same step: a
- * non-directory is renamed over it, a directory exchanged with it
- * (rename(2) puts no directory over a non-directory) and the whiteout,
- * now at TMP, removed (killed before, it is debris: a .wh..wh.tmp name).
- * Anything else at NAME: EEXIST.
+ * Put the new object made under the hidden name TMP at NAME in PUFD. The
+ * kernel-format whiteout at NAME (KWH: prepare_create found it, ns_lock
+ * held for write since) is replaced in the same step: a non-directory is
+ * renamed over it, a directory exchanged with it (rename(2) puts no
+ * directory over a non-directory) and the whiteout, now at TMP, removed
+ * (killed before, it is debris: a .wh..wh.tmp name). Anything else at
+ * NAME: EEXIST.
  */
-static int place_new(const struct ovl_fs *ofs, int pufd, const char *tmp,
-		     const char *name, bool kwh, bool is_dir)
+static int place_new(int pufd, const char *tmp, const char *name, bool kwh,
+		     bool is_dir)
 {
-	unsigned int how = RENAME_NOREPLACE;
+	unsigned int how = !kwh ? RENAME_NOREPLACE : is_dir ? RENAME_EXCHANGE : 0;
 
-	if (kwh) {
-		int r = ovl_wh_exists(&ofs->fmt, pufd, name);
-
-		if (r < 0)
-			return r;
-		if (r)
-			how = is_dir ? RENAME_EXCHANGE : 0;
-	}
 	if (renameat2(pufd, tmp, pufd, name, how) < 0)
 		return -errno;
 	if (how == RENAME_EXCHANGE)
@@ -240,7 +233,7 @@ static int make_dir(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	if (!err)
 		err = set_new_owner(ofs, ctx, pufd, fd, S_IFDIR | mode, acl);
 	if (!err)
-		err = place_new(ofs, pufd, tmp, name, kwh, true);
+		err = place_new(pufd, tmp, name, kwh, true);
 	if (err) {
 		close(fd);
 		goto out_rmdir;
@@ -303,7 +296,7 @@ made:
 		fd = ovl_open_child(pufd, at);
 		err = fd < 0 ? fd : set_new_owner(ofs, ctx, pufd, fd, mode, acl);
 		if (!err && at == tmp)
-			err = place_new(ofs, pufd, tmp, name, kwh, false);
+			err = place_new(pufd, tmp, name, kwh, false);
 		if (err) {
 			if (fd >= 0)
 				close(fd);
@@ -378,7 +371,7 @@ int ovl_create(struct ovl_fs *ofs, const struct ovl_ctx *ctx,
 	if (!err)
 		err = ovl_fstat(fd, &st);
 	if (!err && at == tmp)
-		err = place_new(ofs, pufd, tmp, name, kwh, false);
+		err = place_new(pufd, tmp, name, kwh, false);
 	if (err) {
 		close(fd);
 		unlinkat(pufd, at, 0);
@@ -443,7 +436,7 @@ int ovl_link(struct ovl_fs *ofs, struct ovl_node *node,
 		ovl_tmp_name(&ofs->tmp_counter, tmp);
 		err = ovl_link_fd(atomic_load(&node->upper_fd), pufd, tmp);
 		if (!err)
-			err = place_new(ofs, pufd, tmp, newname, true, false);
+			err = place_new(pufd, tmp, newname, true, false);
 		if (err)
 			unlinkat(pufd, tmp, 0);
 	} else if (!err) {
