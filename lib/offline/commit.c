@@ -285,7 +285,7 @@ static int delete_lower(struct fin *f, int ld, const char *name)
 	if (!f->atomic)
 		return ovl_remove_tree(ld, name);
 	/* A read-only directory moves to trash/ only opened up. */
-	if (S_ISDIR(st.st_mode) && !f->is_root)
+	if (S_ISDIR(st.st_mode))
 		err = open_up_lower(f, ld, name);
 	return err ? err : fin_jop(f, 'D', fin_new_op(f, n));
 }
@@ -464,16 +464,10 @@ static int commit_subdir(struct fin *f, int ud, int ld, const char *name,
 		if (!err && mkdirat(ld, name, 0700) < 0)
 			err = -errno;
 	}
+	/* Written before its own mode is applied (after). */
 	if (!err && merge && !f->atomic && !f->is_root &&
-	    (ls->st_mode & 0700) != 0700) {
-		/* Written before its own mode is applied (after); by fd. */
-		int pfd = openat(ld, name, O_PATH | O_DIRECTORY | O_NOFOLLOW |
-				 O_CLOEXEC);
-
-		err = pfd < 0 ? -errno : ovl_fchmod_any(pfd, ls->st_mode | 0700);
-		if (pfd >= 0)
-			close(pfd);
-	}
+	    (ls->st_mode & 0700) != 0700)
+		err = fin_open_up(ld, name);
 	if (!err)
 		cu = err = fin_open_dir_at(ud, name);
 	if (err >= 0)

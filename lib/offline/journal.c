@@ -286,20 +286,19 @@ bool fin_exists_at(int dfd, const char *name)
 	return fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
 }
 
-/*
- * Open up (u+rwx) directory DFD, or its entry NAME, if it is a directory
- * without u+w or u+x.
- */
-static void open_up(int dfd, const char *name)
+int fin_open_up(int dfd, const char *name)
 {
 	int fd = name ? openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC) : dfd;
 	struct stat st;
+	int err = fd < 0 ? -errno : 0;
 
-	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) &&
-	    (st.st_mode & 0700) != 0700)
-		ovl_fchmod_any(fd, (st.st_mode | 0700) & 07777);
+	if (!err && fstat(fd, &st) < 0)
+		err = -errno;
+	if (!err && S_ISDIR(st.st_mode) && (st.st_mode & 0700) != 0700)
+		err = ovl_fchmod_any(fd, (st.st_mode | 0700) & 07777);
 	if (fd >= 0 && name)
 		close(fd);
+	return err;
 }
 
 int fin_rename_opened(struct fin *f, int od, const char *on, int nd,
@@ -309,9 +308,10 @@ int fin_rename_opened(struct fin *f, int od, const char *on, int nd,
 		return 0;
 	if (f->is_root || errno != EACCES)
 		return -errno;
-	open_up(od, NULL);
-	open_up(nd, NULL);
-	open_up(od, on);
+	/* Best effort: the second renameat says what still fails. */
+	fin_open_up(od, NULL);
+	fin_open_up(nd, NULL);
+	fin_open_up(od, on);
 	return renameat(od, on, nd, nn) < 0 ? -errno : 0;
 }
 

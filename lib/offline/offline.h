@@ -243,6 +243,11 @@ int fin_jop(struct fin *f, char op, unsigned long n);
  */
 int fin_resolve_parent(struct fin *f, char *path, char **last);
 /*
+ * Open up (u+rwx) directory DFD, or its entry NAME (never followed), if
+ * it is a directory without u+w or u+x. 0 or -errno.
+ */
+int fin_open_up(int dfd, const char *name);
+/*
  * renameat OD/ON to ND/NN. Without privilege, a directory without u+w
  * moves out of or into a directory without u+w (and at all, to another
  * parent: its "..") only opened up: on EACCES all three are opened up
