@@ -175,26 +175,11 @@ static int copy_dir(struct flat *f, int sfd, int dfd, int depth)
 	return err;
 }
 
-/* Is NAME BASE + SUFFIX + six characters of mkdtemp()'s? */
-static bool is_temp_of(const char *name, const char *base, const char *suffix)
-{
-	size_t b = strlen(base), s = strlen(suffix);
-
-	if (strncmp(name, base, b) || strncmp(name + b, suffix, s) ||
-	    strlen(name + b + s) != 6)
-		return false;
-	for (const char *c = name + b + s; *c; c++)
-		if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
-		      (*c >= '0' && *c <= '9')))
-			return false;
-	return true;
-}
-
 /* Is NAME one of flatten's temporaries beside DEST (its last component BASE)? */
 static bool is_flatten_temp(const char *name, const char *base)
 {
-	return is_temp_of(name, base, ".partial-") ||
-	       is_temp_of(name, base, ".flatten-");
+	return ovl_is_run_name(name, base, ".partial-") ||
+	       ovl_is_run_name(name, base, ".flatten-");
 }
 
 /*

@@ -186,6 +186,11 @@ bool ovl_same_place(const struct ovl_place *a, const struct ovl_place *b);
 char *ovl_path_strip(const char *path);
 /* PATH + SUFFIX after stripping trailing slashes; new string or NULL. */
 char *ovl_path_with_suffix(const char *path, const char *suffix);
+/*
+ * Is NAME BASE + SUFFIX + six letters or digits: a name a run made beside
+ * BASE (mkdtemp()'s XXXXXX, or six digits)?
+ */
+bool ovl_is_run_name(const char *name, const char *base, const char *suffix);
 /* True if canonical absolute path A equals B or lies inside B. */
 bool ovl_path_within(const char *a, const char *b);
 /*

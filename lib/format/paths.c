@@ -60,6 +60,20 @@ char *ovl_path_with_suffix(const char *path, const char *suffix)
 	return res;
 }
 
+bool ovl_is_run_name(const char *name, const char *base, const char *suffix)
+{
+	size_t b = strlen(base), s = strlen(suffix);
+
+	if (strncmp(name, base, b) || strncmp(name + b, suffix, s) ||
+	    strlen(name + b + s) != 6)
+		return false;
+	for (const char *c = name + b + s; *c; c++)
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+		      (*c >= '0' && *c <= '9')))
+			return false;
+	return true;
+}
+
 bool ovl_path_within(const char *a, const char *b)
 {
 	size_t blen;

@@ -217,11 +217,7 @@ static int target_lower(struct ovlfs *fs, bool target, char **out)
 
 bool ovl_is_upper_trash(const char *name, const char *base)
 {
-	size_t b = strlen(base);
-
-	return name[0] == '.' && !strncmp(name + 1, base, b) &&
-	       !strncmp(name + 1 + b, ".removed-", 9) &&
-	       strlen(name + 1 + b + 9) == 6;
+	return name[0] == '.' && ovl_is_run_name(name + 1, base, ".removed-");
 }
 
 /* Is there trash of the upper UPPER (canonical) beside it? */

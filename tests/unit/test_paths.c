@@ -68,6 +68,17 @@ static void test_suffix(void)
 	check_suffix("", ".upper", NULL);
 }
 
+static void test_run_name(void)
+{
+	T_ASSERT(ovl_is_run_name("d.partial-AbC123", "d", ".partial-"));
+	T_ASSERT(ovl_is_run_name("up.removed-000042", "up", ".removed-"));
+	T_ASSERT(!ovl_is_run_name("d.partial-toolong7", "d", ".partial-"));
+	T_ASSERT(!ovl_is_run_name("d.partial-short", "d", ".partial-"));
+	T_ASSERT(!ovl_is_run_name("d.partial-ab c!x", "d", ".partial-"));
+	T_ASSERT(!ovl_is_run_name("e.partial-AbC123", "d", ".partial-"));
+	T_ASSERT(!ovl_is_run_name("dx.partial-AbC12", "d", ".partial-"));
+}
+
 static void test_within(void)
 {
 	T_ASSERT(ovl_path_within("/a/b", "/a/b"));
@@ -352,6 +363,7 @@ int main(void)
 	test_strip();
 	test_suffix();
 	test_within();
+	test_run_name();
 	make_tree();
 	test_canonical_absolute();
 	test_canonical_relative();
