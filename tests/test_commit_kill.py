@@ -304,16 +304,23 @@ def test_commit_keeps_outside_hard_link_untouched(work, alt_work):
                 if n.startswith(("trusted.ovlfs.", "user.ovlfs."))]
 
 
+def flatten_lower(work, ndirs, big):
+    """WORK/lower: NDIRS directories of 40 small files, and a file of BIG
+    zero bytes (time enough to be killed while flatten copies it)."""
+    lower = j(work, "lower")
+    os.mkdir(lower)
+    build(lower, {"d%02d" % d: {"f%02d" % i: "%d %d" % (d, i) for i in range(40)}
+                  for d in range(ndirs)})
+    with open(j(lower, "big"), "wb") as f:
+        f.write(b"\0" * big)
+    return lower
+
+
 def test_flatten_killed_then_retried(work):
     """flatten killed at any instant dies (its view is served by a child
     process, in a mount namespace of its own), leaves no mount and no DEST,
     and a retry writes DEST whole."""
-    lower = j(work, "lower")
-    os.mkdir(lower)
-    build(lower, {"d%02d" % d: {"f%02d" % i: "%d %d" % (d, i) for i in range(40)}
-                  for d in range(40)})
-    with open(j(lower, "big"), "wb") as f:
-        f.write(b"\0" * (64 << 20))
+    lower = flatten_lower(work, 40, 64 << 20)
     dest = j(work, "dest")
     t = time.monotonic()
     r = ovlfs("flatten", lower, dest)
@@ -354,12 +361,7 @@ def test_flatten_removes_only_dead_runs_debris(work):
     each run locks its own while it lives. Here one run is stopped midway
     (SIGSTOP) while another to the same DEST runs whole: the stopped run's
     half copy stays; continued, it fails (DEST is there) and removes it."""
-    lower = j(work, "lower")
-    os.mkdir(lower)
-    build(lower, {"d%02d" % d: {"f%02d" % i: "%d %d" % (d, i) for i in range(40)}
-                  for d in range(20)})
-    with open(j(lower, "big"), "wb") as f:
-        f.write(b"\0" * (128 << 20))
+    lower = flatten_lower(work, 20, 128 << 20)
     dest = j(work, "dest")
     # debris of dead runs, as kills leave it (their locks died with them)
     os.makedirs(j(work, "dest.partial-AbC123", "d00"))

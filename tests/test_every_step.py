@@ -36,7 +36,7 @@ from conftest import (OVLFS, HL, L, F, D, Fifo, snapshot, assert_same_tree,
                       run, ovlfs, cp_a, strace_steps, killed_at_step,
                       mountinfo, Overlay, wait_for, sweep_steps)
 from test_redirect import Redirect, lower_snap, strip_dir_mtimes
-from test_redirect_commit import CHANGING, killed_at
+from test_redirect_commit import CHANGING, killed_at, killed_twice_at
 from test_kill_more import markers, check
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None,
@@ -192,9 +192,7 @@ def test_plain_commit_every_step(work, fmt):
 
     def trial(n, what):
         p.restore()
-        killed = killed_at(cmd, steps, n)
-        if killed and n % 4 == 0 and os.path.exists(p.upper):
-            killed_at_step(cmd, steps[n // 2])
+        killed_twice_at(cmd, steps, n, lambda: os.path.exists(p.upper))
         # killed while the finished upper went: its trash (the upper
         # renamed away), which the retry removes
         if os.path.exists(p.upper) or debris(work, ".upper.removed-"):

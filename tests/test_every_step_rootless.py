@@ -40,7 +40,7 @@ from conftest import (OVLFS, HL, L, F, D, snapshot, assert_same_tree, run,
                       killed_at_step, traced_env, wait_for,
                       pids_naming)
 from test_redirect import lower_snap, strip_dir_mtimes
-from test_redirect_commit import killed_at
+from test_redirect_commit import killed_at, killed_twice_at
 from test_rootless import fuse_ok
 from test_every_step import (COMMIT_CALLS, FLATTEN_CALLS, steps_of, each_step,
                              debris, check, j, fresh_lower, discard_sweep)
@@ -313,9 +313,7 @@ def test_plain_commit_every_step(work, ops):
 
     def trial(n, what):
         p.restore()
-        killed = killed_at(cmd, steps, n)
-        if killed and n % 4 == 0 and os.path.exists(p.upper):
-            killed_at_step(cmd, steps[n // 2])
+        killed_twice_at(cmd, steps, n, lambda: os.path.exists(p.upper))
         if os.path.exists(p.upper):
             res = run(cmd, timeout=60)
             assert res.returncode == 0, "%s: retry: %s" % (what, res.err)

@@ -396,6 +396,16 @@ def killed_at(cmd, steps, n):
     return True
 
 
+def killed_twice_at(cmd, steps, n, pending):
+    """killed_at, and every 4th time, if PENDING() (the upper is still
+    there), its retry killed too, before an earlier step (N // 2). True if
+    the first run was killed."""
+    killed = killed_at(cmd, steps, n)
+    if killed and n % 4 == 0 and pending():
+        killed_at_step(cmd, steps[n // 2])
+    return killed
+
+
 def crash_pair(work, fmt, scenario=None):
     def ops(p):
         nested(p)
@@ -479,9 +489,7 @@ def test_plain_commit_crash_at_every_step(work, fmt, scenario):
     for n in sweep_steps(len(steps)):
         restore()
         old_ino = inodes(r.lower)
-        killed = killed_at(cmd, steps, n)
-        if killed and n % 4 == 0 and os.path.exists(r.upper):
-            killed_at_step(cmd, steps[n // 2])
+        killed_twice_at(cmd, steps, n, lambda: os.path.exists(r.upper))
         if os.path.exists(r.upper):
             res = run(cmd, timeout=60)
             assert res.returncode == 0, "killed at call %d: %s" % (n, res.err)
